@@ -1,0 +1,166 @@
+"""Find the transformer blocks of a vision tower and the parts of each block, by inspecting the modules.
+
+Libraries (and versions of one library) name the same parts differently: the MLP's first linear layer is
+``mlp.fc1`` in transformers 5.x and timm, ``intermediate.dense`` in transformers 4.x ViTs and ``mlp.c_fc`` in
+open_clip. Nothing here is tied to one model class: a block is any element of a ``ModuleList``/``Sequential``
+that holds a pre-attention norm, an attention module and an MLP whose linear layers map ``d_model -> d_mlp ->
+d_model``; the parts are looked up by the known aliases below and then checked by their shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import UnsupportedModelError
+
+# Aliases per part, relative to the block, in order of preference.
+_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1")
+_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2")
+_ATTN = ("self_attn", "attention", "attn")
+_FC1 = ("mlp.fc1", "intermediate.dense", "mlp.c_fc")
+_ACT = ("mlp.activation_fn", "intermediate.intermediate_act_fn", "mlp.gelu", "mlp.act")
+_FC2 = ("mlp.fc2", "output.dense", "mlp.c_proj")
+# Relative to the attention module.
+_Q = ("q_proj", "attention.query", "query")
+_K = ("k_proj", "attention.key", "key")
+_V = ("v_proj", "attention.value", "value")
+_QKV = ("qkv",)
+_OUT = ("o_proj", "out_proj", "output.dense", "proj")
+_REL_POS = ("relative_position_bias", "relative_position_bias_table", "attention.relative_position_bias")
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """The native modules of one transformer block (``None`` where the block has no such part)."""
+
+    index: int
+    path: str  # native path of the block, relative to the model clipviz wraps
+    block: nn.Module
+    ln1: nn.Module
+    attn: nn.Module
+    ln2: nn.Module
+    fc1: nn.Linear
+    act: nn.Module | None
+    fc2: nn.Linear
+    q: nn.Linear | None
+    k: nn.Linear | None
+    qkv: nn.Module | None  # a fused q/k/v projection: timm's Linear or torch's MultiheadAttention
+    out_proj: nn.Linear | None  # only where the forward pass calls it as a module
+    n_heads: int
+    stage: int = 0
+    relative_position: bool = False
+
+    @property
+    def d_model(self) -> int:
+        return self.fc1.in_features
+
+    @property
+    def d_mlp(self) -> int:
+        return self.fc1.out_features
+
+    def native(self, part: str) -> str:
+        """Native path of a part of this block, e.g. ``native("fc1") == "encoder.layers.3.mlp.fc1"``."""
+        module = getattr(self, part)
+        for name, sub in self.block.named_modules():
+            if sub is module:
+                return f"{self.path}.{name}" if name else self.path
+        raise KeyError(part)
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module | None:
+    for part in dotted.split("."):
+        module = module._modules.get(part) if isinstance(module, nn.Module) else None
+        if module is None:
+            return None
+    return module
+
+
+def _first(module: nn.Module, aliases: tuple[str, ...], kind: type | tuple[type, ...] = nn.Module):
+    for alias in aliases:
+        found = _get(module, alias)
+        if isinstance(found, kind):
+            return found
+    return None
+
+
+def _is_norm(module: nn.Module | None) -> bool:
+    return module is not None and ("norm" in type(module).__name__.lower())
+
+
+def _heads(attn: nn.Module, d_model: int) -> int:
+    for owner in (attn, _get(attn, "attention")):
+        if owner is None:
+            continue
+        for attr in ("num_heads", "num_attention_heads", "n_heads"):
+            value = getattr(owner, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    head_dim = getattr(attn, "head_dim", None) or getattr(attn, "attention_head_size", None)
+    if isinstance(head_dim, int) and head_dim > 0:
+        return d_model // head_dim
+    raise UnsupportedModelError(f"cannot read the number of attention heads of {type(attn).__name__}")
+
+
+def _out_proj_is_called(attn: nn.Module) -> bool:
+    # torch's MultiheadAttention passes out_proj's weights to a functional kernel: hooks on it never fire.
+    return not isinstance(attn, nn.MultiheadAttention)
+
+
+def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> BlockParts | None:
+    """The parts of ``block`` if it is a pre-norm transformer block, else ``None``."""
+    ln1, ln2 = _first(block, _LN1), _first(block, _LN2)
+    attn = _first(block, _ATTN)
+    fc1, fc2 = _first(block, _FC1, nn.Linear), _first(block, _FC2, nn.Linear)
+    if not (_is_norm(ln1) and _is_norm(ln2) and attn is not None and fc1 is not None and fc2 is not None):
+        return None
+    if fc1.in_features != fc2.out_features or fc1.out_features != fc2.in_features:
+        return None
+    act = _first(block, _ACT)
+    if act is not None and isinstance(act, nn.Linear):
+        act = None
+    q, k = _first(attn, _Q, nn.Linear), _first(attn, _K, nn.Linear)
+    qkv = attn if isinstance(attn, nn.MultiheadAttention) else _first(attn, _QKV, nn.Linear)
+    out_proj = _first(attn, _OUT, nn.Linear) if _out_proj_is_called(attn) else None
+    relative = any(_get(attn, a) is not None for a in _REL_POS) or any(
+        "relative_position" in name for name, _ in attn.named_parameters()
+    )
+    return BlockParts(
+        index=index, path=path, block=block, ln1=ln1, attn=attn, ln2=ln2, fc1=fc1, act=act, fc2=fc2,
+        q=q, k=k, qkv=qkv, out_proj=out_proj, n_heads=_heads(attn, fc1.in_features), stage=stage,
+        relative_position=relative,
+    )
+
+
+def find_blocks(root: nn.Module, prefix: str = "") -> list[BlockParts]:
+    """All transformer blocks under ``root`` in execution order (stage by stage for hierarchical models).
+
+    ``prefix`` is prepended to native paths (the path of ``root`` inside the model clipviz wraps).
+    """
+    blocks: list[BlockParts] = []
+    stage = -1
+    seen: set[int] = set()
+    for name, container in root.named_modules():
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)) or id(container) in seen:
+            continue
+        found = []
+        for child_name, child in container.named_children():
+            path = ".".join(p for p in (prefix, name, child_name) if p)
+            parts = parse_block(child, 0, path)
+            if parts is not None:
+                found.append(parts)
+        if not found:
+            continue
+        seen.update(id(m) for m in container.modules())
+        stage += 1
+        for parts in found:
+            blocks.append(
+                BlockParts(**{**parts.__dict__, "index": len(blocks), "stage": stage})
+            )
+    if not blocks:
+        raise UnsupportedModelError(
+            f"unsupported architecture {type(root).__name__}: no pre-norm transformer blocks found "
+            "(clipviz supports ViT, DeiT, BEiT, CLIP, SigLIP, DINOv2, Swin, open_clip and timm vision transformers)"
+        )
+    return blocks

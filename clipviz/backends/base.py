@@ -1,0 +1,54 @@
+"""What every backend (transformers, open_clip, timm) hands to ``HookedVisionModel``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextTower:
+    """Tokenise and encode text into the joint image-text space (unnormalised, like the backend's own)."""
+
+    tokenize: Callable[[Sequence[str]], object]
+    encode_tokens: Callable[[object], torch.Tensor]
+    context_length: int | None = None
+
+
+@dataclass
+class ImageProjection:
+    """How the pooled token becomes the image embedding: ``embedding = matrix @ final_norm(token)``.
+
+    ``pooled_token`` is the index of the token the model pools (0 for CLS pooling).
+    """
+
+    final_norm: nn.Module
+    matrix: Callable[[], torch.Tensor]  # (embed_dim, d_model), read at call time (weights may move device)
+    pooled_token: int = 0
+
+
+@dataclass
+class Backend:
+    """A loaded native model and the facts clipviz needs about it."""
+
+    kind: str  # "hf", "open_clip" or "timm"
+    spec: str  # the spec it was loaded from
+    native: nn.Module
+    vision_root: nn.Module  # where the transformer blocks live
+    vision_path: str  # path of ``vision_root`` inside ``native`` ("" when it is the model itself)
+    architecture: str
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    patch_size: tuple[int, int]
+    prefix_tokens: tuple[str, ...]  # kinds of the tokens before the patches: "cls", "distillation", "register"
+    forward: Callable[[torch.Tensor], torch.Tensor]  # normalised pixels -> the model's head output
+    output_kind: str  # "image_embedding", "logits" or "pooled"
+    seq_first: bool = False
+    text: TextTower | None = None
+    projection: ImageProjection | None = None
+    preprocessing_source: str = "model"
+    hierarchical: bool = False  # Swin-like: patch grid halves at every stage, no prefix tokens

@@ -1,0 +1,177 @@
+"""Hugging Face ``transformers`` vision models: ViT, DeiT, BEiT, CLIP, SigLIP, DINOv2, Swin and their kin."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..architecture import find_blocks
+from ..errors import UnsupportedModelError
+from .base import Backend, ImageProjection, TextTower
+from .hub import fetching
+
+_DEFAULT_MEAN = (0.5, 0.5, 0.5)
+_DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _model_class(config, trust_remote_code: bool):
+    import transformers
+
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    if trust_remote_code and getattr(config, "auto_map", None):
+        return transformers.AutoModel
+    model_type = getattr(config, "model_type", "?")
+    try:
+        transformers.AutoModel._model_mapping[type(config)]  # noqa: B018 - raises for unknown configs
+    except KeyError as error:
+        raise UnsupportedModelError(
+            f"unsupported architecture '{model_type}': transformers has no vision model for it "
+            "(supported: ViT, DeiT, BEiT, CLIP, SigLIP, DINOv2, Swin)"
+        ) from error
+    return transformers.AutoModel
+
+
+def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
+    for path in ("vision_model", "vit", "deit", "beit", "dinov2", "swin"):
+        sub = getattr(model, path, None)
+        if isinstance(sub, nn.Module):
+            return sub, path
+    return model, ""
+
+
+def _prefix_tokens(vision: nn.Module) -> tuple[str, ...]:
+    kinds: list[str] = []
+    names = {name.rsplit(".", 1)[-1]: p for name, p in vision.named_parameters() if name.startswith("embeddings.")}
+    if "cls_token" in names or "class_embedding" in names:
+        kinds.append("cls")
+    if "distillation_token" in names:
+        kinds.append("distillation")
+    if "register_tokens" in names:
+        kinds += ["register"] * int(names["register_tokens"].shape[1])
+    return tuple(kinds)
+
+
+def _preprocessing(ref: str, config, kwargs) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError, KeyError):
+        warnings.warn(
+            f"{ref}: no image processor config found; using mean {_DEFAULT_MEAN} and std {_DEFAULT_STD}",
+            stacklevel=3,
+        )
+        return _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)"
+    mean = tuple(float(v) for v in getattr(processor, "image_mean", _DEFAULT_MEAN))
+    std = tuple(float(v) for v in getattr(processor, "image_std", _DEFAULT_STD))
+    return mean, std, "preprocessor_config.json"
+
+
+def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
+    if not hasattr(model, "get_text_features"):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens) + 1:  # no vocabulary files: transformers built an empty one
+        return None
+    limit = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+
+    def tokenize(texts):
+        padding = "max_length" if getattr(model.config, "model_type", "") == "siglip" else True
+        return tokenizer(list(texts), padding=padding, truncation=True, max_length=limit, return_tensors="pt")
+
+    def encode(tokens) -> torch.Tensor:
+        device = next(model.parameters()).device
+        out = model.get_text_features(**{k: v.to(device) for k, v in tokens.items()})
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    return TextTower(tokenize=tokenize, encode_tokens=encode, context_length=limit)
+
+
+def _forward(model: nn.Module):
+    if hasattr(model, "get_image_features"):
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            out = model.get_image_features(pixel_values=x)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+        return embed, "image_embedding"
+    if hasattr(model, "visual_projection"):  # CLIPVisionModelWithProjection
+        return (lambda x: model(pixel_values=x).image_embeds), "image_embedding"
+    if type(model).__name__.endswith("ForImageClassification"):
+        return (lambda x: model(pixel_values=x).logits), "logits"
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        out = model(pixel_values=x)
+        if getattr(out, "pooler_output", None) is not None:
+            return out.pooler_output
+        return out.last_hidden_state[:, 0]
+
+    return pooled, "pooled"
+
+
+def _projection(model: nn.Module, vision: nn.Module) -> ImageProjection | None:
+    proj = getattr(model, "visual_projection", None)
+    norm = getattr(vision, "post_layernorm", None)
+    if isinstance(proj, nn.Linear) and isinstance(norm, nn.Module) and proj.bias is None:
+        return ImageProjection(final_norm=norm, matrix=lambda: proj.weight, pooled_token=0)
+    return None
+
+
+def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: str | None = None,
+            dtype: torch.dtype | None = None) -> Backend:
+    from transformers import AutoConfig
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    config = fetching(spec, lambda: AutoConfig.from_pretrained(ref, **kwargs))
+    cls = _model_class(config, trust_remote_code)
+    load_kwargs = dict(kwargs)
+    if dtype is not None:
+        load_kwargs["dtype"] = dtype
+    model = fetching(spec, lambda: cls.from_pretrained(ref, **load_kwargs))
+    model.eval()
+    vision, vision_path = _vision_root(model)
+    find_blocks(vision)  # an unsupported architecture fails here, before its processor and tokenizer are read
+    vcfg = getattr(config, "vision_config", None) or config
+    image_size = _pair(getattr(vcfg, "image_size", 224))
+    patch = _pair(getattr(vcfg, "patch_size", 16))
+    mean, std, source = _preprocessing(ref, config, kwargs)
+    forward, output_kind = _forward(model)
+    hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")
+    return Backend(
+        kind="hf", spec=spec, native=model, vision_root=vision, vision_path=vision_path,
+        architecture=type(model).__name__, image_size=image_size, mean=mean, std=std, patch_size=patch,
+        prefix_tokens=_prefix_tokens(vision), forward=forward, output_kind=output_kind,
+        text=_text_tower(model, ref, kwargs), projection=_projection(model, vision),
+        preprocessing_source=source, hierarchical=hierarchical,
+    )
+
+
+def is_hf_dir(path: Path) -> bool:
+    import json
+
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False

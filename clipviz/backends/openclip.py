@@ -1,0 +1,90 @@
+"""open_clip models: named architectures with pretrained tags, ``hf-hub:`` repos and local directories."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ClipvizError, UnsupportedModelError
+from .base import Backend, ImageProjection, TextTower
+from .hub import fetching
+from .timm import timm_prefix_tokens
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _check_name(name: str) -> None:
+    import open_clip
+
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
+        raise ClipvizError(f"unknown open_clip model '{name}'{hint}")
+
+
+def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> Backend:
+    """``ref`` is ``name``, ``name/tag``, ``hf-hub:org/repo`` or ``local-dir:/path``."""
+    import open_clip
+
+    if ref.startswith(("hf-hub:", "local-dir:")):
+        name, tag = ref, None
+    else:
+        name, _, tag = ref.partition("/")
+        tag = tag or None
+        _check_name(name)
+        if tag is None:
+            warnings.warn(f"open_clip:{name} has no pretrained tag: its weights are random", stacklevel=3)
+    # OpenAI's weights were trained with QuickGELU; a model name without "-quickgelu" would silently differ.
+    quick = tag == "openai" and not name.endswith("-quickgelu")
+    model = fetching(spec, lambda: open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.eval()
+    visual = model.visual
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
+    tokenizer = open_clip.get_tokenizer(name)
+    text = TextTower(
+        tokenize=lambda texts: tokenizer(list(texts)),
+        encode_tokens=lambda tokens: model.encode_text(tokens.to(next(model.parameters()).device)),
+        context_length=getattr(tokenizer, "context_length", None),
+    )
+    common = {"kind": "open_clip", "spec": spec, "native": model, "mean": mean, "std": std,
+              "forward": model.encode_image, "output_kind": "image_embedding", "text": text}
+    trunk = getattr(visual, "trunk", None)
+    if isinstance(trunk, nn.Module):  # a timm trunk (SigLIP, EVA, ...)
+        return Backend(
+            vision_root=trunk, vision_path="visual.trunk", architecture=f"open_clip/{type(trunk).__name__}",
+            image_size=_pair(visual.image_size), patch_size=_pair(trunk.patch_embed.patch_size),
+            prefix_tokens=timm_prefix_tokens(trunk), **common,
+        )
+    if not hasattr(visual, "transformer"):
+        raise UnsupportedModelError(
+            f"unsupported architecture {type(visual).__name__}: clipviz needs a vision transformer tower "
+            "(open_clip VisionTransformer or a timm ViT trunk)"
+        )
+    projection = None
+    if getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok" \
+            and isinstance(getattr(visual, "proj", None), torch.Tensor):
+        projection = ImageProjection(final_norm=visual.ln_post, matrix=lambda: visual.proj.T, pooled_token=0)
+    has_cls = isinstance(getattr(visual, "class_embedding", None), torch.Tensor) and not getattr(visual, "no_cls",
+                                                                                                   False)
+    return Backend(
+        vision_root=visual, vision_path="visual", architecture="open_clip/VisionTransformer",
+        image_size=_pair(visual.image_size), patch_size=_pair(visual.patch_size),
+        prefix_tokens=("cls",) if has_cls else (), projection=projection,
+        seq_first=not getattr(visual.transformer, "batch_first", True), **common,
+    )
+
+
+def is_open_clip_dir(path: Path) -> bool:
+    return (path / "open_clip_config.json").is_file()

@@ -1,0 +1,70 @@
+"""timm vision transformers (``timm:<name>`` or a local directory saved by timm)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ClipvizError
+from .base import Backend
+from .hub import fetching
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def timm_prefix_tokens(model: nn.Module) -> tuple[str, ...]:
+    """Prefix token kinds of a timm ViT, in the order timm concatenates them (CLS, distillation, registers)."""
+    kinds: list[str] = []
+    if getattr(model, "cls_token", None) is not None:
+        kinds.append("cls")
+    if getattr(model, "dist_token", None) is not None:
+        kinds.append("distillation")
+    reg = getattr(model, "reg_token", None)
+    if reg is not None:
+        kinds += ["register"] * int(reg.shape[1])
+    expected = getattr(model, "num_prefix_tokens", len(kinds))
+    if expected != len(kinds):
+        kinds += ["prefix"] * (expected - len(kinds))
+    return tuple(kinds)
+
+
+def load_timm(ref: str, spec: str, *, pretrained: bool = True, dtype: torch.dtype | None = None) -> Backend:
+    """``ref`` is a timm model name or ``local-dir:/path``."""
+    import timm
+
+    if not ref.startswith("local-dir:") and ref not in timm.list_models(pretrained=False):
+        raise ClipvizError(f"unknown timm model '{ref}'; see timm.list_models()")
+    if not pretrained:
+        warnings.warn(f"timm:{ref} loaded with random weights (pretrained=False)", stacklevel=3)
+    model = fetching(spec, lambda: timm.create_model(ref, pretrained=pretrained or ref.startswith("local-dir:")))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.eval()
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    patch_embed = getattr(model, "patch_embed", None)
+    image_size = _pair(getattr(patch_embed, "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:])
+    return Backend(
+        kind="timm", spec=spec, native=model, vision_root=model, vision_path="", architecture=type(model).__name__,
+        image_size=image_size, mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)),
+        patch_size=_pair(getattr(patch_embed, "patch_size", 16)), prefix_tokens=timm_prefix_tokens(model),
+        forward=model, output_kind="logits" if getattr(model, "num_classes", 0) else "pooled",
+    )
+
+
+def is_timm_dir(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return "architecture" in data and "model_type" not in data

@@ -1,0 +1,320 @@
+"""TransformerLens-style hook names, resolved to native modules, and the machinery that runs hooks.
+
+Every hook point of a block (``blocks.{i}.<point>``):
+
+================================  =================================================================
+``hook_resid_pre``                input of the block, (B, N, d_model)
+``attn.hook_pattern``             attention probabilities, (B, heads, N, N) (read-only, recomputed from q, k)
+``attn.hook_z``                   per-head attention values before the output projection, (B, N, heads, d_head)
+``hook_attn_out``                 output of the attention module (after its projection), (B, N, d_model)
+``hook_resid_mid``                input of the block's second norm, (B, N, d_model)
+``mlp.hook_pre``                  output of the MLP's first linear layer, (B, N, d_mlp)
+``mlp.hook_post``                 output of the MLP's activation function, (B, N, d_mlp)
+``hook_mlp_out``                  output of the MLP's second linear layer (before any layer scale), (B, N, d_model)
+``hook_resid_post``               output of the block, (B, N, d_model)
+================================  =================================================================
+
+Hierarchical models (Swin) number blocks across stages; ``stages.{s}.blocks.{j}.<point>`` is accepted too.
+Any native module path (``encoder.layers.3.mlp.fc1``) is a hook point on that module's output.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architecture import BlockParts
+from .errors import HookNameError
+
+#: Hook points of every block, in the order they fire in a forward pass.
+BLOCK_POINTS = (
+    "hook_resid_pre",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
+_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_STAGE_NAME = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
+
+
+class StopForward(Exception):
+    """Raised inside a forward pass once every requested hook has fired (early exit)."""
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One named place in the model where activations can be read or replaced."""
+
+    name: str
+    module: nn.Module
+    native: str  # native path of the module the hook sits on
+    on_input: bool  # hook the module's first input (else its output)
+    block: int | None = None
+    read: Callable[[torch.Tensor], torch.Tensor] | None = None  # native layout -> clipviz layout
+    write: Callable[[torch.Tensor], torch.Tensor] | None = None  # inverse of read; None: read-only
+    editable: bool = True
+
+    def to_view(self, value: torch.Tensor) -> torch.Tensor:
+        return self.read(value) if self.read is not None else value
+
+    def to_native(self, value: torch.Tensor) -> torch.Tensor:
+        return self.write(value) if self.write is not None else value
+
+
+def _split_heads(n_heads: int, seq_first: bool):
+    def read(x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(0, 1) if seq_first else x
+        return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
+
+    def write(z: torch.Tensor) -> torch.Tensor:
+        x = z.reshape(*z.shape[:-2], -1)
+        return x.transpose(0, 1) if seq_first else x
+
+    return read, write
+
+
+def _transpose_if(seq_first: bool):
+    if not seq_first:
+        return None, None
+    return (lambda x: x.transpose(0, 1)), (lambda x: x.transpose(0, 1))
+
+
+def attention_pattern(parts: BlockParts, x: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities (B, heads, N, N) recomputed from the attention module's input ``x`` (B, N, D)."""
+    heads = parts.n_heads
+    if parts.q is not None and parts.k is not None:
+        q, k = parts.q(x), parts.k(x)
+    elif isinstance(parts.qkv, nn.MultiheadAttention):
+        q, k, _ = F.linear(x, parts.qkv.in_proj_weight, parts.qkv.in_proj_bias).chunk(3, dim=-1)
+    else:
+        q, k, _ = parts.qkv(x).chunk(3, dim=-1)
+    b, n, _ = q.shape
+    q = q.reshape(b, n, heads, -1).transpose(1, 2)
+    k = k.reshape(b, n, heads, -1).transpose(1, 2)
+    for norm_name, tensor in (("q_norm", "q"), ("k_norm", "k")):
+        norm = getattr(parts.attn, norm_name, None)
+        if isinstance(norm, nn.Module):
+            if tensor == "q":
+                q = norm(q)
+            else:
+                k = norm(k)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return scores.softmax(dim=-1)
+
+
+@dataclass
+class HookRegistry:
+    """Resolves hook names of one model to ``HookPoint`` objects."""
+
+    native_model: nn.Module
+    blocks: list[BlockParts]
+    seq_first: bool = False  # native tensors are (N, B, D) (old open_clip); views are always (B, N, D)
+    _cache: dict[str, HookPoint] = field(default_factory=dict)
+
+    def names(self, block: int | None = None) -> list[str]:
+        """All hook names (of one block, if given) in forward order."""
+        indices = range(len(self.blocks)) if block is None else [block]
+        return [f"blocks.{i}.{p}" for i in indices for p in BLOCK_POINTS if self._available(self.blocks[i], p)]
+
+    @staticmethod
+    def _available(parts: BlockParts, point: str) -> bool:
+        if point == "attn.hook_pattern":
+            has_qk = (parts.q is not None and parts.k is not None) or parts.qkv is not None
+            return has_qk and not parts.relative_position
+        if point == "attn.hook_z":
+            return parts.out_proj is not None
+        return True
+
+    def order(self, name: str) -> tuple[int, int]:
+        """Sort key: where a hook fires in the forward pass (native module paths sort last)."""
+        m = _NAME.match(self.canonical(name))
+        if m and m.group(2) in BLOCK_POINTS:
+            return int(m.group(1)), BLOCK_POINTS.index(m.group(2))
+        return len(self.blocks), 0
+
+    def canonical(self, name: str) -> str:
+        m = _STAGE_NAME.match(name)
+        if not m:
+            return name
+        stage, j, point = int(m.group(1)), int(m.group(2)), m.group(3)
+        in_stage = [b for b in self.blocks if b.stage == stage]
+        if not in_stage:
+            n_stages = max(b.stage for b in self.blocks) + 1
+            raise HookNameError(f"stage {stage} out of range in hook '{name}': this model has stages 0..{n_stages - 1}")
+        if j >= len(in_stage):
+            raise HookNameError(
+                f"block {j} out of range in hook '{name}': stage {stage} has blocks 0..{len(in_stage) - 1}"
+            )
+        return f"blocks.{in_stage[j].index}.{point}"
+
+    def resolve(self, name: str) -> HookPoint:
+        canonical = self.canonical(name)
+        if canonical not in self._cache:
+            self._cache[canonical] = self._resolve(canonical, name)
+        return self._cache[canonical]
+
+    def _resolve(self, name: str, asked: str) -> HookPoint:
+        m = _NAME.match(name)
+        if m and m.group(2) in BLOCK_POINTS:
+            i, point = int(m.group(1)), m.group(2)
+            if i >= len(self.blocks):
+                raise HookNameError(
+                    f"layer {i} out of range in hook '{asked}': this model has blocks 0..{len(self.blocks) - 1}"
+                )
+            return self._block_point(self.blocks[i], point, name)
+        try:
+            module = self.native_model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if module is None or module is self.native_model:
+            raise HookNameError(
+                f"unknown hook '{asked}': use blocks.<i>.<point> with <point> one of {', '.join(BLOCK_POINTS)}, "
+                "or a native module path (run `clipviz info MODEL` to list them)"
+            )
+        read, write = _transpose_if(self.seq_first and _is_in_blocks(name, self.blocks))
+        return HookPoint(name=name, module=module, native=name, on_input=False, read=read, write=write)
+
+    def _block_point(self, parts: BlockParts, point: str, name: str) -> HookPoint:
+        if not self._available(parts, point):
+            why = "its attention uses a relative position bias" if point == "attn.hook_pattern" else (
+                "its attention output projection is not called as a module")
+            raise HookNameError(f"hook '{name}' is not available in this model: {why}")
+        read, write = _transpose_if(self.seq_first)
+        common = {"name": name, "block": parts.index, "read": read, "write": write}
+        if point == "hook_resid_pre":
+            return HookPoint(module=parts.block, native=parts.path, on_input=True, **common)
+        if point == "hook_resid_post":
+            return HookPoint(module=parts.block, native=parts.path, on_input=False, **common)
+        if point == "hook_resid_mid":
+            return HookPoint(module=parts.ln2, native=parts.native("ln2"), on_input=True, **common)
+        if point == "hook_attn_out":
+            return HookPoint(module=parts.attn, native=parts.native("attn"), on_input=False, **common)
+        if point == "mlp.hook_pre":
+            return HookPoint(module=parts.fc1, native=parts.native("fc1"), on_input=False, **common)
+        if point == "mlp.hook_post":
+            if parts.act is not None:
+                return HookPoint(module=parts.act, native=parts.native("act"), on_input=False, **common)
+            return HookPoint(module=parts.fc2, native=parts.native("fc2"), on_input=True, **common)
+        if point == "hook_mlp_out":
+            return HookPoint(module=parts.fc2, native=parts.native("fc2"), on_input=False, **common)
+        if point == "attn.hook_z":
+            read, write = _split_heads(parts.n_heads, self.seq_first)
+            return HookPoint(
+                name=name, block=parts.index, module=parts.out_proj, native=parts.native("out_proj"),
+                on_input=True, read=read, write=write,
+            )
+        # attn.hook_pattern: recomputed from the attention module's input.
+        to_bnd = (lambda x: x.transpose(0, 1)) if self.seq_first else (lambda x: x)
+        return HookPoint(
+            name=name, block=parts.index, module=parts.attn, native=parts.native("attn"), on_input=True,
+            read=lambda x: attention_pattern(parts, to_bnd(x)), write=None, editable=False,
+        )
+
+
+def _is_in_blocks(name: str, blocks: Sequence[BlockParts]) -> bool:
+    return any(name == b.path or name.startswith(b.path + ".") for b in blocks)
+
+
+def _first_value(value):
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def _replace_first(value, new: torch.Tensor):
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    if isinstance(value, list):
+        return [new, *value[1:]]
+    return new
+
+
+@contextmanager
+def installed(
+    points: Sequence[tuple[HookPoint, HookFn]],
+    stop_after: set[str] | None = None,
+) -> Iterator[None]:
+    """Install ``(point, fn)`` hooks for the duration of the block; they are removed on any exit.
+
+    ``fn(activation, point)`` sees the activation in clipviz's layout and may return a replacement.
+    With ``stop_after``, a ``StopForward`` is raised as soon as every named point has fired.
+    """
+    pending = set(stop_after) if stop_after else set()
+    handles = []
+
+    def fired(point: HookPoint) -> None:
+        pending.discard(point.name)
+        if stop_after and not pending:
+            raise StopForward
+
+    def visit(point: HookPoint, fn: HookFn, value: torch.Tensor) -> torch.Tensor | None:
+        new = fn(point.to_view(value), point)
+        if new is None:
+            return None
+        if not point.editable:
+            raise HookNameError(f"hook '{point.name}' is read-only: edit the tensors it is computed from instead")
+        return point.to_native(new)
+
+    try:
+        by_module: dict[tuple[int, bool], list[tuple[HookPoint, HookFn]]] = {}
+        for point, fn in points:
+            by_module.setdefault((id(point.module), point.on_input), []).append((point, fn))
+        for (_, on_input), group in by_module.items():
+            module = group[0][0].module
+            if on_input:
+                handles.append(module.register_forward_pre_hook(_pre_hook(group, visit, fired), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(_post_hook(group, visit, fired)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pre_hook(group, visit, fired):
+    def hook(module, args, kwargs):
+        if args:
+            value, from_args = args[0], True
+        else:
+            key = next(iter(kwargs))
+            value, from_args = kwargs[key], False
+        changed = False
+        for point, fn in group:
+            new = visit(point, fn, value)
+            if new is not None:
+                value, changed = new, True
+        for point, _ in group:
+            fired(point)
+        if not changed:
+            return None
+        if from_args:
+            return (value, *args[1:]), kwargs
+        return args, {**kwargs, key: value}
+
+    return hook
+
+
+def _post_hook(group, visit, fired):
+    def hook(module, args, output):
+        value = _first_value(output)
+        changed = False
+        for point, fn in group:
+            new = visit(point, fn, value)
+            if new is not None:
+                value, changed = new, True
+        for point, _ in group:
+            fired(point)
+        return _replace_first(output, value) if changed else None
+
+    return hook

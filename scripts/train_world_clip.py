@@ -1,0 +1,137 @@
+"""Train the small CLIP that ships with clipviz on the synthetic world (CPU-friendly, deterministic).
+
+    python scripts/train_world_clip.py --out clipviz/models/world-clip
+
+writes an open_clip local directory (``open_clip_config.json`` + ``open_clip_model.safetensors``, fp16 to stay
+small) and ``training_log.json`` with the settings and the loss curve. ``clipviz.load("world-clip")`` reads it.
+
+The loss is CLIP's symmetric contrastive loss with multi-positive targets: a caption that names only some
+factors ("a red object") is a true description of every image in the batch whose named factors match, so all
+such images are its positives (the world knows the truth, see ``WorldBatch.caption_matches``). Plain CLIP would
+push those images apart from the caption and learn the short prompts badly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, IterableDataset
+
+from clipviz import world
+
+MODEL_CFG = {
+    "embed_dim": 128,
+    "quick_gelu": False,
+    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32, "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
+}
+# The world's images are not natural photos: plain [0,1] pixels centred at 0.5.
+PREPROCESS_CFG = {"size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic",
+                  "resize_mode": "shortest"}
+
+
+class WorldStream(IterableDataset):
+    """Batch ``s`` is ``world.generate(batch, seed * 1_000_003 + s)``: the stream is a pure function of the seed."""
+
+    def __init__(self, batch: int, steps: int, seed: int):
+        self.batch, self.steps, self.seed = batch, steps, seed
+
+    def __iter__(self):
+        for step in range(self.steps):
+            b = world.generate(self.batch, seed=self.seed * 1_000_003 + step)
+            yield torch.from_numpy(b.images), b.captions, torch.from_numpy(b.caption_matches())
+
+
+def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
+                             matches: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets spread evenly over every true (caption, image) pair."""
+    logits = scale * F.normalize(txt, dim=-1) @ F.normalize(img, dim=-1).T  # (text, image)
+    t2i = matches.float() / matches.sum(1, keepdim=True)
+    i2t = matches.T.float() / matches.T.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, t2i) + F.cross_entropy(logits.T, i2t))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("clipviz/models/world-clip"))
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (its backward is ~10x slower than fp32 on "
+                    "some CPUs; measure before using)")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--log-every", type=int, default=50)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    model = open_clip.CLIP(**MODEL_CFG)
+    tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
+    mean = torch.tensor(PREPROCESS_CFG["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(PREPROCESS_CFG["std"]).view(1, 3, 1, 1)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    loader = DataLoader(WorldStream(args.batch, args.steps, args.seed), batch_size=None, num_workers=1,
+                        prefetch_factor=4, persistent_workers=False)
+    curve, t0, window = [], time.time(), []
+    model.train()
+    for step, (images, captions, matches) in enumerate(loader):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        x = (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        tokens = tokenizer(captions)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            img = model.encode_image(x)
+            txt = model.encode_text(tokens)
+        loss = multi_positive_clip_loss(img.float(), txt.float(), model.logit_scale.exp(), matches)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        window.append(loss.item())
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            entry = {"step": step + 1, "loss": float(np.mean(window)), "lr": lr_at(step),
+                     "logit_scale": float(model.logit_scale.detach().exp()), "elapsed_s": round(time.time() - t0, 1)}
+            curve.append(entry)
+            window = []
+            print(json.dumps(entry), flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    tmp = args.out / "open_clip_model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(args.out / "open_clip_model.safetensors")
+    (args.out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    log = {"settings": settings, "model_cfg": MODEL_CFG, "torch": torch.__version__,
+           "open_clip": open_clip.__version__, "train_seconds": round(time.time() - t0, 1), "curve": curve}
+    (args.out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    print(f"saved to {args.out} in {log['train_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
