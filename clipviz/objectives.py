@@ -1,0 +1,312 @@
+"""Objectives: what a visualization maximises, one value per image in the batch.
+
+Objectives compose with ``+``, ``-``, unary ``-`` and scalar ``*``; each operation returns a new objective and
+never changes its operands. An objective evaluates to a tensor ``(n,)``: one value per image, to be *maximised*.
+
+>>> a, b = Neuron("blocks.0.mlp.hook_post", 3), Neuron("blocks.1.mlp.hook_post", 5)
+>>> combo = a - 0.5 * b
+>>> combo.hooks
+('blocks.0.mlp.hook_post', 'blocks.1.mlp.hook_post')
+>>> str(combo)
+'1*neuron(blocks.0.mlp.hook_post, 3, patches) + -0.5*neuron(blocks.1.mlp.hook_post, 5, patches)'
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ClipvizError
+from .transforms import l2_penalty, total_variation
+
+
+@dataclass
+class Context:
+    """What objectives read: activations of the augmented batch, the head output, the clean images."""
+
+    model: object  # HookedVisionModel
+    cache: dict[str, torch.Tensor]  # name -> (n * copies, ...)
+    output: torch.Tensor | None  # (n * copies, ...) head output, if it was computed
+    images: torch.Tensor  # (n, 3, H, W) before augmentation
+    copies: int
+
+    @property
+    def n(self) -> int:
+        return self.images.shape[0]
+
+    def act(self, name: str) -> torch.Tensor:
+        value = self.cache[name]
+        return value.reshape(self.n, self.copies, *value.shape[1:])
+
+    def head(self) -> torch.Tensor:
+        if self.output is None:
+            raise RuntimeError("this objective needs the model's output, but the forward pass stopped early")
+        return self.output.reshape(self.n, self.copies, *self.output.shape[1:])
+
+
+class Objective(ABC):
+    """Base class. Subclasses set ``hooks`` / ``needs_output`` and implement ``__call__(ctx) -> (n,)``."""
+
+    hooks: tuple[str, ...] = ()
+    needs_output: bool = False
+
+    @abstractmethod
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        """One value per image, to be maximised."""
+
+    def __add__(self, other: Objective) -> Objective:
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return Sum(((1.0, self), (1.0, other)))
+
+    def __radd__(self, other):
+        if isinstance(other, Real) and other == 0:  # sum([...]) starts from 0
+            return self
+        return NotImplemented
+
+    def __sub__(self, other: Objective) -> Objective:
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return Sum(((1.0, self), (-1.0, other)))
+
+    def __mul__(self, scalar: float) -> Objective:
+        if not isinstance(scalar, Real):
+            return NotImplemented
+        return Sum(((float(scalar), self),))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Objective:
+        return Sum(((-1.0, self),))
+
+    def __truediv__(self, scalar: float) -> Objective:
+        if not isinstance(scalar, Real):
+            return NotImplemented
+        return self * (1.0 / float(scalar))
+
+
+@dataclass(frozen=True, eq=False)
+class Sum(Objective):
+    """A weighted sum of objectives (what the arithmetic operators build); flattened, never nested in place."""
+
+    terms: tuple[tuple[float, Objective], ...]
+
+    def __post_init__(self):
+        flat: list[tuple[float, Objective]] = []
+        for weight, term in self.terms:
+            if isinstance(term, Sum):
+                flat += [(weight * w, t) for w, t in term.terms]
+            else:
+                flat.append((weight, term))
+        object.__setattr__(self, "terms", tuple(flat))
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(h for _, t in self.terms for h in t.hooks))
+
+    @property
+    def needs_output(self) -> bool:
+        return any(t.needs_output for _, t in self.terms)
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return sum(w * t(ctx) for w, t in self.terms)
+
+    def __str__(self) -> str:
+        return " + ".join(f"{w:g}*{t}" for w, t in self.terms)
+
+
+def _per_image(value, n: int, device) -> torch.Tensor:
+    t = torch.as_tensor(value, device=device)
+    return t.expand(n) if t.ndim == 0 else t
+
+
+def reduce_tokens(values: torch.Tensor, reduce, layout) -> torch.Tensor:
+    """Reduce ``(n, copies, N)`` token values to ``(n,)``: over patches, the CLS token, a patch or a region."""
+    prefix = layout.n_prefix
+    if reduce == "patches":
+        v = values[..., prefix:].mean(-1)
+    elif reduce == "all":
+        v = values.mean(-1)
+    elif reduce == "cls":
+        if "cls" not in layout.prefix:
+            raise ClipvizError("reduce='cls' needs a model with a CLS token; this one has none")
+        v = values[..., layout.prefix.index("cls")]
+    elif reduce == "max":
+        v = values[..., prefix:].amax(-1)
+    elif isinstance(reduce, tuple) and reduce[0] == "patch":
+        _, r, c = reduce
+        gh, gw = layout.grid
+        if not (0 <= r < gh and 0 <= c < gw):
+            raise ClipvizError(f"patch ({r}, {c}) is outside the {gh}x{gw} patch grid")
+        v = values[..., prefix + r * gw + c]
+    elif isinstance(reduce, tuple) and reduce[0] == "region":
+        _, r0, r1, c0, c1 = reduce
+        gh, gw = layout.grid
+        grid = values[..., prefix:].reshape(*values.shape[:-1], gh, gw)
+        v = grid[..., r0:r1, c0:c1].flatten(-2).mean(-1)
+    else:
+        raise ClipvizError(f"unknown reduction {reduce!r}; accepted: patches, cls, all, max, ('patch', r, c), "
+                           "('region', r0, r1, c0, c1)")
+    return v.mean(1)  # mean over the ensemble copies
+
+
+def _layout_for(model, hook: str):
+    point = model.hook_point(hook)
+    return model.layout(point.block if point.block is not None else model.n_blocks - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Neuron(Objective):
+    """Mean activation of neuron ``index`` at ``hook`` (one index, or one per image), reduced over tokens.
+
+    ``reduce``: ``"patches"`` (mean over patch tokens, prefix tokens excluded: the ViT paper), ``"cls"``,
+    ``"all"``, ``"max"``, ``("patch", row, col)`` or ``("region", r0, r1, c0, c1)``.
+    """
+
+    hook: str
+    index: int | Sequence[int]
+    reduce: object = "patches"
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return (self.hook,)
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        act = ctx.act(self.hook)  # (n, copies, N, d)
+        if act.ndim != 4:
+            raise ClipvizError(f"neuron objectives need (B, N, d) activations; hook '{self.hook}' gives "
+                               f"{tuple(ctx.cache[self.hook].shape)}")
+        idx = _per_image(self.index, ctx.n, act.device)
+        if int(idx.max()) >= act.shape[-1] or int(idx.min()) < 0:
+            raise ClipvizError(f"neuron index out of range for hook '{self.hook}': it has {act.shape[-1]} "
+                               f"neurons (0..{act.shape[-1] - 1})")
+        picked = act.gather(-1, idx.view(-1, 1, 1, 1).expand(*act.shape[:3], 1)).squeeze(-1)
+        return reduce_tokens(picked.float(), self.reduce, _layout_for(ctx.model, self.hook))
+
+    def __str__(self) -> str:
+        index = self.index if isinstance(self.index, int) else list(self.index)
+        return f"neuron({self.hook}, {index}, {self.reduce})"
+
+
+@dataclass(frozen=True, eq=False)
+class Direction(Objective):
+    """Dot product of the activations at ``hook`` with a direction ``(d,)`` or one per image ``(n, d)``."""
+
+    hook: str
+    vector: torch.Tensor
+    reduce: object = "patches"
+    cosine: bool = False
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return (self.hook,)
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        act = ctx.act(self.hook).float()
+        vec = self.vector.to(act)
+        vec = vec.expand(ctx.n, -1) if vec.ndim == 1 else vec
+        if self.cosine:
+            act, vec = F.normalize(act, dim=-1), F.normalize(vec, dim=-1)
+        values = torch.einsum("ncth,nh->nct", act, vec)
+        return reduce_tokens(values, self.reduce, _layout_for(ctx.model, self.hook))
+
+    def __str__(self) -> str:
+        return f"direction({self.hook}, d={self.vector.shape[-1]}, {self.reduce})"
+
+
+@dataclass(frozen=True, eq=False)
+class TextDirection(Objective):
+    """Cosine between the image embedding and a text embedding ``(E,)`` or one per image ``(n, E)``.
+
+    Build it with ``TextDirection.from_prompts(model, ["a dog", ...])``.
+    """
+
+    embedding: torch.Tensor
+    prompts: tuple[str, ...] = ()
+    needs_output: bool = True
+
+    @classmethod
+    def from_prompts(cls, model, prompts: Sequence[str]) -> TextDirection:
+        with torch.no_grad():
+            emb = model.encode_text(list(prompts)).float()
+        return cls(embedding=emb, prompts=tuple(prompts))
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        img = F.normalize(ctx.head().float(), dim=-1)  # (n, copies, E)
+        txt = F.normalize(self.embedding.to(img), dim=-1)
+        txt = txt.expand(ctx.n, -1) if txt.ndim == 1 else txt
+        return torch.einsum("nce,ne->nc", img, txt).mean(1)
+
+    def __str__(self) -> str:
+        return f"text({list(self.prompts) or 'embedding'})"
+
+
+@dataclass(frozen=True, eq=False)
+class ClassLogit(Objective):
+    """Log-probability of class ``index`` (one, or one per image): maximising it minimises cross-entropy (PII)."""
+
+    index: int | Sequence[int]
+    needs_output: bool = True
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        logits = ctx.head().float()  # (n, copies, classes)
+        idx = _per_image(self.index, ctx.n, logits.device)
+        if int(idx.max()) >= logits.shape[-1] or int(idx.min()) < 0:
+            raise ClipvizError(f"class index out of range: the model has {logits.shape[-1]} classes")
+        logp = logits.log_softmax(-1)
+        return logp.gather(-1, idx.view(-1, 1, 1).expand(*logp.shape[:2], 1)).squeeze(-1).mean(1)
+
+    def __str__(self) -> str:
+        return f"class({self.index})"
+
+
+@dataclass(frozen=True, eq=False)
+class Diversity(Objective):
+    """Pushes images of the same group apart: minus the mean cosine similarity between an image's activation
+    Gram matrix at ``hook`` and those of the other images in its group (Lucid's diversity term)."""
+
+    hook: str
+    groups: Sequence[int] = field(default_factory=tuple)
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return (self.hook,)
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        act = ctx.act(self.hook).float().mean(1)  # (n, N, d)
+        gram = F.normalize((act.transpose(1, 2) @ act).flatten(1), dim=-1)
+        sim = gram @ gram.T
+        groups = torch.as_tensor(self.groups or [0] * ctx.n, device=sim.device)
+        same = (groups[:, None] == groups[None, :]) & ~torch.eye(ctx.n, dtype=torch.bool, device=sim.device)
+        count = same.sum(1).clamp(min=1)
+        return -(sim * same).sum(1) / count
+
+    def __str__(self) -> str:
+        return f"diversity({self.hook})"
+
+
+@dataclass(frozen=True, eq=False)
+class TotalVariation(Objective):
+    """Minus the ViT paper's 4-direction total variation of each clean image (a smoothness prior)."""
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return -total_variation(ctx.images)
+
+    def __str__(self) -> str:
+        return "-tv"
+
+
+@dataclass(frozen=True, eq=False)
+class L2(Objective):
+    """Minus the mean squared distance of each clean image from mid-grey."""
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return -l2_penalty(ctx.images)
+
+    def __str__(self) -> str:
+        return "-l2"

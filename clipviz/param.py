@@ -1,0 +1,137 @@
+"""Image parameterisations: what the optimiser changes to produce images in [0, 1].
+
+Each holds ``n`` independent images, one per objective, each initialised from its own seed, so an image does
+not depend on which other images share its batch.
+
+* ``PixelImage``: raw RGB pixels, initialised ``U[0, 1)`` and clamped to ``[0, 1]`` after every step (the ViT paper).
+* ``FourierImage``: a scaled 2-D Fourier spectrum with decorrelated colour and a sigmoid (Lucid).
+* ``MacoImage``: a fixed magnitude spectrum, only the phase is optimised (MaCo, Fel et al. 2023); the default
+  magnitude is the ``1/f`` power law of natural images.
+
+>>> import torch
+>>> p = PixelImage([0, 1], size=(32, 32))
+>>> p().shape
+torch.Size([2, 3, 32, 32])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+# Square root of the colour correlation of natural images (Lucid's ImageNet estimate), normalised below.
+_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_COLOR_SQRT = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
+
+
+def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def _frequencies(h: int, w: int) -> torch.Tensor:
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
+    return torch.sqrt(fx * fx + fy * fy)
+
+
+def _decorrelated_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("nchw,dc->ndhw", x, _COLOR_SQRT.to(x))
+
+
+class ImageParam(nn.Module):
+    """Base class: ``forward()`` returns ``(n, 3, H, W)`` images in ``[0, 1]``."""
+
+    kind = "base"
+
+    def __init__(self, seeds: Sequence[int], size: tuple[int, int]):
+        super().__init__()
+        self.seeds = [int(s) for s in seeds]
+        self.size = (int(size[0]), int(size[1]))
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Project back onto the feasible set after an optimiser step (no-op unless overridden)."""
+
+
+class PixelImage(ImageParam):
+    kind = "pixel"
+
+    def __init__(self, seeds: Sequence[int], size: tuple[int, int]):
+        super().__init__(seeds, size)
+        h, w = self.size
+        init = torch.stack([torch.rand(3, h, w, generator=g) for g in _generators(self.seeds)])
+        self.pixels = nn.Parameter(init)
+
+    def forward(self) -> torch.Tensor:
+        return self.pixels
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.pixels.clamp_(0.0, 1.0)
+
+
+class FourierImage(ImageParam):
+    """Lucid's parameterisation: spectrum scaled by ``1/f**decay``, decorrelated colour, sigmoid."""
+
+    kind = "fourier"
+
+    def __init__(self, seeds: Sequence[int], size: tuple[int, int], std: float = 0.01, decay: float = 1.0):
+        super().__init__(seeds, size)
+        h, w = self.size
+        freqs = _frequencies(h, w)
+        scale = 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay
+        self.register_buffer("scale", scale * (h * w) ** 0.5, persistent=False)
+        init = torch.stack([torch.randn(3, h, w // 2 + 1, 2, generator=g) * std for g in _generators(self.seeds)])
+        self.spectrum = nn.Parameter(init)
+
+    def forward(self) -> torch.Tensor:
+        h, w = self.size
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        x = torch.fft.irfft2(spectrum, s=(h, w), norm="ortho") / 4.0
+        return torch.sigmoid(_decorrelated_to_rgb(x))
+
+
+class MacoImage(ImageParam):
+    """Magnitude-constrained Fourier image: ``irfft(magnitude * exp(i * phase))``, standardised, decorrelated colour.
+
+    ``magnitude`` (3, H, W//2+1) defaults to ``1/f``; pass a photo's own magnitude to reconstruct that photo.
+    """
+
+    kind = "maco"
+
+    def __init__(self, seeds: Sequence[int], size: tuple[int, int], magnitude: torch.Tensor | None = None,
+                 decorrelate: bool = True):
+        super().__init__(seeds, size)
+        h, w = self.size
+        if magnitude is None:
+            magnitude = (1.0 / torch.clamp(_frequencies(h, w), min=1.0 / max(h, w))).expand(3, -1, -1).clone()
+        self.register_buffer("magnitude", magnitude.float(), persistent=False)
+        self.decorrelate = decorrelate
+        init = torch.stack([(torch.rand(3, h, w // 2 + 1, generator=g) * 2 - 1) * torch.pi
+                            for g in _generators(self.seeds)])
+        self.phase = nn.Parameter(init)
+
+    def forward(self) -> torch.Tensor:
+        h, w = self.size
+        x = torch.fft.irfft2(torch.polar(self.magnitude.expand_as(self.phase), self.phase), s=(h, w), norm="ortho")
+        x = (x - x.mean(dim=(-2, -1), keepdim=True)) / (x.std(dim=(-2, -1), keepdim=True) + 1e-8)
+        if self.decorrelate:
+            x = _decorrelated_to_rgb(x) * 2.0
+        return torch.sigmoid(x)
+
+
+PARAMETERISATIONS = {"pixel": PixelImage, "fourier": FourierImage, "maco": MacoImage}
+
+
+def make_param(kind: str, seeds: Sequence[int], size: tuple[int, int]) -> ImageParam:
+    from .errors import ClipvizError
+
+    if kind not in PARAMETERISATIONS:
+        raise ClipvizError(f"unknown parameterisation '{kind}'; accepted: {', '.join(PARAMETERISATIONS)}")
+    return PARAMETERISATIONS[kind](seeds, size)

@@ -1,0 +1,110 @@
+"""Named recipes: every setting of a feature-visualization run, as one dataclass.
+
+==================  ===========================================================================================
+``vit-paper``       "What do Vision Transformers Learn?" (Ghiasi et al. 2022) for ViTs: raw pixels, 8 copies,
+                    ColorShift (x-mu)/sigma, offset noise 0.5 -> 0, jitter 32, TV 0.0005, Adam(0.5, 0.99) lr 0.1,
+                    cosine to 0 over 400 steps.
+``vit-paper-clip``  The same paper's settings for CLIP towers: lr 1.0, TV 0.0005 * 30.
+``pii``             Plug-In Inversion (Ghiasi et al. 2022): 7 zoom-and-centre stages from 2S/8 to S, 400 steps each,
+                    jitter 32 -> copies -> ColorShift sigma*x+mu, no TV, Adam lr 0.01, cosine restarted per stage.
+``clip-inversion``  CLIPInversion: 13 copies with random affine (30 deg, 0.1, 0.7-1.2), TV 0.005, resolution
+                    64 -> 128 -> 224 (as fractions of the native size), Adam lr 0.1, gradient-norm clip 1.
+``lucid``           Lucid's defaults: Fourier parameterisation with decorrelated colour, jitter, scale and
+                    rotation, Adam lr 0.05, 512 steps, one copy.
+``default``         clipviz's default, chosen by measurement (docs/validation.md): MaCo phase-only Fourier images
+                    with the ViT paper's augmentations, 256 steps.
+==================  ===========================================================================================
+
+Any field can be overridden: ``get_recipe("vit-paper", steps=100, copies=4)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import ClipvizError
+from .transforms import ColorShift, Flip, Jitter, OffsetNoise, RandomAffine, RandomScale
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "custom"
+    param: str = "pixel"  # pixel | fourier | maco
+    size: int | None = None  # output size in pixels (None: the model's input size)
+    steps: int = 400  # optimisation steps per stage
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.5, 0.99)
+    eps: float = 1e-8
+    schedule: str = "cosine"  # cosine (to 0, restarted per stage) | constant
+    copies: int = 8  # independently augmented copies of each image per step
+    jitter_first: bool = False  # PII jitters the image before making copies; the ViT paper after
+    color_shift: str | None = "vit"  # vit: (x - mu) / sigma | pii: sigma * x + mu | None
+    offset_noise: float = 0.5  # start of the annealed per-channel offset noise (0: off)
+    jitter: int = 32  # max circular shift in pixels (0: off)
+    flip: bool = False
+    scale: tuple[float, float] | None = None  # random zoom range
+    affine: tuple[float, float, float, float] | None = None  # degrees, translate, min scale, max scale
+    tv: float = 0.0005  # weight of the 4-direction total variation
+    l2: float = 0.0
+    stages: tuple[float, ...] = (1.0,)  # image size of each stage as a fraction of ``size``
+    zoom_pad: float = 0.125  # PII: the previous stage's image is pasted at (size - pad * size) in the centre
+    grad_clip: float | None = None
+
+    def transforms(self) -> list:
+        """The per-step augmentation pipeline, applied to (n, copies, 3, H, W)."""
+        out: list = []
+        if self.color_shift:
+            out.append(ColorShift(mode=self.color_shift))
+        if self.offset_noise:
+            out.append(OffsetNoise(start=self.offset_noise, end=0.0))
+        if self.jitter and not self.jitter_first:
+            out.append(Jitter(self.jitter))
+        if self.flip:
+            out.append(Flip())
+        if self.scale:
+            out.append(RandomScale(*self.scale))
+        if self.affine:
+            deg, tr, lo, hi = self.affine
+            out.append(RandomAffine(deg, tr, (lo, hi)))
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps * len(self.stages)
+
+
+RECIPES: dict[str, Recipe] = {
+    "vit-paper": Recipe(name="vit-paper"),
+    "vit-paper-clip": Recipe(name="vit-paper-clip", lr=1.0, tv=0.0005 * 30),
+    "pii": Recipe(name="pii", lr=0.01, copies=8, jitter_first=True, color_shift="pii", offset_noise=0.0, tv=0.0,
+                  stages=tuple((k + 2) / 8 for k in range(7))),
+    "clip-inversion": Recipe(name="clip-inversion", lr=0.1, copies=13, color_shift=None, offset_noise=0.0, jitter=0,
+                             affine=(30.0, 0.1, 0.7, 1.2), tv=0.005, grad_clip=1.0, steps=300,
+                             stages=(64 / 224, 128 / 224, 1.0)),
+    "lucid": Recipe(name="lucid", param="fourier", lr=0.05, betas=(0.9, 0.999), schedule="constant", copies=1,
+                    color_shift=None, offset_noise=0.0, jitter=8, scale=(0.9, 1.1), affine=(10.0, 0.0, 1.0, 1.0),
+                    tv=0.0, steps=512),
+    "default": Recipe(name="default", param="maco", lr=0.05, betas=(0.9, 0.999), steps=256, copies=8,
+                      color_shift="vit", offset_noise=0.5, jitter=16, scale=(0.9, 1.1), tv=0.0),
+}
+
+
+def get_recipe(name: str | Recipe, **overrides) -> Recipe:
+    """A named recipe with some fields replaced (``None`` values are ignored)."""
+    recipe = name if isinstance(name, Recipe) else RECIPES.get(name)
+    if recipe is None:
+        raise ClipvizError(f"unknown recipe '{name}'; accepted: {', '.join(RECIPES)}")
+    valid = {f.name for f in fields(Recipe)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ClipvizError(f"unknown recipe setting(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(valid))}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes.get("steps", 1) < 1 or changes.get("copies", 1) < 1:
+        raise ClipvizError("steps and copies must be at least 1")
+    return replace(recipe, **changes) if changes else recipe
+
+
+__all__ = ["RECIPES", "Recipe", "get_recipe"]

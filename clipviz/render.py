@@ -1,0 +1,163 @@
+"""The optimisation loop: images that maximise a batched objective under a recipe.
+
+Every image in the batch has its own seed, its own initialisation and its own stream of random augmentations;
+the model has no batch-coupled layers and Adam is element-wise, so an image does not depend on the others in
+its batch (a ``Diversity`` term is the one deliberate exception).
+
+>>> import clipviz, torch
+>>> from clipviz.objectives import Neuron
+>>> from clipviz.recipes import get_recipe
+>>> model = clipviz.load("world-clip")
+>>> result = optimise(model, Neuron("blocks.1.mlp.hook_post", [3, 7]), seeds=[3, 7],
+...                   recipe=get_recipe("vit-paper", steps=5, copies=2))
+>>> result.images.shape
+torch.Size([2, 3, 64, 64])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ClipvizError
+from .objectives import L2, Context, Objective, TotalVariation
+from .param import PixelImage, make_param
+from .recipes import Recipe
+from .transforms import Jitter
+
+
+class RenderError(RuntimeError):
+    """The optimisation broke down (a loss that is not finite), naming the image and the step."""
+
+
+@dataclass
+class RenderResult:
+    images: torch.Tensor  # (n, 3, H, W) in [0, 1], on the CPU
+    start: torch.Tensor  # (n,) objective on the clean initial images
+    end: torch.Tensor  # (n,) objective on the clean final images
+
+
+def forward_objective(model, objective: Objective, images: torch.Tensor, copies: int, clean: torch.Tensor,
+                      autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Evaluate ``objective`` on ``images`` ``(n * copies, 3, H, W)``; ``clean`` are the images before augmentation."""
+    hooks = objective.hooks
+    with autocast():
+        if hooks:
+            output, cache = model.run_with_cache(images, list(hooks), stop_early=not objective.needs_output,
+                                                 detach=False)
+        else:
+            output, cache = model(images), {}
+    return objective(Context(model=model, cache=cache, output=output, images=clean, copies=copies))
+
+
+@torch.no_grad()
+def evaluate(model, objective: Objective, images: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Objective values ``(n,)`` on clean, unaugmented images ``(n, 3, H, W)``."""
+    x = images.to(model.device)
+    return forward_objective(model, objective, x, 1, x, autocast).float().cpu()
+
+
+def _rngs(seeds: Sequence[int], stream: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed((int(s) * 1_000_003 + stream) % (2**63)) for s in seeds]
+
+
+def _paste_previous(param: PixelImage, previous: torch.Tensor, pad: float) -> None:
+    """PII's zoom: the previous stage's image, resized to (size - pad), pasted in the centre of a fresh canvas."""
+    h, w = param.size
+    ih, iw = max(1, round(h * (1 - pad))), max(1, round(w * (1 - pad)))
+    small = F.interpolate(previous.to(param.pixels), size=(ih, iw), mode="bilinear", align_corners=False,
+                          antialias=True).clamp(0, 1)
+    top, left = (h - ih) // 2, (w - iw) // 2
+    with torch.no_grad():
+        param.pixels[:, :, top:top + ih, left:left + iw] = small
+
+
+def _clip_per_image(parameters, max_norm: float) -> None:
+    for p in parameters:
+        if p.grad is None:
+            continue
+        norms = p.grad.flatten(1).norm(dim=1).clamp(min=1e-12)
+        factor = (max_norm / norms).clamp(max=1.0)
+        p.grad.mul_(factor.view(-1, *([1] * (p.grad.ndim - 1))))
+
+
+def optimise(
+    model,
+    objective: Objective,
+    seeds: Sequence[int],
+    recipe: Recipe,
+    *,
+    size: int | None = None,
+    autocast: Callable = contextlib.nullcontext,
+    on_step: Callable[[int], None] | None = None,
+    labels: Sequence[object] | None = None,
+) -> RenderResult:
+    """Optimise one image per seed to maximise ``objective`` (a batched objective of ``len(seeds)`` images).
+
+    ``labels`` name the images in error messages (neuron ids, prompts). ``on_step(k)`` is called after each step.
+    """
+    n = len(seeds)
+    labels = list(labels) if labels is not None else list(range(n))
+    side = int(size or recipe.size or model.image_size[0])
+    if recipe.param != "pixel" and len(recipe.stages) > 1:
+        raise ClipvizError(f"recipe '{recipe.name}': multi-stage zoom needs the pixel parameterisation")
+    full = objective
+    if recipe.tv:
+        full = full + recipe.tv * TotalVariation()
+    if recipe.l2:
+        full = full + recipe.l2 * L2()
+    transforms = recipe.transforms()
+    rngs = _rngs(seeds, stream=1)
+    pre_jitter = Jitter(recipe.jitter) if recipe.jitter and recipe.jitter_first else None
+    device = model.device
+    previous, start = None, None
+    total, step_no = recipe.total_steps, 0
+    for stage, fraction in enumerate(recipe.stages):
+        stage_side = max(8, round(side * fraction))
+        stage_seeds = [int(s) * 7919 + stage if stage else int(s) for s in seeds]
+        param = make_param(recipe.param, stage_seeds, (stage_side, stage_side)).to(device)
+        if previous is not None:
+            _paste_previous(param, previous, recipe.zoom_pad)
+        if start is None:
+            start = evaluate(model, objective, param().detach(), autocast)
+        opt = torch.optim.Adam(param.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)
+        for k in range(recipe.steps):
+            lr = recipe.lr
+            if recipe.schedule == "cosine":
+                lr = 0.5 * recipe.lr * (1 + math.cos(math.pi * k / recipe.steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            images = param()
+            x = images[:, None]
+            if pre_jitter is not None:
+                x = pre_jitter(x, rngs, step_no / max(1, total - 1))
+            x = x.expand(-1, recipe.copies, -1, -1, -1)
+            for t in transforms:
+                x = t(x, rngs, step_no / max(1, total - 1))
+            flat = x.reshape(n * recipe.copies, *x.shape[2:])
+            values = forward_objective(model, full, flat, recipe.copies, images, autocast)
+            bad = (~torch.isfinite(values)).nonzero().flatten()
+            if bad.numel():
+                i = int(bad[0])
+                raise RenderError(f"the loss is not finite for {labels[i]} at step {step_no} of {total} "
+                                  f"(stage {stage}); try a lower learning rate or full precision")
+            opt.zero_grad(set_to_none=True)
+            (-values.sum()).backward()
+            if recipe.grad_clip:
+                _clip_per_image(param.parameters(), recipe.grad_clip)
+            opt.step()
+            param.after_step()
+            step_no += 1
+            if on_step is not None:
+                on_step(step_no)
+        previous = param().detach()
+    final = previous.clamp(0, 1)
+    if final.shape[-1] != side:
+        final = F.interpolate(final, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    end = evaluate(model, objective, final, autocast)
+    return RenderResult(images=final.float().cpu(), start=start, end=end)

@@ -1,0 +1,142 @@
+"""Robustness transforms applied to each image's ensemble of copies at every optimisation step.
+
+A transform maps ``x`` of shape ``(n, copies, 3, H, W)`` to a tensor of the same layout (size may change for
+``RandomScale``). Its random draws come from one generator per image, so an image's augmentations do not depend
+on the other images in the batch. ``progress`` runs from 0 (first step) to 1 (last step).
+
+>>> import torch
+>>> rngs = [torch.Generator().manual_seed(0)]
+>>> Jitter(4)(torch.rand(1, 8, 3, 16, 16), rngs, 0.0).shape
+torch.Size([1, 8, 3, 16, 16])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _per_image(rngs: Sequence[torch.Generator], draw) -> torch.Tensor:
+    return torch.stack([draw(g) for g in rngs])
+
+
+@dataclass(frozen=True)
+class ColorShift:
+    """Random per-copy, per-channel affine colour shift.
+
+    ``mode="vit"``: ``(x - mu) / sigma`` (the ViT paper); ``mode="pii"``: ``sigma * x + mu`` (Plug-In Inversion);
+    ``mu ~ U(-shift, shift)``, ``sigma = exp(U(-log_scale, log_scale))``.
+    """
+
+    shift: float = 1.0
+    log_scale: float = 1.0
+    mode: str = "vit"
+
+    def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
+        c = x.shape[1]
+        mu = _per_image(rngs, lambda g: (torch.rand(c, 3, generator=g) * 2 - 1) * self.shift)
+        sigma = _per_image(rngs, lambda g: torch.exp((torch.rand(c, 3, generator=g) * 2 - 1) * self.log_scale))
+        mu, sigma = mu[..., None, None].to(x), sigma[..., None, None].to(x)
+        return (x - mu) / sigma if self.mode == "vit" else sigma * x + mu
+
+
+@dataclass(frozen=True)
+class OffsetNoise:
+    """A constant offset per copy and channel, ``N(0, s^2)``, with ``s`` annealed linearly from ``start`` to ``end``."""
+
+    start: float = 0.5
+    end: float = 0.0
+
+    def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
+        s = self.start + (self.end - self.start) * progress
+        c = x.shape[1]
+        noise = _per_image(rngs, lambda g: torch.randn(c, 3, generator=g))
+        return x + s * noise[..., None, None].to(x)
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Circular roll by ``U{-max_shift..max_shift}`` pixels in x and y, one offset per image and step."""
+
+    max_shift: int = 32
+
+    def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
+        shifts = _per_image(rngs, lambda g: torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=g))
+        return torch.stack([torch.roll(img, shifts=(int(dy), int(dx)), dims=(-2, -1))
+                            for img, (dy, dx) in zip(x, shifts.tolist(), strict=True)])
+
+
+@dataclass(frozen=True)
+class Flip:
+    """Horizontal flip of each copy with probability ``p``."""
+
+    p: float = 0.5
+
+    def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
+        flip = _per_image(rngs, lambda g: torch.rand(x.shape[1], generator=g) < self.p).to(x.device)
+        return torch.where(flip[:, :, None, None, None], x.flip(-1), x)
+
+
+@dataclass(frozen=True)
+class RandomScale:
+    """Zoom each copy by ``U(low, high)`` about a random centre, keeping the size (reflect-padding when shrinking)."""
+
+    low: float = 0.9
+    high: float = 1.1
+
+    def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
+        n, c = x.shape[:2]
+        scale = _per_image(rngs, lambda g: self.low + (self.high - self.low) * torch.rand(c, generator=g))
+        shift = _per_image(rngs, lambda g: (torch.rand(c, 2, generator=g) * 2 - 1))
+        scale, shift = scale.to(x), shift.to(x)
+        inv = 1.0 / scale.reshape(-1)
+        theta = torch.zeros(n * c, 2, 3, dtype=x.dtype, device=x.device)
+        theta[:, 0, 0] = inv
+        theta[:, 1, 1] = inv
+        theta[:, :, 2] = shift.reshape(-1, 2) * (1 - inv.clamp(max=1.0))[:, None]
+        flat = x.reshape(n * c, *x.shape[2:])
+        grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+        out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return out.reshape(x.shape)
+
+
+@dataclass(frozen=True)
+class RandomAffine:
+    """Rotation, translation and scale per copy (CLIPInversion's augmentation)."""
+
+    degrees: float = 30.0
+    translate: float = 0.1
+    scale: tuple[float, float] = (0.7, 1.2)
+
+    def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
+        n, c = x.shape[:2]
+        draws = _per_image(rngs, lambda g: torch.rand(c, 4, generator=g)).to(x)
+        angle = (draws[..., 0] * 2 - 1) * math.radians(self.degrees)
+        scale = self.scale[0] + (self.scale[1] - self.scale[0]) * draws[..., 1]
+        tx, ty = (draws[..., 2] * 2 - 1) * self.translate * 2, (draws[..., 3] * 2 - 1) * self.translate * 2
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], -2)
+        flat = x.reshape(n * c, *x.shape[2:])
+        grid = F.affine_grid(theta.reshape(-1, 2, 3), list(flat.shape), align_corners=False)
+        return F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(x.shape)
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """The ViT paper's TV, per image: sum over 4 directions (h, v, two diagonals) of the mean over channels of the
+    unsquared L2 norm of the difference. ``images`` is ``(n, 3, H, W)``; returns ``(n,)``."""
+    diffs = (
+        images[..., 1:, :] - images[..., :-1, :],
+        images[..., :, 1:] - images[..., :, :-1],
+        images[..., 1:, 1:] - images[..., :-1, :-1],
+        images[..., 1:, :-1] - images[..., :-1, 1:],
+    )
+    return sum(d.flatten(-2).norm(dim=-1).mean(dim=-1) for d in diffs)
+
+
+def l2_penalty(images: torch.Tensor, centre: float = 0.5) -> torch.Tensor:
+    """Mean squared distance of each image from mid-grey, ``(n,)``."""
+    return ((images - centre) ** 2).flatten(1).mean(dim=1)
