@@ -48,6 +48,60 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_indices(text: str) -> list[int]:
+    """``"0:64"``, ``"3,7,9"`` or ``"0:4,10"`` -> a list of indices (ranges are half-open, like Python's)."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            if ":" in part:
+                lo, hi = part.split(":", 1)
+                out += list(range(int(lo), int(hi)))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ClipvizError(f"bad index list '{text}': use ranges and lists such as 0:64 or 1,5,9") from None
+    if any(i < 0 for i in out):
+        raise ClipvizError(f"bad index list '{text}': indices must be >= 0")
+    return out
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .visualize import visualize
+
+    neurons = parse_indices(args.neurons) if args.neurons else []
+    classes = parse_indices(args.classes) if args.classes else []
+    if not (neurons or args.text or classes):
+        raise ClipvizError("nothing to visualize: give --neurons (with --hook), --text or --class")
+    if neurons and not args.hook:
+        raise ClipvizError("--neurons needs --hook, e.g. --hook blocks.6.mlp.hook_post")
+    model = _load(args)
+    results = visualize(
+        model, args.hook, neurons, texts=args.text or (), classes=classes, recipe=args.recipe, seed=args.seed,
+        samples=args.samples, reduce=args.reduce, batch_size=args.batch_size, precision=args.precision,
+        out=args.out, steps=args.steps, size=args.size, copies=args.copies, lr=args.lr,
+    )
+    for v in results[:8]:
+        print(f"{v.path}: objective {v.meta['objective_start']:.3f} -> {v.meta['objective_end']:.3f}")
+    if len(results) > 8:
+        print(f"... and {len(results) - 8} more")
+    print(f"wrote {len(results)} visualizations to {args.out}")
+    return 0
+
+
+def _reduction(text: str):
+    if text in ("patches", "cls", "all", "max"):
+        return text
+    parts = text.split(":")
+    try:
+        if parts[0] == "patch" and len(parts) == 3:
+            return ("patch", int(parts[1]), int(parts[2]))
+        if parts[0] == "region" and len(parts) == 5:
+            return ("region", *map(int, parts[1:]))
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError("use patches, cls, all, max, patch:ROW:COL or region:R0:R1:C0:C1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -67,6 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
     info = model_parser("info", "print a model's summary and its hook names")
     info.add_argument("--json", action="store_true", help="print the summary and every hook name as JSON")
     info.set_defaults(func=cmd_info)
+
+    from .recipes import RECIPES
+
+    vis = model_parser("visualize", "render images that excite neurons, text prompts or classes")
+    vis.add_argument("--hook", help="hook name, e.g. blocks.6.mlp.hook_post")
+    vis.add_argument("--neurons", help="neuron indices: 0:64, 1,5,9 or 0:4,10")
+    vis.add_argument("--text", action="append", help="a prompt to render (CLIP-like models); repeatable")
+    vis.add_argument("--class", dest="classes", help="class indices to render (classifiers), like --neurons")
+    vis.add_argument("--recipe", default="vit-paper", choices=sorted(RECIPES))
+    vis.add_argument("--reduce", type=_reduction, default="patches",
+                     help="patches (default), cls, all, max, patch:ROW:COL or region:R0:R1:C0:C1")
+    vis.add_argument("--steps", type=int, help="optimisation steps per stage (recipe's by default)")
+    vis.add_argument("--size", type=int, help="image size in pixels (the model's by default)")
+    vis.add_argument("--copies", type=int, help="augmented copies per image and step")
+    vis.add_argument("--lr", type=float, help="learning rate")
+    vis.add_argument("--seed", type=int, default=0)
+    vis.add_argument("--samples", type=int, default=1, help="images per target, each with its own seed")
+    vis.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
+    vis.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    vis.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: what accelerate picks)")
+    vis.add_argument("--out", required=True, help="output folder (finished targets are skipped on a rerun)")
+    vis.set_defaults(func=cmd_visualize)
     return parser
 
 

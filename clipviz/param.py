@@ -86,7 +86,7 @@ class FourierImage(ImageParam):
         h, w = self.size
         freqs = _frequencies(h, w)
         scale = 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay
-        self.register_buffer("scale", scale * (h * w) ** 0.5, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
         init = torch.stack([torch.randn(3, h, w // 2 + 1, 2, generator=g) * std for g in _generators(self.seeds)])
         self.spectrum = nn.Parameter(init)
 
@@ -98,7 +98,9 @@ class FourierImage(ImageParam):
 
 
 class MacoImage(ImageParam):
-    """Magnitude-constrained Fourier image: ``irfft(magnitude * exp(i * phase))``, standardised, decorrelated colour.
+    """Magnitude-constrained Fourier image: ``irfft(magnitude * exp(i * phase))`` scaled to unit variance, plus a
+    learnable mean colour per image (the fixed spectrum alone cannot make a globally red image), decorrelated
+    colour, sigmoid.
 
     ``magnitude`` (3, H, W//2+1) defaults to ``1/f``; pass a photo's own magnitude to reconstruct that photo.
     """
@@ -116,11 +118,12 @@ class MacoImage(ImageParam):
         init = torch.stack([(torch.rand(3, h, w // 2 + 1, generator=g) * 2 - 1) * torch.pi
                             for g in _generators(self.seeds)])
         self.phase = nn.Parameter(init)
+        self.colour = nn.Parameter(torch.zeros(self.n, 3, 1, 1))
 
     def forward(self) -> torch.Tensor:
         h, w = self.size
         x = torch.fft.irfft2(torch.polar(self.magnitude.expand_as(self.phase), self.phase), s=(h, w), norm="ortho")
-        x = (x - x.mean(dim=(-2, -1), keepdim=True)) / (x.std(dim=(-2, -1), keepdim=True) + 1e-8)
+        x = x / (x.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 1e-8) + self.colour
         if self.decorrelate:
             x = _decorrelated_to_rgb(x) * 2.0
         return torch.sigmoid(x)

@@ -100,7 +100,9 @@ def get_recipe(name: str | Recipe, **overrides) -> Recipe:
     valid = {f.name for f in fields(Recipe)}
     unknown = set(overrides) - valid
     if unknown:
-        raise ClipvizError(f"unknown recipe setting(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(valid))}")
+        raise ClipvizError(
+            f"unknown recipe setting(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(valid))}"
+        )
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes.get("steps", 1) < 1 or changes.get("copies", 1) < 1:
         raise ClipvizError("steps and copies must be at least 1")

@@ -1,0 +1,244 @@
+"""Feature visualization at scale: many neurons (or prompts, or classes) per pass, across processes, resumable.
+
+>>> import clipviz
+>>> model = clipviz.load("world-clip")
+>>> vis = visualize(model, hook="blocks.1.mlp.hook_post", neurons=[0, 1], recipe="vit-paper", steps=4, copies=2,
+...                 progress=False)
+>>> [v.meta["neuron"] for v in vis], vis[0].image.size
+([0, 1], (64, 64))
+
+Each result is a PIL image plus a metadata dict (model, hook, neuron, every recipe setting, seed, the objective at
+the start and at the end, library versions). With ``out=DIR``, each is written as ``DIR/<group>/<key>.png`` with
+a ``.json`` sidecar and a ``grid.png`` per group; a second run into the same folder skips finished work.
+A target's image depends only on (model, hook, target, recipe, seed): not on the batch it shares or on how
+many processes render.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .artifacts import grid, settings_id, to_pil, versions, write_json, write_png
+from .errors import ClipvizError
+from .objectives import ClassLogit, Neuron, Objective, TextDirection
+from .recipes import Recipe, get_recipe
+from .render import optimise
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image to render: a neuron, a text prompt or a class."""
+
+    kind: str  # neuron | text | class
+    value: object  # neuron index, prompt or class index
+    seed: int
+
+    @property
+    def group(self) -> str:
+        return {"text": "text", "class": "class"}.get(self.kind, "")
+
+    @property
+    def key(self) -> str:
+        if self.kind == "neuron":
+            return f"neuron-{int(self.value):05d}"
+        if self.kind == "class":
+            return f"class-{int(self.value):05d}"
+        slug = "".join(ch if ch.isalnum() else "-" for ch in str(self.value).lower()).strip("-")[:40]
+        return f"text-{slug}-{zlib.crc32(str(self.value).encode()):08x}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.value!r}"
+
+
+@dataclass
+class Visualization:
+    image: Image.Image
+    meta: dict
+    path: Path | None = None
+
+
+def make_targets(neurons: Sequence[int] = (), texts: Sequence[str] = (), classes: Sequence[int] = (),
+                 seed: int = 0, samples: int = 1) -> list[Target]:
+    """Targets with their seeds: ``seed + index`` for neurons and classes (the ViT paper seeds each run with the
+    feature index), ``seed + crc32(prompt)`` for prompts; ``samples`` > 1 renders several images per target."""
+    targets = []
+    for s in range(samples):
+        offset = seed + s * 1_000_000_007
+        targets += [Target("neuron", int(i), offset + int(i)) for i in neurons]
+        targets += [Target("text", str(t), offset + zlib.crc32(str(t).encode())) for t in texts]
+        targets += [Target("class", int(c), offset + int(c)) for c in classes]
+    return targets
+
+
+def _objective(model, hook: str | None, reduce, batch: Sequence[Target]) -> Objective:
+    kinds = {t.kind for t in batch}
+    if len(kinds) != 1:
+        raise ValueError("a batch mixes target kinds")
+    kind = kinds.pop()
+    if kind == "neuron":
+        if hook is None:
+            raise ClipvizError("neuron targets need a hook, e.g. --hook blocks.6.mlp.hook_post")
+        return Neuron(hook, [t.value for t in batch], reduce)
+    if kind == "text":
+        return TextDirection.from_prompts(model, [t.value for t in batch])
+    return ClassLogit([t.value for t in batch])
+
+
+def _check_targets(model, hook: str | None, targets: Sequence[Target]) -> None:
+    neurons = [t.value for t in targets if t.kind == "neuron"]
+    if neurons:
+        point = model.hook_point(hook)
+        _, cache = model.run_with_cache(torch.zeros(1, 3, *model.image_size), [point.name])
+        width = cache[point.name].shape[-1]
+        bad = [n for n in neurons if not 0 <= n < width]
+        if bad:
+            raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
+                               f"(0..{width - 1})")
+    if any(t.kind == "text" for t in targets) and not model.is_clip:
+        raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    accepted = {"auto", "fp32", "no", "bf16", "fp16"}
+    if precision not in accepted:
+        raise ClipvizError(f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "no"
+    return "no" if precision == "fp32" else precision
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def visualize(
+    model,
+    hook: str | None = None,
+    neurons: Sequence[int] = (),
+    *,
+    texts: Sequence[str] = (),
+    classes: Sequence[int] = (),
+    recipe: str | Recipe = "vit-paper",
+    seed: int = 0,
+    samples: int = 1,
+    reduce: object = "patches",
+    batch_size: int = 16,
+    precision: str = "auto",
+    out: str | Path | None = None,
+    progress: bool = True,
+    accelerator=None,
+    **recipe_overrides,
+) -> list[Visualization]:
+    """Render one image per neuron / prompt / class; see the module docstring."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    recipe = get_recipe(recipe, **recipe_overrides)
+    targets = make_targets(neurons, texts, classes, seed=seed, samples=samples)
+    if not targets:
+        raise ClipvizError("nothing to visualize: give neurons, texts or classes")
+    if batch_size < 1:
+        raise ClipvizError(f"batch size must be at least 1, got {batch_size}")
+    if accelerator is None:
+        accelerator = Accelerator(cpu=model.device.type == "cpu" and not torch.cuda.is_available(),
+                                  mixed_precision=_precision(precision, model.device))
+    model = model.to(accelerator.device)
+    _check_targets(model, hook, targets)
+    out = Path(out) if out is not None else None
+    base = {"model": model.spec, "architecture": model.backend.architecture, "hook": hook,
+            "reduce": reduce if isinstance(reduce, str) else list(reduce), "recipe": recipe.to_dict(),
+            "precision": accelerator.mixed_precision}
+
+    def path_of(t: Target) -> Path:
+        return out / (t.group or hook) / f"{t.key}{'' if samples == 1 else f'-s{t.seed}'}.png"
+
+    def settings(t: Target) -> dict:
+        return {**base, "kind": t.kind, "target": t.value, "seed": t.seed}
+
+    def finished(t: Target) -> Visualization | None:
+        if out is None:
+            return None
+        meta_path = path_of(t).with_suffix(".json")
+        if not (meta_path.is_file() and path_of(t).is_file()):
+            return None
+        import json
+
+        meta = json.loads(meta_path.read_text())
+        if meta.get("settings_id") != settings_id(settings(t)):
+            return None
+        return Visualization(image=Image.open(path_of(t)).convert("RGB"), meta=meta, path=path_of(t))
+
+    done = {t: v for t in targets if (v := finished(t)) is not None}
+    todo = [t for t in targets if t not in done]
+    accelerator.wait_for_everyone()  # every process must see the same to-do list before any of them writes
+    rendered: list[tuple[Target, dict, torch.Tensor]] = []
+    with accelerator.split_between_processes(todo) as mine:
+        bar = tqdm(total=len(mine), unit="neuron" if hook else "image", desc="visualize",
+                   disable=not progress or not accelerator.is_local_main_process)
+        size = batch_size
+        queue = [list(mine[i:i + size]) for i in range(0, len(mine), size)]
+        while queue:
+            batch = queue.pop(0)
+            kinds_split = _split_by_kind(batch)
+            if len(kinds_split) > 1:
+                queue = kinds_split + queue
+                continue
+            try:
+                started = time.time()
+                result = optimise(model, _objective(model, hook, reduce, batch), [t.seed for t in batch], recipe,
+                                  autocast=accelerator.autocast, labels=[t.label for t in batch])
+            except RuntimeError as error:
+                if not _is_oom(error) or len(batch) == 1:
+                    raise
+                size = max(1, len(batch) // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                bar.write(f"out of memory with {len(batch)} images per batch; going on with {size}")
+                queue = [batch[:size], batch[size:]] + queue
+                continue
+            seconds = time.time() - started
+            for i, t in enumerate(batch):
+                meta = {**settings(t), "settings_id": settings_id(settings(t)), "objective_start":
+                        float(result.start[i]), "objective_end": float(result.end[i]),
+                        "image_size": list(result.images.shape[-2:]), "batch_seconds": round(seconds, 3),
+                        "versions": versions()}
+                if t.kind == "neuron":
+                    meta["neuron"] = t.value
+                if out is not None:
+                    write_png(path_of(t), to_pil(result.images[i]))
+                    write_json(path_of(t).with_suffix(".json"), meta)
+                else:
+                    rendered.append((t, meta, result.images[i]))
+            bar.update(len(batch))
+        bar.close()
+    accelerator.wait_for_everyone()
+    results: dict[Target, Visualization] = dict(done)
+    if out is not None:  # every process wrote its own results: read them all back from disk
+        for t in todo:
+            results[t] = finished(t)
+    else:
+        gathered = gather_object(rendered) if accelerator.num_processes > 1 else rendered
+        for t, meta, image in gathered:
+            results.setdefault(t, Visualization(image=to_pil(image), meta=meta))
+    ordered = [results[t] for t in targets]
+    if out is not None and accelerator.is_main_process:
+        for group in {t.group or hook for t in targets}:
+            members = [v.image for t, v in zip(targets, ordered, strict=True) if (t.group or hook) == group]
+            write_png(out / group / "grid.png", grid(members))
+    return ordered
+
+
+def _split_by_kind(batch: list[Target]) -> list[list[Target]]:
+    kinds: dict[str, list[Target]] = {}
+    for t in batch:
+        kinds.setdefault(t.kind, []).append(t)
+    return list(kinds.values())
