@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from planted import RED, STRIPES, build_planted_vit, stripe_energy
 
 import clipviz
 from clipviz.cli import main as cli_main
@@ -16,7 +17,6 @@ from clipviz.objectives import L2, Context, Neuron, Objective, TotalVariation
 from clipviz.param import _COLOR_SQRT, FourierImage, MacoImage, PixelImage
 from clipviz.render import RenderError, evaluate, optimise
 from clipviz.visualize import visualize
-from planted import RED, STRIPES, build_planted_vit, stripe_energy
 
 HOOK = "blocks.0.mlp.hook_post"
 FAST = {"steps": 40, "copies": 4, "progress": False}
