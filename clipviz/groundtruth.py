@@ -1,0 +1,150 @@
+"""Ground truth for models of the synthetic world: zero-shot accuracy and each neuron's selectivity.
+
+A neuron's selectivity for a factor value is the AUROC of its patch-mean activation for telling images with that
+value from images without it, over a fixed held-out world sample. A neuron's concept is *clear* when its best
+AUROC reaches ``CLEAR_AUROC``.
+
+>>> import clipviz
+>>> from clipviz.groundtruth import zero_shot_accuracy
+>>> acc = zero_shot_accuracy(clipviz.load("world-clip"), n=64)
+>>> sorted(acc)[:3]
+['background', 'colour', 'position']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import world
+
+HELDOUT_SEED = 2_000_000_011  # far from the training stream's seeds (seed * 1_000_003 + step)
+CLEAR_AUROC = 0.95
+CONCEPTS: list[tuple[str, str]] = [(fam, v) for fam, values in world.FACTORS.items() for v in values]
+
+
+def world_images(n: int, seed: int = HELDOUT_SEED, single_object: bool = False) -> tuple[torch.Tensor, dict]:
+    """``n`` world images as a float tensor in [0, 1] (n, 3, 64, 64) and their factor indices."""
+    batch = world.generate(n, seed=seed, single_object=single_object)
+    images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255.0
+    return images, batch.factors
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, n: int = 1000, seed: int = HELDOUT_SEED + 1, batch: int = 250) -> dict[str, float]:
+    """Accuracy per factor family of zero-shot classification with single-factor prompts (``world.prompt``),
+    on held-out single-object images (count is left out: it is always one)."""
+    images, factors = world_images(n, seed=seed, single_object=True)
+    emb = torch.cat([F.normalize(model.encode_image(images[i:i + batch]).float(), dim=-1)
+                     for i in range(0, n, batch)])
+    out = {}
+    for family, values in world.FACTORS.items():
+        if family == "count":
+            continue
+        text = F.normalize(model.encode_text([world.prompt(family, v) for v in values]).float(), dim=-1)
+        pred = (emb @ text.T).argmax(1).cpu().numpy()
+        out[family] = float((pred == factors[family]).mean())
+    return out
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """AUROC of each column of ``scores`` (n, k) for each column of boolean ``labels`` (n, c): (k, c).
+
+    Mann-Whitney with average ranks for ties.
+    """
+    n = scores.shape[0]
+    order = scores.argsort(dim=0)
+    ranks = torch.empty_like(scores, dtype=torch.float64)
+    ranks.scatter_(0, order, torch.arange(1, n + 1, dtype=torch.float64).unsqueeze(1).expand_as(scores).contiguous())
+    # average ranks over ties
+    sorted_scores = scores.gather(0, order)
+    for j in range(scores.shape[1]):
+        col = sorted_scores[:, j]
+        if torch.unique(col).numel() < n:
+            uniq, inverse = torch.unique(col, return_inverse=True)
+            mean_rank = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(
+                0, inverse, torch.arange(1, n + 1, dtype=torch.float64))
+            mean_rank /= torch.bincount(inverse).double()
+            ranks[order[:, j], j] = mean_rank[inverse]
+    pos = labels.double()
+    n_pos = pos.sum(0)
+    n_neg = n - n_pos
+    rank_sum = ranks.T @ pos  # (k, c)
+    return ((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg).clamp(min=1)).float()
+
+
+def concept_labels(factors: dict[str, np.ndarray]) -> torch.Tensor:
+    """(n, len(CONCEPTS)) booleans: image i has concept c."""
+    cols = [torch.from_numpy(factors[fam] == world.FACTORS[fam].index(v)) for fam, v in CONCEPTS]
+    return torch.stack(cols, dim=1)
+
+
+@torch.no_grad()
+def patch_means(model, hooks: list[str], images: torch.Tensor, batch: int = 250) -> dict[str, torch.Tensor]:
+    """Patch-mean activation (n, d) of every neuron at each hook (prefix tokens excluded)."""
+    chunks: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    for i in range(0, images.shape[0], batch):
+        _, cache = model.run_with_cache(images[i:i + batch], hooks)
+        for h in hooks:
+            layout = model.layout(model.hook_point(h).block)
+            chunks[h].append(cache[h][:, layout.patches].float().mean(1).cpu())
+    return {h: torch.cat(v) for h, v in chunks.items()}
+
+
+@dataclass
+class Selectivity:
+    """AUROC (neurons, concepts) per hook, on ``n`` held-out images drawn with ``seed``."""
+
+    auroc: dict[str, torch.Tensor]
+    n: int
+    seed: int
+
+    def best(self, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best AUROC and the index of its concept, per neuron."""
+        return self.auroc[hook].max(dim=1)
+
+    def clear(self, hook: str, threshold: float = CLEAR_AUROC) -> list[tuple[int, str, str, float]]:
+        """(neuron, family, value, auroc) for the neurons whose best AUROC reaches ``threshold``."""
+        values, idx = self.best(hook)
+        return [(int(k), *CONCEPTS[int(idx[k])], float(values[k])) for k in range(values.numel())
+                if values[k] >= threshold]
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        from .artifacts import _atomic
+
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic(directory / "ground_truth.safetensors",
+                lambda tmp: save_file({h: t.contiguous() for h, t in self.auroc.items()}, tmp))
+        meta = {"n": self.n, "seed": self.seed, "concepts": [f"{f}:{v}" for f, v in CONCEPTS],
+                "clear_auroc": CLEAR_AUROC, "reduction": "mean over patch tokens"}
+        _atomic(directory / "ground_truth.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+
+    @classmethod
+    def load(cls, directory: Path) -> Selectivity:
+        from safetensors.torch import load_file
+
+        meta = json.loads((directory / "ground_truth.json").read_text())
+        return cls(auroc=load_file(str(directory / "ground_truth.safetensors")), n=meta["n"], seed=meta["seed"])
+
+
+def selectivity(model, hooks: list[str] | None = None, n: int = 3000, seed: int = HELDOUT_SEED) -> Selectivity:
+    """Each neuron's AUROC for every factor value (see the module docstring)."""
+    hooks = hooks or [f"blocks.{i}.mlp.hook_post" for i in range(model.n_blocks)]
+    images, factors = world_images(n, seed=seed)
+    labels = concept_labels(factors)
+    means = patch_means(model, hooks, images)
+    return Selectivity(auroc={h: auroc(means[h], labels) for h in hooks}, n=n, seed=seed)
+
+
+def bundled_selectivity(name: str = "world-clip") -> Selectivity:
+    """The ground-truth table shipped with a bundled model."""
+    from .loading import bundled_models
+
+    return Selectivity.load(bundled_models()[name])

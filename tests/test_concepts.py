@@ -1,0 +1,106 @@
+"""Direct lens and sparse decomposition on CLIPs with planted neurons."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clipviz
+from clipviz.concepts import Vocabulary, direct_lens, load_vocabulary, omp, sparse_words, text_embeddings
+from clipviz.errors import ClipvizError
+
+WORDS = ("dog", "cat", "airplane", "banana", "violin", "mountain", "red", "circle", "ocean", "teapot")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPVIZ_CACHE", str(tmp_path / "cache"))
+
+
+def _plant(model, block: int, neuron: int, direction: torch.Tensor) -> None:
+    """Set the neuron's output column so that its direct effect in the joint space is ``direction``."""
+    proj = model.backend.projection
+    p = proj.matrix().detach().float()  # (E, D)
+    d = p.shape[1]
+    a = torch.cat([p, torch.full((1, d), 1.0 / d)])  # P c = direction, mean(c) = 0
+    b = torch.cat([direction.float(), torch.zeros(1)])
+    c = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
+    gamma = proj.final_norm.weight.detach().float()
+    with torch.no_grad():
+        model.blocks[block].fc2.weight[:, neuron] = c / gamma
+
+
+@pytest.mark.parametrize("name", ["clip", "open_clip"])
+def test_planted_neuron_ranks_its_word_first(tiny, name):
+    model = clipviz.load(tiny[name][1])
+    vocab = Vocabulary("test", WORDS)
+    text = text_embeddings(model, vocab)
+    last = model.n_blocks - 1
+    _plant(model, last, 5, text[WORDS.index("violin")])
+    _plant(model, 1, 7, text[WORDS.index("banana")] * 3.0)
+    table = direct_lens(model, f"blocks.{last}.mlp.hook_post", [5, 6, 9], vocab, top_k=3, embeddings=text)
+    assert table[0]["words"][0] == "violin" and table[0]["scores"][0] == pytest.approx(1.0, abs=1e-4)
+    for row in table[1:]:  # unplanted neurons: no perfect match
+        assert row["scores"][0] < 0.99
+    early = direct_lens(model, "blocks.1.mlp.hook_post", [7], vocab, top_k=1, embeddings=text)[0]
+    assert early["words"] == ["banana"] and early["scores"][0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_text_embeddings_are_cached_and_keyed_by_templates(tiny, tmp_path):
+    model = clipviz.load(tiny["open_clip"][1])
+    vocab = Vocabulary("test", WORDS)
+    first = text_embeddings(model, vocab)
+    files = list((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(files) == 1
+    assert torch.equal(text_embeddings(model, vocab), first)
+    other = text_embeddings(model, Vocabulary("test", WORDS, ("a drawing of a {}.",)))
+    assert not torch.allclose(other, first)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+    expected = F.normalize(model.encode_text([f"a photo of a {w}." for w in WORDS]).float(), dim=-1)
+    torch.testing.assert_close(first, expected)
+
+
+def test_omp_recovers_a_planted_three_word_mixture_exactly():
+    torch.manual_seed(0)
+    dictionary = F.normalize(torch.randn(300, 64), dim=-1)
+    target = 0.6 * dictionary[17] + 0.3 * dictionary[123] - 0.2 * dictionary[250]
+    chosen, weights = omp(target, dictionary, k=3)
+    recovered = dict(zip(chosen, weights.tolist(), strict=True))
+    assert set(recovered) == {17, 123, 250}
+    assert recovered[17] == pytest.approx(0.6, abs=1e-5)
+    assert recovered[123] == pytest.approx(0.3, abs=1e-5)
+    assert recovered[250] == pytest.approx(-0.2, abs=1e-5)
+
+
+def test_sparse_words_of_a_planted_mixture(tiny):
+    model = clipviz.load(tiny["clip"][1])
+    vocab = Vocabulary("test", WORDS[:6])
+    text = text_embeddings(model, vocab)
+    mix = 0.7 * text[0] + 0.4 * text[3] + 0.2 * text[5]
+    _plant(model, model.n_blocks - 1, 2, mix)
+    words = sparse_words(model, f"blocks.{model.n_blocks - 1}.mlp.hook_post", 2, vocab, k=3, embeddings=text)
+    assert [w for w, _ in words] == ["dog", "banana", "mountain"]
+    norm = mix.norm()
+    assert [round(v * float(norm), 3) for _, v in words] == pytest.approx([0.7, 0.4, 0.2], abs=1e-3)
+
+
+def test_vocabularies_and_errors(tiny, tmp_path):
+    world = load_vocabulary("world")
+    assert "a red object" in world.concepts and "an object on the left" in world.concepts
+    imagenet = load_vocabulary("imagenet")
+    assert len(imagenet.concepts) == 1000 and len(set(imagenet.concepts)) == 1000
+    path = tmp_path / "mine.txt"
+    path.write_text("zebra\n\ngiraffe\nzebra\n")
+    assert load_vocabulary(str(path)).concepts == ("zebra", "giraffe")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ClipvizError, match="is empty: it needs one concept per line"):
+        load_vocabulary(str(tmp_path / "empty.txt"))
+    with pytest.raises(ClipvizError, match="unknown vocabulary 'nope'"):
+        load_vocabulary("nope")
+    vit = clipviz.load(tiny["vit"][1])
+    with pytest.raises(ClipvizError, match="has no text tower"):
+        direct_lens(vit, "blocks.0.mlp.hook_post", [0], Vocabulary("t", WORDS))
+    model = clipviz.load(tiny["open_clip"][1])
+    with pytest.raises(ClipvizError, match="neuron index 999 out of range"):
+        direct_lens(model, "blocks.0.mlp.hook_post", [999], Vocabulary("t", WORDS))
