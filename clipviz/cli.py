@@ -88,6 +88,27 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_examples(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .examples import mine_examples, open_source, write_thumbnails
+
+    neurons = parse_indices(args.neurons) if args.neurons else None
+    source = open_source(args.dataset, split=args.split, image_column=args.image_column,
+                         caption_column=args.caption_column, streaming=args.streaming)
+    model = _load(args)
+    result = mine_examples(model, args.hook, source, neurons=neurons, top_k=args.top_k, reduce=args.reduce,
+                           batch=args.batch_size)
+    out = Path(args.out)
+    result.save(out)
+    write_thumbnails(source, result, out)
+    print(f"{result.seen} images, {len(result.neurons)} neurons, top {result.scores.shape[1]} each -> {out}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable images (indices {result.skipped[:10]}"
+              f"{' ...' if len(result.skipped) > 10 else ''})")
+    return 0
+
+
 def _reduction(text: str):
     if text in ("patches", "cls", "all", "max"):
         return text
@@ -143,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: what accelerate picks)")
     vis.add_argument("--out", required=True, help="output folder (finished targets are skipped on a rerun)")
     vis.set_defaults(func=cmd_visualize)
+
+    ex = model_parser("examples", "find the dataset images that excite each neuron most")
+    ex.add_argument("--hook", required=True, help="hook name, e.g. blocks.6.mlp.hook_post")
+    ex.add_argument("--dataset", required=True, help="folder of images, world:<n>, HF dataset id or saved dataset")
+    ex.add_argument("--split", default="train")
+    ex.add_argument("--streaming", action="store_true")
+    ex.add_argument("--image-column")
+    ex.add_argument("--caption-column")
+    ex.add_argument("--neurons", help="neuron indices (all by default): 0:64, 1,5,9")
+    ex.add_argument("--top-k", type=int, default=16)
+    ex.add_argument("--reduce", default="patches", choices=["patches", "cls", "max"])
+    ex.add_argument("--batch-size", type=int, default=64)
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=cmd_examples)
     return parser
 
 

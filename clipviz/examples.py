@@ -1,0 +1,265 @@
+"""Dataset examples: the images (and patches) that excite each neuron most, in one pass over a dataset.
+
+Sources: a folder of images (recursively), a Hugging Face dataset id or ``imagefolder`` directory (``datasets``),
+or ``world:<n>`` (a held-out sample of the bundled synthetic world). Images that cannot be read are skipped and
+counted; grayscale, RGBA, CMYK and palette images are converted to RGB; every image is resized to the model's
+input size (the model's own normalisation happens inside it).
+
+>>> import clipviz
+>>> model = clipviz.load("world-clip")
+>>> result = mine_examples(model, "blocks.3.mlp.hook_post", open_source("world:64"), neurons=[0, 1], top_k=4,
+...                        progress=False)
+>>> result.scores.shape, result.maps.shape
+(torch.Size([2, 4]), torch.Size([2, 4, 8, 8]))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from .errors import ClipvizError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Source:
+    """A stream of (index, PIL image or None if unreadable, caption or None) with a length and names."""
+
+    name: str
+    length: int
+    items: object  # callable returning an iterator
+    describe: list[str] = field(default_factory=list)  # a name per index (file path or dataset row)
+
+    def __iter__(self) -> Iterator[tuple[int, Image.Image | None, str | None]]:
+        return self.items()
+
+
+def _read(path: Path) -> Image.Image | None:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def open_source(spec: str, *, split: str = "train", image_column: str | None = None,
+                caption_column: str | None = None, streaming: bool = False) -> Source:
+    """A folder, ``world:<n>``, or a Hugging Face dataset (id or local ``imagefolder``)."""
+    if spec.startswith("world:"):
+        from .world import generate
+
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ClipvizError(f"bad dataset '{spec}': use world:<number of images>") from None
+        from .groundtruth import HELDOUT_SEED
+
+        batch = generate(n, seed=HELDOUT_SEED + 7)
+
+        def world_items():
+            for i in range(n):
+                yield i, Image.fromarray(batch.images[i]), batch.captions[i]
+
+        return Source(spec, n, world_items, [f"world #{i}" for i in range(n)])
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "dataset_info.json").is_file():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ClipvizError(f"no images in '{spec}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+
+        def folder_items():
+            for i, p in enumerate(files):
+                yield i, _read(p), None
+
+        return Source(spec, len(files), folder_items, [str(p.relative_to(path)) for p in files])
+    return _hf_source(spec, split, image_column, caption_column, streaming)
+
+
+def _hf_source(spec: str, split: str, image_column: str | None, caption_column: str | None,
+               streaming: bool) -> Source:
+    import datasets
+
+    from .backends.hub import fetching
+
+    local = Path(spec).expanduser()
+    if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()):
+        ds = datasets.load_from_disk(str(local))  # saved with Dataset.save_to_disk
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ClipvizError(f"dataset '{spec}' has no split '{split}'; splits: {', '.join(ds)}")
+            ds = ds[split]
+        streaming = False
+    else:
+        ds = fetching(spec, lambda: datasets.load_dataset(spec, split=split, streaming=streaming))
+    features = ds.features or {}
+    if image_column is None:
+        image_column = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
+    if image_column is None or image_column not in features:
+        raise ClipvizError(f"dataset '{spec}' has no image column{f' named {image_column!r}' if image_column else ''}"
+                           f"; columns: {', '.join(features)}")
+    if caption_column is None:
+        caption_column = next((k for k in ("caption", "text", "label") if k in features), None)
+    if streaming:
+        splits = ds.info.splits or {}
+        length = splits[split].num_examples if split in splits else None
+    else:
+        length = len(ds)
+    if length == 0:
+        raise ClipvizError(f"dataset '{spec}' split '{split}' is empty")
+
+    def rows():
+        for i, row in enumerate(ds):
+            img = row[image_column]
+            try:
+                img = img.convert("RGB") if img is not None else None
+            except (OSError, ValueError):
+                img = None
+            cap = row.get(caption_column) if caption_column else None
+            if hasattr(features.get(caption_column), "int2str") and isinstance(cap, int):
+                cap = features[caption_column].int2str(cap)
+            yield i, img, (str(cap) if cap is not None else None)
+
+    return Source(spec, length or 0, rows, [])
+
+
+@dataclass
+class ExampleResult:
+    """Top-k images per neuron: ``scores`` and dataset ``indices`` (neurons, k), patch ``maps`` (neurons, k, gh, gw)."""
+
+    hook: str
+    neurons: list[int]
+    scores: torch.Tensor
+    indices: torch.Tensor
+    maps: torch.Tensor
+    reduce: str
+    seen: int
+    skipped: list[int]
+    names: dict[int, str]
+    captions: dict[int, str]
+
+    def save(self, out: Path) -> None:
+        from safetensors.torch import save_file
+
+        from .artifacts import _atomic, write_json
+
+        folder = out / self.hook
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"neurons": torch.tensor(self.neurons), "scores": self.scores.contiguous(),
+                   "indices": self.indices.contiguous(), "maps": self.maps.contiguous()}
+        _atomic(folder / "examples.safetensors", lambda tmp: save_file(tensors, tmp))
+        write_json(folder / "examples.json", {"hook": self.hook, "reduce": self.reduce, "seen": self.seen,
+                                              "skipped": self.skipped, "names": self.names,
+                                              "captions": self.captions})
+
+    @classmethod
+    def load(cls, out: Path, hook: str) -> ExampleResult:
+        from safetensors.torch import load_file
+
+        t = load_file(str(out / hook / "examples.safetensors"))
+        meta = json.loads((out / hook / "examples.json").read_text())
+        return cls(hook=hook, neurons=t["neurons"].tolist(), scores=t["scores"], indices=t["indices"], maps=t["maps"],
+                   reduce=meta["reduce"], seen=meta["seen"], skipped=meta["skipped"],
+                   names={int(k): v for k, v in meta["names"].items()},
+                   captions={int(k): v for k, v in meta["captions"].items()})
+
+
+def _batches(source: Source, size: tuple[int, int], batch: int, skipped: list[int]):
+    buf, idx, caps = [], [], []
+    for i, img, cap in source:
+        if img is None:
+            skipped.append(i)
+            continue
+        array = np.asarray(img.resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
+        buf.append(torch.from_numpy(array).permute(2, 0, 1))
+        idx.append(i)
+        caps.append(cap)
+        if len(buf) == batch:
+            yield torch.stack(buf), idx, caps
+            buf, idx, caps = [], [], []
+    if buf:
+        yield torch.stack(buf), idx, caps
+
+
+@torch.no_grad()
+def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | None = None, top_k: int = 16,
+                  reduce: str = "patches", batch: int = 64, progress: bool = True) -> ExampleResult:
+    """One pass over ``source`` keeping, per neuron, the ``top_k`` images by the reduced activation (``patches``:
+    mean over patch tokens, ``cls``, ``max``: max over patches) with their patch activation maps."""
+    if reduce not in ("patches", "cls", "max"):
+        raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
+    point = model.hook_point(hook)
+    layout = model.layout(point.block if point.block is not None else model.n_blocks - 1)
+    gh, gw = layout.grid
+    top_scores = top_idx = top_maps = None
+    width = None
+    skipped: list[int] = []
+    seen = 0
+    captions: dict[int, str] = {}
+    keep_captions: dict[int, str] = {}
+    bar = tqdm(total=source.length or None, unit="img", desc="examples", disable=not progress)
+    for images, idx, caps in _batches(source, model.image_size, batch, skipped):
+        _, cache = model.run_with_cache(images, [point.name])
+        act = cache[point.name].float()  # (B, N, d)
+        if width is None:
+            width = act.shape[-1]
+            neurons = list(range(width)) if neurons is None else list(neurons)
+            bad = [n for n in neurons if not 0 <= n < width]
+            if bad:
+                raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
+                                   f"(0..{width - 1})")
+        act = act[..., neurons]
+        maps = act[:, layout.patches].transpose(1, 2).reshape(len(idx), len(neurons), gh, gw)
+        if reduce == "patches":
+            score = act[:, layout.patches].mean(1)
+        elif reduce == "max":
+            score = act[:, layout.patches].amax(1)
+        else:
+            score = act[:, layout.prefix.index("cls")]
+        score = score.T.cpu()  # (neurons, B)
+        ids = torch.tensor(idx).expand(len(neurons), -1)
+        maps = maps.transpose(0, 1).cpu()  # (neurons, B, gh, gw)
+        if top_scores is not None:
+            score = torch.cat([top_scores, score], 1)
+            ids = torch.cat([top_idx, ids], 1)
+            maps = torch.cat([top_maps, maps], 1)
+        k = min(top_k, score.shape[1])
+        top_scores, order = score.topk(k, dim=1)
+        top_idx = ids.gather(1, order)
+        top_maps = maps.gather(1, order[..., None, None].expand(-1, -1, gh, gw))
+        for i, c in zip(idx, caps, strict=True):
+            if c is not None:
+                captions[i] = c
+        kept = set(top_idx.flatten().tolist())
+        keep_captions = {i: c for i, c in {**keep_captions, **captions}.items() if i in kept}
+        captions = {}
+        seen += len(idx)
+        bar.update(len(idx) + 0)
+    bar.close()
+    if top_scores is None:
+        what = f"all {len(skipped)} images were unreadable" if skipped else "it has no images"
+        raise ClipvizError(f"no examples from '{source.name}': {what}")
+    names = {i: source.describe[i] for i in set(top_idx.flatten().tolist()) if i < len(source.describe)}
+    return ExampleResult(hook=hook, neurons=list(neurons), scores=top_scores, indices=top_idx, maps=top_maps,
+                         reduce=reduce, seen=seen, skipped=skipped, names=names, captions=keep_captions)
+
+
+def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96) -> None:
+    """Small PNGs of every kept image, ``out/thumbs/<index>.png``, for the atlas and the demo."""
+    from .artifacts import write_png
+
+    wanted = set(result.indices.flatten().tolist())
+    for i, img, _ in source:
+        if i in wanted and img is not None:
+            thumb = img.copy()
+            thumb.thumbnail((size, size))
+            write_png(out / "thumbs" / f"{i}.png", thumb)
