@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from planted import RED, build_planted_vit
 
 import clipviz
 from clipviz.cli import main as cli_main
 from clipviz.errors import ClipvizError
 from clipviz.examples import ExampleResult, mine_examples, open_source
-from planted import RED, build_planted_vit
 
 HOOK = "blocks.0.mlp.hook_post"
 
