@@ -109,6 +109,37 @@ def cmd_examples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_concepts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .concepts import direct_lens, load_vocabulary, write_table
+
+    if args.method != "direct":
+        raise ClipvizError(f"method '{args.method}' is not available yet; accepted: direct")
+    vocab = load_vocabulary(args.vocab)
+    model = _load(args)
+    neurons = parse_indices(args.neurons) if args.neurons else list(range(model.blocks[0].d_mlp))
+    table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k)
+    paths = write_table(Path(args.out), args.hook, table, method="direct", vocabulary=vocab)
+    for row in table[:10]:
+        words = ", ".join(f"{w} ({s:.2f})" for w, s in zip(row["words"], row["scores"], strict=True))
+        print(f"neuron {row['neuron']:>5}: {words}")
+    if len(table) > 10:
+        print(f"... {len(table) - 10} more")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .demo import run_demo
+
+    page = run_demo(Path(args.out), per_block=args.per_block, steps=args.steps)
+    print(f"open {page.resolve()}")
+    return 0
+
+
 def _reduction(text: str):
     if text in ("patches", "cls", "all", "max"):
         return text
@@ -178,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--batch-size", type=int, default=64)
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_examples)
+
+    con = model_parser("concepts", "name neurons of CLIP-like models with words")
+    con.add_argument("--hook", required=True, help="an MLP hook, e.g. blocks.10.mlp.hook_post")
+    con.add_argument("--neurons", help="neuron indices (all by default)")
+    con.add_argument("--method", default="direct", help="direct (weights only)")
+    con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, words-<N> or a file")
+    con.add_argument("--top-k", type=int, default=5)
+    con.add_argument("--out", required=True)
+    con.set_defaults(func=cmd_concepts)
+
+    demo = sub.add_parser("demo", help="offline demo on the bundled world-clip: visualizations, examples, words",
+                          description="Offline demo on the bundled world-clip model.")
+    demo.add_argument("--out", default="clipviz-demo")
+    demo.add_argument("--per-block", type=int, default=2, help="neurons per block")
+    demo.add_argument("--steps", type=int, default=150, help="visualization steps")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

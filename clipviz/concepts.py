@@ -224,3 +224,28 @@ def sparse_words(model, hook: str, neuron: int, vocab: Vocabulary, k: int = 3,
     chosen, weights = omp(u, text, k)
     pairs = [(vocab.concepts[i], float(w)) for i, w in zip(chosen, weights, strict=True)]
     return sorted(pairs, key=lambda p: -abs(p[1]))
+
+
+def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary: Vocabulary) -> list[Path]:
+    """Write ``neuron -> words, scores`` as parquet and CSV (one row per neuron and rank) under ``out/<hook>/``."""
+    import csv
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .artifacts import _atomic
+
+    rows = [{"hook": hook, "neuron": r["neuron"], "rank": k, "word": w, "score": s, "method": method,
+             "vocabulary": vocabulary.name} for r in table for k, (w, s) in enumerate(zip(r["words"], r["scores"],
+                                                                                         strict=True))]
+    folder = out / hook
+    folder.mkdir(parents=True, exist_ok=True)
+    parquet, csv_path = folder / f"concepts-{method}.parquet", folder / f"concepts-{method}.csv"
+    _atomic(parquet, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["hook", "neuron"])
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic(csv_path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    return [parquet, csv_path]

@@ -220,8 +220,8 @@ def choose_mentions(rng: np.random.Generator) -> dict[str, bool]:
 
 def caption(names: dict[str, str], rng: np.random.Generator, mention: dict[str, bool]) -> str:
     """A natural caption for one scene given its factor words, naming the factors that ``mention`` marks."""
-    count = names["count"] if mention["count"] else "one"
-    many = count != "one"
+    count = names["count"]
+    many = count != "one"  # the plural tells whether there are several objects, named or not
     noun = names["shape"] if mention["shape"] else str(rng.choice(_HEAD_NOUNS))
     noun = plural(noun) if many else noun
     adjectives = [names[f] for f in ("size", "colour", "texture") if mention[f]]
@@ -279,3 +279,21 @@ def generate(n: int, seed: int, size: int = 64, single_object: bool = False) -> 
             mentions[fam][i] = named
         captions.append(caption(names, rng, mention))
     return WorldBatch(images=images, captions=captions, factors=factors, mentions=mentions)
+
+
+def as_dataset(n: int, seed: int, size: int = 64, single_object: bool = False):
+    """The world as a Hugging Face ``datasets.Dataset``: ``image``, ``caption`` and one ClassLabel per factor.
+
+    >>> ds = as_dataset(4, seed=0)
+    >>> ds.features["colour"].names[:3], ds[0]["image"].size
+    (['red', 'green', 'blue'], (64, 64))
+    """
+    import datasets
+    from PIL import Image
+
+    batch = generate(n, seed=seed, size=size, single_object=single_object)
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
+                                  **{fam: datasets.ClassLabel(names=list(vals)) for fam, vals in FACTORS.items()}})
+    rows = {"image": [Image.fromarray(img) for img in batch.images], "caption": batch.captions,
+            **{fam: batch.factors[fam].tolist() for fam in FACTORS}}
+    return datasets.Dataset.from_dict(rows, features=features)

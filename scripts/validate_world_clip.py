@@ -1,0 +1,120 @@
+"""Validate the bundled synthetic-world CLIP and clipviz's methods against the world's ground truth.
+
+    python scripts/validate_world_clip.py [--json FILE] [--write-ground-truth] [--recipes vit-paper-clip,default]
+
+Prints and (with --json) writes:
+* zero-shot accuracy per factor family on held-out single-object images;
+* the number of clear-concept neurons (best AUROC >= 0.95, and >= 0.9) per block and family;
+* the direct lens's top-1 agreement with the ground-truth concept for neurons with AUROC > 0.9;
+* for each recipe, the share of feature visualizations that the model itself classifies (zero-shot, among all the
+  world's single-factor prompts) as the neuron's true concept, and the objective they reach.
+--write-ground-truth recomputes the shipped table (clipviz/models/world-clip/ground_truth.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import clipviz
+from clipviz import world
+from clipviz.concepts import direct_lens, load_vocabulary
+from clipviz.groundtruth import CONCEPTS, bundled_selectivity, selectivity, zero_shot_accuracy
+from clipviz.loading import bundled_models
+from clipviz.visualize import visualize
+
+
+def clear_counts(truth, threshold: float) -> dict:
+    out = {}
+    for hook in sorted(truth.auroc):
+        rows = truth.clear(hook, threshold)
+        out[hook] = dict(Counter(fam for _, fam, _, _ in rows))
+        out[hook]["total"] = len(rows)
+    return out
+
+
+def lens_agreement(model, truth, threshold: float = 0.9) -> dict:
+    vocab = load_vocabulary("world")
+    prompts = {f"{f}:{v}": world.prompt(f, v) for f, v in CONCEPTS}
+    out = {}
+    for hook in sorted(truth.auroc):
+        rows = truth.clear(hook, threshold)
+        if not rows:
+            out[hook] = {"neurons": 0}
+            continue
+        table = direct_lens(model, hook, [r[0] for r in rows], vocab, top_k=1)
+        hits = [t["words"][0] == prompts[f"{fam}:{val}"] for t, (_, fam, val, _) in zip(table, rows, strict=True)]
+        out[hook] = {"neurons": len(rows), "top1_agreement": round(float(np.mean(hits)), 4)}
+    return out
+
+
+@torch.no_grad()
+def classify(model, images: torch.Tensor) -> list[str]:
+    prompts = [world.prompt(f, v) for f, v in CONCEPTS]
+    img = F.normalize(model.encode_image(images).float(), dim=-1)
+    txt = F.normalize(model.encode_text(prompts).float(), dim=-1)
+    return [f"{CONCEPTS[int(i)][0]}:{CONCEPTS[int(i)][1]}" for i in (img @ txt.T).argmax(1)]
+
+
+def visualization_share(model, truth, recipe: str, per_block: int, steps: int, threshold: float = 0.9) -> dict:
+    hits, reached, total = [], [], 0
+    started = time.time()
+    for hook in sorted(truth.auroc):
+        rows = sorted(truth.clear(hook, threshold), key=lambda r: -r[3])[:per_block]
+        if not rows:
+            continue
+        vis = visualize(model, hook, [r[0] for r in rows], recipe=recipe, steps=steps, progress=False)
+        images = torch.stack([torch.from_numpy(np.array(v.image)).permute(2, 0, 1).float() / 255 for v in vis])
+        seen = classify(model, images)
+        hits += [s == f"{fam}:{val}" for s, (_, fam, val, _) in zip(seen, rows, strict=True)]
+        reached += [v.meta["objective_end"] for v in vis]
+        total += len(rows)
+    return {"neurons": total, "share_classified_as_true_concept": round(float(np.mean(hits)), 4) if hits else None,
+            "mean_objective_end": round(float(np.mean(reached)), 4) if reached else None, "steps": steps,
+            "seconds": round(time.time() - started, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="world-clip")
+    ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--write-ground-truth", action="store_true")
+    ap.add_argument("--recipes", default="vit-paper-clip,vit-paper,default,lucid")
+    ap.add_argument("--per-block", type=int, default=8, help="neurons per block for the visualization check")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--zero-shot-n", type=int, default=1000)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+
+    model = clipviz.load(args.model)
+    results: dict = {"model": args.model}
+    results["zero_shot"] = zero_shot_accuracy(model, n=args.zero_shot_n)
+    print("zero-shot accuracy:", json.dumps(results["zero_shot"]))
+    if args.write_ground_truth:
+        truth = selectivity(model, n=3000)
+        truth.save(bundled_models()[args.model])
+        print("wrote ground truth to", bundled_models()[args.model])
+    else:
+        truth = bundled_selectivity(args.model)
+    results["clear_neurons_auroc_0.95"] = clear_counts(truth, 0.95)
+    results["clear_neurons_auroc_0.9"] = clear_counts(truth, 0.9)
+    print("clear neurons (AUROC >= 0.95):", json.dumps(results["clear_neurons_auroc_0.95"]))
+    results["direct_lens_top1"] = lens_agreement(model, truth)
+    print("direct lens top-1 agreement (AUROC > 0.9):", json.dumps(results["direct_lens_top1"]))
+    results["visualizations"] = {}
+    for recipe in filter(None, args.recipes.split(",")):
+        results["visualizations"][recipe] = visualization_share(model, truth, recipe, args.per_block, args.steps)
+        print(f"visualizations ({recipe}):", json.dumps(results["visualizations"][recipe]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
