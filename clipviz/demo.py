@@ -99,7 +99,7 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
         seen_as = _zero_shot(model, images, concept_prompts)
         wanted = set(ex.indices.flatten().tolist())
         pictures = {i: img for i, img, _ in source if i in wanted}
-        for j, (h, neuron, concept, score) in enumerate(c for c in chosen if c[0] == hook):
+        for j, (_, neuron, concept, score) in enumerate(c for c in chosen if c[0] == hook):
             exs = []
             for r in range(ex.indices.shape[1]):
                 idx = int(ex.indices[j, r])

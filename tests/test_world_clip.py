@@ -42,7 +42,7 @@ def test_shipped_ground_truth_matches_a_recomputation(model):
         assert table.shape == fresh.auroc[hook].shape == (512, len(CONCEPTS))
         corr = torch.corrcoef(torch.stack([table.flatten(), fresh.auroc[hook].flatten()]))[0, 1]
         assert corr > 0.9, hook
-        for neuron, family, value, score in shipped.clear(hook):
+        for neuron, family, value, _ in shipped.clear(hook):
             concept = CONCEPTS.index((family, value))
             assert fresh.auroc[hook][neuron, concept] > 0.85
 
