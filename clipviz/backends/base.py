@@ -9,6 +9,13 @@ import torch
 from torch import nn
 
 
+def pair(value) -> tuple[int, int]:
+    """``16`` or ``(16, 16)`` -> ``(16, 16)``."""
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
 @dataclass
 class TextTower:
     """Tokenise and encode text into the joint image-text space (unnormalised, like the backend's own)."""

@@ -11,16 +11,11 @@ from torch import nn
 from ..architecture import find_blocks
 from ..errors import UnsupportedModelError
 from .base import Backend, ImageProjection, TextTower
+from .base import pair as _pair
 from .hub import fetching
 
 _DEFAULT_MEAN = (0.5, 0.5, 0.5)
 _DEFAULT_STD = (0.5, 0.5, 0.5)
-
-
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 def _model_class(config, trust_remote_code: bool):

@@ -11,14 +11,9 @@ from torch import nn
 
 from ..errors import ClipvizError, UnsupportedModelError
 from .base import Backend, ImageProjection, TextTower
+from .base import pair as _pair
 from .hub import fetching
 from .timm import timm_prefix_tokens
-
-
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 def _check_name(name: str) -> None:

@@ -11,13 +11,8 @@ from torch import nn
 
 from ..errors import ClipvizError
 from .base import Backend
+from .base import pair as _pair
 from .hub import fetching
-
-
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 def timm_prefix_tokens(model: nn.Module) -> tuple[str, ...]:
