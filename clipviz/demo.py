@@ -18,7 +18,7 @@ from PIL import Image
 
 from .artifacts import _atomic, write_png
 
-DEMO_RECIPE = "vit-paper-clip"
+DEMO_RECIPE = "default"
 
 
 def pick_neurons(selectivity, per_block: int = 2, blocks: list[int] | None = None) -> list[tuple[str, int, str,

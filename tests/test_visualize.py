@@ -57,7 +57,7 @@ def test_spatial_objective_puts_the_pattern_in_its_patch(planted):
     assert others.abs().max() < 0.2 * energy[1, 2]
 
 
-@pytest.mark.parametrize("recipe", ["pii", "clip-inversion", "lucid", "default", "vit-paper-clip"])
+@pytest.mark.parametrize("recipe", ["pii", "clip-inversion", "lucid", "default", "maco", "vit-paper-clip"])
 def test_every_recipe_raises_the_red_neuron(planted, recipe):
     steps = 6 if recipe in ("pii", "clip-inversion") else 30
     vis = visualize(planted, HOOK, [RED], recipe=recipe, steps=steps, copies=2, progress=False)[0]
