@@ -169,7 +169,7 @@ def joint_directions(model, residual: torch.Tensor) -> torch.Tensor:
     """Residual-stream directions (k, d_model) mapped into the joint image-text space (k, E) through the linearised
     final LayerNorm and the image projection."""
     proj = model.backend.projection
-    if proj is None or not model.is_clip:
+    if proj is None:
         raise ClipvizError(f"the direct lens needs a CLIP-like model with a linear image projection; "
                            f"'{model.spec}' has none")
     norm = proj.final_norm

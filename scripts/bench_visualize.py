@@ -25,7 +25,7 @@ def build_vit_b16(directory: str) -> str:
 
     config = T.ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
                          num_attention_heads=12, intermediate_size=3072)
-    T.ViTModel(config, add_pooling_layer=False).save_pretrained(directory)
+    T.ViTModel(config).save_pretrained(directory)
     T.ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(directory)
     return f"hf:{directory}"
 
