@@ -275,3 +275,32 @@ def test_cli_visualize_writes_files_and_reports_errors(planted, tmp_path, capsys
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("clipviz: error: ") and message in err and err.count("\n") == 1
     assert not bad.exists() or not any(bad.rglob("*"))
+
+
+def test_class_and_text_objectives_raise_their_targets(tiny):
+    classifier = clipviz.load(tiny["vit-classifier"][1])
+    from clipviz.objectives import ClassLogit
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = classifier(x).log_softmax(-1)[:, 3]
+    torch.testing.assert_close(evaluate(classifier, ClassLogit(3), x), expected)
+    vis = visualize(classifier, classes=[3], recipe="lucid", steps=30, progress=False)[0]
+    assert vis.meta["kind"] == "class" and vis.meta["objective_end"] > vis.meta["objective_start"]
+    clip = clipviz.load(tiny["clip"][1])
+    vis = visualize(clip, texts=["a red circle"], recipe="clip-inversion", steps=10, copies=2, progress=False)[0]
+    assert vis.meta["kind"] == "text" and vis.meta["objective_end"] > vis.meta["objective_start"] + 0.1
+
+
+def test_diversity_is_minus_the_mean_gram_similarity_within_groups(planted):
+    from clipviz.objectives import Diversity
+
+    red = torch.zeros(1, 3, 32, 32)
+    red[:, 0] = 1.0
+    noise = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = torch.cat([red, red, noise])
+    same = evaluate(planted, Diversity(HOOK, groups=[0, 0, 1]), images)
+    assert same[0] == pytest.approx(-1.0, abs=1e-5) and same[1] == pytest.approx(-1.0, abs=1e-5)
+    assert same[2] == 0.0  # alone in its group
+    mixed = evaluate(planted, Diversity(HOOK, groups=[0, 1, 0]), images)
+    assert -1.0 < float(mixed[0]) < 0.0 and mixed[0] == pytest.approx(float(mixed[2]), abs=1e-6)
