@@ -56,6 +56,26 @@ def lens_agreement(model, truth, threshold: float = 0.9) -> dict:
 
 
 @torch.no_grad()
+def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> dict:
+    """CLIP-Dissect (SoftWPMI) with the model as its own labeller, over a held-out probe set of world images."""
+    from clipviz.dissect import softwpmi
+    from clipviz.groundtruth import HELDOUT_SEED, patch_means, world_images
+
+    images, _ = world_images(n, seed=HELDOUT_SEED + 3)
+    prompts = [world.prompt(f, v) for f, v in CONCEPTS]
+    img = torch.cat([F.normalize(model.encode_image(images[i:i + 250]).float(), dim=-1) for i in range(0, n, 250)])
+    sims = img @ F.normalize(model.encode_text(prompts).float(), dim=-1).T
+    means = patch_means(model, sorted(truth.auroc), images)
+    out = {}
+    for hook in sorted(truth.auroc):
+        rows = truth.clear(hook, threshold)
+        scores = softwpmi(means[hook], sims)
+        hits = [int(scores[neuron].argmax()) == CONCEPTS.index((fam, val)) for neuron, fam, val, _ in rows]
+        out[hook] = {"neurons": len(rows), "top1_agreement": round(float(np.mean(hits)), 4) if hits else None}
+    return out
+
+
+@torch.no_grad()
 def classify(model, images: torch.Tensor) -> list[str]:
     prompts = [world.prompt(f, v) for f, v in CONCEPTS]
     img = F.normalize(model.encode_image(images).float(), dim=-1)
@@ -108,6 +128,8 @@ def main() -> None:
     print("clear neurons (AUROC >= 0.95):", json.dumps(results["clear_neurons_auroc_0.95"]))
     results["direct_lens_top1"] = lens_agreement(model, truth)
     print("direct lens top-1 agreement (AUROC > 0.9):", json.dumps(results["direct_lens_top1"]))
+    results["dissect_top1"] = dissect_agreement(model, truth)
+    print("CLIP-Dissect top-1 agreement (AUROC > 0.9):", json.dumps(results["dissect_top1"]))
     results["visualizations"] = {}
     for recipe in filter(None, args.recipes.split(",")):
         results["visualizations"][recipe] = visualization_share(model, truth, recipe, args.per_block, args.steps)

@@ -1,0 +1,64 @@
+"""CLIP-Dissect's SoftWPMI: name neurons of any vision model from their activations on a probe image set.
+
+Given each probe image's cosine with each concept's text embedding (from a CLIP labeller, which may differ from
+the model being dissected) and each neuron's activation on each image:
+
+* ``P = softmax_c(a * cos(image_i, text_c))`` with ``a = 10``;
+* a neuron's top-``K`` images (``K = 100``), the j-th best kept with probability ``p_j`` falling linearly from
+  0.998 to 0.97;
+* ``log p(c | E) = sum_j log(p_j P_jc + 1 - p_j)``;
+* ``score = log p(c | E) - lambda log p(c)``, ``lambda = 1``, with the prior ``log p(c)`` the log of the mean of
+  ``p(c | E)`` over the layer's neurons.
+
+One neuron alone has no population: its prior then comes from random ``K``-image sets of the probe set (the neuron
+a random draw would be), so a single-neuron call still ranks concepts instead of scoring every one 0.
+
+>>> import torch
+>>> sims = torch.tensor([[0.3, 0.1], [0.1, 0.3], [0.3, 0.1]])
+>>> acts = torch.tensor([[1.0], [0.0], [0.9]])
+>>> softwpmi(acts, sims, top_k=2).argmax(dim=1).tolist()
+[0]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ClipvizError
+
+
+def _inclusion(k: int, hi: float = 0.998, lo: float = 0.97) -> torch.Tensor:
+    return torch.linspace(hi, lo, k) if k > 1 else torch.tensor([hi])
+
+
+def _log_p_given_set(probs: torch.Tensor, members: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``members`` (n_sets, K) image indices -> log p(c | E) (n_sets, concepts)."""
+    picked = probs[members]  # (n_sets, K, C)
+    return torch.log(p[None, :, None] * picked + (1 - p[None, :, None])).sum(dim=1)
+
+
+def softwpmi(activations: torch.Tensor, similarities: torch.Tensor, *, top_k: int = 100, a: float = 10.0,
+             lam: float = 1.0, prior: torch.Tensor | None = None, random_sets: int = 256,
+             seed: int = 0) -> torch.Tensor:
+    """SoftWPMI scores (neurons, concepts) from activations (images, neurons) and image-text cosines (images,
+    concepts). See the module docstring; ``prior`` (concepts,) is an explicit ``log p(c)``."""
+    if activations.ndim != 2 or similarities.ndim != 2 or activations.shape[0] != similarities.shape[0]:
+        raise ClipvizError(f"activations (images, neurons) and similarities (images, concepts) must share the image "
+                           f"axis; got {tuple(activations.shape)} and {tuple(similarities.shape)}")
+    n_images = activations.shape[0]
+    if n_images == 0 or similarities.shape[1] == 0:
+        raise ClipvizError("the probe set and the vocabulary must not be empty")
+    k = min(top_k, n_images)
+    probs = (a * similarities.double()).softmax(dim=1)
+    p = _inclusion(k).double()
+    members = activations.double().topk(k, dim=0).indices.T  # (neurons, K)
+    log_cond = _log_p_given_set(probs, members, p)
+    if prior is None:
+        if activations.shape[1] > 1:
+            prior = torch.logsumexp(log_cond, dim=0) - torch.log(torch.tensor(float(log_cond.shape[0])))
+        else:
+            g = torch.Generator().manual_seed(seed)
+            sets = torch.stack([torch.randperm(n_images, generator=g)[:k] for _ in range(random_sets)])
+            random_cond = _log_p_given_set(probs, sets, p)
+            prior = torch.logsumexp(random_cond, dim=0) - torch.log(torch.tensor(float(random_sets)))
+    return (log_cond - lam * prior.double()).float()
