@@ -109,18 +109,52 @@ def cmd_examples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _width(model, hook: str) -> int:
+    """Number of neurons (last dimension) at a hook."""
+    import torch
+
+    _, cache = model.run_with_cache(torch.zeros(1, 3, *model.image_size), [hook])
+    return int(cache[hook].shape[-1])
+
+
 def cmd_concepts(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .concepts import direct_lens, load_vocabulary, write_table
+    from .concepts import direct_lens, load_vocabulary, text_embeddings, visual_words, write_table
 
-    if args.method != "direct":
-        raise ClipvizError(f"method '{args.method}' is not available yet; accepted: direct")
+    if args.method == "dissect" and not args.probe:
+        raise ClipvizError("--method dissect needs --probe DATASET (a folder, world:<n> or a Hugging Face dataset)")
     vocab = load_vocabulary(args.vocab)
     model = _load(args)
-    neurons = parse_indices(args.neurons) if args.neurons else list(range(model.blocks[0].d_mlp))
-    table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k)
-    paths = write_table(Path(args.out), args.hook, table, method="direct", vocabulary=vocab)
+    labeller = model if not args.labeller else _load(argparse.Namespace(**{**vars(args), "model": args.labeller}))
+    neurons = parse_indices(args.neurons) if args.neurons else list(range(_width(model, args.hook)))
+    if args.method == "direct":
+        table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k)
+    elif args.method == "dissect":
+        from .dissect import image_text_similarities, probe_activations, softwpmi
+        from .examples import open_source
+
+        source = open_source(args.probe)
+        text = text_embeddings(labeller, vocab)
+        acts, kept = probe_activations(model, args.hook, source, neurons)
+        scores = softwpmi(acts, image_text_similarities(labeller, source, kept, text))
+        values, index = scores.topk(min(args.top_k, len(vocab.concepts)), dim=1)
+        table = [{"neuron": n, "words": [vocab.concepts[int(i)] for i in index[r]],
+                  "scores": [round(float(v), 5) for v in values[r]]} for r, n in enumerate(neurons)]
+    elif args.method == "visual":
+        import numpy as np
+        import torch
+
+        from .visualize import visualize
+
+        vis = visualize(model, args.hook, neurons, recipe=args.recipe, steps=args.steps, samples=args.samples)
+        images = torch.stack([torch.from_numpy(np.array(v.image)).permute(2, 0, 1).float() / 255 for v in vis])
+        images = images.reshape(args.samples, len(neurons), *images.shape[1:]).transpose(0, 1)
+        table = [{"neuron": n, **row} for n, row in zip(neurons, visual_words(labeller, images, vocab, args.top_k),
+                                                         strict=True)]
+    else:
+        raise ClipvizError(f"unknown method '{args.method}'; accepted: direct, dissect, visual")
+    paths = write_table(Path(args.out), args.hook, table, method=args.method, vocabulary=vocab)
     for row in table[:10]:
         words = ", ".join(f"{w} ({s:.2f})" for w, s in zip(row["words"], row["scores"], strict=True))
         print(f"neuron {row['neuron']:>5}: {words}")
@@ -213,7 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     con = model_parser("concepts", "name neurons of CLIP-like models with words")
     con.add_argument("--hook", required=True, help="an MLP hook, e.g. blocks.10.mlp.hook_post")
     con.add_argument("--neurons", help="neuron indices (all by default)")
-    con.add_argument("--method", default="direct", help="direct (weights only)")
+    con.add_argument("--method", default="direct", choices=["direct", "dissect", "visual"],
+                     help="direct: weights only; dissect: SoftWPMI on --probe images; visual: embed visualizations")
+    con.add_argument("--probe", help="probe images for dissect: a folder, world:<n> or an HF dataset")
+    con.add_argument("--labeller", help="CLIP model that labels images (default: the model itself)")
+    con.add_argument("--recipe", default="default", help="recipe for --method visual")
+    con.add_argument("--steps", type=int, default=128, help="visualization steps for --method visual")
+    con.add_argument("--samples", type=int, default=2, help="visualizations per neuron for --method visual")
     con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, words-<N> or a file")
     con.add_argument("--top-k", type=int, default=5)
     con.add_argument("--out", required=True)

@@ -249,3 +249,17 @@ def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary
     writer.writerows(rows)
     _atomic(csv_path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
     return [parquet, csv_path]
+
+
+@torch.no_grad()
+def visual_words(labeller, images: torch.Tensor, vocab: Vocabulary, top_k: int = 5,
+                 embeddings: torch.Tensor | None = None) -> list[dict]:
+    """Rank the vocabulary for each group of feature visualizations ``images`` (neurons, samples, 3, H, W) by the
+    cosine between the mean of their unit image embeddings (from the CLIP ``labeller``) and the text embeddings."""
+    text = text_embeddings(labeller, vocab) if embeddings is None else embeddings
+    n, s = images.shape[:2]
+    emb = F.normalize(labeller.encode_image(images.flatten(0, 1)).float(), dim=-1).reshape(n, s, -1).mean(1)
+    scores = F.normalize(emb, dim=-1).cpu() @ text.T
+    values, index = scores.topk(min(top_k, len(vocab.concepts)), dim=1)
+    return [{"words": [vocab.concepts[int(i)] for i in index[r]], "scores": [round(float(v), 5) for v in values[r]]}
+            for r in range(n)]

@@ -62,3 +62,45 @@ def softwpmi(activations: torch.Tensor, similarities: torch.Tensor, *, top_k: in
             random_cond = _log_p_given_set(probs, sets, p)
             prior = torch.logsumexp(random_cond, dim=0) - torch.log(torch.tensor(float(random_sets)))
     return (log_cond - lam * prior.double()).float()
+
+
+@torch.no_grad()
+def probe_activations(model, hook: str, source, neurons=None, batch: int = 64) -> tuple[torch.Tensor, list[int]]:
+    """Patch-mean activations (images, neurons) of ``hook`` over a probe ``Source``, and the images' indices."""
+    from .examples import _batches
+
+    point = model.hook_point(hook)
+    layout = model.layout(point.block if point.block is not None else model.n_blocks - 1)
+    rows, kept, skipped = [], [], []
+    for images, idx, _ in _batches(source, model.image_size, batch, skipped):
+        _, cache = model.run_with_cache(images, [point.name])
+        act = cache[point.name][:, layout.patches].float().mean(1)
+        rows.append(act if neurons is None else act[:, list(neurons)])
+        kept += idx
+    if not rows:
+        raise ClipvizError(f"the probe set '{source.name}' has no readable images")
+    return torch.cat(rows).cpu(), kept
+
+
+@torch.no_grad()
+def image_text_similarities(labeller, source, indices: list[int], text: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Cosines (images, concepts) between the labeller's embeddings of the probe images and unit text embeddings."""
+    import torch.nn.functional as F
+
+    from .examples import _batches
+
+    wanted = set(indices)
+    embs = []
+    for images, _, _ in _batches(_Filtered(source, wanted), labeller.image_size, batch, []):
+        embs.append(F.normalize(labeller.encode_image(images).float(), dim=-1).cpu())
+    return torch.cat(embs) @ text.T
+
+
+class _Filtered:
+    """The items of a source whose index is in ``wanted`` (the images the dissected model could read)."""
+
+    def __init__(self, source, wanted: set[int]):
+        self.source, self.wanted = source, wanted
+
+    def __iter__(self):
+        return ((i, img, cap) for i, img, cap in self.source if i in self.wanted)

@@ -104,3 +104,48 @@ def test_vocabularies_and_errors(tiny, tmp_path):
     model = clipviz.load(tiny["open_clip"][1])
     with pytest.raises(ClipvizError, match="neuron index 999 out of range"):
         direct_lens(model, "blocks.0.mlp.hook_post", [999], Vocabulary("t", WORDS))
+
+
+def test_cli_concepts_all_methods_write_tables(tmp_path, capsys):
+    import csv
+
+    from clipviz.cli import main
+
+    out = tmp_path / "words"
+    hook = "blocks.3.mlp.hook_post"
+    assert main(["concepts", "world-clip", "--hook", hook, "--neurons", "0:3", "--top-k", "2", "--out",
+                 str(out)]) == 0
+    rows = list(csv.DictReader((out / hook / "concepts-direct.csv").open()))
+    assert len(rows) == 6 and {r["neuron"] for r in rows} == {"0", "1", "2"}
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out / hook / "concepts-direct.parquet").num_rows == 6
+    assert main(["concepts", "world-clip", "--hook", hook, "--neurons", "0:2", "--method", "dissect", "--probe",
+                 "world:150", "--out", str(out)]) == 0
+    assert len(list(csv.DictReader((out / hook / "concepts-dissect.csv").open()))) == 2 * 5
+    assert main(["concepts", "world-clip", "--hook", hook, "--neurons", "4", "--method", "visual", "--steps", "3",
+                 "--samples", "2", "--out", str(out)]) == 0
+    assert len(list(csv.DictReader((out / hook / "concepts-visual.csv").open()))) == 5
+    capsys.readouterr()
+    assert main(["concepts", "world-clip", "--hook", hook, "--method", "dissect", "--out", str(out)]) == 2
+    assert "needs --probe" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert main(["concepts", "world-clip", "--hook", hook, "--vocab", str(empty), "--out", str(out)]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_visual_words_names_groups_of_images_by_their_shared_concept():
+    """Groups of world images of one colour (standing in for a neuron's visualizations) get that colour's prompt."""
+    from clipviz import world
+    from clipviz.concepts import visual_words
+
+    model = clipviz.load("world-clip")
+    vocab = Vocabulary("colours", tuple(world.prompt("colour", c) for c in world.COLOURS), ("{}",))
+    batch = world.generate(200, seed=11, single_object=True)
+    groups = []
+    for colour in ("red", "blue", "white"):
+        rows = (batch.factors["colour"] == world.FACTORS["colour"].index(colour)).nonzero()[0][:4]
+        groups.append(torch.from_numpy(batch.images[rows]).permute(0, 3, 1, 2).float() / 255)
+    table = visual_words(model, torch.stack(groups), vocab, top_k=2)
+    assert [row["words"][0] for row in table] == ["a red object", "a blue object", "a white object"]
