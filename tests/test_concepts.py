@@ -88,6 +88,8 @@ def test_sparse_words_of_a_planted_mixture(tiny):
 def test_vocabularies_and_errors(tiny, tmp_path):
     world = load_vocabulary("world")
     assert "a red object" in world.concepts and "an object on the left" in world.concepts
+    words = load_vocabulary("words-2k")
+    assert len(words.concepts) == 2000 and "water" in words.concepts and "wordfreq" in words.license
     imagenet = load_vocabulary("imagenet")
     assert len(imagenet.concepts) == 1000 and len(set(imagenet.concepts)) == 1000
     path = tmp_path / "mine.txt"
