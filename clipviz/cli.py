@@ -91,16 +91,20 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 def cmd_examples(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .examples import mine_examples, open_source, write_thumbnails
+    from .examples import mine_examples, mine_examples_resumable, open_source, write_thumbnails
 
     neurons = parse_indices(args.neurons) if args.neurons else None
     source = open_source(args.dataset, split=args.split, image_column=args.image_column,
                          caption_column=args.caption_column, streaming=args.streaming)
     model = _load(args)
-    result = mine_examples(model, args.hook, source, neurons=neurons, top_k=args.top_k, reduce=args.reduce,
-                           batch=args.batch_size)
     out = Path(args.out)
-    result.save(out)
+    if source.length:  # sharded: a rerun resumes, and `accelerate launch` splits the shards across processes
+        result = mine_examples_resumable(model, args.hook, source, out, neurons=neurons, top_k=args.top_k,
+                                         reduce=args.reduce, batch=args.batch_size, shard_size=args.shard_size)
+    else:
+        result = mine_examples(model, args.hook, source, neurons=neurons, top_k=args.top_k, reduce=args.reduce,
+                               batch=args.batch_size)
+        result.save(out)
     write_thumbnails(source, result, out)
     print(f"{result.seen} images, {len(result.neurons)} neurons, top {result.scores.shape[1]} each -> {out}")
     if result.skipped:
@@ -241,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--top-k", type=int, default=16)
     ex.add_argument("--reduce", default="patches", choices=["patches", "cls", "max"])
     ex.add_argument("--batch-size", type=int, default=64)
+    ex.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_examples)
 

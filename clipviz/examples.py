@@ -36,11 +36,15 @@ class Source:
 
     name: str
     length: int
-    items: object  # callable returning an iterator
+    items: object  # callable (lo, hi) returning an iterator over indices lo..hi-1 (hi None: to the end)
     describe: list[str] = field(default_factory=list)  # a name per index (file path or dataset row)
 
     def __iter__(self) -> Iterator[tuple[int, Image.Image | None, str | None]]:
-        return self.items()
+        return self.items(0, None)
+
+    def range(self, lo: int, hi: int) -> Iterator[tuple[int, Image.Image | None, str | None]]:
+        """The items with index in [lo, hi), reading only those."""
+        return self.items(lo, hi)
 
 
 def _read(path: Path) -> Image.Image | None:
@@ -66,8 +70,8 @@ def open_source(spec: str, *, split: str = "train", image_column: str | None = N
 
         batch = generate(n, seed=HELDOUT_SEED + 7)
 
-        def world_items():
-            for i in range(n):
+        def world_items(lo=0, hi=None):
+            for i in range(lo, n if hi is None else min(hi, n)):
                 yield i, Image.fromarray(batch.images[i]), batch.captions[i]
 
         return Source(spec, n, world_items, [f"world #{i}" for i in range(n)])
@@ -77,9 +81,9 @@ def open_source(spec: str, *, split: str = "train", image_column: str | None = N
         if not files:
             raise ClipvizError(f"no images in '{spec}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
 
-        def folder_items():
-            for i, p in enumerate(files):
-                yield i, _read(p), None
+        def folder_items(lo=0, hi=None):
+            for i in range(lo, len(files) if hi is None else min(hi, len(files))):
+                yield i, _read(files[i]), None
 
         return Source(spec, len(files), folder_items, [str(p.relative_to(path)) for p in files])
     return _hf_source(spec, split, image_column, caption_column, streaming)
@@ -117,8 +121,13 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
     if length == 0:
         raise ClipvizError(f"dataset '{spec}' split '{split}' is empty")
 
-    def rows():
-        for i, row in enumerate(ds):
+    def rows(lo=0, hi=None):
+        if streaming:
+            part = ds.skip(lo) if lo else ds
+            part = part.take(hi - lo) if hi is not None else part
+        else:
+            part = ds.select(range(lo, len(ds) if hi is None else min(hi, len(ds))))
+        for i, row in enumerate(part, start=lo):
             img = row[image_column]
             try:
                 img = img.convert("RGB") if img is not None else None
@@ -173,7 +182,17 @@ class ExampleResult:
                    captions={int(k): v for k, v in meta["captions"].items()})
 
 
-def _batches(source: Source, size: tuple[int, int], batch: int, skipped: list[int]):
+def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
+    """The ``k`` best per row, ties broken by the smaller dataset index: the same result in any merge order."""
+    by_id = ids.argsort(dim=1, stable=True)
+    score, ids = score.gather(1, by_id), ids.gather(1, by_id)
+    maps = maps.gather(1, by_id[..., None, None].expand_as(maps))
+    order = score.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return score.gather(1, order), ids.gather(1, order), maps.gather(1, order[..., None, None].expand(
+        -1, -1, *maps.shape[-2:]))
+
+
+def _batches(source, size: tuple[int, int], batch: int, skipped: list[int]):
     buf, idx, caps = [], [], []
     for i, img, cap in source:
         if img is None:
@@ -192,7 +211,8 @@ def _batches(source: Source, size: tuple[int, int], batch: int, skipped: list[in
 
 @torch.no_grad()
 def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | None = None, top_k: int = 16,
-                  reduce: str = "patches", batch: int = 64, progress: bool = True) -> ExampleResult:
+                  reduce: str = "patches", batch: int = 64, progress: bool = True,
+                  span: tuple[int, int] | None = None) -> ExampleResult:
     """One pass over ``source`` keeping, per neuron, the ``top_k`` images by the reduced activation (``patches``:
     mean over patch tokens, ``cls``, ``max``: max over patches) with their patch activation maps."""
     if reduce not in ("patches", "cls", "max"):
@@ -206,8 +226,10 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
     seen = 0
     captions: dict[int, str] = {}
     keep_captions: dict[int, str] = {}
-    bar = tqdm(total=source.length or None, unit="img", desc="examples", disable=not progress)
-    for images, idx, caps in _batches(source, model.image_size, batch, skipped):
+    total = source.length if span is None else span[1] - span[0]
+    bar = tqdm(total=total or None, unit="img", desc="examples", disable=not progress)
+    items = source if span is None else source.range(*span)
+    for images, idx, caps in _batches(items, model.image_size, batch, skipped):
         _, cache = model.run_with_cache(images, [point.name])
         act = cache[point.name].float()  # (B, N, d)
         if width is None:
@@ -232,10 +254,7 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
             score = torch.cat([top_scores, score], 1)
             ids = torch.cat([top_idx, ids], 1)
             maps = torch.cat([top_maps, maps], 1)
-        k = min(top_k, score.shape[1])
-        top_scores, order = score.topk(k, dim=1)
-        top_idx = ids.gather(1, order)
-        top_maps = maps.gather(1, order[..., None, None].expand(-1, -1, gh, gw))
+        top_scores, top_idx, top_maps = _select(score, ids, maps, top_k)
         for i, c in zip(idx, caps, strict=True):
             if c is not None:
                 captions[i] = c
@@ -263,3 +282,63 @@ def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int
             thumb = img.copy()
             thumb.thumbnail((size, size))
             write_png(out / "thumbs" / f"{i}.png", thumb)
+
+
+def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
+    """Exact top-k over the union of several results (shards of one dataset, same hook and neurons)."""
+    first = results[0]
+    top_scores, top_idx, top_maps = _select(torch.cat([r.scores for r in results], 1),
+                                            torch.cat([r.indices for r in results], 1),
+                                            torch.cat([r.maps for r in results], 1), top_k)
+    kept = set(top_idx.flatten().tolist())
+    names = {i: n for r in results for i, n in r.names.items() if i in kept}
+    captions = {i: c for r in results for i, c in r.captions.items() if i in kept}
+    return ExampleResult(hook=first.hook, neurons=first.neurons, scores=top_scores, indices=top_idx, maps=top_maps,
+                         reduce=first.reduce, seen=sum(r.seen for r in results),
+                         skipped=sorted(i for r in results for i in r.skipped), names=names, captions=captions)
+
+
+def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neurons: Sequence[int] | None = None,
+                            top_k: int = 16, reduce: str = "patches", batch: int = 64, shard_size: int = 1024,
+                            accelerator=None, progress: bool = True) -> ExampleResult:
+    """``mine_examples`` in shards of ``shard_size`` images, each saved when done: a killed run started again
+    redoes only unfinished shards, processes (``accelerate``) take shards in turn, and the merge is exact."""
+    from .artifacts import settings_id, write_json
+
+    if not source.length:
+        raise ClipvizError(f"resumable runs need a dataset of known length; '{source.name}' has none (use a "
+                           "folder, a saved dataset or a non-streaming split)")
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
+    key = settings_id({"model": model.spec, "hook": hook, "neurons": list(neurons) if neurons is not None else None,
+                       "top_k": top_k, "reduce": reduce, "source": source.name, "n": source.length,
+                       "shard_size": shard_size})
+    folder = Path(out) / "shards" / key
+    n_shards = -(-source.length // shard_size)
+
+    def done(s: int) -> bool:
+        return (folder / f"{s:05d}" / hook / "examples.json").is_file() or (folder / f"{s:05d}.empty.json").is_file()
+
+    todo = [s for s in range(n_shards) if not done(s)]
+    accelerator.wait_for_everyone()  # every process sees the same to-do list before any shard is written
+    for s in todo[accelerator.process_index::accelerator.num_processes]:
+        span = (s * shard_size, min((s + 1) * shard_size, source.length))
+        try:
+            part = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, reduce=reduce, batch=batch,
+                                 progress=progress, span=span)
+        except ClipvizError as error:
+            if "no examples" not in str(error):
+                raise
+            write_json(folder / f"{s:05d}.empty.json", {"span": list(span)})
+            continue
+        part.save(folder / f"{s:05d}")
+    accelerator.wait_for_everyone()
+    parts = [ExampleResult.load(folder / f"{s:05d}", hook) for s in range(n_shards)
+             if (folder / f"{s:05d}" / hook / "examples.json").is_file()]
+    if not parts:
+        raise ClipvizError(f"no examples from '{source.name}': it has no readable images")
+    result = merge(parts, top_k)
+    if accelerator.is_main_process:
+        result.save(Path(out))
+    return result

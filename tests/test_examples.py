@@ -122,3 +122,55 @@ def test_hf_imagefolder_dataset_with_captions(planted, tmp_path):
     missing.save_to_disk(str(tmp_path / "noimg"))
     with pytest.raises(ClipvizError, match="has no image column; columns: caption"):
         open_source(str(tmp_path / "noimg"))
+
+
+def _same(a: ExampleResult, b: ExampleResult) -> None:
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.maps, b.maps)
+    assert a.seen == b.seen and sorted(a.skipped) == sorted(b.skipped)
+
+
+def test_resumable_run_equals_one_pass_and_resumes_after_a_kill(planted, folder, tmp_path, monkeypatch):
+    import clipviz.examples as ex
+
+    source = open_source(str(folder))
+    whole = mine_examples(planted, HOOK, source, top_k=3, progress=False)
+    sharded = ex.mine_examples_resumable(planted, HOOK, source, tmp_path / "a", top_k=3, shard_size=4,
+                                         progress=False)
+    _same(whole, sharded)
+    real, calls = ex.mine_examples, []
+
+    def dies_on_third_shard(*args, **kwargs):
+        calls.append(kwargs["span"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "mine_examples", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        ex.mine_examples_resumable(planted, HOOK, source, tmp_path / "b", top_k=3, shard_size=4, progress=False)
+    calls.clear()
+    monkeypatch.setattr(ex, "mine_examples", lambda *a, **k: (calls.append(k["span"]), real(*a, **k))[1])
+    resumed = ex.mine_examples_resumable(planted, HOOK, source, tmp_path / "b", top_k=3, shard_size=4,
+                                         progress=False)
+    assert calls and (0, 4) not in calls and (4, 8) not in calls  # the two finished shards were not redone
+    _same(whole, resumed)
+    _same(whole, ExampleResult.load(tmp_path / "b", HOOK))
+
+
+def test_two_processes_equal_one(planted, folder, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import clipviz.examples as ex
+
+    one = ex.mine_examples_resumable(planted, HOOK, open_source(str(folder)), tmp_path / "one", top_k=3,
+                                     shard_size=4, progress=False)
+    script = Path(__file__).parent / "multiprocess_examples.py"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), planted.spec, str(folder), str(tmp_path / "two"), HOOK],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rank 1 of 2 done" in proc.stdout
+    _same(one, ExampleResult.load(tmp_path / "two", HOOK))
