@@ -124,11 +124,11 @@ def _width(model, hook: str) -> int:
 def cmd_concepts(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .concepts import direct_lens, load_vocabulary, text_embeddings, visual_words, write_table
+    from .concepts import direct_lens, load_vocabulary, parse_templates, text_embeddings, visual_words, write_table
 
     if args.method == "dissect" and not args.probe:
         raise ClipvizError("--method dissect needs --probe DATASET (a folder, world:<n> or a Hugging Face dataset)")
-    vocab = load_vocabulary(args.vocab)
+    vocab = load_vocabulary(args.vocab, parse_templates(args.templates))
     model = _load(args)
     labeller = model if not args.labeller else _load(argparse.Namespace(**{**vars(args), "model": args.labeller}))
     neurons = parse_indices(args.neurons) if args.neurons else list(range(_width(model, args.hook)))
@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--recipe", default="default", help="recipe for --method visual")
     con.add_argument("--steps", type=int, default=128, help="visualization steps for --method visual")
     con.add_argument("--samples", type=int, default=2, help="visualizations per neuron for --method visual")
-    con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, words-<N> or a file")
+    con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, cifar100, words-<N> or a file")
+    con.add_argument("--templates", help="'ensemble' or '|'-separated prompt templates with one {} each")
     con.add_argument("--top-k", type=int, default=5)
     con.add_argument("--out", required=True)
     con.set_defaults(func=cmd_concepts)

@@ -33,6 +33,18 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 ENSEMBLE_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.",
                       "a rendering of a {}.", "a drawing of a {}.")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# CIFAR-100's fine labels, in the dataset's (alphabetical) order, underscores as spaces.
+CIFAR100 = ("apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+            "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+            "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+            "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+            "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man", "maple tree", "motorcycle",
+            "mountain", "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear",
+            "pickup truck", "pine tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon",
+            "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail",
+            "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone",
+            "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+            "willow tree", "wolf", "woman", "worm")
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,8 @@ def _unique(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabulary:
-    """``world``, ``imagenet``, ``cifar10``, ``words-<N>`` (the N most common English words, from wordfreq) or a
-    path to a text file with one concept per line."""
+    """``world``, ``imagenet``, ``cifar10``, ``cifar100``, ``words-<N>`` (the N most common English words, from
+    wordfreq) or a path to a text file with one concept per line."""
     if spec == "world":
         from . import world
 
@@ -75,6 +87,8 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
                           "class names from open_clip (MIT)")
     if spec == "cifar10":
         return Vocabulary("cifar10", CIFAR10, tuple(templates or DEFAULT_TEMPLATES), "CIFAR-10 class names")
+    if spec == "cifar100":
+        return Vocabulary("cifar100", CIFAR100, tuple(templates or DEFAULT_TEMPLATES), "CIFAR-100 class names")
     if spec.startswith("words-"):
         try:
             n = int(spec.removeprefix("words-").replace("k", "000"))
@@ -89,8 +103,8 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
                           "wordfreq (code Apache-2.0, data CC-BY-SA 4.0)")
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise ClipvizError(f"unknown vocabulary '{spec}'; accepted: world, imagenet, cifar10, words-<N>, or a text "
-                           "file with one concept per line")
+        raise ClipvizError(f"unknown vocabulary '{spec}'; accepted: world, imagenet, cifar10, cifar100, words-<N>, "
+                           "or a text file with one concept per line")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -99,6 +113,21 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
     if not concepts:
         raise ClipvizError(f"vocabulary file '{spec}' is empty: it needs one concept per line")
     return Vocabulary(path.stem, concepts, tuple(templates or DEFAULT_TEMPLATES), f"user file {path}")
+
+
+def parse_templates(text: str | None) -> tuple[str, ...] | None:
+    """``None`` (the vocabulary's default), ``"ensemble"`` (six photo/drawing templates) or ``|``-separated
+    templates, each with one ``{}``."""
+    if not text:
+        return None
+    if text == "ensemble":
+        return ENSEMBLE_TEMPLATES
+    templates = tuple(t.strip() for t in text.split("|") if t.strip())
+    bad = [t for t in templates if t.count("{}") != 1]
+    if not templates or bad:
+        raise ClipvizError(f"bad template {bad[0] if bad else text!r}: each template needs exactly one {{}}, e.g. "
+                           "'a photo of a {}.|a drawing of a {}.' or 'ensemble'")
+    return templates
 
 
 def _cache_dir() -> Path:

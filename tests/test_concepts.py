@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 
 import clipviz
-from clipviz.concepts import Vocabulary, direct_lens, load_vocabulary, omp, sparse_words, text_embeddings
+from clipviz.concepts import (
+    Vocabulary,
+    direct_lens,
+    load_vocabulary,
+    omp,
+    parse_templates,
+    sparse_words,
+    text_embeddings,
+)
 from clipviz.errors import ClipvizError
 
 WORDS = ("dog", "cat", "airplane", "banana", "violin", "mountain", "red", "circle", "ocean", "teapot")
@@ -90,6 +98,11 @@ def test_vocabularies_and_errors(tiny, tmp_path):
     assert "a red object" in world.concepts and "an object on the left" in world.concepts
     words = load_vocabulary("words-2k")
     assert len(words.concepts) == 2000 and "water" in words.concepts and "wordfreq" in words.license
+    cifar = load_vocabulary("cifar100", parse_templates("ensemble"))
+    assert len(cifar.concepts) == 100 and "aquarium fish" in cifar.concepts and len(cifar.templates) == 6
+    assert load_vocabulary("cifar10", parse_templates("a sketch of a {}.")).templates == ("a sketch of a {}.",)
+    with pytest.raises(ClipvizError, match="each template needs exactly one"):
+        parse_templates("no placeholder")
     imagenet = load_vocabulary("imagenet")
     assert len(imagenet.concepts) == 1000 and len(set(imagenet.concepts)) == 1000
     path = tmp_path / "mine.txt"
