@@ -68,7 +68,8 @@ def main() -> None:
     mine_examples(model, hook, source, top_k=args.top_k, batch=args.batch, progress=False)
     sync()
     command_path = args.images / (time.perf_counter() - t)
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    result = {"device": name,
               "hook": hook, "neurons": 3072, "images": args.images, "batch": args.batch,
               "bare_forward_images_per_s": round(bare, 2), "mining_images_per_s": round(mining_with_decode, 2),
               "world_source_images_per_s": round(command_path, 2),
