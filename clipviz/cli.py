@@ -100,10 +100,11 @@ def cmd_examples(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if source.length:  # sharded: a rerun resumes, and `accelerate launch` splits the shards across processes
         result = mine_examples_resumable(model, args.hook, source, out, neurons=neurons, top_k=args.top_k,
-                                         reduce=args.reduce, batch=args.batch_size, shard_size=args.shard_size)
+                                         reduce=args.reduce, batch=args.batch_size, shard_size=args.shard_size,
+                                         keep_activations=args.save_activations)
     else:
         result = mine_examples(model, args.hook, source, neurons=neurons, top_k=args.top_k, reduce=args.reduce,
-                               batch=args.batch_size)
+                               batch=args.batch_size, keep_activations=args.save_activations)
         result.save(out)
     write_thumbnails(source, result, out)
     print(f"{result.seen} images, {len(result.neurons)} neurons, top {result.scores.shape[1]} each -> {out}")
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--reduce", default="patches", choices=["patches", "cls", "max"])
     ex.add_argument("--batch-size", type=int, default=64)
     ex.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
+    ex.add_argument("--save-activations", action="store_true",
+                    help="also store every image's reduced activation (float16), e.g. as a probe matrix")
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_examples)
 

@@ -155,6 +155,9 @@ class ExampleResult:
     skipped: list[int]
     names: dict[int, str]
     captions: dict[int, str]
+    # On request: every image's reduced activation (images, neurons), float16, rows in ``activation_indices`` order.
+    activations: torch.Tensor | None = None
+    activation_indices: torch.Tensor | None = None
 
     def save(self, out: Path) -> None:
         from safetensors.torch import save_file
@@ -165,6 +168,9 @@ class ExampleResult:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"neurons": torch.tensor(self.neurons), "scores": self.scores.contiguous(),
                    "indices": self.indices.contiguous(), "maps": self.maps.contiguous()}
+        if self.activations is not None:
+            tensors["activations"] = self.activations.contiguous()
+            tensors["activation_indices"] = self.activation_indices.contiguous()
         _atomic(folder / "examples.safetensors", lambda tmp: save_file(tensors, tmp))
         write_json(folder / "examples.json", {"hook": self.hook, "reduce": self.reduce, "seen": self.seen,
                                               "skipped": self.skipped, "names": self.names,
@@ -179,7 +185,8 @@ class ExampleResult:
         return cls(hook=hook, neurons=t["neurons"].tolist(), scores=t["scores"], indices=t["indices"], maps=t["maps"],
                    reduce=meta["reduce"], seen=meta["seen"], skipped=meta["skipped"],
                    names={int(k): v for k, v in meta["names"].items()},
-                   captions={int(k): v for k, v in meta["captions"].items()})
+                   captions={int(k): v for k, v in meta["captions"].items()},
+                   activations=t.get("activations"), activation_indices=t.get("activation_indices"))
 
 
 def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
@@ -212,9 +219,10 @@ def _batches(source, size: tuple[int, int], batch: int, skipped: list[int]):
 @torch.no_grad()
 def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | None = None, top_k: int = 16,
                   reduce: str = "patches", batch: int = 64, progress: bool = True,
-                  span: tuple[int, int] | None = None) -> ExampleResult:
+                  span: tuple[int, int] | None = None, keep_activations: bool = False) -> ExampleResult:
     """One pass over ``source`` keeping, per neuron, the ``top_k`` images by the reduced activation (``patches``:
-    mean over patch tokens, ``cls``, ``max``: max over patches) with their patch activation maps."""
+    mean over patch tokens, ``cls``, ``max``: max over patches) with their patch activation maps; with
+    ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix."""
     if reduce not in ("patches", "cls", "max"):
         raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     point = model.hook_point(hook)
@@ -224,6 +232,8 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
     width = None
     skipped: list[int] = []
     seen = 0
+    all_rows: list[torch.Tensor] = []
+    all_ids: list[int] = []
     captions: dict[int, str] = {}
     keep_captions: dict[int, str] = {}
     total = source.length if span is None else span[1] - span[0]
@@ -248,6 +258,9 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
         else:
             score = act[:, layout.prefix.index("cls")]
         score = score.T.cpu()  # (neurons, B)
+        if keep_activations:
+            all_rows.append(score.T.half())
+            all_ids += idx
         ids = torch.tensor(idx).expand(len(neurons), -1)
         maps = maps.transpose(0, 1).cpu()  # (neurons, B, gh, gw)
         if top_scores is not None:
@@ -269,7 +282,9 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
         raise ClipvizError(f"no examples from '{source.name}': {what}")
     names = {i: source.describe[i] for i in set(top_idx.flatten().tolist()) if i < len(source.describe)}
     return ExampleResult(hook=hook, neurons=list(neurons), scores=top_scores, indices=top_idx, maps=top_maps,
-                         reduce=reduce, seen=seen, skipped=skipped, names=names, captions=keep_captions)
+                         reduce=reduce, seen=seen, skipped=skipped, names=names, captions=keep_captions,
+                         activations=torch.cat(all_rows) if keep_activations else None,
+                         activation_indices=torch.tensor(all_ids) if keep_activations else None)
 
 
 def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96) -> None:
@@ -293,14 +308,21 @@ def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
     kept = set(top_idx.flatten().tolist())
     names = {i: n for r in results for i, n in r.names.items() if i in kept}
     captions = {i: c for r in results for i, c in r.captions.items() if i in kept}
+    activations = activation_indices = None
+    if all(r.activations is not None for r in results):
+        activation_indices = torch.cat([r.activation_indices for r in results])
+        order = activation_indices.argsort()
+        activations = torch.cat([r.activations for r in results])[order]
+        activation_indices = activation_indices[order]
     return ExampleResult(hook=first.hook, neurons=first.neurons, scores=top_scores, indices=top_idx, maps=top_maps,
                          reduce=first.reduce, seen=sum(r.seen for r in results),
-                         skipped=sorted(i for r in results for i in r.skipped), names=names, captions=captions)
+                         skipped=sorted(i for r in results for i in r.skipped), names=names, captions=captions,
+                         activations=activations, activation_indices=activation_indices)
 
 
 def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neurons: Sequence[int] | None = None,
                             top_k: int = 16, reduce: str = "patches", batch: int = 64, shard_size: int = 1024,
-                            accelerator=None, progress: bool = True) -> ExampleResult:
+                            accelerator=None, progress: bool = True, keep_activations: bool = False) -> ExampleResult:
     """``mine_examples`` in shards of ``shard_size`` images, each saved when done: a killed run started again
     redoes only unfinished shards, processes (``accelerate``) take shards in turn, and the merge is exact."""
     from .artifacts import settings_id, write_json
@@ -313,7 +335,7 @@ def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neur
     accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
     key = settings_id({"model": model.spec, "hook": hook, "neurons": list(neurons) if neurons is not None else None,
                        "top_k": top_k, "reduce": reduce, "source": source.name, "n": source.length,
-                       "shard_size": shard_size})
+                       "shard_size": shard_size, "activations": keep_activations})
     folder = Path(out) / "shards" / key
     n_shards = -(-source.length // shard_size)
 
@@ -326,7 +348,7 @@ def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neur
         span = (s * shard_size, min((s + 1) * shard_size, source.length))
         try:
             part = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, reduce=reduce, batch=batch,
-                                 progress=progress, span=span)
+                                 progress=progress, span=span, keep_activations=keep_activations)
         except ClipvizError as error:
             if "no examples" not in str(error):
                 raise

@@ -75,6 +75,9 @@ def test_streamed_top_k_equals_the_full_activation_matrix(planted, folder):
     full = cache[HOOK][:, 1:].float().mean(1).T  # (neurons, images)
     scores, order = full.topk(4, dim=1)
     torch.testing.assert_close(result.scores, scores)
+    kept = mine_examples(planted, HOOK, source, top_k=4, batch=3, progress=False, keep_activations=True)
+    assert kept.activation_indices.tolist() == idx
+    torch.testing.assert_close(kept.activations, full.T.half())
     # Neurons 2.. of the planted model are constant (ties in any order); the live ones must match exactly.
     assert torch.equal(result.indices[:2], torch.tensor(idx)[order[:2]])
 
@@ -136,8 +139,11 @@ def test_resumable_run_equals_one_pass_and_resumes_after_a_kill(planted, folder,
     source = open_source(str(folder))
     whole = mine_examples(planted, HOOK, source, top_k=3, progress=False)
     sharded = ex.mine_examples_resumable(planted, HOOK, source, tmp_path / "a", top_k=3, shard_size=4,
-                                         progress=False)
+                                         progress=False, keep_activations=True)
     _same(whole, sharded)
+    full = mine_examples(planted, HOOK, source, top_k=3, progress=False, keep_activations=True)
+    assert torch.equal(sharded.activations, full.activations)
+    assert torch.equal(ExampleResult.load(tmp_path / "a", HOOK).activation_indices, full.activation_indices)
     real, calls = ex.mine_examples, []
 
     def dies_on_third_shard(*args, **kwargs):
