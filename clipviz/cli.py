@@ -17,9 +17,12 @@ from .errors import ClipvizError
 
 
 def _load(args: argparse.Namespace):
+    import torch
+
     from .loading import load
 
-    return load(args.model, device=getattr(args, "device", None), trust_remote_code=args.trust_remote_code)
+    device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load(args.model, device=device, trust_remote_code=args.trust_remote_code)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -207,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "open_clip:hf-hub:<id>, timm:<name>, or a local directory")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow a hub model to run its own code (off unless asked)")
+        p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
         return p
 
     info = model_parser("info", "print a model's summary and its hook names")
@@ -231,7 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--samples", type=int, default=1, help="images per target, each with its own seed")
     vis.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
     vis.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    vis.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: what accelerate picks)")
     vis.add_argument("--out", required=True, help="output folder (finished targets are skipped on a rerun)")
     vis.set_defaults(func=cmd_visualize)
 

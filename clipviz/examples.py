@@ -333,6 +333,7 @@ def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neur
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
+    model = model.to(accelerator.device)
     key = settings_id({"model": model.spec, "hook": hook, "neurons": list(neurons) if neurons is not None else None,
                        "top_k": top_k, "reduce": reduce, "source": source.name, "n": source.length,
                        "shard_size": shard_size, "activations": keep_activations})

@@ -138,5 +138,9 @@ def load(
         backend = load_timm(ref, spec, pretrained=pretrained, dtype=dtype)
     model = HookedVisionModel(backend)
     if device is not None:
-        model = model.to(device)
+        try:
+            model = model.to(device)
+        except (RuntimeError, AssertionError) as error:
+            raise ClipvizError(f"device '{device}' is not available here ({str(error).splitlines()[0]}); accepted: "
+                               "cpu, or cuda / cuda:N on a machine with a GPU") from error
     return model

@@ -149,8 +149,8 @@ def visualize(
     if batch_size < 1:
         raise ClipvizError(f"batch size must be at least 1, got {batch_size}")
     if accelerator is None:
-        accelerator = Accelerator(cpu=model.device.type == "cpu" and not torch.cuda.is_available(),
-                                  mixed_precision=_precision(precision, model.device))
+        # The model's device decides: load it on the GPU (clipviz.load(..., device="cuda")) to render there.
+        accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision=_precision(precision, model.device))
     model = model.to(accelerator.device)
     _check_targets(model, hook, targets)
     out = Path(out) if out is not None else None

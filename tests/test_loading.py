@@ -211,3 +211,10 @@ def test_timm_prefix_and_output(tiny):
     with torch.no_grad():
         logits = model(IMAGES)
     assert logits.shape == (3, 7) and np.isfinite(logits.numpy()).all()
+
+
+def test_unavailable_device_is_a_one_line_error(tiny, capsys):
+    code = cli_main(["info", tiny["vit"][1], "--device", "cuda:99"])  # no machine here has 100 GPUs
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("clipviz: error: device 'cuda:99' is not available here")
+    assert err.count("\n") == 1
