@@ -14,7 +14,7 @@ never changes its operands. An objective evaluates to a tensor ``(n,)``: one val
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 
@@ -290,23 +290,28 @@ class Diversity(Objective):
         return f"diversity({self.hook})"
 
 
-@dataclass(frozen=True, eq=False)
-class TotalVariation(Objective):
+class _ImagePenalty(Objective):
+    """Minus a penalty computed on each clean image (``penalty``: (n, 3, H, W) -> (n,))."""
+
+    label: str
+    penalty: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return -type(self).penalty(ctx.images)
+
+    def __str__(self) -> str:
+        return f"-{self.label}"
+
+
+class TotalVariation(_ImagePenalty):
     """Minus the ViT paper's 4-direction total variation of each clean image (a smoothness prior)."""
 
-    def __call__(self, ctx: Context) -> torch.Tensor:
-        return -total_variation(ctx.images)
-
-    def __str__(self) -> str:
-        return "-tv"
+    label = "tv"
+    penalty = staticmethod(total_variation)
 
 
-@dataclass(frozen=True, eq=False)
-class L2(Objective):
+class L2(_ImagePenalty):
     """Minus the mean squared distance of each clean image from mid-grey."""
 
-    def __call__(self, ctx: Context) -> torch.Tensor:
-        return -l2_penalty(ctx.images)
-
-    def __str__(self) -> str:
-        return "-l2"
+    label = "l2"
+    penalty = staticmethod(l2_penalty)
