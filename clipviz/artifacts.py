@@ -72,3 +72,17 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
+
+
+def overlay(image: Image.Image, heat: torch.Tensor, size: int = 128) -> Image.Image:
+    """``image`` with its patch activation map (normalised per image) as a red overlay."""
+    import torch.nn.functional as F
+
+    base = np.asarray(image.convert("RGB").resize((size, size), Image.NEAREST), dtype=np.float32) / 255
+    h = heat.float()
+    h = (h - h.min()) / (h.max() - h.min() + 1e-8)
+    h = F.interpolate(h[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    tint = np.zeros_like(base)
+    tint[..., 0] = 1.0
+    mixed = base * (1 - 0.55 * h[..., None]) + tint * 0.55 * h[..., None]
+    return Image.fromarray((mixed * 255).astype(np.uint8))

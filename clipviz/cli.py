@@ -182,6 +182,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from .atlas import build_atlas
+
+    site = build_atlas(args.results, args.out, page_size=args.page_size)
+    print(f"open {(site / 'index.html').resolve()}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import publish
+
+    publish(args.path, space=args.space, dataset=args.dataset, dry_run=args.dry_run, private=args.private)
+    return 0
+
+
 def _reduction(text: str):
     if text in ("patches", "cls", "all", "max"):
         return text
@@ -271,6 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--out", required=True)
     con.set_defaults(func=cmd_concepts)
 
+    atlas = sub.add_parser("atlas", help="build a static, browsable site from visualize/examples/concepts results",
+                           description="Build a static HTML atlas (open index.html, no server needed) from the "
+                           "outputs of visualize, examples and concepts found anywhere under RESULTS_DIR.")
+    atlas.add_argument("results", metavar="RESULTS_DIR")
+    atlas.add_argument("--out", required=True, help="site folder (a new one, or an atlas to replace)")
+    atlas.add_argument("--page-size", type=int, default=256, help="neurons per grid page")
+    atlas.set_defaults(func=cmd_atlas)
+
+    pub = sub.add_parser("publish", help="publish an atlas as a Hugging Face Space and/or results as a dataset",
+                         description="Upload an atlas (or results, built into an atlas first) to a Hugging Face "
+                         "Space with the clipviz Gradio app, and/or the results as a dataset. The token comes from "
+                         "`hf auth login` or HF_TOKEN and is never printed.")
+    pub.add_argument("path", metavar="SITE_OR_RESULTS_DIR")
+    pub.add_argument("--space", metavar="USER/NAME")
+    pub.add_argument("--dataset", metavar="USER/NAME")
+    pub.add_argument("--private", action="store_true")
+    pub.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    pub.set_defaults(func=cmd_publish)
+
     demo = sub.add_parser("demo", help="offline demo on the bundled world-clip: visualizations, examples, words",
                           description="Offline demo on the bundled world-clip model.")
     demo.add_argument("--out", default="clipviz-demo")
@@ -283,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     """Keep the libraries' own progress bars and log chatter out of the CLI's output."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.simplefilter("ignore", FutureWarning)
     try:

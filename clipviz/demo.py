@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from .artifacts import _atomic, write_png
+from .artifacts import _atomic, overlay, write_png
 
 DEMO_RECIPE = "default"
 
@@ -40,18 +39,6 @@ def pick_neurons(selectivity, per_block: int = 2, blocks: list[int] | None = Non
             if len(seen) == per_block:
                 break
     return picked
-
-
-def _overlay(image: Image.Image, heat: torch.Tensor, size: int = 128) -> Image.Image:
-    """The image with its patch activation map as a red overlay (normalised per image)."""
-    base = np.asarray(image.convert("RGB").resize((size, size), Image.NEAREST), dtype=np.float32) / 255
-    h = heat.float()
-    h = (h - h.min()) / (h.max() - h.min() + 1e-8)
-    h = F.interpolate(h[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
-    tint = np.zeros_like(base)
-    tint[..., 0] = 1.0
-    mixed = base * (1 - 0.55 * h[..., None]) + tint * 0.55 * h[..., None]
-    return Image.fromarray((mixed * 255).astype(np.uint8))
 
 
 @torch.no_grad()
@@ -104,7 +91,7 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
             for r in range(ex.indices.shape[1]):
                 idx = int(ex.indices[j, r])
                 name = f"examples/{hook}/neuron-{neuron:05d}-{r}.png"
-                write_png(out / name, _overlay(pictures[idx], ex.maps[j, r]))
+                write_png(out / name, overlay(pictures[idx], ex.maps[j, r]))
                 exs.append((name, float(ex.scores[j, r]), ex.captions.get(idx, "")))
             cards.append({"hook": hook, "neuron": neuron, "concept": concept, "auroc": score,
                           "vis": vis[j].path.relative_to(out).as_posix(), "vis_meta": vis[j].meta,

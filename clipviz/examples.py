@@ -158,6 +158,8 @@ class ExampleResult:
     # On request: every image's reduced activation (images, neurons), float16, rows in ``activation_indices`` order.
     activations: torch.Tensor | None = None
     activation_indices: torch.Tensor | None = None
+    # How the result was made: model, source, top_k, reduce (shown by the atlas next to the examples).
+    settings: dict = field(default_factory=dict)
 
     def save(self, out: Path) -> None:
         from safetensors.torch import save_file
@@ -174,7 +176,7 @@ class ExampleResult:
         _atomic(folder / "examples.safetensors", lambda tmp: save_file(tensors, tmp))
         write_json(folder / "examples.json", {"hook": self.hook, "reduce": self.reduce, "seen": self.seen,
                                               "skipped": self.skipped, "names": self.names,
-                                              "captions": self.captions})
+                                              "captions": self.captions, "settings": self.settings})
 
     @classmethod
     def load(cls, out: Path, hook: str) -> ExampleResult:
@@ -186,7 +188,8 @@ class ExampleResult:
                    reduce=meta["reduce"], seen=meta["seen"], skipped=meta["skipped"],
                    names={int(k): v for k, v in meta["names"].items()},
                    captions={int(k): v for k, v in meta["captions"].items()},
-                   activations=t.get("activations"), activation_indices=t.get("activation_indices"))
+                   activations=t.get("activations"), activation_indices=t.get("activation_indices"),
+                   settings=meta.get("settings", {}))
 
 
 def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
@@ -284,7 +287,8 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
     return ExampleResult(hook=hook, neurons=list(neurons), scores=top_scores, indices=top_idx, maps=top_maps,
                          reduce=reduce, seen=seen, skipped=skipped, names=names, captions=keep_captions,
                          activations=torch.cat(all_rows) if keep_activations else None,
-                         activation_indices=torch.tensor(all_ids) if keep_activations else None)
+                         activation_indices=torch.tensor(all_ids) if keep_activations else None,
+                         settings={"model": model.spec, "source": source.name, "top_k": top_k, "reduce": reduce})
 
 
 def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96) -> None:
@@ -317,7 +321,7 @@ def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
     return ExampleResult(hook=first.hook, neurons=first.neurons, scores=top_scores, indices=top_idx, maps=top_maps,
                          reduce=first.reduce, seen=sum(r.seen for r in results),
                          skipped=sorted(i for r in results for i in r.skipped), names=names, captions=captions,
-                         activations=activations, activation_indices=activation_indices)
+                         activations=activations, activation_indices=activation_indices, settings=first.settings)
 
 
 def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neurons: Sequence[int] | None = None,

@@ -260,15 +260,28 @@ def prompt(family: str, value: str) -> str:
         return f"an object {_POSITION_PHRASES[value][0]}"
     if family == "background":
         return f"an object {_BACKGROUND_PHRASES[value][0]}"
-    return f"a {value} object"
+    return f"{'an' if value[0] in 'aeiou' else 'a'} {value} object"
 
 
-def generate(n: int, seed: int, size: int = 64, single_object: bool = False) -> WorldBatch:
-    """``n`` images with captions and true factors; the same ``(n, seed, size, single_object)`` gives the same batch."""
+def generate(n: int, seed: int, size: int = 64, single_object: bool = False,
+             factors: dict[str, np.ndarray] | None = None) -> WorldBatch:
+    """``n`` images with captions and true factors; the same arguments give the same batch.
+
+    ``factors`` (indices per family, each of length ``n``) fixes the scenes instead of drawing them, e.g. to
+    build batches of images that differ in one factor only; placement, noise and phrasing still come from ``seed``.
+    """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
-    factors = sample_factors(n, rng, single_object=single_object)
+    if factors is None:
+        factors = sample_factors(n, rng, single_object=single_object)
+    else:
+        if set(factors) != set(FACTORS) or any(len(v) != n for v in factors.values()):
+            raise ValueError(f"factors must give {n} indices for each of {', '.join(FACTORS)}")
+        factors = {fam: np.asarray(factors[fam], dtype=np.int64) for fam in FACTORS}
+        for fam, idx in factors.items():
+            if idx.size and (idx.min() < 0 or idx.max() >= len(FACTORS[fam])):
+                raise ValueError(f"{fam} indices must lie in [0, {len(FACTORS[fam])})")
     images = render(factors, rng, size=size)
     captions = []
     mentions = {fam: np.zeros(n, dtype=bool) for fam in FACTORS}

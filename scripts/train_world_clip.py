@@ -39,15 +39,33 @@ PREPROCESS_CFG = {"size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]
                   "resize_mode": "shortest"}
 
 
-class WorldStream(IterableDataset):
-    """Batch ``s`` is ``world.generate(batch, seed * 1_000_003 + s)``: the stream is a pure function of the seed."""
+def contrast_groups(factors: dict[str, np.ndarray], fraction: float, family: str,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Rewrite the first ``fraction`` of the scenes into groups that share every factor but ``family``, which
+    takes each of its values once per group: hard negatives that a caption naming ``family`` must tell apart.
+    """
+    k = len(world.FACTORS[family])
+    n_groups = int(len(factors[family]) * fraction) // k
+    out = {fam: idx.copy() for fam, idx in factors.items()}
+    for g in range(n_groups):
+        rows = slice(g * k, (g + 1) * k)
+        for fam in out:
+            out[fam][rows] = rng.permutation(k) if fam == family else out[fam][g * k]
+    return out
 
-    def __init__(self, batch: int, steps: int, seed: int):
-        self.batch, self.steps, self.seed = batch, steps, seed
+
+class WorldStream(IterableDataset):
+    """Batch ``s`` is drawn from ``seed * 1_000_003 + s``: the stream is a pure function of the seed."""
+
+    def __init__(self, batch: int, steps: int, seed: int, shape_groups: float):
+        self.batch, self.steps, self.seed, self.shape_groups = batch, steps, seed, shape_groups
 
     def __iter__(self):
         for step in range(self.steps):
-            b = world.generate(self.batch, seed=self.seed * 1_000_003 + step)
+            seed = self.seed * 1_000_003 + step
+            rng = np.random.default_rng([seed, 1])
+            factors = contrast_groups(world.sample_factors(self.batch, rng), self.shape_groups, "shape", rng)
+            b = world.generate(self.batch, seed=seed, factors=factors)
             yield torch.from_numpy(b.images), b.captions, torch.from_numpy(b.caption_matches())
 
 
@@ -70,6 +88,8 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (its backward is ~10x slower than fp32 on "
                     "some CPUs; measure before using)")
     ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--shape-groups", type=float, default=0.5,
+                    help="share of each batch built as groups of scenes that differ in shape only (hard negatives)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
@@ -92,8 +112,8 @@ def main() -> None:
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
-    loader = DataLoader(WorldStream(args.batch, args.steps, args.seed), batch_size=None, num_workers=1,
-                        prefetch_factor=4, persistent_workers=False)
+    stream = WorldStream(args.batch, args.steps, args.seed, args.shape_groups)
+    loader = DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=False)
     curve, t0, window = [], time.time(), []
     model.train()
     for step, (images, captions, matches) in enumerate(loader):

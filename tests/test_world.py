@@ -58,6 +58,7 @@ def test_colour_is_in_the_pixels():
 
 def test_prompts_and_dataset():
     assert world.prompt("colour", "red") == "a red object"
+    assert world.prompt("colour", "orange") == "an orange object"  # as the generator writes it
     assert world.prompt("shape", "star") == "a star"
     assert world.prompt("position", "left") == "an object on the left"
     with pytest.raises(ValueError, match="unknown factor"):
@@ -65,3 +66,24 @@ def test_prompts_and_dataset():
     ds = world.as_dataset(5, seed=0)
     assert len(ds) == 5 and ds.features["shape"].names == list(world.FACTORS["shape"])
     assert ds[0]["caption"] == world.generate(5, seed=0).captions[0]
+
+
+def test_given_factors_fix_the_scenes():
+    """Scenes given their factors (the trainer's hard negatives differ in shape only): the truth, the captions
+    and the pixels follow them."""
+    n = 6
+    factors = {fam: np.zeros(n, dtype=np.int64) for fam in world.FACTORS}
+    factors["shape"] = np.arange(n)
+    factors["size"][:] = 1
+    batch = world.generate(n, seed=9, factors=factors)
+    assert np.array_equal(batch.factors["shape"], np.arange(n))
+    for i, text in enumerate(batch.captions):
+        if batch.mentions["shape"][i]:
+            assert world.FACTORS["shape"][i] in text.split()
+    red = np.array(world.COLOURS["red"])
+    for image in batch.images:  # every scene shows the given colour (red, index 0)
+        assert (np.abs(image.reshape(-1, 3) / 255.0 - red).max(axis=1) < 0.15).sum() >= 10
+    with pytest.raises(ValueError, match="indices must lie"):
+        world.generate(n, seed=9, factors={**factors, "colour": np.full(n, 8)})
+    with pytest.raises(ValueError, match="factors must give"):
+        world.generate(n + 1, seed=9, factors=factors)

@@ -1,0 +1,192 @@
+"""The atlas: built from the bundled model's visualize / examples / concepts results, checked against them, and
+browsed in headless Chromium."""
+
+import base64
+import io
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import chromium, console_errors, screenshot
+from PIL import Image
+
+from clipviz.atlas import build_atlas, collect
+from clipviz.cli import main
+from clipviz.errors import ClipvizError
+
+HOOK = "blocks.2.mlp.hook_post"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Visualizations of neurons 0-2 (2 samples each) and of a prompt, examples and direct-lens words of 0-3."""
+    import clipviz
+    from clipviz.concepts import direct_lens, load_vocabulary, write_table
+    from clipviz.examples import mine_examples, open_source, write_thumbnails
+    from clipviz.visualize import visualize
+
+    root = tmp_path_factory.mktemp("results")
+    model = clipviz.load("world-clip")
+    vis = visualize(model, HOOK, [0, 1, 2], recipe="default", steps=3, samples=2, out=root / "vis", progress=False)
+    visualize(model, texts=["a red object"], recipe="default", steps=3, out=root / "vis", progress=False)
+    source = open_source("world:120")
+    ex = mine_examples(model, HOOK, source, neurons=[0, 1, 2, 3], top_k=4, progress=False)
+    ex.save(root / "ex")
+    write_thumbnails(source, ex, root / "ex")
+    vocab = load_vocabulary("world")
+    words = direct_lens(model, HOOK, [0, 1, 2, 3], vocab, top_k=5)
+    write_table(root / "con", HOOK, [{"neuron": n, **w} for n, w in zip([0, 1, 2, 3], words, strict=True)],
+                "direct", vocab)
+    return {"root": root, "vis": vis, "examples": ex, "words": words}
+
+
+@pytest.fixture(scope="module")
+def site(results, tmp_path_factory):
+    return build_atlas(results["root"], tmp_path_factory.mktemp("atlas") / "site")
+
+
+def _neurons(site: Path) -> dict[int, dict]:
+    data = json.loads((site / "atlas.json").read_text())
+    return {e["neuron"]: e for e in data["hooks"][HOOK]["neurons"]}
+
+
+def test_atlas_data_equals_the_results(results, site):
+    data = json.loads((site / "atlas.json").read_text())
+    assert data["model"] == "world-clip"
+    neurons = _neurons(site)
+    assert sorted(neurons) == [0, 1, 2, 3]
+    by_neuron = {}
+    for v in results["vis"]:
+        by_neuron.setdefault(v.meta["neuron"], []).append(v.path.read_bytes())
+    for n in (0, 1, 2):  # every sample copied byte for byte
+        assert sorted((site / p).read_bytes() for p in neurons[n]["visualizations"]) == sorted(by_neuron[n])
+    assert neurons[3]["visualizations"] == [] and neurons[3]["thumb"]  # examples only: an example is its thumbnail
+    ex = results["examples"]
+    for j, n in enumerate(ex.neurons):
+        got = neurons[n]["examples"]
+        assert [e["index"] for e in got] == ex.indices[j].tolist()
+        assert np.allclose([e["score"] for e in got], ex.scores[j].numpy(), atol=1e-4)
+        assert [e["caption"] for e in got] == [ex.captions[i] for i in ex.indices[j].tolist()]
+        assert all((site / e["thumb"]).is_file() for e in got)
+    for n, w in zip([0, 1, 2, 3], results["words"], strict=True):
+        assert [x[0] for x in neurons[n]["words"]["direct"]] == w["words"]
+    assert [p["target"] for p in data["prompts"]] == ["a red object"]
+
+
+def test_heat_maps_peak_where_the_neuron_fires(results, site):
+    ex = results["examples"]
+    page = (site / "neurons" / HOOK / "1.html").read_text()
+    uris = re.findall(r"class='heat' src='data:image/png;base64,([^']+)'", page)
+    assert len(uris) == ex.indices.shape[1]
+    j = ex.neurons.index(1)
+    for r, uri in enumerate(uris):
+        alpha = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))))[..., 3]
+        assert alpha.shape == tuple(ex.maps.shape[-2:])
+        assert np.unravel_index(alpha.argmax(), alpha.shape) == np.unravel_index(int(ex.maps[j, r].argmax()),
+                                                                                 alpha.shape)
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.targets = []
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key in ("href", "src") and value and not value.startswith(("data:", "http", "#")):
+                self.targets.append(value.split("?")[0])
+
+
+def test_every_link_and_image_of_the_site_exists(site):
+    pages = list(site.rglob("*.html"))
+    assert len(pages) == 1 + 1 + 4  # index, one grid page, four neuron pages
+    for page in pages:
+        parser = _Links()
+        parser.feed(page.read_text())
+        assert parser.targets, page
+        for target in parser.targets:
+            assert (page.parent / target).resolve().is_file(), f"{page.relative_to(site)} -> {target}"
+
+
+def test_pagination_and_search_index(results, site, tmp_path):
+    small = build_atlas(results["root"], tmp_path / "paged", page_size=3)
+    assert sorted(p.name for p in (small / "hooks" / HOOK).iterdir()) == ["page-1.html", "page-2.html"]
+    assert "#3" in (small / "hooks" / HOOK / "page-2.html").read_text()
+    text = (site / "assets" / "index-data.js").read_text()
+    entries = json.loads(text[text.index("["):text.rindex("]") + 1])
+    assert {(e["hook"], e["neuron"]) for e in entries} == {(HOOK, n) for n in range(4)}
+    words = {e["neuron"]: e["words"] for e in entries}
+    assert words[1][:3] == results["words"][1]["words"][:3]
+
+
+def test_rebuild_replaces_an_atlas_but_never_other_folders(results, site, tmp_path):
+    stale = site / "stale.txt"
+    stale.write_text("from an older build")
+    build_atlas(results["root"], site)
+    assert not stale.exists() and (site / "index.html").is_file()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ClipvizError, match="not an atlas"):
+        build_atlas(results["root"], other)
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mine")]  # no staging folder left behind
+
+
+def test_bad_results_folders(tmp_path, results, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ClipvizError, match="no clipviz results"):
+        collect(tmp_path / "empty")
+    other = tmp_path / "two-models"
+    import shutil
+
+    shutil.copytree(results["root"] / "vis", other / "vis")
+    meta = next((other / "vis" / HOOK).glob("*.json"))
+    data = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**data, "model": "another-model"}))
+    with pytest.raises(ClipvizError, match="several models"):
+        collect(other)
+    assert main(["atlas", str(tmp_path / "missing"), "--out", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist" in err
+    assert not (tmp_path / "site").exists()
+
+
+def test_cli_builds_the_atlas(results, tmp_path, capsys):
+    assert main(["atlas", str(results["root"]), "--out", str(tmp_path / "site")]) == 0
+    assert capsys.readouterr().out.strip().endswith("index.html")
+    assert (tmp_path / "site" / "neurons" / HOOK / "0.html").is_file()
+
+
+def test_atlas_in_chromium(results, site):
+    """The index loads without console errors, search by a word finds the neuron, and its page shows its images
+    and words."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    word = results["words"][1]["words"][0]
+    with chromium() as driver:
+        driver.get((site / "index.html").as_uri())
+        assert console_errors(driver) == []
+        box = driver.find_element(By.ID, "search")
+        box.send_keys(word)
+        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "count"))
+        links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#results a.cell")]
+        assert any(h.endswith(f"neurons/{HOOK}/1.html") for h in links), links
+        screenshot(driver, "atlas-search.png")
+        box.clear()
+        box.send_keys(f"{HOOK} 2")
+        WebDriverWait(driver, 10).until(
+            lambda d: d.find_element(By.ID, "count").text.startswith("1 neuron"))
+        driver.get((site / "neurons" / HOOK / "1.html").as_uri())
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) == 2 + 2 * 4  # two visualizations, four examples each with a heat map
+        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+                   for img in images)
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert all(w in body for w in results["words"][1]["words"])
+        assert console_errors(driver) == []
+        screenshot(driver, "atlas-neuron.png")

@@ -1,0 +1,195 @@
+"""The Space: its backend's caps, the Gradio app on localhost driven by gradio_client and Chromium, and publish."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from browser import chromium, console_errors, screenshot
+
+from clipviz.cli import main
+from clipviz.errors import ClipvizError
+from clipviz.publish import APP_PY, REQUIREMENTS_TXT, publish, results_dataset
+from clipviz.space import Limits, SpaceBackend
+
+HOOK = "blocks.2.mlp.hook_post"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    import clipviz
+    from clipviz.atlas import build_atlas
+    from clipviz.concepts import direct_lens, load_vocabulary, write_table
+    from clipviz.examples import mine_examples, open_source, write_thumbnails
+    from clipviz.visualize import visualize
+
+    root = tmp_path_factory.mktemp("space-results")
+    model = clipviz.load("world-clip")
+    visualize(model, HOOK, [4, 5], recipe="default", steps=2, out=root / "vis", progress=False)
+    source = open_source("world:60")
+    ex = mine_examples(model, HOOK, source, neurons=[4, 5], top_k=3, progress=False)
+    ex.save(root / "ex")
+    write_thumbnails(source, ex, root / "ex")
+    vocab = load_vocabulary("world")
+    table = [{"neuron": n, **w} for n, w in zip([4, 5], direct_lens(model, HOOK, [4, 5], vocab, top_k=3),
+                                               strict=True)]
+    write_table(root / "con", HOOK, table, "direct", vocab)
+    return build_atlas(root, root.parent / "site"), table
+
+
+@pytest.fixture(scope="module")
+def backend(atlas):
+    return SpaceBackend(limits=Limits(max_steps=6, max_size=96, max_neurons=2, example_images=80), atlas=atlas[0])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda b: b.neurons("world-clip", HOOK, "1", 7, 64), "steps must be between 1 and 6"),
+    (lambda b: b.neurons("world-clip", HOOK, "1", 2, 97), "image size must be between 32 and 96"),
+    (lambda b: b.neurons("world-clip", HOOK, "1,2,3", 2, 64), "at most 2 neurons per request"),
+    (lambda b: b.neurons("world-clip", HOOK, "512", 2, 64), "out of range for hook"),
+    (lambda b: b.neurons("world-clip", "../../etc/passwd", "1", 2, 64), "unknown hook"),
+    (lambda b: b.neurons("/tmp/some/model", HOOK, "1", 2, 64), "unknown model"),
+    (lambda b: b.neurons("world-clip", HOOK, "a", 2, 64), "bad index list"),
+    (lambda b: b.phrase("world-clip", "x" * 121, 2, 64), "limited to 120 characters"),
+    (lambda b: b.phrase("world-clip", "   ", 2, 64), "type a phrase"),
+    (lambda b: b.atlas_neuron(HOOK, 7), "not in the atlas"),
+    (lambda b: b.atlas_neuron("blocks.0.mlp.hook_post", 4), "not in the atlas"),
+])
+def test_capped_and_bad_inputs_are_refused(backend, call, message):
+    with pytest.raises(ClipvizError, match=message):
+        call(backend)
+
+
+def test_backend_answers(backend, atlas):
+    images, words, examples = backend.neurons("world-clip", HOOK, "5", 2, 48)
+    assert [im.size for im in images] == [(48, 48)]
+    assert words[0]["neuron"] == 5 and len(words[0]["direct lens"]) == 5
+    assert len(examples) == backend.limits.top_k and all("neuron 5" in caption for _, caption in examples)
+    images, words, examples = backend.atlas_neuron(HOOK, 4)
+    assert len(images) == 1 and [w for w, _ in words["direct"]] == atlas[1][0]["words"]
+    assert len(examples) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(atlas):
+    pytest.importorskip("gradio")
+    from clipviz.space import build_app
+
+    app = build_app(atlas=atlas[0], limits=Limits(max_steps=6, max_size=96, example_images=80))
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_app_through_gradio_client(server):
+    from gradio_client import Client
+    from PIL import Image
+
+    client = Client(server, verbose=False)
+    gallery, words, examples = client.predict("world-clip", HOOK, "3", 2, 40, api_name="/visualize")
+    assert len(gallery) == 1 and Image.open(gallery[0]["image"]).size == (40, 40)
+    assert "neuron 3" in words and "direct lens" in words
+    assert len(examples) == 6
+    image, closest = client.predict("world-clip", "a red star", 2, 56, api_name="/phrase")
+    assert Image.open(image).size == (56, 56) and len(closest) == 6
+    with pytest.raises(Exception, match="greater than maximum value 6"):  # the slider's own bound
+        client.predict("world-clip", HOOK, "3", 500, 40, api_name="/visualize")
+    with pytest.raises(Exception, match="at most 4 neurons per request"):  # the backend's cap
+        client.predict("world-clip", HOOK, "0:5", 2, 40, api_name="/visualize")
+    gallery, words, _ = client.predict(HOOK, 4, api_name="/atlas")
+    assert len(gallery) == 1 and "direct" in words
+
+
+def test_app_page_renders_in_chromium(server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as driver:
+        driver.get(server)
+        WebDriverWait(driver, 30).until(lambda d: "Visualize" in d.find_element(By.TAG_NAME, "body").text)
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "clipviz" in body and "Phrase" in body and "Atlas" in body
+        # Gradio itself may log network noise offline (fonts, analytics); the app's own code must not fail.
+        assert not [e for e in console_errors(driver) if "127.0.0.1" in e and "favicon" not in e]
+        screenshot(driver, "space.png")
+
+
+def test_spaces_folder_is_the_published_app():
+    assert (REPO / "spaces" / "app.py").read_text() == APP_PY
+    assert (REPO / "spaces" / "requirements.txt").read_text() == REQUIREMENTS_TXT
+    card = yaml.safe_load((REPO / "spaces" / "README.md").read_text().split("---")[1])
+    assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
+
+
+def test_publish_dry_run_lists_the_files_and_a_valid_card(atlas, capsys):
+    assert main(["publish", str(atlas[0]), "--space", "someone/atlas", "--dataset", "someone/results",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would upload" in out and "spaces/someone/atlas" in out and "datasets/someone/results" in out
+    for name in ("app.py", "requirements.txt", "README.md", "atlas/index.html", "atlas/atlas.json",
+                 "data/train-00000-of-00001.parquet"):
+        assert f"  {name}  " in out
+    card = yaml.safe_load(out.split("Space card (README.md):")[1].split("---")[1])
+    assert card["sdk"] == "gradio" and card["title"] == "atlas"
+
+
+def test_results_dataset_round_trips(atlas, tmp_path):
+    import datasets
+
+    ds, model = results_dataset(atlas[0])
+    assert model == "world-clip" and ds["neuron"] == [4, 5]
+    assert ds[0]["words"] == atlas[1][0]["words"] and ds[0]["visualization"].size == (64, 64)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    back = datasets.load_from_disk(str(tmp_path / "saved"))
+    assert back.features == ds.features and back.to_dict()["words"] == ds.to_dict()["words"]
+    ds.to_parquet(str(tmp_path / "train.parquet"))  # what publish uploads; load_dataset reads it back
+    loaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "train.parquet"), split="train")
+    assert loaded["example_indices"] == ds["example_indices"]
+    assert loaded[1]["visualization"].tobytes() == ds[1]["visualization"].tobytes()
+
+
+def test_publish_uploads_with_the_token_and_never_prints_it(atlas, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create",
+                                                                                                     repo, kw)))
+
+    def upload(self, folder_path, repo_id, repo_type, **kw):
+        calls.append(("upload", repo_id, {"repo_type": repo_type, "files": sorted(
+            p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())}))
+        assert self.token == "hf_secret_value"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    assert main(["publish", str(atlas[0]), "--space", "someone/atlas", "--dataset", "someone/results"]) == 0
+    captured = capsys.readouterr()
+    assert "hf_secret_value" not in captured.out + captured.err
+    creates = {c[1]: c[2] for c in calls if c[0] == "create"}
+    assert creates["someone/atlas"]["repo_type"] == "space" and creates["someone/atlas"]["space_sdk"] == "gradio"
+    assert creates["someone/results"]["repo_type"] == "dataset"
+    uploads = {c[1]: c[2] for c in calls if c[0] == "upload"}
+    assert {"app.py", "requirements.txt", "README.md", "atlas/atlas.json"} <= set(uploads["someone/atlas"]["files"])
+    assert uploads["someone/results"]["files"] == ["README.md", "data/train-00000-of-00001.parquet"]
+
+
+def test_publish_errors(atlas, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
+    assert main(["publish", str(atlas[0]), "--space", "someone/atlas"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no Hugging Face token" in err and err.count("\n") == 0
+    assert main(["publish", str(atlas[0]), "--space", "not a repo", "--dry-run"]) == 2
+    assert main(["publish", str(atlas[0]), "--dry-run"]) == 2
+    with pytest.raises(ClipvizError, match="not a folder"):
+        publish(tmp_path / "missing", space="a/b", dry_run=True)
+    assert json.loads((atlas[0] / "atlas.json").read_text())["model"] == "world-clip"
