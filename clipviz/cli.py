@@ -104,7 +104,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
     if source.length:  # sharded: a rerun resumes, and `accelerate launch` splits the shards across processes
         result = mine_examples_resumable(model, args.hook, source, out, neurons=neurons, top_k=args.top_k,
                                          reduce=args.reduce, batch=args.batch_size, shard_size=args.shard_size,
-                                         keep_activations=args.save_activations)
+                                         keep_activations=args.save_activations, workers=args.workers)
     else:
         result = mine_examples(model, args.hook, source, neurons=neurons, top_k=args.top_k, reduce=args.reduce,
                                batch=args.batch_size, keep_activations=args.save_activations)
@@ -130,21 +130,36 @@ def cmd_concepts(args: argparse.Namespace) -> int:
 
     from .concepts import direct_lens, load_vocabulary, parse_templates, text_embeddings, visual_words, write_table
 
-    if args.method == "dissect" and not args.probe:
-        raise ClipvizError("--method dissect needs --probe DATASET (a folder, world:<n> or a Hugging Face dataset)")
+    if args.method == "dissect" and not (args.probe or args.activations):
+        raise ClipvizError("--method dissect needs --probe DATASET (a folder, world:<n> or a Hugging Face dataset) "
+                           "or --activations EXAMPLES_DIR (from clipviz examples --save-activations)")
+    if args.activations and args.method != "dissect":
+        raise ClipvizError("--activations is for --method dissect")
+    stored = None
+    if args.activations:
+        from .dissect import stored_activations
+
+        stored = stored_activations(Path(args.activations), args.hook,
+                                    parse_indices(args.neurons) if args.neurons else None)
+        if args.probe and args.probe != stored[2]:
+            raise ClipvizError(f"--probe {args.probe} differs from the probe set of the stored activations "
+                               f"({stored[2]}); leave --probe out to use theirs")
     vocab = load_vocabulary(args.vocab, parse_templates(args.templates))
     model = _load(args)
     labeller = model if not args.labeller else _load(argparse.Namespace(**{**vars(args), "model": args.labeller}))
-    neurons = parse_indices(args.neurons) if args.neurons else list(range(_width(model, args.hook)))
+    if stored is not None:
+        neurons = stored[3]
+    else:
+        neurons = parse_indices(args.neurons) if args.neurons else list(range(_width(model, args.hook)))
     if args.method == "direct":
         table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k)
     elif args.method == "dissect":
         from .dissect import image_text_similarities, probe_activations, softwpmi
         from .examples import open_source
 
-        source = open_source(args.probe)
+        source = open_source(stored[2] if stored is not None else args.probe)
         text = text_embeddings(labeller, vocab)
-        acts, kept = probe_activations(model, args.hook, source, neurons)
+        acts, kept = stored[:2] if stored is not None else probe_activations(model, args.hook, source, neurons)
         scores = softwpmi(acts, image_text_similarities(labeller, source, kept, text))
         values, index = scores.topk(min(args.top_k, len(vocab.concepts)), dim=1)
         table = [{"neuron": n, "words": [vocab.concepts[int(i)] for i in index[r]],
@@ -265,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--reduce", default="patches", choices=["patches", "cls", "max"])
     ex.add_argument("--batch-size", type=int, default=64)
     ex.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
+    ex.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) - 1)),
+                    help="processes that decode and resize images (0: in the main process)")
     ex.add_argument("--save-activations", action="store_true",
                     help="also store every image's reduced activation (float16), e.g. as a probe matrix")
     ex.add_argument("--out", required=True)
@@ -276,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--method", default="direct", choices=["direct", "dissect", "visual"],
                      help="direct: weights only; dissect: SoftWPMI on --probe images; visual: embed visualizations")
     con.add_argument("--probe", help="probe images for dissect: a folder, world:<n> or an HF dataset")
+    con.add_argument("--activations", metavar="EXAMPLES_DIR",
+                     help="for dissect: reuse the probe matrix stored by clipviz examples --save-activations")
     con.add_argument("--labeller", help="CLIP model that labels images (default: the model itself)")
     con.add_argument("--recipe", default="default", help="recipe for --method visual")
     con.add_argument("--steps", type=int, default=128, help="visualization steps for --method visual")

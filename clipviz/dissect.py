@@ -82,6 +82,34 @@ def probe_activations(model, hook: str, source, neurons=None, batch: int = 64) -
     return torch.cat(rows).cpu(), kept
 
 
+def stored_activations(folder, hook: str, neurons=None) -> tuple[torch.Tensor, list[int], str, list[int]]:
+    """The probe matrix that ``clipviz examples --save-activations`` stored under ``folder``: activations (images,
+    neurons) as float32, the images' indices, the probe set's name and the neurons (all stored ones by default).
+    Reading it instead of running the model again gives the same SoftWPMI input as ``probe_activations``."""
+    from pathlib import Path
+
+    from .examples import ExampleResult
+
+    folder = Path(folder)
+    if not (folder / hook / "examples.json").is_file():
+        raise ClipvizError(f"no examples for hook '{hook}' in '{folder}': run clipviz examples --save-activations")
+    stored = ExampleResult.load(folder, hook)
+    if stored.activations is None:
+        raise ClipvizError(f"the examples in '{folder}' kept no activation matrix: run clipviz examples with "
+                           "--save-activations")
+    if stored.reduce != "patches":
+        raise ClipvizError(f"the stored activations are reduced by '{stored.reduce}'; CLIP-Dissect uses the patch "
+                           "mean: run clipviz examples with --reduce patches")
+    neurons = list(stored.neurons) if neurons is None else list(neurons)
+    missing = [n for n in neurons if n not in stored.neurons]
+    if missing:
+        raise ClipvizError(f"neuron {missing[0]} has no stored activations in '{folder}' (it holds "
+                           f"{len(stored.neurons)} neurons of '{hook}')")
+    columns = [stored.neurons.index(n) for n in neurons]
+    return (stored.activations[:, columns].float(), stored.activation_indices.tolist(),
+            stored.settings.get("source", ""), neurons)
+
+
 @torch.no_grad()
 def image_text_similarities(labeller, source, indices: list[int], text: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Cosines (images, concepts) between the labeller's embeddings of the probe images and unit text embeddings."""

@@ -202,14 +202,18 @@ def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
         -1, -1, *maps.shape[-2:]))
 
 
+def _to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    array = np.asarray(img.resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
 def _batches(source, size: tuple[int, int], batch: int, skipped: list[int]):
     buf, idx, caps = [], [], []
     for i, img, cap in source:
         if img is None:
             skipped.append(i)
             continue
-        array = np.asarray(img.resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
-        buf.append(torch.from_numpy(array).permute(2, 0, 1))
+        buf.append(_to_tensor(img, size))
         idx.append(i)
         caps.append(cap)
         if len(buf) == batch:
@@ -219,13 +223,54 @@ def _batches(source, size: tuple[int, int], batch: int, skipped: list[int]):
         yield torch.stack(buf), idx, caps
 
 
+class _DecodedChunks(torch.utils.data.IterableDataset):
+    """Chunks of ``batch`` consecutive indices, decoded and resized; chunk ``c`` goes to worker ``c % workers``, so
+    the loader's round-robin returns them in index order."""
+
+    def __init__(self, source: Source, lo: int, hi: int, size: tuple[int, int], batch: int):
+        self.source, self.lo, self.hi, self.size, self.batch = source, lo, hi, size, batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for c, start in enumerate(range(self.lo, self.hi, self.batch)):
+            if c % workers != worker:
+                continue
+            images, idx, caps, bad = [], [], [], []
+            for i, img, cap in self.source.range(start, min(start + self.batch, self.hi)):
+                if img is None:
+                    bad.append(i)
+                    continue
+                images.append(_to_tensor(img, self.size))
+                idx.append(i)
+                caps.append(cap)
+            yield (torch.stack(images) if images else None), idx, caps, bad
+
+
+def _parallel_batches(source: Source, span: tuple[int, int], size: tuple[int, int], batch: int, workers: int,
+                      skipped: list[int]):
+    """``_batches`` with decoding and resizing in ``workers`` processes (forked: sources need not pickle)."""
+    import multiprocessing
+
+    loader = torch.utils.data.DataLoader(
+        _DecodedChunks(source, *span, size, batch), batch_size=None, num_workers=workers, prefetch_factor=4,
+        multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    for images, idx, caps, bad in loader:
+        skipped += bad
+        if images is not None:
+            yield images, idx, caps
+
+
 @torch.no_grad()
 def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | None = None, top_k: int = 16,
                   reduce: str = "patches", batch: int = 64, progress: bool = True,
-                  span: tuple[int, int] | None = None, keep_activations: bool = False) -> ExampleResult:
+                  span: tuple[int, int] | None = None, keep_activations: bool = False,
+                  workers: int = 0) -> ExampleResult:
     """One pass over ``source`` keeping, per neuron, the ``top_k`` images by the reduced activation (``patches``:
     mean over patch tokens, ``cls``, ``max``: max over patches) with their patch activation maps; with
-    ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix."""
+    ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix.
+    ``workers`` > 0 decodes and resizes images in that many processes (sources of known length), so that the
+    model, not the loader, sets the pace; the result is the same."""
     if reduce not in ("patches", "cls", "max"):
         raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     point = model.hook_point(hook)
@@ -241,8 +286,13 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
     keep_captions: dict[int, str] = {}
     total = source.length if span is None else span[1] - span[0]
     bar = tqdm(total=total or None, unit="img", desc="examples", disable=not progress)
-    items = source if span is None else source.range(*span)
-    for images, idx, caps in _batches(items, model.image_size, batch, skipped):
+    if workers < 0:
+        raise ClipvizError(f"workers must be >= 0, got {workers}")
+    if workers and source.length:
+        batches = _parallel_batches(source, span or (0, source.length), model.image_size, batch, workers, skipped)
+    else:
+        batches = _batches(source if span is None else source.range(*span), model.image_size, batch, skipped)
+    for images, idx, caps in batches:
         _, cache = model.run_with_cache(images, [point.name])
         act = cache[point.name].float()  # (B, N, d)
         if width is None:
@@ -326,7 +376,8 @@ def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
 
 def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neurons: Sequence[int] | None = None,
                             top_k: int = 16, reduce: str = "patches", batch: int = 64, shard_size: int = 1024,
-                            accelerator=None, progress: bool = True, keep_activations: bool = False) -> ExampleResult:
+                            accelerator=None, progress: bool = True, keep_activations: bool = False,
+                            workers: int = 0) -> ExampleResult:
     """``mine_examples`` in shards of ``shard_size`` images, each saved when done: a killed run started again
     redoes only unfinished shards, processes (``accelerate``) take shards in turn, and the merge is exact."""
     from .artifacts import settings_id, write_json
@@ -353,11 +404,12 @@ def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neur
         span = (s * shard_size, min((s + 1) * shard_size, source.length))
         try:
             part = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, reduce=reduce, batch=batch,
-                                 progress=progress, span=span, keep_activations=keep_activations)
+                                 progress=progress, span=span, keep_activations=keep_activations, workers=workers)
         except ClipvizError as error:
             if "no examples" not in str(error):
                 raise
-            write_json(folder / f"{s:05d}.empty.json", {"span": list(span)})
+            # No readable image in the shard: every index of its span was skipped.
+            write_json(folder / f"{s:05d}.empty.json", {"span": list(span), "skipped": list(range(*span))})
             continue
         part.save(folder / f"{s:05d}")
     accelerator.wait_for_everyone()
@@ -366,6 +418,10 @@ def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neur
     if not parts:
         raise ClipvizError(f"no examples from '{source.name}': it has no readable images")
     result = merge(parts, top_k)
+    for empty in sorted(folder.glob("*.empty.json")):
+        span = json.loads(empty.read_text())["span"]
+        result.skipped += json.loads(empty.read_text()).get("skipped", list(range(*span)))
+    result.skipped.sort()
     if accelerator.is_main_process:
         result.save(Path(out))
     return result

@@ -164,3 +164,40 @@ def test_visual_words_names_groups_of_images_by_their_shared_concept():
         groups.append(torch.from_numpy(batch.images[rows]).permute(0, 3, 1, 2).float() / 255)
     table = visual_words(model, torch.stack(groups), vocab, top_k=2)
     assert [row["words"][0] for row in table] == ["a red object", "a blue object", "a white object"]
+
+
+def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsys):
+    """The stored matrix is the probe activations (to float16), and dissect on it equals SoftWPMI on it."""
+    import pyarrow.parquet as pq
+
+    from clipviz.cli import main
+    from clipviz.concepts import text_embeddings
+    from clipviz.dissect import image_text_similarities, probe_activations, softwpmi, stored_activations
+    from clipviz.examples import open_source
+
+    hook = "blocks.2.mlp.hook_post"
+    assert main(["examples", "world-clip", "--hook", hook, "--neurons", "0:6", "--dataset", "world:150",
+                 "--save-activations", "--workers", "0", "--out", str(tmp_path / "ex")]) == 0
+    model = clipviz.load("world-clip")
+    source = open_source("world:150")
+    fresh, kept = probe_activations(model, hook, source, [1, 4])
+    acts, stored_kept, probe, neurons = stored_activations(tmp_path / "ex", hook, [1, 4])
+    assert probe == "world:150" and neurons == [1, 4] and stored_kept == kept
+    torch.testing.assert_close(acts, fresh.half().float())
+    assert main(["concepts", "world-clip", "--hook", hook, "--method", "dissect", "--activations",
+                 str(tmp_path / "ex"), "--neurons", "1,4", "--top-k", "3", "--out", str(tmp_path / "w")]) == 0
+    rows = pq.read_table(tmp_path / "w" / hook / "concepts-dissect.parquet").to_pylist()
+    vocab = load_vocabulary("world")
+    scores = softwpmi(acts, image_text_similarities(model, source, kept, text_embeddings(model, vocab)))
+    expected = scores.topk(3, dim=1).indices
+    assert [r["word"] for r in rows] == [vocab.concepts[int(i)] for i in expected.flatten()]
+    capsys.readouterr()
+    assert main(["concepts", "world-clip", "--hook", hook, "--method", "dissect", "--activations",
+                 str(tmp_path / "ex"), "--neurons", "7", "--out", str(tmp_path / "w")]) == 2
+    assert "neuron 7 has no stored activations" in capsys.readouterr().err
+    assert main(["examples", "world-clip", "--hook", hook, "--neurons", "0:2", "--dataset", "world:40",
+                 "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert main(["concepts", "world-clip", "--hook", hook, "--method", "dissect", "--activations",
+                 str(tmp_path / "plain"), "--out", str(tmp_path / "w")]) == 2
+    assert "kept no activation matrix" in capsys.readouterr().err

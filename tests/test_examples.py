@@ -180,3 +180,32 @@ def test_two_processes_equal_one(planted, folder, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank 1 of 2 done" in proc.stdout
     _same(one, ExampleResult.load(tmp_path / "two", HOOK))
+
+
+def test_decoding_workers_give_the_same_result(planted, folder):
+    source = open_source(str(folder))
+    alone = mine_examples(planted, HOOK, source, top_k=3, batch=4, progress=False, keep_activations=True)
+    workers = mine_examples(planted, HOOK, source, top_k=3, batch=4, progress=False, keep_activations=True,
+                            workers=2)
+    _same(alone, workers)
+    assert torch.equal(alone.activation_indices, workers.activation_indices)  # chunks come back in index order
+    assert torch.equal(alone.activations, workers.activations) and alone.captions == workers.captions
+    with pytest.raises(ClipvizError, match="workers must be >= 0"):
+        mine_examples(planted, HOOK, source, progress=False, workers=-1)
+
+
+def test_an_all_unreadable_shard_is_reported_as_skipped(planted, folder, tmp_path):
+    import shutil
+
+    from clipviz.examples import mine_examples_resumable
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for k in range(3):  # sorted names: bad0..bad2 fill the first shard of 3, red0..red2 the second
+        (mixed / f"bad{k}.png").write_bytes(b"garbage")
+        shutil.copy(folder / f"red{k}.png", mixed / f"red{k}.png")
+    source = open_source(str(mixed))
+    result = mine_examples_resumable(planted, HOOK, source, tmp_path / "out", neurons=[RED], top_k=2, shard_size=3,
+                                     progress=False, workers=1)
+    assert result.skipped == [0, 1, 2] and result.seen == 3
+    assert ExampleResult.load(tmp_path / "out", HOOK).skipped == [0, 1, 2]
