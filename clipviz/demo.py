@@ -63,8 +63,9 @@ def run_demo(out: Path, *, model_name: str = "world-clip", per_block: int = 2, s
 def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, top_k: int,
          progress: bool) -> Path:
     from . import world
-    from .concepts import direct_lens, load_vocabulary
-    from .examples import mine_examples, open_source
+    from .atlas import build_atlas
+    from .concepts import direct_lens, load_vocabulary, write_table
+    from .examples import mine_examples, open_source, write_thumbnails
     from .groundtruth import bundled_selectivity
     from .loading import load
     from .visualize import visualize
@@ -78,10 +79,14 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
     cards = []
     for hook in dict.fromkeys(h for h, *_ in chosen):
         neurons = [n for h, n, *_ in chosen if h == hook]
-        vis = visualize(model, hook, neurons, recipe=DEMO_RECIPE, steps=steps, out=out / "visualizations",
-                        progress=progress)
+        vis = visualize(model, hook, neurons, recipe=DEMO_RECIPE, steps=steps,
+                        out=out / "results" / "visualizations", progress=progress)
         ex = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, progress=progress)
         words = direct_lens(model, hook, neurons, vocab, top_k=3)
+        ex.save(out / "results" / "examples")  # the standard results layout, for the atlas
+        write_thumbnails(source, ex, out / "results" / "examples")
+        rows = [{"neuron": n, **w} for n, w in zip(neurons, words, strict=True)]
+        write_table(out / "results" / "words", hook, rows, "direct", vocab)
         images = torch.stack([torch.from_numpy(np.array(v.image)).permute(2, 0, 1).float() / 255 for v in vis])
         seen_as = _zero_shot(model, images, concept_prompts)
         wanted = set(ex.indices.flatten().tolist())
@@ -96,6 +101,7 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
             cards.append({"hook": hook, "neuron": neuron, "concept": concept, "auroc": score,
                           "vis": vis[j].path.relative_to(out).as_posix(), "vis_meta": vis[j].meta,
                           "examples": exs, "words": words[j], "seen_as": seen_as[j]})
+    build_atlas(out / "results", out / "atlas")
     page = out / "index.html"
     _atomic(page, lambda tmp: Path(tmp).write_text(_html(model, cards), encoding="utf-8"))
     return page
@@ -117,6 +123,8 @@ def _html(model, cards: list[dict]) -> str:
         f"(recipe <code>{DEMO_RECIPE}</code>), the held-out world images that excite it most (red: where), the "
         "words of the direct lens, the concept the model itself sees in the visualization, and the ground truth "
         "(best AUROC of the neuron's patch-mean activation over the world's factor values).</p>",
+        "<p>The same results in the standard layout are in <code>results/</code>; browse them in the atlas that "
+        "<code>clipviz atlas</code> built from them: <a href='atlas/index.html'>atlas/index.html</a>.</p>",
     ]
     for c in cards:
         truth_prompt = _prompt_of(c["concept"])

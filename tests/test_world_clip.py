@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -58,5 +59,11 @@ def test_demo_writes_a_page_with_visualizations_examples_and_words(tmp_path, cap
     for src in sources:
         assert (page.parent / src).is_file()
     assert text.count("Direct-lens words") == 4 and text.count("Ground truth") == 4
+    atlas = json.loads((page.parent / "atlas" / "atlas.json").read_text())  # the demo's results, browsable
+    assert sorted(atlas["hooks"]) == [f"blocks.{b}.mlp.hook_post" for b in range(4)]
+    for entry in atlas["hooks"].values():
+        (neuron,) = entry["neurons"]
+        assert neuron["visualizations"] and len(neuron["examples"]) == 3 and len(neuron["words"]["direct"]) == 3
+    assert "href='atlas/index.html'" in text
     code = main(["demo", "--out", str(tmp_path / "bad"), "--steps", "0"])
     assert code == 2 and "steps must be >= 1" in capsys.readouterr().err
