@@ -66,19 +66,8 @@ class Jitter:
 
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
         shifts = _per_image(rngs, lambda g: torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=g))
-        return roll_each(x, shifts.to(x.device))
-
-
-def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """``torch.roll(x[b], (dy_b, dx_b), dims=(-2, -1))`` for every ``b`` at once (two gathers, no Python loop):
-    ``shifts`` is (B, 2) of (dy, dx)."""
-    b, (h, w) = x.shape[0], x.shape[-2:]
-    flat = x.reshape(b, -1, h, w)
-    rows = (torch.arange(h, device=x.device)[None] - shifts[:, :1]) % h  # out row i reads row i - dy
-    cols = (torch.arange(w, device=x.device)[None] - shifts[:, 1:]) % w
-    flat = flat.gather(2, rows[:, None, :, None].expand(flat.shape))
-    flat = flat.gather(3, cols[:, None, None, :].expand(flat.shape))
-    return flat.reshape(x.shape)
+        return torch.stack([torch.roll(img, shifts=(int(dy), int(dx)), dims=(-2, -1))
+                            for img, (dy, dx) in zip(x, shifts.tolist(), strict=True)])
 
 
 @dataclass(frozen=True)

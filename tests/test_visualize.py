@@ -304,15 +304,3 @@ def test_diversity_is_minus_the_mean_gram_similarity_within_groups(planted):
     assert same[2] == 0.0  # alone in its group
     mixed = evaluate(planted, Diversity(HOOK, groups=[0, 1, 0]), images)
     assert -1.0 < float(mixed[0]) < 0.0 and mixed[0] == pytest.approx(float(mixed[2]), abs=1e-6)
-
-
-def test_batched_roll_equals_torch_roll_per_image():
-    from clipviz.transforms import roll_each
-
-    x = torch.randn(5, 2, 3, 7, 9, requires_grad=True)
-    shifts = torch.tensor([[0, 0], [3, -4], [-7, 9], [13, 2], [-1, -20]])
-    out = roll_each(x, shifts)
-    expected = torch.stack([torch.roll(x[b], tuple(shifts[b].tolist()), dims=(-2, -1)) for b in range(5)])
-    assert torch.equal(out, expected)
-    out.sum().backward()  # differentiable: every pixel is read exactly once
-    assert torch.equal(x.grad, torch.ones_like(x))
