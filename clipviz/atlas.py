@@ -274,6 +274,7 @@ class _SiteWriter:
     def __init__(self, results: Results, site: Path, page_size: int):
         self.r, self.site, self.page_size = results, site, page_size
         self.copied: dict[Path, str] = {}
+        self.rank = {hook: {n: k for k, n in enumerate(sorted(recs))} for hook, recs in results.neurons.items()}
 
     def copy(self, src: Path, rel: str) -> str:
         if src not in self.copied:
@@ -344,8 +345,7 @@ class _SiteWriter:
                 "top_words": rec.top_words()}
 
     def page_of(self, rec: NeuronRecord) -> int:
-        order = sorted(self.r.neurons[rec.hook])
-        return order.index(rec.neuron) // self.page_size + 1
+        return self.rank[rec.hook][rec.neuron] // self.page_size + 1
 
     def hook_pages(self, hook: str, entries: list[dict]) -> int:
         esc, slug = html.escape, _slug(hook)
