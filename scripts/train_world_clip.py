@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--shape-groups", type=float, default=0.0,
                     help="share of each batch built as groups of scenes that differ in shape only (hard negatives; "
-                    "0.5 raised zero-shot shape from 57%% to 72%% but left no clear colour neuron: "
+                    "0.5 raised zero-shot shape from 57%% to 72%% but left no clear colour neuron, 0.2 cost position: "
                     "docs/validation.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
