@@ -194,20 +194,26 @@ def render(factors: dict[str, np.ndarray], rng: np.random.Generator, size: int =
             rad = radius[i, None, None].astype(np.float32)
             u = (xx - cx[i, k, None, None].astype(np.float32)) / rad
             v = (yy - cy[i, k, None, None].astype(np.float32)) / rad
-            np.logical_or.at(cover, i, _shape_mask(shape, u, v))
-    phase = rng.integers(0, 8, size=(n, 1, 1))
+            mask = _shape_mask(shape, u, v)
+            for s in range(3):  # within one slot an image appears at most once, so plain indexing is exact
+                here = k == s
+                cover[i[here]] |= mask[here]
+    phase = rng.integers(0, 8, size=n)
+    # Textures depend on the image only through its phase (8 values): build the 8 patterns once and index them.
+    phases = np.arange(8)[:, None, None]
     period = max(int(round(4 * scale)), 2)
-    stripe = (((xx + yy)[None] + phase) // (period / 2)) % 2 == 1
+    stripe = ((((xx + yy)[None] + phases) // (period / 2)) % 2 == 1)[phase]
     dot = max(int(round(4 * scale)), 3)
-    spot = (((xx[None] + phase) % dot) < dot / 2) & (((yy[None] + phase) % dot) < dot / 2)
+    spot = ((((xx[None] + phases) % dot) < dot / 2) & (((yy[None] + phases) % dot) < dot / 2))[phase]
     texture = factors["texture"][:, None, None]
     second_tone = np.where(texture == 1, stripe, (texture == 2) & spot)
     palette = np.array(list(COLOURS.values()), dtype=np.float32)
     colour = palette[factors["colour"]] + rng.normal(0, 0.03, size=(n, 3)).astype(np.float32)
     dark = colour.mean(axis=1, keepdims=True) < 0.2
     tone = np.where(dark, 0.45 + 0.0 * colour, colour * 0.45)
-    paint = np.where(second_tone[..., None], tone[:, None, None, :], colour[:, None, None, :])
-    image = np.where(cover[..., None], paint, _backgrounds(factors["background"], size, rng))
+    image = _backgrounds(factors["background"], size, rng)
+    np.copyto(image, colour[:, None, None, :], where=(cover & ~second_tone)[..., None])
+    np.copyto(image, tone[:, None, None, :], where=(cover & second_tone)[..., None])
     image *= 255.0
     np.clip(image, 0.0, 255.0, out=image)
     return (image + 0.5).astype(np.uint8)
