@@ -21,28 +21,14 @@ from pathlib import Path
 
 from .errors import ClipvizError
 
-APP_PY = '''"""clipviz's Hugging Face Space: visualizations, words and examples for the neurons of vision transformers.
 
-Runs as it is (``python app.py``) with the bundled synthetic-world CLIP, so it needs no download. Environment:
-``CLIPVIZ_SPACE_MODELS`` (comma-separated model specs offered to visitors; default ``world-clip``) and, when an
-``atlas/`` folder made by ``clipviz atlas`` lies beside this file (``clipviz publish`` puts it there), an Atlas tab
-that browses it without computing.
-"""
+def space_files() -> dict[str, str]:
+    """The Space's ``app.py`` and ``requirements.txt``, shipped in the package (``spaces/`` links to them)."""
+    from importlib.resources import files
 
-import os
-from pathlib import Path
+    folder = files("clipviz") / "space_files"
+    return {name: (folder / name).read_text(encoding="utf-8") for name in ("app.py", "requirements.txt")}
 
-from clipviz.space import build_app
-
-atlas = Path(__file__).resolve().parent / "atlas"
-models = tuple(m.strip() for m in os.environ.get("CLIPVIZ_SPACE_MODELS", "world-clip").split(",") if m.strip())
-app = build_app(models=models, atlas=atlas if (atlas / "atlas.json").is_file() else None)
-
-if __name__ == "__main__":
-    app.launch()
-'''
-
-REQUIREMENTS_TXT = "clipviz[spaces]\n"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
@@ -152,8 +138,8 @@ def publish(path: str | Path, *, space: str | None = None, dataset: str | None =
         if space:
             stage = Path(tmp) / "space"
             shutil.copytree(site, stage / "atlas")
-            (stage / "app.py").write_text(APP_PY)
-            (stage / "requirements.txt").write_text(REQUIREMENTS_TXT)
+            for name, text in space_files().items():
+                (stage / name).write_text(text, encoding="utf-8")
             (stage / "README.md").write_text(space_card(space.split("/", 1)[1], model=model), encoding="utf-8")
             uploaded[f"spaces/{space}"] = _listing(stage)
             if api is not None:

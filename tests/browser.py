@@ -21,7 +21,8 @@ def chromium(width: int = 1200, height: int = 1000):
     binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (binary and driver_path):
         pytest.skip("headless Chromium not installed (apt-get install chromium chromium-driver; .ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
+
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     profile = tempfile.mkdtemp(prefix="clipviz-chromium-")

@@ -10,7 +10,7 @@ from browser import chromium, console_errors, screenshot
 
 from clipviz.cli import main
 from clipviz.errors import ClipvizError
-from clipviz.publish import APP_PY, REQUIREMENTS_TXT, publish, results_dataset
+from clipviz.publish import publish, results_dataset, space_files
 from clipviz.space import Limits, SpaceBackend
 
 HOOK = "blocks.2.mlp.hook_post"
@@ -80,7 +80,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(atlas):
-    pytest.importorskip("gradio")
     from clipviz.space import build_app
 
     app = build_app(atlas=atlas[0], limits=Limits(max_steps=6, max_size=96, example_images=80))
@@ -123,9 +122,24 @@ def test_app_page_renders_in_chromium(server):
         screenshot(driver, "space.png")
 
 
-def test_spaces_folder_is_the_published_app():
-    assert (REPO / "spaces" / "app.py").read_text() == APP_PY
-    assert (REPO / "spaces" / "requirements.txt").read_text() == REQUIREMENTS_TXT
+def test_spaces_folder_is_the_published_app(atlas, tmp_path, monkeypatch):
+    """``spaces/`` holds what publish uploads, and its app.py builds the app, with the Atlas tab when an atlas lies
+    beside it."""
+    import runpy
+    import shutil
+
+    files = space_files()
+    assert (REPO / "spaces" / "app.py").read_text() == files["app.py"]
+    assert (REPO / "spaces" / "requirements.txt").read_text() == files["requirements.txt"] == "clipviz[spaces]\n"
+    (tmp_path / "app.py").write_text(files["app.py"])
+    shutil.copytree(atlas[0], tmp_path / "atlas")
+    monkeypatch.setenv("CLIPVIZ_SPACE_MODELS", "world-clip")
+    app = runpy.run_path(str(tmp_path / "app.py"))["app"]  # not __main__: built, not launched
+    endpoints = {dep.api_name for dep in app.fns.values()}
+    assert {"visualize", "phrase", "atlas"} <= endpoints
+    shutil.rmtree(tmp_path / "atlas")
+    app = runpy.run_path(str(tmp_path / "app.py"))["app"]
+    assert "atlas" not in {dep.api_name for dep in app.fns.values()}
     card = yaml.safe_load((REPO / "spaces" / "README.md").read_text().split("---")[1])
     assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
 
