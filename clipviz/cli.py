@@ -22,7 +22,11 @@ def _load(args: argparse.Namespace):
     from .loading import load
 
     device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load(args.model, device=device, trust_remote_code=args.trust_remote_code)
+    precision = getattr(args, "precision", None)
+    if precision == "auto" and torch.device(device).type == "cuda":
+        precision = "bf16-weights"  # the fastest GPU path (docs/benchmarks.md)
+    dtype = {"bf16-weights": torch.bfloat16, "fp16-weights": torch.float16}.get(precision)
+    return load(args.model, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -264,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--seed", type=int, default=0)
     vis.add_argument("--samples", type=int, default=1, help="images per target, each with its own seed")
     vis.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
-    vis.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    vis.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "bf16-weights",
+                                                             "fp16-weights"],
+                     help="bf16/fp16: autocast over fp32 weights; bf16-weights/fp16-weights: the model loaded in "
+                     "that dtype, no autocast (auto: bf16-weights on a GPU, fp32 on the CPU)")
     vis.add_argument("--out", required=True, help="output folder (finished targets are skipped on a rerun)")
     vis.set_defaults(func=cmd_visualize)
 

@@ -192,13 +192,17 @@ class ExampleResult:
                    settings=meta.get("settings", {}))
 
 
-def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
-    """The ``k`` best per row, ties broken by the smaller dataset index: the same result in any merge order."""
+def _best(score: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """Columns of the ``k`` best per row, best first, ties broken by the smaller dataset index."""
     by_id = ids.argsort(dim=1, stable=True)
-    score, ids = score.gather(1, by_id), ids.gather(1, by_id)
-    maps = maps.gather(1, by_id[..., None, None].expand_as(maps))
-    order = score.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return score.gather(1, order), ids.gather(1, order), maps.gather(1, order[..., None, None].expand(
+    order = score.gather(1, by_id).argsort(dim=1, descending=True, stable=True)[:, :k]
+    return by_id.gather(1, order)
+
+
+def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
+    """The ``k`` best per row with their ids and maps: the same result in any merge order."""
+    pick = _best(score, ids, k)
+    return score.gather(1, pick), ids.gather(1, pick), maps.gather(1, pick[..., None, None].expand(
         -1, -1, *maps.shape[-2:]))
 
 
@@ -261,6 +265,52 @@ def _parallel_batches(source: Source, span: tuple[int, int], size: tuple[int, in
             yield images, idx, caps
 
 
+class RunningTopK:
+    """Per neuron, the ``k`` best images seen so far by a reduced activation, with their patch maps.
+
+    It lives on the activations' device: each batch's own top-k is taken first, so only ``k`` maps per neuron are
+    ever gathered, and nothing returns to the host until the caller asks.
+    """
+
+    def __init__(self, k: int, layout, reduce: str = "patches"):
+        self.k, self.layout, self.reduce = k, layout, reduce
+        self.scores: torch.Tensor | None = None  # (neurons, k)
+        self.indices: torch.Tensor | None = None  # (neurons, k) dataset indices
+        self.maps: torch.Tensor | None = None  # (neurons, k, gh, gw)
+
+    def update(self, act: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+        """Take in activations ``(B, tokens, neurons)`` of the images ``ids``; returns their scores ``(B, neurons)``."""
+        patches = act[:, self.layout.patches]  # (B, P, neurons)
+        if self.reduce == "patches":
+            reduced = patches.mean(1)
+        elif self.reduce == "max":
+            reduced = patches.amax(1)
+        else:
+            reduced = act[:, self.layout.prefix.index("cls")]
+        score = reduced.T  # (neurons, B)
+        idx = torch.tensor(list(ids), device=score.device).expand(score.shape[0], -1)
+        pick = _best(score, idx, self.k)
+        score, idx = score.gather(1, pick), idx.gather(1, pick)
+        maps = patches.permute(2, 0, 1).gather(1, pick[..., None].expand(-1, -1, patches.shape[1]))
+        maps = maps.reshape(*pick.shape, *self.layout.grid)
+        if self.scores is not None:
+            score = torch.cat([self.scores, score], 1)
+            idx = torch.cat([self.indices, idx], 1)
+            maps = torch.cat([self.maps, maps], 1)
+        self.scores, self.indices, self.maps = _select(score, idx, maps, self.k)
+        return reduced
+
+
+# Captions of seen images are pruned to those still in a top-k list once this many pile up (pruning reads the
+# top-k indices back from the device, so it is not done every batch).
+_CAPTIONS_KEPT = 50_000
+
+
+def _kept(captions: dict[int, str], top_idx: torch.Tensor) -> dict[int, str]:
+    kept = set(top_idx.flatten().tolist())
+    return {i: c for i, c in captions.items() if i in kept}
+
+
 @torch.no_grad()
 def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | None = None, top_k: int = 16,
                   reduce: str = "patches", batch: int = 64, progress: bool = True,
@@ -275,15 +325,13 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
         raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     point = model.hook_point(hook)
     layout = model.layout(point.block if point.block is not None else model.n_blocks - 1)
-    gh, gw = layout.grid
-    top_scores = top_idx = top_maps = None
+    top = RunningTopK(top_k, layout, reduce)
     width = None
     skipped: list[int] = []
     seen = 0
     all_rows: list[torch.Tensor] = []
     all_ids: list[int] = []
     captions: dict[int, str] = {}
-    keep_captions: dict[int, str] = {}
     total = source.length if span is None else span[1] - span[0]
     bar = tqdm(total=total or None, unit="img", desc="examples", disable=not progress)
     if workers < 0:
@@ -302,40 +350,27 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
             if bad:
                 raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
                                    f"(0..{width - 1})")
-        act = act[..., neurons]
-        maps = act[:, layout.patches].transpose(1, 2).reshape(len(idx), len(neurons), gh, gw)
-        if reduce == "patches":
-            score = act[:, layout.patches].mean(1)
-        elif reduce == "max":
-            score = act[:, layout.patches].amax(1)
-        else:
-            score = act[:, layout.prefix.index("cls")]
-        score = score.T.cpu()  # (neurons, B)
+        if neurons != list(range(width)):  # indexing copies: skip it when every neuron is kept
+            act = act[..., neurons]
+        score = top.update(act, idx)
         if keep_activations:
-            all_rows.append(score.T.half())
+            all_rows.append(score.half().cpu())
             all_ids += idx
-        ids = torch.tensor(idx).expand(len(neurons), -1)
-        maps = maps.transpose(0, 1).cpu()  # (neurons, B, gh, gw)
-        if top_scores is not None:
-            score = torch.cat([top_scores, score], 1)
-            ids = torch.cat([top_idx, ids], 1)
-            maps = torch.cat([top_maps, maps], 1)
-        top_scores, top_idx, top_maps = _select(score, ids, maps, top_k)
         for i, c in zip(idx, caps, strict=True):
             if c is not None:
                 captions[i] = c
-        kept = set(top_idx.flatten().tolist())
-        keep_captions = {i: c for i, c in {**keep_captions, **captions}.items() if i in kept}
-        captions = {}
+        if len(captions) > _CAPTIONS_KEPT:  # forget the captions of images that left every top-k list
+            captions = _kept(captions, top.indices)
         seen += len(idx)
-        bar.update(len(idx) + 0)
+        bar.update(len(idx))
     bar.close()
-    if top_scores is None:
+    if top.scores is None:
         what = f"all {len(skipped)} images were unreadable" if skipped else "it has no images"
         raise ClipvizError(f"no examples from '{source.name}': {what}")
+    top_scores, top_idx, top_maps = top.scores.cpu(), top.indices.cpu(), top.maps.cpu()
     names = {i: source.describe[i] for i in set(top_idx.flatten().tolist()) if i < len(source.describe)}
     return ExampleResult(hook=hook, neurons=list(neurons), scores=top_scores, indices=top_idx, maps=top_maps,
-                         reduce=reduce, seen=seen, skipped=skipped, names=names, captions=keep_captions,
+                         reduce=reduce, seen=seen, skipped=skipped, names=names, captions=_kept(captions, top_idx),
                          activations=torch.cat(all_rows) if keep_activations else None,
                          activation_indices=torch.tensor(all_ids) if keep_activations else None,
                          settings={"model": model.spec, "source": source.name, "top_k": top_k, "reduce": reduce})

@@ -120,9 +120,14 @@ class Sum(Objective):
         return " + ".join(f"{w:g}*{t}" for w, t in self.terms)
 
 
-def _per_image(value, n: int, device) -> torch.Tensor:
-    t = torch.as_tensor(value, device=device)
-    return t.expand(n) if t.ndim == 0 else t
+def _indices(value, n: int, size: int, what: str, device) -> torch.Tensor:
+    """One index per image, range-checked on the CPU (a check on the GPU would wait for it at every step)."""
+    t = torch.as_tensor(value, dtype=torch.long)
+    t = t.expand(n) if t.ndim == 0 else t
+    if t.numel() and (int(t.max()) >= size or int(t.min()) < 0):
+        raise ClipvizError(f"{what} index out of range: {size} accepted (0..{size - 1}), got "
+                           f"{int(t.max()) if int(t.max()) >= size else int(t.min())}")
+    return t.to(device, non_blocking=True)
 
 
 def reduce_tokens(values: torch.Tensor, reduce, layout) -> torch.Tensor:
@@ -181,10 +186,7 @@ class Neuron(Objective):
         if act.ndim != 4:
             raise ClipvizError(f"neuron objectives need (B, N, d) activations; hook '{self.hook}' gives "
                                f"{tuple(ctx.cache[self.hook].shape)}")
-        idx = _per_image(self.index, ctx.n, act.device)
-        if int(idx.max()) >= act.shape[-1] or int(idx.min()) < 0:
-            raise ClipvizError(f"neuron index out of range for hook '{self.hook}': it has {act.shape[-1]} "
-                               f"neurons (0..{act.shape[-1] - 1})")
+        idx = _indices(self.index, ctx.n, act.shape[-1], f"neuron (hook '{self.hook}')", act.device)
         picked = act.gather(-1, idx.view(-1, 1, 1, 1).expand(*act.shape[:3], 1)).squeeze(-1)
         return reduce_tokens(picked.float(), self.reduce, _layout_for(ctx.model, self.hook))
 
@@ -255,9 +257,7 @@ class ClassLogit(Objective):
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         logits = ctx.head().float()  # (n, copies, classes)
-        idx = _per_image(self.index, ctx.n, logits.device)
-        if int(idx.max()) >= logits.shape[-1] or int(idx.min()) < 0:
-            raise ClipvizError(f"class index out of range: the model has {logits.shape[-1]} classes")
+        idx = _indices(self.index, ctx.n, logits.shape[-1], "class", logits.device)
         logp = logits.log_softmax(-1)
         return logp.gather(-1, idx.view(-1, 1, 1).expand(*logp.shape[:2], 1)).squeeze(-1).mean(1)
 

@@ -77,6 +77,20 @@ def _paste_previous(param: PixelImage, previous: torch.Tensor, pad: float) -> No
         param.pixels[:, :, top:top + ih, left:left + iw] = small
 
 
+# How often the loop looks at the finiteness flags: each look waits for the GPU, so it is not done every step;
+# the step reported is still the exact first one at which the loss broke.
+_CHECK_EVERY = 25
+
+
+def _raise_if_not_finite(first_bad: torch.Tensor, labels: Sequence[object], total: int) -> None:
+    broken = first_bad.cpu()
+    if bool((broken >= 0).any()):
+        steps = torch.where(broken >= 0, broken, torch.iinfo(torch.long).max)
+        i = int(steps.argmin())
+        raise RenderError(f"the loss is not finite for {labels[i]} at step {int(broken[i])} of {total}; "
+                          "try a lower learning rate or full precision")
+
+
 def _clip_per_image(parameters, max_norm: float) -> None:
     for p in parameters:
         if p.grad is None:
@@ -126,6 +140,7 @@ def optimise(
         if start is None:
             start = evaluate(model, objective, param().detach(), autocast)
         opt = torch.optim.Adam(param.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)
+        first_bad = torch.full((n,), -1, dtype=torch.long, device=device)  # step at which each loss broke
         for k in range(recipe.steps):
             lr = recipe.lr
             if recipe.schedule == "cosine":
@@ -141,11 +156,9 @@ def optimise(
                 x = t(x, rngs, step_no / max(1, total - 1))
             flat = x.reshape(n * recipe.copies, *x.shape[2:])
             values = forward_objective(model, full, flat, recipe.copies, images, autocast)
-            bad = (~torch.isfinite(values)).nonzero().flatten()
-            if bad.numel():
-                i = int(bad[0])
-                raise RenderError(f"the loss is not finite for {labels[i]} at step {step_no} of {total} "
-                                  f"(stage {stage}); try a lower learning rate or full precision")
+            first_bad = torch.where(~torch.isfinite(values.detach()) & (first_bad < 0), step_no, first_bad)
+            if (k + 1) % _CHECK_EVERY == 0 or k + 1 == recipe.steps:
+                _raise_if_not_finite(first_bad, labels, total)
             opt.zero_grad(set_to_none=True)
             (-values.sum()).backward()
             if recipe.grad_clip:

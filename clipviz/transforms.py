@@ -24,6 +24,11 @@ def _per_image(rngs: Sequence[torch.Generator], draw) -> torch.Tensor:
     return torch.stack([draw(g) for g in rngs])
 
 
+def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` (drawn on the CPU) on ``x``'s device and dtype without waiting for the device's queue to drain."""
+    return t.to(device=x.device, dtype=x.dtype if t.is_floating_point() else t.dtype, non_blocking=True)
+
+
 @dataclass(frozen=True)
 class ColorShift:
     """Random per-copy, per-channel affine colour shift.
@@ -40,7 +45,7 @@ class ColorShift:
         c = x.shape[1]
         mu = _per_image(rngs, lambda g: (torch.rand(c, 3, generator=g) * 2 - 1) * self.shift)
         sigma = _per_image(rngs, lambda g: torch.exp((torch.rand(c, 3, generator=g) * 2 - 1) * self.log_scale))
-        mu, sigma = mu[..., None, None].to(x), sigma[..., None, None].to(x)
+        mu, sigma = _like(mu[..., None, None], x), _like(sigma[..., None, None], x)
         return (x - mu) / sigma if self.mode == "vit" else sigma * x + mu
 
 
@@ -55,7 +60,7 @@ class OffsetNoise:
         s = self.start + (self.end - self.start) * progress
         c = x.shape[1]
         noise = _per_image(rngs, lambda g: torch.randn(c, 3, generator=g))
-        return x + s * noise[..., None, None].to(x)
+        return x + s * _like(noise[..., None, None], x)
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Flip:
     p: float = 0.5
 
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
-        flip = _per_image(rngs, lambda g: torch.rand(x.shape[1], generator=g) < self.p).to(x.device)
+        flip = _like(_per_image(rngs, lambda g: torch.rand(x.shape[1], generator=g) < self.p), x)
         return torch.where(flip[:, :, None, None, None], x.flip(-1), x)
 
 
@@ -92,7 +97,7 @@ class RandomScale:
         n, c = x.shape[:2]
         scale = _per_image(rngs, lambda g: self.low + (self.high - self.low) * torch.rand(c, generator=g))
         shift = _per_image(rngs, lambda g: (torch.rand(c, 2, generator=g) * 2 - 1))
-        scale, shift = scale.to(x), shift.to(x)
+        scale, shift = _like(scale, x), _like(shift, x)
         inv = 1.0 / scale.reshape(-1)
         theta = torch.zeros(n * c, 2, 3, dtype=x.dtype, device=x.device)
         theta[:, 0, 0] = inv
@@ -114,7 +119,7 @@ class RandomAffine:
 
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
         n, c = x.shape[:2]
-        draws = _per_image(rngs, lambda g: torch.rand(c, 4, generator=g)).to(x)
+        draws = _like(_per_image(rngs, lambda g: torch.rand(c, 4, generator=g)), x)
         angle = (draws[..., 0] * 2 - 1) * math.radians(self.degrees)
         scale = self.scale[0] + (self.scale[1] - self.scale[0]) * draws[..., 1]
         tx, ty = (draws[..., 2] * 2 - 1) * self.translate * 2, (draws[..., 3] * 2 - 1) * self.translate * 2

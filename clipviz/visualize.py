@@ -107,12 +107,29 @@ def _check_targets(model, hook: str | None, targets: Sequence[Target]) -> None:
         raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
 
 
-def _precision(precision: str, device: torch.device) -> str:
-    accepted = {"auto", "fp32", "no", "bf16", "fp16"}
+_LOW_PRECISION_WEIGHTS = {torch.bfloat16: "bf16-weights", torch.float16: "fp16-weights"}
+
+
+def _precision(precision: str, model) -> str:
+    """accelerate's mixed-precision mode for ``precision`` on this model.
+
+    A model loaded in bf16 or fp16 (``clipviz.load(..., dtype=torch.bfloat16)``, the CLI's default on a GPU) runs
+    as it is, with no autocast: on an H100 that is 1.13x faster than bf16 autocast over fp32 weights
+    (docs/benchmarks.md)."""
+    accepted = {"auto", "fp32", "no", "bf16", "fp16", "bf16-weights", "fp16-weights"}
     if precision not in accepted:
-        raise ClipvizError(f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16")
+        raise ClipvizError(f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16, bf16-weights")
+    weights = _LOW_PRECISION_WEIGHTS.get(model.dtype)
+    if weights is not None:
+        if precision not in ("auto", weights):
+            raise ClipvizError(f"precision '{precision}' needs fp32 weights, but the model is loaded in {model.dtype}; "
+                               f"use '{weights}' or load it without a dtype")
+        return "no"
+    if precision.endswith("-weights"):
+        raise ClipvizError(f"precision '{precision}' needs the model loaded in that dtype "
+                           "(clipviz.load(..., dtype=torch.bfloat16)); this one is in float32")
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "no"
+        return "bf16" if model.device.type == "cuda" else "no"
     return "no" if precision == "fp32" else precision
 
 
@@ -150,13 +167,13 @@ def visualize(
         raise ClipvizError(f"batch size must be at least 1, got {batch_size}")
     if accelerator is None:
         # The model's device decides: load it on the GPU (clipviz.load(..., device="cuda")) to render there.
-        accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision=_precision(precision, model.device))
+        accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision=_precision(precision, model))
     model = model.to(accelerator.device)
     _check_targets(model, hook, targets)
     out = Path(out) if out is not None else None
     base = {"model": model.spec, "architecture": model.backend.architecture, "hook": hook,
             "reduce": reduce if isinstance(reduce, str) else list(reduce), "recipe": recipe.to_dict(),
-            "precision": accelerator.mixed_precision}
+            "precision": _LOW_PRECISION_WEIGHTS.get(model.dtype, accelerator.mixed_precision)}
 
     def path_of(t: Target) -> Path:
         return out / (t.group or hook) / f"{t.key}{'' if samples == 1 else f'-s{t.seed}'}.png"

@@ -55,13 +55,22 @@ def contrast_groups(factors: dict[str, np.ndarray], fraction: float, family: str
 
 
 class WorldStream(IterableDataset):
-    """Batch ``s`` is drawn from ``seed * 1_000_003 + s``: the stream is a pure function of the seed."""
+    """Batch ``s`` is drawn from ``seed * 1_000_003 + s``: the stream is a pure function of the seed.
 
-    def __init__(self, batch: int, steps: int, seed: int, shape_groups: float):
+    With several DataLoader workers, worker ``w`` of ``W`` renders the batches ``s = w (mod W)``; the loader takes
+    one batch from each worker in turn, so the batches arrive in the order ``0, 1, 2, ...`` for any ``W``.
+    Captions are tokenized in the workers too.
+    """
+
+    def __init__(self, batch: int, steps: int, seed: int, shape_groups: float, context_length: int):
         self.batch, self.steps, self.seed, self.shape_groups = batch, steps, seed, shape_groups
+        self.context_length = context_length
 
     def __iter__(self):
-        for step in range(self.steps):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        tokenizer = open_clip.SimpleTokenizer(context_length=self.context_length)
+        for step in range(worker, self.steps, workers):
             seed = self.seed * 1_000_003 + step
             if self.shape_groups > 0:
                 rng = np.random.default_rng([seed, 1])
@@ -69,7 +78,7 @@ class WorldStream(IterableDataset):
                 b = world.generate(self.batch, seed=seed, factors=factors)
             else:  # the stream of the shipped weights
                 b = world.generate(self.batch, seed=seed)
-            yield torch.from_numpy(b.images), b.captions, torch.from_numpy(b.caption_matches())
+            yield torch.from_numpy(b.images), tokenizer(b.captions), torch.from_numpy(b.caption_matches())
 
 
 def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
@@ -90,6 +99,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (its backward is ~10x slower than fp32 on "
                     "some CPUs; measure before using)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the stream of batches is the same)")
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering the world (about 3,000 images/s "
+                    "each)")
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--shape-groups", type=float, default=0.0,
                     help="share of each batch built as groups of scenes that differ in shape only (hard negatives; "
@@ -102,10 +114,10 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    model = open_clip.CLIP(**MODEL_CFG)
-    tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
-    mean = torch.tensor(PREPROCESS_CFG["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(PREPROCESS_CFG["std"]).view(1, 3, 1, 1)
+    device = torch.device(args.device)
+    model = open_clip.CLIP(**MODEL_CFG).to(device)
+    mean = torch.tensor(PREPROCESS_CFG["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(PREPROCESS_CFG["std"], device=device).view(1, 3, 1, 1)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -117,16 +129,17 @@ def main() -> None:
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
-    stream = WorldStream(args.batch, args.steps, args.seed, args.shape_groups)
-    loader = DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=False)
+    stream = WorldStream(args.batch, args.steps, args.seed, args.shape_groups, MODEL_CFG["text_cfg"]["context_length"])
+    loader = DataLoader(stream, batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
+                        pin_memory=device.type == "cuda")
     curve, t0, window = [], time.time(), []
     model.train()
-    for step, (images, captions, matches) in enumerate(loader):
+    for step, (images, tokens, matches) in enumerate(loader):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
+        images, tokens, matches = (t.to(device, non_blocking=True) for t in (images, tokens, matches))
         x = (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        tokens = tokenizer(captions)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             img = model.encode_image(x)
             txt = model.encode_text(tokens)
         loss = multi_positive_clip_loss(img.float(), txt.float(), model.logit_scale.exp(), matches)
@@ -136,16 +149,16 @@ def main() -> None:
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        window.append(loss.item())
+        window.append(loss.detach())
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            entry = {"step": step + 1, "loss": float(np.mean(window)), "lr": lr_at(step),
+            entry = {"step": step + 1, "loss": float(torch.stack(window).mean()), "lr": lr_at(step),
                      "logit_scale": float(model.logit_scale.detach().exp()), "elapsed_s": round(time.time() - t0, 1)}
             curve.append(entry)
             window = []
             print(json.dumps(entry), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp = args.out / "open_clip_model.safetensors.tmp"
     save_file(state, str(tmp))
     tmp.replace(args.out / "open_clip_model.safetensors")
@@ -153,6 +166,7 @@ def main() -> None:
         json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     log = {"settings": settings, "model_cfg": MODEL_CFG, "torch": torch.__version__,
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "open_clip": open_clip.__version__, "train_seconds": round(time.time() - t0, 1), "curve": curve}
     (args.out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
     print(f"saved to {args.out} in {log['train_seconds']} s")

@@ -103,7 +103,8 @@ def visualization_share(model, truth, recipe: str, per_block: int, steps: int, t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="world-clip")
+    ap.add_argument("--model", default="world-clip", help="a bundled name or a directory written by "
+                    "train_world_clip.py (its ground-truth table is then computed and written beside it)")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--write-ground-truth", action="store_true")
     ap.add_argument("--recipes", default="vit-paper-clip,vit-paper,default,lucid")
@@ -117,10 +118,12 @@ def main() -> None:
     results: dict = {"model": args.model}
     results["zero_shot"] = zero_shot_accuracy(model, n=args.zero_shot_n)
     print("zero-shot accuracy:", json.dumps(results["zero_shot"]))
-    if args.write_ground_truth:
+    bundled = args.model in bundled_models()
+    if args.write_ground_truth or not bundled:  # a candidate in a local directory gets its table beside its weights
         truth = selectivity(model, n=3000)
-        truth.save(bundled_models()[args.model])
-        print("wrote ground truth to", bundled_models()[args.model])
+        target = bundled_models()[args.model] if bundled else Path(args.model)
+        truth.save(target)
+        print("wrote ground truth to", target)
     else:
         truth = bundled_selectivity(args.model)
     results["clear_neurons_auroc_0.95"] = clear_counts(truth, 0.95)

@@ -57,6 +57,21 @@ def test_spatial_objective_puts_the_pattern_in_its_patch(planted):
     assert others.abs().max() < 0.2 * energy[1, 2]
 
 
+def test_a_model_loaded_in_bf16_renders_without_autocast(tmp_path):
+    """The GPU default path (weights in bf16, no autocast) on the CPU: the red neuron still renders red, the
+    metadata says how it ran, and asking for autocast over weights that are not fp32 is refused."""
+    model = clipviz.load(build_planted_vit(tmp_path), dtype=torch.bfloat16)
+    vis = visualize(model, HOOK, [RED], recipe="vit-paper", **FAST)[0]
+    mean = _array(vis.image).mean(dim=(1, 2))
+    assert mean[0] > 0.9 and mean[1] < 0.1 and mean[2] < 0.1, mean
+    assert vis.meta["precision"] == "bf16-weights"
+    with pytest.raises(ClipvizError, match="needs fp32 weights, but the model is loaded in torch.bfloat16"):
+        visualize(model, HOOK, [RED], precision="bf16", **FAST)
+    fp32 = clipviz.load(build_planted_vit(tmp_path / "fp32"))
+    with pytest.raises(ClipvizError, match="needs the model loaded in that dtype"):
+        visualize(fp32, HOOK, [RED], precision="bf16-weights", **FAST)
+
+
 @pytest.mark.parametrize("recipe", ["pii", "clip-inversion", "lucid", "default", "maco", "vit-paper-clip"])
 def test_every_recipe_raises_the_red_neuron(planted, recipe):
     steps = 6 if recipe in ("pii", "clip-inversion") else 30
