@@ -93,8 +93,8 @@ def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("clipviz/models/world-clip"))
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (its backward is ~10x slower than fp32 on "
