@@ -118,7 +118,8 @@ def _precision(precision: str, model) -> str:
     (docs/benchmarks.md)."""
     accepted = {"auto", "fp32", "no", "bf16", "fp16", "bf16-weights", "fp16-weights"}
     if precision not in accepted:
-        raise ClipvizError(f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16, bf16-weights")
+        raise ClipvizError(f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16, bf16-weights, "
+                           "fp16-weights")
     weights = _LOW_PRECISION_WEIGHTS.get(model.dtype)
     if weights is not None:
         if precision not in ("auto", weights):
