@@ -195,6 +195,29 @@ def test_nan_loss_names_the_neuron_and_step(planted):
                                                                                                    "neuron 7"])
 
 
+def test_a_loss_that_breaks_between_checks_is_reported_at_its_exact_step(planted):
+    """The finiteness flags are read every 25 steps (each read waits for the device); the error still names the
+    first step at which each loss broke, and the image that broke first."""
+    calls = []
+
+    class BreaksLater(Objective):
+        hooks = (HOOK,)
+
+        def __call__(self, ctx):
+            step = len(calls)
+            calls.append(step)
+            values = ctx.act(HOOK)[..., 0].mean(dim=(1, 2))
+            broken = (torch.arange(ctx.n) == 0) & (step > 31) | (torch.arange(ctx.n) == 1) & (step > 30)
+            return torch.where(broken, torch.full_like(values, float("inf")), values)
+
+    from clipviz.recipes import get_recipe
+
+    with pytest.raises(RenderError, match=r"not finite for neuron 7 at step 30 of 60"):
+        optimise(planted, BreaksLater(), [1, 7], get_recipe("vit-paper", steps=60, copies=1),
+                 labels=["neuron 1", "neuron 7"])
+    assert len(calls) == 1 + 50  # the start's evaluation, then steps 0..49: stopped at the check after step 49
+
+
 def test_out_of_memory_halves_the_batch_and_gives_the_same_images(planted, monkeypatch, tmp_path):
     import clipviz.visualize as vmod
 
