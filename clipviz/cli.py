@@ -287,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--reduce", default="patches", choices=["patches", "cls", "max"])
     ex.add_argument("--batch-size", type=int, default=64)
     ex.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
-    ex.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) - 1)),
-                    help="processes that decode and resize images (0: in the main process)")
+    ex.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 1)),
+                    help="processes that decode and resize images (0: in the main process; default: one per core "
+                    "but one, at most 8, which doubled the rate of an H100 over decoding in-process)")
     ex.add_argument("--save-activations", action="store_true",
                     help="also store every image's reduced activation (float16), e.g. as a probe matrix")
     ex.add_argument("--out", required=True)
