@@ -59,6 +59,8 @@ _BACKGROUND_PHRASES = {
 }
 _COUNT_WORDS = {"one": ("one", "a", "a single"), "two": ("two", "two"), "three": ("three",)}
 _HEAD_NOUNS = ("object", "shape", "thing")
+_DETERMINERS = ("a", "an", "some")  # an unnamed count: "a"/"an" for one object, "some" for several
+_FRAMES = ("a picture of {}", "there is {}", "there are {}")  # optional openings of a caption
 # How often a caption names each optional factor. Captions name only some factors, so that short prompts
 # naming one factor ("a red object", "a shape on the left") are in the training distribution.
 _MENTION_P = {"colour": 0.7, "shape": 0.7, "texture": 0.4, "size": 0.4, "count": 0.5, "position": 0.6,
@@ -234,9 +236,9 @@ def caption(names: dict[str, str], rng: np.random.Generator, mention: dict[str, 
     if mention["count"]:
         det = str(rng.choice(_COUNT_WORDS[count]))
     elif many:
-        det = "some"
+        det = _DETERMINERS[2]
     else:
-        det = "an" if (adjectives or [noun])[0][0] in "aeiou" else "a"
+        det = _DETERMINERS[1] if (adjectives or [noun])[0][0] in "aeiou" else _DETERMINERS[0]
     words = [det, *adjectives, noun]
     if mention["position"]:
         words.append(str(rng.choice(_POSITION_PHRASES[names["position"]])))
@@ -245,10 +247,25 @@ def caption(names: dict[str, str], rng: np.random.Generator, mention: dict[str, 
     text = " ".join(words)
     style = rng.random()
     if style < 0.15:
-        text = f"a picture of {text}"
+        text = _FRAMES[0].format(text)
     elif style < 0.25:
-        text = f"there {'are' if many else 'is'} {text}"
+        text = _FRAMES[2 if many else 1].format(text)
     return text
+
+
+def vocabulary() -> list[str]:
+    """Every word that a caption or a :func:`prompt` of the world can contain, sorted.
+
+    >>> words = vocabulary()
+    >>> {"red", "crosses", "striped", "middle", "picture"} <= set(words)
+    True
+    """
+    nouns = [*FACTORS["shape"], *_HEAD_NOUNS]
+    phrases = [*nouns, *map(plural, nouns), *_DETERMINERS, *(f.format("") for f in _FRAMES)]
+    phrases += [value for family in ("colour", "texture", "size", "count") for value in FACTORS[family]]
+    for table in (_POSITION_PHRASES, _BACKGROUND_PHRASES, _COUNT_WORDS):
+        phrases += [phrase for options in table.values() for phrase in options]
+    return sorted({word for phrase in phrases for word in phrase.split()})
 
 
 def prompt(family: str, value: str) -> str:

@@ -34,6 +34,13 @@ def test_captions_name_only_true_factors():
         assert several == (names["count"] != "one") or "things" in text or "shapes" in text or "objects" in text
 
 
+def test_vocabulary_is_exactly_the_words_captions_and_prompts_use():
+    used = {w for seed in range(12) for text in world.generate(400, seed=seed).captions for w in text.split()}
+    used |= {w for fam, values in world.FACTORS.items() for v in values for w in world.prompt(fam, v).split()}
+    assert used == set(world.vocabulary())
+    assert world.vocabulary() == sorted(world.vocabulary())
+
+
 def test_caption_matches_matrix_is_consistent_with_mentions():
     batch = world.generate(64, seed=2)
     m = batch.caption_matches()

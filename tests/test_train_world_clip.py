@@ -1,0 +1,107 @@
+"""The training script's speed-ups compute the same model: same outputs, same gradients, same saved keys."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from clipviz import world
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_world_clip.py"
+
+
+@pytest.fixture(scope="module")
+def train():
+    spec = importlib.util.spec_from_file_location("train_world_clip", _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    b = world.generate(24, seed=5)
+    tokenizer = open_clip.SimpleTokenizer(context_length=24)
+    images = (torch.from_numpy(b.images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    return images, tokenizer(b.captions), tokenizer
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str = "") -> None:
+    """Equal up to float32 rounding, relative to the tensor's largest entry (gradients span many scales)."""
+    err = (actual - expected).abs().max().item()
+    assert err <= 2e-5 * expected.abs().max().item() + 1e-7, (name, err, expected.abs().max().item())
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_batched_attention_matches_multihead_attention(train, batch):
+    images, tokens, _ = batch
+    torch.manual_seed(0)
+    native = open_clip.CLIP(**train.MODEL_CFG)
+    fast = copy.deepcopy(native)
+    train.use_batched_attention(fast)
+    assert list(fast.state_dict()) == list(native.state_dict())  # saved checkpoints are unchanged
+    assert type(fast.transformer.resblocks[0].attn).__name__ == "BatchedSelfAttention"
+    for model in (native, fast):  # image tower (no mask) and text tower (causal mask)
+        (model.encode_image(images).square().sum() + model.encode_text(tokens).square().sum()).backward()
+    torch.testing.assert_close(fast.encode_image(images), native.encode_image(images), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(fast.encode_text(tokens), native.encode_text(tokens), atol=2e-5, rtol=1e-4)
+    g_native, g_fast = _grads(native), _grads(fast)
+    assert g_native.keys() == g_fast.keys()
+    for name, grad in g_native.items():
+        _assert_close(g_fast[name], grad, name)
+
+
+def test_text_on_used_positions_and_rows_gives_the_native_embeddings_and_gradients(train, batch):
+    _, tokens, tokenizer = batch
+    lengths = tokens.argmax(-1) + 1
+    assert lengths.max() < tokens.shape[1] and lengths.min() < lengths.max()  # there is padding to skip
+    torch.manual_seed(0)
+    native = open_clip.CLIP(**train.MODEL_CFG)
+    fast = copy.deepcopy(native)
+    embed = train.UsedRowsEmbedding.for_world(fast.token_embedding, tokenizer)
+    assert 60 <= len(embed.rows) < 200  # the world's words, not the 49,408-row vocabulary
+    fast.token_embedding.requires_grad_(False)
+
+    out = train.encode_text_used(fast, tokens, embed, buckets=3)
+    ref = native.encode_text(tokens)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    weights = torch.randn_like(ref)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+
+    full_grad = native.token_embedding.weight.grad
+    unused = torch.ones(len(full_grad), dtype=torch.bool)
+    unused[embed.rows] = False
+    assert full_grad[unused].abs().max() == 0  # why the unused rows need no optimizer state
+    _assert_close(embed.weight.grad, full_grad[embed.rows])
+    for name, grad in _grads(native).items():
+        if name != "token_embedding.weight":
+            _assert_close(_grads(fast)[name], grad, name)
+
+    with torch.no_grad():
+        embed.weight.add_(1.0)
+    embed.write_back()
+    trained = fast.token_embedding.weight.detach()
+    assert torch.equal(trained[embed.rows], embed.weight.detach())
+    assert not torch.equal(trained[embed.rows], native.token_embedding.weight.detach()[embed.rows])
+    assert torch.equal(trained[unused], native.token_embedding.weight.detach()[unused])
+
+
+def test_a_token_outside_the_world_vocabulary_is_refused(train, batch):
+    _, _, tokenizer = batch
+    embed = train.UsedRowsEmbedding.for_world(torch.nn.Embedding(49408, 8), tokenizer)
+    known = tokenizer(["a red circle"])
+    assert embed(known).shape == (1, 24, 8)
+    with pytest.raises(ValueError, match="outside world.vocabulary"):
+        embed(tokenizer(["a red zebra"]))
