@@ -1,1 +1,1 @@
-../clipviz/space_files/app.py
+../clipviz/apps/space_files/app.py
