@@ -1,4 +1,25 @@
-"""Writing results to disk atomically (temporary name, then rename) and reading them back."""
+"""The on-disk results layout, in one place: file names, sidecars and tables, their atomic writers and readers.
+
+A results folder holds any of (``<hook>`` is a hook name such as ``blocks.6.mlp.hook_post``)::
+
+    <out>/<hook>/neuron-00042.png + .json          a visualization and its sidecar (every setting, the objective)
+    <out>/<hook>/neuron-00042-s<seed>.png + .json  one of several samples of a target
+    <out>/text/text-<slug>-<crc>.png + .json       a text-prompt visualization (``class/`` for classes)
+    <out>/<group>/grid.png                         every image of a group side by side
+    <out>/<hook>/examples.safetensors + .json      top dataset examples (scores, indices, heat maps)
+    <out>/thumbs/<index>.png                       thumbnails of the dataset images kept as examples
+    <out>/<hook>/concepts-<method>.parquet + .csv  words per neuron and rank, with scores
+    <out>/shards/...                               unfinished work of a resumable run (ignored by readers)
+
+and an atlas site built from it holds ``atlas.json`` (``ATLAS_FILE``). Every file is written to a hidden
+temporary name in its folder and renamed into place, so a killed run never leaves a half-written file.
+
+>>> import tempfile
+>>> root = Path(tempfile.mkdtemp())
+>>> write_json(root / "a" / "x.json", {"k": 1})
+>>> read_json(root / "a" / "x.json"), read_json(root / "a" / "missing.json")
+({'k': 1}, None)
+"""
 
 from __future__ import annotations
 
@@ -6,15 +27,23 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
+EXAMPLES_META = "examples.json"
+EXAMPLES_TENSORS = "examples.safetensors"
+GRID_FILE = "grid.png"
+ATLAS_FILE = "atlas.json"
+SHARDS_DIR = "shards"
+THUMBS_DIR = "thumbs"
 
-def _atomic(path: Path, write) -> None:
+
+# ------------------------------------------------------------------------------------------------ atomic writers
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Run ``write(tmp)`` on a hidden temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -29,40 +58,35 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_json(path: Path, data: dict) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def write_png(path: Path, image: Image.Image) -> None:
-    _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [0, 1] -> an 8-bit RGB image."""
-    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-    return Image.fromarray(array)
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or ``None`` if it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
-def grid(images: Sequence[Image.Image], columns: int = 8, pad: int = 2) -> Image.Image:
-    """Images side by side in rows of ``columns`` (all resized to the first one's size)."""
-    if not images:
-        raise ValueError("no images for a grid")
-    w, h = images[0].size
-    rows = (len(images) + columns - 1) // columns
-    cols = min(columns, len(images))
-    canvas = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
-    for k, img in enumerate(images):
-        r, c = divmod(k, columns)
-        canvas.paste(img.convert("RGB").resize((w, h)), (pad + c * (w + pad), pad + r * (h + pad)))
-    return canvas
-
-
+# ------------------------------------------------------------------------------------------------ provenance
 def settings_id(settings: dict) -> str:
     """A short hash of the settings that determine a result (to skip finished work only when nothing changed)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def versions() -> dict[str, str]:
+    """Versions of clipviz and the libraries that shape its results."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -74,15 +98,118 @@ def versions() -> dict[str, str]:
     return out
 
 
-def overlay(image: Image.Image, heat: torch.Tensor, size: int = 128) -> Image.Image:
-    """``image`` with its patch activation map (normalised per image) as a red overlay."""
-    import torch.nn.functional as F
+# ------------------------------------------------------------------------------------------------ the layout
+def _in_shards(path: Path, root: Path) -> bool:
+    return SHARDS_DIR in path.relative_to(root).parts
 
-    base = np.asarray(image.convert("RGB").resize((size, size), Image.NEAREST), dtype=np.float32) / 255
-    h = heat.float()
-    h = (h - h.min()) / (h.max() - h.min() + 1e-8)
-    h = F.interpolate(h[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
-    tint = np.zeros_like(base)
-    tint[..., 0] = 1.0
-    mixed = base * (1 - 0.55 * h[..., None]) + tint * 0.55 * h[..., None]
-    return Image.fromarray((mixed * 255).astype(np.uint8))
+
+def visualization_path(out: Path, group: str, key: str, sample_seed: int | None = None) -> Path:
+    """Where a visualization's PNG goes (its sidecar is the same path with ``.json``)."""
+    return Path(out) / group / f"{key}{'' if sample_seed is None else f'-s{sample_seed}'}.png"
+
+
+def write_visualization(png: Path, image: Image.Image, meta: dict) -> None:
+    """The PNG first, then its sidecar: a sidecar is only ever next to a finished image."""
+    write_png(png, image)
+    write_json(png.with_suffix(".json"), meta)
+
+
+def read_visualization_meta(png: Path) -> dict | None:
+    """The sidecar of a finished visualization, or ``None`` (missing, unreadable, or its PNG is missing)."""
+    meta = read_json(png.with_suffix(".json"))
+    if meta is None or not png.is_file() or "settings_id" not in meta or "kind" not in meta:
+        return None
+    return meta
+
+
+def find_visualizations(root: Path) -> Iterator[tuple[Path, dict]]:
+    """``(png, sidecar)`` of every finished visualization under ``root``, in path order."""
+    root = Path(root)
+    for meta_path in sorted(root.rglob("*.json")):
+        if _in_shards(meta_path, root) or meta_path.name in (EXAMPLES_META, ATLAS_FILE):
+            continue
+        png = meta_path.with_suffix(".png")
+        meta = read_visualization_meta(png)
+        if meta is not None:
+            yield png, meta
+
+
+def examples_dir(out: Path, hook: str) -> Path:
+    return Path(out) / hook
+
+
+def thumbnail_path(out: Path, index: int) -> Path:
+    return Path(out) / THUMBS_DIR / f"{index}.png"
+
+
+def write_examples(out: Path, hook: str, tensors: dict, meta: dict) -> None:
+    """Top-k tensors (safetensors) first, then the JSON that marks them finished."""
+    from safetensors.torch import save_file
+
+    folder = examples_dir(out, hook)
+    atomic_write(folder / EXAMPLES_TENSORS, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
+    write_json(folder / EXAMPLES_META, meta)
+
+
+def read_examples(out: Path, hook: str) -> tuple[dict, dict]:
+    """The tensors and the JSON of ``write_examples``."""
+    from safetensors.torch import load_file
+
+    folder = examples_dir(out, hook)
+    meta = json.loads((folder / EXAMPLES_META).read_text(encoding="utf-8"))
+    return load_file(str(folder / EXAMPLES_TENSORS)), meta
+
+
+def has_examples(out: Path, hook: str) -> bool:
+    return (examples_dir(out, hook) / EXAMPLES_META).is_file()
+
+
+def find_examples(root: Path) -> Iterator[tuple[Path, str]]:
+    """``(results folder, hook)`` of every examples result under ``root``."""
+    root = Path(root)
+    for meta_path in sorted(root.rglob(EXAMPLES_META)):
+        if not _in_shards(meta_path, root):
+            yield meta_path.parent.parent, meta_path.parent.name
+
+
+def concepts_paths(out: Path, hook: str, method: str) -> tuple[Path, Path]:
+    """The parquet and CSV files of one concept method's words for one hook."""
+    folder = Path(out) / hook
+    return folder / f"concepts-{method}.parquet", folder / f"concepts-{method}.csv"
+
+
+def write_concepts(out: Path, hook: str, method: str, rows: list[dict]) -> list[Path]:
+    """Rows (hook, neuron, rank, word, score, method, vocabulary) as parquet and CSV."""
+    import csv
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet, csv_path = concepts_paths(out, hook, method)
+    atomic_write(parquet, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["hook", "neuron"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(csv_path, buf.getvalue())
+    return [parquet, csv_path]
+
+
+def find_concepts(root: Path) -> Iterator[tuple[Path, list[dict]]]:
+    """``(parquet path, rows)`` of every concepts table under ``root`` (``ValueError``/``OSError`` if unreadable)."""
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    for table_path in sorted(root.rglob("concepts-*.parquet")):
+        if not _in_shards(table_path, root):
+            yield table_path, pq.read_table(table_path).to_pylist()
+
+
+def read_atlas(site: Path) -> dict:
+    """The data of an atlas site (what ``clipviz atlas`` wrote to ``atlas.json``)."""
+    return json.loads((Path(site) / ATLAS_FILE).read_text(encoding="utf-8"))
+
+
+def is_atlas(path: Path) -> bool:
+    return (Path(path) / ATLAS_FILE).is_file()

@@ -13,8 +13,8 @@ import pytest
 from browser import chromium, console_errors, screenshot
 from PIL import Image
 
-from clipviz.atlas import build_atlas, collect
-from clipviz.cli import main
+from clipviz.apps.atlas import build_atlas, collect
+from clipviz.apps.cli import main
 from clipviz.errors import ClipvizError
 
 HOOK = "blocks.2.mlp.hook_post"
@@ -24,9 +24,10 @@ HOOK = "blocks.2.mlp.hook_post"
 def results(tmp_path_factory):
     """Visualizations of neurons 0-2 (2 samples each) and of a prompt, examples and direct-lens words of 0-3."""
     import clipviz
-    from clipviz.concepts import direct_lens, load_vocabulary, write_table
-    from clipviz.examples import mine_examples, open_source, write_thumbnails
-    from clipviz.visualize import visualize
+    from clipviz.analysis.concepts import direct_lens, load_vocabulary, write_table
+    from clipviz.analysis.examples import mine_examples, write_thumbnails
+    from clipviz.data import open_source
+    from clipviz.visualization.visualize import visualize
 
     root = tmp_path_factory.mktemp("results")
     model = clipviz.load("world-clip")
@@ -38,8 +39,9 @@ def results(tmp_path_factory):
     write_thumbnails(source, ex, root / "ex")
     vocab = load_vocabulary("world")
     words = direct_lens(model, HOOK, [0, 1, 2, 3], vocab, top_k=5)
-    write_table(root / "con", HOOK, [{"neuron": n, **w} for n, w in zip([0, 1, 2, 3], words, strict=True)],
-                "direct", vocab)
+    write_table(
+        root / "con", HOOK, [{"neuron": n, **w} for n, w in zip([0, 1, 2, 3], words, strict=True)], "direct", vocab
+    )
     return {"root": root, "vis": vis, "examples": ex, "words": words}
 
 
@@ -85,8 +87,9 @@ def test_heat_maps_peak_where_the_neuron_fires(results, site):
     for r, uri in enumerate(uris):
         alpha = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))))[..., 3]
         assert alpha.shape == tuple(ex.maps.shape[-2:])
-        assert np.unravel_index(alpha.argmax(), alpha.shape) == np.unravel_index(int(ex.maps[j, r].argmax()),
-                                                                                 alpha.shape)
+        assert np.unravel_index(alpha.argmax(), alpha.shape) == np.unravel_index(
+            int(ex.maps[j, r].argmax()), alpha.shape
+        )
 
 
 class _Links(HTMLParser):
@@ -116,7 +119,7 @@ def test_pagination_and_search_index(results, site, tmp_path):
     assert sorted(p.name for p in (small / "hooks" / HOOK).iterdir()) == ["page-1.html", "page-2.html"]
     assert "#3" in (small / "hooks" / HOOK / "page-2.html").read_text()
     text = (site / "assets" / "index-data.js").read_text()
-    entries = json.loads(text[text.index("["):text.rindex("]") + 1])
+    entries = json.loads(text[text.index("[") : text.rindex("]") + 1])
     assert {(e["hook"], e["neuron"]) for e in entries} == {(HOOK, n) for n in range(4)}
     words = {e["neuron"]: e["words"] for e in entries}
     assert words[1][:3] == results["words"][1]["words"][:3]
@@ -179,13 +182,14 @@ def test_atlas_in_chromium(results, site):
         screenshot(driver, "atlas-search.png")
         box.clear()
         box.send_keys(f"{HOOK} 2")
-        WebDriverWait(driver, 10).until(
-            lambda d: d.find_element(By.ID, "count").text.startswith("1 neuron"))
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "count").text.startswith("1 neuron"))
         driver.get((site / "neurons" / HOOK / "1.html").as_uri())
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) == 2 + 2 * 4  # two visualizations, four examples each with a heat map
-        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
-                   for img in images)
+        assert all(
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+            for img in images
+        )
         body = driver.find_element(By.TAG_NAME, "body").text
         assert all(w in body for w in results["words"][1]["words"])
         assert console_errors(driver) == []

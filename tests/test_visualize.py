@@ -11,12 +11,12 @@ from PIL import Image
 from planted import RED, STRIPES, build_planted_vit, stripe_energy
 
 import clipviz
-from clipviz.cli import main as cli_main
+from clipviz.apps.cli import main as cli_main
 from clipviz.errors import ClipvizError
-from clipviz.objectives import L2, Context, Neuron, Objective, TotalVariation
-from clipviz.param import _COLOR_SQRT, FourierImage, MacoImage, PixelImage
-from clipviz.render import RenderError, evaluate, optimise
-from clipviz.visualize import visualize
+from clipviz.visualization.objectives import L2, Context, Neuron, Objective, TotalVariation
+from clipviz.visualization.optimise import RenderError, evaluate, optimise
+from clipviz.visualization.param import _COLOR_SQRT, FourierImage, MacoImage, PixelImage
+from clipviz.visualization.visualize import visualize
 
 HOOK = "blocks.0.mlp.hook_post"
 FAST = {"steps": 40, "copies": 4, "progress": False}
@@ -36,8 +36,7 @@ def _natural_images(size: int) -> torch.Tensor:
     from sklearn.datasets import load_sample_images
 
     photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), *load_sample_images().images]
-    return torch.stack([_array(Image.fromarray(p).convert("RGB").resize((size, size), Image.BILINEAR))
-                        for p in photos])
+    return torch.stack([_array(Image.fromarray(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in photos])
 
 
 def test_red_neuron_renders_red_and_beats_natural_images(planted):
@@ -148,7 +147,7 @@ class _NeedsOutput(Objective):
 
 
 def test_early_exit_renders_the_same_image_as_a_full_pass(planted):
-    from clipviz.recipes import get_recipe
+    from clipviz.visualization.recipes import get_recipe
 
     recipe = get_recipe("vit-paper", steps=8, copies=2)
     early = optimise(planted, Neuron(HOOK, [0, 1]), [0, 1], recipe)
@@ -188,11 +187,12 @@ def test_nan_loss_names_the_neuron_and_step(planted):
             values = ctx.act(HOOK)[..., 0].mean(dim=(1, 2))
             return torch.where(torch.arange(ctx.n) == 1, torch.full_like(values, float("nan")), values)
 
-    from clipviz.recipes import get_recipe
+    from clipviz.visualization.recipes import get_recipe
 
     with pytest.raises(RenderError, match=r"not finite for neuron 7 at step 0 of 4"):
-        optimise(planted, Explodes(), [1, 7], get_recipe("vit-paper", steps=4, copies=1), labels=["neuron 1",
-                                                                                                   "neuron 7"])
+        optimise(
+            planted, Explodes(), [1, 7], get_recipe("vit-paper", steps=4, copies=1), labels=["neuron 1", "neuron 7"]
+        )
 
 
 def test_a_loss_that_breaks_between_checks_is_reported_at_its_exact_step(planted):
@@ -210,16 +210,17 @@ def test_a_loss_that_breaks_between_checks_is_reported_at_its_exact_step(planted
             broken = (torch.arange(ctx.n) == 0) & (step > 31) | (torch.arange(ctx.n) == 1) & (step > 30)
             return torch.where(broken, torch.full_like(values, float("inf")), values)
 
-    from clipviz.recipes import get_recipe
+    from clipviz.visualization.recipes import get_recipe
 
     with pytest.raises(RenderError, match=r"not finite for neuron 7 at step 30 of 60"):
-        optimise(planted, BreaksLater(), [1, 7], get_recipe("vit-paper", steps=60, copies=1),
-                 labels=["neuron 1", "neuron 7"])
+        optimise(
+            planted, BreaksLater(), [1, 7], get_recipe("vit-paper", steps=60, copies=1), labels=["neuron 1", "neuron 7"]
+        )
     assert len(calls) == 1 + 50  # the start's evaluation, then steps 0..49: stopped at the check after step 49
 
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_images(planted, monkeypatch, tmp_path):
-    import clipviz.visualize as vmod
+    import clipviz.visualization.visualize as vmod
 
     real = vmod.optimise
     sizes = []
@@ -249,7 +250,7 @@ def test_outputs_sidecars_grid_and_resume(planted, tmp_path, monkeypatch):
     assert Image.open(out / HOOK / "grid.png").size[0] > 3 * 32
     assert not list(out.rglob("*.tmp"))
 
-    import clipviz.visualize as vmod
+    import clipviz.visualization.visualize as vmod
 
     def forbidden(*args, **kwargs):
         raise AssertionError("finished neurons were rendered again")
@@ -267,13 +268,26 @@ def test_two_processes_equal_one(planted, tmp_path):
     import sys
     from pathlib import Path
 
-    visualize(planted, HOOK, [0, 1, 2, 3, 4], recipe="vit-paper", steps=4, copies=2, out=tmp_path / "one",
-              progress=False)
+    visualize(
+        planted, HOOK, [0, 1, 2, 3, 4], recipe="vit-paper", steps=4, copies=2, out=tmp_path / "one", progress=False
+    )
     script = Path(__file__).parent / "multiprocess_visualize.py"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), planted.spec, str(tmp_path / "two"), HOOK],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            planted.spec,
+            str(tmp_path / "two"),
+            HOOK,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank 0 of 2 done" in proc.stdout and "rank 1 of 2 done" in proc.stdout
@@ -284,8 +298,11 @@ def test_two_processes_equal_one(planted, tmp_path):
 
 
 def test_errors_for_bad_targets(planted):
-    with pytest.raises(ClipvizError, match=r"neuron index 99 out of range for hook 'blocks.0.mlp.hook_post': "
-                                           r"it has 32 neurons \(0..31\)"):
+    with pytest.raises(
+        ClipvizError,
+        match=r"neuron index 99 out of range for hook 'blocks.0.mlp.hook_post': "
+        r"it has 32 neurons \(0..31\)",
+    ):
         visualize(planted, HOOK, [1, 99], steps=2, progress=False)
     with pytest.raises(ClipvizError, match="text prompts need a CLIP-like model"):
         visualize(planted, texts=["a red square"], steps=2, progress=False)
@@ -296,11 +313,16 @@ def test_errors_for_bad_targets(planted):
 def test_cli_visualize_writes_files_and_reports_errors(planted, tmp_path, capsys):
     spec = planted.spec
     out = tmp_path / "cli"
-    code = cli_main(["visualize", spec, "--hook", HOOK, "--neurons", "0:2,5", "--steps", "3", "--copies", "2",
-                     "--out", str(out)])
+    code = cli_main(
+        ["visualize", spec, "--hook", HOOK, "--neurons", "0:2,5", "--steps", "3", "--copies", "2", "--out", str(out)]
+    )
     assert code == 0, capsys.readouterr().err
-    assert sorted(p.name for p in (out / HOOK).glob("*.png")) == ["grid.png", "neuron-00000.png",
-                                                                 "neuron-00001.png", "neuron-00005.png"]
+    assert sorted(p.name for p in (out / HOOK).glob("*.png")) == [
+        "grid.png",
+        "neuron-00000.png",
+        "neuron-00001.png",
+        "neuron-00005.png",
+    ]
     capsys.readouterr()
     bad = tmp_path / "bad"
     for argv, message in [
@@ -317,7 +339,7 @@ def test_cli_visualize_writes_files_and_reports_errors(planted, tmp_path, capsys
 
 def test_class_and_text_objectives_raise_their_targets(tiny):
     classifier = clipviz.load(tiny["vit-classifier"][1])
-    from clipviz.objectives import ClassLogit
+    from clipviz.visualization.objectives import ClassLogit
 
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -331,7 +353,7 @@ def test_class_and_text_objectives_raise_their_targets(tiny):
 
 
 def test_diversity_is_minus_the_mean_gram_similarity_within_groups(planted):
-    from clipviz.objectives import Diversity
+    from clipviz.visualization.objectives import Diversity
 
     red = torch.zeros(1, 3, 32, 32)
     red[:, 0] = 1.0

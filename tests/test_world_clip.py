@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import clipviz
-from clipviz.groundtruth import CONCEPTS, bundled_selectivity, selectivity, zero_shot_accuracy
+from clipviz.world.groundtruth import CONCEPTS, bundled_selectivity, selectivity, zero_shot_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_shipped_ground_truth_matches_a_recomputation(model):
 
 
 def test_demo_writes_a_page_with_visualizations_examples_and_words(tmp_path, capsys):
-    from clipviz import demo
-    from clipviz.cli import main
+    from clipviz.apps import demo
+    from clipviz.apps.cli import main
 
     page = demo.run_demo(tmp_path / "demo", per_block=1, steps=4, examples=120, top_k=3, progress=False)
     text = page.read_text()

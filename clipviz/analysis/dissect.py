@@ -13,7 +13,9 @@ the model being dissected) and each neuron's activation on each image:
 One neuron alone has no population: its prior then comes from random ``K``-image sets of the probe set (the neuron
 a random draw would be), so a single-neuron call still ranks concepts instead of scoring every one 0.
 
->>> import torch
+>>> from dataclasses import dataclass
+
+import torch
 >>> sims = torch.tensor([[0.3, 0.1], [0.1, 0.3], [0.3, 0.1]])
 >>> acts = torch.tensor([[1.0], [0.0], [0.9]])
 >>> softwpmi(acts, sims, top_k=2).argmax(dim=1).tolist()
@@ -22,9 +24,12 @@ a random draw would be), so a single-neuron call still ranks concepts instead of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .errors import ClipvizError
+from clipviz.errors import ClipvizError
+from clipviz.model.layout import reduce_tokens
 
 
 def _inclusion(k: int, hi: float = 0.998, lo: float = 0.97) -> torch.Tensor:
@@ -37,14 +42,24 @@ def _log_p_given_set(probs: torch.Tensor, members: torch.Tensor, p: torch.Tensor
     return torch.log(p[None, :, None] * picked + (1 - p[None, :, None])).sum(dim=1)
 
 
-def softwpmi(activations: torch.Tensor, similarities: torch.Tensor, *, top_k: int = 100, a: float = 10.0,
-             lam: float = 1.0, prior: torch.Tensor | None = None, random_sets: int = 256,
-             seed: int = 0) -> torch.Tensor:
+def softwpmi(
+    activations: torch.Tensor,
+    similarities: torch.Tensor,
+    *,
+    top_k: int = 100,
+    a: float = 10.0,
+    lam: float = 1.0,
+    prior: torch.Tensor | None = None,
+    random_sets: int = 256,
+    seed: int = 0,
+) -> torch.Tensor:
     """SoftWPMI scores (neurons, concepts) from activations (images, neurons) and image-text cosines (images,
     concepts). See the module docstring; ``prior`` (concepts,) is an explicit ``log p(c)``."""
     if activations.ndim != 2 or similarities.ndim != 2 or activations.shape[0] != similarities.shape[0]:
-        raise ClipvizError(f"activations (images, neurons) and similarities (images, concepts) must share the image "
-                           f"axis; got {tuple(activations.shape)} and {tuple(similarities.shape)}")
+        raise ClipvizError(
+            f"activations (images, neurons) and similarities (images, concepts) must share the image "
+            f"axis; got {tuple(activations.shape)} and {tuple(similarities.shape)}"
+        )
     n_images = activations.shape[0]
     if n_images == 0 or similarities.shape[1] == 0:
         raise ClipvizError("the probe set and the vocabulary must not be empty")
@@ -67,14 +82,14 @@ def softwpmi(activations: torch.Tensor, similarities: torch.Tensor, *, top_k: in
 @torch.no_grad()
 def probe_activations(model, hook: str, source, neurons=None, batch: int = 64) -> tuple[torch.Tensor, list[int]]:
     """Patch-mean activations (images, neurons) of ``hook`` over a probe ``Source``, and the images' indices."""
-    from .examples import _batches
+    from clipviz.data.decoding import batches
 
     point = model.hook_point(hook)
-    layout = model.layout(point.block if point.block is not None else model.n_blocks - 1)
+    layout = model.hook_layout(hook)
     rows, kept, skipped = [], [], []
-    for images, idx, _ in _batches(source, model.image_size, batch, skipped):
+    for images, idx, _ in batches(source, model.image_size, batch, skipped):
         _, cache = model.run_with_cache(images, [point.name])
-        act = cache[point.name][:, layout.patches].float().mean(1)
+        act = reduce_tokens(cache[point.name].float(), "patches", layout, dim=1)
         rows.append(act if neurons is None else act[:, list(neurons)])
         kept += idx
     if not rows:
@@ -82,32 +97,51 @@ def probe_activations(model, hook: str, source, neurons=None, batch: int = 64) -
     return torch.cat(rows).cpu(), kept
 
 
-def stored_activations(folder, hook: str, neurons=None) -> tuple[torch.Tensor, list[int], str, list[int]]:
+@dataclass(frozen=True)
+class StoredActivations:
+    """A probe matrix stored by ``clipviz examples --save-activations``."""
+
+    activations: torch.Tensor  # (images, neurons), float32
+    indices: list[int]  # dataset index of each row
+    source: str  # the probe set's name (a source spec)
+    neurons: list[int]  # neuron of each column
+
+
+def stored_activations(folder, hook: str, neurons=None) -> StoredActivations:
     """The probe matrix that ``clipviz examples --save-activations`` stored under ``folder``: activations (images,
     neurons) as float32, the images' indices, the probe set's name and the neurons (all stored ones by default).
     Reading it instead of running the model again gives the same SoftWPMI input as ``probe_activations``."""
     from pathlib import Path
 
-    from .examples import ExampleResult
+    from clipviz.analysis.examples import ExampleResult
 
     folder = Path(folder)
     if not (folder / hook / "examples.json").is_file():
         raise ClipvizError(f"no examples for hook '{hook}' in '{folder}': run clipviz examples --save-activations")
     stored = ExampleResult.load(folder, hook)
     if stored.activations is None:
-        raise ClipvizError(f"the examples in '{folder}' kept no activation matrix: run clipviz examples with "
-                           "--save-activations")
+        raise ClipvizError(
+            f"the examples in '{folder}' kept no activation matrix: run clipviz examples with --save-activations"
+        )
     if stored.reduce != "patches":
-        raise ClipvizError(f"the stored activations are reduced by '{stored.reduce}'; CLIP-Dissect uses the patch "
-                           "mean: run clipviz examples with --reduce patches")
+        raise ClipvizError(
+            f"the stored activations are reduced by '{stored.reduce}'; CLIP-Dissect uses the patch "
+            "mean: run clipviz examples with --reduce patches"
+        )
     neurons = list(stored.neurons) if neurons is None else list(neurons)
     missing = [n for n in neurons if n not in stored.neurons]
     if missing:
-        raise ClipvizError(f"neuron {missing[0]} has no stored activations in '{folder}' (it holds "
-                           f"{len(stored.neurons)} neurons of '{hook}')")
+        raise ClipvizError(
+            f"neuron {missing[0]} has no stored activations in '{folder}' (it holds "
+            f"{len(stored.neurons)} neurons of '{hook}')"
+        )
     columns = [stored.neurons.index(n) for n in neurons]
-    return (stored.activations[:, columns].float(), stored.activation_indices.tolist(),
-            stored.settings.get("source", ""), neurons)
+    return StoredActivations(
+        stored.activations[:, columns].float(),
+        stored.activation_indices.tolist(),
+        stored.settings.get("source", ""),
+        neurons,
+    )
 
 
 @torch.no_grad()
@@ -115,11 +149,11 @@ def image_text_similarities(labeller, source, indices: list[int], text: torch.Te
     """Cosines (images, concepts) between the labeller's embeddings of the probe images and unit text embeddings."""
     import torch.nn.functional as F
 
-    from .examples import _batches
+    from clipviz.data.decoding import batches
 
     wanted = set(indices)
     embs = []
-    for images, _, _ in _batches(_Filtered(source, wanted), labeller.image_size, batch, []):
+    for images, _, _ in batches(_Filtered(source, wanted), labeller.image_size, batch, []):
         embs.append(F.normalize(labeller.encode_image(images).float(), dim=-1).cpu())
     return torch.cat(embs) @ text.T
 

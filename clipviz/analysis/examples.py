@@ -1,11 +1,11 @@
 """Dataset examples: the images (and patches) that excite each neuron most, in one pass over a dataset.
 
-Sources: a folder of images (recursively), a Hugging Face dataset id or ``imagefolder`` directory (``datasets``),
-or ``world:<n>`` (a held-out sample of the bundled synthetic world). Images that cannot be read are skipped and
-counted; grayscale, RGBA, CMYK and palette images are converted to RGB; every image is resized to the model's
-input size (the model's own normalisation happens inside it).
+The images come from a ``clipviz.data`` source (a folder, a Hugging Face dataset or ``world:<n>``); images that
+cannot be read are skipped and counted; every image is resized to the model's input size (the model's own
+normalisation happens inside it).
 
 >>> import clipviz
+>>> from clipviz.data import open_source
 >>> model = clipviz.load("world-clip")
 >>> result = mine_examples(model, "blocks.3.mlp.hook_post", open_source("world:64"), neurons=[0, 1], top_k=4,
 ...                        progress=False)
@@ -16,129 +16,31 @@ input size (the model's own normalisation happens inside it).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .errors import ClipvizError
+from clipviz.data.decoding import batches, parallel_batches
+from clipviz.data.sources import Source
+from clipviz.errors import ClipvizError
+from clipviz.model.layout import TokenLayout, patch_grid, reduce_tokens
+from clipviz.results import (
+    SHARDS_DIR,
+    has_examples,
+    read_examples,
+    settings_id,
+    thumbnail_path,
+    write_examples,
+    write_json,
+    write_png,
+)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-@dataclass
-class Source:
-    """A stream of (index, PIL image or None if unreadable, caption or None) with a length and names."""
-
-    name: str
-    length: int
-    items: object  # callable (lo, hi) returning an iterator over indices lo..hi-1 (hi None: to the end)
-    describe: list[str] = field(default_factory=list)  # a name per index (file path or dataset row)
-
-    def __iter__(self) -> Iterator[tuple[int, Image.Image | None, str | None]]:
-        return self.items(0, None)
-
-    def range(self, lo: int, hi: int) -> Iterator[tuple[int, Image.Image | None, str | None]]:
-        """The items with index in [lo, hi), reading only those."""
-        return self.items(lo, hi)
-
-
-def _read(path: Path) -> Image.Image | None:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
-
-
-def open_source(spec: str, *, split: str = "train", image_column: str | None = None,
-                caption_column: str | None = None, streaming: bool = False) -> Source:
-    """A folder, ``world:<n>``, or a Hugging Face dataset (id or local ``imagefolder``)."""
-    if spec.startswith("world:"):
-        from .world import generate
-
-        try:
-            n = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise ClipvizError(f"bad dataset '{spec}': use world:<number of images>") from None
-        from .groundtruth import HELDOUT_SEED
-
-        batch = generate(n, seed=HELDOUT_SEED + 7)
-
-        def world_items(lo=0, hi=None):
-            for i in range(lo, n if hi is None else min(hi, n)):
-                yield i, Image.fromarray(batch.images[i]), batch.captions[i]
-
-        return Source(spec, n, world_items, [f"world #{i}" for i in range(n)])
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "dataset_info.json").is_file():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ClipvizError(f"no images in '{spec}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-
-        def folder_items(lo=0, hi=None):
-            for i in range(lo, len(files) if hi is None else min(hi, len(files))):
-                yield i, _read(files[i]), None
-
-        return Source(spec, len(files), folder_items, [str(p.relative_to(path)) for p in files])
-    return _hf_source(spec, split, image_column, caption_column, streaming)
-
-
-def _hf_source(spec: str, split: str, image_column: str | None, caption_column: str | None,
-               streaming: bool) -> Source:
-    import datasets
-
-    from .backends.hub import fetching
-
-    local = Path(spec).expanduser()
-    if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()):
-        ds = datasets.load_from_disk(str(local))  # saved with Dataset.save_to_disk
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise ClipvizError(f"dataset '{spec}' has no split '{split}'; splits: {', '.join(ds)}")
-            ds = ds[split]
-        streaming = False
-    else:
-        ds = fetching(spec, lambda: datasets.load_dataset(spec, split=split, streaming=streaming))
-    features = ds.features or {}
-    if image_column is None:
-        image_column = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
-    if image_column is None or image_column not in features:
-        raise ClipvizError(f"dataset '{spec}' has no image column{f' named {image_column!r}' if image_column else ''}"
-                           f"; columns: {', '.join(features)}")
-    if caption_column is None:
-        caption_column = next((k for k in ("caption", "text", "label") if k in features), None)
-    if streaming:
-        splits = ds.info.splits or {}
-        length = splits[split].num_examples if split in splits else None
-    else:
-        length = len(ds)
-    if length == 0:
-        raise ClipvizError(f"dataset '{spec}' split '{split}' is empty")
-
-    def rows(lo=0, hi=None):
-        if streaming:
-            part = ds.skip(lo) if lo else ds
-            part = part.take(hi - lo) if hi is not None else part
-        else:
-            part = ds.select(range(lo, len(ds) if hi is None else min(hi, len(ds))))
-        for i, row in enumerate(part, start=lo):
-            img = row[image_column]
-            try:
-                img = img.convert("RGB") if img is not None else None
-            except (OSError, ValueError):
-                img = None
-            cap = row.get(caption_column) if caption_column else None
-            if hasattr(features.get(caption_column), "int2str") and isinstance(cap, int):
-                cap = features[caption_column].int2str(cap)
-            yield i, img, (str(cap) if cap is not None else None)
-
-    return Source(spec, length or 0, rows, [])
+#: How an image's token activations become its score for a neuron.
+MiningReduce = Literal["patches", "cls", "max"]
 
 
 @dataclass
@@ -162,34 +64,48 @@ class ExampleResult:
     settings: dict = field(default_factory=dict)
 
     def save(self, out: Path) -> None:
-        from safetensors.torch import save_file
-
-        from .artifacts import _atomic, write_json
-
-        folder = out / self.hook
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"neurons": torch.tensor(self.neurons), "scores": self.scores.contiguous(),
-                   "indices": self.indices.contiguous(), "maps": self.maps.contiguous()}
+        tensors = {
+            "neurons": torch.tensor(self.neurons),
+            "scores": self.scores,
+            "indices": self.indices,
+            "maps": self.maps,
+        }
         if self.activations is not None:
-            tensors["activations"] = self.activations.contiguous()
-            tensors["activation_indices"] = self.activation_indices.contiguous()
-        _atomic(folder / "examples.safetensors", lambda tmp: save_file(tensors, tmp))
-        write_json(folder / "examples.json", {"hook": self.hook, "reduce": self.reduce, "seen": self.seen,
-                                              "skipped": self.skipped, "names": self.names,
-                                              "captions": self.captions, "settings": self.settings})
+            tensors["activations"] = self.activations
+            tensors["activation_indices"] = self.activation_indices
+        write_examples(
+            Path(out),
+            self.hook,
+            tensors,
+            {
+                "hook": self.hook,
+                "reduce": self.reduce,
+                "seen": self.seen,
+                "skipped": self.skipped,
+                "names": self.names,
+                "captions": self.captions,
+                "settings": self.settings,
+            },
+        )
 
     @classmethod
     def load(cls, out: Path, hook: str) -> ExampleResult:
-        from safetensors.torch import load_file
-
-        t = load_file(str(out / hook / "examples.safetensors"))
-        meta = json.loads((out / hook / "examples.json").read_text())
-        return cls(hook=hook, neurons=t["neurons"].tolist(), scores=t["scores"], indices=t["indices"], maps=t["maps"],
-                   reduce=meta["reduce"], seen=meta["seen"], skipped=meta["skipped"],
-                   names={int(k): v for k, v in meta["names"].items()},
-                   captions={int(k): v for k, v in meta["captions"].items()},
-                   activations=t.get("activations"), activation_indices=t.get("activation_indices"),
-                   settings=meta.get("settings", {}))
+        t, meta = read_examples(Path(out), hook)
+        return cls(
+            hook=hook,
+            neurons=t["neurons"].tolist(),
+            scores=t["scores"],
+            indices=t["indices"],
+            maps=t["maps"],
+            reduce=meta["reduce"],
+            seen=meta["seen"],
+            skipped=meta["skipped"],
+            names={int(k): v for k, v in meta["names"].items()},
+            captions={int(k): v for k, v in meta["captions"].items()},
+            activations=t.get("activations"),
+            activation_indices=t.get("activation_indices"),
+            settings=meta.get("settings", {}),
+        )
 
 
 def _best(score: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
@@ -202,67 +118,11 @@ def _best(score: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
 def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
     """The ``k`` best per row with their ids and maps: the same result in any merge order."""
     pick = _best(score, ids, k)
-    return score.gather(1, pick), ids.gather(1, pick), maps.gather(1, pick[..., None, None].expand(
-        -1, -1, *maps.shape[-2:]))
-
-
-def _to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    array = np.asarray(img.resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
-def _batches(source, size: tuple[int, int], batch: int, skipped: list[int]):
-    buf, idx, caps = [], [], []
-    for i, img, cap in source:
-        if img is None:
-            skipped.append(i)
-            continue
-        buf.append(_to_tensor(img, size))
-        idx.append(i)
-        caps.append(cap)
-        if len(buf) == batch:
-            yield torch.stack(buf), idx, caps
-            buf, idx, caps = [], [], []
-    if buf:
-        yield torch.stack(buf), idx, caps
-
-
-class _DecodedChunks(torch.utils.data.IterableDataset):
-    """Chunks of ``batch`` consecutive indices, decoded and resized; chunk ``c`` goes to worker ``c % workers``, so
-    the loader's round-robin returns them in index order."""
-
-    def __init__(self, source: Source, lo: int, hi: int, size: tuple[int, int], batch: int):
-        self.source, self.lo, self.hi, self.size, self.batch = source, lo, hi, size, batch
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for c, start in enumerate(range(self.lo, self.hi, self.batch)):
-            if c % workers != worker:
-                continue
-            images, idx, caps, bad = [], [], [], []
-            for i, img, cap in self.source.range(start, min(start + self.batch, self.hi)):
-                if img is None:
-                    bad.append(i)
-                    continue
-                images.append(_to_tensor(img, self.size))
-                idx.append(i)
-                caps.append(cap)
-            yield (torch.stack(images) if images else None), idx, caps, bad
-
-
-def _parallel_batches(source: Source, span: tuple[int, int], size: tuple[int, int], batch: int, workers: int,
-                      skipped: list[int]):
-    """``_batches`` with decoding and resizing in ``workers`` processes (forked: sources need not pickle)."""
-    import multiprocessing
-
-    loader = torch.utils.data.DataLoader(
-        _DecodedChunks(source, *span, size, batch), batch_size=None, num_workers=workers, prefetch_factor=4,
-        multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    for images, idx, caps, bad in loader:
-        skipped += bad
-        if images is not None:
-            yield images, idx, caps
+    return (
+        score.gather(1, pick),
+        ids.gather(1, pick),
+        maps.gather(1, pick[..., None, None].expand(-1, -1, *maps.shape[-2:])),
+    )
 
 
 class RunningTopK:
@@ -272,7 +132,7 @@ class RunningTopK:
     ever gathered, and nothing returns to the host until the caller asks.
     """
 
-    def __init__(self, k: int, layout, reduce: str = "patches"):
+    def __init__(self, k: int, layout: TokenLayout, reduce: MiningReduce = "patches"):
         self.k, self.layout, self.reduce = k, layout, reduce
         self.scores: torch.Tensor | None = None  # (neurons, k)
         self.indices: torch.Tensor | None = None  # (neurons, k) dataset indices
@@ -280,13 +140,8 @@ class RunningTopK:
 
     def update(self, act: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
         """Take in activations ``(B, tokens, neurons)`` of the images ``ids``; returns their scores ``(B, neurons)``."""
-        patches = act[:, self.layout.patches]  # (B, P, neurons)
-        if self.reduce == "patches":
-            reduced = patches.mean(1)
-        elif self.reduce == "max":
-            reduced = patches.amax(1)
-        else:
-            reduced = act[:, self.layout.prefix.index("cls")]
+        reduced = reduce_tokens(act, self.reduce, self.layout, dim=1)  # (B, neurons)
+        patches = patch_grid(act, self.layout).flatten(1, 2)  # (B, P, neurons)
         score = reduced.T  # (neurons, B)
         idx = torch.tensor(list(ids), device=score.device).expand(score.shape[0], -1)
         pick = _best(score, idx, self.k)
@@ -312,10 +167,20 @@ def _kept(captions: dict[int, str], top_idx: torch.Tensor) -> dict[int, str]:
 
 
 @torch.no_grad()
-def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | None = None, top_k: int = 16,
-                  reduce: str = "patches", batch: int = 64, progress: bool = True,
-                  span: tuple[int, int] | None = None, keep_activations: bool = False,
-                  workers: int = 0) -> ExampleResult:
+def mine_examples(
+    model,
+    hook: str,
+    source: Source,
+    *,
+    neurons: Sequence[int] | None = None,
+    top_k: int = 16,
+    reduce: MiningReduce = "patches",
+    batch: int = 64,
+    progress: bool = True,
+    span: tuple[int, int] | None = None,
+    keep_activations: bool = False,
+    workers: int = 0,
+) -> ExampleResult:
     """One pass over ``source`` keeping, per neuron, the ``top_k`` images by the reduced activation (``patches``:
     mean over patch tokens, ``cls``, ``max``: max over patches) with their patch activation maps; with
     ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix.
@@ -324,9 +189,10 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
     if reduce not in ("patches", "cls", "max"):
         raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     point = model.hook_point(hook)
-    layout = model.layout(point.block if point.block is not None else model.n_blocks - 1)
+    layout = model.hook_layout(hook)
+    neurons = list(range(model.hook_width(hook))) if neurons is None else model.check_neurons(hook, neurons)
+    every_neuron = neurons == list(range(model.hook_width(hook)))
     top = RunningTopK(top_k, layout, reduce)
-    width = None
     skipped: list[int] = []
     seen = 0
     all_rows: list[torch.Tensor] = []
@@ -337,20 +203,13 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
     if workers < 0:
         raise ClipvizError(f"workers must be >= 0, got {workers}")
     if workers and source.length:
-        batches = _parallel_batches(source, span or (0, source.length), model.image_size, batch, workers, skipped)
+        stream = parallel_batches(source, span or (0, source.length), model.image_size, batch, workers, skipped)
     else:
-        batches = _batches(source if span is None else source.range(*span), model.image_size, batch, skipped)
-    for images, idx, caps in batches:
+        stream = batches(source if span is None else source.range(*span), model.image_size, batch, skipped)
+    for images, idx, caps in stream:
         _, cache = model.run_with_cache(images, [point.name])
         act = cache[point.name].float()  # (B, N, d)
-        if width is None:
-            width = act.shape[-1]
-            neurons = list(range(width)) if neurons is None else list(neurons)
-            bad = [n for n in neurons if not 0 <= n < width]
-            if bad:
-                raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
-                                   f"(0..{width - 1})")
-        if neurons != list(range(width)):  # indexing copies: skip it when every neuron is kept
+        if not every_neuron:  # indexing copies: skip it when every neuron is kept
             act = act[..., neurons]
         score = top.update(act, idx)
         if keep_activations:
@@ -369,31 +228,42 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
         raise ClipvizError(f"no examples from '{source.name}': {what}")
     top_scores, top_idx, top_maps = top.scores.cpu(), top.indices.cpu(), top.maps.cpu()
     names = {i: source.describe[i] for i in set(top_idx.flatten().tolist()) if i < len(source.describe)}
-    return ExampleResult(hook=hook, neurons=list(neurons), scores=top_scores, indices=top_idx, maps=top_maps,
-                         reduce=reduce, seen=seen, skipped=skipped, names=names, captions=_kept(captions, top_idx),
-                         activations=torch.cat(all_rows) if keep_activations else None,
-                         activation_indices=torch.tensor(all_ids) if keep_activations else None,
-                         settings={"model": model.spec, "source": source.name, "top_k": top_k, "reduce": reduce})
+    return ExampleResult(
+        hook=hook,
+        neurons=list(neurons),
+        scores=top_scores,
+        indices=top_idx,
+        maps=top_maps,
+        reduce=reduce,
+        seen=seen,
+        skipped=skipped,
+        names=names,
+        captions=_kept(captions, top_idx),
+        activations=torch.cat(all_rows) if keep_activations else None,
+        activation_indices=torch.tensor(all_ids) if keep_activations else None,
+        settings={"model": model.spec, "source": source.name, "top_k": top_k, "reduce": reduce},
+    )
 
 
 def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96) -> None:
     """Small PNGs of every kept image, ``out/thumbs/<index>.png``, for the atlas and the demo."""
-    from .artifacts import write_png
-
     wanted = set(result.indices.flatten().tolist())
     for i, img, _ in source:
         if i in wanted and img is not None:
             thumb = img.copy()
             thumb.thumbnail((size, size))
-            write_png(out / "thumbs" / f"{i}.png", thumb)
+            write_png(thumbnail_path(out, i), thumb)
 
 
 def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
     """Exact top-k over the union of several results (shards of one dataset, same hook and neurons)."""
     first = results[0]
-    top_scores, top_idx, top_maps = _select(torch.cat([r.scores for r in results], 1),
-                                            torch.cat([r.indices for r in results], 1),
-                                            torch.cat([r.maps for r in results], 1), top_k)
+    top_scores, top_idx, top_maps = _select(
+        torch.cat([r.scores for r in results], 1),
+        torch.cat([r.indices for r in results], 1),
+        torch.cat([r.maps for r in results], 1),
+        top_k,
+    )
     kept = set(top_idx.flatten().tolist())
     names = {i: n for r in results for i, n in r.names.items() if i in kept}
     captions = {i: c for r in results for i, c in r.captions.items() if i in kept}
@@ -403,43 +273,87 @@ def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
         order = activation_indices.argsort()
         activations = torch.cat([r.activations for r in results])[order]
         activation_indices = activation_indices[order]
-    return ExampleResult(hook=first.hook, neurons=first.neurons, scores=top_scores, indices=top_idx, maps=top_maps,
-                         reduce=first.reduce, seen=sum(r.seen for r in results),
-                         skipped=sorted(i for r in results for i in r.skipped), names=names, captions=captions,
-                         activations=activations, activation_indices=activation_indices, settings=first.settings)
+    return ExampleResult(
+        hook=first.hook,
+        neurons=first.neurons,
+        scores=top_scores,
+        indices=top_idx,
+        maps=top_maps,
+        reduce=first.reduce,
+        seen=sum(r.seen for r in results),
+        skipped=sorted(i for r in results for i in r.skipped),
+        names=names,
+        captions=captions,
+        activations=activations,
+        activation_indices=activation_indices,
+        settings=first.settings,
+    )
 
 
-def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neurons: Sequence[int] | None = None,
-                            top_k: int = 16, reduce: str = "patches", batch: int = 64, shard_size: int = 1024,
-                            accelerator=None, progress: bool = True, keep_activations: bool = False,
-                            workers: int = 0) -> ExampleResult:
+def mine_examples_resumable(
+    model,
+    hook: str,
+    source: Source,
+    out: Path,
+    *,
+    neurons: Sequence[int] | None = None,
+    top_k: int = 16,
+    reduce: MiningReduce = "patches",
+    batch: int = 64,
+    shard_size: int = 1024,
+    accelerator=None,
+    progress: bool = True,
+    keep_activations: bool = False,
+    workers: int = 0,
+) -> ExampleResult:
     """``mine_examples`` in shards of ``shard_size`` images, each saved when done: a killed run started again
     redoes only unfinished shards, processes (``accelerate``) take shards in turn, and the merge is exact."""
-    from .artifacts import settings_id, write_json
-
     if not source.length:
-        raise ClipvizError(f"resumable runs need a dataset of known length; '{source.name}' has none (use a "
-                           "folder, a saved dataset or a non-streaming split)")
+        raise ClipvizError(
+            f"resumable runs need a dataset of known length; '{source.name}' has none (use a "
+            "folder, a saved dataset or a non-streaming split)"
+        )
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
     model = model.to(accelerator.device)
-    key = settings_id({"model": model.spec, "hook": hook, "neurons": list(neurons) if neurons is not None else None,
-                       "top_k": top_k, "reduce": reduce, "source": source.name, "n": source.length,
-                       "shard_size": shard_size, "activations": keep_activations})
-    folder = Path(out) / "shards" / key
+    key = settings_id(
+        {
+            "model": model.spec,
+            "hook": hook,
+            "neurons": list(neurons) if neurons is not None else None,
+            "top_k": top_k,
+            "reduce": reduce,
+            "source": source.name,
+            "n": source.length,
+            "shard_size": shard_size,
+            "activations": keep_activations,
+        }
+    )
+    folder = Path(out) / SHARDS_DIR / key
     n_shards = -(-source.length // shard_size)
 
     def done(s: int) -> bool:
-        return (folder / f"{s:05d}" / hook / "examples.json").is_file() or (folder / f"{s:05d}.empty.json").is_file()
+        return has_examples(folder / f"{s:05d}", hook) or (folder / f"{s:05d}.empty.json").is_file()
 
     todo = [s for s in range(n_shards) if not done(s)]
     accelerator.wait_for_everyone()  # every process sees the same to-do list before any shard is written
-    for s in todo[accelerator.process_index::accelerator.num_processes]:
+    for s in todo[accelerator.process_index :: accelerator.num_processes]:
         span = (s * shard_size, min((s + 1) * shard_size, source.length))
         try:
-            part = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, reduce=reduce, batch=batch,
-                                 progress=progress, span=span, keep_activations=keep_activations, workers=workers)
+            part = mine_examples(
+                model,
+                hook,
+                source,
+                neurons=neurons,
+                top_k=top_k,
+                reduce=reduce,
+                batch=batch,
+                progress=progress,
+                span=span,
+                keep_activations=keep_activations,
+                workers=workers,
+            )
         except ClipvizError as error:
             if "no examples" not in str(error):
                 raise
@@ -448,8 +362,11 @@ def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neur
             continue
         part.save(folder / f"{s:05d}")
     accelerator.wait_for_everyone()
-    parts = [ExampleResult.load(folder / f"{s:05d}", hook) for s in range(n_shards)
-             if (folder / f"{s:05d}" / hook / "examples.json").is_file()]
+    parts = [
+        ExampleResult.load(folder / f"{s:05d}", hook)
+        for s in range(n_shards)
+        if has_examples(folder / f"{s:05d}", hook)
+    ]
     if not parts:
         raise ClipvizError(f"no examples from '{source.name}': it has no readable images")
     result = merge(parts, top_k)

@@ -3,8 +3,8 @@
 
 >>> from pathlib import Path
 >>> import tempfile, clipviz
->>> from clipviz.visualize import visualize
->>> from clipviz.atlas import build_atlas
+>>> from clipviz import visualize
+>>> from clipviz.apps.atlas import build_atlas
 >>> results = Path(tempfile.mkdtemp())
 >>> _ = visualize(clipviz.load("world-clip"), "blocks.2.mlp.hook_post", [0, 1], steps=2, out=results / "vis",
 ...               progress=False)
@@ -29,17 +29,19 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .errors import ClipvizError
+from clipviz.errors import ClipvizError
+from clipviz.results import ATLAS_FILE, find_concepts, find_examples, find_visualizations, thumbnail_path, versions
 
 THUMB = 96
+ASSETS = ("atlas.css", "search.js", "heat.js")  # package data in atlas_assets/, copied into every site
 # Order in which concept methods are preferred for the words shown in grids and search.
 METHOD_ORDER = ("dissect", "visual", "direct")
-MARKER = "atlas.json"
 
 
 @dataclass
@@ -70,23 +72,9 @@ class Results:
     concept_settings: dict[str, dict]  # hook -> method -> vocabulary
 
 
-def _is_shard(path: Path, root: Path) -> bool:
-    return "shards" in path.relative_to(root).parts
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def collect(root: str | Path) -> Results:
     """Find every visualization sidecar, examples result and concepts table under ``root``."""
-    import pyarrow.parquet as pq
-
-    from .examples import ExampleResult
+    from clipviz.analysis.examples import ExampleResult
 
     root = Path(root)
     if not root.is_dir():
@@ -100,27 +88,18 @@ def collect(root: str | Path) -> Results:
     def record(hook: str, neuron: int) -> NeuronRecord:
         return neurons.setdefault(hook, {}).setdefault(neuron, NeuronRecord(hook, neuron))
 
-    for meta_path in sorted(root.rglob("*.json")):
-        if _is_shard(meta_path, root) or meta_path.name in ("examples.json", MARKER):
-            continue
-        png = meta_path.with_suffix(".png")
-        meta = _read_json(meta_path)
-        if meta is None or "settings_id" not in meta or "kind" not in meta or not png.is_file():
-            continue
+    for png, meta in find_visualizations(root):
         models.add(meta.get("model"))
         if meta["kind"] == "neuron":
             record(meta["hook"], int(meta["target"])).visualizations.append({"png": png, "meta": meta})
         else:
             prompts.append({"png": png, "meta": meta})
 
-    for meta_path in sorted(root.rglob("examples.json")):
-        if _is_shard(meta_path, root):
-            continue
-        base, hook = meta_path.parent.parent, meta_path.parent.name
+    for base, hook in find_examples(root):
         try:
             result = ExampleResult.load(base, hook)
         except (OSError, KeyError, ValueError) as error:
-            raise ClipvizError(f"cannot read the examples in '{meta_path.parent}': {error}") from None
+            raise ClipvizError(f"cannot read the examples in '{base / hook}': {error}") from None
         if result.settings.get("model"):
             models.add(result.settings["model"])
         examples_settings[hook] = {**result.settings, "seen": result.seen, "skipped": len(result.skipped)}
@@ -128,18 +107,26 @@ def collect(root: str | Path) -> Results:
             rec = record(hook, n)
             for r in range(result.indices.shape[1]):
                 idx = int(result.indices[j, r])
-                thumb = base / "thumbs" / f"{idx}.png"
-                rec.examples.append({"index": idx, "score": float(result.scores[j, r]),
-                                     "caption": result.captions.get(idx, ""), "name": result.names.get(idx, ""),
-                                     "thumb": thumb if thumb.is_file() else None, "map": result.maps[j, r].numpy()})
+                thumb = thumbnail_path(base, idx)
+                rec.examples.append(
+                    {
+                        "index": idx,
+                        "score": float(result.scores[j, r]),
+                        "caption": result.captions.get(idx, ""),
+                        "name": result.names.get(idx, ""),
+                        "thumb": thumb if thumb.is_file() else None,
+                        "map": result.maps[j, r].numpy(),
+                    }
+                )
 
-    for table_path in sorted(root.rglob("concepts-*.parquet")):
-        if _is_shard(table_path, root):
-            continue
+    tables = find_concepts(root)
+    while True:
         try:
-            rows = pq.read_table(table_path).to_pylist()
+            _, rows = next(tables)
+        except StopIteration:
+            break
         except (OSError, ValueError) as error:
-            raise ClipvizError(f"cannot read the concepts table '{table_path}': {error}") from None
+            raise ClipvizError(f"cannot read a concepts table under '{root}': {error}") from None
         for row in sorted(rows, key=lambda r: (r["neuron"], r["rank"])):
             rec = record(row["hook"], int(row["neuron"]))
             rec.words.setdefault(row["method"], []).append((row["word"], float(row["score"])))
@@ -147,11 +134,14 @@ def collect(root: str | Path) -> Results:
 
     models.discard(None)
     if len(models) > 1:
-        raise ClipvizError(f"results from several models under '{root}' ({', '.join(sorted(models))}): build one "
-                           "atlas per model")
+        raise ClipvizError(
+            f"results from several models under '{root}' ({', '.join(sorted(models))}): build one atlas per model"
+        )
     if not neurons and not prompts:
-        raise ClipvizError(f"no clipviz results under '{root}': expected outputs of `clipviz visualize` (PNG + JSON), "
-                           "`clipviz examples` (examples.json) or `clipviz concepts` (concepts-*.parquet)")
+        raise ClipvizError(
+            f"no clipviz results under '{root}': expected outputs of `clipviz visualize` (PNG + JSON), "
+            "`clipviz examples` (examples.json) or `clipviz concepts` (concepts-*.parquet)"
+        )
     for recs in neurons.values():
         for rec in recs.values():
             rec.visualizations.sort(key=lambda v: (v["meta"]["recipe"].get("name", ""), v["meta"]["seed"]))
@@ -160,85 +150,17 @@ def collect(root: str | Path) -> Results:
 
 # ----------------------------------------------------------------------------------------------------- rendering
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:0;background:#f7f7f8;color:#222}
-header{background:#1f2430;color:#fff;padding:.8rem 1.5rem}header a{color:#9cf}
-main{padding:1rem 1.5rem}a{color:#0550ae}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(120px,1fr));gap:10px}
-.cell{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;text-decoration:none;
-color:#222;overflow-wrap:anywhere}
-.cell img{width:100%;aspect-ratio:1;image-rendering:pixelated;background:#eee}
-.words{color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.vis img{width:224px;height:224px;image-rendering:pixelated;border:1px solid #ccc}
-.vis figure{display:inline-block;margin:0 12px 12px 0}figcaption{font-size:12px;color:#555;max-width:224px}
-.ex{display:inline-block;margin:0 8px 8px 0;width:128px;font-size:11px;vertical-align:top}
-.ex .stack{position:relative;width:128px;height:128px;background:#eee}
-.ex .stack img{position:absolute;left:0;top:0;width:128px;height:128px;image-rendering:auto}
-body.noheat .heat{display:none}
-table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left}
-pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;font-size:11px}
-#search{font-size:16px;padding:6px;width:24rem;max-width:90%}
-.pager a,.pager span{margin-right:8px}
-"""
-
-SEARCH_JS = """
-(function () {
-  var box = document.getElementById('search');
-  var out = document.getElementById('results');
-  if (!box || !out) { return; }
-  var entries = window.CLIPVIZ_INDEX || [];
-  function cell(e) {
-    var a = document.createElement('a');
-    a.className = 'cell'; a.href = e.url;
-    if (e.thumb) { var img = document.createElement('img'); img.src = e.thumb; img.alt = e.hook + ' #' + e.neuron;
-      img.loading = 'lazy'; a.appendChild(img); }
-    var t = document.createElement('div'); t.textContent = e.hook + ' #' + e.neuron; a.appendChild(t);
-    var w = document.createElement('div'); w.className = 'words'; w.textContent = e.words.join(', ');
-    a.appendChild(w);
-    return a;
-  }
-  function run() {
-    var q = box.value.trim().toLowerCase();
-    out.textContent = '';
-    if (!q) { return; }
-    var m = q.match(/^(.*?)[\\s#:]*(\\d+)$/);
-    var hits = entries.filter(function (e) {
-      if (m && String(e.neuron) === m[2] && e.hook.toLowerCase().indexOf(m[1].replace(/[\\s#:]+$/, '')) >= 0) {
-        return true;
-      }
-      return e.words.some(function (w) { return w.toLowerCase().indexOf(q) >= 0; });
-    });
-    var note = document.createElement('p');
-    note.id = 'count';
-    note.textContent = hits.length + ' neuron' + (hits.length === 1 ? '' : 's') + ' found' +
-      (hits.length > 200 ? ' (first 200 shown)' : '');
-    out.appendChild(note);
-    var grid = document.createElement('div'); grid.className = 'grid';
-    hits.slice(0, 200).forEach(function (e) { grid.appendChild(cell(e)); });
-    out.appendChild(grid);
-  }
-  box.addEventListener('input', run);
-  var params = new URLSearchParams(window.location.search);
-  if (params.get('q')) { box.value = params.get('q'); run(); }
-})();
-"""
-
-HEAT_JS = """
-(function () {
-  var t = document.getElementById('toggle-heat');
-  if (t) { t.addEventListener('change', function () { document.body.classList.toggle('noheat', !t.checked); }); }
-})();
-"""
-
 
 def _page(title: str, body: str, depth: int, scripts: tuple[str, ...] = ()) -> str:
     up = "../" * depth
     tags = "".join(f"<script src='{up}assets/{s}'></script>" for s in scripts)
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<link rel='icon' href='data:,'><meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<link rel='stylesheet' href='{up}assets/atlas.css'></head><body>"
-            f"<header><a href='{up}index.html'>clipviz atlas</a> &middot; {html.escape(title)}</header>"
-            f"<main>{body}</main>{tags}</body></html>\n")
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<link rel='icon' href='data:,'><meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<link rel='stylesheet' href='{up}assets/atlas.css'></head><body>"
+        f"<header><a href='{up}index.html'>clipviz atlas</a> &middot; {html.escape(title)}</header>"
+        f"<main>{body}</main>{tags}</body></html>\n"
+    )
 
 
 def _heat_uri(heat: np.ndarray) -> str:
@@ -264,9 +186,11 @@ def _words_table(words: dict[str, list[tuple[str, float]]], vocabularies: dict[s
     for method in sorted(words, key=lambda m: (METHOD_ORDER + (m,)).index(m)):
         rows = "".join(f"<tr><td>{esc(w)}</td><td>{s:.4f}</td></tr>" for w, s in words[method])
         vocab = vocabularies.get(method, "")
-        parts.append(f"<div style='display:inline-block;vertical-align:top;margin-right:2rem'><h3>{esc(method)}"
-                     f"</h3><p class='words'>vocabulary: {esc(vocab)}</p><table><tr><th>word</th><th>score</th>"
-                     f"</tr>{rows}</table></div>")
+        parts.append(
+            f"<div style='display:inline-block;vertical-align:top;margin-right:2rem'><h3>{esc(method)}"
+            f"</h3><p class='words'>vocabulary: {esc(vocab)}</p><table><tr><th>word</th><th>score</th>"
+            f"</tr>{rows}</table></div>"
+        )
     return "".join(parts) or "<p>No concept words for this neuron (run <code>clipviz concepts</code>).</p>"
 
 
@@ -306,43 +230,73 @@ class _SiteWriter:
             rel = self.copy(v["png"], f"img/vis/{slug}/{rec.neuron}-{k}.png")
             vis_files.append(rel)
             m = v["meta"]
-            caption = (f"{esc(m['recipe'].get('name', '?'))}, seed {m['seed']}, objective "
-                       f"{m['objective_start']:.3f} &rarr; {m['objective_end']:.3f}")
-            vis_html.append(f"<figure><img src='{up}{rel}' alt='visualization {k}'><figcaption>{caption}"
-                            f"</figcaption></figure>")
+            caption = (
+                f"{esc(m['recipe'].get('name', '?'))}, seed {m['seed']}, objective "
+                f"{m['objective_start']:.3f} &rarr; {m['objective_end']:.3f}"
+            )
+            vis_html.append(
+                f"<figure><img src='{up}{rel}' alt='visualization {k}'><figcaption>{caption}</figcaption></figure>"
+            )
         ex_html, ex_data = [], []
         for e in rec.examples:
-            img = ("<div style='padding:40px 8px'>no thumbnail</div>" if e["thumb"] is None else
-                   f"<img src='{up}{self.copy(e['thumb'], 'img/examples/' + str(e['index']) + '.png')}' "
-                   f"alt='example {e['index']}' loading='lazy'>")
+            img = (
+                "<div style='padding:40px 8px'>no thumbnail</div>"
+                if e["thumb"] is None
+                else f"<img src='{up}{self.copy(e['thumb'], 'img/examples/' + str(e['index']) + '.png')}' "
+                f"alt='example {e['index']}' loading='lazy'>"
+            )
             label = e["caption"] or e["name"] or f"image {e['index']}"
-            ex_html.append(f"<div class='ex'><div class='stack'>{img}<img class='heat' src='{_heat_uri(e['map'])}' "
-                           f"alt=''></div><div>{esc(label)}</div><div class='words'>#{e['index']} &middot; "
-                           f"{e['score']:.3f}</div></div>")
-            ex_data.append({"index": e["index"], "score": round(e["score"], 5), "caption": e["caption"],
-                            "name": e["name"],
-                            "thumb": self.copied.get(e["thumb"]) if e["thumb"] is not None else None})
-        settings = {"visualizations": [v["meta"] for v in rec.visualizations],
-                    "examples": self.r.examples_settings.get(rec.hook),
-                    "concepts": self.r.concept_settings.get(rec.hook)}
-        body = (f"<h1>{esc(rec.hook)} &middot; neuron {rec.neuron}</h1>"
-                f"<p><a href='{up}hooks/{slug}/page-{self.page_of(rec)}.html'>&larr; {esc(rec.hook)}</a></p>"
-                f"<h2>Feature visualizations</h2><div class='vis'>"
-                f"{''.join(vis_html) or '<p>None (run <code>clipviz visualize</code>).</p>'}</div>"
-                f"<h2>Top dataset examples</h2>"
-                + ("<p><label><input type='checkbox' id='toggle-heat' checked> heat map (where the neuron fires)"
-                   "</label></p>" + "".join(ex_html) if ex_html else
-                   "<p>None (run <code>clipviz examples</code>).</p>")
-                + f"<h2>Words</h2>{_words_table(rec.words, self.r.concept_settings.get(rec.hook, {}))}"
-                f"<h2>Settings</h2><details><summary>exact settings used</summary><pre>"
-                f"{esc(json.dumps(settings, indent=2, sort_keys=True, default=str))}</pre></details>")
+            ex_html.append(
+                f"<div class='ex'><div class='stack'>{img}<img class='heat' src='{_heat_uri(e['map'])}' "
+                f"alt=''></div><div>{esc(label)}</div><div class='words'>#{e['index']} &middot; "
+                f"{e['score']:.3f}</div></div>"
+            )
+            ex_data.append(
+                {
+                    "index": e["index"],
+                    "score": round(e["score"], 5),
+                    "caption": e["caption"],
+                    "name": e["name"],
+                    "thumb": self.copied.get(e["thumb"]) if e["thumb"] is not None else None,
+                }
+            )
+        settings = {
+            "visualizations": [v["meta"] for v in rec.visualizations],
+            "examples": self.r.examples_settings.get(rec.hook),
+            "concepts": self.r.concept_settings.get(rec.hook),
+        }
+        body = (
+            f"<h1>{esc(rec.hook)} &middot; neuron {rec.neuron}</h1>"
+            f"<p><a href='{up}hooks/{slug}/page-{self.page_of(rec)}.html'>&larr; {esc(rec.hook)}</a></p>"
+            f"<h2>Feature visualizations</h2><div class='vis'>"
+            f"{''.join(vis_html) or '<p>None (run <code>clipviz visualize</code>).</p>'}</div>"
+            f"<h2>Top dataset examples</h2>"
+            + (
+                "<p><label><input type='checkbox' id='toggle-heat' checked> heat map (where the neuron fires)"
+                "</label></p>" + "".join(ex_html)
+                if ex_html
+                else "<p>None (run <code>clipviz examples</code>).</p>"
+            )
+            + f"<h2>Words</h2>{_words_table(rec.words, self.r.concept_settings.get(rec.hook, {}))}"
+            f"<h2>Settings</h2><details><summary>exact settings used</summary><pre>"
+            f"{esc(json.dumps(settings, indent=2, sort_keys=True, default=str))}</pre></details>"
+        )
         self.write(f"neurons/{slug}/{rec.neuron}.html", _page(f"{rec.hook} #{rec.neuron}", body, 2, ("heat.js",)))
-        thumb = (self.thumb(rec.visualizations[0]["png"], f"img/thumbs/{slug}/{rec.neuron}.png")
-                 if rec.visualizations else (ex_data[0]["thumb"] if ex_data and ex_data[0]["thumb"] else None))
-        return {"hook": rec.hook, "neuron": rec.neuron, "url": f"neurons/{slug}/{rec.neuron}.html", "thumb": thumb,
-                "visualizations": vis_files, "examples": ex_data,
-                "words": {m: [[w, round(s, 5)] for w, s in ws] for m, ws in rec.words.items()},
-                "top_words": rec.top_words()}
+        thumb = (
+            self.thumb(rec.visualizations[0]["png"], f"img/thumbs/{slug}/{rec.neuron}.png")
+            if rec.visualizations
+            else (ex_data[0]["thumb"] if ex_data and ex_data[0]["thumb"] else None)
+        )
+        return {
+            "hook": rec.hook,
+            "neuron": rec.neuron,
+            "url": f"neurons/{slug}/{rec.neuron}.html",
+            "thumb": thumb,
+            "visualizations": vis_files,
+            "examples": ex_data,
+            "words": {m: [[w, round(s, 5)] for w, s in ws] for m, ws in rec.words.items()},
+            "top_words": rec.top_words(),
+        }
 
     def page_of(self, rec: NeuronRecord) -> int:
         return self.rank[rec.hook][rec.neuron] // self.page_size + 1
@@ -351,16 +305,20 @@ class _SiteWriter:
         esc, slug = html.escape, _slug(hook)
         pages = max(1, -(-len(entries) // self.page_size))
         for p in range(pages):
-            chunk = entries[p * self.page_size:(p + 1) * self.page_size]
+            chunk = entries[p * self.page_size : (p + 1) * self.page_size]
             cells = "".join(
                 f"<a class='cell' href='../../{e['url']}'>"
                 + (f"<img src='../../{e['thumb']}' alt='neuron {e['neuron']}' loading='lazy'>" if e["thumb"] else "")
                 + f"<div>#{e['neuron']}</div><div class='words'>{esc(', '.join(e['top_words']))}</div></a>"
-                for e in chunk)
-            nav = "".join(f"<span>{q + 1}</span>" if q == p else f"<a href='page-{q + 1}.html'>{q + 1}</a>"
-                          for q in range(pages))
-            body = (f"<h1>{esc(hook)}</h1><p>{len(entries)} neurons; page {p + 1} of {pages}</p>"
-                    f"<p class='pager'>{nav}</p><div class='grid'>{cells}</div><p class='pager'>{nav}</p>")
+                for e in chunk
+            )
+            nav = "".join(
+                f"<span>{q + 1}</span>" if q == p else f"<a href='page-{q + 1}.html'>{q + 1}</a>" for q in range(pages)
+            )
+            body = (
+                f"<h1>{esc(hook)}</h1><p>{len(entries)} neurons; page {p + 1} of {pages}</p>"
+                f"<p class='pager'>{nav}</p><div class='grid'>{cells}</div><p class='pager'>{nav}</p>"
+            )
             self.write(f"hooks/{slug}/page-{p + 1}.html", _page(hook, body, 2))
         return pages
 
@@ -372,8 +330,10 @@ class _SiteWriter:
             rel = self.copy(v["png"], f"img/prompts/{k}.png")
             m = v["meta"]
             target, recipe = html.escape(str(m["target"])), html.escape(m["recipe"].get("name", "?"))
-            figures.append(f"<figure><img src='{rel}' alt='{target}'><figcaption>{html.escape(m['kind'])}: "
-                           f"{target} ({recipe})</figcaption></figure>")
+            figures.append(
+                f"<figure><img src='{rel}' alt='{target}'><figcaption>{html.escape(m['kind'])}: "
+                f"{target} ({recipe})</figcaption></figure>"
+            )
         return f"<h2>Prompts and classes</h2><div class='vis'>{''.join(figures)}</div>"
 
     def build(self) -> dict:
@@ -387,26 +347,42 @@ class _SiteWriter:
             f"<tr><td><a href='hooks/{_slug(h)}/page-1.html'>{esc(h)}</a></td><td>{len(d['neurons'])}</td>"
             f"<td>{sum(bool(e['visualizations']) for e in d['neurons'])}</td>"
             f"<td>{sum(bool(e['examples']) for e in d['neurons'])}</td>"
-            f"<td>{sum(bool(e['words']) for e in d['neurons'])}</td></tr>" for h, d in hooks.items())
-        body = (f"<h1>{esc(self.r.model or 'clipviz results')}</h1>"
-                "<p><input id='search' type='search' placeholder='search: a word (red), a neuron (17) or "
-                "hook and neuron (blocks.2.mlp.hook_post 17)' autofocus></p><div id='results'></div>"
-                "<h2>Hooks</h2><table><tr><th>hook</th><th>neurons</th><th>visualized</th><th>with examples</th>"
-                f"<th>with words</th></tr>{rows}</table>{self.prompt_section()}")
-        index = [{"hook": e["hook"], "neuron": e["neuron"], "url": e["url"], "thumb": e["thumb"],
-                  "words": list(dict.fromkeys(e["top_words"] + [w for ws in e["words"].values() for w, _ in ws]))}
-                 for d in hooks.values() for e in d["neurons"]]
-        self.write("assets/atlas.css", CSS)
-        self.write("assets/search.js", SEARCH_JS)
-        self.write("assets/heat.js", HEAT_JS)
+            f"<td>{sum(bool(e['words']) for e in d['neurons'])}</td></tr>"
+            for h, d in hooks.items()
+        )
+        body = (
+            f"<h1>{esc(self.r.model or 'clipviz results')}</h1>"
+            "<p><input id='search' type='search' placeholder='search: a word (red), a neuron (17) or "
+            "hook and neuron (blocks.2.mlp.hook_post 17)' autofocus></p><div id='results'></div>"
+            "<h2>Hooks</h2><table><tr><th>hook</th><th>neurons</th><th>visualized</th><th>with examples</th>"
+            f"<th>with words</th></tr>{rows}</table>{self.prompt_section()}"
+        )
+        index = [
+            {
+                "hook": e["hook"],
+                "neuron": e["neuron"],
+                "url": e["url"],
+                "thumb": e["thumb"],
+                "words": list(dict.fromkeys(e["top_words"] + [w for ws in e["words"].values() for w, _ in ws])),
+            }
+            for d in hooks.values()
+            for e in d["neurons"]
+        ]
+        for asset in ASSETS:
+            self.write(f"assets/{asset}", (files("clipviz.apps") / "atlas_assets" / asset).read_text(encoding="utf-8"))
         self.write("assets/index-data.js", "window.CLIPVIZ_INDEX = " + json.dumps(index) + ";\n")
         self.write("index.html", _page("index", body, 0, ("index-data.js", "search.js")))
-        from .artifacts import versions
-
-        data = {"format": 1, "model": self.r.model, "hooks": hooks, "versions": versions(),
-                "prompts": [{"kind": p["meta"]["kind"], "target": p["meta"]["target"], "png": self.copied[p["png"]]}
-                            for p in self.r.prompts]}
-        self.write(MARKER, json.dumps(data, indent=1) + "\n")
+        data = {
+            "format": 1,
+            "model": self.r.model,
+            "hooks": hooks,
+            "versions": versions(),
+            "prompts": [
+                {"kind": p["meta"]["kind"], "target": p["meta"]["target"], "png": self.copied[p["png"]]}
+                for p in self.r.prompts
+            ],
+        }
+        self.write(ATLAS_FILE, json.dumps(data, indent=1) + "\n")
         return data
 
 
@@ -423,7 +399,7 @@ def build_atlas(results: str | Path, out: str | Path, *, page_size: int = 256) -
     if page_size < 1:
         raise ClipvizError(f"page size must be at least 1, got {page_size}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ATLAS_FILE).is_file())):
         raise ClipvizError(f"'{out}' exists and is not an atlas: choose a new or empty folder for the site")
     found = collect(results)
     out.parent.mkdir(parents=True, exist_ok=True)

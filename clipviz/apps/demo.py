@@ -11,17 +11,16 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .artifacts import _atomic, overlay, write_png
+from clipviz.images import overlay, pil_to_tensor
+from clipviz.results import write_png, write_text
 
 DEMO_RECIPE = "default"
 
 
-def pick_neurons(selectivity, per_block: int = 2, blocks: list[int] | None = None) -> list[tuple[str, int, str,
-                                                                                                   float]]:
+def pick_neurons(selectivity, per_block: int = 2, blocks: list[int] | None = None) -> list[tuple[str, int, str, float]]:
     """(hook, neuron, concept, auroc): the clearest neurons of each block, one per concept."""
     picked = []
     hooks = sorted(selectivity.auroc)
@@ -50,25 +49,33 @@ def _zero_shot(model, images: torch.Tensor, prompts: list[str]) -> list[tuple[st
     return [(prompts[int(b)], float(probs[i, b])) for i, b in enumerate(best)]
 
 
-def run_demo(out: Path, *, model_name: str = "world-clip", per_block: int = 2, steps: int = 150,
-             examples: int = 2000, top_k: int = 6, progress: bool = True) -> Path:
+def run_demo(
+    out: Path,
+    *,
+    model_name: str = "world-clip",
+    per_block: int = 2,
+    steps: int = 150,
+    examples: int = 2000,
+    top_k: int = 6,
+    progress: bool = True,
+) -> Path:
     """Build the demo page under ``out`` and return the path of its ``index.html``."""
     if per_block < 1 or steps < 1 or examples < top_k:
-        from .errors import ClipvizError
+        from clipviz.errors import ClipvizError
 
         raise ClipvizError("per-block and steps must be >= 1, and examples >= top-k")
     return _run(out, model_name, per_block, steps, examples, top_k, progress)
 
 
-def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, top_k: int,
-         progress: bool) -> Path:
-    from . import world
-    from .atlas import build_atlas
-    from .concepts import direct_lens, load_vocabulary, write_table
-    from .examples import mine_examples, open_source, write_thumbnails
-    from .groundtruth import bundled_selectivity
-    from .loading import load
-    from .visualize import visualize
+def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, top_k: int, progress: bool) -> Path:
+    from clipviz.analysis.concepts import direct_lens, load_vocabulary, write_table
+    from clipviz.analysis.examples import mine_examples, write_thumbnails
+    from clipviz.apps.atlas import build_atlas
+    from clipviz.data.sources import open_source
+    from clipviz.model.loading import load
+    from clipviz.visualization.visualize import visualize
+    from clipviz.world import scene as world
+    from clipviz.world.groundtruth import bundled_selectivity
 
     model = load(model_name)
     truth = bundled_selectivity(model_name)
@@ -79,15 +86,22 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
     cards = []
     for hook in dict.fromkeys(h for h, *_ in chosen):
         neurons = [n for h, n, *_ in chosen if h == hook]
-        vis = visualize(model, hook, neurons, recipe=DEMO_RECIPE, steps=steps,
-                        out=out / "results" / "visualizations", progress=progress)
+        vis = visualize(
+            model,
+            hook,
+            neurons,
+            recipe=DEMO_RECIPE,
+            steps=steps,
+            out=out / "results" / "visualizations",
+            progress=progress,
+        )
         ex = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, progress=progress)
         words = direct_lens(model, hook, neurons, vocab, top_k=3)
         ex.save(out / "results" / "examples")  # the standard results layout, for the atlas
         write_thumbnails(source, ex, out / "results" / "examples")
         rows = [{"neuron": n, **w} for n, w in zip(neurons, words, strict=True)]
         write_table(out / "results" / "words", hook, rows, "direct", vocab)
-        images = torch.stack([torch.from_numpy(np.array(v.image)).permute(2, 0, 1).float() / 255 for v in vis])
+        images = torch.stack([pil_to_tensor(v.image) for v in vis])
         seen_as = _zero_shot(model, images, concept_prompts)
         wanted = set(ex.indices.flatten().tolist())
         pictures = {i: img for i, img, _ in source if i in wanted}
@@ -98,12 +112,22 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
                 name = f"examples/{hook}/neuron-{neuron:05d}-{r}.png"
                 write_png(out / name, overlay(pictures[idx], ex.maps[j, r]))
                 exs.append((name, float(ex.scores[j, r]), ex.captions.get(idx, "")))
-            cards.append({"hook": hook, "neuron": neuron, "concept": concept, "auroc": score,
-                          "vis": vis[j].path.relative_to(out).as_posix(), "vis_meta": vis[j].meta,
-                          "examples": exs, "words": words[j], "seen_as": seen_as[j]})
+            cards.append(
+                {
+                    "hook": hook,
+                    "neuron": neuron,
+                    "concept": concept,
+                    "auroc": score,
+                    "vis": vis[j].path.relative_to(out).as_posix(),
+                    "vis_meta": vis[j].meta,
+                    "examples": exs,
+                    "words": words[j],
+                    "seen_as": seen_as[j],
+                }
+            )
     build_atlas(out / "results", out / "atlas")
     page = out / "index.html"
-    _atomic(page, lambda tmp: Path(tmp).write_text(_html(model, cards), encoding="utf-8"))
+    write_text(page, _html(model, cards))
     return page
 
 
@@ -130,10 +154,13 @@ def _html(model, cards: list[dict]) -> str:
         truth_prompt = _prompt_of(c["concept"])
         hit = c["seen_as"][0] == truth_prompt
         meta = c["vis_meta"]
-        words = "".join(f"<tr><td>{esc(w)}</td><td>{s:.3f}</td></tr>"
-                        for w, s in zip(c["words"]["words"], c["words"]["scores"], strict=True))
-        examples = "".join(f"<img src='{esc(p)}' title='{esc(cap)} (activation {s:.2f})' alt='example'>"
-                           for p, s, cap in c["examples"])
+        words = "".join(
+            f"<tr><td>{esc(w)}</td><td>{s:.3f}</td></tr>"
+            for w, s in zip(c["words"]["words"], c["words"]["scores"], strict=True)
+        )
+        examples = "".join(
+            f"<img src='{esc(p)}' title='{esc(cap)} (activation {s:.2f})' alt='example'>" for p, s, cap in c["examples"]
+        )
         parts.append(
             f"<div class='card'><div><h3>{esc(c['hook'])} #{c['neuron']}</h3>"
             f"<img class='px' src='{esc(c['vis'])}' alt='visualization'>"
@@ -148,7 +175,7 @@ def _html(model, cards: list[dict]) -> str:
 
 
 def _prompt_of(concept: str) -> str:
-    from . import world
+    from clipviz.world import scene as world
 
     family, value = concept.split(":", 1)
     return world.prompt(family, value)

@@ -1,7 +1,7 @@
 """The Gradio app of clipviz's Hugging Face Space: pick a model, a hook and neurons (or type a phrase) and get the
 visualization, the words and the top examples; or browse a precomputed atlas without computing anything.
 
->>> from clipviz.space import Limits, SpaceBackend
+>>> from clipviz.apps.space import Limits, SpaceBackend
 >>> backend = SpaceBackend(models=("world-clip",), limits=Limits(max_steps=8))
 >>> images, words, examples = backend.neurons("world-clip", "blocks.2.mlp.hook_post", "3", steps=4, size=64)
 >>> images[0].size, words[0]["neuron"]
@@ -16,16 +16,15 @@ rendering runs under ``spaces.GPU``; elsewhere it runs on the GPU if there is on
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from .artifacts import overlay
-from .errors import ClipvizError
+from clipviz.errors import ClipvizError
+from clipviz.images import overlay, pil_to_tensor
+from clipviz.results import read_atlas
 
 
 @dataclass(frozen=True)
@@ -56,21 +55,26 @@ def _gpu(fn):
 class SpaceBackend:
     """The computations behind the app, with every input checked; models are loaded once, on first use."""
 
-    def __init__(self, models: tuple[str, ...] = ("world-clip",), limits: Limits | None = None,
-                 atlas: str | Path | None = None, recipe: str = "default"):
+    def __init__(
+        self,
+        models: tuple[str, ...] = ("world-clip",),
+        limits: Limits | None = None,
+        atlas: str | Path | None = None,
+        recipe: str = "default",
+    ):
         if not models:
             raise ClipvizError("the Space needs at least one model")
         self.models, self.limits, self.recipe = tuple(models), limits or Limits(), recipe
         self._loaded: dict[str, object] = {}
         self.atlas_dir = Path(atlas) if atlas is not None else None
-        self.atlas = json.loads((self.atlas_dir / "atlas.json").read_text()) if self.atlas_dir else None
+        self.atlas = read_atlas(self.atlas_dir) if self.atlas_dir else None
 
     # ------------------------------------------------------------------------------------------------ checks
     def model(self, name: str):
         if name not in self.models:
             raise ClipvizError(f"unknown model '{name}'; this Space offers: {', '.join(self.models)}")
         if name not in self._loaded:
-            from .loading import load
+            from clipviz.model.loading import load
 
             self._loaded[name] = load(name, device="cuda" if torch.cuda.is_available() else "cpu")
         return self._loaded[name]
@@ -89,7 +93,7 @@ class SpaceBackend:
         return steps, size
 
     def _neurons(self, model, hook: str, text: str) -> list[int]:
-        from .cli import parse_indices
+        from clipviz.apps.options import parse_indices
 
         if hook not in self.hooks(model.spec):
             raise ClipvizError(f"unknown hook '{hook}'; choose one of the MLP hooks of {model.spec}")
@@ -103,17 +107,19 @@ class SpaceBackend:
         width = model.blocks[model.hook_point(hook).block].d_mlp
         bad = [n for n in neurons if n >= width]
         if bad:
-            raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
-                               f"(0..{width - 1})")
+            raise ClipvizError(
+                f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons (0..{width - 1})"
+            )
         return neurons
 
     # ---------------------------------------------------------------------------------------------- requests
     def neurons(self, model_name: str, hook: str, neurons: str, steps: int, size: int):
         """Visualizations (one per neuron), words (direct lens and the model's reading of the image) and top
         examples (held-out world images with heat maps) for up to ``max_neurons`` neurons of an MLP hook."""
-        from .concepts import direct_lens, load_vocabulary, visual_words
-        from .examples import mine_examples, open_source
-        from .visualize import visualize
+        from clipviz.analysis.concepts import direct_lens, load_vocabulary, visual_words
+        from clipviz.analysis.examples import mine_examples
+        from clipviz.data.sources import open_source
+        from clipviz.visualization.visualize import visualize
 
         steps, size = self._check(steps, size)
         model = self.model(model_name)
@@ -125,23 +131,33 @@ class SpaceBackend:
             vocab = load_vocabulary("world")
             lens = direct_lens(model, hook, chosen, vocab, top_k=5)
             seen = visual_words(model, _batch(images)[:, None], vocab, top_k=5)
-            words = [{"neuron": n, "direct lens": list(zip(a["words"], a["scores"], strict=True)),
-                      "the model reads the image as": list(zip(b["words"], b["scores"], strict=True))}
-                     for n, a, b in zip(chosen, lens, seen, strict=True)]
+            words = [
+                {
+                    "neuron": n,
+                    "direct lens": list(zip(a["words"], a["scores"], strict=True)),
+                    "the model reads the image as": list(zip(b["words"], b["scores"], strict=True)),
+                }
+                for n, a, b in zip(chosen, lens, seen, strict=True)
+            ]
         source = open_source(f"world:{self.limits.example_images}")
         ex = mine_examples(model, hook, source, neurons=chosen, top_k=self.limits.top_k, progress=False)
         wanted = set(ex.indices.flatten().tolist())
         pictures = {i: img for i, img, _ in source if i in wanted}
-        examples = [(overlay(pictures[int(ex.indices[j, r])], ex.maps[j, r]),
-                     f"neuron {n}: {ex.captions.get(int(ex.indices[j, r]), '')} ({float(ex.scores[j, r]):.2f})")
-                    for j, n in enumerate(chosen) for r in range(ex.indices.shape[1])]
+        examples = [
+            (
+                overlay(pictures[int(ex.indices[j, r])], ex.maps[j, r]),
+                f"neuron {n}: {ex.captions.get(int(ex.indices[j, r]), '')} ({float(ex.scores[j, r]):.2f})",
+            )
+            for j, n in enumerate(chosen)
+            for r in range(ex.indices.shape[1])
+        ]
         return images, words, examples
 
     def phrase(self, model_name: str, text: str, steps: int, size: int):
         """The image that the model finds most like ``text`` (a visualization of the phrase's text embedding), and
         the held-out world images closest to the phrase."""
-        from .examples import open_source
-        from .visualize import visualize
+        from clipviz.data.sources import open_source
+        from clipviz.visualization.visualize import visualize
 
         steps, size = self._check(steps, size)
         text = " ".join(str(text).split())
@@ -159,13 +175,19 @@ class SpaceBackend:
             pictures.append(img)
             captions.append(cap)
         with torch.no_grad():
-            image_emb = torch.cat([model.encode_image(_batch(pictures[i:i + 256]).to(model.device)).float()
-                                   for i in range(0, len(pictures), 256)])
+            image_emb = torch.cat(
+                [
+                    model.encode_image(_batch(pictures[i : i + 256]).to(model.device)).float()
+                    for i in range(0, len(pictures), 256)
+                ]
+            )
             text_emb = model.encode_text([text]).float()
         sims = torch.nn.functional.normalize(image_emb, dim=-1) @ torch.nn.functional.normalize(text_emb, dim=-1).T
         top = sims[:, 0].topk(self.limits.top_k)
-        examples = [(pictures[int(i)], f"{captions[int(i)]} ({float(s):.2f})")
-                    for s, i in zip(top.values, top.indices, strict=True)]
+        examples = [
+            (pictures[int(i)], f"{captions[int(i)]} ({float(s):.2f})")
+            for s, i in zip(top.values, top.indices, strict=True)
+        ]
         return vis[0].image, examples
 
     def atlas_hooks(self) -> list[str]:
@@ -180,19 +202,23 @@ class SpaceBackend:
         entries = {e["neuron"]: e for e in self.atlas["hooks"][hook]["neurons"]}
         if int(neuron) not in entries:
             shown = sorted(entries)
-            raise ClipvizError(f"neuron {neuron} of '{hook}' is not in the atlas; it has {len(shown)} neurons "
-                               f"({shown[0]}..{shown[-1]})")
+            raise ClipvizError(
+                f"neuron {neuron} of '{hook}' is not in the atlas; it has {len(shown)} neurons "
+                f"({shown[0]}..{shown[-1]})"
+            )
         e = entries[int(neuron)]
         # Paths come from the atlas file, never from the request.
         images = [Image.open(self.atlas_dir / p).convert("RGB") for p in e["visualizations"]]
-        examples = [(Image.open(self.atlas_dir / x["thumb"]).convert("RGB"), x["caption"] or f"image {x['index']}")
-                    for x in e["examples"] if x["thumb"]]
+        examples = [
+            (Image.open(self.atlas_dir / x["thumb"]).convert("RGB"), x["caption"] or f"image {x['index']}")
+            for x in e["examples"]
+            if x["thumb"]
+        ]
         return images, e["words"], examples
 
 
 def _batch(images: list[Image.Image]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-                        for img in images])
+    return torch.stack([pil_to_tensor(img) for img in images])
 
 
 def _words_markdown(words: list[dict]) -> str:
@@ -205,8 +231,7 @@ def _words_markdown(words: list[dict]) -> str:
     return "\n".join(lines) or "This model has no text tower, so it has no words."
 
 
-def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | None = None,
-              limits: Limits | None = None):
+def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | None = None, limits: Limits | None = None):
     """The Gradio app (``gr.Blocks``, queue configured from ``limits``)."""
     import gradio as gr
 
@@ -219,6 +244,7 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
                 return fn(*args)
             except ClipvizError as error:
                 raise gr.Error(str(error)) from None
+
         return run
 
     def do_neurons(model_name, hook, neurons, steps, size):
@@ -232,10 +258,12 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
 
     first = models[0]
     with gr.Blocks(title="clipviz") as app:
-        gr.Markdown("# clipviz\nWhat do the neurons of a vision transformer respond to? Pick a hook and neurons, "
-                    "or type a phrase. The default model is clipviz's small CLIP trained on a synthetic world of "
-                    f"coloured shapes. Limits: {lim.max_steps} steps, {lim.max_size} px, {lim.max_neurons} neurons "
-                    "per request.")
+        gr.Markdown(
+            "# clipviz\nWhat do the neurons of a vision transformer respond to? Pick a hook and neurons, "
+            "or type a phrase. The default model is clipviz's small CLIP trained on a synthetic world of "
+            f"coloured shapes. Limits: {lim.max_steps} steps, {lim.max_size} px, {lim.max_neurons} neurons "
+            "per request."
+        )
         with gr.Tab("Neurons"):
             with gr.Row():
                 model_in = gr.Dropdown(list(models), value=first, label="model")
@@ -243,29 +271,48 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
                 neurons_in = gr.Textbox("0", label=f"neurons (up to {lim.max_neurons}, e.g. 0,5,9)")
             with gr.Row():
                 steps_in = gr.Slider(1, lim.max_steps, value=min(128, lim.max_steps), step=1, label="steps")
-                size_in = gr.Slider(lim.min_size, lim.max_size, value=max(lim.min_size, min(128, lim.max_size)),
-                                    step=1, label="image size")
+                size_in = gr.Slider(
+                    lim.min_size,
+                    lim.max_size,
+                    value=max(lim.min_size, min(128, lim.max_size)),
+                    step=1,
+                    label="image size",
+                )
             go = gr.Button("Visualize", variant="primary")
             vis_out = gr.Gallery(label="visualizations", columns=4)
             words_out = gr.Markdown()
             ex_out = gr.Gallery(label="top examples (red: where the neuron fires)", columns=6)
-            model_in.change(lambda m: gr.Dropdown(choices=backend.hooks(m), value=backend.hooks(m)[-1]),
-                            model_in, hook_in)
-            go.click(guarded(do_neurons), [model_in, hook_in, neurons_in, steps_in, size_in],
-                     [vis_out, words_out, ex_out], api_name="visualize")
+            model_in.change(
+                lambda m: gr.Dropdown(choices=backend.hooks(m), value=backend.hooks(m)[-1]), model_in, hook_in
+            )
+            go.click(
+                guarded(do_neurons),
+                [model_in, hook_in, neurons_in, steps_in, size_in],
+                [vis_out, words_out, ex_out],
+                api_name="visualize",
+            )
         with gr.Tab("Phrase"):
             with gr.Row():
                 pmodel_in = gr.Dropdown(list(models), value=first, label="model")
                 phrase_in = gr.Textbox("a red star", label="phrase", max_length=lim.max_phrase_chars)
             with gr.Row():
                 psteps_in = gr.Slider(1, lim.max_steps, value=min(128, lim.max_steps), step=1, label="steps")
-                psize_in = gr.Slider(lim.min_size, lim.max_size, value=max(lim.min_size, min(128, lim.max_size)),
-                                     step=1, label="image size")
+                psize_in = gr.Slider(
+                    lim.min_size,
+                    lim.max_size,
+                    value=max(lim.min_size, min(128, lim.max_size)),
+                    step=1,
+                    label="image size",
+                )
             pgo = gr.Button("Visualize the phrase", variant="primary")
             pvis_out = gr.Image(label="visualization", type="pil")
             pex_out = gr.Gallery(label="closest world images", columns=6)
-            pgo.click(guarded(backend.phrase), [pmodel_in, phrase_in, psteps_in, psize_in], [pvis_out, pex_out],
-                      api_name="phrase")
+            pgo.click(
+                guarded(backend.phrase),
+                [pmodel_in, phrase_in, psteps_in, psize_in],
+                [pvis_out, pex_out],
+                api_name="phrase",
+            )
         if backend.atlas is not None:
             with gr.Tab("Atlas"):
                 hooks = backend.atlas_hooks()
@@ -276,7 +323,6 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
                 avis_out = gr.Gallery(label="visualizations", columns=4)
                 awords_out = gr.Markdown()
                 aex_out = gr.Gallery(label="top examples", columns=6)
-                ago.click(guarded(do_atlas), [ahook_in, aneuron_in], [avis_out, awords_out, aex_out],
-                          api_name="atlas")
+                ago.click(guarded(do_atlas), [ahook_in, aneuron_in], [avis_out, awords_out, aex_out], api_name="atlas")
     app.queue(default_concurrency_limit=lim.concurrency, max_size=lim.max_queue)
     return app

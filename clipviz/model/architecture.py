@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from clipviz.errors import UnsupportedModelError
 
 # Aliases per part, relative to the block, in order of preference.
 _LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1")
@@ -67,6 +68,23 @@ class BlockParts:
             if sub is module:
                 return f"{self.path}.{name}" if name else self.path
         raise KeyError(part)
+
+
+_LAYER_SCALES = ("ls_2", "ls2", "layer_scale2")  # the MLP branch's layer scale, where a block has one
+
+
+def mlp_output_directions(parts: BlockParts) -> torch.Tensor:
+    """Each MLP neuron's write into the residual stream, ``(d_mlp, d_model)``: the columns of the MLP's output
+    weight, times the block's layer scale where it has one (timm ``ls2.gamma``, HF ``layer_scale2.lambda1``)."""
+    directions = parts.fc2.weight.detach().float().T
+    for attr in _LAYER_SCALES:
+        scale = getattr(parts.block, attr, None)
+        gamma = getattr(scale, "gamma", None) if scale is not None else None
+        if gamma is None and scale is not None:
+            gamma = getattr(scale, "lambda1", None)
+        if isinstance(gamma, torch.Tensor):
+            directions = directions * gamma.detach().float()
+    return directions
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module | None:
@@ -127,8 +145,21 @@ def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> Bloc
         "relative_position" in name for name, _ in attn.named_parameters()
     )
     return BlockParts(
-        index=index, path=path, block=block, ln1=ln1, attn=attn, ln2=ln2, fc1=fc1, act=act, fc2=fc2,
-        q=q, k=k, qkv=qkv, out_proj=out_proj, n_heads=_heads(attn, fc1.in_features), stage=stage,
+        index=index,
+        path=path,
+        block=block,
+        ln1=ln1,
+        attn=attn,
+        ln2=ln2,
+        fc1=fc1,
+        act=act,
+        fc2=fc2,
+        q=q,
+        k=k,
+        qkv=qkv,
+        out_proj=out_proj,
+        n_heads=_heads(attn, fc1.in_features),
+        stage=stage,
         relative_position=relative,
     )
 
@@ -155,9 +186,7 @@ def find_blocks(root: nn.Module, prefix: str = "") -> list[BlockParts]:
         seen.update(id(m) for m in container.modules())
         stage += 1
         for parts in found:
-            blocks.append(
-                BlockParts(**{**parts.__dict__, "index": len(blocks), "stage": stage})
-            )
+            blocks.append(BlockParts(**{**parts.__dict__, "index": len(blocks), "stage": stage}))
     if not blocks:
         raise UnsupportedModelError(
             f"unsupported architecture {type(root).__name__}: no pre-norm transformer blocks found "

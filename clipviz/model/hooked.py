@@ -8,42 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architecture import BlockParts, find_blocks
-from .backends.base import Backend
-from .errors import ClipvizError
-from .hooks import HookFn, HookPoint, HookRegistry, StopForward, installed
+from clipviz.errors import ClipvizError
+from clipviz.model.architecture import BlockParts, find_blocks
+from clipviz.model.backends.base import Backend
+from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, installed
+from clipviz.model.layout import TokenLayout
 
 
 class ActivationCache(dict):
     """Activations by hook name; ``stopped_early`` tells whether the forward pass was cut short."""
 
     stopped_early: bool = False
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Where the patch tokens sit in a block's sequence."""
-
-    prefix: tuple[str, ...]  # kinds of the tokens before the patches
-    grid: tuple[int, int]  # patch grid (rows, columns)
-
-    @property
-    def n_prefix(self) -> int:
-        return len(self.prefix)
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_prefix + self.grid[0] * self.grid[1]
-
-    @property
-    def patches(self) -> slice:
-        return slice(self.n_prefix, None)
 
 
 class HookedVisionModel(nn.Module):
@@ -118,6 +98,38 @@ class HookedVisionModel(nn.Module):
             return TokenLayout(prefix=(), grid=(h >> stage, w >> stage))
         return TokenLayout(prefix=self.prefix_tokens, grid=(h, w))
 
+    def hook_layout(self, name: str) -> TokenLayout:
+        """Token layout of the activation at hook ``name`` (native module paths outside the blocks: the last
+        block's)."""
+        point = self.registry.resolve(name)
+        return self.layout(point.block if point.block is not None else self.n_blocks - 1)
+
+    def hook_width(self, name: str) -> int:
+        """Size of the last axis of the activation at hook ``name`` (its neurons): read from the weights where
+        they say it, else measured with one forward pass."""
+        point = self.registry.resolve(name)
+        if point.block is not None:
+            parts = self.blocks[point.block]
+            point_name = point.name.split(".", 2)[2]
+            if point_name in ("mlp.hook_pre", "mlp.hook_post"):
+                return parts.d_mlp
+            if point_name in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"):
+                return parts.d_model
+        with torch.no_grad():
+            _, cache = self.run_with_cache(torch.zeros(1, 3, *self.image_size), [point.name])
+        return int(cache[point.name].shape[-1])
+
+    def check_neurons(self, name: str, neurons: Sequence[int]) -> list[int]:
+        """``neurons`` as a list if every index exists at hook ``name``, else a one-line error with the range."""
+        width = self.hook_width(name)
+        neurons = [int(n) for n in neurons]
+        bad = next((n for n in neurons if not 0 <= n < width), None)
+        if bad is not None:
+            raise ClipvizError(
+                f"neuron index {bad} out of range for hook '{name}': it has {width} neurons (0..{width - 1})"
+            )
+        return neurons
+
     def hook_names(self, block: int | None = None) -> list[str]:
         """Every hook name (of one block, if given) in the order they fire."""
         if block is not None and not 0 <= block < self.n_blocks:
@@ -132,13 +144,24 @@ class HookedVisionModel(nn.Module):
         b = self.backend
         layout = self.layout(0)
         return {
-            "spec": b.spec, "backend": b.kind, "architecture": b.architecture, "n_blocks": self.n_blocks,
-            "d_model": self.d_model, "d_mlp": self.d_mlp, "n_heads": self.n_heads,
+            "spec": b.spec,
+            "backend": b.kind,
+            "architecture": b.architecture,
+            "n_blocks": self.n_blocks,
+            "d_model": self.d_model,
+            "d_mlp": self.d_mlp,
+            "n_heads": self.n_heads,
             "stages": sorted({blk.stage for blk in self.blocks}) if b.hierarchical else None,
-            "prefix_tokens": list(self.prefix_tokens), "patch_grid": list(layout.grid),
-            "patch_size": list(b.patch_size), "image_size": list(b.image_size), "mean": list(b.mean),
-            "std": list(b.std), "preprocessing": b.preprocessing_source, "output": b.output_kind,
-            "clip_like": self.is_clip, "direct_projection": b.projection is not None,
+            "prefix_tokens": list(self.prefix_tokens),
+            "patch_grid": list(layout.grid),
+            "patch_size": list(b.patch_size),
+            "image_size": list(b.image_size),
+            "mean": list(b.mean),
+            "std": list(b.std),
+            "preprocessing": b.preprocessing_source,
+            "output": b.output_kind,
+            "clip_like": self.is_clip,
+            "direct_projection": b.projection is not None,
             "parameters": sum(p.numel() for p in self.native.parameters()),
         }
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architecture import BlockParts
-from .errors import HookNameError
+from clipviz.errors import HookNameError
+from clipviz.model.architecture import BlockParts
 
 #: Hook points of every block, in the order they fire in a forward pass.
 BLOCK_POINTS = (
@@ -189,8 +189,11 @@ class HookRegistry:
 
     def _block_point(self, parts: BlockParts, point: str, name: str) -> HookPoint:
         if not self._available(parts, point):
-            why = "its attention uses a relative position bias" if point == "attn.hook_pattern" else (
-                "its attention output projection is not called as a module")
+            why = (
+                "its attention uses a relative position bias"
+                if point == "attn.hook_pattern"
+                else ("its attention output projection is not called as a module")
+            )
             raise HookNameError(f"hook '{name}' is not available in this model: {why}")
         read, write = _transpose_if(self.seq_first)
         common = {"name": name, "block": parts.index, "read": read, "write": write}
@@ -213,14 +216,25 @@ class HookRegistry:
         if point == "attn.hook_z":
             read, write = _split_heads(parts.n_heads, self.seq_first)
             return HookPoint(
-                name=name, block=parts.index, module=parts.out_proj, native=parts.native("out_proj"),
-                on_input=True, read=read, write=write,
+                name=name,
+                block=parts.index,
+                module=parts.out_proj,
+                native=parts.native("out_proj"),
+                on_input=True,
+                read=read,
+                write=write,
             )
         # attn.hook_pattern: recomputed from the attention module's input.
         to_bnd = (lambda x: x.transpose(0, 1)) if self.seq_first else (lambda x: x)
         return HookPoint(
-            name=name, block=parts.index, module=parts.attn, native=parts.native("attn"), on_input=True,
-            read=lambda x: attention_pattern(parts, to_bnd(x)), write=None, editable=False,
+            name=name,
+            block=parts.index,
+            module=parts.attn,
+            native=parts.native("attn"),
+            on_input=True,
+            read=lambda x: attention_pattern(parts, to_bnd(x)),
+            write=None,
+            editable=False,
         )
 
 

@@ -20,20 +20,20 @@ from pathlib import Path
 
 import torch
 
-from .backends.base import Backend
-from .errors import ClipvizError
-from .model import HookedVisionModel
+from clipviz.errors import ClipvizError
+from clipviz.model.backends.base import Backend
+from clipviz.model.hooked import HookedVisionModel
+from clipviz.plugins import registry
 
-_PACKAGE_MODELS = Path(__file__).parent / "models"
-ACCEPTED = ("hf:<hub id or dir>, open_clip:<name>[/<tag>], open_clip:hf-hub:<id>, timm:<name>, a local directory, "
-            "or a bundled model ({})")
+ACCEPTED = (
+    "hf:<hub id or dir>, open_clip:<name>[/<tag>], open_clip:hf-hub:<id>, timm:<name>, a local directory, "
+    "or a bundled model ({})"
+)
 
 
 def bundled_models() -> dict[str, Path]:
-    """Short names of the models shipped inside the package, and their directories."""
-    if not _PACKAGE_MODELS.is_dir():
-        return {}
-    return {p.name: p for p in sorted(_PACKAGE_MODELS.iterdir()) if (p / "open_clip_config.json").is_file()}
+    """Short names of the models that plug-ins ship (``world-clip``), and their directories."""
+    return dict(registry().models)
 
 
 def _accepted() -> str:
@@ -41,9 +41,9 @@ def _accepted() -> str:
 
 
 def _by_directory(path: Path, spec: str) -> tuple[str, str]:
-    from .backends.hf import is_hf_dir
-    from .backends.openclip import is_open_clip_dir
-    from .backends.timm import is_timm_dir
+    from clipviz.model.backends.hf import is_hf_dir
+    from clipviz.model.backends.openclip import is_open_clip_dir
+    from clipviz.model.backends.timm import is_timm_dir
 
     if is_open_clip_dir(path):
         return "open_clip", f"local-dir:{path}"
@@ -125,15 +125,15 @@ def load(
     backend_kind, ref = resolve_spec(spec)
     backend: Backend
     if backend_kind == "hf":
-        from .backends.hf import load_hf
+        from clipviz.model.backends.hf import load_hf
 
         backend = load_hf(ref, spec, trust_remote_code=trust_remote_code, revision=revision, dtype=dtype)
     elif backend_kind == "open_clip":
-        from .backends.openclip import load_open_clip
+        from clipviz.model.backends.openclip import load_open_clip
 
         backend = load_open_clip(ref, spec, dtype=dtype)
     else:
-        from .backends.timm import load_timm
+        from clipviz.model.backends.timm import load_timm
 
         backend = load_timm(ref, spec, pretrained=pretrained, dtype=dtype)
     model = HookedVisionModel(backend)
@@ -141,6 +141,8 @@ def load(
         try:
             model = model.to(device)
         except (RuntimeError, AssertionError) as error:
-            raise ClipvizError(f"device '{device}' is not available here ({str(error).splitlines()[0]}); accepted: "
-                               "cpu, or cuda / cuda:N on a machine with a GPU") from error
+            raise ClipvizError(
+                f"device '{device}' is not available here ({str(error).splitlines()[0]}); accepted: "
+                "cpu, or cuda / cuda:N on a machine with a GPU"
+            ) from error
     return model

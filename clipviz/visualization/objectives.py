@@ -21,8 +21,9 @@ from numbers import Real
 import torch
 import torch.nn.functional as F
 
-from .errors import ClipvizError
-from .transforms import l2_penalty, total_variation
+from clipviz.errors import ClipvizError
+from clipviz.model.layout import Reduce, check_reduce, reduce_tokens
+from clipviz.visualization.penalties import l2_penalty, total_variation
 
 
 @dataclass
@@ -125,44 +126,11 @@ def _indices(value, n: int, size: int, what: str, device) -> torch.Tensor:
     t = torch.as_tensor(value, dtype=torch.long)
     t = t.expand(n) if t.ndim == 0 else t
     if t.numel() and (int(t.max()) >= size or int(t.min()) < 0):
-        raise ClipvizError(f"{what} index out of range: {size} accepted (0..{size - 1}), got "
-                           f"{int(t.max()) if int(t.max()) >= size else int(t.min())}")
+        raise ClipvizError(
+            f"{what} index out of range: {size} accepted (0..{size - 1}), got "
+            f"{int(t.max()) if int(t.max()) >= size else int(t.min())}"
+        )
     return t.to(device, non_blocking=True)
-
-
-def reduce_tokens(values: torch.Tensor, reduce, layout) -> torch.Tensor:
-    """Reduce ``(n, copies, N)`` token values to ``(n,)``: over patches, the CLS token, a patch or a region."""
-    prefix = layout.n_prefix
-    if reduce == "patches":
-        v = values[..., prefix:].mean(-1)
-    elif reduce == "all":
-        v = values.mean(-1)
-    elif reduce == "cls":
-        if "cls" not in layout.prefix:
-            raise ClipvizError("reduce='cls' needs a model with a CLS token; this one has none")
-        v = values[..., layout.prefix.index("cls")]
-    elif reduce == "max":
-        v = values[..., prefix:].amax(-1)
-    elif isinstance(reduce, tuple) and reduce[0] == "patch":
-        _, r, c = reduce
-        gh, gw = layout.grid
-        if not (0 <= r < gh and 0 <= c < gw):
-            raise ClipvizError(f"patch ({r}, {c}) is outside the {gh}x{gw} patch grid")
-        v = values[..., prefix + r * gw + c]
-    elif isinstance(reduce, tuple) and reduce[0] == "region":
-        _, r0, r1, c0, c1 = reduce
-        gh, gw = layout.grid
-        grid = values[..., prefix:].reshape(*values.shape[:-1], gh, gw)
-        v = grid[..., r0:r1, c0:c1].flatten(-2).mean(-1)
-    else:
-        raise ClipvizError(f"unknown reduction {reduce!r}; accepted: patches, cls, all, max, ('patch', r, c), "
-                           "('region', r0, r1, c0, c1)")
-    return v.mean(1)  # mean over the ensemble copies
-
-
-def _layout_for(model, hook: str):
-    point = model.hook_point(hook)
-    return model.layout(point.block if point.block is not None else model.n_blocks - 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,7 +143,10 @@ class Neuron(Objective):
 
     hook: str
     index: int | Sequence[int]
-    reduce: object = "patches"
+    reduce: Reduce = "patches"
+
+    def __post_init__(self):
+        object.__setattr__(self, "reduce", check_reduce(self.reduce))
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -184,11 +155,13 @@ class Neuron(Objective):
     def __call__(self, ctx: Context) -> torch.Tensor:
         act = ctx.act(self.hook)  # (n, copies, N, d)
         if act.ndim != 4:
-            raise ClipvizError(f"neuron objectives need (B, N, d) activations; hook '{self.hook}' gives "
-                               f"{tuple(ctx.cache[self.hook].shape)}")
+            raise ClipvizError(
+                f"neuron objectives need (B, N, d) activations; hook '{self.hook}' gives "
+                f"{tuple(ctx.cache[self.hook].shape)}"
+            )
         idx = _indices(self.index, ctx.n, act.shape[-1], f"neuron (hook '{self.hook}')", act.device)
         picked = act.gather(-1, idx.view(-1, 1, 1, 1).expand(*act.shape[:3], 1)).squeeze(-1)
-        return reduce_tokens(picked.float(), self.reduce, _layout_for(ctx.model, self.hook))
+        return reduce_tokens(picked.float(), self.reduce, ctx.model.hook_layout(self.hook)).mean(1)
 
     def __str__(self) -> str:
         index = self.index if isinstance(self.index, int) else list(self.index)
@@ -201,8 +174,11 @@ class Direction(Objective):
 
     hook: str
     vector: torch.Tensor
-    reduce: object = "patches"
+    reduce: Reduce = "patches"
     cosine: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "reduce", check_reduce(self.reduce))
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -215,7 +191,7 @@ class Direction(Objective):
         if self.cosine:
             act, vec = F.normalize(act, dim=-1), F.normalize(vec, dim=-1)
         values = torch.einsum("ncth,nh->nct", act, vec)
-        return reduce_tokens(values, self.reduce, _layout_for(ctx.model, self.hook))
+        return reduce_tokens(values, self.reduce, ctx.model.hook_layout(self.hook)).mean(1)
 
     def __str__(self) -> str:
         return f"direction({self.hook}, d={self.vector.shape[-1]}, {self.reduce})"

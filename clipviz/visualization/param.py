@@ -43,8 +43,6 @@ def _decorrelated_to_rgb(x: torch.Tensor) -> torch.Tensor:
 class ImageParam(nn.Module):
     """Base class: ``forward()`` returns ``(n, 3, H, W)`` images in ``[0, 1]``."""
 
-    kind = "base"
-
     def __init__(self, seeds: Sequence[int], size: tuple[int, int]):
         super().__init__()
         self.seeds = [int(s) for s in seeds]
@@ -60,8 +58,6 @@ class ImageParam(nn.Module):
 
 
 class PixelImage(ImageParam):
-    kind = "pixel"
-
     def __init__(self, seeds: Sequence[int], size: tuple[int, int]):
         super().__init__(seeds, size)
         h, w = self.size
@@ -78,8 +74,6 @@ class PixelImage(ImageParam):
 
 class FourierImage(ImageParam):
     """Lucid's parameterisation: spectrum scaled by ``1/f**decay``, decorrelated colour, sigmoid."""
-
-    kind = "fourier"
 
     def __init__(self, seeds: Sequence[int], size: tuple[int, int], std: float = 0.01, decay: float = 1.0):
         super().__init__(seeds, size)
@@ -105,18 +99,22 @@ class MacoImage(ImageParam):
     ``magnitude`` (3, H, W//2+1) defaults to ``1/f``; pass a photo's own magnitude to reconstruct that photo.
     """
 
-    kind = "maco"
-
-    def __init__(self, seeds: Sequence[int], size: tuple[int, int], magnitude: torch.Tensor | None = None,
-                 decorrelate: bool = True):
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        size: tuple[int, int],
+        magnitude: torch.Tensor | None = None,
+        decorrelate: bool = True,
+    ):
         super().__init__(seeds, size)
         h, w = self.size
         if magnitude is None:
             magnitude = (1.0 / torch.clamp(_frequencies(h, w), min=1.0 / max(h, w))).expand(3, -1, -1).clone()
         self.register_buffer("magnitude", magnitude.float(), persistent=False)
         self.decorrelate = decorrelate
-        init = torch.stack([(torch.rand(3, h, w // 2 + 1, generator=g) * 2 - 1) * torch.pi
-                            for g in _generators(self.seeds)])
+        init = torch.stack(
+            [(torch.rand(3, h, w // 2 + 1, generator=g) * 2 - 1) * torch.pi for g in _generators(self.seeds)]
+        )
         self.phase = nn.Parameter(init)
         self.colour = nn.Parameter(torch.zeros(self.n, 3, 1, 1))
 
@@ -133,7 +131,7 @@ PARAMETERISATIONS = {"pixel": PixelImage, "fourier": FourierImage, "maco": MacoI
 
 
 def make_param(kind: str, seeds: Sequence[int], size: tuple[int, int]) -> ImageParam:
-    from .errors import ClipvizError
+    from clipviz.errors import ClipvizError
 
     if kind not in PARAMETERISATIONS:
         raise ClipvizError(f"unknown parameterisation '{kind}'; accepted: {', '.join(PARAMETERISATIONS)}")

@@ -25,24 +25,30 @@ Any field can be overridden: ``get_recipe("vit-paper", steps=100, copies=4)``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal, get_args
 
-from .errors import ClipvizError
-from .transforms import ColorShift, Flip, Jitter, OffsetNoise, RandomAffine, RandomScale
+from clipviz.errors import ClipvizError
+from clipviz.visualization.transforms import ColorShift, Flip, Jitter, OffsetNoise, RandomAffine, RandomScale
+
+Param = Literal["pixel", "fourier", "maco"]
+Schedule = Literal["cosine", "constant"]
+ColorShiftMode = Literal["vit", "pii"]
+PARAMS, SCHEDULES, COLOR_SHIFTS = get_args(Param), get_args(Schedule), get_args(ColorShiftMode)
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str = "custom"
-    param: str = "pixel"  # pixel | fourier | maco
+    param: Param = "pixel"
     size: int | None = None  # output size in pixels (None: the model's input size)
     steps: int = 400  # optimisation steps per stage
     lr: float = 0.1
     betas: tuple[float, float] = (0.5, 0.99)
     eps: float = 1e-8
-    schedule: str = "cosine"  # cosine (to 0, restarted per stage) | constant
+    schedule: Schedule = "cosine"  # cosine (to 0, restarted per stage) | constant
     copies: int = 8  # independently augmented copies of each image per step
     jitter_first: bool = False  # PII jitters the image before making copies; the ViT paper after
-    color_shift: str | None = "vit"  # vit: (x - mu) / sigma | pii: sigma * x + mu | None
+    color_shift: ColorShiftMode | None = "vit"  # vit: (x - mu) / sigma | pii: sigma * x + mu | None: off
     offset_noise: float = 0.5  # start of the annealed per-channel offset noise (0: off)
     jitter: int = 32  # max circular shift in pixels (0: off)
     flip: bool = False
@@ -53,6 +59,16 @@ class Recipe:
     stages: tuple[float, ...] = (1.0,)  # image size of each stage as a fraction of ``size``
     zoom_pad: float = 0.125  # PII: the previous stage's image is pasted at (size - pad * size) in the centre
     grad_clip: float | None = None
+
+    def __post_init__(self):
+        for name, value, accepted in (
+            ("param", self.param, PARAMS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("color_shift", self.color_shift, (*COLOR_SHIFTS, None)),
+        ):
+            if value not in accepted:
+                shown = ", ".join(str(a) for a in accepted)
+                raise ClipvizError(f"unknown recipe {name} {value!r}; accepted: {shown}")
 
     def transforms(self) -> list:
         """The per-step augmentation pipeline, applied to (n, copies, 3, H, W)."""
@@ -83,19 +99,72 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "vit-paper": Recipe(name="vit-paper"),
     "vit-paper-clip": Recipe(name="vit-paper-clip", lr=1.0, tv=0.0005 * 30),
-    "pii": Recipe(name="pii", lr=0.01, copies=8, jitter_first=True, color_shift="pii", offset_noise=0.0, tv=0.0,
-                  stages=tuple((k + 2) / 8 for k in range(7))),
-    "clip-inversion": Recipe(name="clip-inversion", lr=0.1, copies=13, color_shift=None, offset_noise=0.0, jitter=0,
-                             affine=(30.0, 0.1, 0.7, 1.2), tv=0.005, grad_clip=1.0, steps=300,
-                             stages=(64 / 224, 128 / 224, 1.0)),
-    "lucid": Recipe(name="lucid", param="fourier", lr=0.05, betas=(0.9, 0.999), schedule="constant", copies=1,
-                    color_shift=None, offset_noise=0.0, jitter=8, scale=(0.9, 1.1), affine=(10.0, 0.0, 1.0, 1.0),
-                    tv=0.0, steps=512),
-    "default": Recipe(name="default", param="fourier", lr=0.05, betas=(0.9, 0.999), schedule="constant", copies=1,
-                      color_shift=None, offset_noise=0.0, jitter=8, scale=(0.9, 1.1), affine=(10.0, 0.0, 1.0, 1.0),
-                      tv=0.0, steps=256),
-    "maco": Recipe(name="maco", param="maco", lr=0.05, betas=(0.9, 0.999), steps=256, copies=8, color_shift="vit",
-                   offset_noise=0.5, jitter=16, scale=(0.9, 1.1), tv=0.0),
+    "pii": Recipe(
+        name="pii",
+        lr=0.01,
+        copies=8,
+        jitter_first=True,
+        color_shift="pii",
+        offset_noise=0.0,
+        tv=0.0,
+        stages=tuple((k + 2) / 8 for k in range(7)),
+    ),
+    "clip-inversion": Recipe(
+        name="clip-inversion",
+        lr=0.1,
+        copies=13,
+        color_shift=None,
+        offset_noise=0.0,
+        jitter=0,
+        affine=(30.0, 0.1, 0.7, 1.2),
+        tv=0.005,
+        grad_clip=1.0,
+        steps=300,
+        stages=(64 / 224, 128 / 224, 1.0),
+    ),
+    "lucid": Recipe(
+        name="lucid",
+        param="fourier",
+        lr=0.05,
+        betas=(0.9, 0.999),
+        schedule="constant",
+        copies=1,
+        color_shift=None,
+        offset_noise=0.0,
+        jitter=8,
+        scale=(0.9, 1.1),
+        affine=(10.0, 0.0, 1.0, 1.0),
+        tv=0.0,
+        steps=512,
+    ),
+    "default": Recipe(
+        name="default",
+        param="fourier",
+        lr=0.05,
+        betas=(0.9, 0.999),
+        schedule="constant",
+        copies=1,
+        color_shift=None,
+        offset_noise=0.0,
+        jitter=8,
+        scale=(0.9, 1.1),
+        affine=(10.0, 0.0, 1.0, 1.0),
+        tv=0.0,
+        steps=256,
+    ),
+    "maco": Recipe(
+        name="maco",
+        param="maco",
+        lr=0.05,
+        betas=(0.9, 0.999),
+        steps=256,
+        copies=8,
+        color_shift="vit",
+        offset_noise=0.5,
+        jitter=16,
+        scale=(0.9, 1.1),
+        tv=0.0,
+    ),
 }
 
 

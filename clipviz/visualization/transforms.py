@@ -71,8 +71,12 @@ class Jitter:
 
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
         shifts = _per_image(rngs, lambda g: torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=g))
-        return torch.stack([torch.roll(img, shifts=(int(dy), int(dx)), dims=(-2, -1))
-                            for img, (dy, dx) in zip(x, shifts.tolist(), strict=True)])
+        return torch.stack(
+            [
+                torch.roll(img, shifts=(int(dy), int(dx)), dims=(-2, -1))
+                for img, (dy, dx) in zip(x, shifts.tolist(), strict=True)
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class RandomScale:
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
         n, c = x.shape[:2]
         scale = _per_image(rngs, lambda g: self.low + (self.high - self.low) * torch.rand(c, generator=g))
-        shift = _per_image(rngs, lambda g: (torch.rand(c, 2, generator=g) * 2 - 1))
+        shift = _per_image(rngs, lambda g: torch.rand(c, 2, generator=g) * 2 - 1)
         scale, shift = _like(scale, x), _like(shift, x)
         inv = 1.0 / scale.reshape(-1)
         theta = torch.zeros(n * c, 2, 3, dtype=x.dtype, device=x.device)
@@ -128,20 +132,3 @@ class RandomAffine:
         flat = x.reshape(n * c, *x.shape[2:])
         grid = F.affine_grid(theta.reshape(-1, 2, 3), list(flat.shape), align_corners=False)
         return F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(x.shape)
-
-
-def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """The ViT paper's TV, per image: sum over 4 directions (h, v, two diagonals) of the mean over channels of the
-    unsquared L2 norm of the difference. ``images`` is ``(n, 3, H, W)``; returns ``(n,)``."""
-    diffs = (
-        images[..., 1:, :] - images[..., :-1, :],
-        images[..., :, 1:] - images[..., :, :-1],
-        images[..., 1:, 1:] - images[..., :-1, :-1],
-        images[..., 1:, :-1] - images[..., :-1, 1:],
-    )
-    return sum(d.flatten(-2).norm(dim=-1).mean(dim=-1) for d in diffs)
-
-
-def l2_penalty(images: torch.Tensor, centre: float = 0.5) -> torch.Tensor:
-    """Mean squared distance of each image from mid-grey, ``(n,)``."""
-    return ((images - centre) ** 2).flatten(1).mean(dim=1)

@@ -26,11 +26,20 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .artifacts import grid, settings_id, to_pil, versions, write_json, write_png
-from .errors import ClipvizError
-from .objectives import ClassLogit, Neuron, Objective, TextDirection
-from .recipes import Recipe, get_recipe
-from .render import optimise
+from clipviz.errors import ClipvizError
+from clipviz.images import grid, tensor_to_pil
+from clipviz.results import (
+    GRID_FILE,
+    read_visualization_meta,
+    settings_id,
+    versions,
+    visualization_path,
+    write_png,
+    write_visualization,
+)
+from clipviz.visualization.objectives import ClassLogit, Neuron, Objective, TextDirection
+from clipviz.visualization.optimise import optimise
+from clipviz.visualization.recipes import Recipe, get_recipe
 
 
 @dataclass(frozen=True)
@@ -66,8 +75,9 @@ class Visualization:
     path: Path | None = None
 
 
-def make_targets(neurons: Sequence[int] = (), texts: Sequence[str] = (), classes: Sequence[int] = (),
-                 seed: int = 0, samples: int = 1) -> list[Target]:
+def make_targets(
+    neurons: Sequence[int] = (), texts: Sequence[str] = (), classes: Sequence[int] = (), seed: int = 0, samples: int = 1
+) -> list[Target]:
     """Targets with their seeds: ``seed + index`` for neurons and classes (the ViT paper seeds each run with the
     feature index), ``seed + crc32(prompt)`` for prompts; ``samples`` > 1 renders several images per target."""
     targets = []
@@ -101,8 +111,9 @@ def _check_targets(model, hook: str | None, targets: Sequence[Target]) -> None:
         width = cache[point.name].shape[-1]
         bad = [n for n in neurons if not 0 <= n < width]
         if bad:
-            raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
-                               f"(0..{width - 1})")
+            raise ClipvizError(
+                f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons (0..{width - 1})"
+            )
     if any(t.kind == "text" for t in targets) and not model.is_clip:
         raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
 
@@ -118,17 +129,22 @@ def _precision(precision: str, model) -> str:
     (docs/benchmarks.md)."""
     accepted = {"auto", "fp32", "no", "bf16", "fp16", "bf16-weights", "fp16-weights"}
     if precision not in accepted:
-        raise ClipvizError(f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16, bf16-weights, "
-                           "fp16-weights")
+        raise ClipvizError(
+            f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16, bf16-weights, fp16-weights"
+        )
     weights = _LOW_PRECISION_WEIGHTS.get(model.dtype)
     if weights is not None:
         if precision not in ("auto", weights):
-            raise ClipvizError(f"precision '{precision}' needs fp32 weights, but the model is loaded in {model.dtype}; "
-                               f"use '{weights}' or load it without a dtype")
+            raise ClipvizError(
+                f"precision '{precision}' needs fp32 weights, but the model is loaded in {model.dtype}; "
+                f"use '{weights}' or load it without a dtype"
+            )
         return "no"
     if precision.endswith("-weights"):
-        raise ClipvizError(f"precision '{precision}' needs the model loaded in that dtype "
-                           "(clipviz.load(..., dtype=torch.bfloat16)); this one is in float32")
+        raise ClipvizError(
+            f"precision '{precision}' needs the model loaded in that dtype "
+            "(clipviz.load(..., dtype=torch.bfloat16)); this one is in float32"
+        )
     if precision == "auto":
         return "bf16" if model.device.type == "cuda" else "no"
     return "no" if precision == "fp32" else precision
@@ -145,7 +161,7 @@ def visualize(
     *,
     texts: Sequence[str] = (),
     classes: Sequence[int] = (),
-    recipe: str | Recipe = "vit-paper",
+    recipe: str | Recipe = "default",
     seed: int = 0,
     samples: int = 1,
     reduce: object = "patches",
@@ -172,12 +188,17 @@ def visualize(
     model = model.to(accelerator.device)
     _check_targets(model, hook, targets)
     out = Path(out) if out is not None else None
-    base = {"model": model.spec, "architecture": model.backend.architecture, "hook": hook,
-            "reduce": reduce if isinstance(reduce, str) else list(reduce), "recipe": recipe.to_dict(),
-            "precision": _LOW_PRECISION_WEIGHTS.get(model.dtype, accelerator.mixed_precision)}
+    base = {
+        "model": model.spec,
+        "architecture": model.backend.architecture,
+        "hook": hook,
+        "reduce": reduce if isinstance(reduce, str) else list(reduce),
+        "recipe": recipe.to_dict(),
+        "precision": _LOW_PRECISION_WEIGHTS.get(model.dtype, accelerator.mixed_precision),
+    }
 
     def path_of(t: Target) -> Path:
-        return out / (t.group or hook) / f"{t.key}{'' if samples == 1 else f'-s{t.seed}'}.png"
+        return visualization_path(out, t.group or hook, t.key, None if samples == 1 else t.seed)
 
     def settings(t: Target) -> dict:
         return {**base, "kind": t.kind, "target": t.value, "seed": t.seed}
@@ -185,13 +206,8 @@ def visualize(
     def finished(t: Target) -> Visualization | None:
         if out is None:
             return None
-        meta_path = path_of(t).with_suffix(".json")
-        if not (meta_path.is_file() and path_of(t).is_file()):
-            return None
-        import json
-
-        meta = json.loads(meta_path.read_text())
-        if meta.get("settings_id") != settings_id(settings(t)):
+        meta = read_visualization_meta(path_of(t))
+        if meta is None or meta.get("settings_id") != settings_id(settings(t)):
             return None
         return Visualization(image=Image.open(path_of(t)).convert("RGB"), meta=meta, path=path_of(t))
 
@@ -200,10 +216,14 @@ def visualize(
     accelerator.wait_for_everyone()  # every process must see the same to-do list before any of them writes
     rendered: list[tuple[Target, dict, torch.Tensor]] = []
     with accelerator.split_between_processes(todo) as mine:
-        bar = tqdm(total=len(mine), unit="neuron" if hook else "image", desc="visualize",
-                   disable=not progress or not accelerator.is_local_main_process)
+        bar = tqdm(
+            total=len(mine),
+            unit="neuron" if hook else "image",
+            desc="visualize",
+            disable=not progress or not accelerator.is_local_main_process,
+        )
         size = batch_size
-        queue = [list(mine[i:i + size]) for i in range(0, len(mine), size)]
+        queue = [list(mine[i : i + size]) for i in range(0, len(mine), size)]
         while queue:
             batch = queue.pop(0)
             kinds_split = _split_by_kind(batch)
@@ -212,8 +232,14 @@ def visualize(
                 continue
             try:
                 started = time.time()
-                result = optimise(model, _objective(model, hook, reduce, batch), [t.seed for t in batch], recipe,
-                                  autocast=accelerator.autocast, labels=[t.label for t in batch])
+                result = optimise(
+                    model,
+                    _objective(model, hook, reduce, batch),
+                    [t.seed for t in batch],
+                    recipe,
+                    autocast=accelerator.autocast,
+                    labels=[t.label for t in batch],
+                )
             except RuntimeError as error:
                 if not _is_oom(error) or len(batch) == 1:
                     raise
@@ -225,15 +251,19 @@ def visualize(
                 continue
             seconds = time.time() - started
             for i, t in enumerate(batch):
-                meta = {**settings(t), "settings_id": settings_id(settings(t)), "objective_start":
-                        float(result.start[i]), "objective_end": float(result.end[i]),
-                        "image_size": list(result.images.shape[-2:]), "batch_seconds": round(seconds, 3),
-                        "versions": versions()}
+                meta = {
+                    **settings(t),
+                    "settings_id": settings_id(settings(t)),
+                    "objective_start": float(result.start[i]),
+                    "objective_end": float(result.end[i]),
+                    "image_size": list(result.images.shape[-2:]),
+                    "batch_seconds": round(seconds, 3),
+                    "versions": versions(),
+                }
                 if t.kind == "neuron":
                     meta["neuron"] = t.value
                 if out is not None:
-                    write_png(path_of(t), to_pil(result.images[i]))
-                    write_json(path_of(t).with_suffix(".json"), meta)
+                    write_visualization(path_of(t), tensor_to_pil(result.images[i]), meta)
                 else:
                     rendered.append((t, meta, result.images[i]))
             bar.update(len(batch))
@@ -246,12 +276,12 @@ def visualize(
     else:
         gathered = gather_object(rendered) if accelerator.num_processes > 1 else rendered
         for t, meta, image in gathered:
-            results.setdefault(t, Visualization(image=to_pil(image), meta=meta))
+            results.setdefault(t, Visualization(image=tensor_to_pil(image), meta=meta))
     ordered = [results[t] for t in targets]
     if out is not None and accelerator.is_main_process:
         for group in {t.group or hook for t in targets}:
             members = [v.image for t, v in zip(targets, ordered, strict=True) if (t.group or hook) == group]
-            write_png(out / group / "grid.png", grid(members))
+            write_png(out / group / GRID_FILE, grid(members))
     return ordered
 
 

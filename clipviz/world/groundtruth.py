@@ -5,7 +5,7 @@ value from images without it, over a fixed held-out world sample. A neuron's con
 AUROC reaches ``CLEAR_AUROC``.
 
 >>> import clipviz
->>> from clipviz.groundtruth import zero_shot_accuracy
+>>> from clipviz.world.groundtruth import zero_shot_accuracy
 >>> acc = zero_shot_accuracy(clipviz.load("world-clip"), n=64)
 >>> sorted(acc)[:3]
 ['background', 'colour', 'position']
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import world
+from clipviz.world import scene as world
 
 HELDOUT_SEED = 2_000_000_011  # far from the training stream's seeds (seed * 1_000_003 + step)
 CLEAR_AUROC = 0.95
@@ -40,8 +40,9 @@ def zero_shot_accuracy(model, n: int = 1000, seed: int = HELDOUT_SEED + 1, batch
     """Accuracy per factor family of zero-shot classification with single-factor prompts (``world.prompt``),
     on held-out single-object images (count is left out: it is always one)."""
     images, factors = world_images(n, seed=seed, single_object=True)
-    emb = torch.cat([F.normalize(model.encode_image(images[i:i + batch]).float(), dim=-1)
-                     for i in range(0, n, batch)])
+    emb = torch.cat(
+        [F.normalize(model.encode_image(images[i : i + batch]).float(), dim=-1) for i in range(0, n, batch)]
+    )
     out = {}
     for family, values in world.FACTORS.items():
         if family == "count":
@@ -68,7 +69,8 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if torch.unique(col).numel() < n:
             uniq, inverse = torch.unique(col, return_inverse=True)
             mean_rank = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(
-                0, inverse, torch.arange(1, n + 1, dtype=torch.float64))
+                0, inverse, torch.arange(1, n + 1, dtype=torch.float64)
+            )
             mean_rank /= torch.bincount(inverse).double()
             ranks[order[:, j], j] = mean_rank[inverse]
     pos = labels.double()
@@ -89,7 +91,7 @@ def patch_means(model, hooks: list[str], images: torch.Tensor, batch: int = 250)
     """Patch-mean activation (n, d) of every neuron at each hook (prefix tokens excluded)."""
     chunks: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     for i in range(0, images.shape[0], batch):
-        _, cache = model.run_with_cache(images[i:i + batch], hooks)
+        _, cache = model.run_with_cache(images[i : i + batch], hooks)
         for h in hooks:
             layout = model.layout(model.hook_point(h).block)
             chunks[h].append(cache[h][:, layout.patches].float().mean(1).cpu())
@@ -111,20 +113,28 @@ class Selectivity:
     def clear(self, hook: str, threshold: float = CLEAR_AUROC) -> list[tuple[int, str, str, float]]:
         """(neuron, family, value, auroc) for the neurons whose best AUROC reaches ``threshold``."""
         values, idx = self.best(hook)
-        return [(int(k), *CONCEPTS[int(idx[k])], float(values[k])) for k in range(values.numel())
-                if values[k] >= threshold]
+        return [
+            (int(k), *CONCEPTS[int(idx[k])], float(values[k])) for k in range(values.numel()) if values[k] >= threshold
+        ]
 
     def save(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        from .artifacts import _atomic
+        from clipviz.results import atomic_write, write_text
 
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic(directory / "ground_truth.safetensors",
-                lambda tmp: save_file({h: t.contiguous() for h, t in self.auroc.items()}, tmp))
-        meta = {"n": self.n, "seed": self.seed, "concepts": [f"{f}:{v}" for f, v in CONCEPTS],
-                "clear_auroc": CLEAR_AUROC, "reduction": "mean over patch tokens"}
-        _atomic(directory / "ground_truth.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(
+            directory / "ground_truth.safetensors",
+            lambda tmp: save_file({h: t.contiguous() for h, t in self.auroc.items()}, tmp),
+        )
+        meta = {
+            "n": self.n,
+            "seed": self.seed,
+            "concepts": [f"{f}:{v}" for f, v in CONCEPTS],
+            "clear_auroc": CLEAR_AUROC,
+            "reduction": "mean over patch tokens",
+        }
+        write_text(directory / "ground_truth.json", json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: Path) -> Selectivity:
@@ -145,6 +155,6 @@ def selectivity(model, hooks: list[str] | None = None, n: int = 3000, seed: int 
 
 def bundled_selectivity(name: str = "world-clip") -> Selectivity:
     """The ground-truth table shipped with a bundled model."""
-    from .loading import bundled_models
+    from clipviz.model.loading import bundled_models
 
     return Selectivity.load(bundled_models()[name])

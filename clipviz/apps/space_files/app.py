@@ -9,7 +9,7 @@ that browses it without computing.
 import os
 from pathlib import Path
 
-from clipviz.space import build_app
+from clipviz.apps.space import build_app
 
 atlas = Path(__file__).absolute().parent / "atlas"  # beside app.py as run (spaces/app.py links here)
 models = tuple(m.strip() for m in os.environ.get("CLIPVIZ_SPACE_MODELS", "world-clip").split(",") if m.strip())

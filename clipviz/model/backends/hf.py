@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..architecture import find_blocks
-from ..errors import UnsupportedModelError
-from .base import Backend, ImageProjection, TextTower
-from .base import pair as _pair
-from .hub import fetching
+from clipviz.errors import UnsupportedModelError
+from clipviz.model.architecture import find_blocks
+from clipviz.model.backends.base import Backend, ImageProjection, TextTower
+from clipviz.model.backends.base import pair as _pair
+from clipviz.model.backends.hub import fetching
 
 _DEFAULT_MEAN = (0.5, 0.5, 0.5)
 _DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -129,8 +129,14 @@ def _projection(model: nn.Module, vision: nn.Module) -> ImageProjection | None:
     return None
 
 
-def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: str | None = None,
-            dtype: torch.dtype | None = None) -> Backend:
+def load_hf(
+    ref: str,
+    spec: str,
+    *,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Backend:
     from transformers import AutoConfig
 
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -152,11 +158,23 @@ def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: s
     forward, output_kind = _forward(model)
     hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")
     return Backend(
-        kind="hf", spec=spec, native=model, vision_root=vision, vision_path=vision_path,
-        architecture=type(model).__name__, image_size=image_size, mean=mean, std=std, patch_size=patch,
-        prefix_tokens=_prefix_tokens(vision), forward=forward, output_kind=output_kind,
-        text=_text_tower(model, ref, kwargs), projection=_projection(model, vision),
-        preprocessing_source=source, hierarchical=hierarchical,
+        kind="hf",
+        spec=spec,
+        native=model,
+        vision_root=vision,
+        vision_path=vision_path,
+        architecture=type(model).__name__,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        patch_size=patch,
+        prefix_tokens=_prefix_tokens(vision),
+        forward=forward,
+        output_kind=output_kind,
+        text=_text_tower(model, ref, kwargs),
+        projection=_projection(model, vision),
+        preprocessing_source=source,
+        hierarchical=hierarchical,
     )
 
 

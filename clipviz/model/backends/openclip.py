@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ClipvizError, UnsupportedModelError
-from .base import Backend, ImageProjection, TextTower
-from .base import pair as _pair
-from .hub import fetching
-from .timm import timm_prefix_tokens
+from clipviz.errors import ClipvizError, UnsupportedModelError
+from clipviz.model.backends.base import Backend, ImageProjection, TextTower
+from clipviz.model.backends.base import pair as _pair
+from clipviz.model.backends.hub import fetching
+from clipviz.model.backends.timm import timm_prefix_tokens
 
 
 def _check_name(name: str) -> None:
@@ -53,14 +53,26 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
         encode_tokens=lambda tokens: model.encode_text(tokens.to(next(model.parameters()).device)),
         context_length=getattr(tokenizer, "context_length", None),
     )
-    common = {"kind": "open_clip", "spec": spec, "native": model, "mean": mean, "std": std,
-              "forward": model.encode_image, "output_kind": "image_embedding", "text": text}
+    common = {
+        "kind": "open_clip",
+        "spec": spec,
+        "native": model,
+        "mean": mean,
+        "std": std,
+        "forward": model.encode_image,
+        "output_kind": "image_embedding",
+        "text": text,
+    }
     trunk = getattr(visual, "trunk", None)
     if isinstance(trunk, nn.Module):  # a timm trunk (SigLIP, EVA, ...)
         return Backend(
-            vision_root=trunk, vision_path="visual.trunk", architecture=f"open_clip/{type(trunk).__name__}",
-            image_size=_pair(visual.image_size), patch_size=_pair(trunk.patch_embed.patch_size),
-            prefix_tokens=timm_prefix_tokens(trunk), **common,
+            vision_root=trunk,
+            vision_path="visual.trunk",
+            architecture=f"open_clip/{type(trunk).__name__}",
+            image_size=_pair(visual.image_size),
+            patch_size=_pair(trunk.patch_embed.patch_size),
+            prefix_tokens=timm_prefix_tokens(trunk),
+            **common,
         )
     if not hasattr(visual, "transformer"):
         raise UnsupportedModelError(
@@ -68,16 +80,25 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
             "(open_clip VisionTransformer or a timm ViT trunk)"
         )
     projection = None
-    if getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok" \
-            and isinstance(getattr(visual, "proj", None), torch.Tensor):
+    if (
+        getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and isinstance(getattr(visual, "proj", None), torch.Tensor)
+    ):
         projection = ImageProjection(final_norm=visual.ln_post, matrix=lambda: visual.proj.T, pooled_token=0)
-    has_cls = isinstance(getattr(visual, "class_embedding", None), torch.Tensor) and not getattr(visual, "no_cls",
-                                                                                                   False)
+    has_cls = isinstance(getattr(visual, "class_embedding", None), torch.Tensor) and not getattr(
+        visual, "no_cls", False
+    )
     return Backend(
-        vision_root=visual, vision_path="visual", architecture="open_clip/VisionTransformer",
-        image_size=_pair(visual.image_size), patch_size=_pair(visual.patch_size),
-        prefix_tokens=("cls",) if has_cls else (), projection=projection,
-        seq_first=not getattr(visual.transformer, "batch_first", True), **common,
+        vision_root=visual,
+        vision_path="visual",
+        architecture="open_clip/VisionTransformer",
+        image_size=_pair(visual.image_size),
+        patch_size=_pair(visual.patch_size),
+        prefix_tokens=("cls",) if has_cls else (),
+        projection=projection,
+        seq_first=not getattr(visual.transformer, "batch_first", True),
+        **common,
     )
 
 

@@ -1,0 +1,1 @@
+"""What people run: the command line, the demo, the atlas site, the Gradio Space and publishing."""

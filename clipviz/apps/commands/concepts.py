@@ -1,0 +1,113 @@
+"""``clipviz concepts``: words that name neurons (direct lens, CLIP-Dissect, visual)."""
+
+from __future__ import annotations
+
+import argparse
+
+from clipviz.apps.options import add_model_parser, load_model, parse_indices
+from clipviz.errors import ClipvizError
+
+
+def add_parser(sub) -> None:
+    con = add_model_parser(sub, "concepts", "name neurons of CLIP-like models with words")
+    con.add_argument("--hook", required=True, help="an MLP hook, e.g. blocks.10.mlp.hook_post")
+    con.add_argument("--neurons", help="neuron indices (all by default)")
+    con.add_argument(
+        "--method",
+        default="direct",
+        choices=["direct", "dissect", "visual"],
+        help="direct: weights only; dissect: SoftWPMI on --probe images; visual: embed visualizations",
+    )
+    con.add_argument("--probe", help="probe images for dissect: a folder, world:<n> or an HF dataset")
+    con.add_argument(
+        "--activations",
+        metavar="EXAMPLES_DIR",
+        help="for dissect: reuse the probe matrix stored by clipviz examples --save-activations",
+    )
+    con.add_argument("--labeller", help="CLIP model that labels images (default: the model itself)")
+    con.add_argument("--recipe", default="default", help="recipe for --method visual")
+    con.add_argument("--steps", type=int, default=128, help="visualization steps for --method visual")
+    con.add_argument("--samples", type=int, default=2, help="visualizations per neuron for --method visual")
+    con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, cifar100, words-<N> or a file")
+    con.add_argument("--templates", help="'ensemble' or '|'-separated prompt templates with one {} each")
+    con.add_argument("--top-k", type=int, default=5)
+    con.add_argument("--out", required=True)
+    con.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clipviz.analysis.concepts import (
+        direct_lens,
+        load_vocabulary,
+        parse_templates,
+        text_embeddings,
+        visual_words,
+        words_table,
+        write_table,
+    )
+
+    if args.method == "dissect" and not (args.probe or args.activations):
+        raise ClipvizError(
+            "--method dissect needs --probe DATASET (a folder, world:<n> or a Hugging Face dataset) "
+            "or --activations EXAMPLES_DIR (from clipviz examples --save-activations)"
+        )
+    if args.activations and args.method != "dissect":
+        raise ClipvizError("--activations is for --method dissect")
+    stored = None
+    if args.activations:
+        from clipviz.analysis.dissect import stored_activations
+
+        stored = stored_activations(
+            Path(args.activations), args.hook, parse_indices(args.neurons) if args.neurons else None
+        )
+        if args.probe and args.probe != stored.source:
+            raise ClipvizError(
+                f"--probe {args.probe} differs from the probe set of the stored activations "
+                f"({stored.source}); leave --probe out to use theirs"
+            )
+    vocab = load_vocabulary(args.vocab, parse_templates(args.templates))
+    model = load_model(args)
+    labeller = model if not args.labeller else load_model(argparse.Namespace(**{**vars(args), "model": args.labeller}))
+    if stored is not None:
+        neurons = stored.neurons
+    else:
+        neurons = parse_indices(args.neurons) if args.neurons else list(range(model.hook_width(args.hook)))
+    if args.method == "direct":
+        table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k)
+    elif args.method == "dissect":
+        from clipviz.analysis.dissect import image_text_similarities, probe_activations, softwpmi
+        from clipviz.data.sources import open_source
+
+        source = open_source(stored.source if stored is not None else args.probe)
+        text = text_embeddings(labeller, vocab)
+        if stored is not None:
+            acts, kept = stored.activations, stored.indices
+        else:
+            acts, kept = probe_activations(model, args.hook, source, neurons)
+        scores = softwpmi(acts, image_text_similarities(labeller, source, kept, text))
+        table = words_table(scores, vocab.concepts, args.top_k, neurons)
+    elif args.method == "visual":
+        import torch
+
+        from clipviz.images import pil_to_tensor
+        from clipviz.visualization.visualize import visualize
+
+        vis = visualize(model, args.hook, neurons, recipe=args.recipe, steps=args.steps, samples=args.samples)
+        images = torch.stack([pil_to_tensor(v.image) for v in vis])
+        images = images.reshape(args.samples, len(neurons), *images.shape[1:]).transpose(0, 1)
+        table = [
+            {"neuron": n, **row}
+            for n, row in zip(neurons, visual_words(labeller, images, vocab, args.top_k), strict=True)
+        ]
+    else:
+        raise ClipvizError(f"unknown method '{args.method}'; accepted: direct, dissect, visual")
+    paths = write_table(Path(args.out), args.hook, table, method=args.method, vocabulary=vocab)
+    for row in table[:10]:
+        words = ", ".join(f"{w} ({s:.2f})" for w, s in zip(row["words"], row["scores"], strict=True))
+        print(f"neuron {row['neuron']:>5}: {words}")
+    if len(table) > 10:
+        print(f"... {len(table) - 10} more")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

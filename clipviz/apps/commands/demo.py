@@ -1,0 +1,27 @@
+"""``clipviz demo``: the offline demo on the bundled world-clip."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="offline demo on the bundled world-clip: visualizations, examples, words",
+        description="Offline demo on the bundled world-clip model.",
+    )
+    demo.add_argument("--out", default="clipviz-demo")
+    demo.add_argument("--per-block", type=int, default=2, help="neurons per block")
+    demo.add_argument("--steps", type=int, default=150, help="visualization steps")
+    demo.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clipviz.apps.demo import run_demo
+
+    page = run_demo(Path(args.out), per_block=args.per_block, steps=args.steps)
+    print(f"open {page.resolve()}")
+    return 0

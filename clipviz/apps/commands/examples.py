@@ -1,0 +1,89 @@
+"""``clipviz examples``: the dataset images that excite each neuron most."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from clipviz.apps.options import add_model_parser, load_model, parse_indices
+
+
+def add_parser(sub) -> None:
+    ex = add_model_parser(sub, "examples", "find the dataset images that excite each neuron most")
+    ex.add_argument("--hook", required=True, help="hook name, e.g. blocks.6.mlp.hook_post")
+    ex.add_argument("--dataset", required=True, help="folder of images, world:<n>, HF dataset id or saved dataset")
+    ex.add_argument("--split", default="train")
+    ex.add_argument("--streaming", action="store_true")
+    ex.add_argument("--image-column")
+    ex.add_argument("--caption-column")
+    ex.add_argument("--neurons", help="neuron indices (all by default): 0:64, 1,5,9")
+    ex.add_argument("--top-k", type=int, default=16)
+    ex.add_argument("--reduce", default="patches", choices=["patches", "cls", "max"])
+    ex.add_argument("--batch-size", type=int, default=64)
+    ex.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
+    ex.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, max(1, (os.cpu_count() or 2) - 1)),
+        help="processes that decode and resize images (0: in the main process; default: one per core "
+        "but one, at most 8, which doubled the rate of an H100 over decoding in-process)",
+    )
+    ex.add_argument(
+        "--save-activations",
+        action="store_true",
+        help="also store every image's reduced activation (float16), e.g. as a probe matrix",
+    )
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clipviz.analysis.examples import mine_examples, mine_examples_resumable, write_thumbnails
+    from clipviz.data.sources import open_source
+
+    neurons = parse_indices(args.neurons) if args.neurons else None
+    source = open_source(
+        args.dataset,
+        split=args.split,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        streaming=args.streaming,
+    )
+    model = load_model(args)
+    out = Path(args.out)
+    if source.length:  # sharded: a rerun resumes, and `accelerate launch` splits the shards across processes
+        result = mine_examples_resumable(
+            model,
+            args.hook,
+            source,
+            out,
+            neurons=neurons,
+            top_k=args.top_k,
+            reduce=args.reduce,
+            batch=args.batch_size,
+            shard_size=args.shard_size,
+            keep_activations=args.save_activations,
+            workers=args.workers,
+        )
+    else:
+        result = mine_examples(
+            model,
+            args.hook,
+            source,
+            neurons=neurons,
+            top_k=args.top_k,
+            reduce=args.reduce,
+            batch=args.batch_size,
+            keep_activations=args.save_activations,
+        )
+        result.save(out)
+    write_thumbnails(source, result, out)
+    print(f"{result.seen} images, {len(result.neurons)} neurons, top {result.scores.shape[1]} each -> {out}")
+    if result.skipped:
+        print(
+            f"skipped {len(result.skipped)} unreadable images (indices {result.skipped[:10]}"
+            f"{' ...' if len(result.skipped) > 10 else ''})"
+        )
+    return 0

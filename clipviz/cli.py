@@ -1,0 +1,8 @@
+"""``python -m clipviz.cli`` (and ``accelerate launch -m clipviz.cli ...``): the command line, see ``clipviz.apps.cli``."""
+
+import sys
+
+from clipviz.apps.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

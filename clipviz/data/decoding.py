@@ -1,0 +1,74 @@
+"""Decoding: a source's images as batches of model-sized tensors, in the main process or in worker processes.
+
+>>> from clipviz.data.sources import open_source
+>>> skipped = []
+>>> images, indices, captions = next(batches(open_source("world:5"), (32, 32), 4, skipped))
+>>> tuple(images.shape), indices
+((4, 3, 32, 32), [0, 1, 2, 3])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from clipviz.data.sources import Source
+from clipviz.images import pil_to_tensor
+
+
+def batches(source, size: tuple[int, int], batch: int, skipped: list[int]):
+    buf, idx, caps = [], [], []
+    for i, img, cap in source:
+        if img is None:
+            skipped.append(i)
+            continue
+        buf.append(pil_to_tensor(img, size))
+        idx.append(i)
+        caps.append(cap)
+        if len(buf) == batch:
+            yield torch.stack(buf), idx, caps
+            buf, idx, caps = [], [], []
+    if buf:
+        yield torch.stack(buf), idx, caps
+
+
+class _DecodedChunks(torch.utils.data.IterableDataset):
+    """Chunks of ``batch`` consecutive indices, decoded and resized; chunk ``c`` goes to worker ``c % workers``, so
+    the loader's round-robin returns them in index order."""
+
+    def __init__(self, source: Source, lo: int, hi: int, size: tuple[int, int], batch: int):
+        self.source, self.lo, self.hi, self.size, self.batch = source, lo, hi, size, batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for c, start in enumerate(range(self.lo, self.hi, self.batch)):
+            if c % workers != worker:
+                continue
+            images, idx, caps, bad = [], [], [], []
+            for i, img, cap in self.source.range(start, min(start + self.batch, self.hi)):
+                if img is None:
+                    bad.append(i)
+                    continue
+                images.append(pil_to_tensor(img, self.size))
+                idx.append(i)
+                caps.append(cap)
+            yield (torch.stack(images) if images else None), idx, caps, bad
+
+
+def parallel_batches(
+    source: Source, span: tuple[int, int], size: tuple[int, int], batch: int, workers: int, skipped: list[int]
+):
+    """``batches`` with decoding and resizing in ``workers`` processes (forked: sources need not pickle)."""
+    import multiprocessing
+
+    loader = torch.utils.data.DataLoader(
+        _DecodedChunks(source, *span, size, batch),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4,
+        multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
+    )
+    for images, idx, caps, bad in loader:
+        skipped += bad
+        if images is not None:
+            yield images, idx, caps

@@ -1,0 +1,130 @@
+"""Data sources: streams of images (with captions where there are any) for example mining and probe sets.
+
+A source is a folder of images (recursively), a Hugging Face dataset id or a dataset saved with
+``save_to_disk``, or a plug-in scheme such as ``world:<n>`` (held-out images of the bundled synthetic world).
+Images that cannot be read come out as ``None`` so that callers can skip and count them; grayscale, RGBA, CMYK
+and palette images are converted to RGB.
+
+>>> source = open_source("world:8")
+>>> source.length, next(iter(source))[2] is not None
+(8, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from clipviz.errors import ClipvizError
+from clipviz.plugins import registry
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Source:
+    """A stream of (index, PIL image or None if unreadable, caption or None) with a length and names."""
+
+    name: str
+    length: int
+    items: object  # callable (lo, hi) returning an iterator over indices lo..hi-1 (hi None: to the end)
+    describe: list[str] = field(default_factory=list)  # a name per index (file path or dataset row)
+
+    def __iter__(self) -> Iterator[tuple[int, Image.Image | None, str | None]]:
+        return self.items(0, None)
+
+    def range(self, lo: int, hi: int) -> Iterator[tuple[int, Image.Image | None, str | None]]:
+        """The items with index in [lo, hi), reading only those."""
+        return self.items(lo, hi)
+
+
+def _read(path: Path) -> Image.Image | None:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def open_source(
+    spec: str,
+    *,
+    split: str = "train",
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    streaming: bool = False,
+) -> Source:
+    """A folder, a plug-in source such as ``world:<n>``, or a Hugging Face dataset (id or saved dataset)."""
+    scheme, sep, argument = spec.partition(":")
+    factory = registry().sources.get(scheme) if sep else None
+    if factory is not None:
+        return factory(argument)
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "dataset_info.json").is_file():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ClipvizError(f"no images in '{spec}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+
+        def folder_items(lo=0, hi=None):
+            for i in range(lo, len(files) if hi is None else min(hi, len(files))):
+                yield i, _read(files[i]), None
+
+        return Source(spec, len(files), folder_items, [str(p.relative_to(path)) for p in files])
+    return _hf_source(spec, split, image_column, caption_column, streaming)
+
+
+def _hf_source(spec: str, split: str, image_column: str | None, caption_column: str | None, streaming: bool) -> Source:
+    import datasets
+
+    from clipviz.model.backends.hub import fetching
+
+    local = Path(spec).expanduser()
+    if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()):
+        ds = datasets.load_from_disk(str(local))  # saved with Dataset.save_to_disk
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ClipvizError(f"dataset '{spec}' has no split '{split}'; splits: {', '.join(ds)}")
+            ds = ds[split]
+        streaming = False
+    else:
+        ds = fetching(spec, lambda: datasets.load_dataset(spec, split=split, streaming=streaming))
+    features = ds.features or {}
+    if image_column is None:
+        image_column = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
+    if image_column is None or image_column not in features:
+        raise ClipvizError(
+            f"dataset '{spec}' has no image column{f' named {image_column!r}' if image_column else ''}"
+            f"; columns: {', '.join(features)}"
+        )
+    if caption_column is None:
+        caption_column = next((k for k in ("caption", "text", "label") if k in features), None)
+    if streaming:
+        splits = ds.info.splits or {}
+        length = splits[split].num_examples if split in splits else None
+    else:
+        length = len(ds)
+    if length == 0:
+        raise ClipvizError(f"dataset '{spec}' split '{split}' is empty")
+
+    def rows(lo=0, hi=None):
+        if streaming:
+            part = ds.skip(lo) if lo else ds
+            part = part.take(hi - lo) if hi is not None else part
+        else:
+            part = ds.select(range(lo, len(ds) if hi is None else min(hi, len(ds))))
+        for i, row in enumerate(part, start=lo):
+            img = row[image_column]
+            try:
+                img = img.convert("RGB") if img is not None else None
+            except (OSError, ValueError):
+                img = None
+            cap = row.get(caption_column) if caption_column else None
+            if hasattr(features.get(caption_column), "int2str") and isinstance(cap, int):
+                cap = features[caption_column].int2str(cap)
+            yield i, img, (str(cap) if cap is not None else None)
+
+    return Source(spec, length or 0, rows, [])

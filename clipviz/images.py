@@ -1,0 +1,60 @@
+"""Conversions between PIL images and tensors, grids of images and heat-map overlays.
+
+>>> import torch
+>>> img = tensor_to_pil(torch.ones(3, 4, 4))
+>>> img.size, img.getpixel((0, 0))
+((4, 4), (255, 255, 255))
+>>> float(pil_to_tensor(img).min())
+1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def pil_to_tensor(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An image -> a float (3, H, W) tensor in [0, 1], resized (bicubic) to ``size`` (rows, columns) if given."""
+    img = img.convert("RGB")
+    if size is not None and img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.BICUBIC)
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """A (3, H, W) tensor in [0, 1] -> an 8-bit RGB image."""
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def grid(images: Sequence[Image.Image], columns: int = 8, pad: int = 2) -> Image.Image:
+    """Images side by side in rows of ``columns`` (all resized to the first one's size)."""
+    if not images:
+        raise ValueError("no images for a grid")
+    w, h = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    cols = min(columns, len(images))
+    canvas = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    for k, img in enumerate(images):
+        r, c = divmod(k, columns)
+        canvas.paste(img.convert("RGB").resize((w, h)), (pad + c * (w + pad), pad + r * (h + pad)))
+    return canvas
+
+
+def overlay(image: Image.Image, heat: torch.Tensor, size: int = 128) -> Image.Image:
+    """``image`` with its patch activation map (normalised per image) as a red overlay."""
+    import torch.nn.functional as F
+
+    base = np.asarray(image.convert("RGB").resize((size, size), Image.NEAREST), dtype=np.float32) / 255
+    h = heat.float()
+    h = (h - h.min()) / (h.max() - h.min() + 1e-8)
+    h = F.interpolate(h[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    tint = np.zeros_like(base)
+    tint[..., 0] = 1.0
+    mixed = base * (1 - 0.55 * h[..., None]) + tint * 0.55 * h[..., None]
+    return Image.fromarray((mixed * 255).astype(np.uint8))

@@ -1,0 +1,1 @@
+"""The hooked model: loading from every backend, architecture inspection, hook points and token layouts."""

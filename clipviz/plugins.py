@@ -1,0 +1,57 @@
+"""Registries that plug-ins fill: data-source schemes, vocabularies and bundled models.
+
+The core never imports a plug-in. A plug-in is a function ``register(registry)`` named in the entry-point group
+``clipviz.plugins`` of an installed distribution; clipviz's own synthetic world is one
+(``clipviz.world.plugin:register``). Plug-ins are loaded once, the first time a registry is read.
+
+>>> from clipviz.plugins import registry
+>>> "world" in registry().sources and "world-clip" in registry().models
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENTRY_POINT_GROUP = "clipviz.plugins"
+
+
+@dataclass
+class Registry:
+    """What the plug-ins provide.
+
+    ``sources``: scheme -> factory(argument) returning a ``clipviz.data.Source`` (``world:2000`` calls the
+    ``world`` factory with ``"2000"``); ``vocabularies``: name -> factory(templates) returning a
+    ``clipviz.analysis.concepts.Vocabulary``; ``models``: short name -> directory of a bundled model.
+    """
+
+    sources: dict[str, Callable[[str], object]] = field(default_factory=dict)
+    vocabularies: dict[str, Callable[..., object]] = field(default_factory=dict)
+    models: dict[str, Path] = field(default_factory=dict)
+
+    def add_source(self, scheme: str, factory: Callable[[str], object]) -> None:
+        self.sources[scheme] = factory
+
+    def add_vocabulary(self, name: str, factory: Callable[..., object]) -> None:
+        self.vocabularies[name] = factory
+
+    def add_model(self, name: str, directory: Path) -> None:
+        self.models[name] = Path(directory)
+
+
+_REGISTRY: Registry | None = None
+
+
+def registry() -> Registry:
+    """The registry, filled by every installed plug-in on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        from importlib.metadata import entry_points
+
+        filled = Registry()
+        for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+            point.load()(filled)
+        _REGISTRY = filled
+    return _REGISTRY
