@@ -1,4 +1,4 @@
-"""``python -m clipviz.cli`` (and ``accelerate launch -m clipviz.cli ...``): the command line, see ``clipviz.apps.cli``."""
+"""``python -m clipviz.cli`` and ``accelerate launch -m clipviz.cli ...``: the command line (``clipviz.apps.cli``)."""
 
 import sys
 
