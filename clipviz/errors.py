@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
+
+MAX_STEPS = 100_000  # optimisation steps per stage: more is a typo, not a run
+_INT = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits only: '٣' is a digit to Python's int(), not to clipviz
+
 
 class ClipvizError(ValueError):
     """A mistake in what the user asked for (model, hook, neuron, file, data).
@@ -16,3 +22,55 @@ class UnsupportedModelError(ClipvizError):
 
 class HookNameError(ClipvizError):
     """A hook name that does not exist in the model."""
+
+
+def check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` (an int, an integral float or a string of ASCII digits) as an int within ``[low, high]``; anything
+    else (None, nan, inf, '٣', '1.5', True) is a one-line ``ClipvizError`` naming ``name`` and the accepted range.
+
+    >>> check_int("12", "steps", 1, 100)
+    12
+    >>> check_int(float("nan"), "steps", 1, 100)
+    Traceback (most recent call last):
+    ...
+    clipviz.errors.ClipvizError: steps must be a whole number between 1 and 100, got nan
+    """
+    accepted = _range_text(low, high)
+    number = None
+    if isinstance(value, bool) or value is None:
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        number = int(value) if math.isfinite(value) and value == int(value) else None
+    elif isinstance(value, str) and _INT.match(value.strip()):
+        number = int(value.strip())
+    if number is None:
+        raise ClipvizError(f"{name} must be a whole number{accepted}, got {str(value)[:40]}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ClipvizError(f"{name} must be{accepted or ' a whole number'}, got {number}")
+    return number
+
+
+def check_positive(value: object, name: str) -> float:
+    """``value`` as a finite float greater than 0 (learning rates): nan, inf, 0, negative values and non-numbers
+    are a one-line ``ClipvizError``."""
+    number = None
+    if not isinstance(value, bool) and value is not None:
+        try:
+            number = float(value if isinstance(value, (int, float)) else str(value).strip())
+        except (TypeError, ValueError, OverflowError):
+            number = None
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise ClipvizError(f"{name} must be a finite number greater than 0, got {str(value)[:40]}")
+    return number
+
+
+def _range_text(low: int | None, high: int | None) -> str:
+    if low is not None and high is not None:
+        return f" between {low} and {high}"
+    if low is not None:
+        return f" of at least {low}"
+    if high is not None:
+        return f" of at most {high}"
+    return ""

@@ -23,14 +23,20 @@ temporary name in its folder and renamed into place, so a killed run never leave
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image
+
+from clipviz.errors import ClipvizError
 
 EXAMPLES_META = "examples.json"
 EXAMPLES_TENSORS = "examples.safetensors"
@@ -41,21 +47,112 @@ THUMBS_DIR = "thumbs"
 
 
 # ------------------------------------------------------------------------------------------------ atomic writers
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Run ``write(tmp)`` on a hidden temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+#: A temporary file or folder is stale (a killed run's) once its writer is dead, or after this many seconds.
+STALE_SECONDS = 3600
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+# .<name>.<host>-<pid>.<random>.tmp (files) and .<name>.<host>-<pid>.<random>.staging / .old (atlas folders)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)\.[^.]+\.(?:tmp|staging|old)$")
+_cleaned: set[Path] = set()
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of this process's temporary names for ``name`` (``mkstemp``/``mkdtemp`` add the rest)."""
+    return f".{name}.{_HOST}-{os.getpid()}."
+
+
+def _writer_alive(host: str, pid: int) -> bool:
+    if host != _HOST:
+        return True  # another machine's writer (shared file system): only its age tells
+    if pid == os.getpid():
+        return True
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def is_stale(path: Path, now: float | None = None) -> bool:
+    """Whether ``path`` is a temporary file or folder of clipviz's writers whose writer died or that is older than
+    ``STALE_SECONDS``."""
+    m = _TEMP.match(Path(path).name)
+    if m is None:
+        return False
+    try:
+        age = (now or time.time()) - Path(path).lstat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_SECONDS or not _writer_alive(m["host"], int(m["pid"]))
+
+
+def remove_stale_temporaries(folder: Path, recursive: bool = True) -> list[Path]:
+    """Remove the stale temporary files and folders a killed run left under ``folder`` (only names clipviz's
+    writers make, see ``is_stale``); returns what was removed."""
+    import shutil
+
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    try:
+        candidates = folder.rglob(".*") if recursive else folder.glob(".*")
+        stale = [p for p in candidates if is_stale(p)]
+    except OSError:
+        return removed
+    for path in stale:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Run ``write(tmp)`` on a hidden temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary name carries the writer's process id, so the next writer in the folder removes what a killed
+    one left (``remove_stale_temporaries``). A file-system error (not a folder, permission, disk full) is a
+    one-line ``ClipvizError`` that names the path and the cause; ``path`` is then unchanged.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in _cleaned:
+            _cleaned.add(path.parent)
+            remove_stale_temporaries(path.parent, recursive=False)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise ClipvizError(f"cannot write '{path}': {_cause(error, path)}") from error
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _cause(error: OSError, path: Path) -> str:
+    """What went wrong, in words: a parent that is a file, permission, a full disk, ..."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        for parent in (path, *path.parents):
+            if parent.exists() and not parent.is_dir():
+                return f"'{parent}' is a file, not a folder"
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device (free some and run again: finished work is kept)"
+    return error.strerror or str(error) or type(error).__name__
 
 
 def write_text(path: Path, text: str) -> None:
@@ -68,6 +165,19 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_png(path: Path, image: Image.Image) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def read_png(path: Path, size: Sequence[int] | None = None) -> Image.Image | None:
+    """The RGB image in ``path``, or ``None`` if it is missing, unreadable or truncated, or not ``size`` (H, W)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            image = img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    if size is not None and list(size) != [image.height, image.width]:
+        return None
+    return image
 
 
 def read_json(path: Path) -> dict | None:
@@ -152,12 +262,18 @@ def write_examples(out: Path, hook: str, tensors: dict, meta: dict) -> None:
 
 
 def read_examples(out: Path, hook: str) -> tuple[dict, dict]:
-    """The tensors and the JSON of ``write_examples``."""
+    """The tensors and the JSON of ``write_examples`` (``ValueError`` if either is unreadable or truncated)."""
     from safetensors.torch import load_file
 
     folder = examples_dir(out, hook)
-    meta = json.loads((folder / EXAMPLES_META).read_text(encoding="utf-8"))
-    return load_file(str(folder / EXAMPLES_TENSORS)), meta
+    meta = read_json(folder / EXAMPLES_META)
+    if meta is None:
+        raise ValueError(f"'{folder / EXAMPLES_META}' is missing or not valid JSON")
+    try:
+        tensors = load_file(str(folder / EXAMPLES_TENSORS))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error type for corrupt files
+        raise ValueError(f"'{folder / EXAMPLES_TENSORS}' is unreadable ({str(error).splitlines()[0]})") from None
+    return tensors, meta
 
 
 def has_examples(out: Path, hook: str) -> bool:

@@ -15,7 +15,6 @@ normalisation happens inside it).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,14 @@ from tqdm.auto import tqdm
 
 from clipviz.data.decoding import batches, parallel_batches
 from clipviz.data.sources import Source
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, check_int
 from clipviz.model.layout import TokenLayout, patch_grid, reduce_tokens
 from clipviz.results import (
     SHARDS_DIR,
     has_examples,
     read_examples,
+    read_json,
+    remove_stale_temporaries,
     settings_id,
     thumbnail_path,
     write_examples,
@@ -166,6 +167,20 @@ def _kept(captions: dict[int, str], top_idx: torch.Tensor) -> dict[int, str]:
     return {i: c for i, c in captions.items() if i in kept}
 
 
+def check_mining(source: Source, top_k: int, batch: int, workers: int, span=None, shard_size: int = 1) -> None:
+    """Refuse bad numbers before any image is read: ``top_k`` from 1 to the number of images, ``batch`` and
+    ``shard_size`` at least 1, ``workers`` at least 0."""
+    check_int(batch, "batch size", 1, None)
+    check_int(workers, "workers", 0, None)
+    check_int(shard_size, "shard size", 1, None)
+    top_k = check_int(top_k, "top-k", 1, None)
+    if span is None and source.length and top_k > source.length:
+        raise ClipvizError(
+            f"top-k {top_k} is larger than the dataset '{source.name}' ({source.length} images): "
+            f"use at most {source.length}"
+        )
+
+
 @torch.no_grad()
 def mine_examples(
     model,
@@ -186,6 +201,7 @@ def mine_examples(
     ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix.
     ``workers`` > 0 decodes and resizes images in that many processes (sources of known length), so that the
     model, not the loader, sets the pace; the result is the same."""
+    check_mining(source, top_k, batch, workers, span)
     if reduce not in ("patches", "cls", "max"):
         raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     point = model.hook_point(hook)
@@ -200,8 +216,6 @@ def mine_examples(
     captions: dict[int, str] = {}
     total = source.length if span is None else span[1] - span[0]
     bar = tqdm(total=total or None, unit="img", desc="examples", disable=not progress)
-    if workers < 0:
-        raise ClipvizError(f"workers must be >= 0, got {workers}")
     if workers and source.length:
         stream = parallel_batches(source, span or (0, source.length), model.image_size, batch, workers, skipped)
     else:
@@ -313,10 +327,13 @@ def mine_examples_resumable(
             f"resumable runs need a dataset of known length; '{source.name}' has none (use a "
             "folder, a saved dataset or a non-streaming split)"
         )
+    check_mining(source, top_k, batch, workers, shard_size=shard_size)
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
     model = model.to(accelerator.device)
+    if neurons is not None:
+        neurons = model.check_neurons(hook, neurons)
     key = settings_id(
         {
             "model": model.spec,
@@ -332,9 +349,24 @@ def mine_examples_resumable(
     )
     folder = Path(out) / SHARDS_DIR / key
     n_shards = -(-source.length // shard_size)
+    if accelerator.is_local_main_process:
+        remove_stale_temporaries(Path(out))
+    parts: dict[int, ExampleResult] = {}
 
     def done(s: int) -> bool:
-        return has_examples(folder / f"{s:05d}", hook) or (folder / f"{s:05d}.empty.json").is_file()
+        """A shard is done when its files read back whole; a truncated or corrupt one is unfinished work."""
+        if read_json(folder / f"{s:05d}.empty.json") is not None:
+            return True
+        if not has_examples(folder / f"{s:05d}", hook):
+            return False
+        try:
+            part = ExampleResult.load(folder / f"{s:05d}", hook)
+        except (OSError, KeyError, ValueError, TypeError):
+            return False
+        if part.neurons != (list(neurons) if neurons is not None else part.neurons):
+            return False
+        parts[s] = part
+        return True
 
     todo = [s for s in range(n_shards) if not done(s)]
     accelerator.wait_for_everyone()  # every process sees the same to-do list before any shard is written
@@ -361,18 +393,17 @@ def mine_examples_resumable(
             write_json(folder / f"{s:05d}.empty.json", {"span": list(span), "skipped": list(range(*span))})
             continue
         part.save(folder / f"{s:05d}")
+        parts[s] = part
     accelerator.wait_for_everyone()
-    parts = [
-        ExampleResult.load(folder / f"{s:05d}", hook)
-        for s in range(n_shards)
-        if has_examples(folder / f"{s:05d}", hook)
-    ]
+    for s in range(n_shards):  # the other processes' shards
+        if s not in parts and has_examples(folder / f"{s:05d}", hook):
+            parts[s] = ExampleResult.load(folder / f"{s:05d}", hook)
     if not parts:
         raise ClipvizError(f"no examples from '{source.name}': it has no readable images")
-    result = merge(parts, top_k)
+    result = merge([parts[s] for s in sorted(parts)], top_k)
     for empty in sorted(folder.glob("*.empty.json")):
-        span = json.loads(empty.read_text())["span"]
-        result.skipped += json.loads(empty.read_text()).get("skipped", list(range(*span)))
+        marker = read_json(empty) or {}
+        result.skipped += marker.get("skipped", list(range(*marker.get("span", (0, 0)))))
     result.skipped.sort()
     if accelerator.is_main_process:
         result.save(Path(out))

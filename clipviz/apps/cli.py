@@ -7,23 +7,30 @@ Each subcommand lives in ``clipviz.apps.commands.<name>``; nothing heavy is impo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
 from importlib import import_module
+from pathlib import Path
 
 from clipviz.apps.commands import NAMES
 from clipviz.errors import ClipvizError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``clipviz: error: ...`` and exit code 2, no usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"clipviz: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipviz import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="clipviz", description="See what the neurons of vision transformers respond to."
-    )
+    parser = Parser(prog="clipviz", description="See what the neurons of vision transformers respond to.")
     parser.add_argument("--version", action="version", version=f"clipviz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in NAMES:
@@ -36,7 +43,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    warnings.simplefilter("ignore", FutureWarning)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -45,16 +51,57 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _close_progress_bars() -> None:
+    """Close open tqdm bars so that an error starts on a line of its own, not glued to a bar."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):  # a broken bar must not hide the error
+            bar.close()
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    _close_progress_bars()
+    print(f"clipviz: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _os_error(error: OSError) -> str:
+    """``cannot write 'path': No space left on device``: the path and the cause, on one line."""
+    cause = error.strerror or str(error) or type(error).__name__
+    path = error.filename
+    if path is None:
+        return f"error: {cause}"
+    if str(path).endswith(".tmp") and Path(path).name.startswith("."):  # an atomic writer's temporary file
+        path = Path(path).parent
+    return f"error: '{path}': {cause}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
     if not os.environ.get("CLIPVIZ_DEBUG"):
         _quiet_libraries()
+    caught: list[warnings.WarningMessage] = []
     try:
-        return args.func(args)
-    except ClipvizError as error:
-        print(f"clipviz: error: {error}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings(record=True) as caught:
+            if not os.environ.get("CLIPVIZ_DEBUG"):
+                warnings.simplefilter("ignore", FutureWarning)
+            code = args.func(args)
+    except ClipvizError as error:  # a user error: the library's warnings would only be noise around it
+        return _fail(f"error: {error}")
     except KeyboardInterrupt:
-        print("clipviz: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130)
+    except MemoryError:
+        return _fail("error: out of memory: use fewer neurons, a smaller --batch-size or a smaller --size")
+    except OSError as error:
+        return _fail(_os_error(error))
+    for w in caught:  # warnings of a run that worked are shown, once, after it
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return code

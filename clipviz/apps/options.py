@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from clipviz.errors import ClipvizError
-
 
 def add_model_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     """A subcommand that takes a model spec (and the options every model command has)."""
@@ -35,21 +33,12 @@ def load_model(args: argparse.Namespace):
     return load(args.model, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
 
 
-def parse_indices(text: str) -> list[int]:
-    """``"0:64"``, ``"3,7,9"`` or ``"0:4,10"`` -> a list of indices (ranges are half-open, like Python's)."""
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            if ":" in part:
-                lo, hi = part.split(":", 1)
-                out += list(range(int(lo), int(hi)))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise ClipvizError(f"bad index list '{text}': use ranges and lists such as 0:64 or 1,5,9") from None
-    if any(i < 0 for i in out):
-        raise ClipvizError(f"bad index list '{text}': indices must be >= 0")
-    return out
+def parse_indices(text: str, width: int | None = None, what: str = "index") -> list[int]:
+    """``"0:64"``, ``"3,7,9"`` or ``"0:4,10"`` -> a list of indices (ranges are half-open, like Python's); the
+    count and, with ``width``, the bounds are checked before anything is expanded."""
+    from clipviz.apps.validate import expand, parse_spans
+
+    return expand(parse_spans(text, what), width, what)
 
 
 def parse_reduce(text: str):

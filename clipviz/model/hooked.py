@@ -47,6 +47,7 @@ class HookedVisionModel(nn.Module):
         self.registry = HookRegistry(self.native, self.blocks, seq_first=backend.seq_first)
         self.register_buffer("_mean", torch.tensor(backend.mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("_std", torch.tensor(backend.std, dtype=torch.float32).view(1, -1, 1, 1), False)
+        _batch_invariant_attention(backend.vision_root)
 
     # ---------------------------------------------------------------- facts
     @property
@@ -122,8 +123,14 @@ class HookedVisionModel(nn.Module):
     def check_neurons(self, name: str, neurons: Sequence[int]) -> list[int]:
         """``neurons`` as a list if every index exists at hook ``name``, else a one-line error with the range."""
         width = self.hook_width(name)
-        neurons = [int(n) for n in neurons]
-        bad = next((n for n in neurons if not 0 <= n < width), None)
+        if isinstance(neurons, range):  # bounds first: range(0, 30_000_000) is refused without being expanded
+            ends = [neurons[0], neurons[-1]] if len(neurons) else []
+            bad = next((n for n in ends if not 0 <= n < width), None)
+            if bad is None:
+                return list(neurons)
+        else:
+            neurons = [int(n) for n in neurons]
+            bad = next((n for n in neurons if not 0 <= n < width), None)
         if bad is not None:
             raise ClipvizError(
                 f"neuron index {bad} out of range for hook '{name}': it has {width} neurons (0..{width - 1})"
@@ -270,3 +277,25 @@ class HookedVisionModel(nn.Module):
 
 def _noop(value: torch.Tensor, point: HookPoint) -> None:
     return None
+
+
+def _seq_first_storage(module: nn.Module, args: tuple, kwargs: dict):
+    """Give a batch-first ``nn.MultiheadAttention`` its self-attention input stored sequence-first (same values and
+    shape, other strides). Its slow path (taken whenever gradients flow) transposes the input to (L, B, E); on a
+    batch-first tensor that is a strided view whose input projection gives results that depend on the batch
+    size (a batch of 2 differed from a batch of 1 by 1e-6, a grey level in some PNGs), while a contiguous one
+    gives every image the same result in any batch."""
+    if not module.batch_first or not args or not isinstance(args[0], torch.Tensor) or args[0].ndim != 3:
+        return None
+    q = args[0]
+    if len(args) < 3 or not (args[1] is q and args[2] is q):  # self-attention only, positional as open_clip calls it
+        return None
+    stored = q.transpose(0, 1).contiguous().transpose(0, 1)
+    return tuple(stored if a is q else a for a in args), kwargs
+
+
+def _batch_invariant_attention(root: nn.Module) -> None:
+    for module in root.modules():
+        if isinstance(module, nn.MultiheadAttention) and not getattr(module, "_clipviz_invariant", False):
+            module.register_forward_pre_hook(_seq_first_storage, with_kwargs=True)
+            module._clipviz_invariant = True

@@ -150,6 +150,11 @@ class HookRegistry:
         if not m:
             return name
         stage, j, point = int(m.group(1)), int(m.group(2)), m.group(3)
+        if all(b.stage == 0 for b in self.blocks):
+            raise HookNameError(
+                f"hook '{name}': stages.<s>.blocks.<j> names are for hierarchical models (Swin); this model has "
+                "no stages: use blocks.<i>.<point>"
+            )
         in_stage = [b for b in self.blocks if b.stage == stage]
         if not in_stage:
             n_stages = max(b.stage for b in self.blocks) + 1

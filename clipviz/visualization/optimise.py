@@ -24,15 +24,34 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, check_int
 from clipviz.visualization.objectives import L2, Context, Objective, TotalVariation
 from clipviz.visualization.param import PixelImage, make_param
 from clipviz.visualization.recipes import Recipe
 from clipviz.visualization.transforms import Jitter
 
 
-class RenderError(RuntimeError):
-    """The optimisation broke down (a loss that is not finite), naming the image and the step."""
+class RenderError(ClipvizError, RuntimeError):
+    """The optimisation broke down (a loss that is not finite), naming the image and the step; ``index`` is the
+    image's position in its batch."""
+
+    def __init__(self, message: str, index: int = 0, label: object = None, step: int = 0):
+        super().__init__(message)
+        self.index, self.label, self.step = index, label, step
+
+
+#: The largest image side accepted, as a multiple of the model's input size.
+MAX_SIZE_FACTOR = 4
+
+
+def check_size(model, size: int | None) -> int:
+    """The image side to render (the model's input size by default): at least one patch, at most
+    ``MAX_SIZE_FACTOR`` times the model's input size (images are resized to the input size inside the model)."""
+    native = max(model.image_size)
+    if size is None:
+        return int(model.image_size[0])
+    patch = max(model.backend.patch_size)
+    return check_int(size, "size", patch, MAX_SIZE_FACTOR * native)
 
 
 @dataclass
@@ -92,7 +111,10 @@ def _raise_if_not_finite(first_bad: torch.Tensor, labels: Sequence[object], tota
         i = int(steps.argmin())
         raise RenderError(
             f"the loss is not finite for {labels[i]} at step {int(broken[i])} of {total}; "
-            "try a lower learning rate or full precision"
+            "try a lower learning rate or full precision",
+            index=i,
+            label=labels[i],
+            step=int(broken[i]),
         )
 
 
@@ -122,7 +144,7 @@ def optimise(
     """
     n = len(seeds)
     labels = list(labels) if labels is not None else list(range(n))
-    side = int(size or recipe.size or model.image_size[0])
+    side = check_size(model, size or recipe.size)
     if recipe.param != "pixel" and len(recipe.stages) > 1:
         raise ClipvizError(f"recipe '{recipe.name}': multi-stage zoom needs the pixel parameterisation")
     full = objective

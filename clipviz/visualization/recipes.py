@@ -24,16 +24,18 @@ Any field can be overridden: ``get_recipe("vit-paper", steps=100, copies=4)``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, get_args
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import MAX_STEPS, ClipvizError, check_int, check_positive
 from clipviz.visualization.transforms import ColorShift, Flip, Jitter, OffsetNoise, RandomAffine, RandomScale
 
 Param = Literal["pixel", "fourier", "maco"]
 Schedule = Literal["cosine", "constant"]
 ColorShiftMode = Literal["vit", "pii"]
 PARAMS, SCHEDULES, COLOR_SHIFTS = get_args(Param), get_args(Schedule), get_args(ColorShiftMode)
+MAX_COPIES = 256  # augmented copies per image and step
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,21 @@ class Recipe:
             if value not in accepted:
                 shown = ", ".join(str(a) for a in accepted)
                 raise ClipvizError(f"unknown recipe {name} {value!r}; accepted: {shown}")
+        check_int(self.steps, "steps", 1, MAX_STEPS)
+        check_int(self.copies, "copies", 1, MAX_COPIES)
+        check_positive(self.lr, "the learning rate (lr)")
+        check_positive(self.eps, "eps")
+        if self.size is not None:
+            check_int(self.size, "size", 1, None)
+        if not self.stages or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.stages):
+            raise ClipvizError(f"recipe stages must be fractions in (0, 1], got {self.stages!r}")
+        for name in ("tv", "l2", "offset_noise"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ClipvizError(f"recipe {name} must be a finite number >= 0, got {value!r}")
+        check_int(self.jitter, "jitter", 0, None)
+        if self.grad_clip is not None:
+            check_positive(self.grad_clip, "grad_clip")
 
     def transforms(self) -> list:
         """The per-step augmentation pipeline, applied to (n, copies, 3, H, W)."""
@@ -180,8 +197,6 @@ def get_recipe(name: str | Recipe, **overrides) -> Recipe:
             f"unknown recipe setting(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(valid))}"
         )
     changes = {k: v for k, v in overrides.items() if v is not None}
-    if changes.get("steps", 1) < 1 or changes.get("copies", 1) < 1:
-        raise ClipvizError("steps and copies must be at least 1")
     return replace(recipe, **changes) if changes else recipe
 
 

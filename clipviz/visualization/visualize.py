@@ -26,11 +26,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, check_int
 from clipviz.images import grid, tensor_to_pil
 from clipviz.results import (
     GRID_FILE,
+    read_png,
     read_visualization_meta,
+    remove_stale_temporaries,
     settings_id,
     versions,
     visualization_path,
@@ -38,8 +40,10 @@ from clipviz.results import (
     write_visualization,
 )
 from clipviz.visualization.objectives import ClassLogit, Neuron, Objective, TextDirection
-from clipviz.visualization.optimise import optimise
+from clipviz.visualization.optimise import RenderError, check_size, optimise
 from clipviz.visualization.recipes import Recipe, get_recipe
+
+MAX_SAMPLES = 1000  # images per target
 
 
 @dataclass(frozen=True)
@@ -103,19 +107,36 @@ def _objective(model, hook: str | None, reduce, batch: Sequence[Target]) -> Obje
     return ClassLogit([t.value for t in batch])
 
 
-def _check_targets(model, hook: str | None, targets: Sequence[Target]) -> None:
-    neurons = [t.value for t in targets if t.kind == "neuron"]
-    if neurons:
-        point = model.hook_point(hook)
-        _, cache = model.run_with_cache(torch.zeros(1, 3, *model.image_size), [point.name])
-        width = cache[point.name].shape[-1]
-        bad = [n for n in neurons if not 0 <= n < width]
-        if bad:
-            raise ClipvizError(
-                f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons (0..{width - 1})"
-            )
-    if any(t.kind == "text" for t in targets) and not model.is_clip:
+def check_request(model, hook: str | None, neurons: Sequence[int], texts: Sequence[str], classes: Sequence[int]):
+    """Refuse what cannot be rendered before any work: neuron indices beyond the hook's width (counted, not
+    expanded, for ranges), blank prompts or prompts for a model without a text tower, classes for a model that is
+    not a classifier or beyond its classes. Returns ``(neurons, texts, classes)`` as lists."""
+    if neurons is None:
+        neurons = ()
+    if len(neurons):
+        if hook is None:
+            raise ClipvizError("neuron targets need a hook, e.g. --hook blocks.6.mlp.hook_post")
+        neurons = model.check_neurons(hook, neurons)
+    texts = [texts] if isinstance(texts, str) else list(texts or ())
+    for t in texts:
+        if not isinstance(t, str) or not t.strip():
+            raise ClipvizError(f"a text prompt must be a non-blank phrase such as 'a red star', got {t!r}")
+    if texts and not model.is_clip:
         raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
+    classes = [int(c) for c in classes or ()]
+    if classes:
+        kind = model.backend.output_kind
+        if kind != "logits":
+            raise ClipvizError(
+                f"classes need a classifier (a model whose output is class logits); '{model.spec}' outputs "
+                f"{kind.replace('_', ' ')}s: render --neurons or --text instead"
+            )
+        with torch.no_grad():
+            width = int(model(torch.zeros(1, 3, *model.image_size, device=model.device)).shape[-1])
+        bad = next((c for c in classes if not 0 <= c < width), None)
+        if bad is not None:
+            raise ClipvizError(f"class index {bad} out of range: '{model.spec}' has {width} classes (0..{width - 1})")
+    return list(neurons), texts, classes
 
 
 _LOW_PRECISION_WEIGHTS = {torch.bfloat16: "bf16-weights", torch.float16: "fp16-weights"}
@@ -150,8 +171,22 @@ def _precision(precision: str, model) -> str:
     return "no" if precision == "fp32" else precision
 
 
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
 def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    """CUDA's and the CPU allocator's out-of-memory errors (``DefaultCPUAllocator: can't allocate memory``)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return any(w in text for w in _OOM_WORDS) or "defaultcpuallocator" in text
+
+
+class Visualizations(list):
+    """The results, in target order; ``skipped`` lists ``(target label, reason)`` of targets left out
+    (``skip_nonfinite``)."""
+
+    skipped: list[tuple[str, str]]
 
 
 def visualize(
@@ -170,24 +205,32 @@ def visualize(
     out: str | Path | None = None,
     progress: bool = True,
     accelerator=None,
+    skip_nonfinite: bool = False,
     **recipe_overrides,
-) -> list[Visualization]:
-    """Render one image per neuron / prompt / class; see the module docstring."""
+) -> Visualizations:
+    """Render one image per neuron / prompt / class; see the module docstring.
+
+    A target whose loss stops being finite is an error that names it and the step (its batch-mates are rendered
+    and kept first); with ``skip_nonfinite`` it is left out, listed in the result's ``skipped``, and the run goes
+    on."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
     recipe = get_recipe(recipe, **recipe_overrides)
+    check_size(model, recipe.size)
+    samples = check_int(samples, "samples", 1, MAX_SAMPLES)
+    batch_size = check_int(batch_size, "batch size", 1, None)
+    neurons, texts, classes = check_request(model, hook, neurons, texts, classes)
     targets = make_targets(neurons, texts, classes, seed=seed, samples=samples)
     if not targets:
         raise ClipvizError("nothing to visualize: give neurons, texts or classes")
-    if batch_size < 1:
-        raise ClipvizError(f"batch size must be at least 1, got {batch_size}")
     if accelerator is None:
         # The model's device decides: load it on the GPU (clipviz.load(..., device="cuda")) to render there.
         accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision=_precision(precision, model))
     model = model.to(accelerator.device)
-    _check_targets(model, hook, targets)
     out = Path(out) if out is not None else None
+    if out is not None and accelerator.is_local_main_process:
+        remove_stale_temporaries(out)
     base = {
         "model": model.spec,
         "architecture": model.backend.architecture,
@@ -204,12 +247,15 @@ def visualize(
         return {**base, "kind": t.kind, "target": t.value, "seed": t.seed}
 
     def finished(t: Target) -> Visualization | None:
+        """The target's finished result on disk, or ``None``: missing, other settings, or a truncated sidecar or
+        unreadable PNG (a killed or corrupted run's leftovers are unfinished work)."""
         if out is None:
             return None
         meta = read_visualization_meta(path_of(t))
         if meta is None or meta.get("settings_id") != settings_id(settings(t)):
             return None
-        return Visualization(image=Image.open(path_of(t)).convert("RGB"), meta=meta, path=path_of(t))
+        image = read_png(path_of(t), meta.get("image_size"))
+        return None if image is None else Visualization(image=image, meta=meta, path=path_of(t))
 
     done = {t: v for t in targets if (v := finished(t)) is not None}
     todo = [t for t in targets if t not in done]
@@ -224,6 +270,8 @@ def visualize(
         )
         size = batch_size
         queue = [list(mine[i : i + size]) for i in range(0, len(mine), size)]
+        skipped: list[tuple[Target, str]] = []
+        fatal: RenderError | None = None
         while queue:
             batch = queue.pop(0)
             kinds_split = _split_by_kind(batch)
@@ -240,12 +288,26 @@ def visualize(
                     autocast=accelerator.autocast,
                     labels=[t.label for t in batch],
                 )
-            except RuntimeError as error:
-                if not _is_oom(error) or len(batch) == 1:
+            except RenderError as error:
+                bad = batch[error.index]
+                skipped.append((bad, str(error)))
+                mates = batch[: error.index] + batch[error.index + 1 :]
+                if not skip_nonfinite and fatal is None:
+                    fatal, queue = error, []  # stop, but keep the batch-mates' work first
+                if mates:  # an image does not depend on its batch: render the others again without it
+                    queue = [mates] + queue
+                continue
+            except (RuntimeError, MemoryError) as error:
+                if not _is_oom(error):
                     raise
-                size = max(1, len(batch) // 2)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+                if len(batch) == 1:
+                    raise ClipvizError(
+                        f"out of memory rendering one image of {recipe.copies} copies at "
+                        f"{check_size(model, recipe.size)} px; use a smaller --size or fewer --copies"
+                    ) from None
+                size = max(1, len(batch) // 2)
                 bar.write(f"out of memory with {len(batch)} images per batch; going on with {size}")
                 queue = [batch[:size], batch[size:]] + queue
                 continue
@@ -268,19 +330,29 @@ def visualize(
                     rendered.append((t, meta, result.images[i]))
             bar.update(len(batch))
         bar.close()
+    if fatal is not None:
+        kept = "; its batch-mates were rendered and kept" if len(skipped) < len(todo) else ""
+        raise RenderError(f"{fatal}{kept} (--skip-nonfinite goes on without such targets)", fatal.index, fatal.label)
     accelerator.wait_for_everyone()
     results: dict[Target, Visualization] = dict(done)
+    left_out = {t for t, _ in skipped}
     if out is not None:  # every process wrote its own results: read them all back from disk
         for t in todo:
-            results[t] = finished(t)
+            if (v := finished(t)) is not None:
+                results[t] = v
     else:
         gathered = gather_object(rendered) if accelerator.num_processes > 1 else rendered
         for t, meta, image in gathered:
             results.setdefault(t, Visualization(image=tensor_to_pil(image), meta=meta))
-    ordered = [results[t] for t in targets]
+    kept = [t for t in targets if t in results]
+    ordered = Visualizations(results[t] for t in kept)
+    ordered.skipped = [(t.label, why) for t, why in skipped]
+    missing = [t for t in targets if t not in results and t not in left_out]
+    if missing:
+        raise ClipvizError(f"{missing[0].label} was not rendered by any process")
     if out is not None and accelerator.is_main_process:
-        for group in {t.group or hook for t in targets}:
-            members = [v.image for t, v in zip(targets, ordered, strict=True) if (t.group or hook) == group]
+        for group in {t.group or hook for t in kept}:
+            members = [results[t].image for t in kept if (t.group or hook) == group]
             write_png(out / group / GRID_FILE, grid(members))
     return ordered
 
