@@ -241,26 +241,59 @@ def _cache_dir() -> Path:
     return Path(root).expanduser() / "text-embeddings"
 
 
+CACHE_FORMAT = "2"  # bump when the cached embeddings change meaning
+
+
 def _model_digest(model) -> str:
-    """Identifies the text tower's weights (not just the model's name)."""
-    h = hashlib.sha256(model.spec.encode())
-    for name, p in sorted(model.native.named_parameters())[:4]:
-        h.update(name.encode())
-        h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
+    """Identifies the whole text tower: a hash of every parameter and buffer outside the vision tower (name, dtype,
+    shape and bytes), the model's spec and revision, and its tokenizer's output for a probe text; changing any
+    text weight changes the digest."""
+    import torch
+
+    b = model.backend
+    h = hashlib.sha256(f"{CACHE_FORMAT}\n{b.spec}\n{b.kind}\n{b.architecture}\n{getattr(b, 'revision', '')}".encode())
+    vision = f"{b.vision_path}." if b.vision_path else None
+    for name, tensor in sorted([*model.native.named_parameters(), *model.native.named_buffers()], key=lambda p: p[0]):
+        if vision is not None and name.startswith(vision):
+            continue
+        t = tensor.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    tokens = model.tokenize(["a photo of a {}."])
+    values = tokens.get("input_ids") if isinstance(tokens, dict) or hasattr(tokens, "keys") else tokens
+    h.update(repr(values.tolist() if hasattr(values, "tolist") else values).encode())
     return h.hexdigest()[:16]
+
+
+def _read_cache(path: Path, rows: int) -> torch.Tensor | None:
+    """The cached embeddings, or ``None`` if the file is missing, garbage, empty, truncated or of the wrong shape
+    (a cache miss: they are computed again and the file replaced)."""
+    from safetensors.torch import load_file
+
+    try:
+        emb = load_file(str(path))["embeddings"]
+    except Exception:  # noqa: BLE001 - safetensors raises its own error type for corrupt files
+        return None
+    if emb.ndim != 2 or emb.shape[0] != rows or emb.shape[1] == 0 or not emb.is_floating_point():
+        return None
+    if not bool(torch.isfinite(emb).all()) or not torch.allclose(emb.norm(dim=-1), torch.ones(rows), atol=1e-3):
+        return None
+    return emb
 
 
 @torch.no_grad()
 def text_embeddings(model, vocab: Vocabulary, batch: int = 256, cache: bool = True) -> torch.Tensor:
     """Unit-norm text embeddings (len(vocab), E), averaged over the templates; cached on disk as safetensors,
-    keyed by (model weights, vocabulary, templates)."""
-    from safetensors.torch import load_file, save_file
+    keyed by (every text-tower weight, tokenizer, vocabulary, templates). A corrupt cache file is rebuilt."""
+    from safetensors.torch import save_file
 
     if not model.is_clip:
         raise ClipvizError(f"model '{model.spec}' has no text tower: naming neurons with words needs a CLIP-like model")
     path = _cache_dir() / f"{_model_digest(model)}-{vocab.digest()}.safetensors"
     if cache and path.is_file():
-        return load_file(str(path))["embeddings"]
+        cached = _read_cache(path, len(vocab.concepts))
+        if cached is not None:
+            return cached
     total = None
     for template in vocab.templates:
         prompts = [template.format(c) for c in vocab.concepts]

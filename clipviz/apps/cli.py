@@ -42,7 +42,8 @@ def _quiet_libraries() -> None:
     """Keep the libraries' own progress bars and log chatter out of the CLI's output."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    for name in ("transformers", "huggingface_hub", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except SystemExit as done:  # --help, --version, usage errors (already printed on one line)
+        return done.code if isinstance(done.code, int) else 2
     if not os.environ.get("CLIPVIZ_DEBUG"):
         _quiet_libraries()
     caught: list[warnings.WarningMessage] = []

@@ -91,7 +91,14 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
             ds = ds[split]
         streaming = False
     else:
-        ds = fetching(spec, lambda: datasets.load_dataset(spec, split=split, streaming=streaming))
+        if local.exists() and not local.is_dir():
+            raise ClipvizError(f"dataset '{spec}' is a file: use a folder of images, world:<n> or a dataset id")
+        if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+            raise ClipvizError(
+                f"dataset folder '{spec}' does not exist (accepted: a folder of images, world:<n>, a dataset saved "
+                "with save_to_disk, or a Hugging Face dataset id)"
+            )
+        ds = fetching(spec, lambda: datasets.load_dataset(spec, split=split, streaming=streaming), what="dataset")
     features = ds.features or {}
     if image_column is None:
         image_column = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)

@@ -16,6 +16,7 @@ Anything else is an error that lists these forms.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -40,11 +41,26 @@ def _accepted() -> str:
     return ACCEPTED.format(", ".join(bundled_models()) or "none installed")
 
 
+def _check_configs(path: Path) -> None:
+    """A config file that is not valid JSON is named as broken (not reported as an unknown model)."""
+    for name in ("open_clip_config.json", "config.json"):
+        config = path / name
+        if config.is_file():
+            try:
+                json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                raise ClipvizError(
+                    f"'{config}' is broken: not valid JSON ({str(error).splitlines()[0][:100]}); restore the file "
+                    "the library saved"
+                ) from None
+
+
 def _by_directory(path: Path, spec: str) -> tuple[str, str]:
     from clipviz.model.backends.hf import is_hf_dir
     from clipviz.model.backends.openclip import is_open_clip_dir
     from clipviz.model.backends.timm import is_timm_dir
 
+    _check_configs(path)
     if is_open_clip_dir(path):
         return "open_clip", f"local-dir:{path}"
     if is_timm_dir(path):
@@ -67,6 +83,8 @@ def resolve_spec(spec: str) -> tuple[str, str]:
         if not rest:
             raise ClipvizError(f"model spec '{spec}' names no model after '{scheme}:'")
         path = Path(rest).expanduser()
+        if path.is_dir():
+            _check_configs(path)
         if scheme == "hf":
             return "hf", str(path) if path.is_dir() else rest
         if path.is_dir():
@@ -123,6 +141,13 @@ def load(
     (1, 65, 512)
     """
     backend_kind, ref = resolve_spec(spec)
+    local = Path(ref.removeprefix("local-dir:"))
+    if local.is_dir():  # a truncated or corrupt weight file is named, not reported as an unknown model
+        from clipviz.model.backends.hub import first_unreadable_weights
+
+        broken = first_unreadable_weights(local)
+        if broken is not None:
+            raise ClipvizError(f"cannot load '{spec}': {broken}")
     backend: Backend
     if backend_kind == "hf":
         from clipviz.model.backends.hf import load_hf
@@ -136,6 +161,7 @@ def load(
         from clipviz.model.backends.timm import load_timm
 
         backend = load_timm(ref, spec, pretrained=pretrained, dtype=dtype)
+    backend.revision = revision  # part of the identity of cached results (text embeddings)
     model = HookedVisionModel(backend)
     if device is not None:
         try:

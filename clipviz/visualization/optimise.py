@@ -51,7 +51,14 @@ def check_size(model, size: int | None) -> int:
     if size is None:
         return int(model.image_size[0])
     patch = max(model.backend.patch_size)
-    return check_int(size, "size", patch, MAX_SIZE_FACTOR * native)
+    high = MAX_SIZE_FACTOR * native
+    try:
+        return check_int(size, "size", patch, high)
+    except ClipvizError:
+        raise ClipvizError(
+            f"image size {str(size)[:20]} is not accepted for '{model.spec}': use {patch} to {high} pixels (from its "
+            f"patch size to {MAX_SIZE_FACTOR}x its input size of {native})"
+        ) from None
 
 
 @dataclass

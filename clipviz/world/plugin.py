@@ -8,6 +8,7 @@ from pathlib import Path
 from clipviz.plugins import Registry
 
 MODELS = Path(__file__).parent / "models"
+MAX_IMAGES = 100_000  # world:<n> generates its images up front (12 KB each)
 
 
 def world_source(argument: str):
@@ -15,14 +16,16 @@ def world_source(argument: str):
     from PIL import Image
 
     from clipviz.data.sources import Source
-    from clipviz.errors import ClipvizError
+    from clipviz.errors import ClipvizError, check_int
     from clipviz.world.groundtruth import HELDOUT_SEED
     from clipviz.world.scene import generate
 
     try:
-        n = int(argument)
-    except ValueError:
-        raise ClipvizError(f"bad dataset 'world:{argument}': use world:<number of images>") from None
+        n = check_int(argument, "n", 1, MAX_IMAGES)
+    except ClipvizError:
+        raise ClipvizError(
+            f"bad dataset 'world:{argument[:20]}': use world:<n> with n from 1 to {MAX_IMAGES} images"
+        ) from None
     batch = generate(n, seed=HELDOUT_SEED + 7)
 
     def items(lo=0, hi=None):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clipviz.apps.validate import int_type
+
 
 def add_parser(sub) -> None:
     atlas = sub.add_parser(
@@ -14,7 +16,7 @@ def add_parser(sub) -> None:
     )
     atlas.add_argument("results", metavar="RESULTS_DIR")
     atlas.add_argument("--out", required=True, help="site folder (a new one, or an atlas to replace)")
-    atlas.add_argument("--page-size", type=int, default=256, help="neurons per grid page")
+    atlas.add_argument("--page-size", type=int_type("--page-size", 1), default=256, help="neurons per grid page")
     atlas.set_defaults(func=run)
 
 

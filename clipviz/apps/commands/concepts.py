@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from clipviz.apps.options import add_model_parser, load_model, parse_indices
-from clipviz.errors import ClipvizError
+from clipviz.apps.options import add_model_parser, load_model
+from clipviz.apps.validate import check_output_dir, expand, int_type, parse_spans
+from clipviz.errors import MAX_STEPS, ClipvizError
 
 
 def add_parser(sub) -> None:
@@ -26,11 +27,15 @@ def add_parser(sub) -> None:
     )
     con.add_argument("--labeller", help="CLIP model that labels images (default: the model itself)")
     con.add_argument("--recipe", default="default", help="recipe for --method visual")
-    con.add_argument("--steps", type=int, default=128, help="visualization steps for --method visual")
-    con.add_argument("--samples", type=int, default=2, help="visualizations per neuron for --method visual")
+    con.add_argument(
+        "--steps", type=int_type("--steps", 1, MAX_STEPS), default=128, help="visualization steps for --method visual"
+    )
+    con.add_argument(
+        "--samples", type=int_type("--samples", 1, 1000), default=2, help="visualizations per neuron (--method visual)"
+    )
     con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, cifar100, words-<N> or a file")
     con.add_argument("--templates", help="'ensemble' or '|'-separated prompt templates with one {} each")
-    con.add_argument("--top-k", type=int, default=5)
+    con.add_argument("--top-k", type=int_type("--top-k", 1), default=5, help="words per neuron")
     con.add_argument("--out", required=True)
     con.set_defaults(func=run)
 
@@ -55,25 +60,32 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.activations and args.method != "dissect":
         raise ClipvizError("--activations is for --method dissect")
+    spans = parse_spans(args.neurons, "neuron") if args.neurons is not None else None
+    check_output_dir(args.out)
+    vocab = load_vocabulary(args.vocab, parse_templates(args.templates))
+    if args.top_k > len(vocab.concepts):
+        raise ClipvizError(
+            f"--top-k {args.top_k} is larger than the vocabulary '{vocab.name}' ({len(vocab.concepts)} concepts): "
+            f"use at most {len(vocab.concepts)}"
+        )
     stored = None
     if args.activations:
         from clipviz.analysis.dissect import stored_activations
 
-        stored = stored_activations(
-            Path(args.activations), args.hook, parse_indices(args.neurons) if args.neurons else None
-        )
+        stored = stored_activations(Path(args.activations), args.hook, [i for s in spans for i in s] if spans else None)
         if args.probe and args.probe != stored.source:
             raise ClipvizError(
                 f"--probe {args.probe} differs from the probe set of the stored activations "
                 f"({stored.source}); leave --probe out to use theirs"
             )
-    vocab = load_vocabulary(args.vocab, parse_templates(args.templates))
     model = load_model(args)
     labeller = model if not args.labeller else load_model(argparse.Namespace(**{**vars(args), "model": args.labeller}))
     if stored is not None:
         neurons = stored.neurons
+    elif spans:
+        neurons = expand(spans, model.hook_width(args.hook), "neuron", f" for hook '{args.hook}'")
     else:
-        neurons = parse_indices(args.neurons) if args.neurons else list(range(model.hook_width(args.hook)))
+        neurons = list(range(model.hook_width(args.hook)))
     if args.method == "direct":
         table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k)
     elif args.method == "dissect":

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from clipviz.apps.validate import int_type
+from clipviz.errors import MAX_STEPS
+
 
 def add_parser(sub) -> None:
     demo = sub.add_parser(
@@ -12,8 +15,8 @@ def add_parser(sub) -> None:
         description="Offline demo on the bundled world-clip model.",
     )
     demo.add_argument("--out", default="clipviz-demo")
-    demo.add_argument("--per-block", type=int, default=2, help="neurons per block")
-    demo.add_argument("--steps", type=int, default=150, help="visualization steps")
+    demo.add_argument("--per-block", type=int_type("--per-block", 1, 64), default=2, help="neurons per block")
+    demo.add_argument("--steps", type=int_type("--steps", 1, MAX_STEPS), default=150, help="visualization steps")
     demo.set_defaults(func=run)
 
 
@@ -21,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from clipviz.apps.demo import run_demo
+    from clipviz.apps.validate import check_output_dir
 
+    check_output_dir(args.out)
     page = run_demo(Path(args.out), per_block=args.per_block, steps=args.steps)
     print(f"open {page.resolve()}")
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from clipviz.apps.options import add_model_parser, load_model, parse_indices
+from clipviz.apps.options import add_model_parser, load_model
+from clipviz.apps.validate import check_output_dir, expand, int_type, parse_spans
 
 
 def add_parser(sub) -> None:
@@ -17,13 +18,13 @@ def add_parser(sub) -> None:
     ex.add_argument("--image-column")
     ex.add_argument("--caption-column")
     ex.add_argument("--neurons", help="neuron indices (all by default): 0:64, 1,5,9")
-    ex.add_argument("--top-k", type=int, default=16)
+    ex.add_argument("--top-k", type=int_type("--top-k", 1), default=16, help="images kept per neuron")
     ex.add_argument("--reduce", default="patches", choices=["patches", "cls", "max"])
-    ex.add_argument("--batch-size", type=int, default=64)
-    ex.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
+    ex.add_argument("--batch-size", type=int_type("--batch-size", 1), default=64)
+    ex.add_argument("--shard-size", type=int_type("--shard-size", 1), default=1024, help="images per resumable shard")
     ex.add_argument(
         "--workers",
-        type=int,
+        type=int_type("--workers", 0),
         default=min(8, max(1, (os.cpu_count() or 2) - 1)),
         help="processes that decode and resize images (0: in the main process; default: one per core "
         "but one, at most 8, which doubled the rate of an H100 over decoding in-process)",
@@ -40,10 +41,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from clipviz.analysis.examples import mine_examples, mine_examples_resumable, write_thumbnails
+    from clipviz.analysis.examples import check_mining, mine_examples, mine_examples_resumable, write_thumbnails
     from clipviz.data.sources import open_source
 
-    neurons = parse_indices(args.neurons) if args.neurons else None
+    spans = parse_spans(args.neurons, "neuron") if args.neurons is not None else None
+    check_output_dir(args.out)
     source = open_source(
         args.dataset,
         split=args.split,
@@ -51,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         caption_column=args.caption_column,
         streaming=args.streaming,
     )
+    check_mining(source, args.top_k, args.batch_size, args.workers, shard_size=args.shard_size)
     model = load_model(args)
+    neurons = expand(spans, model.hook_width(args.hook), "neuron", f" for hook '{args.hook}'") if spans else None
     out = Path(args.out)
     if source.length:  # sharded: a rerun resumes, and `accelerate launch` splits the shards across processes
         result = mine_examples_resumable(

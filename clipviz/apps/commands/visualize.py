@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from clipviz.apps.options import add_model_parser, load_model, parse_indices, parse_reduce
-from clipviz.errors import ClipvizError
+from clipviz.apps.options import add_model_parser, load_model, parse_reduce
+from clipviz.apps.validate import check_output_dir, expand, float_type, int_type, parse_spans, text_type
+from clipviz.errors import MAX_STEPS, ClipvizError
 
 
 def add_parser(sub) -> None:
     vis = add_model_parser(sub, "visualize", "render images that excite neurons, text prompts or classes")
     vis.add_argument("--hook", help="hook name, e.g. blocks.6.mlp.hook_post")
     vis.add_argument("--neurons", help="neuron indices: 0:64, 1,5,9 or 0:4,10")
-    vis.add_argument("--text", action="append", help="a prompt to render (CLIP-like models); repeatable")
+    vis.add_argument(
+        "--text", action="append", type=text_type, help="a prompt to render (CLIP-like models); repeatable"
+    )
     vis.add_argument("--class", dest="classes", help="class indices to render (classifiers), like --neurons")
     vis.add_argument(
         "--recipe",
@@ -26,13 +29,26 @@ def add_parser(sub) -> None:
         default="patches",
         help="patches (default), cls, all, max, patch:ROW:COL or region:R0:R1:C0:C1",
     )
-    vis.add_argument("--steps", type=int, help="optimisation steps per stage (recipe's by default)")
-    vis.add_argument("--size", type=int, help="image size in pixels (the model's by default)")
-    vis.add_argument("--copies", type=int, help="augmented copies per image and step")
-    vis.add_argument("--lr", type=float, help="learning rate")
-    vis.add_argument("--seed", type=int, default=0)
-    vis.add_argument("--samples", type=int, default=1, help="images per target, each with its own seed")
-    vis.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
+    vis.add_argument(
+        "--steps", type=int_type("--steps", 1, MAX_STEPS), help="optimisation steps per stage (recipe's by default)"
+    )
+    vis.add_argument(
+        "--size",
+        type=int_type("--size", 1),
+        help="image size in pixels (the model's by default; from its patch size to 4x its input size)",
+    )
+    vis.add_argument("--copies", type=int_type("--copies", 1, 256), help="augmented copies per image and step")
+    vis.add_argument("--lr", type=float_type("--lr"), help="learning rate (a finite number > 0)")
+    vis.add_argument("--seed", type=int_type("--seed", None), default=0)
+    vis.add_argument(
+        "--samples", type=int_type("--samples", 1, 1000), default=1, help="images per target, each with its own seed"
+    )
+    vis.add_argument("--batch-size", type=int_type("--batch-size", 1), default=16, help="targets optimised together")
+    vis.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="leave out targets whose loss stops being finite, go on, and list them at the end",
+    )
     vis.add_argument(
         "--precision",
         default="auto",
@@ -45,15 +61,21 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipviz.visualization.optimise import check_size
     from clipviz.visualization.visualize import visualize
 
-    neurons = parse_indices(args.neurons) if args.neurons else []
-    classes = parse_indices(args.classes) if args.classes else []
-    if not (neurons or args.text or classes):
+    neuron_spans = parse_spans(args.neurons, "neuron") if args.neurons is not None else []
+    class_spans = parse_spans(args.classes, "class") if args.classes is not None else []
+    if not (neuron_spans or args.text or class_spans):
         raise ClipvizError("nothing to visualize: give --neurons (with --hook), --text or --class")
-    if neurons and not args.hook:
+    if neuron_spans and not args.hook:
         raise ClipvizError("--neurons needs --hook, e.g. --hook blocks.6.mlp.hook_post")
+    check_output_dir(args.out)
     model = load_model(args)
+    where = f" for hook '{args.hook}'" if args.hook else ""
+    neurons = expand(neuron_spans, model.hook_width(args.hook), "neuron", where) if neuron_spans else []
+    classes = expand(class_spans, None, "class") if class_spans else []
+    check_size(model, args.size)
     results = visualize(
         model,
         args.hook,
@@ -67,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         out=args.out,
+        skip_nonfinite=args.skip_nonfinite,
         steps=args.steps,
         size=args.size,
         copies=args.copies,
@@ -77,4 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if len(results) > 8:
         print(f"... and {len(results) - 8} more")
     print(f"wrote {len(results)} visualizations to {args.out}")
+    skipped = getattr(results, "skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} target(s) whose loss was not finite: " + "; ".join(w for _, w in skipped))
     return 0

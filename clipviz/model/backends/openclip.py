@@ -36,6 +36,11 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
         name, _, tag = ref.partition("/")
         tag = tag or None
         _check_name(name)
+        if tag is not None and not Path(tag).expanduser().is_file():
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            if tag not in tags:
+                shown = ", ".join(tags) if tags else "none (it has no pretrained weights)"
+                raise ClipvizError(f"unknown pretrained tag '{tag}' for open_clip model '{name}'; its tags: {shown}")
         if tag is None:
             warnings.warn(f"open_clip:{name} has no pretrained tag: its weights are random", stacklevel=3)
     # OpenAI's weights were trained with QuickGELU; a model name without "-quickgelu" would silently differ.
