@@ -87,9 +87,10 @@ def is_stale(path: Path, now: float | None = None) -> bool:
     return age > STALE_SECONDS or not _writer_alive(m["host"], int(m["pid"]))
 
 
-def remove_stale_temporaries(folder: Path, recursive: bool = True) -> list[Path]:
+def remove_stale_temporaries(folder: Path, recursive: bool = True, name: str | None = None) -> list[Path]:
     """Remove the stale temporary files and folders a killed run left under ``folder`` (only names clipviz's
-    writers make, see ``is_stale``); returns what was removed."""
+    writers make, see ``is_stale``; with ``name``, only those for a file or folder of that name); returns what was
+    removed."""
     import shutil
 
     folder = Path(folder)
@@ -98,7 +99,7 @@ def remove_stale_temporaries(folder: Path, recursive: bool = True) -> list[Path]
         return removed
     try:
         candidates = folder.rglob(".*") if recursive else folder.glob(".*")
-        stale = [p for p in candidates if is_stale(p)]
+        stale = [p for p in candidates if is_stale(p) and (name is None or _TEMP.match(p.name)["name"] == name)]
     except OSError:
         return removed
     for path in stale:
@@ -240,7 +241,7 @@ def find_visualizations(root: Path) -> Iterator[tuple[Path, dict]]:
             continue
         png = meta_path.with_suffix(".png")
         meta = read_visualization_meta(png)
-        if meta is not None:
+        if meta is not None and read_png(png) is not None:  # a garbage PNG is unfinished work, not a result
             yield png, meta
 
 

@@ -36,7 +36,16 @@ import numpy as np
 from PIL import Image
 
 from clipviz.errors import ClipvizError
-from clipviz.results import ATLAS_FILE, find_concepts, find_examples, find_visualizations, thumbnail_path, versions
+from clipviz.results import (
+    ATLAS_FILE,
+    find_concepts,
+    find_examples,
+    find_visualizations,
+    remove_stale_temporaries,
+    temp_prefix,
+    thumbnail_path,
+    versions,
+)
 
 THUMB = 96
 ASSETS = ("atlas.css", "search.js", "heat.js")  # package data in atlas_assets/, copied into every site
@@ -402,19 +411,26 @@ def build_atlas(results: str | Path, out: str | Path, *, page_size: int = 256) -
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ATLAS_FILE).is_file())):
         raise ClipvizError(f"'{out}' exists and is not an atlas: choose a new or empty folder for the site")
     found = collect(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out.parent, recursive=False, name=out.name)  # what a killed build left
+        staging = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".staging", dir=out.parent))
         _SiteWriter(found, staging, page_size).build()
         os.chmod(staging, 0o755)
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
             out.rename(old / "site")
             staging.rename(out)
             shutil.rmtree(old)
         else:
             staging.rename(out)
+    except OSError as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise ClipvizError(f"cannot write the atlas '{out}': {error.strerror or error}") from error
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return out

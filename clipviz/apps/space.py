@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, check_int
 from clipviz.images import overlay, pil_to_tensor
 from clipviz.results import read_atlas
+
+MAX_NEURON_CHARS = 64  # the neurons textbox
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,16 @@ class SpaceBackend:
             raise ClipvizError("the Space needs at least one model")
         self.models, self.limits, self.recipe = tuple(models), limits or Limits(), recipe
         self._loaded: dict[str, object] = {}
+        self._world_images: list | None = None
+        self._world_source = None
+        self._embeddings: dict[str, torch.Tensor] = {}
         self.atlas_dir = Path(atlas) if atlas is not None else None
         self.atlas = read_atlas(self.atlas_dir) if self.atlas_dir else None
 
     # ------------------------------------------------------------------------------------------------ checks
     def model(self, name: str):
-        if name not in self.models:
-            raise ClipvizError(f"unknown model '{name}'; this Space offers: {', '.join(self.models)}")
+        if not isinstance(name, str) or name not in self.models:
+            raise ClipvizError(f"unknown model '{str(name)[:60]}'; this Space offers: {', '.join(self.models)}")
         if name not in self._loaded:
             from clipviz.model.loading import load
 
@@ -83,34 +88,52 @@ class SpaceBackend:
         model = self.model(name)
         return [f"blocks.{i}.mlp.hook_post" for i in range(model.n_blocks)]
 
-    def _check(self, steps: int, size: int) -> tuple[int, int]:
+    def _check(self, steps, size) -> tuple[int, int]:
         lim = self.limits
-        steps, size = int(steps), int(size)
-        if not 1 <= steps <= lim.max_steps:
-            raise ClipvizError(f"steps must be between 1 and {lim.max_steps}, got {steps}")
-        if not lim.min_size <= size <= lim.max_size:
-            raise ClipvizError(f"image size must be between {lim.min_size} and {lim.max_size} pixels, got {size}")
+        steps = check_int(steps, "steps", 1, lim.max_steps)
+        size = check_int(size, "image size", lim.min_size, lim.max_size)
         return steps, size
 
     def _neurons(self, model, hook: str, text: str) -> list[int]:
-        from clipviz.apps.options import parse_indices
+        from clipviz.apps.validate import count, expand, parse_spans
 
-        if hook not in self.hooks(model.spec):
-            raise ClipvizError(f"unknown hook '{hook}'; choose one of the MLP hooks of {model.spec}")
-        if len(text) > 64:
-            raise ClipvizError("give at most a few neuron indices, e.g. 3 or 0,5,9")
-        neurons = list(dict.fromkeys(parse_indices(text)))
-        if not neurons:
-            raise ClipvizError("give at least one neuron index, e.g. 3 or 0,5,9")
+        if not isinstance(hook, str) or hook not in self.hooks(model.spec):
+            raise ClipvizError(f"unknown hook '{str(hook)[:60]}'; choose one of the MLP hooks of {model.spec}")
+        if not isinstance(text, str):
+            raise ClipvizError(f"give neuron indices as text, e.g. 3 or 0,5,9; got {str(text)[:20]}")
+        if len(text) > MAX_NEURON_CHARS:
+            raise ClipvizError(f"give at most a few neuron indices ({MAX_NEURON_CHARS} characters), e.g. 3 or 0,5,9")
+        spans = parse_spans(text, "index")
+        if count(spans) > self.limits.max_neurons * MAX_NEURON_CHARS:  # counted before anything is expanded
+            raise ClipvizError(f"at most {self.limits.max_neurons} neurons per request, got {count(spans)}")
+        width = model.blocks[model.hook_point(hook).block].d_mlp
+        neurons = list(dict.fromkeys(expand(spans, width, "neuron", f" for hook '{hook}'")))
         if len(neurons) > self.limits.max_neurons:
             raise ClipvizError(f"at most {self.limits.max_neurons} neurons per request, got {len(neurons)}")
-        width = model.blocks[model.hook_point(hook).block].d_mlp
-        bad = [n for n in neurons if n >= width]
-        if bad:
-            raise ClipvizError(
-                f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons (0..{width - 1})"
-            )
         return neurons
+
+    def _world(self):
+        """The held-out world images the requests search, made once per process (not per request)."""
+        if self._world_images is None:
+            from clipviz.data.sources import open_source
+
+            source = open_source(f"world:{self.limits.example_images}")
+            self._world_images = [(img, cap) for _, img, cap in source]
+            self._world_source = source
+        return self._world_images, self._world_source
+
+    def _world_embeddings(self, model) -> torch.Tensor:
+        """Image embeddings of the world images, per model, computed once."""
+        if model.spec not in self._embeddings:
+            pictures = [img for img, _ in self._world()[0]]
+            with torch.no_grad():
+                self._embeddings[model.spec] = torch.cat(
+                    [
+                        model.encode_image(_batch(pictures[i : i + 256]).to(model.device)).float().cpu()
+                        for i in range(0, len(pictures), 256)
+                    ]
+                )
+        return self._embeddings[model.spec]
 
     # ---------------------------------------------------------------------------------------------- requests
     def neurons(self, model_name: str, hook: str, neurons: str, steps: int, size: int):
@@ -118,7 +141,6 @@ class SpaceBackend:
         examples (held-out world images with heat maps) for up to ``max_neurons`` neurons of an MLP hook."""
         from clipviz.analysis.concepts import direct_lens, load_vocabulary, visual_words
         from clipviz.analysis.examples import mine_examples
-        from clipviz.data.sources import open_source
         from clipviz.visualization.visualize import visualize
 
         steps, size = self._check(steps, size)
@@ -139,10 +161,9 @@ class SpaceBackend:
                 }
                 for n, a, b in zip(chosen, lens, seen, strict=True)
             ]
-        source = open_source(f"world:{self.limits.example_images}")
+        world, source = self._world()
         ex = mine_examples(model, hook, source, neurons=chosen, top_k=self.limits.top_k, progress=False)
-        wanted = set(ex.indices.flatten().tolist())
-        pictures = {i: img for i, img, _ in source if i in wanted}
+        pictures = {i: world[i][0] for i in set(ex.indices.flatten().tolist())}
         examples = [
             (
                 overlay(pictures[int(ex.indices[j, r])], ex.maps[j, r]),
@@ -156,11 +177,12 @@ class SpaceBackend:
     def phrase(self, model_name: str, text: str, steps: int, size: int):
         """The image that the model finds most like ``text`` (a visualization of the phrase's text embedding), and
         the held-out world images closest to the phrase."""
-        from clipviz.data.sources import open_source
         from clipviz.visualization.visualize import visualize
 
         steps, size = self._check(steps, size)
-        text = " ".join(str(text).split())
+        if not isinstance(text, str):
+            raise ClipvizError(f"type a phrase, e.g. 'a red star'; got {str(text)[:20]}")
+        text = " ".join(text.split())
         if not text:
             raise ClipvizError("type a phrase, e.g. 'a red star'")
         if len(text) > self.limits.max_phrase_chars:
@@ -169,19 +191,12 @@ class SpaceBackend:
         if not model.is_clip:
             raise ClipvizError(f"phrases need a CLIP-like model; '{model_name}' has no text tower")
         vis = _gpu(visualize)(model, texts=[text], recipe=self.recipe, steps=steps, size=size, progress=False)
-        source = open_source(f"world:{self.limits.example_images}")
-        pictures, captions = [], []
-        for _, img, cap in source:
-            pictures.append(img)
-            captions.append(cap)
+        world, _ = self._world()
+        pictures = [img for img, _ in world]
+        captions = [cap for _, cap in world]
+        image_emb = self._world_embeddings(model)
         with torch.no_grad():
-            image_emb = torch.cat(
-                [
-                    model.encode_image(_batch(pictures[i : i + 256]).to(model.device)).float()
-                    for i in range(0, len(pictures), 256)
-                ]
-            )
-            text_emb = model.encode_text([text]).float()
+            text_emb = model.encode_text([text]).float().cpu()
         sims = torch.nn.functional.normalize(image_emb, dim=-1) @ torch.nn.functional.normalize(text_emb, dim=-1).T
         top = sims[:, 0].topk(self.limits.top_k)
         examples = [
@@ -197,8 +212,9 @@ class SpaceBackend:
         """A neuron of the precomputed atlas: its visualizations, words and examples, read from the atlas folder."""
         if self.atlas is None:
             raise ClipvizError("this Space has no precomputed atlas")
-        if hook not in self.atlas["hooks"]:
-            raise ClipvizError(f"hook '{hook}' is not in the atlas; it has: {', '.join(self.atlas_hooks())}")
+        if not isinstance(hook, str) or hook not in self.atlas["hooks"]:
+            raise ClipvizError(f"hook '{str(hook)[:60]}' is not in the atlas; it has: {', '.join(self.atlas_hooks())}")
+        neuron = check_int(neuron, "neuron", 0, None)
         entries = {e["neuron"]: e for e in self.atlas["hooks"][hook]["neurons"]}
         if int(neuron) not in entries:
             shown = sorted(entries)
@@ -242,8 +258,10 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
         def run(*args):
             try:
                 return fn(*args)
-            except ClipvizError as error:
-                raise gr.Error(str(error)) from None
+            except ClipvizError as error:  # every refusal is shown to the visitor, on one line, with its reason
+                raise gr.Error(" ".join(str(error).split())) from None
+            except (ValueError, TypeError, OverflowError) as error:
+                raise gr.Error(f"bad input: {' '.join(str(error).split())[:200]}") from None
 
         return run
 
@@ -252,7 +270,7 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
         return images, _words_markdown(words), examples
 
     def do_atlas(hook, neuron):
-        images, words, examples = backend.atlas_neuron(hook, int(neuron))
+        images, words, examples = backend.atlas_neuron(hook, neuron)
         text = "\n".join(f"- {m}: " + ", ".join(f"{w} ({s:.2f})" for w, s in ranked) for m, ranked in words.items())
         return images, text or "No words in the atlas for this neuron.", examples
 
@@ -268,7 +286,9 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
             with gr.Row():
                 model_in = gr.Dropdown(list(models), value=first, label="model")
                 hook_in = gr.Dropdown(backend.hooks(first), value=backend.hooks(first)[-1], label="hook")
-                neurons_in = gr.Textbox("0", label=f"neurons (up to {lim.max_neurons}, e.g. 0,5,9)")
+                neurons_in = gr.Textbox(
+                    "0", label=f"neurons (up to {lim.max_neurons}, e.g. 0,5,9)", max_length=MAX_NEURON_CHARS
+                )
             with gr.Row():
                 steps_in = gr.Slider(1, lim.max_steps, value=min(128, lim.max_steps), step=1, label="steps")
                 size_in = gr.Slider(
