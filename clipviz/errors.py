@@ -48,7 +48,7 @@ def check_int(value: object, name: str, low: int | None = None, high: int | None
     if number is None:
         raise ClipvizError(f"{name} must be a whole number{accepted}, got {str(value)[:40]}")
     if (low is not None and number < low) or (high is not None and number > high):
-        raise ClipvizError(f"{name} must be{accepted or ' a whole number'}, got {number}")
+        raise ClipvizError(f"{name} must be{accepted.replace(' of ', ' ')}, got {number}")
     return number
 
 
