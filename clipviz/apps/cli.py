@@ -82,11 +82,17 @@ def _os_error(error: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; 2 for a user error (one line on stderr), 130 for Ctrl-C at any moment."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
     except SystemExit as done:  # --help, --version, usage errors (already printed on one line)
         return done.code if isinstance(done.code, int) else 2
     if not os.environ.get("CLIPVIZ_DEBUG"):
@@ -99,8 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = args.func(args)
     except ClipvizError as error:  # a user error: the library's warnings would only be noise around it
         return _fail(f"error: {error}")
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
     except MemoryError:
         return _fail("error: out of memory: use fewer neurons, a smaller --batch-size or a smaller --size")
     except OSError as error:

@@ -183,7 +183,7 @@ class SpaceBackend:
         if not isinstance(text, str):
             raise ClipvizError(f"type a phrase, e.g. 'a red star'; got {str(text)[:20]}")
         text = " ".join(text.split())
-        if not text:
+        if not any(ch.isalnum() for ch in text):  # blank, or only zero-width and punctuation characters
             raise ClipvizError("type a phrase, e.g. 'a red star'")
         if len(text) > self.limits.max_phrase_chars:
             raise ClipvizError(f"phrases are limited to {self.limits.max_phrase_chars} characters, got {len(text)}")
