@@ -633,7 +633,14 @@ def _same_alone_and_batched(world, recipe):
     from clipviz.visualization.optimise import optimise
     from clipviz.visualization.recipes import get_recipe
 
-    r = get_recipe(recipe, steps=1 if recipe == "pii" else 2, size=16, copies=None if recipe in RECIPES[:2] else 2)
+    multi_stage = len(get_recipe(recipe).stages) > 1
+    r = get_recipe(
+        recipe,
+        steps=1,
+        size=16,
+        copies=None if get_recipe(recipe).copies == 1 else 2,
+        stages=(0.5, 1.0) if multi_stage else None,  # still two stages (zoom, resolutions), at half the cost
+    )
     alone = [optimise(world, Neuron(H, [n]), [n], r).images[0] for n in range(8)]
     for b in range(2, 9):
         batch = optimise(world, Neuron(H, list(range(b))), list(range(b)), r).images

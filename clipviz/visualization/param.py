@@ -91,6 +91,22 @@ class FourierImage(ImageParam):
         return torch.sigmoid(_decorrelated_to_rgb(x))
 
 
+class _AddColour(torch.autograd.Function):
+    """``x + colour`` for ``x`` (n, 3, H, W) and ``colour`` (n, 3, 1, 1), whose gradient for ``colour`` is the
+    per-image sum over (H, W) of a contiguous gradient. The gradient arrives with a memory layout that depends on
+    the batch size, and autograd's own reduction then summed in another order for a batch of 8 than for a batch of 1
+    (1e-6 apart), so an image's colour and phase depended on its batch."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        return x + colour
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()  # the decorrelation's backward hands a batch-dependent memory layout
+        return grad, grad.sum(dim=(2, 3), keepdim=True)
+
+
 class MacoImage(ImageParam):
     """Magnitude-constrained Fourier image: ``irfft(magnitude * exp(i * phase))`` scaled to unit variance, plus a
     learnable mean colour per image (the fixed spectrum alone cannot make a globally red image), decorrelated
@@ -121,7 +137,7 @@ class MacoImage(ImageParam):
     def forward(self) -> torch.Tensor:
         h, w = self.size
         x = torch.fft.irfft2(torch.polar(self.magnitude.expand_as(self.phase), self.phase), s=(h, w), norm="ortho")
-        x = x / (x.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 1e-8) + self.colour
+        x = _AddColour.apply(x / (x.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 1e-8), self.colour)
         if self.decorrelate:
             x = _decorrelated_to_rgb(x) * 2.0
         return torch.sigmoid(x)
