@@ -167,14 +167,17 @@ def _kept(captions: dict[int, str], top_idx: torch.Tensor) -> dict[int, str]:
     return {i: c for i, c in captions.items() if i in kept}
 
 
-def check_mining(source: Source, top_k: int, batch: int, workers: int, span=None, shard_size: int = 1) -> None:
-    """Refuse bad numbers before any image is read: ``top_k`` from 1 to the number of images, ``batch`` and
-    ``shard_size`` at least 1, ``workers`` at least 0."""
+def check_mining(
+    source: Source, top_k: int, batch: int, workers: int, shard_size: int = 1, at_most_the_data: bool = False
+) -> None:
+    """Refuse bad numbers before any image is read: ``top_k``, ``batch`` and ``shard_size`` at least 1, ``workers``
+    at least 0; with ``at_most_the_data`` (the CLI) also a ``top_k`` larger than the dataset (the library keeps
+    what there is)."""
     check_int(batch, "batch size", 1, None)
     check_int(workers, "workers", 0, None)
     check_int(shard_size, "shard size", 1, None)
     top_k = check_int(top_k, "top-k", 1, None)
-    if span is None and source.length and top_k > source.length:
+    if at_most_the_data and source.length and top_k > source.length:
         raise ClipvizError(
             f"top-k {top_k} is larger than the dataset '{source.name}' ({source.length} images): "
             f"use at most {source.length}"
@@ -201,7 +204,7 @@ def mine_examples(
     ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix.
     ``workers`` > 0 decodes and resizes images in that many processes (sources of known length), so that the
     model, not the loader, sets the pace; the result is the same."""
-    check_mining(source, top_k, batch, workers, span)
+    check_mining(source, top_k, batch, workers)
     if reduce not in ("patches", "cls", "max"):
         raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     point = model.hook_point(hook)

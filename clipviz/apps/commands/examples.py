@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         caption_column=args.caption_column,
         streaming=args.streaming,
     )
-    check_mining(source, args.top_k, args.batch_size, args.workers, shard_size=args.shard_size)
+    check_mining(source, args.top_k, args.batch_size, args.workers, args.shard_size, at_most_the_data=True)
     model = load_model(args)
     neurons = expand(spans, model.hook_width(args.hook), "neuron", f" for hook '{args.hook}'") if spans else None
     out = Path(args.out)
