@@ -98,8 +98,8 @@ BAD = [
     # visualize: indices
     ([*V, "--neurons", "0:30000000", "--out", "{out}"], ("29999999 out of range", "512")),
     ([*V, "--neurons", "5:2", "--out", "{out}"], ("5:2 is empty", "LO < HI")),
-    ([*V, "--neurons", "", "--out", "{out}"], ("empty neuron list", "0:64")),
-    ([*V, "--neurons", " , ", "--out", "{out}"], ("empty neuron list", "0:64")),
+    ([*V, "--neurons", "", "--out", "{out}"], ("empty index list", "0:64")),
+    ([*V, "--neurons", " , ", "--out", "{out}"], ("empty index list", "0:64")),
     ([*V, "--neurons", "1,,2", "--out", "{out}"], ("empty item", "0:64")),
     ([*V, "--neurons", "-3", "--out", "{out}"], ">= 0"),
     ([*V, "--neurons", "abc", "--out", "{out}"], ("not a number", "0:64")),

@@ -63,19 +63,19 @@ def parse_spans(text: str, what: str = "index") -> list[range]:
     shown = str(text)[:40]
     parts = [p.strip() for p in str(text).split(",")]
     if not any(parts):
-        raise ClipvizError(f"empty {what} list '{shown}': {_ACCEPTED}")
+        raise ClipvizError(f"empty index list '{shown}': {_ACCEPTED}")
     for part in parts:
         if not part:
-            raise ClipvizError(f"bad {what} list '{shown}': an empty item between commas; {_ACCEPTED}")
+            raise ClipvizError(f"bad index list '{shown}': an empty item between commas; {_ACCEPTED}")
         lo, sep, hi = part.partition(":")
         if not _INT.match(lo.strip() or "x") or (sep and not _INT.match(hi.strip() or "x")):
-            raise ClipvizError(f"bad {what} list '{shown}': '{part[:20]}' is not a number or range; {_ACCEPTED}")
+            raise ClipvizError(f"bad index list '{shown}': '{part[:20]}' is not a number or range; {_ACCEPTED}")
         lo_i = int(lo)
         hi_i = int(hi) if sep else lo_i + 1
         if lo_i < 0 or hi_i < 0:
-            raise ClipvizError(f"bad {what} list '{shown}': indices must be >= 0")
+            raise ClipvizError(f"bad index list '{shown}': indices must be >= 0")
         if hi_i <= lo_i:
-            raise ClipvizError(f"bad {what} list '{shown}': the range {part} is empty (use LO:HI with LO < HI)")
+            raise ClipvizError(f"bad index list '{shown}': the range {part} is empty (use LO:HI with LO < HI)")
         spans.append(range(lo_i, hi_i))
     return spans
 
