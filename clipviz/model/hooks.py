@@ -296,6 +296,18 @@ def installed(
             handle.remove()
 
 
+def _apply(group, visit, fired, value):
+    """Run every hook of ``group`` on ``value`` in turn; returns the (possibly replaced) value and whether it was."""
+    changed = False
+    for point, fn in group:
+        new = visit(point, fn, value)
+        if new is not None:
+            value, changed = new, True
+    for point, _ in group:
+        fired(point)
+    return value, changed
+
+
 def _pre_hook(group, visit, fired):
     def hook(module, args, kwargs):
         if args:
@@ -303,13 +315,7 @@ def _pre_hook(group, visit, fired):
         else:
             key = next(iter(kwargs))
             value, from_args = kwargs[key], False
-        changed = False
-        for point, fn in group:
-            new = visit(point, fn, value)
-            if new is not None:
-                value, changed = new, True
-        for point, _ in group:
-            fired(point)
+        value, changed = _apply(group, visit, fired, value)
         if not changed:
             return None
         if from_args:
@@ -321,14 +327,7 @@ def _pre_hook(group, visit, fired):
 
 def _post_hook(group, visit, fired):
     def hook(module, args, output):
-        value = _first_value(output)
-        changed = False
-        for point, fn in group:
-            new = visit(point, fn, value)
-            if new is not None:
-                value, changed = new, True
-        for point, _ in group:
-            fired(point)
+        value, changed = _apply(group, visit, fired, _first_value(output))
         return _replace_first(output, value) if changed else None
 
     return hook

@@ -133,8 +133,19 @@ def _indices(value, n: int, size: int, what: str, device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+class _AtHook(Objective):
+    """An objective on the activations at one hook (``hook``), reduced over tokens by ``reduce``."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "reduce", check_reduce(self.reduce))
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return (self.hook,)
+
+
 @dataclass(frozen=True, eq=False)
-class Neuron(Objective):
+class Neuron(_AtHook):
     """Mean activation of neuron ``index`` at ``hook`` (one index, or one per image), reduced over tokens.
 
     ``reduce``: ``"patches"`` (mean over patch tokens, prefix tokens excluded: the ViT paper), ``"cls"``,
@@ -144,13 +155,6 @@ class Neuron(Objective):
     hook: str
     index: int | Sequence[int]
     reduce: Reduce = "patches"
-
-    def __post_init__(self):
-        object.__setattr__(self, "reduce", check_reduce(self.reduce))
-
-    @property
-    def hooks(self) -> tuple[str, ...]:
-        return (self.hook,)
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         act = ctx.act(self.hook)  # (n, copies, N, d)
@@ -169,20 +173,13 @@ class Neuron(Objective):
 
 
 @dataclass(frozen=True, eq=False)
-class Direction(Objective):
+class Direction(_AtHook):
     """Dot product of the activations at ``hook`` with a direction ``(d,)`` or one per image ``(n, d)``."""
 
     hook: str
     vector: torch.Tensor
     reduce: Reduce = "patches"
     cosine: bool = False
-
-    def __post_init__(self):
-        object.__setattr__(self, "reduce", check_reduce(self.reduce))
-
-    @property
-    def hooks(self) -> tuple[str, ...]:
-        return (self.hook,)
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         act = ctx.act(self.hook).float()
