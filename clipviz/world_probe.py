@@ -22,8 +22,9 @@ from . import world
 _RED, _BLUE = world.FACTORS["colour"].index("red"), world.FACTORS["colour"].index("blue")
 
 
-def foreground_masks(n: int, seed: int, size: int = 64, single_object: bool = False,
-                     factors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def foreground_masks(
+    n: int, seed: int, size: int = 64, single_object: bool = False, factors: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """(n, size, size) bool: the object pixels of ``world.generate(n, seed, size, single_object, factors)``."""
     rng = np.random.default_rng(seed)
     if factors is None:
@@ -60,10 +61,19 @@ def world_probe(n: int, size: tuple[int, int] = (64, 64), seed: int = 0):
     if tuple(size) != tuple(images.shape[-2:]):
         images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
         masks = F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest")[:, 0] > 0.5
-    tasks = [Task(fam, batch.factors[fam].copy(), list(values), [world.prompt(fam, v) for v in values])
-             for fam, values in world.FACTORS.items() if fam != "count"]
+    tasks = [
+        Task(fam, batch.factors[fam].copy(), list(values), [world.prompt(fam, v) for v in values])
+        for fam, values in world.FACTORS.items()
+        if fam != "count"
+    ]
     names = [f"{fam}={v}" for fam, values in world.FACTORS.items() if fam != "count" for v in values]
-    concepts = np.stack([batch.factors[name.split("=")[0]] == world.FACTORS[name.split("=")[0]].index(
-        name.split("=")[1]) for name in names], 1).astype(np.float32)
-    return Probe(f"world:{n}", images, tasks, captions=list(batch.captions), masks=masks, concepts=concepts,
-                 concept_names=names)
+    concepts = np.stack(
+        [
+            batch.factors[name.split("=")[0]] == world.FACTORS[name.split("=")[0]].index(name.split("=")[1])
+            for name in names
+        ],
+        1,
+    ).astype(np.float32)
+    return Probe(
+        f"world:{n}", images, tasks, captions=list(batch.captions), masks=masks, concepts=concepts, concept_names=names
+    )

@@ -20,9 +20,31 @@ from .semantic import SemanticResult, semantic
 from .spatial import SpatialResult, spatial
 
 #: name -> study function, in the order of the issue.
-STUDIES = {"spatial": spatial, "pooling": pooling, "cls": cls, "semantic": semantic, "frequency": frequency,
-           "background": background}
+STUDIES = {
+    "spatial": spatial,
+    "pooling": pooling,
+    "cls": cls,
+    "semantic": semantic,
+    "frequency": frequency,
+    "background": background,
+}
 
-__all__ = ["STUDIES", "BackgroundResult", "ClsResult", "FrequencyResult", "PoolingResult", "Probe", "SemanticResult",
-           "SpatialResult", "StudyResult", "Task", "background", "cls", "frequency", "load_probe", "pooling",
-           "semantic", "spatial"]
+__all__ = [
+    "STUDIES",
+    "BackgroundResult",
+    "ClsResult",
+    "FrequencyResult",
+    "PoolingResult",
+    "Probe",
+    "SemanticResult",
+    "SpatialResult",
+    "StudyResult",
+    "Task",
+    "background",
+    "cls",
+    "frequency",
+    "load_probe",
+    "pooling",
+    "semantic",
+    "spatial",
+]

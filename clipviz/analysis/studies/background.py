@@ -45,10 +45,12 @@ class BackgroundResult(StudyResult):
     def summary(self) -> dict:
         mean = {c: sum(self.accuracy[c].values()) / len(self.tasks) for c in self.conditions}
         chance = sum(self.chance.values()) / len(self.tasks)
-        return {"mean": mean, "chance_mean": chance,
-                "background_above_chance": {t: self.accuracy["background"][t] > self.chance[t] + 0.05
-                                            for t in self.tasks},
-                "foreground_keeps_most": mean["foreground"] >= 0.8 * mean["full"]}
+        return {
+            "mean": mean,
+            "chance_mean": chance,
+            "background_above_chance": {t: self.accuracy["background"][t] > self.chance[t] + 0.05 for t in self.tasks},
+            "foreground_keeps_most": mean["foreground"] >= 0.8 * mean["full"],
+        }
 
     def figure(self):
         import numpy as np
@@ -72,8 +74,10 @@ class BackgroundResult(StudyResult):
 def background(model, probe, *, batch: int = 128, progress_bar: bool = True) -> BackgroundResult:
     """Run the ``background`` study (see the module docstring); the probe set needs foreground masks."""
     if probe.masks is None:
-        raise ClipvizError(f"probe set '{probe.name}' has no foreground masks: use world:N or a data set with a mask "
-                           "column (--mask-column)")
+        raise ClipvizError(
+            f"probe set '{probe.name}' has no foreground masks: use world:N or a data set with a mask "
+            "column (--mask-column)"
+        )
     tasks = accuracy_tasks(model, probe)
     predictors = [Predictor(model, t) for t in tasks]
     fg, bg = split_images(probe.images, probe.masks)
@@ -83,9 +87,13 @@ def background(model, probe, *, batch: int = 128, progress_bar: bool = True) -> 
         acc[name] = accuracies(model, predictors, images, batch)
         bar.update(1)
     bar.close()
-    return BackgroundResult(model=model.spec, dataset=probe.name,
-                            settings={"images": len(probe), "fill": "mean background colour per image and channel",
-                                      "batch": batch},
-                            tasks=[t.name for t in tasks], chance={t.name: t.chance for t in tasks},
-                            conditions=list(CONDITIONS), accuracy=acc,
-                            foreground_fraction=float(probe.masks.float().mean()))
+    return BackgroundResult(
+        model=model.spec,
+        dataset=probe.name,
+        settings={"images": len(probe), "fill": "mean background colour per image and channel", "batch": batch},
+        tasks=[t.name for t in tasks],
+        chance={t.name: t.chance for t in tasks},
+        conditions=list(CONDITIONS),
+        accuracy=acc,
+        foreground_fraction=float(probe.masks.float().mean()),
+    )

@@ -42,26 +42,38 @@ class ClsResult(StudyResult):
         iso = [v for v in self.cls_isolation if v is not None]
         out = {}
         if iso:
-            out.update(cls_isolation_first=iso[0], cls_isolation_last=iso[-1], cls_isolation_max=max(iso),
-                       cls_isolation_min=min(iso),
-                       isolated_until_last=bool(len(iso) > 1 and min(iso[:-1]) > 0.5 and iso[-1] < min(iso[:-1])))
+            out.update(
+                cls_isolation_first=iso[0],
+                cls_isolation_last=iso[-1],
+                cls_isolation_max=max(iso),
+                cls_isolation_min=min(iso),
+                isolated_until_last=bool(len(iso) > 1 and min(iso[:-1]) > 0.5 and iso[-1] < min(iso[:-1])),
+            )
         out["ablation_effect_final_max"] = max(self.ablation_effect_final)
         return out
 
     def figure(self):
         fig, (ax, bx) = new_figure(1, 2)
         nan = float("nan")
-        ax.plot(self.blocks, [nan if v is None else v for v in self.cls_isolation], "o-",
-                label="CLS attention to prefix (isolation)")
+        ax.plot(
+            self.blocks,
+            [nan if v is None else v for v in self.cls_isolation],
+            "o-",
+            label="CLS attention to prefix (isolation)",
+        )
         ax.plot(self.blocks, [nan if v is None else v for v in self.cls_self], "s--", label="CLS attention to itself")
-        ax.plot(self.blocks, [nan if v is None else v for v in self.patch_to_cls], "^-",
-                label="patches' attention to CLS")
+        ax.plot(
+            self.blocks, [nan if v is None else v for v in self.patch_to_cls], "^-", label="patches' attention to CLS"
+        )
         ax.set(xlabel="block", ylabel="attention mass", ylim=(0, 1.05), title="CLS token vs patches")
         ax.legend(fontsize=8)
         bx.plot(self.blocks, self.ablation_effect_block, "o-", label="at that block's output")
         bx.plot(self.blocks, self.ablation_effect_final, "s-", label="at the last block's output")
-        bx.set(xlabel="block where CLS is mean-ablated", ylabel="relative change of patch tokens",
-               title="effect of ablating CLS on the patches")
+        bx.set(
+            xlabel="block where CLS is mean-ablated",
+            ylabel="relative change of patch tokens",
+            title="effect of ablating CLS on the patches",
+        )
         bx.legend(fontsize=8)
         fig.suptitle(f"cls: {self.model} on {self.dataset}", fontsize=10)
         return fig
@@ -138,14 +150,27 @@ def cls(model, probe, *, batch: int = 32, ablation_images: int = 128, progress_b
     """Run the ``cls`` study (see the module docstring); the model needs a CLS token."""
     layout = layout_of(model, 0)
     if "cls" not in layout.prefix:
-        raise ClipvizError(f"model '{model.spec}' has no CLS token (prefix tokens: {list(layout.prefix) or 'none'}): "
-                           "the cls study needs one")
+        raise ClipvizError(
+            f"model '{model.spec}' has no CLS token (prefix tokens: {list(layout.prefix) or 'none'}): "
+            "the cls study needs one"
+        )
     bar = progress(2 * model.n_blocks, "cls", progress_bar)
     iso, own, back = cls_attention(model, probe.images, batch, bar)
     local, final = cls_ablation(model, probe.images[:ablation_images], batch, bar)
     bar.close()
-    return ClsResult(model=model.spec, dataset=probe.name,
-                     settings={"images": len(probe), "ablation_images": min(ablation_images, len(probe)),
-                               "ablation": "CLS at hook_resid_pre replaced by its probe mean", "batch": batch},
-                     blocks=list(range(model.n_blocks)), cls_isolation=iso, cls_self=own, patch_to_cls=back,
-                     ablation_effect_block=local, ablation_effect_final=final)
+    return ClsResult(
+        model=model.spec,
+        dataset=probe.name,
+        settings={
+            "images": len(probe),
+            "ablation_images": min(ablation_images, len(probe)),
+            "ablation": "CLS at hook_resid_pre replaced by its probe mean",
+            "batch": batch,
+        },
+        blocks=list(range(model.n_blocks)),
+        cls_isolation=iso,
+        cls_self=own,
+        patch_to_cls=back,
+        ablation_effect_block=local,
+        ablation_effect_final=final,
+    )

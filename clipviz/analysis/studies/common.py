@@ -72,8 +72,10 @@ class Probe:
                     cols.append(task.labels == k)
                     names.append(f"{task.name}={cls}")
             return np.stack(cols, 1).astype(np.float32), names, "labels"
-        raise ClipvizError(f"probe set '{self.name}' has no captions, labels or concepts: the semantic study needs "
-                           "one of them (world:N, a captioned or labelled data set, or folders as classes)")
+        raise ClipvizError(
+            f"probe set '{self.name}' has no captions, labels or concepts: the semantic study needs "
+            "one of them (world:N, a captioned or labelled data set, or folders as classes)"
+        )
 
 
 _STOP = {"a", "an", "the", "of", "on", "in", "at", "and", "with", "is", "are", "there", "some", "to", "near", "its"}
@@ -109,10 +111,19 @@ def _mask_to_tensor(img, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(array > 127 if array.max() > 1 else array > 0)
 
 
-def load_probe(spec: str, size: tuple[int, int], n: int, *, seed: int = 0, split: str = "train",
-               image_column: str | None = None, label_column: str | None = None,
-               caption_column: str | None = None, mask_column: str | None = None,
-               templates: Sequence[str] = ("a photo of a {}.",)) -> Probe:
+def load_probe(
+    spec: str,
+    size: tuple[int, int],
+    n: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    caption_column: str | None = None,
+    mask_column: str | None = None,
+    templates: Sequence[str] = ("a photo of a {}.",),
+) -> Probe:
     """``world`` / ``world:N`` (N images of the synthetic world, single objects, with masks and factors), a folder
     of images (classes from the first sub-folder when there are several) or a Hugging Face data set (id or saved
     directory; ``label_column`` / ``caption_column`` / ``mask_column`` name its columns). At most ``n`` images,
@@ -174,10 +185,15 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
         ds = fetching(spec, lambda: datasets.load_dataset(spec, split=split))
     features = ds.features
     if image_column is None:
-        image_column = next((k for k, v in features.items() if isinstance(v, datasets.Image) and k != mask_column),
-                            None)
-    for what, col in (("image", image_column), ("label", label_column), ("caption", caption_column),
-                      ("mask", mask_column)):
+        image_column = next(
+            (k for k, v in features.items() if isinstance(v, datasets.Image) and k != mask_column), None
+        )
+    for what, col in (
+        ("image", image_column),
+        ("label", label_column),
+        ("caption", caption_column),
+        ("mask", mask_column),
+    ):
         if col is not None and col not in features:
             raise ClipvizError(f"dataset '{spec}' has no {what} column {col!r}; columns: {', '.join(features)}")
     if image_column is None:
@@ -205,8 +221,9 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
             classes = sorted({str(v) for v in raw_labels})
             labels = np.array([classes.index(str(v)) for v in raw_labels])
         tasks.append(Task(label_column, labels, classes, [templates[0].format(c) for c in classes]))
-    return Probe(spec, torch.stack(images), tasks, captions=captions or None,
-                 masks=torch.stack(masks) if masks else None)
+    return Probe(
+        spec, torch.stack(images), tasks, captions=captions or None, masks=torch.stack(masks) if masks else None
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -271,8 +288,9 @@ def new_figure(rows: int = 1, cols: int = 1, width: float = 5.0, height: float =
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ClipvizError("the analyses' plots need matplotlib: pip install matplotlib "
-                           "(or pip install 'clipviz[analysis]')") from None
+        raise ClipvizError(
+            "the analyses' plots need matplotlib: pip install matplotlib (or pip install 'clipviz[analysis]')"
+        ) from None
     fig = Figure(figsize=(width * cols, height * rows))
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -299,14 +317,22 @@ def chunks(n: int, batch: int) -> Iterator[slice]:
 def layout_of(model, block: int):
     """The model's token layout at a block (``model.layout``), checked to be a plain ViT grid."""
     if model.backend.hierarchical:
-        raise ClipvizError(f"model '{model.spec}' is hierarchical (its patch grid changes between stages): the "
-                           "analyses need a plain ViT with one patch grid")
+        raise ClipvizError(
+            f"model '{model.spec}' is hierarchical (its patch grid changes between stages): the "
+            "analyses need a plain ViT with one patch grid"
+        )
     return model.layout(block)
 
 
 @torch.no_grad()
-def collect(model, images: torch.Tensor, hooks: Sequence[str], batch: int,
-            reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None, bar=None) -> dict[str, torch.Tensor]:
+def collect(
+    model,
+    images: torch.Tensor,
+    hooks: Sequence[str],
+    batch: int,
+    reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    bar=None,
+) -> dict[str, torch.Tensor]:
     """Activations at ``hooks`` for all images (float32, on the CPU), reduced per batch by ``reduce(hook, act)``."""
     out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     for part in chunks(images.shape[0], batch):
@@ -352,8 +378,14 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Ten
     return w, ym
 
 
-def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                   n_classes: int, alpha: float = 1e-3) -> float:
+def probe_accuracy(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    n_classes: int,
+    alpha: float = 1e-3,
+) -> float:
     """Held-out accuracy of a linear (ridge, one-hot targets) classifier from features to integer labels."""
     xs, xt = _standardise(x_train.float(), x_test.float())
     w, b = ridge_fit(xs, F.one_hot(y_train.long(), n_classes).float(), alpha)
@@ -361,8 +393,13 @@ def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     return float((pred == y_test.long()).double().mean())
 
 
-def cv_r2(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, folds: int = 3,
-          alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0), seed: int = 0) -> torch.Tensor:
+def cv_r2(
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    folds: int = 3,
+    alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0),
+    seed: int = 0,
+) -> torch.Tensor:
     """Cross-validated R^2 of a ridge regression of every column of ``y`` (n, k) on ``x`` (n, d): (k,).
 
     Folds split the rows at random (``seed``); the held-out predictions of all folds are pooled, and the best
@@ -403,21 +440,23 @@ class Predictor:
         elif model.backend.output_kind == "logits":
             self.text = None
         else:
-            raise ClipvizError(f"model '{model.spec}' has neither a text tower nor class logits: accuracy needs one "
-                               "of them")
+            raise ClipvizError(
+                f"model '{model.spec}' has neither a text tower nor class logits: accuracy needs one of them"
+            )
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.model(images.to(self.model.device)).float()
+    def classify(self, output: torch.Tensor) -> torch.Tensor:
+        """Class predictions from the model's head output (B, ...)."""
         if self.text is not None:
-            return (F.normalize(out, dim=-1) @ self.text.T.to(out.device)).argmax(1).cpu()
-        return out.argmax(1).cpu()
+            return (F.normalize(output, dim=-1) @ self.text.T.to(output.device)).argmax(1).cpu()
+        return output.argmax(1).cpu()
 
 
 def accuracy_tasks(model, probe: Probe) -> list[Task]:
     if not probe.tasks:
-        raise ClipvizError(f"probe set '{probe.name}' has no labels: accuracy needs world:N, a folder with one "
-                           "sub-folder per class or a data set with a label column (--label-column)")
+        raise ClipvizError(
+            f"probe set '{probe.name}' has no labels: accuracy needs world:N, a folder with one "
+            "sub-folder per class or a data set with a label column (--label-column)"
+        )
     return probe.tasks
 
 
@@ -428,10 +467,7 @@ def accuracies(model, predictors: Sequence[Predictor], images: torch.Tensor, bat
         with torch.no_grad():
             out = model(images[part].to(model.device)).float()
         for p in predictors:
-            if p.text is not None:
-                preds[p.task.name].append((F.normalize(out, dim=-1) @ p.text.T.to(out.device)).argmax(1).cpu())
-            else:
-                preds[p.task.name].append(out.argmax(1).cpu())
+            preds[p.task.name].append(p.classify(out))
     return {p.task.name: float((torch.cat(preds[p.task.name]).numpy() == p.task.labels).mean()) for p in predictors}
 
 
@@ -440,5 +476,21 @@ def dump(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-__all__ = ["PAPER", "Predictor", "Probe", "StudyResult", "Task", "accuracies", "caption_words", "chunks", "clipviz",
-           "collect", "cv_r2", "grid_distances", "load_probe", "new_figure", "probe_accuracy", "progress"]
+__all__ = [
+    "PAPER",
+    "Predictor",
+    "Probe",
+    "StudyResult",
+    "Task",
+    "accuracies",
+    "caption_words",
+    "chunks",
+    "clipviz",
+    "collect",
+    "cv_r2",
+    "grid_distances",
+    "load_probe",
+    "new_figure",
+    "probe_accuracy",
+    "progress",
+]

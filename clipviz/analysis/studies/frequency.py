@@ -53,12 +53,18 @@ class FrequencyResult(StudyResult):
         # Low-pass at c keeps the frequencies <= c, high-pass those > c: at half the Nyquist frequency each keeps
         # one half of the band, so the two accuracies there say which half the model relies on more.
         half = min(range(len(self.cutoffs)), key=lambda k: abs(self.cutoffs[k] - 0.5))
-        return {"clean_mean": self._mean(self.clean), "chance_mean": self._mean(self.chance),
-                "low_pass_mean": dict(zip(map(str, self.cutoffs), low, strict=True)),
-                "high_pass_mean": dict(zip(map(str, self.cutoffs), high, strict=True)),
-                "low_pass_auc": sum(low) / len(low), "high_pass_auc": sum(high) / len(high),
-                "split_cutoff": self.cutoffs[half], "low_half_accuracy": low[half], "high_half_accuracy": high[half],
-                "relies_more_on_low_frequencies": low[half] > high[half]}
+        return {
+            "clean_mean": self._mean(self.clean),
+            "chance_mean": self._mean(self.chance),
+            "low_pass_mean": dict(zip(map(str, self.cutoffs), low, strict=True)),
+            "high_pass_mean": dict(zip(map(str, self.cutoffs), high, strict=True)),
+            "low_pass_auc": sum(low) / len(low),
+            "high_pass_auc": sum(high) / len(high),
+            "split_cutoff": self.cutoffs[half],
+            "low_half_accuracy": low[half],
+            "high_half_accuracy": high[half],
+            "relies_more_on_low_frequencies": low[half] > high[half],
+        }
 
     def figure(self):
         fig, axes = new_figure(1, 2)
@@ -69,14 +75,19 @@ class FrequencyResult(StudyResult):
         ax.plot(self.cutoffs, high, "s-", label="high-pass (keep > cutoff, + DC)")
         ax.axhline(self._mean(self.clean), color="k", lw=0.8, label="clean")
         ax.axhline(self._mean(self.chance), color="grey", ls="--", label="chance")
-        ax.set(xlabel="cutoff (fraction of Nyquist)", ylabel="mean accuracy over tasks", ylim=(0, 1.05),
-               title="accuracy under frequency filtering")
+        ax.set(
+            xlabel="cutoff (fraction of Nyquist)",
+            ylabel="mean accuracy over tasks",
+            ylim=(0, 1.05),
+            title="accuracy under frequency filtering",
+        )
         ax.legend(fontsize=8)
         for k, task in enumerate(self.tasks):
             bx.plot(self.cutoffs, [r[task] for r in self.low_pass], "-", color=f"C{k}", label=f"{task} low")
             bx.plot(self.cutoffs, [r[task] for r in self.high_pass], "--", color=f"C{k}")
-        bx.set(xlabel="cutoff (solid: low-pass, dashed: high-pass)", ylabel="accuracy", ylim=(0, 1.05),
-               title="per task")
+        bx.set(
+            xlabel="cutoff (solid: low-pass, dashed: high-pass)", ylabel="accuracy", ylim=(0, 1.05), title="per task"
+        )
         bx.legend(fontsize=7)
         fig.suptitle(f"frequency: {self.model} on {self.dataset}", fontsize=10)
         return fig
@@ -95,8 +106,14 @@ def frequency(model, probe, *, cutoffs=CUTOFFS, batch: int = 128, progress_bar: 
             rows.append(accuracies(model, predictors, radial_filter(probe.images, c, kind), batch))
             bar.update(1)
     bar.close()
-    return FrequencyResult(model=model.spec, dataset=probe.name,
-                           settings={"images": len(probe), "filter": "ideal radial mask per channel, high-pass keeps "
-                                     "DC", "batch": batch},
-                           tasks=[t.name for t in tasks], chance={t.name: t.chance for t in tasks}, clean=clean,
-                           cutoffs=list(cutoffs), low_pass=low, high_pass=high)
+    return FrequencyResult(
+        model=model.spec,
+        dataset=probe.name,
+        settings={"images": len(probe), "filter": "ideal radial mask per channel, high-pass keeps DC", "batch": batch},
+        tasks=[t.name for t in tasks],
+        chance={t.name: t.chance for t in tasks},
+        clean=clean,
+        cutoffs=list(cutoffs),
+        low_pass=low,
+        high_pass=high,
+    )

@@ -29,8 +29,10 @@ from .common import StudyResult, chunks, grid_distances, layout_of, new_figure, 
 @dataclass
 class PoolingResult(StudyResult):
     study = "pooling"
-    claim = ("the last block acts as a learned global pooling: its outputs depend on all patches, while earlier "
-             "blocks keep each patch's output local")
+    claim = (
+        "the last block acts as a learned global pooling: its outputs depend on all patches, while earlier "
+        "blocks keep each patch's output local"
+    )
     blocks: list[int]
     attention_distance: list[float | None]
     attention_ratio: list[float | None]
@@ -53,16 +55,28 @@ class PoolingResult(StudyResult):
     def figure(self):
         fig, (ax, bx) = new_figure(1, 2)
         if any(v is not None for v in self.attention_ratio):
-            ax.plot(self.blocks, [v if v is not None else float("nan") for v in self.attention_ratio], "o-",
-                    label="attention distance / uniform")
-            ax.plot(self.blocks, [v if v is not None else float("nan") for v in self.attention_to_prefix], "s--",
-                    label="attention of patches to prefix tokens")
+            ax.plot(
+                self.blocks,
+                [v if v is not None else float("nan") for v in self.attention_ratio],
+                "o-",
+                label="attention distance / uniform",
+            )
+            ax.plot(
+                self.blocks,
+                [v if v is not None else float("nan") for v in self.attention_to_prefix],
+                "s--",
+                label="attention of patches to prefix tokens",
+            )
         ax.plot(self.blocks, self.gradient_ratio, "^-", label="input-gradient distance / uniform")
         ax.set(xlabel="block", ylabel="ratio (0 local, 1 global)", ylim=(0, 1.05), title="how far each block looks")
         ax.legend(fontsize=8)
         bx.plot(self.blocks, self.gradient_self_share, "o-", color="C3")
-        bx.set(xlabel="block", ylabel="share of input-gradient energy", ylim=(0, 1.05),
-               title="output patch's dependence on its own input patch")
+        bx.set(
+            xlabel="block",
+            ylabel="share of input-gradient energy",
+            ylim=(0, 1.05),
+            title="output patch's dependence on its own input patch",
+        )
         fig.suptitle(f"pooling: {self.model} on {self.dataset}", fontsize=10)
         return fig
 
@@ -122,7 +136,7 @@ def gradient_locality(model, images: torch.Tensor, queries: int = 4, seed: int =
             value = (token @ directions[block].to(token.device)).sum()
             (grad,) = torch.autograd.grad(value, pixels, retain_graph=block < len(hooks) - 1)
             energy = (grad.float() ** 2).sum(1)  # (B, H, W)
-            energy = energy[:, :gh * ph, :gw * pw].reshape(-1, gh, ph, gw, pw).sum((2, 4)).flatten(1).cpu()
+            energy = energy[:, : gh * ph, : gw * pw].reshape(-1, gh, ph, gw, pw).sum((2, 4)).flatten(1).cpu()
             energy = energy / energy.sum(1, keepdim=True).clamp(min=1e-30)
             share[block] += float(energy[:, cell].mean())
             ratio[block] += float((energy @ dist[cell]).mean() / dist[cell].mean())
@@ -131,15 +145,35 @@ def gradient_locality(model, images: torch.Tensor, queries: int = 4, seed: int =
     return (share / len(cells)).tolist(), (ratio / len(cells)).tolist()
 
 
-def pooling(model, probe, *, batch: int = 32, gradient_images: int = 16, queries: int = 4, seed: int = 0,
-            progress_bar: bool = True) -> PoolingResult:
+def pooling(
+    model,
+    probe,
+    *,
+    batch: int = 32,
+    gradient_images: int = 16,
+    queries: int = 4,
+    seed: int = 0,
+    progress_bar: bool = True,
+) -> PoolingResult:
     """Run the ``pooling`` study (see the module docstring)."""
     bar = progress(model.n_blocks + queries, "pooling", progress_bar)
     distance, ratio, prefix = attention_distances(model, probe.images, batch, bar)
     share, gratio = gradient_locality(model, probe.images[:gradient_images], queries, seed, bar)
     bar.close()
-    return PoolingResult(model=model.spec, dataset=probe.name,
-                         settings={"images": len(probe), "gradient_images": min(gradient_images, len(probe)),
-                                   "queries": queries, "seed": seed, "batch": batch},
-                         blocks=list(range(model.n_blocks)), attention_distance=distance, attention_ratio=ratio,
-                         attention_to_prefix=prefix, gradient_self_share=share, gradient_ratio=gratio)
+    return PoolingResult(
+        model=model.spec,
+        dataset=probe.name,
+        settings={
+            "images": len(probe),
+            "gradient_images": min(gradient_images, len(probe)),
+            "queries": queries,
+            "seed": seed,
+            "batch": batch,
+        },
+        blocks=list(range(model.n_blocks)),
+        attention_distance=distance,
+        attention_ratio=ratio,
+        attention_to_prefix=prefix,
+        gradient_self_share=share,
+        gradient_ratio=gratio,
+    )

@@ -38,10 +38,16 @@ LABELS = ("semantic", "visual", "mixed", "unexplained")
 def visual_statistics(images: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, list[str]]:
     """Low-level statistics (n, f) of images (n, 3, H, W) in [0, 1]: colour, frequency and texture."""
     rows = [_visual(images[part].float()) for part in chunks(images.shape[0], batch)]
-    names = ([f"hist_{c}{b}" for c in "rgb" for b in range(8)] + [f"joint_{k}" for k in range(64)]
-             + [f"mean_{c}" for c in "rgb"] + [f"std_{c}" for c in "rgb"] + [f"power_band{k}" for k in range(8)]
-             + [f"gradient_mag{k}" for k in range(8)] + [f"gradient_orient{k}" for k in range(8)]
-             + ["local_variance"])
+    names = (
+        [f"hist_{c}{b}" for c in "rgb" for b in range(8)]
+        + [f"joint_{k}" for k in range(64)]
+        + [f"mean_{c}" for c in "rgb"]
+        + [f"std_{c}" for c in "rgb"]
+        + [f"power_band{k}" for k in range(8)]
+        + [f"gradient_mag{k}" for k in range(8)]
+        + [f"gradient_orient{k}" for k in range(8)]
+        + ["local_variance"]
+    )
     return torch.cat(rows).numpy(), names
 
 
@@ -90,8 +96,10 @@ def classify(r2_sem: torch.Tensor, r2_vis: torch.Tensor, margin: float, min_r2: 
 @dataclass
 class SemanticResult(StudyResult):
     study = "semantic"
-    claim = ("neurons of language-supervised ViTs (CLIP) respond to semantic concepts rather than to low-level "
-             "visual features")
+    claim = (
+        "neurons of language-supervised ViTs (CLIP) respond to semantic concepts rather than to low-level "
+        "visual features"
+    )
     blocks: list[int]
     semantic_features: str  # what the semantic features were: concepts, caption words or labels
     fractions: list[dict]  # per block: label -> share of neurons
@@ -102,9 +110,12 @@ class SemanticResult(StudyResult):
     def summary(self) -> dict:
         total = {k: sum(f[k] for f in self.fractions) / len(self.fractions) for k in LABELS}
         last = self.fractions[-1]
-        return {"fraction_all_blocks": total, "fraction_last_block": last,
-                "semantic_over_visual_last_block": last["semantic"] > last["visual"],
-                "semantic_features": self.semantic_features}
+        return {
+            "fraction_all_blocks": total,
+            "fraction_last_block": last,
+            "semantic_over_visual_last_block": last["semantic"] > last["visual"],
+            "semantic_features": self.semantic_features,
+        }
 
     def label_of(self, block: int, neuron: int) -> str:
         for row in self.neurons:
@@ -124,19 +135,36 @@ class SemanticResult(StudyResult):
         ax.legend(fontsize=8, loc="lower left")
         for block in self.blocks:
             rows = [r for r in self.neurons if r["block"] == block]
-            bx.scatter([r["r2_visual"] for r in rows], [r["r2_semantic"] for r in rows], s=4, alpha=0.5,
-                       label=f"block {block}")
+            bx.scatter(
+                [r["r2_visual"] for r in rows], [r["r2_semantic"] for r in rows], s=4, alpha=0.5, label=f"block {block}"
+            )
         bx.plot([0, 1], [0, 1], color="grey", lw=0.8)
-        bx.set(xlabel="R² from visual statistics", ylabel=f"R² from {self.semantic_features}", xlim=(-0.05, 1),
-               ylim=(-0.05, 1), title="per neuron (cross-validated)")
+        bx.set(
+            xlabel="R² from visual statistics",
+            ylabel=f"R² from {self.semantic_features}",
+            xlim=(-0.05, 1),
+            ylim=(-0.05, 1),
+            title="per neuron (cross-validated)",
+        )
         bx.legend(fontsize=7, markerscale=3)
         fig.suptitle(f"semantic: {self.model} on {self.dataset}", fontsize=10)
         return fig
 
 
-def semantic(model, probe, *, neurons: int | None = None, top_k: int = 16, margin: float = 0.1, min_r2: float = 0.25,
-             folds: int = 3, batch: int = 64, seed: int = 0, hooks: list[str] | None = None,
-             progress_bar: bool = True) -> SemanticResult:
+def semantic(
+    model,
+    probe,
+    *,
+    neurons: int | None = None,
+    top_k: int = 16,
+    margin: float = 0.1,
+    min_r2: float = 0.25,
+    folds: int = 3,
+    batch: int = 64,
+    seed: int = 0,
+    hooks: list[str] | None = None,
+    progress_bar: bool = True,
+) -> SemanticResult:
     """Run the ``semantic`` study (see the module docstring) on the first ``neurons`` of every block (all by
     default) or on the MLP hooks ``hooks``."""
     sem, sem_names, kind = probe.semantic_features()
@@ -170,18 +198,41 @@ def semantic(model, probe, *, neurons: int | None = None, top_k: int = 16, margi
         block = model.hook_point(h).block
         blocks.append(block)
         for j in range(y.shape[1]):
-            rows.append({"block": block, "neuron": j, "r2_semantic": float(r2_s[j]), "r2_visual": float(r2_v[j]),
-                         "label": labels[j], "top_concept": sem_names[int(best[j])] if sem_names else int(best[j]),
-                         "top_concept_rate": float(rate[j])})
+            rows.append(
+                {
+                    "block": block,
+                    "neuron": j,
+                    "r2_semantic": float(r2_s[j]),
+                    "r2_visual": float(r2_v[j]),
+                    "label": labels[j],
+                    "top_concept": sem_names[int(best[j])] if sem_names else int(best[j]),
+                    "top_concept_rate": float(rate[j]),
+                }
+            )
         fractions.append({lab: labels.count(lab) / len(labels) for lab in LABELS})
         mean_sem.append(float(r2_s.mean()))
         mean_vis.append(float(r2_v.mean()))
         bar.update(1)
     bar.close()
-    return SemanticResult(model=model.spec, dataset=probe.name,
-                          settings={"images": len(probe), "neurons_per_block": neurons, "top_k": top_k,
-                                    "margin": margin, "min_r2": min_r2, "folds": folds, "seed": seed,
-                                    "semantic_dims": int(sem.shape[1]), "visual_dims": int(vis.shape[1]),
-                                    "response": "mean over patch tokens of mlp.hook_post"},
-                          blocks=blocks, semantic_features=kind, fractions=fractions, mean_r2_semantic=mean_sem,
-                          mean_r2_visual=mean_vis, neurons=rows)
+    return SemanticResult(
+        model=model.spec,
+        dataset=probe.name,
+        settings={
+            "images": len(probe),
+            "neurons_per_block": neurons,
+            "top_k": top_k,
+            "margin": margin,
+            "min_r2": min_r2,
+            "folds": folds,
+            "seed": seed,
+            "semantic_dims": int(sem.shape[1]),
+            "visual_dims": int(vis.shape[1]),
+            "response": "mean over patch tokens of mlp.hook_post",
+        },
+        blocks=blocks,
+        semantic_features=kind,
+        fractions=fractions,
+        mean_r2_semantic=mean_sem,
+        mean_r2_visual=mean_vis,
+        neurons=rows,
+    )

@@ -12,9 +12,9 @@ Two measurements per block:
   generalise across image content). Chance is ``1 / patches``. Row ``-1`` is the block-0 input (the embeddings).
 * the spatial objective test: images are optimised to excite one MLP neuron (``mlp.hook_post``) *at one patch*
   (``reduce=("patch", r, c)``, no jitter so positions stay put); then each patch of the result is occluded in turn
-  (filled with the image's mean colour) and the drop of the objective says where the pattern that drives it lies.
-  ``objective_hit``: the share of images whose largest drop is at the target patch (chance ``1 / patches``);
-  ``objective_share``: the mean share of the positive drops that falls on the target patch.
+  (filled with the image's mean colour) and the change of the objective says where the pattern that drives it
+  lies. ``objective_hit``: the share of images whose largest change (in absolute value) is at the target patch
+  (chance ``1 / patches``); ``objective_share``: the mean share of the absolute changes that falls on the target.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from .common import StudyResult, collect, layout_of, new_figure, probe_accuracy,
 @dataclass
 class SpatialResult(StudyResult):
     study = "spatial"
-    claim = ("ViTs preserve spatial information in every block but the last, which acts as a learned global "
-             "pooling (a patch-position objective lands at its position except in the last block)")
+    claim = (
+        "ViTs preserve spatial information in every block but the last, which acts as a learned global "
+        "pooling (a patch-position objective lands at its position except in the last block)"
+    )
     blocks: list[int]  # -1: the embeddings (input of block 0)
     position_accuracy: list[float]
     chance: float
@@ -42,26 +44,34 @@ class SpatialResult(StudyResult):
         acc = dict(zip(self.blocks, self.position_accuracy, strict=True))
         last = max(self.blocks)
         inner = [a for b, a in acc.items() if 0 <= b < last]
-        out = {"chance": self.chance, "last_block_accuracy": acc[last],
-               "min_accuracy_before_last": min(inner) if inner else None,
-               "position_kept_before_last": bool(inner) and min(inner) > 0.5 + 0.5 * self.chance,
-               "position_lost_in_last": acc[last] < 0.5 * min(inner) if inner else None}
+        out = {
+            "chance": self.chance,
+            "last_block_accuracy": acc[last],
+            "min_accuracy_before_last": min(inner) if inner else None,
+            "position_kept_before_last": bool(inner) and min(inner) > 0.5 + 0.5 * self.chance,
+            "position_lost_in_last": acc[last] < 0.5 * min(inner) if inner else None,
+        }
         if self.objective_hit:
             out["objective_hit_last"] = self.objective_hit[-1]
-            out["objective_hit_before_last"] = (sum(self.objective_hit[:-1]) / (len(self.objective_hit) - 1)
-                                                if len(self.objective_hit) > 1 else None)
+            out["objective_hit_before_last"] = (
+                sum(self.objective_hit[:-1]) / (len(self.objective_hit) - 1) if len(self.objective_hit) > 1 else None
+            )
         return out
 
     def figure(self):
         fig, (ax, bx) = new_figure(1, 2)
         ax.plot(self.blocks, self.position_accuracy, "o-", label="linear probe (held-out)")
         ax.axhline(self.chance, color="grey", ls="--", label="chance")
-        ax.set(xlabel="block (-1: embeddings)", ylabel="position accuracy", ylim=(0, 1.05),
-               title="patch position decodable from its token")
+        ax.set(
+            xlabel="block (-1: embeddings)",
+            ylabel="position accuracy",
+            ylim=(0, 1.05),
+            title="patch position decodable from its token",
+        )
         ax.legend(fontsize=8)
         if self.objective_blocks:
-            bx.plot(self.objective_blocks, self.objective_hit, "o-", label="hit: largest occlusion drop at target")
-            bx.plot(self.objective_blocks, self.objective_share, "s-", label="share of drop at target")
+            bx.plot(self.objective_blocks, self.objective_hit, "o-", label="hit: largest occlusion change at target")
+            bx.plot(self.objective_blocks, self.objective_share, "s-", label="share of change at target")
             bx.axhline(self.chance, color="grey", ls="--", label="chance")
             bx.legend(fontsize=8)
         bx.set(xlabel="block", ylabel="fraction", ylim=(0, 1.05), title="patch-position objective: where it lands")
@@ -88,8 +98,9 @@ def position_probe(model, images: torch.Tensor, batch: int = 64, bar=None) -> tu
     return list(range(-1, model.n_blocks)), accuracy, 1.0 / n_patch
 
 
-def _occlusion_drops(model, hook: str, neurons: torch.Tensor, target: tuple[int, int], images: torch.Tensor,
-                     layout) -> torch.Tensor:
+def _occlusion_drops(
+    model, hook: str, neurons: torch.Tensor, target: tuple[int, int], images: torch.Tensor, layout
+) -> torch.Tensor:
     """(n, P): drop of neuron ``neurons[i]`` at the target patch when each patch of image ``i`` is occluded."""
     gh, gw = layout.grid
     ph, pw = images.shape[-2] // gh, images.shape[-1] // gw
@@ -101,7 +112,7 @@ def _occlusion_drops(model, hook: str, neurons: torch.Tensor, target: tuple[int,
         batch = img.expand(gh * gw + 1, -1, -1, -1).clone()
         for k in range(gh * gw):
             r, c = divmod(k, gw)
-            batch[k + 1, :, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = fill
+            batch[k + 1, :, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw] = fill
         with torch.no_grad():
             _, cache = model.run_with_cache(batch.to(model.device), [hook])
         value = cache[hook][:, t, int(neurons[i])].float().cpu()
@@ -109,8 +120,9 @@ def _occlusion_drops(model, hook: str, neurons: torch.Tensor, target: tuple[int,
     return torch.stack(drops)
 
 
-def objective_test(model, targets: int = 2, neurons: int = 4, steps: int = 64, seed: int = 0,
-                   bar=None) -> tuple[list[int], list[float], list[float]]:
+def objective_test(
+    model, targets: int = 2, neurons: int = 4, steps: int = 64, seed: int = 0, bar=None
+) -> tuple[list[int], list[float], list[float]]:
     """The paper's spatial objective test per block (see the module docstring)."""
     from clipviz.objectives import Neuron
     from clipviz.recipes import get_recipe
@@ -133,9 +145,9 @@ def objective_test(model, targets: int = 2, neurons: int = 4, steps: int = 64, s
             seeds = [seed * 100_003 + block * 1009 + cell * 31 + int(i) for i in idx]
             result = optimise(model, objective, seeds, recipe)
             drops = _occlusion_drops(model, hook, idx, target, result.images, layout)
-            positive = drops.clamp(min=0)
-            block_hits += (drops.argmax(1) == cell).float().tolist()
-            block_shares += (positive[:, cell] / positive.sum(1).clamp(min=1e-12)).tolist()
+            size = drops.abs()
+            block_hits += (size.argmax(1) == cell).float().tolist()
+            block_shares += (size[:, cell] / size.sum(1).clamp(min=1e-12)).tolist()
             if bar is not None:
                 bar.update(1)
         blocks.append(block)
@@ -144,8 +156,17 @@ def objective_test(model, targets: int = 2, neurons: int = 4, steps: int = 64, s
     return blocks, hits, shares
 
 
-def spatial(model, probe, *, batch: int = 64, objective_targets: int = 2, objective_neurons: int = 4,
-            objective_steps: int = 64, seed: int = 0, progress_bar: bool = True) -> SpatialResult:
+def spatial(
+    model,
+    probe,
+    *,
+    batch: int = 64,
+    objective_targets: int = 2,
+    objective_neurons: int = 4,
+    objective_steps: int = 64,
+    seed: int = 0,
+    progress_bar: bool = True,
+) -> SpatialResult:
     """Run the ``spatial`` study (see the module docstring). ``objective_targets=0`` skips the objective test."""
     n_batches = -(-len(probe) // batch)
     bar = progress(n_batches + model.n_blocks * objective_targets, "spatial", progress_bar)
@@ -154,10 +175,23 @@ def spatial(model, probe, *, batch: int = 64, objective_targets: int = 2, object
     if objective_targets:
         ob, hit, share = objective_test(model, objective_targets, objective_neurons, objective_steps, seed, bar)
     bar.close()
-    return SpatialResult(model=model.spec, dataset=probe.name,
-                         settings={"images": len(probe), "batch": batch, "objective_targets": objective_targets,
-                                   "objective_neurons": objective_neurons, "objective_steps": objective_steps,
-                                   "seed": seed, "probe": "ridge classifier, alpha 1e-3, half the images held out",
-                                   "objective_recipe": "vit-paper, 1 copy, no jitter, no offset noise"},
-                         blocks=blocks, position_accuracy=accuracy, chance=chance, objective_blocks=ob,
-                         objective_hit=hit, objective_share=share)
+    return SpatialResult(
+        model=model.spec,
+        dataset=probe.name,
+        settings={
+            "images": len(probe),
+            "batch": batch,
+            "objective_targets": objective_targets,
+            "objective_neurons": objective_neurons,
+            "objective_steps": objective_steps,
+            "seed": seed,
+            "probe": "ridge classifier, alpha 1e-3, half the images held out",
+            "objective_recipe": "vit-paper, 1 copy, no jitter, no offset noise",
+        },
+        blocks=blocks,
+        position_accuracy=accuracy,
+        chance=chance,
+        objective_blocks=ob,
+        objective_hit=hit,
+        objective_share=share,
+    )
