@@ -67,7 +67,7 @@ class BackgroundResult(StudyResult):
         ax.scatter(x, chance, marker="_", s=400, color="k", label="chance", zorder=3)
         ax.set_xticks(x, [*self.tasks, "mean"])
         ax.set(ylabel="accuracy", ylim=(0, 1.05), title=f"background: {self.model} on {self.dataset}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return fig
 
 

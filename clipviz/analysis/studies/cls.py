@@ -13,7 +13,14 @@ Per block, from ``attn.hook_pattern`` (mean over heads, images):
 And the effect of ablating the CLS token at each block: the CLS token at ``blocks.{i}.hook_resid_pre`` is
 replaced by its mean over the probe images (a mean ablation, so no out-of-distribution value enters); we report
 the relative change ``||patches' - patches|| / ||patches||`` of the patch tokens at the same block's output
-(``ablation_effect_block``) and at the last block's output (``ablation_effect_final``).
+(``ablation_effect_block``) and at the last block's output (``ablation_effect_final``). Block 0's effect is 0 by
+construction: the CLS token entering block 0 is the same learned vector for every image.
+
+And the paper's own experiment, when the probe set has labelled tasks and the model has a head that reads the CLS
+token (CLIP-like models, classifiers): ``cls_alone_accuracy[l]`` is the mean accuracy over the tasks when the patch
+tokens are dropped at the input of block ``l`` (the hook returns the prefix tokens only, so blocks ``l..`` see the
+CLS token alone); ``full_accuracy`` is the accuracy of the unchanged model. Low values until the last blocks mean the
+CLS token gathers the image's information only there.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import torch
 
 from clipviz.errors import ClipvizError
 
-from .common import StudyResult, chunks, layout_of, new_figure, progress
+from .common import Predictor, StudyResult, accuracies, chunks, layout_of, new_figure, progress
 
 
 @dataclass
@@ -37,6 +44,9 @@ class ClsResult(StudyResult):
     patch_to_cls: list[float | None]
     ablation_effect_block: list[float]
     ablation_effect_final: list[float]
+    cls_alone_accuracy: list[float] | None = None
+    full_accuracy: float | None = None
+    chance_accuracy: float | None = None
 
     def summary(self) -> dict:
         iso = [v for v in self.cls_isolation if v is not None]
@@ -50,10 +60,17 @@ class ClsResult(StudyResult):
                 isolated_until_last=bool(len(iso) > 1 and min(iso[:-1]) > 0.5 and iso[-1] < min(iso[:-1])),
             )
         out["ablation_effect_final_max"] = max(self.ablation_effect_final)
+        if self.cls_alone_accuracy:
+            out.update(
+                full_accuracy=self.full_accuracy,
+                chance_accuracy=self.chance_accuracy,
+                cls_alone_from_last_block=self.cls_alone_accuracy[-1],
+                cls_alone_from_first_block=self.cls_alone_accuracy[0],
+            )
         return out
 
     def figure(self):
-        fig, (ax, bx) = new_figure(1, 2)
+        fig, (ax, bx, cx) = new_figure(1, 3, width=4.4)
         nan = float("nan")
         ax.plot(
             self.blocks,
@@ -75,6 +92,19 @@ class ClsResult(StudyResult):
             title="effect of ablating CLS on the patches",
         )
         bx.legend(fontsize=8)
+        if self.cls_alone_accuracy:
+            cx.plot(self.blocks, self.cls_alone_accuracy, "o-", label="CLS alone from this block on")
+            cx.axhline(self.full_accuracy, color="k", lw=0.8, label="full model")
+            cx.axhline(self.chance_accuracy, color="grey", ls="--", label="chance")
+            cx.legend(fontsize=8)
+        cx.set(
+            xlabel="block where the patch tokens are dropped",
+            ylabel="mean accuracy over tasks",
+            ylim=(0, 1.05),
+            title="CLS token alone (paper's test)",
+        )
+        for axis in (ax, bx, cx):
+            axis.set_xticks(self.blocks)
         fig.suptitle(f"cls: {self.model} on {self.dataset}", fontsize=10)
         return fig
 
@@ -146,6 +176,29 @@ def cls_ablation(model, images: torch.Tensor, batch: int = 32, bar=None):
     return local, final
 
 
+def cls_alone(model, probe, batch: int = 32, bar=None) -> tuple[list[float], float, float]:
+    """Mean accuracy over the probe's tasks with the patch tokens dropped at the input of each block, the full
+    model's, and chance."""
+    n_prefix = layout_of(model, 0).n_prefix
+    predictors = [Predictor(model, t) for t in probe.tasks]
+
+    def mean(acc: dict) -> float:
+        return sum(acc.values()) / len(acc)
+
+    full = mean(accuracies(model, predictors, probe.images, batch))
+    alone = []
+    for block in range(model.n_blocks):
+        with model.hooks([(f"blocks.{block}.hook_resid_pre", lambda act, point: act[:, :n_prefix])]):
+            alone.append(mean(accuracies(model, predictors, probe.images, batch)))
+        if bar is not None:
+            bar.update(1)
+    return alone, full, sum(t.chance for t in probe.tasks) / len(probe.tasks)
+
+
+def _has_head(model) -> bool:
+    return model.is_clip or model.backend.output_kind == "logits"
+
+
 def cls(model, probe, *, batch: int = 32, ablation_images: int = 128, progress_bar: bool = True) -> ClsResult:
     """Run the ``cls`` study (see the module docstring); the model needs a CLS token."""
     layout = layout_of(model, 0)
@@ -154,9 +207,11 @@ def cls(model, probe, *, batch: int = 32, ablation_images: int = 128, progress_b
             f"model '{model.spec}' has no CLS token (prefix tokens: {list(layout.prefix) or 'none'}): "
             "the cls study needs one"
         )
-    bar = progress(2 * model.n_blocks, "cls", progress_bar)
+    with_head = bool(probe.tasks) and _has_head(model)
+    bar = progress((3 if with_head else 2) * model.n_blocks, "cls", progress_bar)
     iso, own, back = cls_attention(model, probe.images, batch, bar)
     local, final = cls_ablation(model, probe.images[:ablation_images], batch, bar)
+    alone, full, chance = cls_alone(model, probe, batch, bar) if with_head else (None, None, None)
     bar.close()
     return ClsResult(
         model=model.spec,
@@ -173,4 +228,7 @@ def cls(model, probe, *, batch: int = 32, ablation_images: int = 128, progress_b
         patch_to_cls=back,
         ablation_effect_block=local,
         ablation_effect_final=final,
+        cls_alone_accuracy=alone,
+        full_accuracy=full,
+        chance_accuracy=chance,
     )

@@ -259,7 +259,8 @@ class StudyResult:
         json_path, png_path = out / f"{self.study}.json", out / f"{self.study}.png"
         write_json(json_path, self.to_dict())
         fig = self.figure()
-        _atomic(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        fig.tight_layout()
+        _atomic(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
         return json_path, png_path
 
 

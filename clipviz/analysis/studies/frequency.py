@@ -83,7 +83,7 @@ class FrequencyResult(StudyResult):
         )
         ax.legend(fontsize=8)
         for k, task in enumerate(self.tasks):
-            bx.plot(self.cutoffs, [r[task] for r in self.low_pass], "-", color=f"C{k}", label=f"{task} low")
+            bx.plot(self.cutoffs, [r[task] for r in self.low_pass], "-", color=f"C{k}", label=task)
             bx.plot(self.cutoffs, [r[task] for r in self.high_pass], "--", color=f"C{k}")
         bx.set(
             xlabel="cutoff (solid: low-pass, dashed: high-pass)", ylabel="accuracy", ylim=(0, 1.05), title="per task"

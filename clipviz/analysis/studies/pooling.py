@@ -77,6 +77,8 @@ class PoolingResult(StudyResult):
             ylim=(0, 1.05),
             title="output patch's dependence on its own input patch",
         )
+        ax.set_xticks(self.blocks)
+        bx.set_xticks(self.blocks)
         fig.suptitle(f"pooling: {self.model} on {self.dataset}", fontsize=10)
         return fig
 

@@ -10,8 +10,9 @@ Per MLP neuron (``blocks.{i}.mlp.hook_post``, mean over patch tokens), over the 
   features: the data set's concepts (for ``world:N`` the true factors, one-hot: colour, shape, texture, size,
   position, background), else the words of their captions, else their class labels;
 * ``r2_visual``: the same on *low-level visual statistics* of the images: colour histograms (per channel and
-  joint), channel means and spreads, the radial power spectrum (frequency content) and gradient-magnitude and
-  orientation histograms (texture).
+  joint), channel means and spreads, the radial power spectrum (frequency content), gradient-magnitude and
+  orientation histograms (texture) and the coarse layout (on a 4x4 grid, how far the pixels depart from the image's
+  mean colour: where the content is).
 
 A neuron is ``semantic`` when ``r2_semantic`` exceeds ``r2_visual`` by ``margin``, ``visual`` in the opposite
 case, ``mixed`` when both explain it (at least ``min_r2``) within the margin, ``unexplained`` otherwise. Each
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError
 
-from .common import StudyResult, chunks, collect, cv_r2, layout_of, new_figure, progress
+from .common import StudyResult, chunks, collect, cv_r2, new_figure, progress
 
 LABELS = ("semantic", "visual", "mixed", "unexplained")
 
@@ -76,7 +77,12 @@ def _visual(x: torch.Tensor) -> torch.Tensor:
     orient = torch.zeros(n, 8).scatter_add_(1, (angle / np.pi * 8).long().clamp(0, 7), mag)
     orient = orient / orient.sum(1, keepdim=True).clamp(min=1e-12)
     local = F.avg_pool2d(grey[:, None] ** 2, 3, 1) - F.avg_pool2d(grey[:, None], 3, 1) ** 2
-    return torch.cat([hist, joint, stats, spectrum, mag_hist, orient, local.flatten(1).mean(1, keepdim=True)], 1)
+    # Where the image departs from its mean colour, on a 4x4 grid: the coarse spatial layout of its content.
+    deviation = (x - x.mean((2, 3), keepdim=True)).abs().mean(1, keepdim=True)
+    layout = F.adaptive_avg_pool2d(deviation, 4).flatten(1)
+    return torch.cat(
+        [hist, joint, stats, spectrum, mag_hist, orient, local.flatten(1).mean(1, keepdim=True), layout], 1
+    )
 
 
 def classify(r2_sem: torch.Tensor, r2_vis: torch.Tensor, margin: float, min_r2: float) -> list[str]:
@@ -147,6 +153,7 @@ class SemanticResult(StudyResult):
             title="per neuron (cross-validated)",
         )
         bx.legend(fontsize=7, markerscale=3)
+        ax.set_xticks(self.blocks)
         fig.suptitle(f"semantic: {self.model} on {self.dataset}", fontsize=10)
         return fig
 
@@ -173,7 +180,7 @@ def semantic(
     if len(probe) < 3 * folds:
         raise ClipvizError(f"the semantic study needs at least {3 * folds} images, got {len(probe)}")
     hooks = hooks or [f"blocks.{i}.mlp.hook_post" for i in range(model.n_blocks)]
-    layouts = {h: layout_of(model, model.hook_point(h).block) for h in hooks}
+    layouts = {h: model.layout(model.hook_point(h).block) for h in hooks}  # any layout: only the patch mean
     bar = progress(-(-len(probe) // batch) + len(hooks) + 1, "semantic", progress_bar)
     vis, _ = visual_statistics(probe.images)
     bar.update(1)

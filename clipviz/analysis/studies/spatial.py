@@ -75,6 +75,8 @@ class SpatialResult(StudyResult):
             bx.axhline(self.chance, color="grey", ls="--", label="chance")
             bx.legend(fontsize=8)
         bx.set(xlabel="block", ylabel="fraction", ylim=(0, 1.05), title="patch-position objective: where it lands")
+        ax.set_xticks(self.blocks)
+        bx.set_xticks(self.objective_blocks or self.blocks[1:])
         fig.suptitle(f"spatial: {self.model} on {self.dataset}", fontsize=10)
         return fig
 

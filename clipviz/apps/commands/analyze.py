@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from clipviz.analysis.studies.common import require_matplotlib
 
     require_matplotlib()  # before any work: the one-line hint if matplotlib is missing
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = clipviz.load(args.model, device=device, trust_remote_code=args.trust_remote_code)
     if args.template.count("{}") != 1:
         raise clipviz.ClipvizError(f"bad --template {args.template!r}: it needs exactly one {{}}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = clipviz.load(args.model, device=device, trust_remote_code=args.trust_remote_code)
     probe = load_probe(
         args.dataset,
         model.image_size,
@@ -83,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
     names = STUDY_NAMES if args.study == "all" else (args.study,)
     progress = not args.no_progress
     for name in names:
-        options = {"progress_bar": progress}
-        if name in ("spatial", "pooling", "cls", "semantic", "frequency", "background"):
-            options["batch"] = args.batch_size
+        options = {"progress_bar": progress, "batch": args.batch_size}
         if name == "spatial":
             options.update(objective_steps=args.steps, objective_targets=2 if args.steps else 0, seed=args.seed)
         if name == "semantic":
