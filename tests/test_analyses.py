@@ -92,10 +92,10 @@ def test_planted_colour_neuron_is_visual(tmp_path):
     from planted import RED, build_planted_vit
 
     model = clipviz.load(build_planted_vit(tmp_path / "planted"))
-    probe = load_probe("world", (64, 64), 300)
+    probe = load_probe("world", (64, 64), 400)
     result = semantic(model, probe, hooks=["blocks.0.mlp.hook_post"], neurons=2, progress_bar=False)
     row = next(r for r in result.neurons if r["neuron"] == RED)
-    assert row["label"] == "visual" and row["r2_visual"] > 0.7, row
+    assert row["label"] == "visual" and row["r2_visual"] > 0.6, row
 
 
 def test_planted_concept_neuron_is_semantic():
@@ -166,6 +166,9 @@ def test_every_study_runs_on_world_clip_from_the_command(tmp_path, capsys):
     bg = json.loads((tmp_path / "background.json").read_text())
     # The world's truth: shape cannot be read from the background alone, the background type can.
     assert bg["accuracy"]["background"]["shape"] < 0.4 and bg["accuracy"]["full"]["colour"] > 0.9
+    c = json.loads((tmp_path / "cls.json").read_text())
+    # With the patches dropped before block 0 the CLS token never sees the image: about chance.
+    assert abs(c["cls_alone_accuracy"][0] - c["chance_accuracy"]) < 0.2 and c["full_accuracy"] > 0.8
     freq = json.loads((tmp_path / "frequency.json").read_text())
     assert len(freq["low_pass"]) == len(freq["cutoffs"]) == len(freq["high_pass"])
 
