@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import clipviz
 from clipviz.errors import ClipvizError
 
 PAPER = 'Ghiasi et al., "What do Vision Transformers Learn? A Visual Exploration" (arXiv:2212.06727)'
@@ -379,19 +378,45 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Ten
     return w, ym
 
 
-def probe_accuracy(
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_test: torch.Tensor,
-    y_test: torch.Tensor,
-    n_classes: int,
-    alpha: float = 1e-3,
-) -> float:
-    """Held-out accuracy of a linear (ridge, one-hot targets) classifier from features to integer labels."""
-    xs, xt = _standardise(x_train.float(), x_test.float())
-    w, b = ridge_fit(xs, F.one_hot(y_train.long(), n_classes).float(), alpha)
-    pred = (xt.double() @ w + b).argmax(1)
-    return float((pred == y_test.long()).double().mean())
+class StreamingRidgeClassifier:
+    """A linear classifier (ridge regression to one-hot targets on standardised features) fitted from running sums,
+    so that a probe over many tokens never holds them all: ``update`` with training batches, ``fit``, then
+    ``predict``. Features that are constant up to float noise over the training rows are dropped."""
+
+    def __init__(self, dim: int, n_classes: int):
+        self.n, self.k = 0, n_classes
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.abs_sum = 0.0
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+        self.xy = torch.zeros(dim, n_classes, dtype=torch.float64)
+        self.y_sum = torch.zeros(n_classes, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.detach().double().cpu()
+        onehot = F.one_hot(y.long().cpu(), self.k).double()
+        self.n += x.shape[0]
+        self.sum += x.sum(0)
+        self.abs_sum += float(x.abs().sum())
+        self.gram += x.T @ x
+        self.xy += x.T @ onehot
+        self.y_sum += onehot.sum(0)
+
+    def fit(self, alpha: float = 1e-3) -> StreamingRidgeClassifier:
+        n, d = self.n, self.sum.shape[0]
+        self.mean = self.sum / n
+        cov = self.gram / n - torch.outer(self.mean, self.mean)
+        std = cov.diagonal().clamp(min=0).sqrt()
+        keep = std > 1e-5 * self.abs_sum / (n * d) + 1e-12
+        self.scale = torch.where(keep, 1 / std.clamp(min=1e-300), torch.zeros_like(std))
+        self.bias = self.y_sum / n
+        gram = n * self.scale[:, None] * cov * self.scale[None, :]
+        rhs = self.scale[:, None] * (self.xy - n * torch.outer(self.mean, self.bias))
+        self.weight = torch.linalg.solve(gram + alpha * n * torch.eye(d, dtype=torch.float64), rhs)
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().double().cpu()
+        return (((x - self.mean) * self.scale) @ self.weight + self.bias).argmax(1)
 
 
 def cv_r2(
@@ -481,17 +506,16 @@ __all__ = [
     "PAPER",
     "Predictor",
     "Probe",
+    "StreamingRidgeClassifier",
     "StudyResult",
     "Task",
     "accuracies",
     "caption_words",
     "chunks",
-    "clipviz",
     "collect",
     "cv_r2",
     "grid_distances",
     "load_probe",
     "new_figure",
-    "probe_accuracy",
     "progress",
 ]

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import StudyResult, collect, layout_of, new_figure, probe_accuracy, progress
+from clipviz.errors import ClipvizError
+
+from .common import StreamingRidgeClassifier, StudyResult, chunks, layout_of, new_figure, progress
 
 
 @dataclass
@@ -82,21 +84,38 @@ class SpatialResult(StudyResult):
 
 
 def position_probe(model, images: torch.Tensor, batch: int = 64, bar=None) -> tuple[list[int], list[float], float]:
-    """Held-out accuracy of a linear read-out of the patch index from each block's patch tokens."""
+    """Held-out accuracy of a linear read-out of the patch index from each block's patch tokens: fitted on the
+    tokens of the first half of the images, scored on the second half (one pass over each half, tokens never
+    stored)."""
+    n = images.shape[0]
+    if n < 2:
+        raise ClipvizError("the position probe needs at least 2 images")
     layout = layout_of(model, 0)
     n_patch = layout.grid[0] * layout.grid[1]
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(model.n_blocks)]
-    acts = collect(model, images, hooks, batch, reduce=lambda h, a: a[:, layout.patches].half(), bar=bar)
-    n = images.shape[0]
-    half = max(1, n // 2)
-    if n < 2:
-        raise ValueError("the position probe needs at least 2 images")
+    half = n // 2
+    probes: dict[str, StreamingRidgeClassifier] = {}
+    correct = dict.fromkeys(hooks, 0)
+
+    def tokens(lo: int, hi: int):
+        for part in chunks(hi - lo, batch):
+            with torch.no_grad():
+                _, cache = model.run_with_cache(images[lo + part.start : lo + part.stop].to(model.device), hooks)
+            if bar is not None:
+                bar.update(1)
+            yield {h: cache[h][:, layout.patches].float().flatten(0, 1) for h in hooks}
+
     labels = torch.arange(n_patch)
-    accuracy = []
-    for h in hooks:
-        tokens = acts[h].float()  # (n, P, d)
-        train, test = tokens[:half].flatten(0, 1), tokens[half:].flatten(0, 1)
-        accuracy.append(probe_accuracy(train, labels.repeat(half), test, labels.repeat(n - half), n_patch))
+    for acts in tokens(0, half):
+        for h, x in acts.items():
+            probe = probes.setdefault(h, StreamingRidgeClassifier(x.shape[1], n_patch))
+            probe.update(x, labels.repeat(x.shape[0] // n_patch))
+    for probe in probes.values():
+        probe.fit()
+    for acts in tokens(half, n):
+        for h, x in acts.items():
+            correct[h] += int((probes[h].predict(x) == labels.repeat(x.shape[0] // n_patch)).sum())
+    accuracy = [correct[h] / ((n - half) * n_patch) for h in hooks]
     return list(range(-1, model.n_blocks)), accuracy, 1.0 / n_patch
 
 
@@ -170,7 +189,7 @@ def spatial(
     progress_bar: bool = True,
 ) -> SpatialResult:
     """Run the ``spatial`` study (see the module docstring). ``objective_targets=0`` skips the objective test."""
-    n_batches = -(-len(probe) // batch)
+    n_batches = -(-(len(probe) // 2) // batch) + -(-(len(probe) - len(probe) // 2) // batch)
     bar = progress(n_batches + model.n_blocks * objective_targets, "spatial", progress_bar)
     blocks, accuracy, chance = position_probe(model, probe.images, batch, bar)
     ob, hit, share = ([], [], [])
