@@ -6,7 +6,6 @@ object red and once blue. Placement, texture phase, colour noise and background 
 not depend on the colour, so the two renders differ exactly on the object pixels (red and blue differ by more than
 0.3 in the red channel in both tones of every texture).
 
->>> from clipviz.world import generate
 >>> masks = foreground_masks(4, seed=0)
 >>> masks.shape, masks.dtype, bool(masks.any())
 ((4, 64, 64), dtype('bool'), True)

@@ -142,7 +142,7 @@ def test_every_study_runs_on_world_clip_from_the_command(tmp_path, capsys):
                 "--out",
                 str(tmp_path),
                 "--samples",
-                "40",
+                "32",
                 "--steps",
                 "0",
                 "--no-progress",
@@ -156,7 +156,7 @@ def test_every_study_runs_on_world_clip_from_the_command(tmp_path, capsys):
     for name in STUDIES:
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["study"] == name and data["claim"] and "2212.06727" in data["paper"]
-        assert data["model"] == "world-clip" and data["dataset"] == "world:40" and data["summary"]
+        assert data["model"] == "world-clip" and data["dataset"] == "world:32" and data["summary"]
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"wrote {tmp_path / name}.json" in out
     spatial_data = json.loads((tmp_path / "spatial.json").read_text())
@@ -254,3 +254,15 @@ def test_errors_are_one_line(tmp_path, world_clip, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ClipvizError, match="pip install matplotlib"):
         _analyze(["world-clip", "--study", "cls", "--out", str(tmp_path / "x"), "--samples", "4"])
+
+
+def test_caption_words_and_semantic_features():
+    from clipviz.analysis.studies.common import Probe, caption_words
+
+    words, vocab = caption_words(["A red ball.", "a red cube", "the red ball", "a ball", None], min_count=2)
+    assert vocab == ["ball", "red"]
+    assert words.tolist() == [[1, 1], [0, 1], [1, 1], [1, 0], [0, 0]]
+    probe = Probe("captions", torch.zeros(5, 3, 8, 8), captions=["a red ball"] * 3 + ["blue"] * 2)
+    assert probe.semantic_features()[2] == "caption words"
+    with pytest.raises(ClipvizError, match="no captions, labels or concepts"):
+        Probe("bare", torch.zeros(2, 3, 8, 8)).semantic_features()

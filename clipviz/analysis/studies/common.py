@@ -8,7 +8,6 @@ exact), a folder of images (sub-folders as classes) or a Hugging Face data set (
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -128,7 +127,7 @@ def load_probe(
     directory; ``label_column`` / ``caption_column`` / ``mask_column`` name its columns). At most ``n`` images,
     resized to ``size``."""
     if n < 1:
-        raise ClipvizError(f"--samples must be >= 1, got {n}")
+        raise ClipvizError(f"the number of probe images (--samples) must be >= 1, got {n}")
     if spec == "world" or spec.startswith("world:"):
         count = n
         if spec.startswith("world:"):
@@ -136,6 +135,8 @@ def load_probe(
                 count = int(spec.split(":", 1)[1])
             except ValueError:
                 raise ClipvizError(f"bad dataset '{spec}': use world or world:<number of images>") from None
+            if count < 1:
+                raise ClipvizError(f"bad dataset '{spec}': world:N needs N >= 1")
         from clipviz.world_probe import world_probe
 
         return world_probe(count, size=size, seed=seed)
@@ -204,6 +205,8 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
     ds = ds.select(range(min(n, len(ds))))
     images, masks, raw_labels, captions = [], [], [], []
     for row in ds:
+        if row[image_column] is None:  # an unreadable row is left out whole, so the columns stay aligned
+            continue
         images.append(_pil_to_tensor(row[image_column], size))
         if mask_column:
             masks.append(_mask_to_tensor(row[mask_column], size))
@@ -211,6 +214,8 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
             raw_labels.append(row[label_column])
         if caption_column:
             captions.append(None if row[caption_column] is None else str(row[caption_column]))
+    if not images:
+        raise ClipvizError(f"no readable images in dataset '{spec}'")
     tasks = []
     if label_column:
         feature = features[label_column]
@@ -495,11 +500,6 @@ def accuracies(model, predictors: Sequence[Predictor], images: torch.Tensor, bat
         for p in predictors:
             preds[p.task.name].append(p.classify(out))
     return {p.task.name: float((torch.cat(preds[p.task.name]).numpy() == p.task.labels).mean()) for p in predictors}
-
-
-def dump(path: Path) -> dict:
-    """Read a study's JSON back."""
-    return json.loads(Path(path).read_text())
 
 
 __all__ = [
