@@ -266,3 +266,32 @@ def test_caption_words_and_semantic_features():
     assert probe.semantic_features()[2] == "caption words"
     with pytest.raises(ClipvizError, match="no captions, labels or concepts"):
         Probe("bare", torch.zeros(2, 3, 8, 8)).semantic_features()
+
+
+def test_studies_run_on_a_timm_classifier_with_registers(tmp_path):
+    """Any model: a timm ViT with a CLS token, 2 registers and class logits (accuracy from the logits)."""
+    import timm
+    from timm.models import save_for_hf
+
+    net = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        reg_tokens=2,
+        num_classes=8,
+    )
+    save_for_hf(net.eval(), str(tmp_path / "timm"), safe_serialization=True)
+    model = clipviz.load(f"timm:{tmp_path / 'timm'}")
+    assert model.layout(0).n_prefix == 3
+    probe = load_probe("world", model.image_size, 12)
+    for name, study in STUDIES.items():
+        options = {"objective_targets": 0} if name == "spatial" else {}
+        result = study(model, probe, progress_bar=False, **options)
+        result.save(tmp_path / "out")
+        assert (tmp_path / "out" / f"{name}.json").is_file()
+    c = cls(model, probe, progress_bar=False)
+    assert all(0 <= v <= 1 for v in c.cls_isolation) and len(c.cls_alone_accuracy) == 2
