@@ -38,7 +38,7 @@ def probe32():
 # ------------------------------------------------------------------------------------------------ world masks
 def test_world_foreground_masks_are_exact():
     from clipviz import world
-    from clipviz.world_probe import foreground_masks
+    from clipviz.world.probe import foreground_masks
 
     n, seed = 40, 3
     batch = world.generate(n, seed=seed)
@@ -101,7 +101,7 @@ def test_planted_colour_neuron_is_visual(tmp_path):
 def test_planted_concept_neuron_is_semantic():
     """World-clip with neuron 0 of block 3 replaced by a linear read-out of the concept "ring" from the block's
     MLP input (a ridge direction fitted on other world images, in GELU's linear range)."""
-    from clipviz.world_probe import world_probe
+    from clipviz.world.probe import world_probe
 
     model = clipviz.load("world-clip")
     fit = world_probe(300, seed=1)

@@ -11,13 +11,13 @@ Each study is a function ``study(model, probe, ...) -> result`` whose result dat
 
 from __future__ import annotations
 
-from .background import BackgroundResult, background
-from .cls import ClsResult, cls
-from .common import Probe, StudyResult, Task, load_probe
-from .frequency import FrequencyResult, frequency
-from .pooling import PoolingResult, pooling
-from .semantic import SemanticResult, semantic
-from .spatial import SpatialResult, spatial
+from clipviz.analysis.studies.background import BackgroundResult, background
+from clipviz.analysis.studies.cls import ClsResult, cls
+from clipviz.analysis.studies.common import Probe, StudyResult, Task, load_probe
+from clipviz.analysis.studies.frequency import FrequencyResult, frequency
+from clipviz.analysis.studies.pooling import PoolingResult, pooling
+from clipviz.analysis.studies.semantic import SemanticResult, semantic
+from clipviz.analysis.studies.spatial import SpatialResult, spatial
 
 #: name -> study function, in the order of the issue.
 STUDIES = {

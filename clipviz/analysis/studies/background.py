@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from clipviz.analysis.studies.common import Predictor, StudyResult, accuracies, accuracy_tasks, new_figure, progress
 from clipviz.errors import ClipvizError
-
-from .common import Predictor, StudyResult, accuracies, accuracy_tasks, new_figure, progress
 
 CONDITIONS = ("full", "foreground", "background")
 

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from clipviz.analysis.studies.common import Predictor, StudyResult, accuracies, chunks, layout_of, new_figure, progress
 from clipviz.errors import ClipvizError
-
-from .common import Predictor, StudyResult, accuracies, chunks, layout_of, new_figure, progress
 
 
 @dataclass

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError
+from clipviz.images import pil_to_tensor
+from clipviz.plugins import registry
 
 PAPER = 'Ghiasi et al., "What do Vision Transformers Learn? A Visual Exploration" (arXiv:2212.06727)'
 
@@ -96,12 +98,6 @@ def caption_words(captions: Sequence[str | None], max_words: int = 256, min_coun
     return out, vocab
 
 
-def _pil_to_tensor(img, size: tuple[int, int]) -> torch.Tensor:
-    from clipviz.examples import _to_tensor
-
-    return _to_tensor(img.convert("RGB"), size)
-
-
 def _mask_to_tensor(img, size: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
@@ -128,18 +124,10 @@ def load_probe(
     resized to ``size``."""
     if n < 1:
         raise ClipvizError(f"the number of probe images (--samples) must be >= 1, got {n}")
-    if spec == "world" or spec.startswith("world:"):
-        count = n
-        if spec.startswith("world:"):
-            try:
-                count = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise ClipvizError(f"bad dataset '{spec}': use world or world:<number of images>") from None
-            if count < 1:
-                raise ClipvizError(f"bad dataset '{spec}': world:N needs N >= 1")
-        from clipviz.world_probe import world_probe
-
-        return world_probe(count, size=size, seed=seed)
+    scheme, _, argument = spec.partition(":")
+    plugged = registry().probes.get(scheme)
+    if plugged is not None:  # a plug-in's probe set with labels and masks, e.g. world or world:N
+        return plugged(argument, n=n, size=size, seed=seed)
     path = Path(spec).expanduser()
     if path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file():
         return _folder_probe(spec, size, n, templates)
@@ -147,14 +135,14 @@ def load_probe(
 
 
 def _folder_probe(spec: str, size, n: int, templates) -> Probe:
-    from clipviz.examples import open_source
+    from clipviz.data.sources import open_source
 
     source = open_source(spec)
     images, groups = [], []
     for i, img, _ in source:
         if img is None:
             continue
-        images.append(_pil_to_tensor(img, size))
+        images.append(pil_to_tensor(img, size))
         rel = Path(source.describe[i])
         groups.append(rel.parts[0] if len(rel.parts) > 1 else None)
         if len(images) == n:
@@ -180,7 +168,7 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
                 raise ClipvizError(f"dataset '{spec}' has no split '{split}'; splits: {', '.join(ds)}")
             ds = ds[split]
     else:
-        from clipviz.backends.hub import fetching
+        from clipviz.model.backends.hub import fetching
 
         ds = fetching(spec, lambda: datasets.load_dataset(spec, split=split))
     features = ds.features
@@ -207,7 +195,7 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
     for row in ds:
         if row[image_column] is None:  # an unreadable row is left out whole, so the columns stay aligned
             continue
-        images.append(_pil_to_tensor(row[image_column], size))
+        images.append(pil_to_tensor(row[image_column], size))
         if mask_column:
             masks.append(_mask_to_tensor(row[mask_column], size))
         if label_column:
@@ -257,14 +245,14 @@ class StudyResult:
 
     def save(self, out: str | Path) -> tuple[Path, Path]:
         """Write ``out/<study>.json`` and ``out/<study>.png`` (each atomically); returns both paths."""
-        from clipviz.artifacts import _atomic, write_json
+        from clipviz.results import atomic_write, write_json
 
         out = Path(out)
         json_path, png_path = out / f"{self.study}.json", out / f"{self.study}.png"
         write_json(json_path, self.to_dict())
         fig = self.figure()
         fig.tight_layout()
-        _atomic(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
+        atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight"))
         return json_path, png_path
 
 

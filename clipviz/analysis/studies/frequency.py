@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import Predictor, StudyResult, accuracies, accuracy_tasks, new_figure, progress
+from clipviz.analysis.studies.common import Predictor, StudyResult, accuracies, accuracy_tasks, new_figure, progress
 
 CUTOFFS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 

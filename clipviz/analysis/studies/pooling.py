@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import StudyResult, chunks, grid_distances, layout_of, new_figure, progress
+from clipviz.analysis.studies.common import StudyResult, chunks, grid_distances, layout_of, new_figure, progress
 
 
 @dataclass

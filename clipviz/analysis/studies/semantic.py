@@ -29,9 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipviz.analysis.studies.common import StudyResult, chunks, collect, cv_r2, new_figure, progress
 from clipviz.errors import ClipvizError
-
-from .common import StudyResult, chunks, collect, cv_r2, new_figure, progress
 
 LABELS = ("semantic", "visual", "mixed", "unexplained")
 

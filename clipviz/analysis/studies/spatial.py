@@ -23,9 +23,15 @@ from dataclasses import dataclass
 
 import torch
 
+from clipviz.analysis.studies.common import (
+    StreamingRidgeClassifier,
+    StudyResult,
+    chunks,
+    layout_of,
+    new_figure,
+    progress,
+)
 from clipviz.errors import ClipvizError
-
-from .common import StreamingRidgeClassifier, StudyResult, chunks, layout_of, new_figure, progress
 
 
 @dataclass
@@ -145,9 +151,9 @@ def objective_test(
     model, targets: int = 2, neurons: int = 4, steps: int = 64, seed: int = 0, bar=None
 ) -> tuple[list[int], list[float], list[float]]:
     """The paper's spatial objective test per block (see the module docstring)."""
-    from clipviz.objectives import Neuron
-    from clipviz.recipes import get_recipe
-    from clipviz.render import optimise
+    from clipviz.visualization.objectives import Neuron
+    from clipviz.visualization.optimise import optimise
+    from clipviz.visualization.recipes import get_recipe
 
     layout = layout_of(model, 0)
     gh, gw = layout.grid

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import world
+from clipviz.world import scene as world
 
 _RED, _BLUE = world.FACTORS["colour"].index("red"), world.FACTORS["colour"].index("blue")
 
@@ -49,7 +49,7 @@ def world_probe(n: int, size: tuple[int, int] = (64, 64), seed: int = 0):
     semantic concepts (one-hot) and exact foreground masks."""
     import torch.nn.functional as F
 
-    from .analysis.studies.common import Probe, Task
+    from clipviz.analysis.studies.common import Probe, Task
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
