@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from clipviz.apps.options import add_model_parser, load_model
+
 STUDY_NAMES = ("spatial", "pooling", "cls", "semantic", "frequency", "background")
 
 
@@ -17,11 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "test the claims of 'What do Vision Transformers Learn?' on a model: spatial information per block, "
         "global pooling, CLS isolation, semantic vs visual neurons, frequency and background reliance"
     )
-    p = subparsers.add_parser("analyze", help=text, description=text)
-    p.add_argument(
-        "model",
-        help="model spec: world-clip, hf:<id or dir>, open_clip:<name>[/<tag>], timm:<name>, or a local directory",
-    )
+    p = add_model_parser(subparsers, "analyze", text)
     p.add_argument("--study", required=True, choices=[*STUDY_NAMES, "all"], help="which study (all: every one)")
     p.add_argument("--out", required=True, help="output folder: <study>.json and <study>.png are written there")
     p.add_argument(
@@ -48,16 +46,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--neurons", type=int, help="semantic: the first N neurons of every block (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--trust-remote-code", action="store_true", help="allow a hub model to run its own code (off unless asked)"
-    )
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     import clipviz
     from clipviz.analysis.studies import STUDIES, load_probe
@@ -66,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     require_matplotlib()  # before any work: the one-line hint if matplotlib is missing
     if args.template.count("{}") != 1:
         raise clipviz.ClipvizError(f"bad --template {args.template!r}: it needs exactly one {{}}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = clipviz.load(args.model, device=device, trust_remote_code=args.trust_remote_code)
+    model = load_model(args)
     probe = load_probe(
         args.dataset,
         model.image_size,
