@@ -17,20 +17,21 @@ from torch import nn
 from .errors import UnsupportedModelError
 
 # Aliases per part, relative to the block, in order of preference.
-_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1")
-_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2")
+_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1", "rms_norm1")
+_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2", "rms_norm2")
 _ATTN = ("self_attn", "attention", "attn")
 _MLP = ("mlp", "ffn", "feed_forward")
 _FC1 = ("mlp.fc1", "intermediate.dense", "mlp.c_fc", "mlp.up_proj")
 _ACT = ("mlp.activation_fn", "intermediate.intermediate_act_fn", "mlp.gelu", "mlp.act", "mlp.act_fn")
 _FC2 = ("mlp.fc2", "output.dense", "mlp.c_proj", "mlp.down_proj")
 # Gated MLPs (SwiGLU / GeGLU): (gate, up, down) relative to the MLP module.
-_GATED = (("gate_proj", "up_proj", "down_proj"), ("fc1_g", "fc1_x", "fc2"), ("w1", "w2", "w3"))
+# The flag says whether the MLP's ``norm`` (if any) sits after the product (timm SwiGLU) or before it (ViTamin).
+_GATED = (("gate_proj", "up_proj", "down_proj", False), ("fc1_g", "fc1_x", "fc2", True), ("w0", "w1", "w2", False))
 # Where the residual stream's layer scale after the MLP lives, relative to the block.
 _LAYER_SCALE2 = ("ls2", "ls_2", "layer_scale2", "layer_scale_2", "gamma_2", "gamma2", "lambda_2")
 # Relative to the attention module.
-_Q = ("q_proj", "attention.query", "query")
-_K = ("k_proj", "attention.key", "key")
+_Q = ("q_proj", "attention.query", "query", "self.query")
+_K = ("k_proj", "attention.key", "key", "self.key")
 _V = ("v_proj", "attention.value", "value")
 _QKV = ("qkv",)
 _OUT = ("o_proj", "out_proj", "output.dense", "proj")
@@ -117,7 +118,7 @@ def _is_norm(module: nn.Module | None) -> bool:
 
 
 def _heads(attn: nn.Module, d_model: int) -> int:
-    for owner in (attn, _get(attn, "attention")):
+    for owner in (attn, _get(attn, "attention"), _get(attn, "self")):
         if owner is None:
             continue
         for attr in ("num_heads", "num_attention_heads", "n_heads"):
@@ -159,10 +160,10 @@ def _mlp_parts(block: nn.Module) -> dict | None:
     """fc1 / gate / act / fc2 / mid of the block's MLP (plain, gated or packed-gated), or ``None``."""
     mlp = _first(block, _MLP)
     if mlp is not None:
-        for gate_name, up_name, down_name in _GATED:
+        for gate_name, up_name, down_name, norm_after in _GATED:
             gate, up, down = (_get(mlp, n) for n in (gate_name, up_name, down_name))
             if all(isinstance(m, nn.Linear) for m in (gate, up, down)) and gate.out_features == up.out_features:
-                norm = _get(mlp, "norm")
+                norm = _get(mlp, "norm") if norm_after else None
                 return {"fc1": up, "gate": gate, "packed_gate": None, "act": None, "fc2": down,
                         "mid": norm if isinstance(norm, nn.Module) else down}
         fc1, fc2 = _get(mlp, "fc1"), _get(mlp, "fc2")

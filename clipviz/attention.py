@@ -18,7 +18,7 @@ from torch import nn
 
 from .architecture import BlockParts
 
-_V = ("v_proj", "attention.value", "value")
+_V = ("v_proj", "attention.value", "value", "self.value")
 
 
 def _get(module: nn.Module, dotted: str):
@@ -86,7 +86,7 @@ def projections(parts: BlockParts, x: torch.Tensor, need_v: bool = False):
 
 
 def _scale(parts: BlockParts, d_head: int) -> float:
-    for owner in (parts.attn, _get(parts.attn, "attention")):
+    for owner in (parts.attn, _get(parts.attn, "attention"), _get(parts.attn, "self")):
         for attr in ("scale", "scaling"):
             value = getattr(owner, attr, None) if owner is not None else None
             if isinstance(value, float) and value > 0:
@@ -135,6 +135,8 @@ def suspected_reason(parts: BlockParts) -> str:
         return "windowed attention"
     if names & {"sr", "kv", "pool_k", "pool_q", "pool_v"}:
         return "reduced (pooled or sub-sampled) keys"
+    if names & {"proj_l", "proj_w"}:
+        return "talking-heads attention (heads are mixed before and after the softmax)"
     if "gpsa" in kind or "pos_proj" in names:
         return "gated positional self-attention"
     if "class" in kind or "classattn" in kind:

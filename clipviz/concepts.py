@@ -176,7 +176,10 @@ def output_directions(model, hook: str, neurons: Sequence[int] | None = None) ->
     if point.block is None or not hook.endswith("mlp.hook_post"):
         raise ClipvizError(f"the direct lens reads MLP neurons: use blocks.<i>.mlp.hook_post, not '{hook}'")
     parts = model.blocks[point.block]
-    weight = parts.fc2.weight.detach().float()  # (d_model, d_mlp)
+    if not parts.hidden_is_linear_to_output():
+        raise ClipvizError(f"the direct lens needs the MLP's hidden units to reach its output weight unchanged; "
+                           f"block {point.block} of '{model.spec}' normalises them first ({type(parts.mid).__name__})")
+    weight = parts.out_weight.detach().float()  # (d_model, d_mlp)
     if neurons is not None:
         bad = [n for n in neurons if not 0 <= n < weight.shape[1]]
         if bad:
@@ -184,13 +187,9 @@ def output_directions(model, hook: str, neurons: Sequence[int] | None = None) ->
                                f"neurons (0..{weight.shape[1] - 1})")
         weight = weight[:, list(neurons)]
     directions = weight.T
-    for attr in ("ls_2", "ls2", "layer_scale2"):
-        scale = getattr(parts.block, attr, None)
-        gamma = getattr(scale, "gamma", None) if scale is not None else None
-        if gamma is None and scale is not None:
-            gamma = getattr(scale, "lambda1", None)
-        if isinstance(gamma, torch.Tensor):
-            directions = directions * gamma.detach().float()
+    scale = parts.layer_scale()
+    if scale is not None:
+        directions = directions * scale.detach().float().to(directions.device)
     return directions
 
 

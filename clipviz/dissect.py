@@ -67,12 +67,12 @@ def softwpmi(activations: torch.Tensor, similarities: torch.Tensor, *, top_k: in
 @torch.no_grad()
 def probe_activations(model, hook: str, source, neurons=None, batch: int = 64) -> tuple[torch.Tensor, list[int]]:
     """Patch-mean activations (images, neurons) of ``hook`` over a probe ``Source``, and the images' indices."""
-    from .examples import _batches
+    from .examples import _batches, model_input
 
     point = model.hook_point(hook)
-    layout = model.layout(point.block if point.block is not None else model.n_blocks - 1)
+    layout = model.layout_of(hook)
     rows, kept, skipped = [], [], []
-    for images, idx, _ in _batches(source, model.image_size, batch, skipped):
+    for images, idx, _ in _batches(source, model_input(model), batch, skipped):
         _, cache = model.run_with_cache(images, [point.name])
         act = cache[point.name][:, layout.patches].float().mean(1)
         rows.append(act if neurons is None else act[:, list(neurons)])
@@ -115,11 +115,11 @@ def image_text_similarities(labeller, source, indices: list[int], text: torch.Te
     """Cosines (images, concepts) between the labeller's embeddings of the probe images and unit text embeddings."""
     import torch.nn.functional as F
 
-    from .examples import _batches
+    from .examples import _batches, model_input
 
     wanted = set(indices)
     embs = []
-    for images, _, _ in _batches(_Filtered(source, wanted), labeller.image_size, batch, []):
+    for images, _, _ in _batches(_Filtered(source, wanted), model_input(labeller), batch, []):
         embs.append(F.normalize(labeller.encode_image(images).float(), dim=-1).cpu())
     return torch.cat(embs) @ text.T
 

@@ -206,7 +206,16 @@ def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
         -1, -1, *maps.shape[-2:]))
 
 
-def _to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+def model_input(model):
+    """What turns a PIL image into this model's input: its backend's own resize + centre crop (``preprocess_pil``),
+    or, for objects without one, a size to resize to."""
+    return getattr(model, "preprocess_pil", None) or model.image_size
+
+
+def _to_tensor(img: Image.Image, size) -> torch.Tensor:
+    """A (3, H, W) tensor in [0, 1]: ``size`` is the model's own ``preprocess_pil`` or an (H, W) to resize to."""
+    if callable(size):
+        return size(img)
     array = np.asarray(img.resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)
 
@@ -280,6 +289,9 @@ class RunningTopK:
 
     def update(self, act: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
         """Take in activations ``(B, tokens, neurons)`` of the images ``ids``; returns their scores ``(B, neurons)``."""
+        if act.shape[1] != self.layout.n_tokens:
+            raise ClipvizError(f"this activation has {act.shape[1]} tokens but its layout has "
+                               f"{self.layout.n_tokens}: mine a block hook (blocks.<i>.<point>)")
         patches = act[:, self.layout.patches]  # (B, P, neurons)
         if self.reduce == "patches":
             reduced = patches.mean(1)
@@ -324,7 +336,7 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
     if reduce not in ("patches", "cls", "max"):
         raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     point = model.hook_point(hook)
-    layout = model.layout(point.block if point.block is not None else model.n_blocks - 1)
+    layout = model.layout_of(hook)
     top = RunningTopK(top_k, layout, reduce)
     width = None
     skipped: list[int] = []
@@ -337,9 +349,9 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
     if workers < 0:
         raise ClipvizError(f"workers must be >= 0, got {workers}")
     if workers and source.length:
-        batches = _parallel_batches(source, span or (0, source.length), model.image_size, batch, workers, skipped)
+        batches = _parallel_batches(source, span or (0, source.length), model_input(model), batch, workers, skipped)
     else:
-        batches = _batches(source if span is None else source.range(*span), model.image_size, batch, skipped)
+        batches = _batches(source if span is None else source.range(*span), model_input(model), batch, skipped)
     for images, idx, caps in batches:
         _, cache = model.run_with_cache(images, [point.name])
         act = cache[point.name].float()  # (B, N, d)

@@ -216,6 +216,9 @@ class HookRegistry:
                     read=lambda x: inner(x)[..., :half] if first else inner(x)[..., half:], write=None,
                     editable=False,
                 )
+            if self.layout is not None and parts.index in self.layout.pre_at_act and parts.act is not None:
+                # something (SegFormer's depth-wise conv) sits between fc1 and the activation: hook its input
+                return HookPoint(module=parts.act, native=parts.native("act"), on_input=True, **common)
             return HookPoint(module=parts.fc1, native=parts.native("fc1"), on_input=False, **common)
         if point == "mlp.hook_post":
             if parts.gated or (parts.act is None and parts.mid is not None):  # the gated product / the hidden units

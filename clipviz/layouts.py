@@ -80,6 +80,7 @@ class ModelLayout:
     unavailable: dict[str, str] = field(default_factory=dict)
     spatial: dict[str, str] = field(default_factory=dict)  # hook -> "nhwc" / "nchw": flattened to tokens
     post_norm: set[int] = field(default_factory=set)  # blocks that normalise after attention (Swinv2)
+    pre_at_act: set[int] = field(default_factory=set)  # blocks whose pre-activation is the activation's input
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (native path, reason)
 
 
@@ -103,9 +104,9 @@ def _grid_candidates(base: tuple[int, int] | None, seen: list[tuple[int, int]], 
         # odd sizes: ceil halving (Swin pads odd grids)
         for s in range(1, 6):
             out.append((math.ceil(h / 2**s), math.ceil(w / 2**s)))
-    if square and n > 0:
+    if square and n > 1:
         r = math.isqrt(n)
-        if r * r == n:
+        if r * r == n and r > 1:
             out.append((r, r))
     return out
 
@@ -114,7 +115,7 @@ def _infer_tokens(n: int, prefix: tuple[str, ...], grids: list[tuple[int, int]])
     for pre in (prefix, ()) if prefix else ((),):
         rest = n - len(pre)
         for g in grids:
-            if g[0] * g[1] == rest and rest > 0:
+            if g[0] * g[1] == rest and rest > 1:  # one token is a class token's update, not a grid
                 return TokenLayout(prefix=pre, grid=g)
     return None
 
@@ -139,6 +140,7 @@ def probe(
     pattern_reason: dict[int, str | None] = {}
     stash: dict[tuple[int, str], torch.Tensor] = {}
     ln1_differs: set[int] = set()
+    act_differs: set[int] = set()
     handles = []
 
     def fix(x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +210,20 @@ def probe(
         on(parts.attn, attn_out, False)
         on(parts.ln2, lambda x, p=p: record(p + "hook_resid_mid", x), True)
         on(parts.fc1, lambda x, p=p: record(p + "fc1_in", x), True)
-        on(parts.gate if parts.gate is not None else parts.fc1, lambda x, p=p: record(p + "mlp.hook_pre", x), False)
+        def pre_out(x, i=i, p=p):
+            record(p + "mlp.hook_pre", x)
+            if isinstance(x, torch.Tensor):
+                stash[(i, "fc1")] = x
+
+        def act_in(x, i=i):
+            first = stash.pop((i, "fc1"), None)
+            if isinstance(x, torch.Tensor) and first is not None and (
+                    x.shape != first.shape or not torch.equal(x, first)):
+                act_differs.add(i)
+
+        on(parts.gate if parts.gate is not None else parts.fc1, pre_out, False)
+        if not parts.gated and parts.act is not None:
+            on(parts.act, act_in, True)
         if parts.gated or parts.act is None:
             on(parts.mid, lambda x, p=p: record(p + "mlp.hook_post", x), True)
         else:
@@ -227,8 +242,24 @@ def probe(
     finally:
         for h in handles:
             h.remove()
-    return _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_grid,
-                    square=images.shape[-1] == images.shape[-2])
+    stash.clear()
+    for i in act_differs:  # e.g. SegFormer's depth-wise conv between fc1 and the activation
+        record_at = f"blocks.{i}."
+        shapes.pop(record_at + "mlp.hook_pre", None)
+    layout = _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_grid,
+                      square=images.shape[-1] == images.shape[-2])
+    for i in act_differs:
+        name = f"blocks.{i}.mlp.hook_pre"
+        layout.unavailable.pop(name, None)
+        layout.pre_at_act.add(i)
+        post = layout.hooks.get(f"blocks.{i}.mlp.hook_post")
+        if post is not None:
+            layout.hooks[name] = post
+            if f"blocks.{i}.mlp.hook_post" in layout.spatial:
+                layout.spatial[name] = layout.spatial[f"blocks.{i}.mlp.hook_post"]
+        else:
+            layout.unavailable[name] = "no token layout is known for it"
+    return layout
 
 
 def _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_grid, square) -> ModelLayout:

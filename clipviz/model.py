@@ -157,6 +157,9 @@ class HookedVisionModel(nn.Module):
             "std": list(b.std), "preprocessing": b.preprocessing_source, "output": b.output_kind,
             "clip_like": self.is_clip, "direct_projection": b.projection is not None,
             "parameters": sum(p.numel() for p in self.native.parameters()),
+            "data_preprocessing": "backend's own resize + centre crop" if b.pil_transform is not None
+            else "resize of the shortest side + centre crop (bicubic)",
+            "notes": list(b.notes) or None,
         }
 
     # ---------------------------------------------------------------- forward
@@ -171,6 +174,19 @@ class HookedVisionModel(nn.Module):
         if tuple(x.shape[-2:]) != tuple(self.image_size):
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
         return ((x - self._mean) / self._std).to(self.dtype)
+
+    def preprocess_pil(self, image) -> torch.Tensor:
+        """A PIL image -> a (3, H, W) float tensor in [0, 1] at the model's input size, the backend's own way.
+
+        The resize and centre crop are the backend's (transformers image processor, open_clip or timm transform), so
+        ``model(preprocess_pil(img)[None])`` equals the backend's own preprocessing and forward pass; only the
+        normalisation is left to ``prepare``.
+        """
+        from .preprocessing import fallback_transform
+
+        image = image.convert("RGB")
+        fn = self.backend.pil_transform or fallback_transform(self.image_size)
+        return fn(image).float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The model's head output: image embedding (CLIP-like), logits (classifiers) or pooled features."""

@@ -133,6 +133,9 @@ def _indices(value, n: int, size: int, what: str, device) -> torch.Tensor:
 def reduce_tokens(values: torch.Tensor, reduce, layout) -> torch.Tensor:
     """Reduce ``(n, copies, N)`` token values to ``(n,)``: over patches, the CLS token, a patch or a region."""
     prefix = layout.n_prefix
+    if values.shape[-1] != layout.n_tokens:
+        raise ClipvizError(f"this activation has {values.shape[-1]} tokens but its layout has {layout.n_tokens} "
+                           f"({layout.n_prefix} prefix + a {layout.grid[0]}x{layout.grid[1]} grid): use a block hook")
     if reduce == "patches":
         v = values[..., prefix:].mean(-1)
     elif reduce == "all":
@@ -161,8 +164,7 @@ def reduce_tokens(values: torch.Tensor, reduce, layout) -> torch.Tensor:
 
 
 def _layout_for(model, hook: str):
-    point = model.hook_point(hook)
-    return model.layout(point.block if point.block is not None else model.n_blocks - 1)
+    return model.layout_of(hook)
 
 
 @dataclass(frozen=True, eq=False)

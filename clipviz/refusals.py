@@ -31,6 +31,9 @@ def why_no_blocks(root: nn.Module) -> str:
         return f"unsupported architecture {name}: no attention modules found; {ACCEPTED}"
     if lowered & {"w12", "wi_0", "wi_1", "gate", "gating"}:
         return f"unsupported architecture {name}: its gated MLP is not recognised (unknown layer names); {ACCEPTED}"
+    if kinds & {"Residual", "ResidualDrop", "Subsample"}:
+        return (f"unsupported architecture {name}: its attention and MLP sit in separate residual modules, not in one "
+                f"pre-norm block; {ACCEPTED}")
     if not has_norm:
         return f"unsupported architecture {name}: its blocks have no norm layers (not pre-norm); {ACCEPTED}"
     return (

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..architecture import find_blocks
 from ..errors import UnsupportedModelError
+from ..preprocessing import hf_transform
 from .base import Backend, ImageProjection, TextTower
 from .base import pair as _pair
 from .hub import fetching
@@ -38,40 +39,58 @@ def _model_class(config, trust_remote_code: bool):
     return transformers.AutoModel
 
 
+_ROOTS = ("vision_model", "model.vision_tower.vision_model", "model.vision_tower", "vision_tower.vision_model",
+          "vision_tower", "timm_model", "vit", "deit", "beit", "dinov2", "swin", "swinv2", "dinov3", "pixio", "radio")
+
+
 def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
-    for path in ("vision_model", "vit", "deit", "beit", "dinov2", "swin"):
-        sub = getattr(model, path, None)
-        if isinstance(sub, nn.Module):
+    for path in _ROOTS:
+        try:
+            sub = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(sub, nn.Module) and sub is not model:
             return sub, path
     return model, ""
 
 
 def _prefix_tokens(vision: nn.Module) -> tuple[str, ...]:
+    from .timm import timm_prefix_tokens
+
+    if type(vision).__module__.startswith("timm."):  # the transformers wrapper of a timm model
+        return timm_prefix_tokens(vision)
     kinds: list[str] = []
     names = {name.rsplit(".", 1)[-1]: p for name, p in vision.named_parameters() if name.startswith("embeddings.")}
-    if "cls_token" in names or "class_embedding" in names:
+    if "cls_token" in names:
+        kinds += ["cls"] * (int(names["cls_token"].shape[1]) if names["cls_token"].ndim == 3 else 1)
+    elif "class_embedding" in names:
         kinds.append("cls")
     if "distillation_token" in names:
         kinds.append("distillation")
     if "register_tokens" in names:
         kinds += ["register"] * int(names["register_tokens"].shape[1])
+    if "cls_register_token" in names:  # RADIO: several CLS tokens, then registers
+        config = getattr(vision, "config", None)
+        n_cls = int(getattr(config, "num_cls_tokens", 1))
+        kinds += ["cls"] * n_cls + ["register"] * (int(names["cls_register_token"].shape[0]) - n_cls)
     return tuple(kinds)
 
 
-def _preprocessing(ref: str, config, kwargs) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+def _preprocessing(ref: str, config, kwargs):
+    """``(mean, std, source, processor)`` from the model's image processor (``processor`` is ``None`` without one)."""
     from transformers import AutoImageProcessor
 
     try:
         processor = AutoImageProcessor.from_pretrained(ref, **kwargs)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, ImportError):
         warnings.warn(
             f"{ref}: no image processor config found; using mean {_DEFAULT_MEAN} and std {_DEFAULT_STD}",
             stacklevel=3,
         )
-        return _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)"
-    mean = tuple(float(v) for v in getattr(processor, "image_mean", _DEFAULT_MEAN))
-    std = tuple(float(v) for v in getattr(processor, "image_std", _DEFAULT_STD))
-    return mean, std, "preprocessor_config.json"
+        return _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)", None
+    mean = tuple(float(v) for v in getattr(processor, "image_mean", None) or _DEFAULT_MEAN)
+    std = tuple(float(v) for v in getattr(processor, "image_std", None) or _DEFAULT_STD)
+    return mean, std, "preprocessor_config.json", processor
 
 
 def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
@@ -99,7 +118,22 @@ def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
     return TextTower(tokenize=tokenize, encode_tokens=encode, context_length=limit)
 
 
-def _forward(model: nn.Module):
+def _is_generative(model: nn.Module) -> bool:
+    """A vision-language generator (LLaVA & co.): clipviz runs only its vision tower."""
+    return any(hasattr(model, a) for a in ("language_model", "lm_head")) or hasattr(
+        getattr(model, "model", None), "language_model")
+
+
+def _pooled(out):
+    if getattr(out, "pooler_output", None) is not None:
+        return out.pooler_output
+    hidden = out.last_hidden_state
+    return hidden.mean((-2, -1)) if hidden.ndim == 4 else hidden[:, 0]
+
+
+def _forward(model: nn.Module, vision: nn.Module):
+    if _is_generative(model):
+        return (lambda x: _pooled(vision(pixel_values=x))), "pooled"
     if hasattr(model, "get_image_features"):
 
         def embed(x: torch.Tensor) -> torch.Tensor:
@@ -112,13 +146,7 @@ def _forward(model: nn.Module):
     if type(model).__name__.endswith("ForImageClassification"):
         return (lambda x: model(pixel_values=x).logits), "logits"
 
-    def pooled(x: torch.Tensor) -> torch.Tensor:
-        out = model(pixel_values=x)
-        if getattr(out, "pooler_output", None) is not None:
-            return out.pooler_output
-        return out.last_hidden_state[:, 0]
-
-    return pooled, "pooled"
+    return (lambda x: _pooled(model(pixel_values=x))), "pooled"
 
 
 def _projection(model: nn.Module, vision: nn.Module) -> ImageProjection | None:
@@ -146,18 +174,84 @@ def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: s
     vision, vision_path = _vision_root(model)
     find_blocks(vision)  # an unsupported architecture fails here, before its processor and tokenizer are read
     vcfg = getattr(config, "vision_config", None) or config
-    image_size = _pair(getattr(vcfg, "image_size", 224))
-    patch = _pair(getattr(vcfg, "patch_size", 16))
-    mean, std, source = _preprocessing(ref, config, kwargs)
-    forward, output_kind = _forward(model)
+    mean, std, source, processor = _preprocessing(ref, config, kwargs)
+    forward, output_kind = _forward(model, vision)
+    facts = {"image_size": _pair(getattr(vcfg, "image_size", 224)), "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
+             "forward": forward, "pil_transform": hf_transform(processor), "notes": ()}
+    model_type = getattr(config, "model_type", "")
+    if model_type == "timm_wrapper":
+        _timm_wrapper(model, vision, facts)
+    elif model_type.startswith("siglip2"):
+        _naflex(model, vcfg, facts, output_kind)
+    elif model_type == "vit_mae":
+        _no_masking(model, vision, facts)
     hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")
+    text = None if _is_generative(model) else _text_tower(model, ref, kwargs)
     return Backend(
         kind="hf", spec=spec, native=model, vision_root=vision, vision_path=vision_path,
-        architecture=type(model).__name__, image_size=image_size, mean=mean, std=std, patch_size=patch,
-        prefix_tokens=_prefix_tokens(vision), forward=forward, output_kind=output_kind,
-        text=_text_tower(model, ref, kwargs), projection=_projection(model, vision),
-        preprocessing_source=source, hierarchical=hierarchical,
+        architecture=type(model).__name__, image_size=facts["image_size"], mean=mean, std=std,
+        patch_size=facts["patch_size"], prefix_tokens=_prefix_tokens(vision), forward=facts["forward"],
+        output_kind=output_kind, text=text, projection=_projection(model, vision), preprocessing_source=source,
+        hierarchical=hierarchical, pil_transform=facts["pil_transform"], notes=facts["notes"],
     )
+
+
+def _timm_wrapper(model: nn.Module, timm_model: nn.Module, facts: dict) -> None:
+    """transformers' TimmWrapper: image size, patch size and preprocessing come from the timm model, not 224."""
+    from ..preprocessing import timm_transform
+
+    embed = getattr(timm_model, "patch_embed", None)
+    cfg = getattr(timm_model, "pretrained_cfg", {}) or {}
+    facts["image_size"] = _pair(getattr(embed, "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:])
+    facts["patch_size"] = _pair(getattr(embed, "patch_size", 16))
+    facts["pil_transform"] = timm_transform(timm_model, facts["image_size"])
+    facts["forward"] = lambda x: _pooled(model(pixel_values=x)) if not hasattr(model, "classifier") else \
+        model(pixel_values=x).logits
+
+
+def _naflex(model: nn.Module, vcfg, facts: dict, output_kind: str) -> None:
+    """SigLIP2 NaFlex takes patches with ``pixel_attention_mask`` and ``spatial_shapes``: clipviz feeds it one
+    fixed square grid of ``num_patches`` patches (row-major, channels last within a patch, as its processor does)."""
+    import math
+
+    p = int(vcfg.patch_size)
+    side = math.isqrt(int(vcfg.num_patches))
+    facts["image_size"], facts["patch_size"] = (side * p, side * p), (p, p)
+    vision = getattr(model, "vision_model", model)
+
+    def patches(x: torch.Tensor):
+        b, c, h, w = x.shape
+        flat = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+        mask = torch.ones(b, flat.shape[1], dtype=torch.long, device=x.device)
+        shapes = torch.tensor([[h // p, w // p]] * b, dtype=torch.long, device=x.device)
+        return {"pixel_values": flat, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+    if hasattr(model, "get_image_features"):
+        def embed(x):
+            out = model.get_image_features(**patches(x))
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+        facts["forward"] = embed
+    else:
+        facts["forward"] = lambda x: _pooled(vision(**patches(x)))
+    facts["pil_transform"] = None  # its processor returns patches at a varying size: clipviz resizes + crops
+    facts["notes"] = (f"NaFlex: run on a fixed {side}x{side} grid of patches (all patches valid)",)
+
+
+def _no_masking(model: nn.Module, vision: nn.Module, facts: dict) -> None:
+    """ViTMAE masks and shuffles patches at random on every call: clipviz turns masking off (mask ratio 0) and
+    passes the identity order, so the tokens are CLS then every patch in row-major order."""
+    for cfg in {id(c): c for c in (model.config, getattr(vision, "config", model.config))}.values():
+        cfg.mask_ratio = 0.0
+    target = vision
+
+    def forward(x: torch.Tensor):
+        n = (x.shape[-2] // facts["patch_size"][0]) * (x.shape[-1] // facts["patch_size"][1])
+        noise = torch.arange(n, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
+        return _pooled(target(pixel_values=x, noise=noise))
+
+    facts["forward"] = forward
+    facts["notes"] = ("ViTMAE: random masking turned off (mask ratio 0, patches in their own order)",)
 
 
 def is_hf_dir(path: Path) -> bool:

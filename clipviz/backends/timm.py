@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ClipvizError
+from ..preprocessing import timm_transform
 from .base import Backend
 from .base import pair as _pair
 from .hub import fetching
@@ -18,8 +19,8 @@ from .hub import fetching
 def timm_prefix_tokens(model: nn.Module) -> tuple[str, ...]:
     """Prefix token kinds of a timm ViT, in the order timm concatenates them (CLS, distillation, registers)."""
     kinds: list[str] = []
-    if getattr(model, "cls_token", None) is not None:
-        kinds.append("cls")
+    if getattr(model, "cls_token", None) is not None or getattr(model, "cls_token_0", None) is not None:
+        kinds.append("cls")  # CrossViT: one CLS token per branch
     if getattr(model, "dist_token", None) is not None:
         kinds.append("distillation")
     reg = getattr(model, "reg_token", None)
@@ -51,6 +52,7 @@ def load_timm(ref: str, spec: str, *, pretrained: bool = True, dtype: torch.dtyp
         image_size=image_size, mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)),
         patch_size=_pair(getattr(patch_embed, "patch_size", 16)), prefix_tokens=timm_prefix_tokens(model),
         forward=model, output_kind="logits" if getattr(model, "num_classes", 0) else "pooled",
+        pil_transform=timm_transform(model, image_size),
     )
 
 
