@@ -133,7 +133,7 @@ def suspected_reason(parts: BlockParts) -> str:
         return "channel (cross-covariance) attention, not attention over tokens"
     if any(getattr(m, "window_size", None) for m in (attn, block)) or "window" in kind or "locally" in kind:
         return "windowed attention"
-    if names & {"sr", "kv", "pool_k", "pool_q", "pool_v"}:
+    if names & {"sr", "kv", "pool_k", "pool_q", "pool_v", "sequence_reduction"}:
         return "reduced (pooled or sub-sampled) keys"
     if names & {"proj_l", "proj_w"}:
         return "talking-heads attention (heads are mixed before and after the softmax)"

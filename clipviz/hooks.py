@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .architecture import BlockParts
@@ -230,6 +229,10 @@ class HookRegistry:
             return HookPoint(module=parts.fc2, native=parts.native("fc2"), on_input=False, **common)
         if point == "attn.hook_z":
             read, write = _split_heads(parts.n_heads, self.seq_first)
+            if spatial is not None:  # (B, H, W, heads * d_head) -> (B, H*W, heads, d_head) and back
+                flat, unflat = _flatten_spatial(spatial, self.layout.hooks[name].grid)
+                split, merge = read, write
+                read, write = (lambda x: split(flat(x))), (lambda z: unflat(merge(z)))
             return HookPoint(
                 name=name, block=parts.index, module=parts.out_proj, native=parts.native("out_proj"),
                 on_input=True, read=read, write=write,

@@ -169,8 +169,11 @@ def probe(
 
         def ln1_in(x, i=i):
             first = stash.pop((i, "in"), None)
-            if isinstance(x, torch.Tensor) and first is not None and (
-                    x.shape != first.shape or not torch.equal(x, first)):
+            if (
+                isinstance(x, torch.Tensor)
+                and first is not None
+                and (x.shape != first.shape or not torch.equal(x, first))
+            ):
                 ln1_differs.add(i)
 
         def attn_in(x, i=i, p=p):
@@ -210,6 +213,7 @@ def probe(
         on(parts.attn, attn_out, False)
         on(parts.ln2, lambda x, p=p: record(p + "hook_resid_mid", x), True)
         on(parts.fc1, lambda x, p=p: record(p + "fc1_in", x), True)
+
         def pre_out(x, i=i, p=p):
             record(p + "mlp.hook_pre", x)
             if isinstance(x, torch.Tensor):
@@ -217,8 +221,11 @@ def probe(
 
         def act_in(x, i=i):
             first = stash.pop((i, "fc1"), None)
-            if isinstance(x, torch.Tensor) and first is not None and (
-                    x.shape != first.shape or not torch.equal(x, first)):
+            if (
+                isinstance(x, torch.Tensor)
+                and first is not None
+                and (x.shape != first.shape or not torch.equal(x, first))
+            ):
                 act_differs.add(i)
 
         on(parts.gate if parts.gate is not None else parts.fc1, pre_out, False)
@@ -246,8 +253,17 @@ def probe(
     for i in act_differs:  # e.g. SegFormer's depth-wise conv between fc1 and the activation
         record_at = f"blocks.{i}."
         shapes.pop(record_at + "mlp.hook_pre", None)
-    layout = _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_grid,
-                      square=images.shape[-1] == images.shape[-2])
+    layout = _analyse(
+        blocks,
+        shapes,
+        pattern_reason,
+        ln1_differs,
+        batch,
+        prefix,
+        base_grid,
+        square=images.shape[-1] == images.shape[-2],
+        architecture=architecture,
+    )
     for i in act_differs:
         name = f"blocks.{i}.mlp.hook_pre"
         layout.unavailable.pop(name, None)
@@ -262,7 +278,9 @@ def probe(
     return layout
 
 
-def _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_grid, square) -> ModelLayout:
+def _analyse(
+    blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_grid, square, architecture: str = ""
+) -> ModelLayout:
     out = ModelLayout()
     last_grid: list[tuple[int, int]] = []
     excluded_at: list[int] = []
@@ -273,12 +291,21 @@ def _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_gr
         if post_norm:
             out.post_norm.add(i)
             shapes[p + "hook_resid_mid"] = shapes[p + "fc1_in"]
-        seen = [(s[1], s[2]) if s[-1] in (parts.d_model, parts.d_mlp, 2 * parts.d_mlp) else (s[2], s[3])
-                for name, s in shapes.items() if name.startswith(p) and len(s) == 4 and s[0] == batch]
+        seen = [
+            (s[1], s[2]) if s[-1] in (parts.d_model, parts.d_mlp, 2 * parts.d_mlp) else (s[2], s[3])
+            for name, s in shapes.items()
+            if name.startswith(p) and len(s) == 4 and s[0] == batch
+        ]
         widths = {
-            "hook_resid_pre": (parts.d_model,), "hook_resid_post": (parts.d_model,), "hook_resid_mid": (parts.d_model,),
-            "hook_attn_out": (parts.d_model,), "attn.hook_pattern": (parts.d_model,), "hook_mlp_out": (parts.d_model,),
-            "attn.hook_z": None, "mlp.hook_pre": (parts.d_mlp, 2 * parts.d_mlp), "mlp.hook_post": (parts.d_mlp,),
+            "hook_resid_pre": (parts.d_model,),
+            "hook_resid_post": (parts.d_model,),
+            "hook_resid_mid": (parts.d_model,),
+            "hook_attn_out": (parts.d_model,),
+            "attn.hook_pattern": (parts.d_model,),
+            "hook_mlp_out": (parts.d_model,),
+            "attn.hook_z": None,
+            "mlp.hook_pre": (parts.d_mlp, 2 * parts.d_mlp),
+            "mlp.hook_post": (parts.d_mlp,),
         }
         for point in POINTS:
             name = p + point
@@ -289,7 +316,9 @@ def _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_gr
                 out.unavailable[name] = "its module is never called in the forward pass"
                 continue
             if shape[0] != batch:
-                out.unavailable[name] = "its module sees tokens folded into the batch axis (windows or patches)"
+                out.unavailable[name] = (
+                    "its first axis is not the batch (windows or patches folded into it, or a sequence-first layout)"
+                )
                 continue
             channels = widths[point]
             if len(shape) == 4:
@@ -308,9 +337,14 @@ def _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_gr
             layout = _infer_tokens(shape[1], prefix, _grid_candidates(base_grid, seen + last_grid, square, shape[1]))
             if layout is None:
                 layout = _infer_tokens(shape[1], prefix, _grid_candidates(None, [], square, shape[1] - len(prefix)))
+            if layout is None and shape[1] == 1:
+                out.unavailable[name] = "it carries a single token (a class-attention block updating the class token)"
+                continue
             if layout is None:
-                out.unavailable[name] = (f"its {shape[1]} tokens fit neither the patch grid nor the model's "
-                                         f"{len(prefix)} prefix tokens plus a grid")
+                out.unavailable[name] = (
+                    f"its {shape[1]} tokens fit neither the patch grid nor the model's "
+                    f"{len(prefix)} prefix tokens plus a grid"
+                )
                 continue
             out.hooks[name] = layout
         for point in ("attn.hook_pattern", "attn.hook_z"):
@@ -339,7 +373,8 @@ def _analyse(blocks, shapes, pattern_reason, ln1_differs, batch, prefix, base_gr
     if not kept or (excluded_at and min(excluded_at) < max(kept)):
         path, why = out.excluded[0] if out.excluded else ("?", "no known layout")
         raise UnsupportedModelError(
-            f"unsupported architecture: block {path}'s {why}, so clipviz cannot give its tokens a layout"
+            f"unsupported architecture {architecture.split('/')[-1]}: block {path}'s {why}, so clipviz cannot give "
+            "its tokens a layout"
         )
     return out
 
@@ -357,8 +392,15 @@ def probe_model(model) -> ModelLayout:
     was_training = model.native.training
     model.native.eval()
     try:
-        return probe(model.native, model.blocks, lambda x: backend.forward(model.prepare(x)), images,
-                     tuple(backend.prefix_tokens), base, seq_first=backend.seq_first,
-                     architecture=backend.architecture)
+        return probe(
+            model.native,
+            model.blocks,
+            lambda x: backend.forward(model.prepare(x)),
+            images,
+            tuple(backend.prefix_tokens),
+            base,
+            seq_first=backend.seq_first,
+            architecture=backend.architecture,
+        )
     finally:
         model.native.train(was_training)

@@ -51,8 +51,12 @@ def open_clip_transform(model) -> Callable[[Image.Image], torch.Tensor]:
 
     cfg = open_clip.get_model_preprocess_cfg(model)
     transform = image_transform(
-        model.visual.image_size, is_train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-        resize_mode=cfg.get("resize_mode", "shortest"), interpolation=cfg.get("interpolation", "bicubic"),
+        model.visual.image_size,
+        is_train=False,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        resize_mode=cfg.get("resize_mode", "shortest"),
+        interpolation=cfg.get("interpolation", "bicubic"),
         fill_color=cfg.get("fill_color", 0),
     )
     return lambda image: transform(image.convert("RGB"))

@@ -34,6 +34,7 @@ class Family:
     refuse: str | None = None  # a phrase the one-line refusal must contain
     untested: str | None = None  # why it cannot be built offline here
     text: bool = False  # a text tower to check
+    overlap: bool = False  # an overlapping convolutional stem: the order check allows a neighbouring token
 
 
 def noisy(model: nn.Module, std: float = 0.02) -> nn.Module:
@@ -48,8 +49,12 @@ def noisy(model: nn.Module, std: float = 0.02) -> nn.Module:
 def _processor(directory: Path, crop: bool = True) -> None:
     from transformers import CLIPImageProcessor
 
-    CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE},
-                       image_mean=[0.4, 0.45, 0.5], image_std=[0.2, 0.25, 0.3]).save_pretrained(directory)
+    CLIPImageProcessor(
+        size={"shortest_edge": IMAGE},
+        crop_size={"height": IMAGE, "width": IMAGE},
+        image_mean=[0.4, 0.45, 0.5],
+        image_std=[0.2, 0.25, 0.3],
+    ).save_pretrained(directory)
 
 
 def _hf(make: Callable[[], nn.Module], processor: bool = True) -> Callable[[Path], str]:
@@ -64,8 +69,15 @@ def _hf(make: Callable[[], nn.Module], processor: bool = True) -> Callable[[Path
 
 
 def _vit(**extra):
-    return dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=IMAGE,
-                patch_size=8, **extra)
+    return dict(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=IMAGE,
+        patch_size=8,
+        **extra,
+    )
 
 
 def _seq(prefix: str, n: int) -> Callable[[nn.Module], list[str]]:
@@ -82,105 +94,447 @@ def _hf_families() -> list[Family]:
 
     g = (4, 4)
     out = [
-        Family("ViT", "transformers", _hf(lambda: T.ViTModel(T.ViTConfig(**_vit()))), _seq("layers", 3),
-               ("act", "mlp.activation_fn"), (1, g), (1, g), "hf:", "hf:"),
-        Family("ViT classifier", "transformers",
-               _hf(lambda: T.ViTForImageClassification(T.ViTConfig(**_vit(num_labels=5)))), _seq("vit.layers", 3),
-               ("act", "mlp.activation_fn"), (1, g), (1, g), "hf:vit", "hf:vit"),
-        Family("DeiT", "transformers", _hf(lambda: T.DeiTModel(T.DeiTConfig(**_vit()))), _seq("layers", 3),
-               ("act", "mlp.activation_fn"), (2, g), (2, g), "hf:", "hf:"),
-        Family("BEiT (relative position bias)", "transformers",
-               _hf(lambda: T.BeitModel(T.BeitConfig(**_vit(use_relative_position_bias=True, layer_scale_init_value=0.1)))),
-               _seq("layers", 3), ("act", "mlp.activation_fn"), (1, g), (1, g), "hf:", "hf:"),
-        Family("CLIP vision", "transformers", _hf(lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**_vit()))),
-               _seq("encoder.layers", 3), ("act", "mlp.activation_fn"), (1, g), (1, g), "hf:", "hf:"),
-        Family("SigLIP vision", "transformers", _hf(lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**_vit()))),
-               _seq("encoder.layers", 3), ("act", "mlp.activation_fn"), (0, g), (0, g), "hf:", "hf:"),
-        Family("SigLIP2 NaFlex", "transformers",
-               _hf(lambda: T.Siglip2VisionModel(T.Siglip2VisionConfig(
-                   hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8,
-                   num_patches=16))),
-               _seq("encoder.layers", 2), ("act", "mlp.activation_fn"), (0, g), (0, g), None, None),
-        Family("DINOv2", "transformers",
-               _hf(lambda: T.Dinov2Model(T.Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                                        mlp_ratio=2, image_size=IMAGE, patch_size=8))),
-               _seq("encoder.layer", 3), ("act", "mlp.activation_fn"), (1, g), (1, g), "hf:", "hf:"),
-        Family("DINOv2 + registers", "transformers",
-               _hf(lambda: T.Dinov2WithRegistersModel(T.Dinov2WithRegistersConfig(
-                   hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=IMAGE,
-                   patch_size=8, num_register_tokens=4))),
-               _seq("encoder.layer", 2), ("act", "mlp.activation_fn"), (5, g), (5, g), "hf:", "hf:"),
-        Family("DINOv2 SwiGLU (giant)", "transformers",
-               _hf(lambda: T.Dinov2Model(T.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                        mlp_ratio=2, image_size=IMAGE, patch_size=8,
-                                                        use_swiglu_ffn=True))),
-               _seq("encoder.layer", 2), ("gated", "mlp", "gate_proj", "up_proj", "act_fn"), (1, g), (1, g),
-               "hf:", "hf:"),
-        Family("DINOv3 ViT (gated MLP)", "transformers",
-               _hf(lambda: T.DINOv3ViTModel(T.DINOv3ViTConfig(
-                   hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=IMAGE,
-                   patch_size=8, num_register_tokens=2, use_gated_mlp=True))),
-               _seq("layer", 2), ("gated", "mlp", "gate_proj", "up_proj", "act_fn"), (3, g), (3, g), "hf:", None),
-        Family("DINOv3 ViT (plain MLP, up_proj/down_proj)", "transformers",
-               _hf(lambda: T.DINOv3ViTModel(T.DINOv3ViTConfig(
-                   hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=IMAGE,
-                   patch_size=8, num_register_tokens=0))),
-               _seq("layer", 2), ("act", "mlp.act_fn"), (1, g), (1, g), "hf:", None),
-        Family("AIMv2 vision", "transformers",
-               _hf(lambda: T.Aimv2VisionModel(T.Aimv2VisionConfig(
-                   hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=IMAGE,
-                   patch_size=8))),
-               _seq("encoder.layers", 2), ("gated", "ffn", "gate_proj", "up_proj", "act_fn"), (0, g), (0, g),
-               "hf:", "hf:"),
-        Family("Swin", "transformers",
-               _hf(lambda: T.SwinModel(T.SwinConfig(embed_dim=16, depths=[1, 2], num_heads=[1, 2], image_size=IMAGE,
-                                                    patch_size=4, window_size=4, mlp_ratio=2.0))),
-               _stages("encoder.layers", "blocks", [1, 2]), ("act", "intermediate.intermediate_act_fn"),
-               (0, (8, 8)), (0, (4, 4)), None, None),
-        Family("Swinv2 (post-norm, cosine attention)", "transformers",
-               _hf(lambda: T.Swinv2Model(T.Swinv2Config(embed_dim=16, depths=[1, 2], num_heads=[1, 2],
-                                                        image_size=IMAGE, patch_size=4, window_size=4, mlp_ratio=2.0))),
-               _stages("encoder.layers", "blocks", [1, 2]), ("act", "intermediate.intermediate_act_fn"),
-               (0, (8, 8)), (0, (4, 4)), None, None),
-        Family("ViTMAE (masking off)", "transformers", _hf(lambda: T.ViTMAEModel(T.ViTMAEConfig(**_vit()))),
-               _seq("encoder.layer", 3), ("act", "intermediate.intermediate_act_fn"), (1, g), (1, g), None, "hf:"),
-        Family("I-JEPA", "transformers", _hf(lambda: T.IJepaModel(T.IJepaConfig(**_vit()))), _seq("layers", 3),
-               ("act", "mlp.activation_fn"), (0, g), (0, g), "hf:", "hf:"),
-        Family("Pixio (several CLS tokens)", "transformers",
-               _hf(lambda: T.PixioModel(T.PixioConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                      mlp_ratio=2, image_size=IMAGE, patch_size=8, n_cls_tokens=3))),
-               _seq("layers", 2), ("act", "mlp.activation_fn"), (3, g), (3, g), "hf:", "hf:"),
-        Family("RADIO (CLS + registers, SwiGLU)", "transformers", _radio, _seq("encoder.layer", 2),
-               ("gated", "mlp", "gate_proj", "up_proj", "act_fn"), (4, g), (4, g), "hf:", "hf:"),
-        Family("MLCD (RoPE)", "transformers",
-               _hf(lambda: T.MLCDVisionModel(T.MLCDVisionConfig(**_vit()))), _seq("encoder.layers", 3),
-               ("act", "mlp.activation_fn"), (1, g), (1, g), "hf:", None),
-        Family("LLaVA (CLIP tower inside)", "transformers", _llava, _seq("model.vision_tower.vision_model.encoder.layers", 2),
-               ("act", "mlp.activation_fn"), (1, g), (1, g), "hf:model.vision_tower", "hf:model.vision_tower"),
-        Family("timm wrapper (own image size)", "transformers", _timm_wrapper, _seq("timm_model.blocks", 2),
-               ("act", "mlp.act"), (1, (6, 6)), (1, (6, 6)), None, "timm:timm_model"),
-        Family("ViTDet (4-D activations)", "transformers",
-               _hf(lambda: T.VitDetModel(T.VitDetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                        mlp_ratio=2, image_size=IMAGE, pretrain_image_size=IMAGE,
-                                                        patch_size=8))),
-               _seq("encoder.layer", 2), ("act", "mlp.act"), (0, g), (0, g), None, None),
-        Family("MobileViT (batch folding)", "transformers",
-               _hf(lambda: T.MobileViTModel(T.MobileViTConfig(image_size=IMAGE, hidden_sizes=[16, 16, 16],
-                                                              neck_hidden_sizes=[8, 8, 16, 16, 16, 16, 32]))),
-               refuse="folded into the batch axis"),
-        Family("Hiera (transformers)", "transformers",
-               _hf(lambda: T.HieraModel(T.HieraConfig(embed_dim=8, image_size=[64, 64], depths=[1, 1, 1, 1],
-                                                      num_heads=[1, 1, 1, 1], masked_unit_size=[8, 8]))),
-               refuse="not row-major"),
-        Family("SegFormer (Mix-FFN, reduced keys)", "transformers",
-               _hf(lambda: T.SegformerModel(T.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
-                                                              hidden_sizes=[16, 32], num_attention_heads=[1, 2],
-                                                              decoder_hidden_size=32, image_size=IMAGE))),
-               _stages("encoder.block", "", [1, 1]), ("act", "mlp.activation_fn"), (0, (8, 8)), (0, (4, 4)),
-               None, "hf:"),
-        Family("ConvNeXt (convolutional)", "transformers",
-               _hf(lambda: T.ConvNextModel(T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2))),
-               refuse="convolutional tower"),
+        Family(
+            "ViT",
+            "transformers",
+            _hf(lambda: T.ViTModel(T.ViTConfig(**_vit()))),
+            _seq("layers", 3),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "ViT classifier",
+            "transformers",
+            _hf(lambda: T.ViTForImageClassification(T.ViTConfig(**_vit(num_labels=5)))),
+            _seq("vit.layers", 3),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:vit",
+            "hf:vit",
+        ),
+        Family(
+            "DeiT",
+            "transformers",
+            _hf(lambda: T.DeiTModel(T.DeiTConfig(**_vit()))),
+            _seq("layers", 3),
+            ("act", "mlp.activation_fn"),
+            (2, g),
+            (2, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "BEiT (relative position bias)",
+            "transformers",
+            _hf(lambda: T.BeitModel(T.BeitConfig(**_vit(use_relative_position_bias=True, layer_scale_init_value=0.1)))),
+            _seq("layers", 3),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "CLIP vision",
+            "transformers",
+            _hf(lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**_vit()))),
+            _seq("encoder.layers", 3),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "SigLIP vision",
+            "transformers",
+            _hf(lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**_vit()))),
+            _seq("encoder.layers", 3),
+            ("act", "mlp.activation_fn"),
+            (0, g),
+            (0, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "SigLIP2 NaFlex",
+            "transformers",
+            _hf(
+                lambda: T.Siglip2VisionModel(
+                    T.Siglip2VisionConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        intermediate_size=64,
+                        patch_size=8,
+                        num_patches=16,
+                    )
+                )
+            ),
+            _seq("encoder.layers", 2),
+            ("act", "mlp.activation_fn"),
+            (0, g),
+            (0, g),
+            None,
+            "naflex",
+        ),
+        Family(
+            "DINOv2",
+            "transformers",
+            _hf(
+                lambda: T.Dinov2Model(
+                    T.Dinov2Config(
+                        hidden_size=32,
+                        num_hidden_layers=3,
+                        num_attention_heads=2,
+                        mlp_ratio=2,
+                        image_size=IMAGE,
+                        patch_size=8,
+                    )
+                )
+            ),
+            _seq("encoder.layer", 3),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "DINOv2 + registers",
+            "transformers",
+            _hf(
+                lambda: T.Dinov2WithRegistersModel(
+                    T.Dinov2WithRegistersConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        mlp_ratio=2,
+                        image_size=IMAGE,
+                        patch_size=8,
+                        num_register_tokens=4,
+                    )
+                )
+            ),
+            _seq("encoder.layer", 2),
+            ("act", "mlp.activation_fn"),
+            (5, g),
+            (5, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "DINOv2 SwiGLU (giant)",
+            "transformers",
+            _hf(
+                lambda: T.Dinov2Model(
+                    T.Dinov2Config(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        mlp_ratio=2,
+                        image_size=IMAGE,
+                        patch_size=8,
+                        use_swiglu_ffn=True,
+                    )
+                )
+            ),
+            _seq("encoder.layer", 2),
+            ("gated", "mlp", "gate_proj", "up_proj", "act_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "DINOv3 ViT (gated MLP)",
+            "transformers",
+            _hf(
+                lambda: T.DINOv3ViTModel(
+                    T.DINOv3ViTConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        intermediate_size=64,
+                        image_size=IMAGE,
+                        patch_size=8,
+                        num_register_tokens=2,
+                        use_gated_mlp=True,
+                    )
+                )
+            ),
+            _seq("model.layer", 2),
+            ("gated", "mlp", "gate_proj", "up_proj", "act_fn"),
+            (3, g),
+            (3, g),
+            "hf:",
+            None,
+        ),
+        Family(
+            "DINOv3 ViT (plain MLP, up_proj/down_proj)",
+            "transformers",
+            _hf(
+                lambda: T.DINOv3ViTModel(
+                    T.DINOv3ViTConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        intermediate_size=64,
+                        image_size=IMAGE,
+                        patch_size=8,
+                        num_register_tokens=0,
+                    )
+                )
+            ),
+            _seq("model.layer", 2),
+            ("act", "mlp.act_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            None,
+        ),
+        Family(
+            "AIMv2 vision",
+            "transformers",
+            _hf(
+                lambda: T.Aimv2VisionModel(
+                    T.Aimv2VisionConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        intermediate_size=64,
+                        image_size=IMAGE,
+                        patch_size=8,
+                    )
+                )
+            ),
+            _seq("encoder.layers", 2),
+            ("gated", "ffn", "gate_proj", "up_proj", "act_fn"),
+            (0, g),
+            (0, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "Swin",
+            "transformers",
+            _hf(
+                lambda: T.SwinModel(
+                    T.SwinConfig(
+                        embed_dim=16,
+                        depths=[1, 2],
+                        num_heads=[1, 2],
+                        image_size=IMAGE,
+                        patch_size=4,
+                        window_size=4,
+                        mlp_ratio=2.0,
+                    )
+                )
+            ),
+            _stages("encoder.layers", "blocks", [1, 2]),
+            ("act", "mlp.activation_fn"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            None,
+        ),
+        Family(
+            "Swinv2 (post-norm, cosine attention)",
+            "transformers",
+            _hf(
+                lambda: T.Swinv2Model(
+                    T.Swinv2Config(
+                        embed_dim=16,
+                        depths=[1, 2],
+                        num_heads=[1, 2],
+                        image_size=IMAGE,
+                        patch_size=4,
+                        window_size=4,
+                        mlp_ratio=2.0,
+                    )
+                )
+            ),
+            _stages("encoder.layers", "blocks", [1, 2]),
+            ("act", "intermediate.intermediate_act_fn"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            None,
+        ),
+        Family(
+            "ViTMAE (masking off)",
+            "transformers",
+            _hf(lambda: T.ViTMAEModel(T.ViTMAEConfig(**_vit()))),
+            _seq("layers", 3),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            None,
+            "hf:",
+        ),
+        Family(
+            "I-JEPA",
+            "transformers",
+            _hf(lambda: T.IJepaModel(T.IJepaConfig(**_vit()))),
+            _seq("layers", 3),
+            ("act", "mlp.activation_fn"),
+            (0, g),
+            (0, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "Pixio (several CLS tokens)",
+            "transformers",
+            _hf(
+                lambda: T.PixioModel(
+                    T.PixioConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        mlp_ratio=2,
+                        image_size=IMAGE,
+                        patch_size=8,
+                        n_cls_tokens=3,
+                    )
+                )
+            ),
+            _seq("layers", 2),
+            ("act", "mlp.activation_fn"),
+            (3, g),
+            (3, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "RADIO (CLS + registers, SwiGLU)",
+            "transformers",
+            _radio,
+            _seq("encoder.layer", 2),
+            ("gated", "mlp", "gate_proj", "up_proj", "act_fn"),
+            (4, g),
+            (4, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "MLCD (RoPE)",
+            "transformers",
+            _hf(lambda: T.MLCDVisionModel(T.MLCDVisionConfig(**_vit()))),
+            _seq("encoder.layers", 3),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            None,
+        ),
+        Family(
+            "LLaVA (CLIP tower inside)",
+            "transformers",
+            _llava,
+            _seq("model.vision_tower.encoder.layers", 2),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:model.vision_tower",
+            "hf:model.vision_tower",
+        ),
+        Family(
+            "timm wrapper (own image size)",
+            "transformers",
+            _timm_wrapper,
+            _seq("timm_model.blocks", 2),
+            ("act", "mlp.act"),
+            (1, (6, 6)),
+            (1, (6, 6)),
+            None,
+            "timm:timm_model",
+        ),
+        Family(
+            "ViTDet (4-D activations)",
+            "transformers",
+            _hf(
+                lambda: T.VitDetModel(
+                    T.VitDetConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        mlp_ratio=2,
+                        image_size=IMAGE,
+                        pretrain_image_size=IMAGE,
+                        patch_size=8,
+                    )
+                )
+            ),
+            _seq("encoder.layer", 2),
+            ("act", "mlp.act"),
+            (0, g),
+            (0, g),
+            None,
+            None,
+        ),
+        Family(
+            "MobileViT (batch folding)",
+            "transformers",
+            _hf(
+                lambda: T.MobileViTModel(
+                    T.MobileViTConfig(
+                        image_size=IMAGE, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 16, 16, 16, 16, 32]
+                    )
+                )
+            ),
+            refuse="not the batch",
+        ),
+        Family(
+            "Hiera (transformers)",
+            "transformers",
+            _hf(
+                lambda: T.HieraModel(
+                    T.HieraConfig(
+                        embed_dim=8,
+                        image_size=[64, 64],
+                        depths=[1, 1, 1, 1],
+                        num_heads=[1, 1, 1, 1],
+                        masked_unit_size=[8, 8],
+                    )
+                )
+            ),
+            refuse="not row-major",
+        ),
+        Family(
+            "SegFormer (Mix-FFN, reduced keys)",
+            "transformers",
+            _hf(
+                lambda: T.SegformerModel(
+                    T.SegformerConfig(
+                        num_encoder_blocks=2,
+                        depths=[1, 1],
+                        sr_ratios=[2, 1],
+                        hidden_sizes=[16, 32],
+                        num_attention_heads=[1, 2],
+                        decoder_hidden_size=32,
+                        image_size=IMAGE,
+                    )
+                )
+            ),
+            _stages("stages", "blocks", [1, 1]),
+            ("act", "mlp.activation_fn"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            "hf:",
+            overlap=True,
+        ),
+        Family(
+            "ConvNeXt (convolutional)",
+            "transformers",
+            _hf(lambda: T.ConvNextModel(T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2))),
+            refuse="convolutional tower",
+        ),
     ]
     return out
 
@@ -189,8 +543,18 @@ def _radio(directory: Path) -> str:
     import transformers as T
 
     torch.manual_seed(0)
-    cfg = T.RadioConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2.0, patch_size=8,
-                        image_size=IMAGE, use_swiglu_ffn=True, num_cls_tokens=2, num_registers=2, max_img_size=IMAGE)
+    cfg = T.RadioConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2.0,
+        patch_size=8,
+        image_size=IMAGE,
+        use_swiglu_ffn=True,
+        num_cls_tokens=2,
+        num_registers=2,
+        max_img_size=IMAGE,
+    )
     noisy(T.RadioModel(cfg)).save_pretrained(directory)
     _processor(directory)
     return f"hf:{directory}"
@@ -201,10 +565,22 @@ def _llava(directory: Path) -> str:
 
     torch.manual_seed(0)
     cfg = T.LlavaConfig(
-        vision_config=T.CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=64, image_size=IMAGE, patch_size=8),
-        text_config=T.LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                  vocab_size=128, num_key_value_heads=2),
+        vision_config=T.CLIPVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=IMAGE,
+            patch_size=8,
+        ),
+        text_config=T.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=128,
+            num_key_value_heads=2,
+        ),
         image_token_index=127,
     )
     noisy(T.LlavaForConditionalGeneration(cfg)).save_pretrained(directory)
@@ -216,8 +592,10 @@ def _timm_wrapper(directory: Path) -> str:
     import transformers as T
 
     torch.manual_seed(0)
-    cfg = T.TimmWrapperConfig(architecture="vit_tiny_patch16_224",
-                              model_args=dict(img_size=48, patch_size=8, embed_dim=32, depth=2, num_heads=2))
+    cfg = T.TimmWrapperConfig(
+        architecture="vit_tiny_patch16_224",
+        model_args=dict(img_size=48, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    )
     noisy(T.TimmWrapperModel(cfg)).save_pretrained(directory)
     return f"hf:{directory}"
 
@@ -249,81 +627,336 @@ def _timm_families() -> list[Family]:
     g = (4, 4)
     blocks2 = _seq("blocks", 2)
     return [
-        Family("timm ViT + registers", "timm", _timm("vit_tiny_patch16_224", reg_tokens=2, **_T), blocks2,
-               ("act", "mlp.act"), (3, g), (3, g), "timm", "timm"),
-        Family("timm DeiT3 (layer scale)", "timm", _timm("deit3_small_patch16_224", **_T), blocks2,
-               ("act", "mlp.act"), (1, g), (1, g), "timm", "timm"),
-        Family("timm EVA02 (SwiGLU, RoPE)", "timm", _timm("eva02_tiny_patch14_224", **_T), blocks2,
-               ("gated", "mlp", "fc1_g", "fc1_x", "act"), (1, g), (1, g), "timm", None),
-        Family("timm AIMv2", "timm", _timm("aimv2_1b_patch14_224", **_T), blocks2,
-               ("gated", "mlp", "fc1_g", "fc1_x", "act"), (0, g), (0, g), "timm", "timm"),
-        Family("timm ViT relpos", "timm", _timm("vit_relpos_small_patch16_224", **_T), blocks2,
-               ("act", "mlp.act"), (1, g), (1, g), None, None),
-        Family("timm RoPE ViT", "timm", _timm("vit_base_patch16_rope_224", **_T), blocks2,
-               ("act", "mlp.act"), (1, g), (1, g), "timm", None),
-        Family("timm DINOv3", "timm", _timm("vit_base_patch16_dinov3", **_T), blocks2,
-               ("act", "mlp.act"), (5, g), (5, g), "timm", None),
-        Family("timm Perception Encoder", "timm", _timm("vit_pe_core_tiny_patch16_384", **_T), blocks2,
-               ("act", "mlp.act"), (1, g), (1, g), "timm", None),
-        Family("timm BEiT", "timm", _timm("beit_base_patch16_224", **_T), blocks2,
-               ("act", "mlp.act"), (1, g), (1, g), None, None),
-        Family("timm SigLIP ViT", "timm", _timm("vit_base_patch16_siglip_224", **_T), blocks2,
-               ("act", "mlp.act"), (0, g), (0, g), "timm", "timm"),
-        Family("timm CaiT (class token joins late)", "timm",
-               _timm("cait_xxs24_224", img_size=IMAGE, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                     depth_token_only=1), blocks2, ("act", "mlp.act"), (0, g), (0, g), None, "timm"),
-        Family("timm ConViT (class token joins late)", "timm",
-               _timm("convit_tiny", img_size=IMAGE, patch_size=8, embed_dim=32, depth=3, num_heads=2,
-                     local_up_to_layer=1), _seq("blocks", 3), ("act", "mlp.act"), (0, g), (1, g), None, None),
-        Family("timm PiT (pooling stages)", "timm",
-               _timm("pit_ti_224", img_size=IMAGE, patch_size=8, stride=4, base_dims=[16, 16], depth=[1, 1],
-                     heads=[1, 2]),
-               lambda m: ["transformers.0.blocks.0", "transformers.1.blocks.0"], ("act", "mlp.act"),
-               (1, (7, 7)), (1, (4, 4)), None, "timm"),
-        Family("timm Twins-SVT", "timm",
-               _timm("twins_svt_small", img_size=IMAGE, embed_dims=(16, 32), depths=(1, 1), num_heads=(1, 2),
-                     mlp_ratios=(2, 2), sr_ratios=(2, 1), wss=(2, 2), patch_size=4),
-               lambda m: ["blocks.0.0", "blocks.1.0"], ("act", "mlp.act"), (0, (8, 8)), (0, (4, 4)), None, None),
-        Family("timm Twins-PCPVT", "timm",
-               _timm("twins_pcpvt_small", img_size=IMAGE, embed_dims=(16, 32), depths=(1, 1), num_heads=(1, 2),
-                     mlp_ratios=(2, 2), sr_ratios=(2, 1), patch_size=4),
-               lambda m: ["blocks.0.0", "blocks.1.0"], ("act", "mlp.act"), (0, (8, 8)), (0, (4, 4)), None, None),
-        Family("timm Swin (NHWC)", "timm",
-               _timm("swin_tiny_patch4_window7_224", img_size=IMAGE, patch_size=4, window_size=4, embed_dim=16,
-                     depths=(1, 1), num_heads=(1, 2)),
-               lambda m: ["layers.0.blocks.0", "layers.1.blocks.0"], ("act", "mlp.act"), (0, (8, 8)), (0, (4, 4)),
-               None, None),
-        Family("timm Swinv2 (NHWC, post-norm)", "timm",
-               _timm("swinv2_tiny_window8_256", img_size=IMAGE, patch_size=4, window_size=4, embed_dim=16,
-                     depths=(1, 1), num_heads=(1, 2)),
-               lambda m: ["layers.0.blocks.0", "layers.1.blocks.0"], ("act", "mlp.act"), (0, (8, 8)), (0, (4, 4)),
-               None, None),
-        Family("timm CrossViT (two branches)", "timm",
-               _timm("crossvit_tiny_240", img_size=(IMAGE, IMAGE), img_scale=(1.0, 1.0), patch_size=(8, 16),
-                     embed_dim=(16, 32), depth=((1, 1, 0),), num_heads=(1, 2), mlp_ratio=(2, 2, 1)),
-               lambda m: ["blocks.0.blocks.0.0", "blocks.0.blocks.1.0"], ("act", "mlp.act"), (1, g), (1, (2, 2)),
-               None, "timm"),
-        Family("timm XCiT (channel attention)", "timm",
-               _timm("xcit_nano_12_p8_224", img_size=IMAGE, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                     cls_attn_layers=1), blocks2, ("act", "mlp.act"), (0, g), (0, g), None, None),
-        Family("timm MViTv2 (pooled attention)", "timm",
-               _timm("clipviz_tiny_mvitv2"),
-               lambda m: ["stages.0.blocks.0", "stages.1.blocks.0"], ("act", "mlp.act"), (0, (8, 8)), (0, (4, 4)),
-               None, None),
-        Family("timm VOLO (outlookers, NHWC)", "timm",
-               _timm("clipviz_tiny_volo"),
-               None, ("act", "mlp.act"), None, None, None, None),
-        Family("timm Hiera (unrolled order)", "timm",
-               _timm("hiera_tiny_224", img_size=64, embed_dim=16, num_heads=1, stages=(1, 1, 1, 1)),
-               refuse="not row-major"),
-        Family("timm LeViT", "timm", _timm("levit_128", img_size=IMAGE), refuse="no pre-norm transformer blocks"),
-        Family("timm MobileViT (batch folding)", "timm", _timm("mobilevit_xxs"), refuse="folded into the batch axis"),
-        Family("timm CoaT", "timm", _timm("coat_tiny", safe=False, img_size=IMAGE, embed_dims=(16, 16, 16, 16),
-                                          serial_depths=(1, 1, 1, 1), parallel_depth=0, num_heads=2),
-               refuse="unsupported"),
-        Family("timm ViTamin (conv stem + GeGLU)", "timm",
-               _timm("clipviz_tiny_vitamin"), blocks2, ("gated", "mlp", "w0", "w1", "act"), (0, (2, 2)),
-               (0, (2, 2)), "timm", "timm"),
+        Family(
+            "timm ViT + registers",
+            "timm",
+            _timm("vit_tiny_patch16_224", reg_tokens=2, **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (3, g),
+            (3, g),
+            "timm",
+            "timm",
+        ),
+        Family(
+            "timm DeiT3 (layer scale)",
+            "timm",
+            _timm("deit3_small_patch16_224", **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (1, g),
+            (1, g),
+            "timm",
+            "timm",
+        ),
+        Family(
+            "timm EVA02 (packed SwiGLU, RoPE)",
+            "timm",
+            _timm("eva02_tiny_patch14_224", **_T),
+            blocks2,
+            ("packed", "mlp", "fc1", "act", False),
+            (1, g),
+            (1, g),
+            "timm",
+            None,
+        ),
+        Family(
+            "timm EVA02 (SwiGLU + norm, RoPE)",
+            "timm",
+            _timm("eva02_tiny_patch14_224", scale_mlp=True, **_T),
+            blocks2,
+            ("gated", "mlp", "fc1_g", "fc1_x", "act"),
+            (1, g),
+            (1, g),
+            "timm",
+            None,
+        ),
+        Family(
+            "timm AIMv2",
+            "timm",
+            _timm("aimv2_1b_patch14_224", **_T),
+            blocks2,
+            ("gated", "mlp", "fc1_g", "fc1_x", "act"),
+            (0, g),
+            (0, g),
+            "timm",
+            "timm",
+        ),
+        Family(
+            "timm ViT relpos",
+            "timm",
+            _timm("vit_relpos_small_patch16_224", **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (0, g),
+            (0, g),
+            None,
+            None,
+        ),
+        Family(
+            "timm RoPE ViT",
+            "timm",
+            _timm("vit_base_patch16_rope_224", **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (1, g),
+            (1, g),
+            "timm",
+            None,
+        ),
+        Family(
+            "timm DINOv3",
+            "timm",
+            _timm("vit_base_patch16_dinov3", **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (5, g),
+            (5, g),
+            "timm",
+            None,
+        ),
+        Family(
+            "timm Perception Encoder",
+            "timm",
+            _timm("vit_pe_core_tiny_patch16_384", **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (1, g),
+            (1, g),
+            "timm",
+            None,
+        ),
+        Family(
+            "timm BEiT",
+            "timm",
+            _timm("beit_base_patch16_224", **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (1, g),
+            (1, g),
+            None,
+            None,
+        ),
+        Family(
+            "timm SigLIP ViT",
+            "timm",
+            _timm("vit_base_patch16_siglip_224", **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (0, g),
+            (0, g),
+            "timm",
+            "timm",
+        ),
+        Family(
+            "timm CaiT (class token joins late)",
+            "timm",
+            _timm(
+                "cait_xxs24_224", img_size=IMAGE, patch_size=8, embed_dim=32, depth=2, num_heads=2, depth_token_only=1
+            ),
+            blocks2,
+            ("act", "mlp.act"),
+            (0, g),
+            (0, g),
+            None,
+            "timm",
+        ),
+        Family(
+            "timm ConViT (class token joins late)",
+            "timm",
+            _timm("convit_tiny", img_size=IMAGE, patch_size=8, embed_dim=32, depth=3, num_heads=2, local_up_to_layer=1),
+            _seq("blocks", 3),
+            ("act", "mlp.act"),
+            (0, g),
+            (1, g),
+            None,
+            "timm",
+        ),
+        Family(
+            "timm PiT (pooling stages)",
+            "timm",
+            _timm("pit_ti_224", img_size=IMAGE, patch_size=8, stride=4, base_dims=[16, 16], depth=[1, 1], heads=[1, 2]),
+            lambda m: ["transformers.0.blocks.0", "transformers.1.blocks.0"],
+            ("act", "mlp.act"),
+            (1, (7, 7)),
+            (1, (4, 4)),
+            None,
+            "timm",
+        ),
+        Family(
+            "timm Twins-SVT",
+            "timm",
+            _timm(
+                "twins_svt_small",
+                img_size=IMAGE,
+                embed_dims=(16, 32),
+                depths=(1, 1),
+                num_heads=(1, 2),
+                mlp_ratios=(2, 2),
+                sr_ratios=(2, 1),
+                wss=(2, 2),
+                patch_size=4,
+            ),
+            lambda m: ["blocks.0.0", "blocks.1.0"],
+            ("act", "mlp.act"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            None,
+        ),
+        Family(
+            "timm Twins-PCPVT",
+            "timm",
+            _timm(
+                "twins_pcpvt_small",
+                img_size=IMAGE,
+                embed_dims=(16, 32),
+                depths=(1, 1),
+                num_heads=(1, 2),
+                mlp_ratios=(2, 2),
+                sr_ratios=(2, 1),
+                patch_size=4,
+            ),
+            lambda m: ["blocks.0.0", "blocks.1.0"],
+            ("act", "mlp.act"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            None,
+        ),
+        Family(
+            "timm Swin (NHWC)",
+            "timm",
+            _timm(
+                "swin_tiny_patch4_window7_224",
+                img_size=IMAGE,
+                patch_size=4,
+                window_size=4,
+                embed_dim=16,
+                depths=(1, 1),
+                num_heads=(1, 2),
+            ),
+            lambda m: ["layers.0.blocks.0", "layers.1.blocks.0"],
+            ("act", "mlp.act"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            None,
+        ),
+        Family(
+            "timm Swinv2 (NHWC, post-norm)",
+            "timm",
+            _timm(
+                "swinv2_tiny_window8_256",
+                img_size=IMAGE,
+                patch_size=4,
+                window_size=4,
+                embed_dim=16,
+                depths=(1, 1),
+                num_heads=(1, 2),
+            ),
+            lambda m: ["layers.0.blocks.0", "layers.1.blocks.0"],
+            ("act", "mlp.act"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            None,
+        ),
+        Family(
+            "timm CrossViT (two branches)",
+            "timm",
+            _timm(
+                "crossvit_tiny_240",
+                img_size=(IMAGE, IMAGE),
+                img_scale=(1.0, 1.0),
+                patch_size=(8, 16),
+                embed_dim=(16, 32),
+                depth=((1, 1, 0),),
+                num_heads=(1, 2),
+                mlp_ratio=(2, 2, 1),
+            ),
+            lambda m: ["blocks.0.blocks.0.0", "blocks.0.blocks.1.0"],
+            ("act", "mlp.act"),
+            (1, g),
+            (1, (2, 2)),
+            None,
+            "timm",
+        ),
+        Family(
+            "timm XCiT (channel attention)",
+            "timm",
+            _timm(
+                "xcit_nano_12_p8_224",
+                img_size=IMAGE,
+                patch_size=8,
+                embed_dim=32,
+                depth=2,
+                num_heads=2,
+                cls_attn_layers=1,
+            ),
+            blocks2,
+            ("act", "mlp.act"),
+            (0, g),
+            (0, g),
+            None,
+            None,
+        ),
+        Family(
+            "timm MViTv2 (pooled attention)",
+            "timm",
+            _timm("clipviz_tiny_mvitv2"),
+            lambda m: ["stages.0.blocks.0", "stages.1.blocks.0"],
+            ("act", "mlp.act"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            None,
+            overlap=True,
+        ),
+        Family(
+            "timm VOLO (outlookers, NHWC)",
+            "timm",
+            _timm("clipviz_tiny_volo"),
+            lambda m: ["network.0.0", "network.2.0", "network.3.0", "network.4.0"],
+            ("act", "mlp.act"),
+            (0, (4, 4)),
+            (0, (2, 2)),
+            None,
+            None,
+        ),
+        Family(
+            "timm Hiera (unrolled order)",
+            "timm",
+            _timm("hiera_tiny_224", img_size=64, embed_dim=16, num_heads=1, stages=(1, 1, 1, 1)),
+            refuse="not row-major",
+        ),
+        Family("timm LeViT", "timm", _timm("levit_128", img_size=IMAGE), refuse="no norm before attention and MLP"),
+        Family("timm MobileViT (batch folding)", "timm", _timm("mobilevit_xxs"), refuse="not the batch"),
+        Family(
+            "timm CoaT",
+            "timm",
+            _timm(
+                "coat_tiny",
+                safe=False,
+                img_size=IMAGE,
+                embed_dims=(16, 16, 16, 16),
+                serial_depths=(1, 1, 1, 1),
+                parallel_depth=0,
+                num_heads=2,
+            ),
+            refuse="attention module of its blocks is not recognised",
+        ),
+        Family(
+            "timm ViTamin (conv stem + GeGLU)",
+            "timm",
+            _timm("clipviz_tiny_vitamin"),
+            blocks2,
+            ("gated", "mlp", "w0", "w1", "act"),
+            (0, (2, 2)),
+            (0, (2, 2)),
+            "timm",
+            "timm",
+        ),
     ]
 
 
@@ -340,18 +973,40 @@ def _register_tiny_trunks() -> None:
 
     @register_model
     def clipviz_tiny_eva02(pretrained=False, **kwargs):  # noqa: ARG001 - timm's signature
-        args = dict(img_size=IMAGE, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4 * 2 / 3,
-                    swiglu_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4))
+        args = dict(
+            img_size=IMAGE,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=4 * 2 / 3,
+            swiglu_mlp=True,
+            use_rot_pos_emb=True,
+            ref_feat_shape=(4, 4),
+        )
         return _create_eva("eva02_tiny_patch14_224", pretrained=False, **dict(args, **kwargs))
 
     @register_model
     def clipviz_tiny_vitamin(pretrained=False, **kwargs):  # noqa: ARG001
         from timm.models.vitamin import GeGluMlp, VitCfg, VitConvCfg, _create_vitamin
 
-        embed_cfg = VitCfg(embed_dim=(16, 32, 32), depths=(1, 1, 1), stem_width=16,
-                           conv_cfg=VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6), head_type="1d")
-        args = dict(img_size=IMAGE, embed_dim=32, depth=2, num_heads=2, mlp_layer=GeGluMlp, mlp_ratio=2.0,
-                    class_token=False, global_pool="avg")
+        embed_cfg = VitCfg(
+            embed_dim=(16, 32, 32),
+            depths=(1, 1, 1),
+            stem_width=16,
+            conv_cfg=VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6),
+            head_type="1d",
+        )
+        args = dict(
+            img_size=IMAGE,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            mlp_layer=GeGluMlp,
+            mlp_ratio=2.0,
+            class_token=False,
+            global_pool="avg",
+        )
         return _create_vitamin("vitamin_small_224", pretrained=False, embed_cfg=embed_cfg, **dict(args, **kwargs))
 
     @register_model
@@ -360,21 +1015,29 @@ def _register_tiny_trunks() -> None:
         from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 
         cfg = MultiScaleVitCfg(depths=(1, 1), embed_dim=(16, 32), num_heads=(1, 2))
-        return build_model_with_cfg(MultiScaleVit, "mvitv2_tiny", False, model_cfg=cfg,
-                                    **dict(dict(img_size=IMAGE), **kwargs))
+        return build_model_with_cfg(
+            MultiScaleVit, "mvitv2_tiny", False, model_cfg=cfg, **dict(dict(img_size=IMAGE), **kwargs)
+        )
 
     @register_model
     def clipviz_tiny_volo(pretrained=False, **kwargs):  # noqa: ARG001
         from timm.models.volo import _create_volo
 
-        args = dict(img_size=IMAGE, layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(1, 2, 2, 2),
-                    stem_hidden_dim=16, patch_size=8)
+        args = dict(
+            img_size=IMAGE,
+            layers=(1, 1, 1, 1),
+            embed_dims=(16, 32, 32, 32),
+            num_heads=(1, 2, 2, 2),
+            stem_hidden_dim=16,
+            patch_size=8,
+        )
         return _create_volo("volo_d1_224", pretrained=False, **dict(args, **kwargs))
 
     @register_model
     def clipviz_tiny_siglip(pretrained=False, **kwargs):  # noqa: ARG001
-        args = dict(img_size=IMAGE, patch_size=8, embed_dim=32, depth=2, num_heads=2, class_token=False,
-                    global_pool="map")
+        args = dict(
+            img_size=IMAGE, patch_size=8, embed_dim=32, depth=2, num_heads=2, class_token=False, global_pool="map"
+        )
         return _create_vision_transformer("vit_base_patch16_siglip_224", pretrained=False, **dict(args, **kwargs))
 
 
@@ -389,10 +1052,13 @@ def _open_clip(vision_cfg: dict, text_cfg: dict | None = None, register: bool = 
         text = text_cfg or dict(width=32, heads=2, layers=1)
         model = noisy(open_clip.CLIP(embed_dim=16, vision_cfg=vision_cfg, text_cfg=text))
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                  str(directory / "open_clip_model.safetensors"))
-        cfg = {"model_cfg": {"embed_dim": 16, "vision_cfg": vision_cfg, "text_cfg": text},
-               "preprocess_cfg": {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.3, 0.4]}}
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "open_clip_model.safetensors")
+        )
+        cfg = {
+            "model_cfg": {"embed_dim": 16, "vision_cfg": vision_cfg, "text_cfg": text},
+            "preprocess_cfg": {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.3, 0.4]},
+        }
         (directory / "open_clip_config.json").write_text(json.dumps(cfg))
         return f"open_clip:{directory}"
 
@@ -402,24 +1068,62 @@ def _open_clip(vision_cfg: dict, text_cfg: dict | None = None, register: bool = 
 def _open_clip_families() -> list[Family]:
     g = (4, 4)
     return [
-        Family("open_clip ViT", "open_clip",
-               _open_clip(dict(image_size=IMAGE, patch_size=8, width=64, layers=2, head_width=32)),
-               _seq("visual.transformer.resblocks", 2), ("act", "mlp.gelu"), (1, g), (1, g), "open_clip", "mha",
-               text=True),
-        Family("open_clip EVA02 trunk (timm)", "open_clip",
-               _open_clip(dict(image_size=IMAGE, timm_model_name="clipviz_tiny_eva02", timm_pool="token",
-                               timm_proj="linear"), register=True),
-               _seq("visual.trunk.blocks", 2), ("gated", "mlp", "fc1_g", "fc1_x", "act"), (1, g), (1, g),
-               None, None, text=True),
-        Family("open_clip SigLIP trunk (timm)", "open_clip",
-               _open_clip(dict(image_size=IMAGE, timm_model_name="clipviz_tiny_siglip", timm_pool="map",
-                               timm_proj="none"), register=True),
-               _seq("visual.trunk.blocks", 2), ("act", "mlp.act"), (0, g), (0, g), None, "timm:visual.trunk",
-               text=True),
-        Family("open_clip, tokenizer on the Hub (offline)", "open_clip",
-               _open_clip(dict(image_size=IMAGE, patch_size=8, width=64, layers=2, head_width=32),
-                          dict(width=32, heads=2, layers=1, hf_tokenizer_name="timm/ViT-B-16-SigLIP")),
-               _seq("visual.transformer.resblocks", 2), ("act", "mlp.gelu"), (1, g), (1, g), None, "mha"),
+        Family(
+            "open_clip ViT",
+            "open_clip",
+            _open_clip(dict(image_size=IMAGE, patch_size=8, width=64, layers=2, head_width=32)),
+            _seq("visual.transformer.resblocks", 2),
+            ("act", "mlp.gelu"),
+            (1, g),
+            (1, g),
+            "open_clip",
+            "mha",
+            text=True,
+        ),
+        Family(
+            "open_clip EVA02 trunk (timm)",
+            "open_clip",
+            _open_clip(
+                dict(image_size=IMAGE, timm_model_name="clipviz_tiny_eva02", timm_pool="token", timm_proj="linear"),
+                register=True,
+            ),
+            _seq("visual.trunk.blocks", 2),
+            ("packed", "mlp", "fc1", "act", False),
+            (1, g),
+            (1, g),
+            None,
+            None,
+            text=True,
+        ),
+        Family(
+            "open_clip SigLIP trunk (timm)",
+            "open_clip",
+            _open_clip(
+                dict(image_size=IMAGE, timm_model_name="clipviz_tiny_siglip", timm_pool="map", timm_proj="none"),
+                register=True,
+            ),
+            _seq("visual.trunk.blocks", 2),
+            ("act", "mlp.act"),
+            (0, g),
+            (0, g),
+            None,
+            "timm:visual.trunk",
+            text=True,
+        ),
+        Family(
+            "open_clip, tokenizer on the Hub (offline)",
+            "open_clip",
+            _open_clip(
+                dict(image_size=IMAGE, patch_size=8, width=64, layers=2, head_width=32),
+                dict(width=32, heads=2, layers=1, hf_tokenizer_name="timm/ViT-B-16-SigLIP"),
+            ),
+            _seq("visual.transformer.resblocks", 2),
+            ("act", "mlp.gelu"),
+            (1, g),
+            (1, g),
+            None,
+            "mha",
+        ),
     ]
 
 

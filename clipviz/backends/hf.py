@@ -176,7 +176,8 @@ def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: s
     vcfg = getattr(config, "vision_config", None) or config
     mean, std, source, processor = _preprocessing(ref, config, kwargs)
     forward, output_kind = _forward(model, vision)
-    facts = {"image_size": _pair(getattr(vcfg, "image_size", 224)), "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
+    facts = {"image_size": _pair(getattr(vcfg, "image_size", 224)),
+             "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
              "forward": forward, "pil_transform": hf_transform(processor), "notes": ()}
     model_type = getattr(config, "model_type", "")
     if model_type == "timm_wrapper":

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from ..errors import ClipvizError, UnsupportedModelError
+from ..preprocessing import open_clip_transform
 from .base import Backend, ImageProjection, TextTower
 from .base import pair as _pair
 from .hub import fetching
-from ..preprocessing import open_clip_transform
 from .timm import timm_prefix_tokens
 
 
