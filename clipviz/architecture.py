@@ -17,8 +17,8 @@ from torch import nn
 from .errors import UnsupportedModelError
 
 # Aliases per part, relative to the block, in order of preference.
-_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1", "rms_norm1")
-_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2", "rms_norm2")
+_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1", "rms_norm1", "attention_norm")
+_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2", "rms_norm2", "ffn_norm")
 _ATTN = ("self_attn", "attention", "attn")
 _MLP = ("mlp", "ffn", "feed_forward")
 _FC1 = ("mlp.fc1", "intermediate.dense", "mlp.c_fc", "mlp.up_proj")

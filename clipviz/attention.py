@@ -158,3 +158,65 @@ def check_pattern(parts: BlockParts, x: torch.Tensor, z_native: torch.Tensor) ->
     if not torch.isfinite(err) or err > 1e-3 * scale + 1e-5:
         return suspected_reason(parts)
     return None
+
+
+def _to_float32(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_float32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_float32(v) for k, v in value.items()}
+    return value
+
+
+@torch.no_grad()
+def check_pattern_float32(parts: BlockParts, args: tuple, kwargs: dict, seq_first: bool = False) -> str | None:
+    """``check_pattern`` for a half-precision model, on a float32 copy of the attention module called with the very
+    arguments the model gave it: rounding in half precision would otherwise hide small differences (RoPE, biases)."""
+    import copy
+    from dataclasses import replace
+
+    attn = copy.deepcopy(parts.attn).float()
+    for m in attn.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    names = {id(m): n for n, m in parts.attn.named_modules()}
+
+    def twin(module):
+        if module is None:
+            return None
+        if module is parts.attn:
+            return attn
+        name = names.get(id(module))
+        return attn.get_submodule(name) if name is not None else None
+
+    copy_parts = replace(
+        parts, attn=attn, q=twin(parts.q), k=twin(parts.k), qkv=twin(parts.qkv), out_proj=twin(parts.out_proj)
+    )
+    args, kwargs = _to_float32(args), _to_float32(kwargs)
+    x = args[0] if args else next(iter(kwargs.values()))
+    x = x.transpose(0, 1) if seq_first and x.ndim == 3 else x
+    if isinstance(attn, nn.MultiheadAttention):
+        out = attn(*args, **kwargs)[0]
+        out = out.transpose(0, 1) if seq_first else out
+        try:
+            mine = F.linear(attention_values(copy_parts, x), attn.out_proj.weight, attn.out_proj.bias)
+        except (LookupError, RuntimeError):
+            return suspected_reason(parts)
+        ok = bool((mine - out).abs().max() <= 1e-3 * out.abs().max().clamp_min(1e-6) + 1e-5)
+        return None if ok else "the recomputed attention did not reproduce the model's output"
+    if copy_parts.out_proj is None:
+        return "its attention could not be checked against the model's output"
+    seen = []
+    handle = copy_parts.out_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    try:
+        attn(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the copy could not be run on its own: leave the pattern out
+        return "its attention could not be checked against the model's output"
+    finally:
+        handle.remove()
+    if not seen:
+        return "its attention could not be checked against the model's output"
+    z = seen[0].transpose(0, 1) if seq_first and seen[0].ndim == 3 else seen[0]
+    return check_pattern(copy_parts, x, z)

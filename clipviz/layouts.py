@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .architecture import BlockParts
-from .attention import attention_values, check_pattern
+from .attention import attention_values, check_pattern, check_pattern_float32
 from .errors import UnsupportedModelError
 
 #: Hook points of every block, in the order they fire (kept in sync with ``hooks.BLOCK_POINTS``).
@@ -181,6 +181,13 @@ def probe(
             if isinstance(x, torch.Tensor):
                 stash[(i, "attn")] = fix(x)
 
+        def attn_call(module, args, kwargs, i=i, parts=parts):
+            # half precision: check the pattern on a float32 copy of the module, with the arguments it was given
+            x = _input(args, kwargs)
+            half = isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)
+            if half and fix(x).ndim == 3 and fix(x).shape[0] == batch:
+                pattern_reason[i] = check_pattern_float32(parts, args, kwargs, seq_first)
+
         def z_in(x, i=i, p=p, parts=parts):
             record(p + "attn.hook_z", x)
             x_attn = stash.pop((i, "attn"), None)
@@ -209,6 +216,7 @@ def probe(
         on(parts.block, lambda x, p=p: record(p + "hook_resid_post", x), False)
         on(parts.ln1, ln1_in, True)
         on(parts.attn, attn_in, True)
+        handles.append(parts.attn.register_forward_pre_hook(attn_call, with_kwargs=True))
         on(parts.out_proj, z_in, True)
         on(parts.attn, attn_out, False)
         on(parts.ln2, lambda x, p=p: record(p + "hook_resid_mid", x), True)

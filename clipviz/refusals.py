@@ -28,6 +28,10 @@ def _block_like(root: nn.Module) -> str | None:
         if attn and mlp:
             if not norms:
                 return f"its blocks have no norm before attention and MLP (e.g. {where}); clipviz needs pre-norm blocks"
+            from .architecture import _mlp_parts
+
+            if _mlp_parts(module) is not None:
+                return f"the norms of its blocks are not recognised (e.g. {where}: {', '.join(norms[:2])})"
             inner = {n.rsplit(".", 1)[-1] for n, _ in children[mlp[0]].named_modules()}
             if any(isinstance(m, nn.Conv2d) for m in children[mlp[0]].modules()):
                 return f"its MLP has a convolution clipviz does not place (e.g. {where})"

@@ -478,6 +478,23 @@ def _hf_families() -> list[Family]:
             None,
         ),
         Family(
+            "Pixtral vision (images packed into one sequence)",
+            "transformers",
+            _hf(
+                lambda: T.PixtralVisionModel(
+                    T.PixtralVisionConfig(
+                        hidden_size=32,
+                        intermediate_size=64,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        image_size=IMAGE,
+                        patch_size=8,
+                    )
+                )
+            ),
+            refuse="not the batch",
+        ),
+        Family(
             "MobileViT (batch folding)",
             "transformers",
             _hf(
@@ -1034,6 +1051,22 @@ def _register_tiny_trunks() -> None:
         return _create_volo("volo_d1_224", pretrained=False, **dict(args, **kwargs))
 
     @register_model
+    def clipviz_tiny_pe(pretrained=False, **kwargs):  # noqa: ARG001
+        args = dict(
+            img_size=IMAGE,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            global_pool="map",
+            attn_type="rope",
+            use_pre_transformer_norm=True,
+            use_rot_pos_emb=True,
+            ref_feat_shape=(4, 4),
+        )
+        return _create_eva("vit_pe_core_tiny_patch16_384", pretrained=False, **dict(args, **kwargs))
+
+    @register_model
     def clipviz_tiny_siglip(pretrained=False, **kwargs):  # noqa: ARG001
         args = dict(
             img_size=IMAGE, patch_size=8, embed_dim=32, depth=2, num_heads=2, class_token=False, global_pool="map"
@@ -1108,6 +1141,36 @@ def _open_clip_families() -> list[Family]:
             (0, g),
             None,
             "timm:visual.trunk",
+            text=True,
+        ),
+        Family(
+            "open_clip ViTamin trunk (timm)",
+            "open_clip",
+            _open_clip(
+                dict(image_size=IMAGE, timm_model_name="clipviz_tiny_vitamin", timm_pool="", timm_proj="linear"),
+                register=True,
+            ),
+            _seq("visual.trunk.blocks", 2),
+            ("gated", "mlp", "w0", "w1", "act"),
+            (0, (2, 2)),
+            (0, (2, 2)),
+            None,
+            "timm:visual.trunk",
+            text=True,
+        ),
+        Family(
+            "open_clip Perception Encoder trunk (timm)",
+            "open_clip",
+            _open_clip(
+                dict(image_size=IMAGE, timm_model_name="clipviz_tiny_pe", timm_pool="", timm_proj="linear"),
+                register=True,
+            ),
+            _seq("visual.trunk.blocks", 2),
+            ("act", "mlp.act"),
+            (1, g),
+            (1, g),
+            None,
+            None,
             text=True,
         ),
         Family(

@@ -370,3 +370,14 @@ def test_docs_table_is_current(loaded):
     assert DOCS.is_file() and DOCS.read_text() == text, (
         "docs/architectures.md is stale: run CLIPVIZ_UPDATE_DOCS=1 python -m pytest tests/test_architectures.py"
     )
+
+
+@pytest.mark.parametrize("name", ["ViT", "timm RoPE ViT", "BEiT (relative position bias)", "open_clip ViT"])
+def test_half_precision_offers_exactly_the_float32_patterns(loaded, name):
+    """Rounding in bfloat16 must not hide a pattern that differs from the model's (RoPE, relative position bias)."""
+    status, model = loaded(next(f for f in FAMILIES if f.name == name))
+    assert status == "ok", model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = clipviz.load(model.spec, dtype=torch.bfloat16)
+    assert half.unavailable_hooks() == model.unavailable_hooks()
