@@ -124,7 +124,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
         result = mine_examples(model, args.hook, source, neurons=neurons, top_k=args.top_k, reduce=args.reduce,
                                batch=args.batch_size, keep_activations=args.save_activations)
         result.save(out)
-    write_thumbnails(source, result, out)
+    write_thumbnails(source, result, out, model=model)
     print(f"{result.seen} images, {len(result.neurons)} neurons, top {result.scores.shape[1]} each -> {out}")
     if result.skipped:
         print(f"skipped {len(result.skipped)} unreadable images (indices {result.skipped[:10]}"

@@ -388,13 +388,17 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
                          settings={"model": model.spec, "source": source.name, "top_k": top_k, "reduce": reduce})
 
 
-def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96) -> None:
-    """Small PNGs of every kept image, ``out/thumbs/<index>.png``, for the atlas and the demo."""
+def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96, model=None) -> None:
+    """Small PNGs of every kept image, ``out/thumbs/<index>.png``, for the atlas and the demo. With ``model``, each
+    thumbnail is what the model saw (its own resize + centre crop), so the patch maps line up with it."""
     from .artifacts import write_png
 
     wanted = set(result.indices.flatten().tolist())
     for i, img, _ in source:
         if i in wanted and img is not None:
+            if model is not None and hasattr(model, "preprocess_pil"):
+                seen = (model.preprocess_pil(img).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
+                img = Image.fromarray(seen.astype(np.uint8))
             thumb = img.copy()
             thumb.thumbnail((size, size))
             write_png(out / "thumbs" / f"{i}.png", thumb)

@@ -34,7 +34,7 @@ def _model_class(config, trust_remote_code: bool):
     except KeyError as error:
         raise UnsupportedModelError(
             f"unsupported architecture '{model_type}': transformers has no vision model for it "
-            "(supported: ViT, DeiT, BEiT, CLIP, SigLIP, DINOv2, Swin)"
+            "(supported vision transformers are listed in docs/architectures.md)"
         ) from error
     return transformers.AutoModel
 
