@@ -166,6 +166,11 @@ def _mlp_parts(block: nn.Module) -> dict | None:
                 norm = _get(mlp, "norm") if norm_after else None
                 return {"fc1": up, "gate": gate, "packed_gate": None, "act": None, "fc2": down,
                         "mid": norm if isinstance(norm, nn.Module) else down}
+        packed_in, packed_out = _get(mlp, "weights_in"), _get(mlp, "weights_out")  # transformers 4.x DINOv2 SwiGLU
+        if isinstance(packed_in, nn.Linear) and isinstance(packed_out, nn.Linear) and \
+                packed_in.out_features == 2 * packed_out.in_features:
+            return {"fc1": packed_in, "gate": None, "packed_gate": "first", "act": None, "fc2": packed_out,
+                    "mid": packed_out}
         fc1, fc2 = _get(mlp, "fc1"), _get(mlp, "fc2")
         if (type(mlp).__name__ == "GluMlp" or hasattr(mlp, "gate_last")) and isinstance(fc1, nn.Linear) \
                 and isinstance(fc2, nn.Linear) and fc1.out_features == 2 * fc2.in_features:

@@ -129,7 +129,7 @@ def suspected_reason(parts: BlockParts) -> str:
         return "relative position bias"
     if "cpb_mlp" in names or "logit_scale" in names:
         return "cosine attention with a continuous position bias"
-    if "xca" in kind or "temperature" in names:
+    if "xca" in kind or "temperature" in names or "channel" in kind:
         return "channel (cross-covariance) attention, not attention over tokens"
     if any(getattr(m, "window_size", None) for m in (attn, block)) or "window" in kind or "locally" in kind:
         return "windowed attention"
@@ -137,6 +137,8 @@ def suspected_reason(parts: BlockParts) -> str:
         return "reduced (pooled or sub-sampled) keys"
     if names & {"proj_l", "proj_w"}:
         return "talking-heads attention (heads are mixed before and after the softmax)"
+    if names & {"convolution_projection_query", "conv_proj_q", "conv_proj"} or "convolution_projection" in str(names):
+        return "convolutional projections of queries, keys and values"
     if "gpsa" in kind or "pos_proj" in names:
         return "gated positional self-attention"
     if "class" in kind or "classattn" in kind:

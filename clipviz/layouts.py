@@ -139,7 +139,7 @@ def probe(
     shapes: dict[str, tuple[int, ...]] = {}
     pattern_reason: dict[int, str | None] = {}
     stash: dict[tuple[int, str], torch.Tensor] = {}
-    ln1_differs: set[int] = set()
+    ln1_differs: set[int] = set()  # post-norm blocks
     act_differs: set[int] = set()
     handles = []
 
@@ -164,17 +164,24 @@ def probe(
 
         def block_in(x, i=i, p=p):
             record(p + "hook_resid_pre", x)
-            if isinstance(x, torch.Tensor):
-                stash[(i, "in")] = x
 
-        def ln1_in(x, i=i):
-            first = stash.pop((i, "in"), None)
-            if (
-                isinstance(x, torch.Tensor)
-                and first is not None
-                and (x.shape != first.shape or not torch.equal(x, first))
-            ):
+        def _same(a, b) -> bool:
+            return a.shape == b.shape and torch.equal(a, b)
+
+        def ln2_in(x, i=i, p=p):
+            # post-norm (Swinv2): the second norm is applied to the MLP's output, so its input *is* fc2's output
+            record(p + "hook_resid_mid", x)
+            out = stash.pop((i, "fc2"), None)
+            if isinstance(x, torch.Tensor) and out is not None and _same(x, out):
                 ln1_differs.add(i)
+            elif isinstance(x, torch.Tensor) and out is None:
+                stash[(i, "ln2")] = x
+
+        def fc2_out(x, i=i, p=p):
+            record(p + "hook_mlp_out", x)
+            stash.pop((i, "ln2"), None)  # pre-norm: the norm came first
+            if isinstance(x, torch.Tensor):
+                stash[(i, "fc2")] = x
 
         def attn_in(x, i=i, p=p):
             record(p + "attn.hook_pattern", x)
@@ -214,12 +221,11 @@ def probe(
 
         on(parts.block, block_in, True)
         on(parts.block, lambda x, p=p: record(p + "hook_resid_post", x), False)
-        on(parts.ln1, ln1_in, True)
         on(parts.attn, attn_in, True)
         handles.append(parts.attn.register_forward_pre_hook(attn_call, with_kwargs=True))
         on(parts.out_proj, z_in, True)
         on(parts.attn, attn_out, False)
-        on(parts.ln2, lambda x, p=p: record(p + "hook_resid_mid", x), True)
+        on(parts.ln2, ln2_in, True)
         on(parts.fc1, lambda x, p=p: record(p + "fc1_in", x), True)
 
         def pre_out(x, i=i, p=p):
@@ -243,7 +249,7 @@ def probe(
             on(parts.mid, lambda x, p=p: record(p + "mlp.hook_post", x), True)
         else:
             on(parts.act, lambda x, p=p: record(p + "mlp.hook_post", x), False)
-        on(parts.fc2, lambda x, p=p: record(p + "hook_mlp_out", x), False)
+        on(parts.fc2, fc2_out, False)
     try:
         run(images)
     except UnsupportedModelError:

@@ -478,6 +478,41 @@ def _hf_families() -> list[Family]:
             None,
         ),
         Family(
+            "CvT (convolutional projections)",
+            "transformers",
+            _hf(
+                lambda: T.CvtModel(
+                    T.CvtConfig(
+                        embed_dim=[16, 32],
+                        num_heads=[1, 2],
+                        depth=[1, 2],  # transformers indexes drop-path rates by stage: stage s needs > s blocks
+                        patch_sizes=[7, 3],
+                        patch_stride=[4, 2],
+                        patch_padding=[2, 1],
+                        mlp_ratio=[2.0, 2.0],
+                        attention_drop_rate=[0.0, 0.0],
+                        drop_rate=[0.0, 0.0],
+                        drop_path_rate=[0.0, 0.0],
+                        qkv_bias=[True, True],
+                        cls_token=[False, True],
+                        qkv_projection_method=["dw_bn", "dw_bn"],
+                        kernel_qkv=[3, 3],
+                        padding_kv=[1, 1],
+                        stride_kv=[2, 2],
+                        padding_q=[1, 1],
+                        stride_q=[1, 1],
+                    )
+                )
+            ),
+            lambda m: ["encoder.stages.0.layers.0", "encoder.stages.1.layers.0", "encoder.stages.1.layers.1"],
+            ("act", "intermediate.activation"),
+            (0, (8, 8)),
+            (1, (4, 4)),
+            None,
+            None,
+            overlap=True,
+        ),
+        Family(
             "Pixtral vision (images packed into one sequence)",
             "transformers",
             _hf(
@@ -618,7 +653,7 @@ def _timm_wrapper(directory: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- timm
-def _timm(name: str, safe: bool = True, **kw) -> Callable[[Path], str]:
+def _timm(name: str, safe: bool = True, input_size: int | None = None, **kw) -> Callable[[Path], str]:
     def build(directory: Path) -> str:
         import timm
         from timm.models import save_for_hf
@@ -627,6 +662,8 @@ def _timm(name: str, safe: bool = True, **kw) -> Callable[[Path], str]:
             _register_tiny_trunks()
         torch.manual_seed(0)
         model = noisy(timm.create_model(name, pretrained=False, num_classes=5, **kw))
+        if input_size is not None:  # models without img_size: their pretrained config carries the input size
+            model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, input_size, input_size))
         save_for_hf(model, str(directory), safe_serialization=safe, model_args=kw)
         if name.startswith("clipviz_tiny_"):  # timm writes the variant it was built from: name the tiny one
             config = json.loads((directory / "config.json").read_text())
@@ -940,6 +977,25 @@ def _timm_families() -> list[Family]:
             (0, (2, 2)),
             None,
             None,
+        ),
+        Family(
+            "timm DaViT (spatial + channel attention)",
+            "timm",
+            _timm(
+                "davit_tiny",
+                depths=(1, 1),
+                embed_dims=(16, 32),
+                num_heads=(1, 2),
+                window_size=4,
+                input_size=IMAGE,
+            ),
+            lambda m: ["stages.0.blocks.0.0", "stages.0.blocks.0.1", "stages.1.blocks.0.0", "stages.1.blocks.0.1"],
+            ("act", "mlp.act"),
+            (0, (8, 8)),
+            (0, (4, 4)),
+            None,
+            "timm",
+            overlap=True,
         ),
         Family(
             "timm Hiera (unrolled order)",

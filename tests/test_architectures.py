@@ -305,6 +305,12 @@ def test_family(loaded, family: Family):
             cache[f"blocks.{last}.hook_resid_post"] - cache[f"blocks.{last}.hook_resid_mid"],
             "direct writes of the MLP's hidden units",
         )
+    elif last in model.token_layouts.post_norm:  # Swinv2: resid_post = resid_mid + norm(mlp_out)
+        names = [f"blocks.{last}.hook_mlp_out", f"blocks.{last}.hook_resid_mid", f"blocks.{last}.hook_resid_post"]
+        _, cache = model.run_with_cache(images, names)
+        with torch.no_grad():
+            normed = _tokens(parts.ln2(cache[names[0]]), model.d_model)
+        _close(cache[names[2]] - cache[names[1]], normed, "post-norm residual stream")
     # (f) a 3-step visualization returns an image
     vis = visualize(model, f"blocks.{last}.mlp.hook_post", [0], steps=3, copies=1, progress=False)
     assert vis[0].image.size == tuple(reversed(model.image_size)) or vis[0].image.size[0] > 0

@@ -69,6 +69,8 @@ def _prefix_tokens(vision: nn.Module) -> tuple[str, ...]:
         kinds.append("distillation")
     if "register_tokens" in names:
         kinds += ["register"] * int(names["register_tokens"].shape[1])
+    if not kinds and any(n.endswith("cls_token") for n, _ in vision.named_parameters()):
+        kinds.append("cls")  # a class token that joins in a later stage (CvT)
     if "cls_register_token" in names:  # RADIO: several CLS tokens, then registers
         config = getattr(vision, "config", None)
         n_cls = int(getattr(config, "num_cls_tokens", 1))
@@ -176,7 +178,7 @@ def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: s
     vcfg = getattr(config, "vision_config", None) or config
     mean, std, source, processor = _preprocessing(ref, config, kwargs)
     forward, output_kind = _forward(model, vision)
-    facts = {"image_size": _pair(getattr(vcfg, "image_size", 224)),
+    facts = {"image_size": _pair(getattr(vcfg, "image_size", None) or _processor_size(processor) or 224),
              "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
              "forward": forward, "pil_transform": hf_transform(processor), "notes": ()}
     model_type = getattr(config, "model_type", "")
@@ -195,6 +197,16 @@ def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: s
         output_kind=output_kind, text=text, projection=_projection(model, vision), preprocessing_source=source,
         hierarchical=hierarchical, pil_transform=facts["pil_transform"], notes=facts["notes"],
     )
+
+
+def _processor_size(processor) -> tuple[int, int] | None:
+    """The input size the image processor produces (for configs without ``image_size``: CvT, ConvNeXt, ...)."""
+    for attr in ("crop_size", "size"):
+        size = getattr(processor, attr, None)
+        size = size if isinstance(size, dict) else getattr(size, "__dict__", None)
+        if size and size.get("height") and size.get("width"):
+            return int(size["height"]), int(size["width"])
+    return None
 
 
 def _timm_wrapper(model: nn.Module, timm_model: nn.Module, facts: dict) -> None:

@@ -56,7 +56,7 @@ def fetching(spec: str, fn: Callable[[], T]) -> T:
         return fn()
     except ClipvizError:
         raise
-    except (OSError, ValueError, RuntimeError, ImportError) as error:
+    except (OSError, ValueError, RuntimeError, ImportError, TypeError, KeyError, AttributeError) as error:
         raise describe_failure(spec, error) from error
     except Exception as error:  # hub client errors do not share a base class across versions
         if type(error).__module__.startswith(("huggingface_hub", "httpx", "requests", "urllib3")):
