@@ -179,7 +179,7 @@ def _hf_families() -> list[Family]:
             ("act", "mlp.activation_fn"),
             (0, g),
             (0, g),
-            None,
+            "naflex",
             "naflex",
         ),
         Family(
@@ -373,7 +373,7 @@ def _hf_families() -> list[Family]:
             ("act", "mlp.activation_fn"),
             (1, g),
             (1, g),
-            None,
+            "hf:",
             "hf:",
         ),
         Family(
@@ -474,7 +474,7 @@ def _hf_families() -> list[Family]:
             ("act", "mlp.act"),
             (0, g),
             (0, g),
-            None,
+            "hf:",
             None,
         ),
         Family(

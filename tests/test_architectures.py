@@ -122,13 +122,37 @@ def _native_mlp_post(family: Family, model, path: str, images) -> torch.Tensor:
         return act(gate(seen[0])) * up(seen[0])  # the gated product, written out from the library's own parts
 
 
+def _naflex_inputs(model, x: torch.Tensor) -> dict:
+    """SigLIP2 NaFlex inputs, made by the library's own processor function: patches, mask and grid."""
+    from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+
+    p = model.backend.patch_size[0]
+    gh, gw = x.shape[-2] // p, x.shape[-1] // p
+    return {
+        "pixel_values": torch.stack([convert_image_to_patches(img, p) for img in x]),
+        "pixel_attention_mask": torch.ones(len(x), gh * gw, dtype=torch.long),
+        "spatial_shapes": torch.tensor([[gh, gw]] * len(x)),
+    }
+
+
+def _no_shuffle(model, tower, x: torch.Tensor) -> dict:
+    """ViTMAE shuffles patches with random noise: pass increasing noise (no shuffle), as clipviz runs it."""
+    if "noise" not in inspect.signature(tower.forward).parameters:
+        return {}
+    n = model.layout(0).grid[0] * model.layout(0).grid[1]
+    return {"noise": torch.arange(n, dtype=torch.float32).expand(len(x), -1)}
+
+
 def _native_hidden(family: Family, model, images) -> list[torch.Tensor] | None:
     kind, _, where = family.hidden.partition(":")
     x = model.prepare(images)
     with torch.no_grad():
+        if kind == "naflex":
+            return list(model.native(**_naflex_inputs(model, x), output_hidden_states=True).hidden_states[1:])
         if kind == "hf":
             tower = model.native.get_submodule(where) if where else model.native
-            return list(tower(pixel_values=x, output_hidden_states=True).hidden_states[1:])
+            out = tower(pixel_values=x, output_hidden_states=True, **_no_shuffle(model, tower, x))
+            return list(out.hidden_states[1:])
         if kind == "timm":
             tower = model.native.get_submodule(where) if where else model.native
             inter = tower.forward_intermediates(
@@ -157,31 +181,17 @@ def _native_pattern(family: Family, model, path: str, index: int, images) -> tor
     x = model.prepare(images)
     block = model.native.get_submodule(path)
     with torch.no_grad():
-        if kind == "naflex":  # SigLIP2 takes patches: made by the library's own processor function
-            from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
-
-            p = model.backend.patch_size[0]
-            patches = torch.stack([convert_image_to_patches(img, p) for img in x])
-            gh, gw = x.shape[-2] // p, x.shape[-1] // p
+        if kind == "naflex":
             model.native.set_attn_implementation("eager")
             try:
-                return model.native(
-                    pixel_values=patches,
-                    pixel_attention_mask=torch.ones(len(x), gh * gw),
-                    spatial_shapes=torch.tensor([[gh, gw]] * len(x)),
-                    output_attentions=True,
-                ).attentions[index]
+                return model.native(**_naflex_inputs(model, x), output_attentions=True).attentions[index]
             finally:
                 model.native.set_attn_implementation("sdpa")
         if kind == "hf":
             tower = model.native.get_submodule(where) if where else model.native
             tower.set_attn_implementation("eager")
-            extra = {}
-            if "noise" in inspect.signature(tower.forward).parameters:  # ViTMAE: no shuffling, as clipviz runs it
-                n = model.layout(0).grid[0] * model.layout(0).grid[1]
-                extra["noise"] = torch.arange(n, dtype=torch.float32).expand(len(x), -1)
             try:
-                return tower(pixel_values=x, output_attentions=True, **extra).attentions[index]
+                return tower(pixel_values=x, output_attentions=True, **_no_shuffle(model, tower, x)).attentions[index]
             finally:
                 tower.set_attn_implementation("sdpa")
         attn = block.attn
