@@ -92,6 +92,8 @@ def _preprocessing(ref: str, config, kwargs):
         return _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)", None
     mean = tuple(float(v) for v in getattr(processor, "image_mean", None) or _DEFAULT_MEAN)
     std = tuple(float(v) for v in getattr(processor, "image_std", None) or _DEFAULT_STD)
+    if getattr(processor, "do_normalize", True) is False:  # the model normalises inside (RADIO's input conditioner)
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     return mean, std, "preprocessor_config.json", processor
 
 
