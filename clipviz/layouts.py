@@ -179,8 +179,8 @@ def probe(
 
         def fc2_out(x, i=i, p=p):
             record(p + "hook_mlp_out", x)
-            stash.pop((i, "ln2"), None)  # pre-norm: the norm came first
-            if isinstance(x, torch.Tensor):
+            seen_norm = stash.pop((i, "ln2"), None) is not None  # pre-norm: the norm came first
+            if isinstance(x, torch.Tensor) and not seen_norm:
                 stash[(i, "fc2")] = x
 
         def attn_in(x, i=i, p=p):

@@ -397,3 +397,21 @@ def test_half_precision_offers_exactly_the_float32_patterns(loaded, name):
         warnings.simplefilter("ignore")
         half = clipviz.load(model.spec, dtype=torch.bfloat16)
     assert half.unavailable_hooks() == model.unavailable_hooks()
+
+
+def test_a_hook_left_out_names_its_reason_in_info_and_errors(loaded, capsys):
+    from clipviz.cli import main as cli_main
+    from clipviz.errors import HookNameError
+
+    status, model = loaded(next(f for f in FAMILIES if f.name.startswith("BEiT")))
+    assert status == "ok", model
+    assert "blocks.0.attn.hook_pattern" not in model.hook_names(0)
+    assert "relative position bias" in model.summary()["hooks_left_out"]["attn.hook_pattern (all blocks)"]
+    with pytest.raises(HookNameError, match="relative position bias"):
+        model.hook_point("blocks.0.attn.hook_pattern")
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli_main(["info", model.spec]) == 0
+    out = capsys.readouterr().out
+    assert "hooks_left_out:" in out and "attn.hook_pattern (all blocks): not the model's attention" in out
