@@ -422,6 +422,12 @@ def _hf_families() -> list[Family]:
             "hf:",
         ),
         Family(
+            "RADIO via trust_remote_code (nvidia/RADIO)",
+            "transformers",
+            lambda d: "",
+            untested="its modelling code is remote code on the Hugging Face Hub (no network here)",
+        ),
+        Family(
             "MLCD (RoPE)",
             "transformers",
             _hf(lambda: T.MLCDVisionModel(T.MLCDVisionConfig(**_vit()))),
