@@ -164,19 +164,44 @@ def _mlp_parts(block: nn.Module) -> dict | None:
             gate, up, down = (_get(mlp, n) for n in (gate_name, up_name, down_name))
             if all(isinstance(m, nn.Linear) for m in (gate, up, down)) and gate.out_features == up.out_features:
                 norm = _get(mlp, "norm") if norm_after else None
-                return {"fc1": up, "gate": gate, "packed_gate": None, "act": None, "fc2": down,
-                        "mid": norm if isinstance(norm, nn.Module) else down}
+                return {
+                    "fc1": up,
+                    "gate": gate,
+                    "packed_gate": None,
+                    "act": None,
+                    "fc2": down,
+                    "mid": norm if isinstance(norm, nn.Module) else down,
+                }
         packed_in, packed_out = _get(mlp, "weights_in"), _get(mlp, "weights_out")  # transformers 4.x DINOv2 SwiGLU
-        if isinstance(packed_in, nn.Linear) and isinstance(packed_out, nn.Linear) and \
-                packed_in.out_features == 2 * packed_out.in_features:
-            return {"fc1": packed_in, "gate": None, "packed_gate": "first", "act": None, "fc2": packed_out,
-                    "mid": packed_out}
+        if (
+            isinstance(packed_in, nn.Linear)
+            and isinstance(packed_out, nn.Linear)
+            and packed_in.out_features == 2 * packed_out.in_features
+        ):
+            return {
+                "fc1": packed_in,
+                "gate": None,
+                "packed_gate": "first",
+                "act": None,
+                "fc2": packed_out,
+                "mid": packed_out,
+            }
         fc1, fc2 = _get(mlp, "fc1"), _get(mlp, "fc2")
-        if (type(mlp).__name__ == "GluMlp" or hasattr(mlp, "gate_last")) and isinstance(fc1, nn.Linear) \
-                and isinstance(fc2, nn.Linear) and fc1.out_features == 2 * fc2.in_features:
+        if (
+            (type(mlp).__name__ == "GluMlp" or hasattr(mlp, "gate_last"))
+            and isinstance(fc1, nn.Linear)
+            and isinstance(fc2, nn.Linear)
+            and fc1.out_features == 2 * fc2.in_features
+        ):
             norm = _get(mlp, "norm")
-            return {"fc1": fc1, "gate": None, "packed_gate": "last" if getattr(mlp, "gate_last", True) else "first",
-                    "act": None, "fc2": fc2, "mid": norm if isinstance(norm, nn.Module) else fc2}
+            return {
+                "fc1": fc1,
+                "gate": None,
+                "packed_gate": "last" if getattr(mlp, "gate_last", True) else "first",
+                "act": None,
+                "fc2": fc2,
+                "mid": norm if isinstance(norm, nn.Module) else fc2,
+            }
     fc1, fc2 = _first(block, _FC1, nn.Linear), _first(block, _FC2, nn.Linear)
     if fc1 is None or fc2 is None:
         return None
@@ -205,9 +230,25 @@ def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> Bloc
         "relative_position" in name for name, _ in attn.named_parameters()
     )
     return BlockParts(
-        index=index, path=path, block=block, ln1=ln1, attn=attn, ln2=ln2, fc1=fc1, act=mlp["act"], fc2=fc2,
-        q=q, k=k, qkv=qkv, out_proj=out_proj, n_heads=_heads(attn, fc1.in_features), stage=stage,
-        relative_position=relative, gate=mlp["gate"], packed_gate=mlp["packed_gate"], mid=mlp["mid"],
+        index=index,
+        path=path,
+        block=block,
+        ln1=ln1,
+        attn=attn,
+        ln2=ln2,
+        fc1=fc1,
+        act=mlp["act"],
+        fc2=fc2,
+        q=q,
+        k=k,
+        qkv=qkv,
+        out_proj=out_proj,
+        n_heads=_heads(attn, fc1.in_features),
+        stage=stage,
+        relative_position=relative,
+        gate=mlp["gate"],
+        packed_gate=mlp["packed_gate"],
+        mid=mlp["mid"],
         layer_scale2=_layer_scale2(block),
     )
 
@@ -234,9 +275,7 @@ def find_blocks(root: nn.Module, prefix: str = "") -> list[BlockParts]:
         seen.update(id(m) for m in container.modules())
         stage += 1
         for parts in found:
-            blocks.append(
-                BlockParts(**{**parts.__dict__, "index": len(blocks), "stage": stage})
-            )
+            blocks.append(BlockParts(**{**parts.__dict__, "index": len(blocks), "stage": stage}))
     if not blocks:
         from .refusals import why_no_blocks
 

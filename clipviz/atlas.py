@@ -129,9 +129,16 @@ def collect(root: str | Path) -> Results:
             for r in range(result.indices.shape[1]):
                 idx = int(result.indices[j, r])
                 thumb = base / "thumbs" / f"{idx}.png"
-                rec.examples.append({"index": idx, "score": float(result.scores[j, r]),
-                                     "caption": result.captions.get(idx, ""), "name": result.names.get(idx, ""),
-                                     "thumb": thumb if thumb.is_file() else None, "map": result.maps[j, r].numpy()})
+                rec.examples.append(
+                    {
+                        "index": idx,
+                        "score": float(result.scores[j, r]),
+                        "caption": result.captions.get(idx, ""),
+                        "name": result.names.get(idx, ""),
+                        "thumb": thumb if thumb.is_file() else None,
+                        "map": result.maps[j, r].numpy(),
+                    }
+                )
 
     for table_path in sorted(root.rglob("concepts-*.parquet")):
         if _is_shard(table_path, root):
@@ -147,11 +154,14 @@ def collect(root: str | Path) -> Results:
 
     models.discard(None)
     if len(models) > 1:
-        raise ClipvizError(f"results from several models under '{root}' ({', '.join(sorted(models))}): build one "
-                           "atlas per model")
+        raise ClipvizError(
+            f"results from several models under '{root}' ({', '.join(sorted(models))}): build one atlas per model"
+        )
     if not neurons and not prompts:
-        raise ClipvizError(f"no clipviz results under '{root}': expected outputs of `clipviz visualize` (PNG + JSON), "
-                           "`clipviz examples` (examples.json) or `clipviz concepts` (concepts-*.parquet)")
+        raise ClipvizError(
+            f"no clipviz results under '{root}': expected outputs of `clipviz visualize` (PNG + JSON), "
+            "`clipviz examples` (examples.json) or `clipviz concepts` (concepts-*.parquet)"
+        )
     for recs in neurons.values():
         for rec in recs.values():
             rec.visualizations.sort(key=lambda v: (v["meta"]["recipe"].get("name", ""), v["meta"]["seed"]))
@@ -234,11 +244,13 @@ HEAT_JS = """
 def _page(title: str, body: str, depth: int, scripts: tuple[str, ...] = ()) -> str:
     up = "../" * depth
     tags = "".join(f"<script src='{up}assets/{s}'></script>" for s in scripts)
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<link rel='icon' href='data:,'><meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<link rel='stylesheet' href='{up}assets/atlas.css'></head><body>"
-            f"<header><a href='{up}index.html'>clipviz atlas</a> &middot; {html.escape(title)}</header>"
-            f"<main>{body}</main>{tags}</body></html>\n")
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<link rel='icon' href='data:,'><meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<link rel='stylesheet' href='{up}assets/atlas.css'></head><body>"
+        f"<header><a href='{up}index.html'>clipviz atlas</a> &middot; {html.escape(title)}</header>"
+        f"<main>{body}</main>{tags}</body></html>\n"
+    )
 
 
 def _heat_uri(heat: np.ndarray) -> str:
@@ -264,9 +276,11 @@ def _words_table(words: dict[str, list[tuple[str, float]]], vocabularies: dict[s
     for method in sorted(words, key=lambda m: (METHOD_ORDER + (m,)).index(m)):
         rows = "".join(f"<tr><td>{esc(w)}</td><td>{s:.4f}</td></tr>" for w, s in words[method])
         vocab = vocabularies.get(method, "")
-        parts.append(f"<div style='display:inline-block;vertical-align:top;margin-right:2rem'><h3>{esc(method)}"
-                     f"</h3><p class='words'>vocabulary: {esc(vocab)}</p><table><tr><th>word</th><th>score</th>"
-                     f"</tr>{rows}</table></div>")
+        parts.append(
+            f"<div style='display:inline-block;vertical-align:top;margin-right:2rem'><h3>{esc(method)}"
+            f"</h3><p class='words'>vocabulary: {esc(vocab)}</p><table><tr><th>word</th><th>score</th>"
+            f"</tr>{rows}</table></div>"
+        )
     return "".join(parts) or "<p>No concept words for this neuron (run <code>clipviz concepts</code>).</p>"
 
 
@@ -306,43 +320,73 @@ class _SiteWriter:
             rel = self.copy(v["png"], f"img/vis/{slug}/{rec.neuron}-{k}.png")
             vis_files.append(rel)
             m = v["meta"]
-            caption = (f"{esc(m['recipe'].get('name', '?'))}, seed {m['seed']}, objective "
-                       f"{m['objective_start']:.3f} &rarr; {m['objective_end']:.3f}")
-            vis_html.append(f"<figure><img src='{up}{rel}' alt='visualization {k}'><figcaption>{caption}"
-                            f"</figcaption></figure>")
+            caption = (
+                f"{esc(m['recipe'].get('name', '?'))}, seed {m['seed']}, objective "
+                f"{m['objective_start']:.3f} &rarr; {m['objective_end']:.3f}"
+            )
+            vis_html.append(
+                f"<figure><img src='{up}{rel}' alt='visualization {k}'><figcaption>{caption}</figcaption></figure>"
+            )
         ex_html, ex_data = [], []
         for e in rec.examples:
-            img = ("<div style='padding:40px 8px'>no thumbnail</div>" if e["thumb"] is None else
-                   f"<img src='{up}{self.copy(e['thumb'], 'img/examples/' + str(e['index']) + '.png')}' "
-                   f"alt='example {e['index']}' loading='lazy'>")
+            img = (
+                "<div style='padding:40px 8px'>no thumbnail</div>"
+                if e["thumb"] is None
+                else f"<img src='{up}{self.copy(e['thumb'], 'img/examples/' + str(e['index']) + '.png')}' "
+                f"alt='example {e['index']}' loading='lazy'>"
+            )
             label = e["caption"] or e["name"] or f"image {e['index']}"
-            ex_html.append(f"<div class='ex'><div class='stack'>{img}<img class='heat' src='{_heat_uri(e['map'])}' "
-                           f"alt=''></div><div>{esc(label)}</div><div class='words'>#{e['index']} &middot; "
-                           f"{e['score']:.3f}</div></div>")
-            ex_data.append({"index": e["index"], "score": round(e["score"], 5), "caption": e["caption"],
-                            "name": e["name"],
-                            "thumb": self.copied.get(e["thumb"]) if e["thumb"] is not None else None})
-        settings = {"visualizations": [v["meta"] for v in rec.visualizations],
-                    "examples": self.r.examples_settings.get(rec.hook),
-                    "concepts": self.r.concept_settings.get(rec.hook)}
-        body = (f"<h1>{esc(rec.hook)} &middot; neuron {rec.neuron}</h1>"
-                f"<p><a href='{up}hooks/{slug}/page-{self.page_of(rec)}.html'>&larr; {esc(rec.hook)}</a></p>"
-                f"<h2>Feature visualizations</h2><div class='vis'>"
-                f"{''.join(vis_html) or '<p>None (run <code>clipviz visualize</code>).</p>'}</div>"
-                f"<h2>Top dataset examples</h2>"
-                + ("<p><label><input type='checkbox' id='toggle-heat' checked> heat map (where the neuron fires)"
-                   "</label></p>" + "".join(ex_html) if ex_html else
-                   "<p>None (run <code>clipviz examples</code>).</p>")
-                + f"<h2>Words</h2>{_words_table(rec.words, self.r.concept_settings.get(rec.hook, {}))}"
-                f"<h2>Settings</h2><details><summary>exact settings used</summary><pre>"
-                f"{esc(json.dumps(settings, indent=2, sort_keys=True, default=str))}</pre></details>")
+            ex_html.append(
+                f"<div class='ex'><div class='stack'>{img}<img class='heat' src='{_heat_uri(e['map'])}' "
+                f"alt=''></div><div>{esc(label)}</div><div class='words'>#{e['index']} &middot; "
+                f"{e['score']:.3f}</div></div>"
+            )
+            ex_data.append(
+                {
+                    "index": e["index"],
+                    "score": round(e["score"], 5),
+                    "caption": e["caption"],
+                    "name": e["name"],
+                    "thumb": self.copied.get(e["thumb"]) if e["thumb"] is not None else None,
+                }
+            )
+        settings = {
+            "visualizations": [v["meta"] for v in rec.visualizations],
+            "examples": self.r.examples_settings.get(rec.hook),
+            "concepts": self.r.concept_settings.get(rec.hook),
+        }
+        body = (
+            f"<h1>{esc(rec.hook)} &middot; neuron {rec.neuron}</h1>"
+            f"<p><a href='{up}hooks/{slug}/page-{self.page_of(rec)}.html'>&larr; {esc(rec.hook)}</a></p>"
+            f"<h2>Feature visualizations</h2><div class='vis'>"
+            f"{''.join(vis_html) or '<p>None (run <code>clipviz visualize</code>).</p>'}</div>"
+            f"<h2>Top dataset examples</h2>"
+            + (
+                "<p><label><input type='checkbox' id='toggle-heat' checked> heat map (where the neuron fires)"
+                "</label></p>" + "".join(ex_html)
+                if ex_html
+                else "<p>None (run <code>clipviz examples</code>).</p>"
+            )
+            + f"<h2>Words</h2>{_words_table(rec.words, self.r.concept_settings.get(rec.hook, {}))}"
+            f"<h2>Settings</h2><details><summary>exact settings used</summary><pre>"
+            f"{esc(json.dumps(settings, indent=2, sort_keys=True, default=str))}</pre></details>"
+        )
         self.write(f"neurons/{slug}/{rec.neuron}.html", _page(f"{rec.hook} #{rec.neuron}", body, 2, ("heat.js",)))
-        thumb = (self.thumb(rec.visualizations[0]["png"], f"img/thumbs/{slug}/{rec.neuron}.png")
-                 if rec.visualizations else (ex_data[0]["thumb"] if ex_data and ex_data[0]["thumb"] else None))
-        return {"hook": rec.hook, "neuron": rec.neuron, "url": f"neurons/{slug}/{rec.neuron}.html", "thumb": thumb,
-                "visualizations": vis_files, "examples": ex_data,
-                "words": {m: [[w, round(s, 5)] for w, s in ws] for m, ws in rec.words.items()},
-                "top_words": rec.top_words()}
+        thumb = (
+            self.thumb(rec.visualizations[0]["png"], f"img/thumbs/{slug}/{rec.neuron}.png")
+            if rec.visualizations
+            else (ex_data[0]["thumb"] if ex_data and ex_data[0]["thumb"] else None)
+        )
+        return {
+            "hook": rec.hook,
+            "neuron": rec.neuron,
+            "url": f"neurons/{slug}/{rec.neuron}.html",
+            "thumb": thumb,
+            "visualizations": vis_files,
+            "examples": ex_data,
+            "words": {m: [[w, round(s, 5)] for w, s in ws] for m, ws in rec.words.items()},
+            "top_words": rec.top_words(),
+        }
 
     def page_of(self, rec: NeuronRecord) -> int:
         return self.rank[rec.hook][rec.neuron] // self.page_size + 1
@@ -351,16 +395,20 @@ class _SiteWriter:
         esc, slug = html.escape, _slug(hook)
         pages = max(1, -(-len(entries) // self.page_size))
         for p in range(pages):
-            chunk = entries[p * self.page_size:(p + 1) * self.page_size]
+            chunk = entries[p * self.page_size : (p + 1) * self.page_size]
             cells = "".join(
                 f"<a class='cell' href='../../{e['url']}'>"
                 + (f"<img src='../../{e['thumb']}' alt='neuron {e['neuron']}' loading='lazy'>" if e["thumb"] else "")
                 + f"<div>#{e['neuron']}</div><div class='words'>{esc(', '.join(e['top_words']))}</div></a>"
-                for e in chunk)
-            nav = "".join(f"<span>{q + 1}</span>" if q == p else f"<a href='page-{q + 1}.html'>{q + 1}</a>"
-                          for q in range(pages))
-            body = (f"<h1>{esc(hook)}</h1><p>{len(entries)} neurons; page {p + 1} of {pages}</p>"
-                    f"<p class='pager'>{nav}</p><div class='grid'>{cells}</div><p class='pager'>{nav}</p>")
+                for e in chunk
+            )
+            nav = "".join(
+                f"<span>{q + 1}</span>" if q == p else f"<a href='page-{q + 1}.html'>{q + 1}</a>" for q in range(pages)
+            )
+            body = (
+                f"<h1>{esc(hook)}</h1><p>{len(entries)} neurons; page {p + 1} of {pages}</p>"
+                f"<p class='pager'>{nav}</p><div class='grid'>{cells}</div><p class='pager'>{nav}</p>"
+            )
             self.write(f"hooks/{slug}/page-{p + 1}.html", _page(hook, body, 2))
         return pages
 
@@ -372,8 +420,10 @@ class _SiteWriter:
             rel = self.copy(v["png"], f"img/prompts/{k}.png")
             m = v["meta"]
             target, recipe = html.escape(str(m["target"])), html.escape(m["recipe"].get("name", "?"))
-            figures.append(f"<figure><img src='{rel}' alt='{target}'><figcaption>{html.escape(m['kind'])}: "
-                           f"{target} ({recipe})</figcaption></figure>")
+            figures.append(
+                f"<figure><img src='{rel}' alt='{target}'><figcaption>{html.escape(m['kind'])}: "
+                f"{target} ({recipe})</figcaption></figure>"
+            )
         return f"<h2>Prompts and classes</h2><div class='vis'>{''.join(figures)}</div>"
 
     def build(self) -> dict:
@@ -387,15 +437,27 @@ class _SiteWriter:
             f"<tr><td><a href='hooks/{_slug(h)}/page-1.html'>{esc(h)}</a></td><td>{len(d['neurons'])}</td>"
             f"<td>{sum(bool(e['visualizations']) for e in d['neurons'])}</td>"
             f"<td>{sum(bool(e['examples']) for e in d['neurons'])}</td>"
-            f"<td>{sum(bool(e['words']) for e in d['neurons'])}</td></tr>" for h, d in hooks.items())
-        body = (f"<h1>{esc(self.r.model or 'clipviz results')}</h1>"
-                "<p><input id='search' type='search' placeholder='search: a word (red), a neuron (17) or "
-                "hook and neuron (blocks.2.mlp.hook_post 17)' autofocus></p><div id='results'></div>"
-                "<h2>Hooks</h2><table><tr><th>hook</th><th>neurons</th><th>visualized</th><th>with examples</th>"
-                f"<th>with words</th></tr>{rows}</table>{self.prompt_section()}")
-        index = [{"hook": e["hook"], "neuron": e["neuron"], "url": e["url"], "thumb": e["thumb"],
-                  "words": list(dict.fromkeys(e["top_words"] + [w for ws in e["words"].values() for w, _ in ws]))}
-                 for d in hooks.values() for e in d["neurons"]]
+            f"<td>{sum(bool(e['words']) for e in d['neurons'])}</td></tr>"
+            for h, d in hooks.items()
+        )
+        body = (
+            f"<h1>{esc(self.r.model or 'clipviz results')}</h1>"
+            "<p><input id='search' type='search' placeholder='search: a word (red), a neuron (17) or "
+            "hook and neuron (blocks.2.mlp.hook_post 17)' autofocus></p><div id='results'></div>"
+            "<h2>Hooks</h2><table><tr><th>hook</th><th>neurons</th><th>visualized</th><th>with examples</th>"
+            f"<th>with words</th></tr>{rows}</table>{self.prompt_section()}"
+        )
+        index = [
+            {
+                "hook": e["hook"],
+                "neuron": e["neuron"],
+                "url": e["url"],
+                "thumb": e["thumb"],
+                "words": list(dict.fromkeys(e["top_words"] + [w for ws in e["words"].values() for w, _ in ws])),
+            }
+            for d in hooks.values()
+            for e in d["neurons"]
+        ]
         self.write("assets/atlas.css", CSS)
         self.write("assets/search.js", SEARCH_JS)
         self.write("assets/heat.js", HEAT_JS)
@@ -403,9 +465,16 @@ class _SiteWriter:
         self.write("index.html", _page("index", body, 0, ("index-data.js", "search.js")))
         from .artifacts import versions
 
-        data = {"format": 1, "model": self.r.model, "hooks": hooks, "versions": versions(),
-                "prompts": [{"kind": p["meta"]["kind"], "target": p["meta"]["target"], "png": self.copied[p["png"]]}
-                            for p in self.r.prompts]}
+        data = {
+            "format": 1,
+            "model": self.r.model,
+            "hooks": hooks,
+            "versions": versions(),
+            "prompts": [
+                {"kind": p["meta"]["kind"], "target": p["meta"]["target"], "png": self.copied[p["png"]]}
+                for p in self.r.prompts
+            ],
+        }
         self.write(MARKER, json.dumps(data, indent=1) + "\n")
         return data
 

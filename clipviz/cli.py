@@ -45,8 +45,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         elif value is not None:
             print(f"{key:<{width}}  {value}")
     last = model.n_blocks - 1
-    print(f"\nhook points (blocks 0..{last}; e.g. blocks.{last}.mlp.hook_post), with the native modules of the first "
-          "block that has them:")
+    print(
+        f"\nhook points (blocks 0..{last}; e.g. blocks.{last}.mlp.hook_post), with the native modules of the first "
+        "block that has them:"
+    )
     from .hooks import BLOCK_POINTS
 
     for point_name in BLOCK_POINTS:
@@ -94,9 +96,22 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         raise ClipvizError("--neurons needs --hook, e.g. --hook blocks.6.mlp.hook_post")
     model = _load(args)
     results = visualize(
-        model, args.hook, neurons, texts=args.text or (), classes=classes, recipe=args.recipe, seed=args.seed,
-        samples=args.samples, reduce=args.reduce, batch_size=args.batch_size, precision=args.precision,
-        out=args.out, steps=args.steps, size=args.size, copies=args.copies, lr=args.lr,
+        model,
+        args.hook,
+        neurons,
+        texts=args.text or (),
+        classes=classes,
+        recipe=args.recipe,
+        seed=args.seed,
+        samples=args.samples,
+        reduce=args.reduce,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        out=args.out,
+        steps=args.steps,
+        size=args.size,
+        copies=args.copies,
+        lr=args.lr,
     )
     for v in results[:8]:
         print(f"{v.path}: objective {v.meta['objective_start']:.3f} -> {v.meta['objective_end']:.3f}")
@@ -112,23 +127,48 @@ def cmd_examples(args: argparse.Namespace) -> int:
     from .examples import mine_examples, mine_examples_resumable, open_source, write_thumbnails
 
     neurons = parse_indices(args.neurons) if args.neurons else None
-    source = open_source(args.dataset, split=args.split, image_column=args.image_column,
-                         caption_column=args.caption_column, streaming=args.streaming)
+    source = open_source(
+        args.dataset,
+        split=args.split,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        streaming=args.streaming,
+    )
     model = _load(args)
     out = Path(args.out)
     if source.length:  # sharded: a rerun resumes, and `accelerate launch` splits the shards across processes
-        result = mine_examples_resumable(model, args.hook, source, out, neurons=neurons, top_k=args.top_k,
-                                         reduce=args.reduce, batch=args.batch_size, shard_size=args.shard_size,
-                                         keep_activations=args.save_activations, workers=args.workers)
+        result = mine_examples_resumable(
+            model,
+            args.hook,
+            source,
+            out,
+            neurons=neurons,
+            top_k=args.top_k,
+            reduce=args.reduce,
+            batch=args.batch_size,
+            shard_size=args.shard_size,
+            keep_activations=args.save_activations,
+            workers=args.workers,
+        )
     else:
-        result = mine_examples(model, args.hook, source, neurons=neurons, top_k=args.top_k, reduce=args.reduce,
-                               batch=args.batch_size, keep_activations=args.save_activations)
+        result = mine_examples(
+            model,
+            args.hook,
+            source,
+            neurons=neurons,
+            top_k=args.top_k,
+            reduce=args.reduce,
+            batch=args.batch_size,
+            keep_activations=args.save_activations,
+        )
         result.save(out)
     write_thumbnails(source, result, out, model=model)
     print(f"{result.seen} images, {len(result.neurons)} neurons, top {result.scores.shape[1]} each -> {out}")
     if result.skipped:
-        print(f"skipped {len(result.skipped)} unreadable images (indices {result.skipped[:10]}"
-              f"{' ...' if len(result.skipped) > 10 else ''})")
+        print(
+            f"skipped {len(result.skipped)} unreadable images (indices {result.skipped[:10]}"
+            f"{' ...' if len(result.skipped) > 10 else ''})"
+        )
     return 0
 
 
@@ -146,19 +186,24 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     from .concepts import direct_lens, load_vocabulary, parse_templates, text_embeddings, visual_words, write_table
 
     if args.method == "dissect" and not (args.probe or args.activations):
-        raise ClipvizError("--method dissect needs --probe DATASET (a folder, world:<n> or a Hugging Face dataset) "
-                           "or --activations EXAMPLES_DIR (from clipviz examples --save-activations)")
+        raise ClipvizError(
+            "--method dissect needs --probe DATASET (a folder, world:<n> or a Hugging Face dataset) "
+            "or --activations EXAMPLES_DIR (from clipviz examples --save-activations)"
+        )
     if args.activations and args.method != "dissect":
         raise ClipvizError("--activations is for --method dissect")
     stored = None
     if args.activations:
         from .dissect import stored_activations
 
-        stored = stored_activations(Path(args.activations), args.hook,
-                                    parse_indices(args.neurons) if args.neurons else None)
+        stored = stored_activations(
+            Path(args.activations), args.hook, parse_indices(args.neurons) if args.neurons else None
+        )
         if args.probe and args.probe != stored[2]:
-            raise ClipvizError(f"--probe {args.probe} differs from the probe set of the stored activations "
-                               f"({stored[2]}); leave --probe out to use theirs")
+            raise ClipvizError(
+                f"--probe {args.probe} differs from the probe set of the stored activations "
+                f"({stored[2]}); leave --probe out to use theirs"
+            )
     vocab = load_vocabulary(args.vocab, parse_templates(args.templates))
     model = _load(args)
     labeller = model if not args.labeller else _load(argparse.Namespace(**{**vars(args), "model": args.labeller}))
@@ -177,8 +222,14 @@ def cmd_concepts(args: argparse.Namespace) -> int:
         acts, kept = stored[:2] if stored is not None else probe_activations(model, args.hook, source, neurons)
         scores = softwpmi(acts, image_text_similarities(labeller, source, kept, text))
         values, index = scores.topk(min(args.top_k, len(vocab.concepts)), dim=1)
-        table = [{"neuron": n, "words": [vocab.concepts[int(i)] for i in index[r]],
-                  "scores": [round(float(v), 5) for v in values[r]]} for r, n in enumerate(neurons)]
+        table = [
+            {
+                "neuron": n,
+                "words": [vocab.concepts[int(i)] for i in index[r]],
+                "scores": [round(float(v), 5) for v in values[r]],
+            }
+            for r, n in enumerate(neurons)
+        ]
     elif args.method == "visual":
         import numpy as np
         import torch
@@ -188,8 +239,10 @@ def cmd_concepts(args: argparse.Namespace) -> int:
         vis = visualize(model, args.hook, neurons, recipe=args.recipe, steps=args.steps, samples=args.samples)
         images = torch.stack([torch.from_numpy(np.array(v.image)).permute(2, 0, 1).float() / 255 for v in vis])
         images = images.reshape(args.samples, len(neurons), *images.shape[1:]).transpose(0, 1)
-        table = [{"neuron": n, **row} for n, row in zip(neurons, visual_words(labeller, images, vocab, args.top_k),
-                                                         strict=True)]
+        table = [
+            {"neuron": n, **row}
+            for n, row in zip(neurons, visual_words(labeller, images, vocab, args.top_k), strict=True)
+        ]
     else:
         raise ClipvizError(f"unknown method '{args.method}'; accepted: direct, dissect, visual")
     paths = write_table(Path(args.out), args.hook, table, method=args.method, vocabulary=vocab)
@@ -244,17 +297,22 @@ def _reduction(text: str):
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="clipviz", description="See what the neurons of vision transformers "
-                                     "respond to.")
+    parser = argparse.ArgumentParser(
+        prog="clipviz", description="See what the neurons of vision transformers respond to."
+    )
     parser.add_argument("--version", action="version", version=f"clipviz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("model", help="model spec: world-clip, hf:<id or dir>, open_clip:<name>[/<tag>], "
-                       "open_clip:hf-hub:<id>, timm:<name>, or a local directory")
-        p.add_argument("--trust-remote-code", action="store_true",
-                       help="allow a hub model to run its own code (off unless asked)")
+        p.add_argument(
+            "model",
+            help="model spec: world-clip, hf:<id or dir>, open_clip:<name>[/<tag>], "
+            "open_clip:hf-hub:<id>, timm:<name>, or a local directory",
+        )
+        p.add_argument(
+            "--trust-remote-code", action="store_true", help="allow a hub model to run its own code (off unless asked)"
+        )
         p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
         return p
 
@@ -270,8 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--text", action="append", help="a prompt to render (CLIP-like models); repeatable")
     vis.add_argument("--class", dest="classes", help="class indices to render (classifiers), like --neurons")
     vis.add_argument("--recipe", default="vit-paper", choices=sorted(RECIPES))
-    vis.add_argument("--reduce", type=_reduction, default="patches",
-                     help="patches (default), cls, all, max, patch:ROW:COL or region:R0:R1:C0:C1")
+    vis.add_argument(
+        "--reduce",
+        type=_reduction,
+        default="patches",
+        help="patches (default), cls, all, max, patch:ROW:COL or region:R0:R1:C0:C1",
+    )
     vis.add_argument("--steps", type=int, help="optimisation steps per stage (recipe's by default)")
     vis.add_argument("--size", type=int, help="image size in pixels (the model's by default)")
     vis.add_argument("--copies", type=int, help="augmented copies per image and step")
@@ -279,10 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--seed", type=int, default=0)
     vis.add_argument("--samples", type=int, default=1, help="images per target, each with its own seed")
     vis.add_argument("--batch-size", type=int, default=16, help="targets optimised together")
-    vis.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "bf16-weights",
-                                                             "fp16-weights"],
-                     help="bf16/fp16: autocast over fp32 weights; bf16-weights/fp16-weights: the model loaded in "
-                     "that dtype, no autocast (auto: bf16-weights on a GPU, fp32 on the CPU)")
+    vis.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16", "bf16-weights", "fp16-weights"],
+        help="bf16/fp16: autocast over fp32 weights; bf16-weights/fp16-weights: the model loaded in "
+        "that dtype, no autocast (auto: bf16-weights on a GPU, fp32 on the CPU)",
+    )
     vis.add_argument("--out", required=True, help="output folder (finished targets are skipped on a rerun)")
     vis.set_defaults(func=cmd_visualize)
 
@@ -298,22 +363,36 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--reduce", default="patches", choices=["patches", "cls", "max"])
     ex.add_argument("--batch-size", type=int, default=64)
     ex.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
-    ex.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 1)),
-                    help="processes that decode and resize images (0: in the main process; default: one per core "
-                    "but one, at most 8, which doubled the rate of an H100 over decoding in-process)")
-    ex.add_argument("--save-activations", action="store_true",
-                    help="also store every image's reduced activation (float16), e.g. as a probe matrix")
+    ex.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, max(1, (os.cpu_count() or 2) - 1)),
+        help="processes that decode and resize images (0: in the main process; default: one per core "
+        "but one, at most 8, which doubled the rate of an H100 over decoding in-process)",
+    )
+    ex.add_argument(
+        "--save-activations",
+        action="store_true",
+        help="also store every image's reduced activation (float16), e.g. as a probe matrix",
+    )
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_examples)
 
     con = model_parser("concepts", "name neurons of CLIP-like models with words")
     con.add_argument("--hook", required=True, help="an MLP hook, e.g. blocks.10.mlp.hook_post")
     con.add_argument("--neurons", help="neuron indices (all by default)")
-    con.add_argument("--method", default="direct", choices=["direct", "dissect", "visual"],
-                     help="direct: weights only; dissect: SoftWPMI on --probe images; visual: embed visualizations")
+    con.add_argument(
+        "--method",
+        default="direct",
+        choices=["direct", "dissect", "visual"],
+        help="direct: weights only; dissect: SoftWPMI on --probe images; visual: embed visualizations",
+    )
     con.add_argument("--probe", help="probe images for dissect: a folder, world:<n> or an HF dataset")
-    con.add_argument("--activations", metavar="EXAMPLES_DIR",
-                     help="for dissect: reuse the probe matrix stored by clipviz examples --save-activations")
+    con.add_argument(
+        "--activations",
+        metavar="EXAMPLES_DIR",
+        help="for dissect: reuse the probe matrix stored by clipviz examples --save-activations",
+    )
     con.add_argument("--labeller", help="CLIP model that labels images (default: the model itself)")
     con.add_argument("--recipe", default="default", help="recipe for --method visual")
     con.add_argument("--steps", type=int, default=128, help="visualization steps for --method visual")
@@ -324,18 +403,24 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--out", required=True)
     con.set_defaults(func=cmd_concepts)
 
-    atlas = sub.add_parser("atlas", help="build a static, browsable site from visualize/examples/concepts results",
-                           description="Build a static HTML atlas (open index.html, no server needed) from the "
-                           "outputs of visualize, examples and concepts found anywhere under RESULTS_DIR.")
+    atlas = sub.add_parser(
+        "atlas",
+        help="build a static, browsable site from visualize/examples/concepts results",
+        description="Build a static HTML atlas (open index.html, no server needed) from the "
+        "outputs of visualize, examples and concepts found anywhere under RESULTS_DIR.",
+    )
     atlas.add_argument("results", metavar="RESULTS_DIR")
     atlas.add_argument("--out", required=True, help="site folder (a new one, or an atlas to replace)")
     atlas.add_argument("--page-size", type=int, default=256, help="neurons per grid page")
     atlas.set_defaults(func=cmd_atlas)
 
-    pub = sub.add_parser("publish", help="publish an atlas as a Hugging Face Space and/or results as a dataset",
-                         description="Upload an atlas (or results, built into an atlas first) to a Hugging Face "
-                         "Space with the clipviz Gradio app, and/or the results as a dataset. The token comes from "
-                         "`hf auth login` or HF_TOKEN and is never printed.")
+    pub = sub.add_parser(
+        "publish",
+        help="publish an atlas as a Hugging Face Space and/or results as a dataset",
+        description="Upload an atlas (or results, built into an atlas first) to a Hugging Face "
+        "Space with the clipviz Gradio app, and/or the results as a dataset. The token comes from "
+        "`hf auth login` or HF_TOKEN and is never printed.",
+    )
     pub.add_argument("path", metavar="SITE_OR_RESULTS_DIR")
     pub.add_argument("--space", metavar="USER/NAME")
     pub.add_argument("--dataset", metavar="USER/NAME")
@@ -343,8 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
     pub.set_defaults(func=cmd_publish)
 
-    demo = sub.add_parser("demo", help="offline demo on the bundled world-clip: visualizations, examples, words",
-                          description="Offline demo on the bundled world-clip model.")
+    demo = sub.add_parser(
+        "demo",
+        help="offline demo on the bundled world-clip: visualizations, examples, words",
+        description="Offline demo on the bundled world-clip model.",
+    )
     demo.add_argument("--out", default="clipviz-demo")
     demo.add_argument("--per-block", type=int, default=2, help="neurons per block")
     demo.add_argument("--steps", type=int, default=150, help="visualization steps")

@@ -30,21 +30,118 @@ import torch.nn.functional as F
 from .errors import ClipvizError
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-ENSEMBLE_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.",
-                      "a rendering of a {}.", "a drawing of a {}.")
+ENSEMBLE_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a close-up photo of a {}.",
+    "a rendering of a {}.",
+    "a drawing of a {}.",
+)
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # CIFAR-100's fine labels, in the dataset's (alphabetical) order, underscores as spaces.
-CIFAR100 = ("apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-            "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-            "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-            "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-            "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man", "maple tree", "motorcycle",
-            "mountain", "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear",
-            "pickup truck", "pine tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon",
-            "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail",
-            "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone",
-            "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
-            "willow tree", "wolf", "woman", "worm")
+CIFAR100 = (
+    "apple",
+    "aquarium fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm tree",
+    "pear",
+    "pickup truck",
+    "pine tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow tree",
+    "wolf",
+    "woman",
+    "worm",
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +180,12 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
     if spec == "imagenet":
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-        return Vocabulary("imagenet", _unique(IMAGENET_CLASSNAMES), tuple(templates or DEFAULT_TEMPLATES),
-                          "class names from open_clip (MIT)")
+        return Vocabulary(
+            "imagenet",
+            _unique(IMAGENET_CLASSNAMES),
+            tuple(templates or DEFAULT_TEMPLATES),
+            "class names from open_clip (MIT)",
+        )
     if spec == "cifar10":
         return Vocabulary("cifar10", CIFAR10, tuple(templates or DEFAULT_TEMPLATES), "CIFAR-10 class names")
     if spec == "cifar100":
@@ -99,12 +200,15 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
         except ImportError:
             raise ClipvizError("the words-<N> vocabularies need wordfreq: pip install 'clipviz[words]'") from None
         words = tuple(w for w in top_n_list("en", n * 2) if w.isalpha() and len(w) > 2)[:n]
-        return Vocabulary(spec, words, tuple(templates or DEFAULT_TEMPLATES),
-                          "wordfreq (code Apache-2.0, data CC-BY-SA 4.0)")
+        return Vocabulary(
+            spec, words, tuple(templates or DEFAULT_TEMPLATES), "wordfreq (code Apache-2.0, data CC-BY-SA 4.0)"
+        )
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise ClipvizError(f"unknown vocabulary '{spec}'; accepted: world, imagenet, cifar10, cifar100, words-<N>, "
-                           "or a text file with one concept per line")
+        raise ClipvizError(
+            f"unknown vocabulary '{spec}'; accepted: world, imagenet, cifar10, cifar100, words-<N>, "
+            "or a text file with one concept per line"
+        )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -125,8 +229,10 @@ def parse_templates(text: str | None) -> tuple[str, ...] | None:
     templates = tuple(t.strip() for t in text.split("|") if t.strip())
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
-        raise ClipvizError(f"bad template {bad[0] if bad else text!r}: each template needs exactly one {{}}, e.g. "
-                           "'a photo of a {}.|a drawing of a {}.' or 'ensemble'")
+        raise ClipvizError(
+            f"bad template {bad[0] if bad else text!r}: each template needs exactly one {{}}, e.g. "
+            "'a photo of a {}.|a drawing of a {}.' or 'ensemble'"
+        )
     return templates
 
 
@@ -153,16 +259,19 @@ def text_embeddings(model, vocab: Vocabulary, batch: int = 256, cache: bool = Tr
     from .artifacts import _atomic
 
     if not model.is_clip:
-        raise ClipvizError(f"model '{model.spec}' has no text tower: naming neurons with words needs a CLIP-like "
-                           "model")
+        raise ClipvizError(f"model '{model.spec}' has no text tower: naming neurons with words needs a CLIP-like model")
     path = _cache_dir() / f"{_model_digest(model)}-{vocab.digest()}.safetensors"
     if cache and path.is_file():
         return load_file(str(path))["embeddings"]
     total = None
     for template in vocab.templates:
         prompts = [template.format(c) for c in vocab.concepts]
-        emb = torch.cat([F.normalize(model.encode_text(prompts[i:i + batch]).float(), dim=-1).cpu()
-                         for i in range(0, len(prompts), batch)])
+        emb = torch.cat(
+            [
+                F.normalize(model.encode_text(prompts[i : i + batch]).float(), dim=-1).cpu()
+                for i in range(0, len(prompts), batch)
+            ]
+        )
         total = emb if total is None else total + emb
     result = F.normalize(total, dim=-1)
     if cache:
@@ -177,14 +286,18 @@ def output_directions(model, hook: str, neurons: Sequence[int] | None = None) ->
         raise ClipvizError(f"the direct lens reads MLP neurons: use blocks.<i>.mlp.hook_post, not '{hook}'")
     parts = model.blocks[point.block]
     if not parts.hidden_is_linear_to_output():
-        raise ClipvizError(f"the direct lens needs the MLP's hidden units to reach its output weight unchanged; "
-                           f"block {point.block} of '{model.spec}' normalises them first ({type(parts.mid).__name__})")
+        raise ClipvizError(
+            f"the direct lens needs the MLP's hidden units to reach its output weight unchanged; "
+            f"block {point.block} of '{model.spec}' normalises them first ({type(parts.mid).__name__})"
+        )
     weight = parts.out_weight.detach().float()  # (d_model, d_mlp)
     if neurons is not None:
         bad = [n for n in neurons if not 0 <= n < weight.shape[1]]
         if bad:
-            raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {weight.shape[1]} "
-                               f"neurons (0..{weight.shape[1] - 1})")
+            raise ClipvizError(
+                f"neuron index {bad[0]} out of range for hook '{hook}': it has {weight.shape[1]} "
+                f"neurons (0..{weight.shape[1] - 1})"
+            )
         weight = weight[:, list(neurons)]
     directions = weight.T
     scale = parts.layer_scale()
@@ -198,8 +311,9 @@ def joint_directions(model, residual: torch.Tensor) -> torch.Tensor:
     final LayerNorm and the image projection."""
     proj = model.backend.projection
     if proj is None:
-        raise ClipvizError(f"the direct lens needs a CLIP-like model with a linear image projection; "
-                           f"'{model.spec}' has none")
+        raise ClipvizError(
+            f"the direct lens needs a CLIP-like model with a linear image projection; '{model.spec}' has none"
+        )
     norm = proj.final_norm
     centred = residual - residual.mean(dim=-1, keepdim=True)
     gamma = getattr(norm, "weight", None)
@@ -208,8 +322,9 @@ def joint_directions(model, residual: torch.Tensor) -> torch.Tensor:
     return centred @ proj.matrix().detach().float().T.to(centred.device)
 
 
-def direct_lens(model, hook: str, neurons: Sequence[int], vocab: Vocabulary, top_k: int = 5,
-                embeddings: torch.Tensor | None = None) -> list[dict]:
+def direct_lens(
+    model, hook: str, neurons: Sequence[int], vocab: Vocabulary, top_k: int = 5, embeddings: torch.Tensor | None = None
+) -> list[dict]:
     """Top ``top_k`` vocabulary entries per neuron by the cosine of its direct effect with their text embedding."""
     if not vocab.concepts:
         raise ClipvizError("the vocabulary is empty")
@@ -218,8 +333,14 @@ def direct_lens(model, hook: str, neurons: Sequence[int], vocab: Vocabulary, top
     scores = u @ text.T
     k = min(top_k, len(vocab.concepts))
     values, index = scores.topk(k, dim=1)
-    return [{"neuron": int(n), "words": [vocab.concepts[int(i)] for i in index[r]],
-             "scores": [round(float(v), 5) for v in values[r]]} for r, n in enumerate(neurons)]
+    return [
+        {
+            "neuron": int(n),
+            "words": [vocab.concepts[int(i)] for i in index[r]],
+            "scores": [round(float(v), 5) for v in values[r]],
+        }
+        for r, n in enumerate(neurons)
+    ]
 
 
 def omp(target: torch.Tensor, dictionary: torch.Tensor, k: int) -> tuple[list[int], torch.Tensor]:
@@ -244,8 +365,9 @@ def omp(target: torch.Tensor, dictionary: torch.Tensor, k: int) -> tuple[list[in
     return chosen, weights
 
 
-def sparse_words(model, hook: str, neuron: int, vocab: Vocabulary, k: int = 3,
-                 embeddings: torch.Tensor | None = None) -> list[tuple[str, float]]:
+def sparse_words(
+    model, hook: str, neuron: int, vocab: Vocabulary, k: int = 3, embeddings: torch.Tensor | None = None
+) -> list[tuple[str, float]]:
     """A neuron's direct effect written as a sparse mix of ``k`` words (OMP), strongest first."""
     text = text_embeddings(model, vocab) if embeddings is None else embeddings
     u = F.normalize(joint_directions(model, output_directions(model, hook, [neuron])).cpu(), dim=-1)[0]
@@ -264,9 +386,19 @@ def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary
 
     from .artifacts import _atomic
 
-    rows = [{"hook": hook, "neuron": r["neuron"], "rank": k, "word": w, "score": s, "method": method,
-             "vocabulary": vocabulary.name} for r in table for k, (w, s) in enumerate(zip(r["words"], r["scores"],
-                                                                                         strict=True))]
+    rows = [
+        {
+            "hook": hook,
+            "neuron": r["neuron"],
+            "rank": k,
+            "word": w,
+            "score": s,
+            "method": method,
+            "vocabulary": vocabulary.name,
+        }
+        for r in table
+        for k, (w, s) in enumerate(zip(r["words"], r["scores"], strict=True))
+    ]
     folder = out / hook
     folder.mkdir(parents=True, exist_ok=True)
     parquet, csv_path = folder / f"concepts-{method}.parquet", folder / f"concepts-{method}.csv"
@@ -280,8 +412,9 @@ def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary
 
 
 @torch.no_grad()
-def visual_words(labeller, images: torch.Tensor, vocab: Vocabulary, top_k: int = 5,
-                 embeddings: torch.Tensor | None = None) -> list[dict]:
+def visual_words(
+    labeller, images: torch.Tensor, vocab: Vocabulary, top_k: int = 5, embeddings: torch.Tensor | None = None
+) -> list[dict]:
     """Rank the vocabulary for each group of feature visualizations ``images`` (neurons, samples, 3, H, W) by the
     cosine between the mean of their unit image embeddings (from the CLIP ``labeller``) and the text embeddings."""
     text = text_embeddings(labeller, vocab) if embeddings is None else embeddings
@@ -289,5 +422,7 @@ def visual_words(labeller, images: torch.Tensor, vocab: Vocabulary, top_k: int =
     emb = F.normalize(labeller.encode_image(images.flatten(0, 1)).float(), dim=-1).reshape(n, s, -1).mean(1)
     scores = F.normalize(emb, dim=-1).cpu() @ text.T
     values, index = scores.topk(min(top_k, len(vocab.concepts)), dim=1)
-    return [{"words": [vocab.concepts[int(i)] for i in index[r]], "scores": [round(float(v), 5) for v in values[r]]}
-            for r in range(n)]
+    return [
+        {"words": [vocab.concepts[int(i)] for i in index[r]], "scores": [round(float(v), 5) for v in values[r]]}
+        for r in range(n)
+    ]

@@ -20,8 +20,7 @@ from .artifacts import _atomic, overlay, write_png
 DEMO_RECIPE = "default"
 
 
-def pick_neurons(selectivity, per_block: int = 2, blocks: list[int] | None = None) -> list[tuple[str, int, str,
-                                                                                                   float]]:
+def pick_neurons(selectivity, per_block: int = 2, blocks: list[int] | None = None) -> list[tuple[str, int, str, float]]:
     """(hook, neuron, concept, auroc): the clearest neurons of each block, one per concept."""
     picked = []
     hooks = sorted(selectivity.auroc)
@@ -50,8 +49,16 @@ def _zero_shot(model, images: torch.Tensor, prompts: list[str]) -> list[tuple[st
     return [(prompts[int(b)], float(probs[i, b])) for i, b in enumerate(best)]
 
 
-def run_demo(out: Path, *, model_name: str = "world-clip", per_block: int = 2, steps: int = 150,
-             examples: int = 2000, top_k: int = 6, progress: bool = True) -> Path:
+def run_demo(
+    out: Path,
+    *,
+    model_name: str = "world-clip",
+    per_block: int = 2,
+    steps: int = 150,
+    examples: int = 2000,
+    top_k: int = 6,
+    progress: bool = True,
+) -> Path:
     """Build the demo page under ``out`` and return the path of its ``index.html``."""
     if per_block < 1 or steps < 1 or examples < top_k:
         from .errors import ClipvizError
@@ -60,8 +67,7 @@ def run_demo(out: Path, *, model_name: str = "world-clip", per_block: int = 2, s
     return _run(out, model_name, per_block, steps, examples, top_k, progress)
 
 
-def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, top_k: int,
-         progress: bool) -> Path:
+def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, top_k: int, progress: bool) -> Path:
     from . import world
     from .atlas import build_atlas
     from .concepts import direct_lens, load_vocabulary, write_table
@@ -79,8 +85,15 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
     cards = []
     for hook in dict.fromkeys(h for h, *_ in chosen):
         neurons = [n for h, n, *_ in chosen if h == hook]
-        vis = visualize(model, hook, neurons, recipe=DEMO_RECIPE, steps=steps,
-                        out=out / "results" / "visualizations", progress=progress)
+        vis = visualize(
+            model,
+            hook,
+            neurons,
+            recipe=DEMO_RECIPE,
+            steps=steps,
+            out=out / "results" / "visualizations",
+            progress=progress,
+        )
         ex = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, progress=progress)
         words = direct_lens(model, hook, neurons, vocab, top_k=3)
         ex.save(out / "results" / "examples")  # the standard results layout, for the atlas
@@ -98,9 +111,19 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
                 name = f"examples/{hook}/neuron-{neuron:05d}-{r}.png"
                 write_png(out / name, overlay(pictures[idx], ex.maps[j, r]))
                 exs.append((name, float(ex.scores[j, r]), ex.captions.get(idx, "")))
-            cards.append({"hook": hook, "neuron": neuron, "concept": concept, "auroc": score,
-                          "vis": vis[j].path.relative_to(out).as_posix(), "vis_meta": vis[j].meta,
-                          "examples": exs, "words": words[j], "seen_as": seen_as[j]})
+            cards.append(
+                {
+                    "hook": hook,
+                    "neuron": neuron,
+                    "concept": concept,
+                    "auroc": score,
+                    "vis": vis[j].path.relative_to(out).as_posix(),
+                    "vis_meta": vis[j].meta,
+                    "examples": exs,
+                    "words": words[j],
+                    "seen_as": seen_as[j],
+                }
+            )
     build_atlas(out / "results", out / "atlas")
     page = out / "index.html"
     _atomic(page, lambda tmp: Path(tmp).write_text(_html(model, cards), encoding="utf-8"))
@@ -130,10 +153,13 @@ def _html(model, cards: list[dict]) -> str:
         truth_prompt = _prompt_of(c["concept"])
         hit = c["seen_as"][0] == truth_prompt
         meta = c["vis_meta"]
-        words = "".join(f"<tr><td>{esc(w)}</td><td>{s:.3f}</td></tr>"
-                        for w, s in zip(c["words"]["words"], c["words"]["scores"], strict=True))
-        examples = "".join(f"<img src='{esc(p)}' title='{esc(cap)} (activation {s:.2f})' alt='example'>"
-                           for p, s, cap in c["examples"])
+        words = "".join(
+            f"<tr><td>{esc(w)}</td><td>{s:.3f}</td></tr>"
+            for w, s in zip(c["words"]["words"], c["words"]["scores"], strict=True)
+        )
+        examples = "".join(
+            f"<img src='{esc(p)}' title='{esc(cap)} (activation {s:.2f})' alt='example'>" for p, s, cap in c["examples"]
+        )
         parts.append(
             f"<div class='card'><div><h3>{esc(c['hook'])} #{c['neuron']}</h3>"
             f"<img class='px' src='{esc(c['vis'])}' alt='visualization'>"

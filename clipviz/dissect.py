@@ -37,14 +37,24 @@ def _log_p_given_set(probs: torch.Tensor, members: torch.Tensor, p: torch.Tensor
     return torch.log(p[None, :, None] * picked + (1 - p[None, :, None])).sum(dim=1)
 
 
-def softwpmi(activations: torch.Tensor, similarities: torch.Tensor, *, top_k: int = 100, a: float = 10.0,
-             lam: float = 1.0, prior: torch.Tensor | None = None, random_sets: int = 256,
-             seed: int = 0) -> torch.Tensor:
+def softwpmi(
+    activations: torch.Tensor,
+    similarities: torch.Tensor,
+    *,
+    top_k: int = 100,
+    a: float = 10.0,
+    lam: float = 1.0,
+    prior: torch.Tensor | None = None,
+    random_sets: int = 256,
+    seed: int = 0,
+) -> torch.Tensor:
     """SoftWPMI scores (neurons, concepts) from activations (images, neurons) and image-text cosines (images,
     concepts). See the module docstring; ``prior`` (concepts,) is an explicit ``log p(c)``."""
     if activations.ndim != 2 or similarities.ndim != 2 or activations.shape[0] != similarities.shape[0]:
-        raise ClipvizError(f"activations (images, neurons) and similarities (images, concepts) must share the image "
-                           f"axis; got {tuple(activations.shape)} and {tuple(similarities.shape)}")
+        raise ClipvizError(
+            f"activations (images, neurons) and similarities (images, concepts) must share the image "
+            f"axis; got {tuple(activations.shape)} and {tuple(similarities.shape)}"
+        )
     n_images = activations.shape[0]
     if n_images == 0 or similarities.shape[1] == 0:
         raise ClipvizError("the probe set and the vocabulary must not be empty")
@@ -95,19 +105,28 @@ def stored_activations(folder, hook: str, neurons=None) -> tuple[torch.Tensor, l
         raise ClipvizError(f"no examples for hook '{hook}' in '{folder}': run clipviz examples --save-activations")
     stored = ExampleResult.load(folder, hook)
     if stored.activations is None:
-        raise ClipvizError(f"the examples in '{folder}' kept no activation matrix: run clipviz examples with "
-                           "--save-activations")
+        raise ClipvizError(
+            f"the examples in '{folder}' kept no activation matrix: run clipviz examples with --save-activations"
+        )
     if stored.reduce != "patches":
-        raise ClipvizError(f"the stored activations are reduced by '{stored.reduce}'; CLIP-Dissect uses the patch "
-                           "mean: run clipviz examples with --reduce patches")
+        raise ClipvizError(
+            f"the stored activations are reduced by '{stored.reduce}'; CLIP-Dissect uses the patch "
+            "mean: run clipviz examples with --reduce patches"
+        )
     neurons = list(stored.neurons) if neurons is None else list(neurons)
     missing = [n for n in neurons if n not in stored.neurons]
     if missing:
-        raise ClipvizError(f"neuron {missing[0]} has no stored activations in '{folder}' (it holds "
-                           f"{len(stored.neurons)} neurons of '{hook}')")
+        raise ClipvizError(
+            f"neuron {missing[0]} has no stored activations in '{folder}' (it holds "
+            f"{len(stored.neurons)} neurons of '{hook}')"
+        )
     columns = [stored.neurons.index(n) for n in neurons]
-    return (stored.activations[:, columns].float(), stored.activation_indices.tolist(),
-            stored.settings.get("source", ""), neurons)
+    return (
+        stored.activations[:, columns].float(),
+        stored.activation_indices.tolist(),
+        stored.settings.get("source", ""),
+        neurons,
+    )
 
 
 @torch.no_grad()

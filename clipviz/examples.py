@@ -56,8 +56,14 @@ def _read(path: Path) -> Image.Image | None:
         return None
 
 
-def open_source(spec: str, *, split: str = "train", image_column: str | None = None,
-                caption_column: str | None = None, streaming: bool = False) -> Source:
+def open_source(
+    spec: str,
+    *,
+    split: str = "train",
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    streaming: bool = False,
+) -> Source:
     """A folder, ``world:<n>``, or a Hugging Face dataset (id or local ``imagefolder``)."""
     if spec.startswith("world:"):
         from .world import generate
@@ -89,8 +95,7 @@ def open_source(spec: str, *, split: str = "train", image_column: str | None = N
     return _hf_source(spec, split, image_column, caption_column, streaming)
 
 
-def _hf_source(spec: str, split: str, image_column: str | None, caption_column: str | None,
-               streaming: bool) -> Source:
+def _hf_source(spec: str, split: str, image_column: str | None, caption_column: str | None, streaming: bool) -> Source:
     import datasets
 
     from .backends.hub import fetching
@@ -109,8 +114,10 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
     if image_column is None:
         image_column = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
     if image_column is None or image_column not in features:
-        raise ClipvizError(f"dataset '{spec}' has no image column{f' named {image_column!r}' if image_column else ''}"
-                           f"; columns: {', '.join(features)}")
+        raise ClipvizError(
+            f"dataset '{spec}' has no image column{f' named {image_column!r}' if image_column else ''}"
+            f"; columns: {', '.join(features)}"
+        )
     if caption_column is None:
         caption_column = next((k for k in ("caption", "text", "label") if k in features), None)
     if streaming:
@@ -168,15 +175,28 @@ class ExampleResult:
 
         folder = out / self.hook
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"neurons": torch.tensor(self.neurons), "scores": self.scores.contiguous(),
-                   "indices": self.indices.contiguous(), "maps": self.maps.contiguous()}
+        tensors = {
+            "neurons": torch.tensor(self.neurons),
+            "scores": self.scores.contiguous(),
+            "indices": self.indices.contiguous(),
+            "maps": self.maps.contiguous(),
+        }
         if self.activations is not None:
             tensors["activations"] = self.activations.contiguous()
             tensors["activation_indices"] = self.activation_indices.contiguous()
         _atomic(folder / "examples.safetensors", lambda tmp: save_file(tensors, tmp))
-        write_json(folder / "examples.json", {"hook": self.hook, "reduce": self.reduce, "seen": self.seen,
-                                              "skipped": self.skipped, "names": self.names,
-                                              "captions": self.captions, "settings": self.settings})
+        write_json(
+            folder / "examples.json",
+            {
+                "hook": self.hook,
+                "reduce": self.reduce,
+                "seen": self.seen,
+                "skipped": self.skipped,
+                "names": self.names,
+                "captions": self.captions,
+                "settings": self.settings,
+            },
+        )
 
     @classmethod
     def load(cls, out: Path, hook: str) -> ExampleResult:
@@ -184,12 +204,21 @@ class ExampleResult:
 
         t = load_file(str(out / hook / "examples.safetensors"))
         meta = json.loads((out / hook / "examples.json").read_text())
-        return cls(hook=hook, neurons=t["neurons"].tolist(), scores=t["scores"], indices=t["indices"], maps=t["maps"],
-                   reduce=meta["reduce"], seen=meta["seen"], skipped=meta["skipped"],
-                   names={int(k): v for k, v in meta["names"].items()},
-                   captions={int(k): v for k, v in meta["captions"].items()},
-                   activations=t.get("activations"), activation_indices=t.get("activation_indices"),
-                   settings=meta.get("settings", {}))
+        return cls(
+            hook=hook,
+            neurons=t["neurons"].tolist(),
+            scores=t["scores"],
+            indices=t["indices"],
+            maps=t["maps"],
+            reduce=meta["reduce"],
+            seen=meta["seen"],
+            skipped=meta["skipped"],
+            names={int(k): v for k, v in meta["names"].items()},
+            captions={int(k): v for k, v in meta["captions"].items()},
+            activations=t.get("activations"),
+            activation_indices=t.get("activation_indices"),
+            settings=meta.get("settings", {}),
+        )
 
 
 def _best(score: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
@@ -202,8 +231,11 @@ def _best(score: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
 def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
     """The ``k`` best per row with their ids and maps: the same result in any merge order."""
     pick = _best(score, ids, k)
-    return score.gather(1, pick), ids.gather(1, pick), maps.gather(1, pick[..., None, None].expand(
-        -1, -1, *maps.shape[-2:]))
+    return (
+        score.gather(1, pick),
+        ids.gather(1, pick),
+        maps.gather(1, pick[..., None, None].expand(-1, -1, *maps.shape[-2:])),
+    )
 
 
 def model_input(model):
@@ -260,14 +292,19 @@ class _DecodedChunks(torch.utils.data.IterableDataset):
             yield (torch.stack(images) if images else None), idx, caps, bad
 
 
-def _parallel_batches(source: Source, span: tuple[int, int], size: tuple[int, int], batch: int, workers: int,
-                      skipped: list[int]):
+def _parallel_batches(
+    source: Source, span: tuple[int, int], size: tuple[int, int], batch: int, workers: int, skipped: list[int]
+):
     """``_batches`` with decoding and resizing in ``workers`` processes (forked: sources need not pickle)."""
     import multiprocessing
 
     loader = torch.utils.data.DataLoader(
-        _DecodedChunks(source, *span, size, batch), batch_size=None, num_workers=workers, prefetch_factor=4,
-        multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        _DecodedChunks(source, *span, size, batch),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4,
+        multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
+    )
     for images, idx, caps, bad in loader:
         skipped += bad
         if images is not None:
@@ -290,8 +327,10 @@ class RunningTopK:
     def update(self, act: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
         """Take in activations ``(B, tokens, neurons)`` of the images ``ids``; returns their scores ``(B, neurons)``."""
         if act.shape[1] != self.layout.n_tokens:
-            raise ClipvizError(f"this activation has {act.shape[1]} tokens but its layout has "
-                               f"{self.layout.n_tokens}: mine a block hook (blocks.<i>.<point>)")
+            raise ClipvizError(
+                f"this activation has {act.shape[1]} tokens but its layout has "
+                f"{self.layout.n_tokens}: mine a block hook (blocks.<i>.<point>)"
+            )
         patches = act[:, self.layout.patches]  # (B, P, neurons)
         if self.reduce == "patches":
             reduced = patches.mean(1)
@@ -324,10 +363,20 @@ def _kept(captions: dict[int, str], top_idx: torch.Tensor) -> dict[int, str]:
 
 
 @torch.no_grad()
-def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | None = None, top_k: int = 16,
-                  reduce: str = "patches", batch: int = 64, progress: bool = True,
-                  span: tuple[int, int] | None = None, keep_activations: bool = False,
-                  workers: int = 0) -> ExampleResult:
+def mine_examples(
+    model,
+    hook: str,
+    source: Source,
+    *,
+    neurons: Sequence[int] | None = None,
+    top_k: int = 16,
+    reduce: str = "patches",
+    batch: int = 64,
+    progress: bool = True,
+    span: tuple[int, int] | None = None,
+    keep_activations: bool = False,
+    workers: int = 0,
+) -> ExampleResult:
     """One pass over ``source`` keeping, per neuron, the ``top_k`` images by the reduced activation (``patches``:
     mean over patch tokens, ``cls``, ``max``: max over patches) with their patch activation maps; with
     ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix.
@@ -360,8 +409,9 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
             neurons = list(range(width)) if neurons is None else list(neurons)
             bad = [n for n in neurons if not 0 <= n < width]
             if bad:
-                raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
-                                   f"(0..{width - 1})")
+                raise ClipvizError(
+                    f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons (0..{width - 1})"
+                )
         if neurons != list(range(width)):  # indexing copies: skip it when every neuron is kept
             act = act[..., neurons]
         score = top.update(act, idx)
@@ -381,11 +431,21 @@ def mine_examples(model, hook: str, source: Source, *, neurons: Sequence[int] | 
         raise ClipvizError(f"no examples from '{source.name}': {what}")
     top_scores, top_idx, top_maps = top.scores.cpu(), top.indices.cpu(), top.maps.cpu()
     names = {i: source.describe[i] for i in set(top_idx.flatten().tolist()) if i < len(source.describe)}
-    return ExampleResult(hook=hook, neurons=list(neurons), scores=top_scores, indices=top_idx, maps=top_maps,
-                         reduce=reduce, seen=seen, skipped=skipped, names=names, captions=_kept(captions, top_idx),
-                         activations=torch.cat(all_rows) if keep_activations else None,
-                         activation_indices=torch.tensor(all_ids) if keep_activations else None,
-                         settings={"model": model.spec, "source": source.name, "top_k": top_k, "reduce": reduce})
+    return ExampleResult(
+        hook=hook,
+        neurons=list(neurons),
+        scores=top_scores,
+        indices=top_idx,
+        maps=top_maps,
+        reduce=reduce,
+        seen=seen,
+        skipped=skipped,
+        names=names,
+        captions=_kept(captions, top_idx),
+        activations=torch.cat(all_rows) if keep_activations else None,
+        activation_indices=torch.tensor(all_ids) if keep_activations else None,
+        settings={"model": model.spec, "source": source.name, "top_k": top_k, "reduce": reduce},
+    )
 
 
 def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96, model=None) -> None:
@@ -407,9 +467,12 @@ def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int
 def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
     """Exact top-k over the union of several results (shards of one dataset, same hook and neurons)."""
     first = results[0]
-    top_scores, top_idx, top_maps = _select(torch.cat([r.scores for r in results], 1),
-                                            torch.cat([r.indices for r in results], 1),
-                                            torch.cat([r.maps for r in results], 1), top_k)
+    top_scores, top_idx, top_maps = _select(
+        torch.cat([r.scores for r in results], 1),
+        torch.cat([r.indices for r in results], 1),
+        torch.cat([r.maps for r in results], 1),
+        top_k,
+    )
     kept = set(top_idx.flatten().tolist())
     names = {i: n for r in results for i, n in r.names.items() if i in kept}
     captions = {i: c for r in results for i, c in r.captions.items() if i in kept}
@@ -419,30 +482,65 @@ def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
         order = activation_indices.argsort()
         activations = torch.cat([r.activations for r in results])[order]
         activation_indices = activation_indices[order]
-    return ExampleResult(hook=first.hook, neurons=first.neurons, scores=top_scores, indices=top_idx, maps=top_maps,
-                         reduce=first.reduce, seen=sum(r.seen for r in results),
-                         skipped=sorted(i for r in results for i in r.skipped), names=names, captions=captions,
-                         activations=activations, activation_indices=activation_indices, settings=first.settings)
+    return ExampleResult(
+        hook=first.hook,
+        neurons=first.neurons,
+        scores=top_scores,
+        indices=top_idx,
+        maps=top_maps,
+        reduce=first.reduce,
+        seen=sum(r.seen for r in results),
+        skipped=sorted(i for r in results for i in r.skipped),
+        names=names,
+        captions=captions,
+        activations=activations,
+        activation_indices=activation_indices,
+        settings=first.settings,
+    )
 
 
-def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neurons: Sequence[int] | None = None,
-                            top_k: int = 16, reduce: str = "patches", batch: int = 64, shard_size: int = 1024,
-                            accelerator=None, progress: bool = True, keep_activations: bool = False,
-                            workers: int = 0) -> ExampleResult:
+def mine_examples_resumable(
+    model,
+    hook: str,
+    source: Source,
+    out: Path,
+    *,
+    neurons: Sequence[int] | None = None,
+    top_k: int = 16,
+    reduce: str = "patches",
+    batch: int = 64,
+    shard_size: int = 1024,
+    accelerator=None,
+    progress: bool = True,
+    keep_activations: bool = False,
+    workers: int = 0,
+) -> ExampleResult:
     """``mine_examples`` in shards of ``shard_size`` images, each saved when done: a killed run started again
     redoes only unfinished shards, processes (``accelerate``) take shards in turn, and the merge is exact."""
     from .artifacts import settings_id, write_json
 
     if not source.length:
-        raise ClipvizError(f"resumable runs need a dataset of known length; '{source.name}' has none (use a "
-                           "folder, a saved dataset or a non-streaming split)")
+        raise ClipvizError(
+            f"resumable runs need a dataset of known length; '{source.name}' has none (use a "
+            "folder, a saved dataset or a non-streaming split)"
+        )
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
     model = model.to(accelerator.device)
-    key = settings_id({"model": model.spec, "hook": hook, "neurons": list(neurons) if neurons is not None else None,
-                       "top_k": top_k, "reduce": reduce, "source": source.name, "n": source.length,
-                       "shard_size": shard_size, "activations": keep_activations})
+    key = settings_id(
+        {
+            "model": model.spec,
+            "hook": hook,
+            "neurons": list(neurons) if neurons is not None else None,
+            "top_k": top_k,
+            "reduce": reduce,
+            "source": source.name,
+            "n": source.length,
+            "shard_size": shard_size,
+            "activations": keep_activations,
+        }
+    )
     folder = Path(out) / "shards" / key
     n_shards = -(-source.length // shard_size)
 
@@ -451,11 +549,22 @@ def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neur
 
     todo = [s for s in range(n_shards) if not done(s)]
     accelerator.wait_for_everyone()  # every process sees the same to-do list before any shard is written
-    for s in todo[accelerator.process_index::accelerator.num_processes]:
+    for s in todo[accelerator.process_index :: accelerator.num_processes]:
         span = (s * shard_size, min((s + 1) * shard_size, source.length))
         try:
-            part = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, reduce=reduce, batch=batch,
-                                 progress=progress, span=span, keep_activations=keep_activations, workers=workers)
+            part = mine_examples(
+                model,
+                hook,
+                source,
+                neurons=neurons,
+                top_k=top_k,
+                reduce=reduce,
+                batch=batch,
+                progress=progress,
+                span=span,
+                keep_activations=keep_activations,
+                workers=workers,
+            )
         except ClipvizError as error:
             if "no examples" not in str(error):
                 raise
@@ -464,8 +573,11 @@ def mine_examples_resumable(model, hook: str, source: Source, out: Path, *, neur
             continue
         part.save(folder / f"{s:05d}")
     accelerator.wait_for_everyone()
-    parts = [ExampleResult.load(folder / f"{s:05d}", hook) for s in range(n_shards)
-             if (folder / f"{s:05d}" / hook / "examples.json").is_file()]
+    parts = [
+        ExampleResult.load(folder / f"{s:05d}", hook)
+        for s in range(n_shards)
+        if (folder / f"{s:05d}" / hook / "examples.json").is_file()
+    ]
     if not parts:
         raise ClipvizError(f"no examples from '{source.name}': it has no readable images")
     result = merge(parts, top_k)

@@ -40,8 +40,9 @@ def zero_shot_accuracy(model, n: int = 1000, seed: int = HELDOUT_SEED + 1, batch
     """Accuracy per factor family of zero-shot classification with single-factor prompts (``world.prompt``),
     on held-out single-object images (count is left out: it is always one)."""
     images, factors = world_images(n, seed=seed, single_object=True)
-    emb = torch.cat([F.normalize(model.encode_image(images[i:i + batch]).float(), dim=-1)
-                     for i in range(0, n, batch)])
+    emb = torch.cat(
+        [F.normalize(model.encode_image(images[i : i + batch]).float(), dim=-1) for i in range(0, n, batch)]
+    )
     out = {}
     for family, values in world.FACTORS.items():
         if family == "count":
@@ -68,7 +69,8 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if torch.unique(col).numel() < n:
             uniq, inverse = torch.unique(col, return_inverse=True)
             mean_rank = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(
-                0, inverse, torch.arange(1, n + 1, dtype=torch.float64))
+                0, inverse, torch.arange(1, n + 1, dtype=torch.float64)
+            )
             mean_rank /= torch.bincount(inverse).double()
             ranks[order[:, j], j] = mean_rank[inverse]
     pos = labels.double()
@@ -89,7 +91,7 @@ def patch_means(model, hooks: list[str], images: torch.Tensor, batch: int = 250)
     """Patch-mean activation (n, d) of every neuron at each hook (prefix tokens excluded)."""
     chunks: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     for i in range(0, images.shape[0], batch):
-        _, cache = model.run_with_cache(images[i:i + batch], hooks)
+        _, cache = model.run_with_cache(images[i : i + batch], hooks)
         for h in hooks:
             layout = model.layout_of(h)
             chunks[h].append(cache[h][:, layout.patches].float().mean(1).cpu())
@@ -111,8 +113,9 @@ class Selectivity:
     def clear(self, hook: str, threshold: float = CLEAR_AUROC) -> list[tuple[int, str, str, float]]:
         """(neuron, family, value, auroc) for the neurons whose best AUROC reaches ``threshold``."""
         values, idx = self.best(hook)
-        return [(int(k), *CONCEPTS[int(idx[k])], float(values[k])) for k in range(values.numel())
-                if values[k] >= threshold]
+        return [
+            (int(k), *CONCEPTS[int(idx[k])], float(values[k])) for k in range(values.numel()) if values[k] >= threshold
+        ]
 
     def save(self, directory: Path) -> None:
         from safetensors.torch import save_file
@@ -120,10 +123,17 @@ class Selectivity:
         from .artifacts import _atomic
 
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic(directory / "ground_truth.safetensors",
-                lambda tmp: save_file({h: t.contiguous() for h, t in self.auroc.items()}, tmp))
-        meta = {"n": self.n, "seed": self.seed, "concepts": [f"{f}:{v}" for f, v in CONCEPTS],
-                "clear_auroc": CLEAR_AUROC, "reduction": "mean over patch tokens"}
+        _atomic(
+            directory / "ground_truth.safetensors",
+            lambda tmp: save_file({h: t.contiguous() for h, t in self.auroc.items()}, tmp),
+        )
+        meta = {
+            "n": self.n,
+            "seed": self.seed,
+            "concepts": [f"{f}:{v}" for f, v in CONCEPTS],
+            "clear_auroc": CLEAR_AUROC,
+            "reduction": "mean over patch tokens",
+        }
         _atomic(directory / "ground_truth.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
 
     @classmethod

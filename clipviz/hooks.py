@@ -115,13 +115,19 @@ class HookRegistry:
             if name in self.layout.unavailable:
                 return self.layout.unavailable[name]
             if name not in self.layout.hooks:
-                return "its attention output projection is not called as a module" if point == "attn.hook_z" \
+                return (
+                    "its attention output projection is not called as a module"
+                    if point == "attn.hook_z"
                     else "no token layout is known for it"
+                )
             return None
         if self._static_available(parts, point):
             return None
-        return "its attention uses a relative position bias" if point == "attn.hook_pattern" else (
-            "its attention output projection is not called as a module")
+        return (
+            "its attention uses a relative position bias"
+            if point == "attn.hook_pattern"
+            else ("its attention output projection is not called as a module")
+        )
 
     def _available(self, parts: BlockParts, point: str) -> bool:
         return self.unavailable_reason(parts, point) is None
@@ -211,8 +217,13 @@ class HookRegistry:
                 first = parts.packed_gate == "first"
                 inner = common["read"] or (lambda x: x)
                 return HookPoint(
-                    name=name, block=parts.index, module=parts.fc1, native=parts.native("fc1"), on_input=False,
-                    read=lambda x: inner(x)[..., :half] if first else inner(x)[..., half:], write=None,
+                    name=name,
+                    block=parts.index,
+                    module=parts.fc1,
+                    native=parts.native("fc1"),
+                    on_input=False,
+                    read=lambda x: inner(x)[..., :half] if first else inner(x)[..., half:],
+                    write=None,
                     editable=False,
                 )
             if self.layout is not None and parts.index in self.layout.pre_at_act and parts.act is not None:
@@ -234,14 +245,25 @@ class HookRegistry:
                 split, merge = read, write
                 read, write = (lambda x: split(flat(x))), (lambda z: unflat(merge(z)))
             return HookPoint(
-                name=name, block=parts.index, module=parts.out_proj, native=parts.native("out_proj"),
-                on_input=True, read=read, write=write,
+                name=name,
+                block=parts.index,
+                module=parts.out_proj,
+                native=parts.native("out_proj"),
+                on_input=True,
+                read=read,
+                write=write,
             )
         # attn.hook_pattern: recomputed from the attention module's input.
         to_bnd = (lambda x: x.transpose(0, 1)) if self.seq_first else (lambda x: x)
         return HookPoint(
-            name=name, block=parts.index, module=parts.attn, native=parts.native("attn"), on_input=True,
-            read=lambda x: attention_pattern(parts, to_bnd(x)), write=None, editable=False,
+            name=name,
+            block=parts.index,
+            module=parts.attn,
+            native=parts.native("attn"),
+            on_input=True,
+            read=lambda x: attention_pattern(parts, to_bnd(x)),
+            write=None,
+            editable=False,
         )
 
 

@@ -25,8 +25,10 @@ from .errors import ClipvizError
 from .model import HookedVisionModel
 
 _PACKAGE_MODELS = Path(__file__).parent / "models"
-ACCEPTED = ("hf:<hub id or dir>, open_clip:<name>[/<tag>], open_clip:hf-hub:<id>, timm:<name>, a local directory, "
-            "or a bundled model ({})")
+ACCEPTED = (
+    "hf:<hub id or dir>, open_clip:<name>[/<tag>], open_clip:hf-hub:<id>, timm:<name>, a local directory, "
+    "or a bundled model ({})"
+)
 
 
 def bundled_models() -> dict[str, Path]:
@@ -141,6 +143,8 @@ def load(
         try:
             model = model.to(device)
         except (RuntimeError, AssertionError) as error:
-            raise ClipvizError(f"device '{device}' is not available here ({str(error).splitlines()[0]}); accepted: "
-                               "cpu, or cuda / cuda:N on a machine with a GPU") from error
+            raise ClipvizError(
+                f"device '{device}' is not available here ({str(error).splitlines()[0]}); accepted: "
+                "cpu, or cuda / cuda:N on a machine with a GPU"
+            ) from error
     return model

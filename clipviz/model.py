@@ -49,8 +49,7 @@ class HookedVisionModel(nn.Module):
         # Measure every hook's token layout (and check attention patterns) on the model itself, once.
         self.token_layouts = probe_model(self)
         self.blocks = self.blocks[: len(self.blocks) - len(self.token_layouts.excluded)]
-        self.registry = HookRegistry(self.native, self.blocks, seq_first=backend.seq_first,
-                                     layout=self.token_layouts)
+        self.registry = HookRegistry(self.native, self.blocks, seq_first=backend.seq_first, layout=self.token_layouts)
 
     # ---------------------------------------------------------------- facts
     @property
@@ -145,19 +144,31 @@ class HookedVisionModel(nn.Module):
         layout = self.layout(0)
         last = self.layout(self.n_blocks - 1)
         return {
-            "spec": b.spec, "backend": b.kind, "architecture": b.architecture, "n_blocks": self.n_blocks,
-            "d_model": self.d_model, "d_mlp": self.d_mlp, "n_heads": self.n_heads,
+            "spec": b.spec,
+            "backend": b.kind,
+            "architecture": b.architecture,
+            "n_blocks": self.n_blocks,
+            "d_model": self.d_model,
+            "d_mlp": self.d_mlp,
+            "n_heads": self.n_heads,
             "stages": sorted({blk.stage for blk in self.blocks}) if b.hierarchical else None,
-            "prefix_tokens": list(self.prefix_tokens), "patch_grid": list(layout.grid),
+            "prefix_tokens": list(self.prefix_tokens),
+            "patch_grid": list(layout.grid),
             "last_block_layout": None if last == layout else {"prefix": list(last.prefix), "grid": list(last.grid)},
             "gated_mlp": any(blk.gated for blk in self.blocks) or None,
             "hooks_left_out": self.unavailable_hooks() or None,
             "blocks_left_out": dict(self.token_layouts.excluded) or None,
-            "patch_size": list(b.patch_size), "image_size": list(b.image_size), "mean": list(b.mean),
-            "std": list(b.std), "preprocessing": b.preprocessing_source, "output": b.output_kind,
-            "clip_like": self.is_clip, "direct_projection": b.projection is not None,
+            "patch_size": list(b.patch_size),
+            "image_size": list(b.image_size),
+            "mean": list(b.mean),
+            "std": list(b.std),
+            "preprocessing": b.preprocessing_source,
+            "output": b.output_kind,
+            "clip_like": self.is_clip,
+            "direct_projection": b.projection is not None,
             "parameters": sum(p.numel() for p in self.native.parameters()),
-            "data_preprocessing": "backend's own resize + centre crop" if b.pil_transform is not None
+            "data_preprocessing": "backend's own resize + centre crop"
+            if b.pil_transform is not None
             else "resize of the shortest side + centre crop (bicubic)",
             "notes": list(b.notes) or None,
         }

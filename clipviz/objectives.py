@@ -125,8 +125,10 @@ def _indices(value, n: int, size: int, what: str, device) -> torch.Tensor:
     t = torch.as_tensor(value, dtype=torch.long)
     t = t.expand(n) if t.ndim == 0 else t
     if t.numel() and (int(t.max()) >= size or int(t.min()) < 0):
-        raise ClipvizError(f"{what} index out of range: {size} accepted (0..{size - 1}), got "
-                           f"{int(t.max()) if int(t.max()) >= size else int(t.min())}")
+        raise ClipvizError(
+            f"{what} index out of range: {size} accepted (0..{size - 1}), got "
+            f"{int(t.max()) if int(t.max()) >= size else int(t.min())}"
+        )
     return t.to(device, non_blocking=True)
 
 
@@ -134,8 +136,10 @@ def reduce_tokens(values: torch.Tensor, reduce, layout) -> torch.Tensor:
     """Reduce ``(n, copies, N)`` token values to ``(n,)``: over patches, the CLS token, a patch or a region."""
     prefix = layout.n_prefix
     if values.shape[-1] != layout.n_tokens:
-        raise ClipvizError(f"this activation has {values.shape[-1]} tokens but its layout has {layout.n_tokens} "
-                           f"({layout.n_prefix} prefix + a {layout.grid[0]}x{layout.grid[1]} grid): use a block hook")
+        raise ClipvizError(
+            f"this activation has {values.shape[-1]} tokens but its layout has {layout.n_tokens} "
+            f"({layout.n_prefix} prefix + a {layout.grid[0]}x{layout.grid[1]} grid): use a block hook"
+        )
     if reduce == "patches":
         v = values[..., prefix:].mean(-1)
     elif reduce == "all":
@@ -158,8 +162,10 @@ def reduce_tokens(values: torch.Tensor, reduce, layout) -> torch.Tensor:
         grid = values[..., prefix:].reshape(*values.shape[:-1], gh, gw)
         v = grid[..., r0:r1, c0:c1].flatten(-2).mean(-1)
     else:
-        raise ClipvizError(f"unknown reduction {reduce!r}; accepted: patches, cls, all, max, ('patch', r, c), "
-                           "('region', r0, r1, c0, c1)")
+        raise ClipvizError(
+            f"unknown reduction {reduce!r}; accepted: patches, cls, all, max, ('patch', r, c), "
+            "('region', r0, r1, c0, c1)"
+        )
     return v.mean(1)  # mean over the ensemble copies
 
 
@@ -186,8 +192,10 @@ class Neuron(Objective):
     def __call__(self, ctx: Context) -> torch.Tensor:
         act = ctx.act(self.hook)  # (n, copies, N, d)
         if act.ndim != 4:
-            raise ClipvizError(f"neuron objectives need (B, N, d) activations; hook '{self.hook}' gives "
-                               f"{tuple(ctx.cache[self.hook].shape)}")
+            raise ClipvizError(
+                f"neuron objectives need (B, N, d) activations; hook '{self.hook}' gives "
+                f"{tuple(ctx.cache[self.hook].shape)}"
+            )
         idx = _indices(self.index, ctx.n, act.shape[-1], f"neuron (hook '{self.hook}')", act.device)
         picked = act.gather(-1, idx.view(-1, 1, 1, 1).expand(*act.shape[:3], 1)).squeeze(-1)
         return reduce_tokens(picked.float(), self.reduce, _layout_for(ctx.model, self.hook))

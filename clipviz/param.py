@@ -107,16 +107,22 @@ class MacoImage(ImageParam):
 
     kind = "maco"
 
-    def __init__(self, seeds: Sequence[int], size: tuple[int, int], magnitude: torch.Tensor | None = None,
-                 decorrelate: bool = True):
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        size: tuple[int, int],
+        magnitude: torch.Tensor | None = None,
+        decorrelate: bool = True,
+    ):
         super().__init__(seeds, size)
         h, w = self.size
         if magnitude is None:
             magnitude = (1.0 / torch.clamp(_frequencies(h, w), min=1.0 / max(h, w))).expand(3, -1, -1).clone()
         self.register_buffer("magnitude", magnitude.float(), persistent=False)
         self.decorrelate = decorrelate
-        init = torch.stack([(torch.rand(3, h, w // 2 + 1, generator=g) * 2 - 1) * torch.pi
-                            for g in _generators(self.seeds)])
+        init = torch.stack(
+            [(torch.rand(3, h, w // 2 + 1, generator=g) * 2 - 1) * torch.pi for g in _generators(self.seeds)]
+        )
         self.phase = nn.Parameter(init)
         self.colour = nn.Parameter(torch.zeros(self.n, 3, 1, 1))
 

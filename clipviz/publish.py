@@ -40,18 +40,22 @@ def space_card(title: str, sdk_version: str | None = None, model: str | None = N
 
         sdk_version = version("gradio")
     about = f"an atlas of the neurons of `{model}`" if model else "what the neurons of vision transformers respond to"
-    return (f"---\ntitle: {title}\nemoji: 🔬\ncolorFrom: indigo\ncolorTo: gray\nsdk: gradio\n"
-            f"sdk_version: {sdk_version}\napp_file: app.py\npinned: false\nlicense: apache-2.0\n---\n\n"
-            f"# {title}\n\nMade with [clipviz](https://pypi.org/project/clipviz/): {about}. Pick a hook and "
-            "neurons, or type a phrase, to see feature visualizations, the words that name them and the images "
-            "that excite them; the Atlas tab browses precomputed results.\n")
+    return (
+        f"---\ntitle: {title}\nemoji: 🔬\ncolorFrom: indigo\ncolorTo: gray\nsdk: gradio\n"
+        f"sdk_version: {sdk_version}\napp_file: app.py\npinned: false\nlicense: apache-2.0\n---\n\n"
+        f"# {title}\n\nMade with [clipviz](https://pypi.org/project/clipviz/): {about}. Pick a hook and "
+        "neurons, or type a phrase, to see feature visualizations, the words that name them and the images "
+        "that excite them; the Atlas tab browses precomputed results.\n"
+    )
 
 
 def dataset_card(name: str, model: str | None, rows: int) -> str:
-    return ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n"
-            f"tags:\n- clipviz\n- interpretability\n---\n\n# {name}\n\nclipviz results for `{model or 'a model'}`: "
-            f"{rows} neurons, one row each (hook, neuron, feature visualization, words with scores, top dataset "
-            "examples). Load with `datasets.load_dataset(...)`.\n")
+    return (
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n"
+        f"tags:\n- clipviz\n- interpretability\n---\n\n# {name}\n\nclipviz results for `{model or 'a model'}`: "
+        f"{rows} neurons, one row each (hook, neuron, feature visualization, words with scores, top dataset "
+        "examples). Load with `datasets.load_dataset(...)`.\n"
+    )
 
 
 def results_dataset(site: str | Path):
@@ -62,8 +66,20 @@ def results_dataset(site: str | Path):
 
     site = Path(site)
     data = json.loads((site / "atlas.json").read_text())
-    rows = {k: [] for k in ("hook", "neuron", "visualization", "word_method", "words", "word_scores",
-                            "example_indices", "example_scores", "example_captions")}
+    rows = {
+        k: []
+        for k in (
+            "hook",
+            "neuron",
+            "visualization",
+            "word_method",
+            "words",
+            "word_scores",
+            "example_indices",
+            "example_scores",
+            "example_captions",
+        )
+    }
     for hook, entry in data["hooks"].items():
         for n in entry["neurons"]:
             method = next((m for m in ("dissect", "visual", "direct") if m in n["words"]), next(iter(n["words"]), ""))
@@ -72,20 +88,28 @@ def results_dataset(site: str | Path):
             rows["neuron"].append(n["neuron"])
             rows["visualization"].append(  # the bytes themselves, so that the parquet file stands alone
                 {"bytes": (site / n["visualizations"][0]).read_bytes(), "path": f"{hook}-{n['neuron']}.png"}
-                if n["visualizations"] else None)
+                if n["visualizations"]
+                else None
+            )
             rows["word_method"].append(method)
             rows["words"].append([w for w, _ in ranked])
             rows["word_scores"].append([float(s) for _, s in ranked])
             rows["example_indices"].append([e["index"] for e in n["examples"]])
             rows["example_scores"].append([float(e["score"]) for e in n["examples"]])
             rows["example_captions"].append([e["caption"] for e in n["examples"]])
-    features = datasets.Features({
-        "hook": datasets.Value("string"), "neuron": datasets.Value("int64"), "visualization": datasets.Image(),
-        "word_method": datasets.Value("string"), "words": datasets.Sequence(datasets.Value("string")),
-        "word_scores": datasets.Sequence(datasets.Value("float32")),
-        "example_indices": datasets.Sequence(datasets.Value("int64")),
-        "example_scores": datasets.Sequence(datasets.Value("float32")),
-        "example_captions": datasets.Sequence(datasets.Value("string"))})
+    features = datasets.Features(
+        {
+            "hook": datasets.Value("string"),
+            "neuron": datasets.Value("int64"),
+            "visualization": datasets.Image(),
+            "word_method": datasets.Value("string"),
+            "words": datasets.Sequence(datasets.Value("string")),
+            "word_scores": datasets.Sequence(datasets.Value("float32")),
+            "example_indices": datasets.Sequence(datasets.Value("int64")),
+            "example_scores": datasets.Sequence(datasets.Value("float32")),
+            "example_captions": datasets.Sequence(datasets.Value("string")),
+        }
+    )
     return datasets.Dataset.from_dict(rows, features=features), data.get("model")
 
 
@@ -110,8 +134,16 @@ def _check_repo(repo: str, what: str) -> None:
         raise ClipvizError(f"bad {what} id '{repo}': use USER/NAME (letters, digits, '-', '_', '.')")
 
 
-def publish(path: str | Path, *, space: str | None = None, dataset: str | None = None, dry_run: bool = False,
-            private: bool = False, token: str | None = None, echo=print) -> dict[str, list[tuple[str, int]]]:
+def publish(
+    path: str | Path,
+    *,
+    space: str | None = None,
+    dataset: str | None = None,
+    dry_run: bool = False,
+    private: bool = False,
+    token: str | None = None,
+    echo=print,
+) -> dict[str, list[tuple[str, int]]]:
     """Upload an atlas (or results, built into an atlas first) to a Space and/or a dataset repo; returns the files
     (path, bytes) per repo. With ``dry_run`` nothing is uploaded and no token is needed."""
     path = Path(path)
@@ -144,8 +176,12 @@ def publish(path: str | Path, *, space: str | None = None, dataset: str | None =
             uploaded[f"spaces/{space}"] = _listing(stage)
             if api is not None:
                 api.create_repo(space, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-                api.upload_folder(folder_path=str(stage), repo_id=space, repo_type="space",
-                                  commit_message="clipviz publish: atlas and app")
+                api.upload_folder(
+                    folder_path=str(stage),
+                    repo_id=space,
+                    repo_type="space",
+                    commit_message="clipviz publish: atlas and app",
+                )
         if dataset:
             stage = Path(tmp) / "dataset"
             ds, _ = results_dataset(site)
@@ -155,8 +191,12 @@ def publish(path: str | Path, *, space: str | None = None, dataset: str | None =
             uploaded[f"datasets/{dataset}"] = _listing(stage)
             if api is not None:
                 api.create_repo(dataset, repo_type="dataset", private=private, exist_ok=True)
-                api.upload_folder(folder_path=str(stage), repo_id=dataset, repo_type="dataset",
-                                  commit_message="clipviz publish: results")
+                api.upload_folder(
+                    folder_path=str(stage),
+                    repo_id=dataset,
+                    repo_type="dataset",
+                    commit_message="clipviz publish: results",
+                )
         for repo, files in uploaded.items():
             total = sum(size for _, size in files)
             echo(f"{'would upload' if dry_run else 'uploaded'} {len(files)} files ({total / 1e6:.1f} MB) to {repo}")

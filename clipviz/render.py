@@ -42,14 +42,16 @@ class RenderResult:
     end: torch.Tensor  # (n,) objective on the clean final images
 
 
-def forward_objective(model, objective: Objective, images: torch.Tensor, copies: int, clean: torch.Tensor,
-                      autocast=contextlib.nullcontext) -> torch.Tensor:
+def forward_objective(
+    model, objective: Objective, images: torch.Tensor, copies: int, clean: torch.Tensor, autocast=contextlib.nullcontext
+) -> torch.Tensor:
     """Evaluate ``objective`` on ``images`` ``(n * copies, 3, H, W)``; ``clean`` are the images before augmentation."""
     hooks = objective.hooks
     with autocast():
         if hooks:
-            output, cache = model.run_with_cache(images, list(hooks), stop_early=not objective.needs_output,
-                                                 detach=False)
+            output, cache = model.run_with_cache(
+                images, list(hooks), stop_early=not objective.needs_output, detach=False
+            )
         else:
             output, cache = model(images), {}
     return objective(Context(model=model, cache=cache, output=output, images=clean, copies=copies))
@@ -70,11 +72,12 @@ def _paste_previous(param: PixelImage, previous: torch.Tensor, pad: float) -> No
     """PII's zoom: the previous stage's image, resized to (size - pad), pasted in the centre of a fresh canvas."""
     h, w = param.size
     ih, iw = max(1, round(h * (1 - pad))), max(1, round(w * (1 - pad)))
-    small = F.interpolate(previous.to(param.pixels), size=(ih, iw), mode="bilinear", align_corners=False,
-                          antialias=True).clamp(0, 1)
+    small = F.interpolate(
+        previous.to(param.pixels), size=(ih, iw), mode="bilinear", align_corners=False, antialias=True
+    ).clamp(0, 1)
     top, left = (h - ih) // 2, (w - iw) // 2
     with torch.no_grad():
-        param.pixels[:, :, top:top + ih, left:left + iw] = small
+        param.pixels[:, :, top : top + ih, left : left + iw] = small
 
 
 # How often the loop looks at the finiteness flags: each look waits for the GPU, so it is not done every step;
@@ -87,8 +90,10 @@ def _raise_if_not_finite(first_bad: torch.Tensor, labels: Sequence[object], tota
     if bool((broken >= 0).any()):
         steps = torch.where(broken >= 0, broken, torch.iinfo(torch.long).max)
         i = int(steps.argmin())
-        raise RenderError(f"the loss is not finite for {labels[i]} at step {int(broken[i])} of {total}; "
-                          "try a lower learning rate or full precision")
+        raise RenderError(
+            f"the loss is not finite for {labels[i]} at step {int(broken[i])} of {total}; "
+            "try a lower learning rate or full precision"
+        )
 
 
 def _clip_per_image(parameters, max_norm: float) -> None:

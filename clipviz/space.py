@@ -56,8 +56,13 @@ def _gpu(fn):
 class SpaceBackend:
     """The computations behind the app, with every input checked; models are loaded once, on first use."""
 
-    def __init__(self, models: tuple[str, ...] = ("world-clip",), limits: Limits | None = None,
-                 atlas: str | Path | None = None, recipe: str = "default"):
+    def __init__(
+        self,
+        models: tuple[str, ...] = ("world-clip",),
+        limits: Limits | None = None,
+        atlas: str | Path | None = None,
+        recipe: str = "default",
+    ):
         if not models:
             raise ClipvizError("the Space needs at least one model")
         self.models, self.limits, self.recipe = tuple(models), limits or Limits(), recipe
@@ -103,8 +108,9 @@ class SpaceBackend:
         width = model.blocks[model.hook_point(hook).block].d_mlp
         bad = [n for n in neurons if n >= width]
         if bad:
-            raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
-                               f"(0..{width - 1})")
+            raise ClipvizError(
+                f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons (0..{width - 1})"
+            )
         return neurons
 
     # ---------------------------------------------------------------------------------------------- requests
@@ -125,16 +131,26 @@ class SpaceBackend:
             vocab = load_vocabulary("world")
             lens = direct_lens(model, hook, chosen, vocab, top_k=5)
             seen = visual_words(model, _batch(images)[:, None], vocab, top_k=5)
-            words = [{"neuron": n, "direct lens": list(zip(a["words"], a["scores"], strict=True)),
-                      "the model reads the image as": list(zip(b["words"], b["scores"], strict=True))}
-                     for n, a, b in zip(chosen, lens, seen, strict=True)]
+            words = [
+                {
+                    "neuron": n,
+                    "direct lens": list(zip(a["words"], a["scores"], strict=True)),
+                    "the model reads the image as": list(zip(b["words"], b["scores"], strict=True)),
+                }
+                for n, a, b in zip(chosen, lens, seen, strict=True)
+            ]
         source = open_source(f"world:{self.limits.example_images}")
         ex = mine_examples(model, hook, source, neurons=chosen, top_k=self.limits.top_k, progress=False)
         wanted = set(ex.indices.flatten().tolist())
         pictures = {i: img for i, img, _ in source if i in wanted}
-        examples = [(overlay(pictures[int(ex.indices[j, r])], ex.maps[j, r]),
-                     f"neuron {n}: {ex.captions.get(int(ex.indices[j, r]), '')} ({float(ex.scores[j, r]):.2f})")
-                    for j, n in enumerate(chosen) for r in range(ex.indices.shape[1])]
+        examples = [
+            (
+                overlay(pictures[int(ex.indices[j, r])], ex.maps[j, r]),
+                f"neuron {n}: {ex.captions.get(int(ex.indices[j, r]), '')} ({float(ex.scores[j, r]):.2f})",
+            )
+            for j, n in enumerate(chosen)
+            for r in range(ex.indices.shape[1])
+        ]
         return images, words, examples
 
     def phrase(self, model_name: str, text: str, steps: int, size: int):
@@ -159,13 +175,19 @@ class SpaceBackend:
             pictures.append(img)
             captions.append(cap)
         with torch.no_grad():
-            image_emb = torch.cat([model.encode_image(_batch(pictures[i:i + 256]).to(model.device)).float()
-                                   for i in range(0, len(pictures), 256)])
+            image_emb = torch.cat(
+                [
+                    model.encode_image(_batch(pictures[i : i + 256]).to(model.device)).float()
+                    for i in range(0, len(pictures), 256)
+                ]
+            )
             text_emb = model.encode_text([text]).float()
         sims = torch.nn.functional.normalize(image_emb, dim=-1) @ torch.nn.functional.normalize(text_emb, dim=-1).T
         top = sims[:, 0].topk(self.limits.top_k)
-        examples = [(pictures[int(i)], f"{captions[int(i)]} ({float(s):.2f})")
-                    for s, i in zip(top.values, top.indices, strict=True)]
+        examples = [
+            (pictures[int(i)], f"{captions[int(i)]} ({float(s):.2f})")
+            for s, i in zip(top.values, top.indices, strict=True)
+        ]
         return vis[0].image, examples
 
     def atlas_hooks(self) -> list[str]:
@@ -180,19 +202,25 @@ class SpaceBackend:
         entries = {e["neuron"]: e for e in self.atlas["hooks"][hook]["neurons"]}
         if int(neuron) not in entries:
             shown = sorted(entries)
-            raise ClipvizError(f"neuron {neuron} of '{hook}' is not in the atlas; it has {len(shown)} neurons "
-                               f"({shown[0]}..{shown[-1]})")
+            raise ClipvizError(
+                f"neuron {neuron} of '{hook}' is not in the atlas; it has {len(shown)} neurons "
+                f"({shown[0]}..{shown[-1]})"
+            )
         e = entries[int(neuron)]
         # Paths come from the atlas file, never from the request.
         images = [Image.open(self.atlas_dir / p).convert("RGB") for p in e["visualizations"]]
-        examples = [(Image.open(self.atlas_dir / x["thumb"]).convert("RGB"), x["caption"] or f"image {x['index']}")
-                    for x in e["examples"] if x["thumb"]]
+        examples = [
+            (Image.open(self.atlas_dir / x["thumb"]).convert("RGB"), x["caption"] or f"image {x['index']}")
+            for x in e["examples"]
+            if x["thumb"]
+        ]
         return images, e["words"], examples
 
 
 def _batch(images: list[Image.Image]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-                        for img in images])
+    return torch.stack(
+        [torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1) for img in images]
+    )
 
 
 def _words_markdown(words: list[dict]) -> str:
@@ -205,8 +233,7 @@ def _words_markdown(words: list[dict]) -> str:
     return "\n".join(lines) or "This model has no text tower, so it has no words."
 
 
-def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | None = None,
-              limits: Limits | None = None):
+def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | None = None, limits: Limits | None = None):
     """The Gradio app (``gr.Blocks``, queue configured from ``limits``)."""
     import gradio as gr
 
@@ -219,6 +246,7 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
                 return fn(*args)
             except ClipvizError as error:
                 raise gr.Error(str(error)) from None
+
         return run
 
     def do_neurons(model_name, hook, neurons, steps, size):
@@ -232,10 +260,12 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
 
     first = models[0]
     with gr.Blocks(title="clipviz") as app:
-        gr.Markdown("# clipviz\nWhat do the neurons of a vision transformer respond to? Pick a hook and neurons, "
-                    "or type a phrase. The default model is clipviz's small CLIP trained on a synthetic world of "
-                    f"coloured shapes. Limits: {lim.max_steps} steps, {lim.max_size} px, {lim.max_neurons} neurons "
-                    "per request.")
+        gr.Markdown(
+            "# clipviz\nWhat do the neurons of a vision transformer respond to? Pick a hook and neurons, "
+            "or type a phrase. The default model is clipviz's small CLIP trained on a synthetic world of "
+            f"coloured shapes. Limits: {lim.max_steps} steps, {lim.max_size} px, {lim.max_neurons} neurons "
+            "per request."
+        )
         with gr.Tab("Neurons"):
             with gr.Row():
                 model_in = gr.Dropdown(list(models), value=first, label="model")
@@ -243,29 +273,48 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
                 neurons_in = gr.Textbox("0", label=f"neurons (up to {lim.max_neurons}, e.g. 0,5,9)")
             with gr.Row():
                 steps_in = gr.Slider(1, lim.max_steps, value=min(128, lim.max_steps), step=1, label="steps")
-                size_in = gr.Slider(lim.min_size, lim.max_size, value=max(lim.min_size, min(128, lim.max_size)),
-                                    step=1, label="image size")
+                size_in = gr.Slider(
+                    lim.min_size,
+                    lim.max_size,
+                    value=max(lim.min_size, min(128, lim.max_size)),
+                    step=1,
+                    label="image size",
+                )
             go = gr.Button("Visualize", variant="primary")
             vis_out = gr.Gallery(label="visualizations", columns=4)
             words_out = gr.Markdown()
             ex_out = gr.Gallery(label="top examples (red: where the neuron fires)", columns=6)
-            model_in.change(lambda m: gr.Dropdown(choices=backend.hooks(m), value=backend.hooks(m)[-1]),
-                            model_in, hook_in)
-            go.click(guarded(do_neurons), [model_in, hook_in, neurons_in, steps_in, size_in],
-                     [vis_out, words_out, ex_out], api_name="visualize")
+            model_in.change(
+                lambda m: gr.Dropdown(choices=backend.hooks(m), value=backend.hooks(m)[-1]), model_in, hook_in
+            )
+            go.click(
+                guarded(do_neurons),
+                [model_in, hook_in, neurons_in, steps_in, size_in],
+                [vis_out, words_out, ex_out],
+                api_name="visualize",
+            )
         with gr.Tab("Phrase"):
             with gr.Row():
                 pmodel_in = gr.Dropdown(list(models), value=first, label="model")
                 phrase_in = gr.Textbox("a red star", label="phrase", max_length=lim.max_phrase_chars)
             with gr.Row():
                 psteps_in = gr.Slider(1, lim.max_steps, value=min(128, lim.max_steps), step=1, label="steps")
-                psize_in = gr.Slider(lim.min_size, lim.max_size, value=max(lim.min_size, min(128, lim.max_size)),
-                                     step=1, label="image size")
+                psize_in = gr.Slider(
+                    lim.min_size,
+                    lim.max_size,
+                    value=max(lim.min_size, min(128, lim.max_size)),
+                    step=1,
+                    label="image size",
+                )
             pgo = gr.Button("Visualize the phrase", variant="primary")
             pvis_out = gr.Image(label="visualization", type="pil")
             pex_out = gr.Gallery(label="closest world images", columns=6)
-            pgo.click(guarded(backend.phrase), [pmodel_in, phrase_in, psteps_in, psize_in], [pvis_out, pex_out],
-                      api_name="phrase")
+            pgo.click(
+                guarded(backend.phrase),
+                [pmodel_in, phrase_in, psteps_in, psize_in],
+                [pvis_out, pex_out],
+                api_name="phrase",
+            )
         if backend.atlas is not None:
             with gr.Tab("Atlas"):
                 hooks = backend.atlas_hooks()
@@ -276,7 +325,6 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
                 avis_out = gr.Gallery(label="visualizations", columns=4)
                 awords_out = gr.Markdown()
                 aex_out = gr.Gallery(label="top examples", columns=6)
-                ago.click(guarded(do_atlas), [ahook_in, aneuron_in], [avis_out, awords_out, aex_out],
-                          api_name="atlas")
+                ago.click(guarded(do_atlas), [ahook_in, aneuron_in], [avis_out, awords_out, aex_out], api_name="atlas")
     app.queue(default_concurrency_limit=lim.concurrency, max_size=lim.max_queue)
     return app

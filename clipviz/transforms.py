@@ -71,8 +71,12 @@ class Jitter:
 
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
         shifts = _per_image(rngs, lambda g: torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=g))
-        return torch.stack([torch.roll(img, shifts=(int(dy), int(dx)), dims=(-2, -1))
-                            for img, (dy, dx) in zip(x, shifts.tolist(), strict=True)])
+        return torch.stack(
+            [
+                torch.roll(img, shifts=(int(dy), int(dx)), dims=(-2, -1))
+                for img, (dy, dx) in zip(x, shifts.tolist(), strict=True)
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class RandomScale:
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
         n, c = x.shape[:2]
         scale = _per_image(rngs, lambda g: self.low + (self.high - self.low) * torch.rand(c, generator=g))
-        shift = _per_image(rngs, lambda g: (torch.rand(c, 2, generator=g) * 2 - 1))
+        shift = _per_image(rngs, lambda g: torch.rand(c, 2, generator=g) * 2 - 1)
         scale, shift = _like(scale, x), _like(shift, x)
         inv = 1.0 / scale.reshape(-1)
         theta = torch.zeros(n * c, 2, 3, dtype=x.dtype, device=x.device)

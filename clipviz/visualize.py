@@ -66,8 +66,9 @@ class Visualization:
     path: Path | None = None
 
 
-def make_targets(neurons: Sequence[int] = (), texts: Sequence[str] = (), classes: Sequence[int] = (),
-                 seed: int = 0, samples: int = 1) -> list[Target]:
+def make_targets(
+    neurons: Sequence[int] = (), texts: Sequence[str] = (), classes: Sequence[int] = (), seed: int = 0, samples: int = 1
+) -> list[Target]:
     """Targets with their seeds: ``seed + index`` for neurons and classes (the ViT paper seeds each run with the
     feature index), ``seed + crc32(prompt)`` for prompts; ``samples`` > 1 renders several images per target."""
     targets = []
@@ -101,8 +102,9 @@ def _check_targets(model, hook: str | None, targets: Sequence[Target]) -> None:
         width = cache[point.name].shape[-1]
         bad = [n for n in neurons if not 0 <= n < width]
         if bad:
-            raise ClipvizError(f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons "
-                               f"(0..{width - 1})")
+            raise ClipvizError(
+                f"neuron index {bad[0]} out of range for hook '{hook}': it has {width} neurons (0..{width - 1})"
+            )
     if any(t.kind == "text" for t in targets) and not model.is_clip:
         raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
 
@@ -118,17 +120,22 @@ def _precision(precision: str, model) -> str:
     (docs/benchmarks.md)."""
     accepted = {"auto", "fp32", "no", "bf16", "fp16", "bf16-weights", "fp16-weights"}
     if precision not in accepted:
-        raise ClipvizError(f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16, bf16-weights, "
-                           "fp16-weights")
+        raise ClipvizError(
+            f"unknown precision '{precision}'; accepted: auto, fp32, bf16, fp16, bf16-weights, fp16-weights"
+        )
     weights = _LOW_PRECISION_WEIGHTS.get(model.dtype)
     if weights is not None:
         if precision not in ("auto", weights):
-            raise ClipvizError(f"precision '{precision}' needs fp32 weights, but the model is loaded in {model.dtype}; "
-                               f"use '{weights}' or load it without a dtype")
+            raise ClipvizError(
+                f"precision '{precision}' needs fp32 weights, but the model is loaded in {model.dtype}; "
+                f"use '{weights}' or load it without a dtype"
+            )
         return "no"
     if precision.endswith("-weights"):
-        raise ClipvizError(f"precision '{precision}' needs the model loaded in that dtype "
-                           "(clipviz.load(..., dtype=torch.bfloat16)); this one is in float32")
+        raise ClipvizError(
+            f"precision '{precision}' needs the model loaded in that dtype "
+            "(clipviz.load(..., dtype=torch.bfloat16)); this one is in float32"
+        )
     if precision == "auto":
         return "bf16" if model.device.type == "cuda" else "no"
     return "no" if precision == "fp32" else precision
@@ -172,9 +179,14 @@ def visualize(
     model = model.to(accelerator.device)
     _check_targets(model, hook, targets)
     out = Path(out) if out is not None else None
-    base = {"model": model.spec, "architecture": model.backend.architecture, "hook": hook,
-            "reduce": reduce if isinstance(reduce, str) else list(reduce), "recipe": recipe.to_dict(),
-            "precision": _LOW_PRECISION_WEIGHTS.get(model.dtype, accelerator.mixed_precision)}
+    base = {
+        "model": model.spec,
+        "architecture": model.backend.architecture,
+        "hook": hook,
+        "reduce": reduce if isinstance(reduce, str) else list(reduce),
+        "recipe": recipe.to_dict(),
+        "precision": _LOW_PRECISION_WEIGHTS.get(model.dtype, accelerator.mixed_precision),
+    }
 
     def path_of(t: Target) -> Path:
         return out / (t.group or hook) / f"{t.key}{'' if samples == 1 else f'-s{t.seed}'}.png"
@@ -200,10 +212,14 @@ def visualize(
     accelerator.wait_for_everyone()  # every process must see the same to-do list before any of them writes
     rendered: list[tuple[Target, dict, torch.Tensor]] = []
     with accelerator.split_between_processes(todo) as mine:
-        bar = tqdm(total=len(mine), unit="neuron" if hook else "image", desc="visualize",
-                   disable=not progress or not accelerator.is_local_main_process)
+        bar = tqdm(
+            total=len(mine),
+            unit="neuron" if hook else "image",
+            desc="visualize",
+            disable=not progress or not accelerator.is_local_main_process,
+        )
         size = batch_size
-        queue = [list(mine[i:i + size]) for i in range(0, len(mine), size)]
+        queue = [list(mine[i : i + size]) for i in range(0, len(mine), size)]
         while queue:
             batch = queue.pop(0)
             kinds_split = _split_by_kind(batch)
@@ -212,8 +228,14 @@ def visualize(
                 continue
             try:
                 started = time.time()
-                result = optimise(model, _objective(model, hook, reduce, batch), [t.seed for t in batch], recipe,
-                                  autocast=accelerator.autocast, labels=[t.label for t in batch])
+                result = optimise(
+                    model,
+                    _objective(model, hook, reduce, batch),
+                    [t.seed for t in batch],
+                    recipe,
+                    autocast=accelerator.autocast,
+                    labels=[t.label for t in batch],
+                )
             except RuntimeError as error:
                 if not _is_oom(error) or len(batch) == 1:
                     raise
@@ -225,10 +247,15 @@ def visualize(
                 continue
             seconds = time.time() - started
             for i, t in enumerate(batch):
-                meta = {**settings(t), "settings_id": settings_id(settings(t)), "objective_start":
-                        float(result.start[i]), "objective_end": float(result.end[i]),
-                        "image_size": list(result.images.shape[-2:]), "batch_seconds": round(seconds, 3),
-                        "versions": versions()}
+                meta = {
+                    **settings(t),
+                    "settings_id": settings_id(settings(t)),
+                    "objective_start": float(result.start[i]),
+                    "objective_end": float(result.end[i]),
+                    "image_size": list(result.images.shape[-2:]),
+                    "batch_seconds": round(seconds, 3),
+                    "versions": versions(),
+                }
                 if t.kind == "neuron":
                     meta["neuron"] = t.value
                 if out is not None:

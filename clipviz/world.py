@@ -63,8 +63,15 @@ _DETERMINERS = ("a", "an", "some")  # an unnamed count: "a"/"an" for one object,
 _FRAMES = ("a picture of {}", "there is {}", "there are {}")  # optional openings of a caption
 # How often a caption names each optional factor. Captions name only some factors, so that short prompts
 # naming one factor ("a red object", "a shape on the left") are in the training distribution.
-_MENTION_P = {"colour": 0.7, "shape": 0.7, "texture": 0.4, "size": 0.4, "count": 0.5, "position": 0.6,
-              "background": 0.25}
+_MENTION_P = {
+    "colour": 0.7,
+    "shape": 0.7,
+    "texture": 0.4,
+    "size": 0.4,
+    "count": 0.5,
+    "position": 0.6,
+    "background": 0.25,
+}
 
 
 @dataclass(frozen=True)
@@ -143,8 +150,11 @@ def _centres(factors: dict[str, np.ndarray], radius: np.ndarray, size: int, rng:
     near = rng.uniform(0, 1, size=(n, 1)) * np.maximum(hi_near - lo_near, 0.0)[:, None] + lo_near[:, None]
     far = size - near
     mid = size / 2 + rng.uniform(-0.08, 0.08, size=(n, 1)) * size
-    mid_along = np.where(count[:, None] == 1, size / 2 + rng.uniform(-0.1, 0.1, size=(n, 3)) * size,
-                         np.clip(0.3 + 0.4 * slot, 0.2, 0.8) * size)
+    mid_along = np.where(
+        count[:, None] == 1,
+        size / 2 + rng.uniform(-0.1, 0.1, size=(n, 3)) * size,
+        np.clip(0.3 + 0.4 * slot, 0.2, 0.8) * size,
+    )
     cx = np.select(
         [position[:, None] == k for k in range(5)],
         [near.repeat(3, 1), far.repeat(3, 1), along, along, mid_along],
@@ -286,8 +296,9 @@ def prompt(family: str, value: str) -> str:
     return f"{'an' if value[0] in 'aeiou' else 'a'} {value} object"
 
 
-def generate(n: int, seed: int, size: int = 64, single_object: bool = False,
-             factors: dict[str, np.ndarray] | None = None) -> WorldBatch:
+def generate(
+    n: int, seed: int, size: int = 64, single_object: bool = False, factors: dict[str, np.ndarray] | None = None
+) -> WorldBatch:
     """``n`` images with captions and true factors; the same arguments give the same batch.
 
     ``factors`` (indices per family, each of length ``n``) fixes the scenes instead of drawing them, e.g. to
@@ -328,8 +339,16 @@ def as_dataset(n: int, seed: int, size: int = 64, single_object: bool = False):
     from PIL import Image
 
     batch = generate(n, seed=seed, size=size, single_object=single_object)
-    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
-                                  **{fam: datasets.ClassLabel(names=list(vals)) for fam, vals in FACTORS.items()}})
-    rows = {"image": [Image.fromarray(img) for img in batch.images], "caption": batch.captions,
-            **{fam: batch.factors[fam].tolist() for fam in FACTORS}}
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            **{fam: datasets.ClassLabel(names=list(vals)) for fam, vals in FACTORS.items()},
+        }
+    )
+    rows = {
+        "image": [Image.fromarray(img) for img in batch.images],
+        "caption": batch.captions,
+        **{fam: batch.factors[fam].tolist() for fam in FACTORS},
+    }
     return datasets.Dataset.from_dict(rows, features=features)

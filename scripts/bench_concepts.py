@@ -21,8 +21,14 @@ def build_clip_b16(directory: str) -> str:
     import transformers as T
 
     config = T.CLIPConfig(
-        vision_config=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                           image_size=224, patch_size=16),
+        vision_config=dict(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            image_size=224,
+            patch_size=16,
+        ),
         text_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128),
         projection_dim=512,
     )
@@ -46,8 +52,9 @@ def main() -> None:
     # Stand-in for the cached text embeddings (what text_embeddings() loads from its safetensors cache).
     text = F.normalize(torch.randn(args.words, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
     start = time.perf_counter()
-    directions = torch.cat([joint_directions(model, output_directions(model, f"blocks.{i}.mlp.hook_post"))
-                            for i in range(model.n_blocks)])
+    directions = torch.cat(
+        [joint_directions(model, output_directions(model, f"blocks.{i}.mlp.hook_post")) for i in range(model.n_blocks)]
+    )
     mapped = time.perf_counter()
     u = F.normalize(directions, dim=-1)
     scores, index = [], []
@@ -56,9 +63,14 @@ def main() -> None:
         scores.append(s)
         index.append(i)
     ranked = time.perf_counter()
-    result = {"neurons": int(u.shape[0]), "words": len(vocab.concepts), "threads": torch.get_num_threads(),
-              "seconds_mapping": round(mapped - start, 3), "seconds_ranking": round(ranked - mapped, 3),
-              "seconds_total": round(ranked - start, 3)}
+    result = {
+        "neurons": int(u.shape[0]),
+        "words": len(vocab.concepts),
+        "threads": torch.get_num_threads(),
+        "seconds_mapping": round(mapped - start, 3),
+        "seconds_ranking": round(ranked - mapped, 3),
+        "seconds_total": round(ranked - start, 3),
+    }
     print(json.dumps(result, indent=2))
 
 

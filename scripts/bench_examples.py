@@ -26,8 +26,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--block", type=int, default=6)
     ap.add_argument("--top-k", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=0, help="also time the world source with this many decoding "
-                    "processes")
+    ap.add_argument(
+        "--workers", type=int, default=0, help="also time the world source with this many decoding processes"
+    )
     args = ap.parse_args()
 
     from bench_visualize import build_vit_b16  # scripts/ is on sys.path when this file runs as a script
@@ -90,12 +91,18 @@ def main() -> None:
         sync()
         with_workers = args.images / (time.perf_counter() - t)
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    result = {"device": name,
-              "hook": hook, "neurons": 3072, "images": args.images, "batch": args.batch,
-              "bare_forward_images_per_s": round(bare, 2), "mining_model_side_images_per_s": round(model_side, 2),
-              "mining_with_pil_decoding_images_per_s": round(mining_with_decode, 2),
-              "world_source_images_per_s": round(command_path, 2),
-              "overhead_vs_bare": round(bare / model_side - 1, 4)}
+    result = {
+        "device": name,
+        "hook": hook,
+        "neurons": 3072,
+        "images": args.images,
+        "batch": args.batch,
+        "bare_forward_images_per_s": round(bare, 2),
+        "mining_model_side_images_per_s": round(model_side, 2),
+        "mining_with_pil_decoding_images_per_s": round(mining_with_decode, 2),
+        "world_source_images_per_s": round(command_path, 2),
+        "overhead_vs_bare": round(bare / model_side - 1, 4),
+    }
     if with_workers is not None:
         result[f"world_source_{args.workers}_workers_images_per_s"] = round(with_workers, 2)
     print(json.dumps(result, indent=2))

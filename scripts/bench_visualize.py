@@ -30,8 +30,14 @@ N_BLOCKS, D_MLP = 12, 3072
 def build_vit_b16(directory: str) -> str:
     import transformers as T
 
-    config = T.ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=N_BLOCKS,
-                         num_attention_heads=12, intermediate_size=D_MLP)
+    config = T.ViTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=768,
+        num_hidden_layers=N_BLOCKS,
+        num_attention_heads=12,
+        intermediate_size=D_MLP,
+    )
     T.ViTModel(config).save_pretrained(directory)
     T.ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(directory)
     return f"hf:{directory}"
@@ -70,9 +76,14 @@ def measure(model, block: int, batch: int, steps: int, autocast, device: str) ->
         return counter.get_total_flops()
 
     flops_step = flops(2) - flops(1)  # one optimisation step: forward of all copies + backward to the pixels
-    out = {"block": block, "batch_neurons": batch, "seconds_per_step": round(per_step, 5),
-           "neurons_per_second": round(batch / (per_step * get_recipe("vit-paper").steps), 4),
-           "flops_per_step": flops_step, "achieved_tflops": round(flops_step / per_step / 1e12, 2)}
+    out = {
+        "block": block,
+        "batch_neurons": batch,
+        "seconds_per_step": round(per_step, 5),
+        "neurons_per_second": round(batch / (per_step * get_recipe("vit-paper").steps), 4),
+        "flops_per_step": flops_step,
+        "achieved_tflops": round(flops_step / per_step / 1e12, 2),
+    }
     if device == "cuda":
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
@@ -109,9 +120,13 @@ def main() -> None:
     ap.add_argument("--batch", default="4", help="neurons optimised together; a comma-separated list to compare")
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     ap.add_argument("--blocks", default="6", help="blocks to measure: a comma-separated list or 'all'")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "bf16-weights"],
-                    help="bf16: autocast over fp32 weights; bf16-weights: the model loaded in bf16, no autocast "
-                    "(auto: bf16-weights on a GPU, fp32 on the CPU)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "bf16-weights"],
+        help="bf16: autocast over fp32 weights; bf16-weights: the model loaded in bf16, no autocast "
+        "(auto: bf16-weights on a GPU, fp32 on the CPU)",
+    )
     ap.add_argument("--profile", action="store_true", help="print the GPU kernels of one step, by total time")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
@@ -138,8 +153,13 @@ def main() -> None:
             rows.append(row)
         total_flops = sum(r["flops_per_step"] for r in rows)
         total_seconds = sum(r["seconds_per_step"] for r in rows)
-        summary = {"batch_neurons": batch, "blocks": blocks, "sweep_36864_hours": round(sweep_hours(rows), 2),
-                   "achieved_tflops_over_blocks": round(total_flops / total_seconds / 1e12, 2), "rows": rows}
+        summary = {
+            "batch_neurons": batch,
+            "blocks": blocks,
+            "sweep_36864_hours": round(sweep_hours(rows), 2),
+            "achieved_tflops_over_blocks": round(total_flops / total_seconds / 1e12, 2),
+            "rows": rows,
+        }
         if peak:
             summary["fraction_of_bf16_peak_over_blocks"] = round(total_flops / total_seconds / peak, 3)
         print(json.dumps({k: v for k, v in summary.items() if k != "rows"}), flush=True)

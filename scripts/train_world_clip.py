@@ -40,12 +40,18 @@ MODEL_CFG = {
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
 }
 # The world's images are not natural photos: plain [0,1] pixels centred at 0.5.
-PREPROCESS_CFG = {"size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic",
-                  "resize_mode": "shortest"}
+PREPROCESS_CFG = {
+    "size": 64,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
 
 
-def contrast_groups(factors: dict[str, np.ndarray], fraction: float, family: str,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+def contrast_groups(
+    factors: dict[str, np.ndarray], fraction: float, family: str, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Rewrite the first ``fraction`` of the scenes into groups that share every factor but ``family``, which
     takes each of its values once per group: hard negatives that a caption naming ``family`` must tell apart.
     """
@@ -101,8 +107,14 @@ class BatchedSelfAttention(nn.Module):
         self.num_heads = mha.num_heads
         self.in_proj_weight, self.in_proj_bias, self.out_proj = mha.in_proj_weight, mha.in_proj_bias, mha.out_proj
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, need_weights: bool = False,
-                attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, None]:
         if key is not query or value is not query or need_weights:
             raise ValueError("BatchedSelfAttention computes self-attention only, without weights")
         b, n, d = query.shape
@@ -184,8 +196,9 @@ def encode_text_used(model: open_clip.CLIP, tokens: torch.Tensor, embed: nn.Modu
     return torch.cat(pooled)[torch.argsort(order)] @ model.text_projection
 
 
-def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
-                             matches: torch.Tensor) -> torch.Tensor:
+def multi_positive_clip_loss(
+    img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, matches: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE whose targets spread evenly over every true (caption, image) pair."""
     logits = scale * F.normalize(txt, dim=-1) @ F.normalize(img, dim=-1).T  # (text, image)
     t2i = matches.float() / matches.sum(1, keepdim=True)
@@ -200,16 +213,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=150)
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (its backward is ~10x slower than fp32 on "
-                    "some CPUs; measure before using)")
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast (its backward is ~10x slower than fp32 on some CPUs; measure before using)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the stream of batches is the same)")
-    ap.add_argument("--workers", type=int, default=1, help="processes rendering the world (about 3,000 images/s "
-                    "each)")
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering the world (about 3,000 images/s each)")
     ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--shape-groups", type=float, default=0.0,
-                    help="share of each batch built as groups of scenes that differ in shape only (hard negatives; "
-                    "0.5 raised zero-shot shape from 57%% to 72%% but left no clear colour neuron, 0.2 cost position: "
-                    "docs/validation.md)")
+    ap.add_argument(
+        "--shape-groups",
+        type=float,
+        default=0.0,
+        help="share of each batch built as groups of scenes that differ in shape only (hard negatives; "
+        "0.5 raised zero-shot shape from 57%% to 72%% but left no clear colour neuron, 0.2 cost position: "
+        "docs/validation.md)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
@@ -231,8 +250,12 @@ def main() -> None:
     decay = [p for n, p in trained if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in trained if not (p.ndim >= 2 and "embedding" not in n)] + [embed.weight]
     params = decay + no_decay
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -241,8 +264,13 @@ def main() -> None:
         return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
     stream = WorldStream(args.batch, args.steps, args.seed, args.shape_groups, context_length)
-    loader = DataLoader(stream, batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=args.workers,
+        prefetch_factor=4 if args.workers else None,
+        pin_memory=device.type == "cuda",
+    )
     curve, t0, window = [], time.time(), []
     model.train()
     for step, (images, tokens, matches) in enumerate(loader):
@@ -262,8 +290,13 @@ def main() -> None:
             model.logit_scale.clamp_(0, math.log(100))
         window.append(loss.detach())
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            entry = {"step": step + 1, "loss": float(torch.stack(window).mean()), "lr": lr_at(step),
-                     "logit_scale": float(model.logit_scale.detach().exp()), "elapsed_s": round(time.time() - t0, 1)}
+            entry = {
+                "step": step + 1,
+                "loss": float(torch.stack(window).mean()),
+                "lr": lr_at(step),
+                "logit_scale": float(model.logit_scale.detach().exp()),
+                "elapsed_s": round(time.time() - t0, 1),
+            }
             curve.append(entry)
             window = []
             print(json.dumps(entry), flush=True)
@@ -275,11 +308,18 @@ def main() -> None:
     save_file(state, str(tmp))
     tmp.replace(args.out / "open_clip_model.safetensors")
     (args.out / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n")
+        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n"
+    )
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    log = {"settings": settings, "model_cfg": MODEL_CFG, "torch": torch.__version__,
-           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "open_clip": open_clip.__version__, "train_seconds": round(time.time() - t0, 1), "curve": curve}
+    log = {
+        "settings": settings,
+        "model_cfg": MODEL_CFG,
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "open_clip": open_clip.__version__,
+        "train_seconds": round(time.time() - t0, 1),
+        "curve": curve,
+    }
     (args.out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
     print(f"saved to {args.out} in {log['train_seconds']} s")
 

@@ -63,7 +63,7 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
 
     images, _ = world_images(n, seed=HELDOUT_SEED + 3)
     prompts = [world.prompt(f, v) for f, v in CONCEPTS]
-    img = torch.cat([F.normalize(model.encode_image(images[i:i + 250]).float(), dim=-1) for i in range(0, n, 250)])
+    img = torch.cat([F.normalize(model.encode_image(images[i : i + 250]).float(), dim=-1) for i in range(0, n, 250)])
     sims = img @ F.normalize(model.encode_text(prompts).float(), dim=-1).T
     means = patch_means(model, sorted(truth.auroc), images)
     out = {}
@@ -96,15 +96,23 @@ def visualization_share(model, truth, recipe: str, per_block: int, steps: int, t
         hits += [s == f"{fam}:{val}" for s, (_, fam, val, _) in zip(seen, rows, strict=True)]
         reached += [v.meta["objective_end"] for v in vis]
         total += len(rows)
-    return {"neurons": total, "share_classified_as_true_concept": round(float(np.mean(hits)), 4) if hits else None,
-            "mean_objective_end": round(float(np.mean(reached)), 4) if reached else None, "steps": steps,
-            "seconds": round(time.time() - started, 1)}
+    return {
+        "neurons": total,
+        "share_classified_as_true_concept": round(float(np.mean(hits)), 4) if hits else None,
+        "mean_objective_end": round(float(np.mean(reached)), 4) if reached else None,
+        "steps": steps,
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="world-clip", help="a bundled name or a directory written by "
-                    "train_world_clip.py (its ground-truth table is then computed and written beside it)")
+    ap.add_argument(
+        "--model",
+        default="world-clip",
+        help="a bundled name or a directory written by "
+        "train_world_clip.py (its ground-truth table is then computed and written beside it)",
+    )
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--write-ground-truth", action="store_true")
     ap.add_argument("--recipes", default="vit-paper-clip,vit-paper,default,lucid")

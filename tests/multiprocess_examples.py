@@ -11,6 +11,7 @@ if __name__ == "__main__":
     spec, folder, out, hook = sys.argv[1:5]
     accelerator = Accelerator(cpu=True)
     model = clipviz.load(spec)
-    mine_examples_resumable(model, hook, open_source(folder), out, top_k=3, shard_size=4, accelerator=accelerator,
-                            progress=False)
+    mine_examples_resumable(
+        model, hook, open_source(folder), out, top_k=3, shard_size=4, accelerator=accelerator, progress=False
+    )
     print(f"rank {accelerator.process_index} of {accelerator.num_processes} done")

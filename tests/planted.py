@@ -31,8 +31,15 @@ def stripe_kernel() -> torch.Tensor:
 def build_planted_vit(directory: Path) -> str:
     import transformers as T
 
-    config = T.ViTConfig(hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         image_size=SIZE, patch_size=PATCH, layer_norm_eps=1e-6)
+    config = T.ViTConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=SIZE,
+        patch_size=PATCH,
+        layer_norm_eps=1e-6,
+    )
     model = T.ViTModel(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -52,8 +59,9 @@ def build_planted_vit(directory: Path) -> str:
         block.mlp.fc2.weight.normal_(0, 0.1)
         model.layernorm.weight.fill_(1.0)
     model.save_pretrained(directory)
-    T.ViTImageProcessor(size={"height": SIZE, "width": SIZE}, image_mean=[0.5] * 3,
-                        image_std=[0.5] * 3).save_pretrained(directory)
+    T.ViTImageProcessor(
+        size={"height": SIZE, "width": SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(directory)
     return f"hf:{directory}"
 
 

@@ -38,8 +38,9 @@ def results(tmp_path_factory):
     write_thumbnails(source, ex, root / "ex")
     vocab = load_vocabulary("world")
     words = direct_lens(model, HOOK, [0, 1, 2, 3], vocab, top_k=5)
-    write_table(root / "con", HOOK, [{"neuron": n, **w} for n, w in zip([0, 1, 2, 3], words, strict=True)],
-                "direct", vocab)
+    write_table(
+        root / "con", HOOK, [{"neuron": n, **w} for n, w in zip([0, 1, 2, 3], words, strict=True)], "direct", vocab
+    )
     return {"root": root, "vis": vis, "examples": ex, "words": words}
 
 
@@ -85,8 +86,9 @@ def test_heat_maps_peak_where_the_neuron_fires(results, site):
     for r, uri in enumerate(uris):
         alpha = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))))[..., 3]
         assert alpha.shape == tuple(ex.maps.shape[-2:])
-        assert np.unravel_index(alpha.argmax(), alpha.shape) == np.unravel_index(int(ex.maps[j, r].argmax()),
-                                                                                 alpha.shape)
+        assert np.unravel_index(alpha.argmax(), alpha.shape) == np.unravel_index(
+            int(ex.maps[j, r].argmax()), alpha.shape
+        )
 
 
 class _Links(HTMLParser):
@@ -116,7 +118,7 @@ def test_pagination_and_search_index(results, site, tmp_path):
     assert sorted(p.name for p in (small / "hooks" / HOOK).iterdir()) == ["page-1.html", "page-2.html"]
     assert "#3" in (small / "hooks" / HOOK / "page-2.html").read_text()
     text = (site / "assets" / "index-data.js").read_text()
-    entries = json.loads(text[text.index("["):text.rindex("]") + 1])
+    entries = json.loads(text[text.index("[") : text.rindex("]") + 1])
     assert {(e["hook"], e["neuron"]) for e in entries} == {(HOOK, n) for n in range(4)}
     words = {e["neuron"]: e["words"] for e in entries}
     assert words[1][:3] == results["words"][1]["words"][:3]
@@ -179,13 +181,14 @@ def test_atlas_in_chromium(results, site):
         screenshot(driver, "atlas-search.png")
         box.clear()
         box.send_keys(f"{HOOK} 2")
-        WebDriverWait(driver, 10).until(
-            lambda d: d.find_element(By.ID, "count").text.startswith("1 neuron"))
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "count").text.startswith("1 neuron"))
         driver.get((site / "neurons" / HOOK / "1.html").as_uri())
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) == 2 + 2 * 4  # two visualizations, four examples each with a heat map
-        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
-                   for img in images)
+        assert all(
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+            for img in images
+        )
         body = driver.find_element(By.TAG_NAME, "body").text
         assert all(w in body for w in results["words"][1]["words"])
         assert console_errors(driver) == []

@@ -128,18 +128,53 @@ def test_cli_concepts_all_methods_write_tables(tmp_path, capsys):
 
     out = tmp_path / "words"
     hook = "blocks.3.mlp.hook_post"
-    assert main(["concepts", "world-clip", "--hook", hook, "--neurons", "0:3", "--top-k", "2", "--out",
-                 str(out)]) == 0
+    assert main(["concepts", "world-clip", "--hook", hook, "--neurons", "0:3", "--top-k", "2", "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / hook / "concepts-direct.csv").open()))
     assert len(rows) == 6 and {r["neuron"] for r in rows} == {"0", "1", "2"}
     import pyarrow.parquet as pq
 
     assert pq.read_table(out / hook / "concepts-direct.parquet").num_rows == 6
-    assert main(["concepts", "world-clip", "--hook", hook, "--neurons", "0:2", "--method", "dissect", "--probe",
-                 "world:150", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "concepts",
+                "world-clip",
+                "--hook",
+                hook,
+                "--neurons",
+                "0:2",
+                "--method",
+                "dissect",
+                "--probe",
+                "world:150",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert len(list(csv.DictReader((out / hook / "concepts-dissect.csv").open()))) == 2 * 5
-    assert main(["concepts", "world-clip", "--hook", hook, "--neurons", "4", "--method", "visual", "--steps", "3",
-                 "--samples", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "concepts",
+                "world-clip",
+                "--hook",
+                hook,
+                "--neurons",
+                "4",
+                "--method",
+                "visual",
+                "--steps",
+                "3",
+                "--samples",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert len(list(csv.DictReader((out / hook / "concepts-visual.csv").open()))) == 5
     capsys.readouterr()
     assert main(["concepts", "world-clip", "--hook", hook, "--method", "dissect", "--out", str(out)]) == 2
@@ -176,28 +211,112 @@ def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsy
     from clipviz.examples import open_source
 
     hook = "blocks.2.mlp.hook_post"
-    assert main(["examples", "world-clip", "--hook", hook, "--neurons", "0:6", "--dataset", "world:150",
-                 "--save-activations", "--workers", "0", "--out", str(tmp_path / "ex")]) == 0
+    assert (
+        main(
+            [
+                "examples",
+                "world-clip",
+                "--hook",
+                hook,
+                "--neurons",
+                "0:6",
+                "--dataset",
+                "world:150",
+                "--save-activations",
+                "--workers",
+                "0",
+                "--out",
+                str(tmp_path / "ex"),
+            ]
+        )
+        == 0
+    )
     model = clipviz.load("world-clip")
     source = open_source("world:150")
     fresh, kept = probe_activations(model, hook, source, [1, 4])
     acts, stored_kept, probe, neurons = stored_activations(tmp_path / "ex", hook, [1, 4])
     assert probe == "world:150" and neurons == [1, 4] and stored_kept == kept
     torch.testing.assert_close(acts, fresh.half().float())
-    assert main(["concepts", "world-clip", "--hook", hook, "--method", "dissect", "--activations",
-                 str(tmp_path / "ex"), "--neurons", "1,4", "--top-k", "3", "--out", str(tmp_path / "w")]) == 0
+    assert (
+        main(
+            [
+                "concepts",
+                "world-clip",
+                "--hook",
+                hook,
+                "--method",
+                "dissect",
+                "--activations",
+                str(tmp_path / "ex"),
+                "--neurons",
+                "1,4",
+                "--top-k",
+                "3",
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 0
+    )
     rows = pq.read_table(tmp_path / "w" / hook / "concepts-dissect.parquet").to_pylist()
     vocab = load_vocabulary("world")
     scores = softwpmi(acts, image_text_similarities(model, source, kept, text_embeddings(model, vocab)))
     expected = scores.topk(3, dim=1).indices
     assert [r["word"] for r in rows] == [vocab.concepts[int(i)] for i in expected.flatten()]
     capsys.readouterr()
-    assert main(["concepts", "world-clip", "--hook", hook, "--method", "dissect", "--activations",
-                 str(tmp_path / "ex"), "--neurons", "7", "--out", str(tmp_path / "w")]) == 2
+    assert (
+        main(
+            [
+                "concepts",
+                "world-clip",
+                "--hook",
+                hook,
+                "--method",
+                "dissect",
+                "--activations",
+                str(tmp_path / "ex"),
+                "--neurons",
+                "7",
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
     assert "neuron 7 has no stored activations" in capsys.readouterr().err
-    assert main(["examples", "world-clip", "--hook", hook, "--neurons", "0:2", "--dataset", "world:40",
-                 "--out", str(tmp_path / "plain")]) == 0
+    assert (
+        main(
+            [
+                "examples",
+                "world-clip",
+                "--hook",
+                hook,
+                "--neurons",
+                "0:2",
+                "--dataset",
+                "world:40",
+                "--out",
+                str(tmp_path / "plain"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["concepts", "world-clip", "--hook", hook, "--method", "dissect", "--activations",
-                 str(tmp_path / "plain"), "--out", str(tmp_path / "w")]) == 2
+    assert (
+        main(
+            [
+                "concepts",
+                "world-clip",
+                "--hook",
+                hook,
+                "--method",
+                "dissect",
+                "--activations",
+                str(tmp_path / "plain"),
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
     assert "kept no activation matrix" in capsys.readouterr().err

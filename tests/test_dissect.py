@@ -31,7 +31,7 @@ def test_softwpmi_names_concept_neurons():
 def test_single_neuron_gets_non_degenerate_scores():
     acts, sims = _bags()
     for c in (3, 17):
-        scores = softwpmi(acts[:, c:c + 1], sims)[0]
+        scores = softwpmi(acts[:, c : c + 1], sims)[0]
         assert scores.std() > 0.1
         assert int(scores.argmax()) == c
 

@@ -28,14 +28,20 @@ def folder(tmp_path_factory):
     from sklearn.datasets import load_sample_images
 
     root = tmp_path_factory.mktemp("images")
-    photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee(),
-              "rocket": data.rocket(), "camera": data.camera(), "coins": data.coins(),
-              **{f"sample{i}": img for i, img in enumerate(load_sample_images().images)}}
+    photos = {
+        "astronaut": data.astronaut(),
+        "chelsea": data.chelsea(),
+        "coffee": data.coffee(),
+        "rocket": data.rocket(),
+        "camera": data.camera(),
+        "coins": data.coins(),
+        **{f"sample{i}": img for i, img in enumerate(load_sample_images().images)},
+    }
     for name, array in photos.items():
         Image.fromarray(array).save(root / f"{name}.png")
     for k, (top, left) in enumerate([(8, 16), (0, 0), (24, 8)]):  # 32x32: the red square fills one 8x8 patch
         img = np.full((32, 32, 3), 128, dtype=np.uint8)
-        img[top:top + 8, left:left + 8] = (255, 0, 0)
+        img[top : top + 8, left : left + 8] = (255, 0, 0)
         Image.fromarray(img).save(root / f"red{k}.png")
     Image.fromarray(np.zeros((40, 40, 4), dtype=np.uint8)).save(root / "rgba.png")  # RGBA: converted
     Image.fromarray(np.zeros((3, 3), dtype=np.uint8)).save(root / "tiny_gray.png")  # grayscale, tiny
@@ -84,8 +90,22 @@ def test_streamed_top_k_equals_the_full_activation_matrix(planted, folder):
 
 def test_results_round_trip_and_cli(planted, folder, tmp_path, capsys):
     out = tmp_path / "ex"
-    code = cli_main(["examples", planted.spec, "--hook", HOOK, "--dataset", str(folder), "--neurons", "0:2",
-                     "--top-k", "2", "--out", str(out)])
+    code = cli_main(
+        [
+            "examples",
+            planted.spec,
+            "--hook",
+            HOOK,
+            "--dataset",
+            str(folder),
+            "--neurons",
+            "0:2",
+            "--top-k",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     captured = capsys.readouterr().out
     assert "skipped 2 unreadable images" in captured
@@ -113,10 +133,13 @@ def test_bad_datasets_fail_with_one_line(planted, tmp_path, capsys):
 def test_hf_imagefolder_dataset_with_captions(planted, tmp_path):
     import datasets
 
-    rows = {"image": [Image.fromarray(np.full((32, 32, 3), v, dtype=np.uint8)) for v in (0, 128, 255)],
-            "caption": ["black", "grey", "white"]}
-    ds = datasets.Dataset.from_dict(rows, features=datasets.Features({"image": datasets.Image(),
-                                                                       "caption": datasets.Value("string")}))
+    rows = {
+        "image": [Image.fromarray(np.full((32, 32, 3), v, dtype=np.uint8)) for v in (0, 128, 255)],
+        "caption": ["black", "grey", "white"],
+    }
+    ds = datasets.Dataset.from_dict(
+        rows, features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    )
     ds.save_to_disk(str(tmp_path / "ds"))
     source = open_source(str(tmp_path / "ds"))
     result = mine_examples(planted, HOOK, source, neurons=[RED], top_k=3, progress=False)
@@ -138,8 +161,9 @@ def test_resumable_run_equals_one_pass_and_resumes_after_a_kill(planted, folder,
 
     source = open_source(str(folder))
     whole = mine_examples(planted, HOOK, source, top_k=3, progress=False)
-    sharded = ex.mine_examples_resumable(planted, HOOK, source, tmp_path / "a", top_k=3, shard_size=4,
-                                         progress=False, keep_activations=True)
+    sharded = ex.mine_examples_resumable(
+        planted, HOOK, source, tmp_path / "a", top_k=3, shard_size=4, progress=False, keep_activations=True
+    )
     _same(whole, sharded)
     full = mine_examples(planted, HOOK, source, top_k=3, progress=False, keep_activations=True)
     assert torch.equal(sharded.activations, full.activations)
@@ -157,8 +181,7 @@ def test_resumable_run_equals_one_pass_and_resumes_after_a_kill(planted, folder,
         ex.mine_examples_resumable(planted, HOOK, source, tmp_path / "b", top_k=3, shard_size=4, progress=False)
     calls.clear()
     monkeypatch.setattr(ex, "mine_examples", lambda *a, **k: (calls.append(k["span"]), real(*a, **k))[1])
-    resumed = ex.mine_examples_resumable(planted, HOOK, source, tmp_path / "b", top_k=3, shard_size=4,
-                                         progress=False)
+    resumed = ex.mine_examples_resumable(planted, HOOK, source, tmp_path / "b", top_k=3, shard_size=4, progress=False)
     assert calls and (0, 4) not in calls and (4, 8) not in calls  # the two finished shards were not redone
     _same(whole, resumed)
     _same(whole, ExampleResult.load(tmp_path / "b", HOOK))
@@ -171,12 +194,28 @@ def test_two_processes_equal_one(planted, folder, tmp_path):
 
     import clipviz.examples as ex
 
-    one = ex.mine_examples_resumable(planted, HOOK, open_source(str(folder)), tmp_path / "one", top_k=3,
-                                     shard_size=4, progress=False)
+    one = ex.mine_examples_resumable(
+        planted, HOOK, open_source(str(folder)), tmp_path / "one", top_k=3, shard_size=4, progress=False
+    )
     script = Path(__file__).parent / "multiprocess_examples.py"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), planted.spec, str(folder), str(tmp_path / "two"), HOOK],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            planted.spec,
+            str(folder),
+            str(tmp_path / "two"),
+            HOOK,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank 1 of 2 done" in proc.stdout
     _same(one, ExampleResult.load(tmp_path / "two", HOOK))
@@ -185,8 +224,7 @@ def test_two_processes_equal_one(planted, folder, tmp_path):
 def test_decoding_workers_give_the_same_result(planted, folder):
     source = open_source(str(folder))
     alone = mine_examples(planted, HOOK, source, top_k=3, batch=4, progress=False, keep_activations=True)
-    workers = mine_examples(planted, HOOK, source, top_k=3, batch=4, progress=False, keep_activations=True,
-                            workers=2)
+    workers = mine_examples(planted, HOOK, source, top_k=3, batch=4, progress=False, keep_activations=True, workers=2)
     _same(alone, workers)
     assert torch.equal(alone.activation_indices, workers.activation_indices)  # chunks come back in index order
     assert torch.equal(alone.activations, workers.activations) and alone.captions == workers.captions
@@ -205,7 +243,8 @@ def test_an_all_unreadable_shard_is_reported_as_skipped(planted, folder, tmp_pat
         (mixed / f"bad{k}.png").write_bytes(b"garbage")
         shutil.copy(folder / f"red{k}.png", mixed / f"red{k}.png")
     source = open_source(str(mixed))
-    result = mine_examples_resumable(planted, HOOK, source, tmp_path / "out", neurons=[RED], top_k=2, shard_size=3,
-                                     progress=False, workers=1)
+    result = mine_examples_resumable(
+        planted, HOOK, source, tmp_path / "out", neurons=[RED], top_k=2, shard_size=3, progress=False, workers=1
+    )
     assert result.skipped == [0, 1, 2] and result.seen == 3
     assert ExampleResult.load(tmp_path / "out", HOOK).skipped == [0, 1, 2]

@@ -8,8 +8,20 @@ import torch
 import clipviz
 from clipviz.errors import HookNameError
 
-ALL = ["vit", "vit-classifier", "deit", "beit", "clip-vision", "siglip-vision", "dinov2", "dinov2-registers",
-       "clip", "swin", "open_clip", "timm"]
+ALL = [
+    "vit",
+    "vit-classifier",
+    "deit",
+    "beit",
+    "clip-vision",
+    "siglip-vision",
+    "dinov2",
+    "dinov2-registers",
+    "clip",
+    "swin",
+    "open_clip",
+    "timm",
+]
 torch.manual_seed(0)
 IMAGES = torch.rand(2, 3, 32, 32)
 
@@ -51,8 +63,10 @@ def test_mlp_hook_post_equals_native_activation_module(models, name):
         assert torch.equal(act, seen[0])
 
 
-@pytest.mark.parametrize("name", ["vit", "vit-classifier", "deit", "beit", "clip-vision", "siglip-vision", "dinov2",
-                                  "dinov2-registers", "clip"])
+@pytest.mark.parametrize(
+    "name",
+    ["vit", "vit-classifier", "deit", "beit", "clip-vision", "siglip-vision", "dinov2", "dinov2-registers", "clip"],
+)
 def test_resid_post_equals_hf_hidden_states(models, name):
     _, model = models[name]
     x = model.prepare(IMAGES)
@@ -73,13 +87,17 @@ def test_resid_post_equals_forward_intermediates(models, name):
     x = model.prepare(IMAGES)
     with torch.no_grad():
         if name == "open_clip":
-            inter = tower.forward_intermediates(x, indices=model.n_blocks, output_fmt="NLC", output_extra_tokens=True,
-                                                intermediates_only=True)
-            tokens = [torch.cat([p, s], 1) for p, s in zip(inter["image_intermediates_prefix"],
-                                                          inter["image_intermediates"], strict=True)]
+            inter = tower.forward_intermediates(
+                x, indices=model.n_blocks, output_fmt="NLC", output_extra_tokens=True, intermediates_only=True
+            )
+            tokens = [
+                torch.cat([p, s], 1)
+                for p, s in zip(inter["image_intermediates_prefix"], inter["image_intermediates"], strict=True)
+            ]
         else:
-            out = tower.forward_intermediates(x, indices=model.n_blocks, output_fmt="NLC", return_prefix_tokens=True,
-                                              intermediates_only=True)
+            out = tower.forward_intermediates(
+                x, indices=model.n_blocks, output_fmt="NLC", return_prefix_tokens=True, intermediates_only=True
+            )
             tokens = [torch.cat([p, s], 1) for s, p in out]
     _, cache = model.run_with_cache(IMAGES, [f"blocks.{i}.hook_resid_post" for i in range(model.n_blocks)])
     for i in range(model.n_blocks):
@@ -97,10 +115,12 @@ def test_block_hooks_are_consistent(models, name):
     torch.testing.assert_close(parts.fc2(c["blocks.0.mlp.hook_post"]), c["blocks.0.hook_mlp_out"])
     torch.testing.assert_close(parts.fc1(parts.ln2(c["blocks.0.hook_resid_mid"])), c["blocks.0.mlp.hook_pre"])
     if name in ("vit", "clip", "open_clip", "timm"):  # no layer scale: the residual sums are exact
-        torch.testing.assert_close(c["blocks.0.hook_resid_pre"] + c["blocks.0.hook_attn_out"],
-                                   c["blocks.0.hook_resid_mid"])
-        torch.testing.assert_close(c["blocks.0.hook_resid_mid"] + c["blocks.0.hook_mlp_out"],
-                                   c["blocks.0.hook_resid_post"])
+        torch.testing.assert_close(
+            c["blocks.0.hook_resid_pre"] + c["blocks.0.hook_attn_out"], c["blocks.0.hook_resid_mid"]
+        )
+        torch.testing.assert_close(
+            c["blocks.0.hook_resid_mid"] + c["blocks.0.hook_mlp_out"], c["blocks.0.hook_resid_post"]
+        )
 
 
 def test_attention_pattern_equals_eager_attentions(tiny):

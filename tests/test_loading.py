@@ -42,8 +42,13 @@ def test_preprocessing_matches_the_image_processor(tiny):
     _, spec = tiny["clip"]
     model = clipviz.load(spec)
     processor = CLIPImageProcessor.from_pretrained(spec[3:])
-    ref = processor(images=[img.permute(1, 2, 0).numpy() for img in IMAGES], do_rescale=False, do_resize=False,
-                    do_center_crop=False, return_tensors="pt")["pixel_values"]
+    ref = processor(
+        images=[img.permute(1, 2, 0).numpy() for img in IMAGES],
+        do_rescale=False,
+        do_resize=False,
+        do_center_crop=False,
+        return_tensors="pt",
+    )["pixel_values"]
     torch.testing.assert_close(model.prepare(IMAGES), ref)
     # Other sizes are resized to the model's own; one channel is repeated.
     assert model.prepare(torch.rand(1, 3, 50, 40)).shape == (1, 3, 32, 32)
@@ -61,8 +66,12 @@ def test_hf_clip_image_and_text_embeddings_match_the_backend(tiny):
     assert model.is_clip
     native = model.native
     pixels = CLIPImageProcessor.from_pretrained(spec[3:])(
-        images=[img.permute(1, 2, 0).numpy() for img in IMAGES], do_rescale=False, do_resize=False,
-        do_center_crop=False, return_tensors="pt")["pixel_values"]
+        images=[img.permute(1, 2, 0).numpy() for img in IMAGES],
+        do_rescale=False,
+        do_resize=False,
+        do_center_crop=False,
+        return_tensors="pt",
+    )["pixel_values"]
     with torch.no_grad():
         expected = native.visual_projection(native.vision_model(pixel_values=pixels).pooler_output)
         got = model.encode_image(IMAGES)
@@ -113,10 +122,18 @@ def test_non_clip_model_refuses_text(tiny):
 def test_clip_without_tokenizer_files_has_no_text_tower(tmp_path):
     import transformers as T
 
-    cfg = T.CLIPConfig(vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                          intermediate_size=64, image_size=32, patch_size=8),
-                       text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=64), projection_dim=16)
+    cfg = T.CLIPConfig(
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        projection_dim=16,
+    )
     T.CLIPModel(cfg).save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="no image processor config"):
         model = clipviz.load(f"hf:{tmp_path}")
@@ -157,9 +174,11 @@ def test_cli_info_prints_summary_and_hooks(tiny, capsys):
         ("hf:", "clipviz: error: model spec 'hf:' names no model after 'hf:'"),
         ("open_clip:ViT-B-3", "clipviz: error: unknown open_clip model 'ViT-B-3'; did you mean"),
         ("timm:vit_nope", "clipviz: error: unknown timm model 'vit_nope'"),
-        ("hf:clipviz-test/does-not-exist",
-         "clipviz: error: model 'hf:clipviz-test/does-not-exist' is not in the local cache and the Hugging Face Hub "
-         "cannot be reached (offline)"),
+        (
+            "hf:clipviz-test/does-not-exist",
+            "clipviz: error: model 'hf:clipviz-test/does-not-exist' is not in the local cache and the Hugging Face Hub "
+            "cannot be reached (offline)",
+        ),
     ],
 )
 def test_cli_user_errors_are_one_line_exit_2(spec, expected, capsys, monkeypatch, tmp_path):
@@ -174,8 +193,9 @@ def test_cli_user_errors_are_one_line_exit_2(spec, expected, capsys, monkeypatch
 def test_cli_unsupported_architecture(tmp_path, capsys):
     import transformers as T
 
-    T.BertModel(T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64)).save_pretrained(tmp_path)
+    T.BertModel(
+        T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path)
     capsys.readouterr()
     code, _, err = _cli(capsys, "info", str(tmp_path))
     assert code == 2
@@ -184,8 +204,12 @@ def test_cli_unsupported_architecture(tmp_path, capsys):
 
 
 def test_cli_as_a_process_has_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "clipviz.cli", "info", "nope/../nowhere"], capture_output=True,
-                          text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipviz.cli", "info", "nope/../nowhere"],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("clipviz: error:") and "Traceback" not in proc.stderr
 

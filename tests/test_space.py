@@ -33,8 +33,7 @@ def atlas(tmp_path_factory):
     ex.save(root / "ex")
     write_thumbnails(source, ex, root / "ex")
     vocab = load_vocabulary("world")
-    table = [{"neuron": n, **w} for n, w in zip([4, 5], direct_lens(model, HOOK, [4, 5], vocab, top_k=3),
-                                               strict=True)]
+    table = [{"neuron": n, **w} for n, w in zip([4, 5], direct_lens(model, HOOK, [4, 5], vocab, top_k=3), strict=True)]
     write_table(root / "con", HOOK, table, "direct", vocab)
     return build_atlas(root, root.parent / "site"), table
 
@@ -44,19 +43,22 @@ def backend(atlas):
     return SpaceBackend(limits=Limits(max_steps=6, max_size=96, max_neurons=2, example_images=80), atlas=atlas[0])
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda b: b.neurons("world-clip", HOOK, "1", 7, 64), "steps must be between 1 and 6"),
-    (lambda b: b.neurons("world-clip", HOOK, "1", 2, 97), "image size must be between 32 and 96"),
-    (lambda b: b.neurons("world-clip", HOOK, "1,2,3", 2, 64), "at most 2 neurons per request"),
-    (lambda b: b.neurons("world-clip", HOOK, "512", 2, 64), "out of range for hook"),
-    (lambda b: b.neurons("world-clip", "../../etc/passwd", "1", 2, 64), "unknown hook"),
-    (lambda b: b.neurons("/tmp/some/model", HOOK, "1", 2, 64), "unknown model"),
-    (lambda b: b.neurons("world-clip", HOOK, "a", 2, 64), "bad index list"),
-    (lambda b: b.phrase("world-clip", "x" * 121, 2, 64), "limited to 120 characters"),
-    (lambda b: b.phrase("world-clip", "   ", 2, 64), "type a phrase"),
-    (lambda b: b.atlas_neuron(HOOK, 7), "not in the atlas"),
-    (lambda b: b.atlas_neuron("blocks.0.mlp.hook_post", 4), "not in the atlas"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda b: b.neurons("world-clip", HOOK, "1", 7, 64), "steps must be between 1 and 6"),
+        (lambda b: b.neurons("world-clip", HOOK, "1", 2, 97), "image size must be between 32 and 96"),
+        (lambda b: b.neurons("world-clip", HOOK, "1,2,3", 2, 64), "at most 2 neurons per request"),
+        (lambda b: b.neurons("world-clip", HOOK, "512", 2, 64), "out of range for hook"),
+        (lambda b: b.neurons("world-clip", "../../etc/passwd", "1", 2, 64), "unknown hook"),
+        (lambda b: b.neurons("/tmp/some/model", HOOK, "1", 2, 64), "unknown model"),
+        (lambda b: b.neurons("world-clip", HOOK, "a", 2, 64), "bad index list"),
+        (lambda b: b.phrase("world-clip", "x" * 121, 2, 64), "limited to 120 characters"),
+        (lambda b: b.phrase("world-clip", "   ", 2, 64), "type a phrase"),
+        (lambda b: b.atlas_neuron(HOOK, 7), "not in the atlas"),
+        (lambda b: b.atlas_neuron("blocks.0.mlp.hook_post", 4), "not in the atlas"),
+    ],
+)
 def test_capped_and_bad_inputs_are_refused(backend, call, message):
     with pytest.raises(ClipvizError, match=message):
         call(backend)
@@ -145,12 +147,19 @@ def test_spaces_folder_is_the_published_app(atlas, tmp_path, monkeypatch):
 
 
 def test_publish_dry_run_lists_the_files_and_a_valid_card(atlas, capsys):
-    assert main(["publish", str(atlas[0]), "--space", "someone/atlas", "--dataset", "someone/results",
-                 "--dry-run"]) == 0
+    assert (
+        main(["publish", str(atlas[0]), "--space", "someone/atlas", "--dataset", "someone/results", "--dry-run"]) == 0
+    )
     out = capsys.readouterr().out
     assert "would upload" in out and "spaces/someone/atlas" in out and "datasets/someone/results" in out
-    for name in ("app.py", "requirements.txt", "README.md", "atlas/index.html", "atlas/atlas.json",
-                 "data/train-00000-of-00001.parquet"):
+    for name in (
+        "app.py",
+        "requirements.txt",
+        "README.md",
+        "atlas/index.html",
+        "atlas/atlas.json",
+        "data/train-00000-of-00001.parquet",
+    ):
         assert f"  {name}  " in out
     card = yaml.safe_load(out.split("Space card (README.md):")[1].split("---")[1])
     assert card["sdk"] == "gradio" and card["title"] == "atlas"
@@ -175,12 +184,23 @@ def test_publish_uploads_with_the_token_and_never_prints_it(atlas, monkeypatch, 
     import huggingface_hub
 
     calls = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create",
-                                                                                                     repo, kw)))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw))
+    )
 
     def upload(self, folder_path, repo_id, repo_type, **kw):
-        calls.append(("upload", repo_id, {"repo_type": repo_type, "files": sorted(
-            p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())}))
+        calls.append(
+            (
+                "upload",
+                repo_id,
+                {
+                    "repo_type": repo_type,
+                    "files": sorted(
+                        p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()
+                    ),
+                },
+            )
+        )
         assert self.token == "hf_secret_value"
 
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload)

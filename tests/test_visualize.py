@@ -36,8 +36,7 @@ def _natural_images(size: int) -> torch.Tensor:
     from sklearn.datasets import load_sample_images
 
     photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), *load_sample_images().images]
-    return torch.stack([_array(Image.fromarray(p).convert("RGB").resize((size, size), Image.BILINEAR))
-                        for p in photos])
+    return torch.stack([_array(Image.fromarray(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in photos])
 
 
 def test_red_neuron_renders_red_and_beats_natural_images(planted):
@@ -191,8 +190,9 @@ def test_nan_loss_names_the_neuron_and_step(planted):
     from clipviz.recipes import get_recipe
 
     with pytest.raises(RenderError, match=r"not finite for neuron 7 at step 0 of 4"):
-        optimise(planted, Explodes(), [1, 7], get_recipe("vit-paper", steps=4, copies=1), labels=["neuron 1",
-                                                                                                   "neuron 7"])
+        optimise(
+            planted, Explodes(), [1, 7], get_recipe("vit-paper", steps=4, copies=1), labels=["neuron 1", "neuron 7"]
+        )
 
 
 def test_a_loss_that_breaks_between_checks_is_reported_at_its_exact_step(planted):
@@ -213,8 +213,9 @@ def test_a_loss_that_breaks_between_checks_is_reported_at_its_exact_step(planted
     from clipviz.recipes import get_recipe
 
     with pytest.raises(RenderError, match=r"not finite for neuron 7 at step 30 of 60"):
-        optimise(planted, BreaksLater(), [1, 7], get_recipe("vit-paper", steps=60, copies=1),
-                 labels=["neuron 1", "neuron 7"])
+        optimise(
+            planted, BreaksLater(), [1, 7], get_recipe("vit-paper", steps=60, copies=1), labels=["neuron 1", "neuron 7"]
+        )
     assert len(calls) == 1 + 50  # the start's evaluation, then steps 0..49: stopped at the check after step 49
 
 
@@ -267,13 +268,26 @@ def test_two_processes_equal_one(planted, tmp_path):
     import sys
     from pathlib import Path
 
-    visualize(planted, HOOK, [0, 1, 2, 3, 4], recipe="vit-paper", steps=4, copies=2, out=tmp_path / "one",
-              progress=False)
+    visualize(
+        planted, HOOK, [0, 1, 2, 3, 4], recipe="vit-paper", steps=4, copies=2, out=tmp_path / "one", progress=False
+    )
     script = Path(__file__).parent / "multiprocess_visualize.py"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), planted.spec, str(tmp_path / "two"), HOOK],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            planted.spec,
+            str(tmp_path / "two"),
+            HOOK,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank 0 of 2 done" in proc.stdout and "rank 1 of 2 done" in proc.stdout
@@ -284,8 +298,11 @@ def test_two_processes_equal_one(planted, tmp_path):
 
 
 def test_errors_for_bad_targets(planted):
-    with pytest.raises(ClipvizError, match=r"neuron index 99 out of range for hook 'blocks.0.mlp.hook_post': "
-                                           r"it has 32 neurons \(0..31\)"):
+    with pytest.raises(
+        ClipvizError,
+        match=r"neuron index 99 out of range for hook 'blocks.0.mlp.hook_post': "
+        r"it has 32 neurons \(0..31\)",
+    ):
         visualize(planted, HOOK, [1, 99], steps=2, progress=False)
     with pytest.raises(ClipvizError, match="text prompts need a CLIP-like model"):
         visualize(planted, texts=["a red square"], steps=2, progress=False)
@@ -296,11 +313,16 @@ def test_errors_for_bad_targets(planted):
 def test_cli_visualize_writes_files_and_reports_errors(planted, tmp_path, capsys):
     spec = planted.spec
     out = tmp_path / "cli"
-    code = cli_main(["visualize", spec, "--hook", HOOK, "--neurons", "0:2,5", "--steps", "3", "--copies", "2",
-                     "--out", str(out)])
+    code = cli_main(
+        ["visualize", spec, "--hook", HOOK, "--neurons", "0:2,5", "--steps", "3", "--copies", "2", "--out", str(out)]
+    )
     assert code == 0, capsys.readouterr().err
-    assert sorted(p.name for p in (out / HOOK).glob("*.png")) == ["grid.png", "neuron-00000.png",
-                                                                 "neuron-00001.png", "neuron-00005.png"]
+    assert sorted(p.name for p in (out / HOOK).glob("*.png")) == [
+        "grid.png",
+        "neuron-00000.png",
+        "neuron-00001.png",
+        "neuron-00005.png",
+    ]
     capsys.readouterr()
     bad = tmp_path / "bad"
     for argv, message in [

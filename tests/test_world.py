@@ -29,8 +29,11 @@ def test_captions_name_only_true_factors():
         for shape in world.FACTORS["shape"]:
             if shape in words or world.plural(shape) in words:
                 assert shape == names["shape"], (text, names)
-        several = any(w in words for w in ("two", "three", "some", "are")) or any(
-            world.plural(s) in words for s in world.FACTORS["shape"]) or words[-1].endswith(("objects", "things"))
+        several = (
+            any(w in words for w in ("two", "three", "some", "are"))
+            or any(world.plural(s) in words for s in world.FACTORS["shape"])
+            or words[-1].endswith(("objects", "things"))
+        )
         assert several == (names["count"] != "one") or "things" in text or "shapes" in text or "objects" in text
 
 

@@ -27,8 +27,15 @@ class Tiny:
 
 
 def _vit_kwargs(**extra):
-    return dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=IMAGE,
-                patch_size=PATCH, **extra)
+    return dict(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=IMAGE,
+        patch_size=PATCH,
+        **extra,
+    )
 
 
 def write_clip_tokenizer(directory: Path) -> None:
@@ -50,8 +57,12 @@ def write_clip_tokenizer(directory: Path) -> None:
 def _save_processor(directory: Path, mean=(0.4, 0.45, 0.5), std=(0.2, 0.25, 0.3)) -> None:
     from transformers import CLIPImageProcessor
 
-    CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE},
-                       image_mean=list(mean), image_std=list(std)).save_pretrained(directory)
+    CLIPImageProcessor(
+        size={"shortest_edge": IMAGE},
+        crop_size={"height": IMAGE, "width": IMAGE},
+        image_mean=list(mean),
+        image_std=list(std),
+    ).save_pretrained(directory)
 
 
 def build_all(root: Path) -> dict[str, tuple[Tiny, str]]:
@@ -64,27 +75,69 @@ def build_all(root: Path) -> dict[str, tuple[Tiny, str]]:
     out: dict[str, tuple[Tiny, str]] = {}
     hf = {
         "vit": (T.ViTModel, T.ViTConfig(**_vit_kwargs()), "layers.{i}.mlp.activation_fn", 1),
-        "vit-classifier": (T.ViTForImageClassification, T.ViTConfig(**_vit_kwargs(num_labels=5)),
-                           "vit.layers.{i}.mlp.activation_fn", 1),
+        "vit-classifier": (
+            T.ViTForImageClassification,
+            T.ViTConfig(**_vit_kwargs(num_labels=5)),
+            "vit.layers.{i}.mlp.activation_fn",
+            1,
+        ),
         "deit": (T.DeiTModel, T.DeiTConfig(**_vit_kwargs()), "layers.{i}.mlp.activation_fn", 2),
         "beit": (T.BeitModel, T.BeitConfig(**_vit_kwargs()), "layers.{i}.mlp.activation_fn", 1),
-        "clip-vision": (T.CLIPVisionModel, T.CLIPVisionConfig(**_vit_kwargs()),
-                        "encoder.layers.{i}.mlp.activation_fn", 1),
-        "siglip-vision": (T.SiglipVisionModel, T.SiglipVisionConfig(**_vit_kwargs()),
-                          "encoder.layers.{i}.mlp.activation_fn", 0),
-        "dinov2": (T.Dinov2Model, T.Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                                 mlp_ratio=2, image_size=IMAGE, patch_size=PATCH),
-                   "encoder.layer.{i}.mlp.activation_fn", 1),
-        "dinov2-registers": (T.Dinov2WithRegistersModel,
-                             T.Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                                         mlp_ratio=2, image_size=IMAGE, patch_size=PATCH,
-                                                         num_register_tokens=4),
-                             "encoder.layer.{i}.mlp.activation_fn", 5),
-        "clip": (T.CLIPModel, T.CLIPConfig(vision_config=_vit_kwargs(),
-                                           text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                            intermediate_size=64, max_position_embeddings=32),
-                                           projection_dim=16),
-                 "vision_model.encoder.layers.{i}.mlp.activation_fn", 1),
+        "clip-vision": (
+            T.CLIPVisionModel,
+            T.CLIPVisionConfig(**_vit_kwargs()),
+            "encoder.layers.{i}.mlp.activation_fn",
+            1,
+        ),
+        "siglip-vision": (
+            T.SiglipVisionModel,
+            T.SiglipVisionConfig(**_vit_kwargs()),
+            "encoder.layers.{i}.mlp.activation_fn",
+            0,
+        ),
+        "dinov2": (
+            T.Dinov2Model,
+            T.Dinov2Config(
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                mlp_ratio=2,
+                image_size=IMAGE,
+                patch_size=PATCH,
+            ),
+            "encoder.layer.{i}.mlp.activation_fn",
+            1,
+        ),
+        "dinov2-registers": (
+            T.Dinov2WithRegistersModel,
+            T.Dinov2WithRegistersConfig(
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                mlp_ratio=2,
+                image_size=IMAGE,
+                patch_size=PATCH,
+                num_register_tokens=4,
+            ),
+            "encoder.layer.{i}.mlp.activation_fn",
+            5,
+        ),
+        "clip": (
+            T.CLIPModel,
+            T.CLIPConfig(
+                vision_config=_vit_kwargs(),
+                text_config=dict(
+                    hidden_size=32,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                    max_position_embeddings=32,
+                ),
+                projection_dim=16,
+            ),
+            "vision_model.encoder.layers.{i}.mlp.activation_fn",
+            1,
+        ),
     }
     for name, (cls, config, act, n_prefix) in hf.items():
         directory = root / name
@@ -94,30 +147,53 @@ def build_all(root: Path) -> dict[str, tuple[Tiny, str]]:
             write_clip_tokenizer(directory)
         out[name] = (Tiny(name, "hf:", act, n_prefix, 3, 64), f"hf:{directory}")
 
-    swin = T.SwinModel(T.SwinConfig(embed_dim=16, depths=[1, 2], num_heads=[1, 2], image_size=IMAGE, patch_size=4,
-                                    window_size=4, mlp_ratio=2.0))
+    swin = T.SwinModel(
+        T.SwinConfig(
+            embed_dim=16, depths=[1, 2], num_heads=[1, 2], image_size=IMAGE, patch_size=4, window_size=4, mlp_ratio=2.0
+        )
+    )
     swin.eval().save_pretrained(root / "swin")
     _save_processor(root / "swin")
-    out["swin"] = (Tiny("swin", "hf:", "encoder.layers.{s}.blocks.{j}.mlp.activation_fn", 0, 3, 32),
-                   f"hf:{root / 'swin'}")
+    out["swin"] = (
+        Tiny("swin", "hf:", "encoder.layers.{s}.blocks.{j}.mlp.activation_fn", 0, 3, 32),
+        f"hf:{root / 'swin'}",
+    )
 
-    oc = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=IMAGE, patch_size=PATCH, width=64, layers=3,
-                                                      head_width=32), text_cfg=dict(width=32, heads=2, layers=1))
+    oc = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=IMAGE, patch_size=PATCH, width=64, layers=3, head_width=32),
+        text_cfg=dict(width=32, heads=2, layers=1),
+    )
     oc_dir = root / "open_clip"
     oc_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in oc.state_dict().items()}, str(oc_dir / "open_clip_model.safetensors"))
-    cfg = {"model_cfg": {"embed_dim": 16, "vision_cfg": dict(image_size=IMAGE, patch_size=PATCH, width=64, layers=3,
-                                                             head_width=32),
-                         "text_cfg": dict(width=32, heads=2, layers=1)},
-           "preprocess_cfg": {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.3, 0.4]}}
+    cfg = {
+        "model_cfg": {
+            "embed_dim": 16,
+            "vision_cfg": dict(image_size=IMAGE, patch_size=PATCH, width=64, layers=3, head_width=32),
+            "text_cfg": dict(width=32, heads=2, layers=1),
+        },
+        "preprocess_cfg": {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.3, 0.4]},
+    }
     (oc_dir / "open_clip_config.json").write_text(json.dumps(cfg))
-    out["open_clip"] = (Tiny("open_clip", "open_clip:", "visual.transformer.resblocks.{i}.mlp.gelu", 1, 3, 256),
-                        str(oc_dir))
+    out["open_clip"] = (
+        Tiny("open_clip", "open_clip:", "visual.transformer.resblocks.{i}.mlp.gelu", 1, 3, 256),
+        str(oc_dir),
+    )
 
-    tm = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMAGE, patch_size=PATCH, depth=3,
-                           embed_dim=32, num_heads=2, reg_tokens=2, num_classes=7)
+    tm = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=IMAGE,
+        patch_size=PATCH,
+        depth=3,
+        embed_dim=32,
+        num_heads=2,
+        reg_tokens=2,
+        num_classes=7,
+    )
     from timm.models import save_for_hf
 
     save_for_hf(tm.eval(), str(root / "timm"), safe_serialization=True)

@@ -40,8 +40,23 @@ def _model_class(config, trust_remote_code: bool):
     return transformers.AutoModel
 
 
-_ROOTS = ("vision_model", "model.vision_tower.vision_model", "model.vision_tower", "vision_tower.vision_model",
-          "vision_tower", "timm_model", "vit", "deit", "beit", "dinov2", "swin", "swinv2", "dinov3", "pixio", "radio")
+_ROOTS = (
+    "vision_model",
+    "model.vision_tower.vision_model",
+    "model.vision_tower",
+    "vision_tower.vision_model",
+    "vision_tower",
+    "timm_model",
+    "vit",
+    "deit",
+    "beit",
+    "dinov2",
+    "swin",
+    "swinv2",
+    "dinov3",
+    "pixio",
+    "radio",
+)
 
 
 def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
@@ -149,8 +164,14 @@ def _projection(model: nn.Module, vision: nn.Module) -> ImageProjection | None:
     return None
 
 
-def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: str | None = None,
-            dtype: torch.dtype | None = None) -> Backend:
+def load_hf(
+    ref: str,
+    spec: str,
+    *,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Backend:
     from transformers import AutoConfig
 
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -168,9 +189,13 @@ def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: s
     vcfg = getattr(config, "vision_config", None) or config
     mean, std, source, processor = _preprocessing(ref, config, kwargs)
     forward, output_kind = _forward(model, vision)
-    facts = {"image_size": _pair(getattr(vcfg, "image_size", None) or _processor_size(processor) or 224),
-             "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
-             "forward": forward, "pil_transform": hf_transform(processor), "notes": ()}
+    facts = {
+        "image_size": _pair(getattr(vcfg, "image_size", None) or _processor_size(processor) or 224),
+        "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
+        "forward": forward,
+        "pil_transform": hf_transform(processor),
+        "notes": (),
+    }
     model_type = getattr(config, "model_type", "")
     if model_type == "timm_wrapper":
         _timm_wrapper(model, vision, facts)
@@ -181,11 +206,25 @@ def load_hf(ref: str, spec: str, *, trust_remote_code: bool = False, revision: s
     hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")
     text = None if _is_generative(model) else _text_tower(model, ref, kwargs)
     return Backend(
-        kind="hf", spec=spec, native=model, vision_root=vision, vision_path=vision_path,
-        architecture=type(model).__name__, image_size=facts["image_size"], mean=mean, std=std,
-        patch_size=facts["patch_size"], prefix_tokens=_prefix_tokens(vision), forward=facts["forward"],
-        output_kind=output_kind, text=text, projection=_projection(model, vision), preprocessing_source=source,
-        hierarchical=hierarchical, pil_transform=facts["pil_transform"], notes=facts["notes"],
+        kind="hf",
+        spec=spec,
+        native=model,
+        vision_root=vision,
+        vision_path=vision_path,
+        architecture=type(model).__name__,
+        image_size=facts["image_size"],
+        mean=mean,
+        std=std,
+        patch_size=facts["patch_size"],
+        prefix_tokens=_prefix_tokens(vision),
+        forward=facts["forward"],
+        output_kind=output_kind,
+        text=text,
+        projection=_projection(model, vision),
+        preprocessing_source=source,
+        hierarchical=hierarchical,
+        pil_transform=facts["pil_transform"],
+        notes=facts["notes"],
     )
 
 

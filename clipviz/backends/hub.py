@@ -13,8 +13,9 @@ T = TypeVar("T")
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE",
-                                                                                      "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def describe_failure(spec: str, error: BaseException) -> ClipvizError:
@@ -26,11 +27,15 @@ def describe_failure(spec: str, error: BaseException) -> ClipvizError:
         first = (str(error).splitlines() or [""])[0][:200]
         return ClipvizError(f"cannot load the model saved in '{local}': {type(error).__name__}: {first}")
     if names & {"GatedRepoError"}:
-        return ClipvizError(f"model '{spec}' is gated on the Hugging Face Hub: accept its terms and log in "
-                            "(`hf auth login`), then try again")
+        return ClipvizError(
+            f"model '{spec}' is gated on the Hugging Face Hub: accept its terms and log in "
+            "(`hf auth login`), then try again"
+        )
     offline_words = ("offline", "connect", "connection", "resolve", "network", "timed out", "max retries")
-    if hub_offline() or names & {"LocalEntryNotFoundError", "ConnectError", "ConnectionError"} or any(
-        w in text for w in offline_words
+    if (
+        hub_offline()
+        or names & {"LocalEntryNotFoundError", "ConnectError", "ConnectionError"}
+        or any(w in text for w in offline_words)
     ):
         return ClipvizError(
             f"model '{spec}' is not in the local cache and the Hugging Face Hub cannot be reached (offline): "

@@ -36,8 +36,10 @@ def _tokenizer(name: str, spec: str):
         return open_clip.get_tokenizer(name), None
     except Exception as error:  # noqa: BLE001 - hub / tokenizer-library failures share no base class
         first = (str(error).splitlines() or [""])[0][:160]
-        return None, (f"model '{spec}' has no usable text tokenizer here: its tokenizer must be fetched from the "
-                      f"Hugging Face Hub or needs a missing library ({type(error).__name__}: {first})")
+        return None, (
+            f"model '{spec}' has no usable text tokenizer here: its tokenizer must be fetched from the "
+            f"Hugging Face Hub or needs a missing library ({type(error).__name__}: {first})"
+        )
 
 
 def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> Backend:
@@ -73,15 +75,27 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
         encode_tokens=lambda tokens: model.encode_text(tokens.to(next(model.parameters()).device)),
         context_length=getattr(tokenizer, "context_length", None),
     )
-    common = {"kind": "open_clip", "spec": spec, "native": model, "mean": mean, "std": std,
-              "forward": model.encode_image, "output_kind": "image_embedding", "text": text,
-              "pil_transform": open_clip_transform(model)}
+    common = {
+        "kind": "open_clip",
+        "spec": spec,
+        "native": model,
+        "mean": mean,
+        "std": std,
+        "forward": model.encode_image,
+        "output_kind": "image_embedding",
+        "text": text,
+        "pil_transform": open_clip_transform(model),
+    }
     trunk = getattr(visual, "trunk", None)
     if isinstance(trunk, nn.Module):  # a timm trunk (SigLIP, EVA, ...)
         return Backend(
-            vision_root=trunk, vision_path="visual.trunk", architecture=f"open_clip/{type(trunk).__name__}",
-            image_size=_pair(visual.image_size), patch_size=_pair(trunk.patch_embed.patch_size),
-            prefix_tokens=timm_prefix_tokens(trunk), **common,
+            vision_root=trunk,
+            vision_path="visual.trunk",
+            architecture=f"open_clip/{type(trunk).__name__}",
+            image_size=_pair(visual.image_size),
+            patch_size=_pair(trunk.patch_embed.patch_size),
+            prefix_tokens=timm_prefix_tokens(trunk),
+            **common,
         )
     if not hasattr(visual, "transformer"):
         raise UnsupportedModelError(
@@ -89,16 +103,25 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
             "(open_clip VisionTransformer or a timm ViT trunk)"
         )
     projection = None
-    if getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok" \
-            and isinstance(getattr(visual, "proj", None), torch.Tensor):
+    if (
+        getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and isinstance(getattr(visual, "proj", None), torch.Tensor)
+    ):
         projection = ImageProjection(final_norm=visual.ln_post, matrix=lambda: visual.proj.T, pooled_token=0)
-    has_cls = isinstance(getattr(visual, "class_embedding", None), torch.Tensor) and not getattr(visual, "no_cls",
-                                                                                                   False)
+    has_cls = isinstance(getattr(visual, "class_embedding", None), torch.Tensor) and not getattr(
+        visual, "no_cls", False
+    )
     return Backend(
-        vision_root=visual, vision_path="visual", architecture="open_clip/VisionTransformer",
-        image_size=_pair(visual.image_size), patch_size=_pair(visual.patch_size),
-        prefix_tokens=("cls",) if has_cls else (), projection=projection,
-        seq_first=not getattr(visual.transformer, "batch_first", True), **common,
+        vision_root=visual,
+        vision_path="visual",
+        architecture="open_clip/VisionTransformer",
+        image_size=_pair(visual.image_size),
+        patch_size=_pair(visual.patch_size),
+        prefix_tokens=("cls",) if has_cls else (),
+        projection=projection,
+        seq_first=not getattr(visual.transformer, "batch_first", True),
+        **common,
     )
 
 

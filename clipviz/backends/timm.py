@@ -48,10 +48,19 @@ def load_timm(ref: str, spec: str, *, pretrained: bool = True, dtype: torch.dtyp
     patch_embed = getattr(model, "patch_embed", None)
     image_size = _pair(getattr(patch_embed, "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:])
     return Backend(
-        kind="timm", spec=spec, native=model, vision_root=model, vision_path="", architecture=type(model).__name__,
-        image_size=image_size, mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)),
-        patch_size=_pair(getattr(patch_embed, "patch_size", 16)), prefix_tokens=timm_prefix_tokens(model),
-        forward=model, output_kind="logits" if getattr(model, "num_classes", 0) else "pooled",
+        kind="timm",
+        spec=spec,
+        native=model,
+        vision_root=model,
+        vision_path="",
+        architecture=type(model).__name__,
+        image_size=image_size,
+        mean=tuple(cfg.get("mean", (0.5,) * 3)),
+        std=tuple(cfg.get("std", (0.5,) * 3)),
+        patch_size=_pair(getattr(patch_embed, "patch_size", 16)),
+        prefix_tokens=timm_prefix_tokens(model),
+        forward=model,
+        output_kind="logits" if getattr(model, "num_classes", 0) else "pooled",
         pil_transform=timm_transform(model, image_size),
     )
 
