@@ -68,6 +68,7 @@ def run_demo(
 
 
 def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, top_k: int, progress: bool) -> Path:
+<<<<<<< HEAD:clipviz/apps/demo.py
     from clipviz.analysis.concepts import direct_lens, load_vocabulary, write_table
     from clipviz.analysis.examples import mine_examples, write_thumbnails
     from clipviz.apps.atlas import build_atlas
@@ -76,6 +77,15 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
     from clipviz.visualization.visualize import visualize
     from clipviz.world import scene as world
     from clipviz.world.groundtruth import bundled_selectivity
+=======
+    from . import world
+    from .atlas import build_atlas
+    from .concepts import direct_lens, load_vocabulary, write_table
+    from .examples import mine_examples, open_source, write_thumbnails
+    from .groundtruth import bundled_selectivity
+    from .loading import load
+    from .visualize import visualize
+>>>>>>> issue15:clipviz/demo.py
 
     model = load(model_name)
     truth = bundled_selectivity(model_name)
@@ -98,7 +108,7 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
         ex = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, progress=progress)
         words = direct_lens(model, hook, neurons, vocab, top_k=3)
         ex.save(out / "results" / "examples")  # the standard results layout, for the atlas
-        write_thumbnails(source, ex, out / "results" / "examples")
+        write_thumbnails(source, ex, out / "results" / "examples", model=model)
         rows = [{"neuron": n, **w} for n, w in zip(neurons, words, strict=True)]
         write_table(out / "results" / "words", hook, rows, "direct", vocab)
         images = torch.stack([pil_to_tensor(v.image) for v in vis])

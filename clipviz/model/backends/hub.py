@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from clipviz.errors import ClipvizError
@@ -21,6 +22,10 @@ def describe_failure(spec: str, error: BaseException) -> ClipvizError:
     """A one-line error for a model that could not be fetched or found."""
     text = f"{type(error).__name__}: {error}".lower()
     names = {type(e).__name__ for e in _chain(error)}
+    local = Path(spec.partition(":")[2] if spec.partition(":")[0] in ("hf", "timm", "open_clip") else spec)
+    if local.expanduser().is_dir():  # a local model that fails to load is not a network problem
+        first = (str(error).splitlines() or [""])[0][:200]
+        return ClipvizError(f"cannot load the model saved in '{local}': {type(error).__name__}: {first}")
     if names & {"GatedRepoError"}:
         return ClipvizError(
             f"model '{spec}' is gated on the Hugging Face Hub: accept its terms and log in "
@@ -56,7 +61,7 @@ def fetching(spec: str, fn: Callable[[], T]) -> T:
         return fn()
     except ClipvizError:
         raise
-    except (OSError, ValueError, RuntimeError, ImportError) as error:
+    except (OSError, ValueError, RuntimeError, ImportError, TypeError, KeyError, AttributeError) as error:
         raise describe_failure(spec, error) from error
     except Exception as error:  # hub client errors do not share a base class across versions
         if type(error).__module__.startswith(("huggingface_hub", "httpx", "requests", "urllib3")):
