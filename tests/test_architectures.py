@@ -24,9 +24,9 @@ import torch
 from families import Family, all_families
 
 import clipviz
-from clipviz.concepts import output_directions
+from clipviz.analysis.concepts import output_directions
 from clipviz.errors import ClipvizError
-from clipviz.visualize import visualize
+from clipviz.visualization.visualize import visualize
 
 FAMILIES = all_families()
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "architectures.md"
@@ -222,7 +222,7 @@ def _check_order(model, overlap: bool = False) -> None:
     """A change to one patch of the image moves the token the layout of block 0's input says (for overlapping
     convolutional stems, whose tokens' centres depend on padding: a token next to it, in the same row or column
     order, never a transposed or shifted grid)."""
-    layout = model.layout_of("blocks.0.hook_resid_pre")
+    layout = model.hook_layout("blocks.0.hook_resid_pre")
     gh, gw = layout.grid
     h, w = model.image_size
     base = torch.full((1, 3, h, w), 0.5)
@@ -287,7 +287,7 @@ def test_family(loaded, family: Family):
         for name in model.hook_names(i):
             act = full[name] if name in full else model.run_with_cache(images, [name])[1][name]
             tokens = act.shape[-1] if name.endswith("hook_pattern") else act.shape[1]
-            assert tokens == model.layout_of(name).n_tokens, name
+            assert tokens == model.hook_layout(name).n_tokens, name
     _check_order(model, family.overlap)
     # (e) attention patterns, wherever offered, are the model's own
     for i in (first, last):
@@ -400,7 +400,7 @@ def test_half_precision_offers_exactly_the_float32_patterns(loaded, name):
 
 
 def test_a_hook_left_out_names_its_reason_in_info_and_errors(loaded, capsys):
-    from clipviz.cli import main as cli_main
+    from clipviz.apps.cli import main as cli_main
     from clipviz.errors import HookNameError
 
     status, model = loaded(next(f for f in FAMILIES if f.name.startswith("BEiT")))

@@ -72,17 +72,10 @@ def test_streamed_top_k_equals_the_full_activation_matrix(planted, folder):
     source = open_source(str(folder))
     result = mine_examples(planted, HOOK, source, top_k=4, batch=3, progress=False)
     # Recompute every image's patch-mean activation in one go and take the top 4.
-<<<<<<< HEAD
     from clipviz.data.decoding import batches
 
     images, idx = [], []
-    for x, i, _ in batches(source, planted.image_size, 100, []):
-=======
-    from clipviz.examples import _batches, model_input
-
-    images, idx = [], []
-    for x, i, _ in _batches(source, model_input(planted), 100, []):  # the model's own resize + centre crop
->>>>>>> issue15
+    for x, i, _ in batches(source, planted.preprocess_pil, 100, []):  # the model's own resize + centre crop
         images.append(x)
         idx += i
     _, cache = planted.run_with_cache(torch.cat(images), [HOOK])

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import clipviz
-from clipviz.examples import mine_examples, open_source
+from clipviz.analysis.examples import mine_examples
+from clipviz.data import open_source
 
 HOOK = "blocks.1.mlp.hook_post"
 
@@ -63,7 +64,7 @@ def test_mining_uses_the_backends_own_preprocessing(tiny, photos, name):
     result = mine_examples(
         model, HOOK, open_source(str(photos[0].parent)), top_k=2, batch=2, progress=False, keep_activations=True
     )
-    layout = model.layout_of(HOOK)
+    layout = model.hook_layout(HOOK)
     for row, index in enumerate(result.activation_indices.tolist()):
         image = Image.open(photos[index]).convert("RGB")
         own = _own_input(name, model, spec, image)

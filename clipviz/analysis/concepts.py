@@ -282,7 +282,6 @@ def output_directions(model, hook: str, neurons: Sequence[int] | None = None) ->
     point = model.hook_point(hook)
     if point.block is None or not point.name.endswith("mlp.hook_post"):
         raise ClipvizError(f"the direct lens reads MLP neurons: use blocks.<i>.mlp.hook_post, not '{hook}'")
-<<<<<<< HEAD:clipviz/analysis/concepts.py
     directions = mlp_output_directions(model.blocks[point.block])
     return directions if neurons is None else directions[model.check_neurons(hook, neurons)]
 
@@ -303,28 +302,6 @@ def words_table(
     if neurons is None:
         return rows
     return [{"neuron": int(n), **row} for n, row in zip(neurons, rows, strict=True)]
-=======
-    parts = model.blocks[point.block]
-    if not parts.hidden_is_linear_to_output():
-        raise ClipvizError(
-            f"the direct lens needs the MLP's hidden units to reach its output weight unchanged; "
-            f"block {point.block} of '{model.spec}' normalises them first ({type(parts.mid).__name__})"
-        )
-    weight = parts.out_weight.detach().float()  # (d_model, d_mlp)
-    if neurons is not None:
-        bad = [n for n in neurons if not 0 <= n < weight.shape[1]]
-        if bad:
-            raise ClipvizError(
-                f"neuron index {bad[0]} out of range for hook '{hook}': it has {weight.shape[1]} "
-                f"neurons (0..{weight.shape[1] - 1})"
-            )
-        weight = weight[:, list(neurons)]
-    directions = weight.T
-    scale = parts.layer_scale()
-    if scale is not None:
-        directions = directions * scale.detach().float().to(directions.device)
-    return directions
->>>>>>> issue15:clipviz/concepts.py
 
 
 def joint_directions(model, residual: torch.Tensor) -> torch.Tensor:
@@ -351,21 +328,7 @@ def direct_lens(
         raise ClipvizError("the vocabulary is empty")
     text = text_embeddings(model, vocab) if embeddings is None else embeddings
     u = F.normalize(joint_directions(model, output_directions(model, hook, neurons)).cpu(), dim=-1)
-<<<<<<< HEAD:clipviz/analysis/concepts.py
     return words_table(u @ text.T, vocab.concepts, top_k, neurons)
-=======
-    scores = u @ text.T
-    k = min(top_k, len(vocab.concepts))
-    values, index = scores.topk(k, dim=1)
-    return [
-        {
-            "neuron": int(n),
-            "words": [vocab.concepts[int(i)] for i in index[r]],
-            "scores": [round(float(v), 5) for v in values[r]],
-        }
-        for r, n in enumerate(neurons)
-    ]
->>>>>>> issue15:clipviz/concepts.py
 
 
 def omp(target: torch.Tensor, dictionary: torch.Tensor, k: int) -> tuple[list[int], torch.Tensor]:
@@ -403,17 +366,6 @@ def sparse_words(
 
 def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary: Vocabulary) -> list[Path]:
     """Write ``neuron -> words, scores`` as parquet and CSV (one row per neuron and rank) under ``out/<hook>/``."""
-<<<<<<< HEAD:clipviz/analysis/concepts.py
-=======
-    import csv
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .artifacts import _atomic
-
->>>>>>> issue15:clipviz/concepts.py
     rows = [
         {
             "hook": hook,
@@ -427,20 +379,7 @@ def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary
         for r in table
         for k, (w, s) in enumerate(zip(r["words"], r["scores"], strict=True))
     ]
-<<<<<<< HEAD:clipviz/analysis/concepts.py
     return write_concepts(Path(out), hook, method, rows)
-=======
-    folder = out / hook
-    folder.mkdir(parents=True, exist_ok=True)
-    parquet, csv_path = folder / f"concepts-{method}.parquet", folder / f"concepts-{method}.csv"
-    _atomic(parquet, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["hook", "neuron"])
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic(csv_path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
-    return [parquet, csv_path]
->>>>>>> issue15:clipviz/concepts.py
 
 
 @torch.no_grad()
@@ -452,13 +391,4 @@ def visual_words(
     text = text_embeddings(labeller, vocab) if embeddings is None else embeddings
     n, s = images.shape[:2]
     emb = F.normalize(labeller.encode_image(images.flatten(0, 1)).float(), dim=-1).reshape(n, s, -1).mean(1)
-<<<<<<< HEAD:clipviz/analysis/concepts.py
     return words_table(F.normalize(emb, dim=-1).cpu() @ text.T, vocab.concepts, top_k)
-=======
-    scores = F.normalize(emb, dim=-1).cpu() @ text.T
-    values, index = scores.topk(min(top_k, len(vocab.concepts)), dim=1)
-    return [
-        {"words": [vocab.concepts[int(i)] for i in index[r]], "scores": [round(float(v), 5) for v in values[r]]}
-        for r in range(n)
-    ]
->>>>>>> issue15:clipviz/concepts.py

@@ -82,21 +82,12 @@ def softwpmi(
 @torch.no_grad()
 def probe_activations(model, hook: str, source, neurons=None, batch: int = 64) -> tuple[torch.Tensor, list[int]]:
     """Patch-mean activations (images, neurons) of ``hook`` over a probe ``Source``, and the images' indices."""
-<<<<<<< HEAD:clipviz/analysis/dissect.py
     from clipviz.data.decoding import batches
 
     point = model.hook_point(hook)
     layout = model.hook_layout(hook)
     rows, kept, skipped = [], [], []
-    for images, idx, _ in batches(source, model.image_size, batch, skipped):
-=======
-    from .examples import _batches, model_input
-
-    point = model.hook_point(hook)
-    layout = model.layout_of(hook)
-    rows, kept, skipped = [], [], []
-    for images, idx, _ in _batches(source, model_input(model), batch, skipped):
->>>>>>> issue15:clipviz/dissect.py
+    for images, idx, _ in batches(source, model.preprocess_pil, batch, skipped):
         _, cache = model.run_with_cache(images, [point.name])
         act = reduce_tokens(cache[point.name].float(), "patches", layout, dim=1)
         rows.append(act if neurons is None else act[:, list(neurons)])
@@ -145,11 +136,7 @@ def stored_activations(folder, hook: str, neurons=None) -> StoredActivations:
             f"{len(stored.neurons)} neurons of '{hook}')"
         )
     columns = [stored.neurons.index(n) for n in neurons]
-<<<<<<< HEAD:clipviz/analysis/dissect.py
     return StoredActivations(
-=======
-    return (
->>>>>>> issue15:clipviz/dissect.py
         stored.activations[:, columns].float(),
         stored.activation_indices.tolist(),
         stored.settings.get("source", ""),
@@ -162,19 +149,11 @@ def image_text_similarities(labeller, source, indices: list[int], text: torch.Te
     """Cosines (images, concepts) between the labeller's embeddings of the probe images and unit text embeddings."""
     import torch.nn.functional as F
 
-<<<<<<< HEAD:clipviz/analysis/dissect.py
     from clipviz.data.decoding import batches
 
     wanted = set(indices)
     embs = []
-    for images, _, _ in batches(_Filtered(source, wanted), labeller.image_size, batch, []):
-=======
-    from .examples import _batches, model_input
-
-    wanted = set(indices)
-    embs = []
-    for images, _, _ in _batches(_Filtered(source, wanted), model_input(labeller), batch, []):
->>>>>>> issue15:clipviz/dissect.py
+    for images, _, _ in batches(_Filtered(source, wanted), labeller.preprocess_pil, batch, []):
         embs.append(F.normalize(labeller.encode_image(images).float(), dim=-1).cpu())
     return torch.cat(embs) @ text.T
 

@@ -107,11 +107,7 @@ def collect(root: str | Path) -> Results:
             rec = record(hook, n)
             for r in range(result.indices.shape[1]):
                 idx = int(result.indices[j, r])
-<<<<<<< HEAD:clipviz/apps/atlas.py
                 thumb = thumbnail_path(base, idx)
-=======
-                thumb = base / "thumbs" / f"{idx}.png"
->>>>>>> issue15:clipviz/atlas.py
                 rec.examples.append(
                     {
                         "index": idx,
@@ -372,20 +368,10 @@ class _SiteWriter:
             for d in hooks.values()
             for e in d["neurons"]
         ]
-<<<<<<< HEAD:clipviz/apps/atlas.py
         for asset in ASSETS:
             self.write(f"assets/{asset}", (files("clipviz.apps") / "atlas_assets" / asset).read_text(encoding="utf-8"))
         self.write("assets/index-data.js", "window.CLIPVIZ_INDEX = " + json.dumps(index) + ";\n")
         self.write("index.html", _page("index", body, 0, ("index-data.js", "search.js")))
-=======
-        self.write("assets/atlas.css", CSS)
-        self.write("assets/search.js", SEARCH_JS)
-        self.write("assets/heat.js", HEAT_JS)
-        self.write("assets/index-data.js", "window.CLIPVIZ_INDEX = " + json.dumps(index) + ";\n")
-        self.write("index.html", _page("index", body, 0, ("index-data.js", "search.js")))
-        from .artifacts import versions
-
->>>>>>> issue15:clipviz/atlas.py
         data = {
             "format": 1,
             "model": self.r.model,
@@ -396,11 +382,7 @@ class _SiteWriter:
                 for p in self.r.prompts
             ],
         }
-<<<<<<< HEAD:clipviz/apps/atlas.py
         self.write(ATLAS_FILE, json.dumps(data, indent=1) + "\n")
-=======
-        self.write(MARKER, json.dumps(data, indent=1) + "\n")
->>>>>>> issue15:clipviz/atlas.py
         return data
 
 

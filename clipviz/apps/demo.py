@@ -68,7 +68,6 @@ def run_demo(
 
 
 def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, top_k: int, progress: bool) -> Path:
-<<<<<<< HEAD:clipviz/apps/demo.py
     from clipviz.analysis.concepts import direct_lens, load_vocabulary, write_table
     from clipviz.analysis.examples import mine_examples, write_thumbnails
     from clipviz.apps.atlas import build_atlas
@@ -77,15 +76,6 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
     from clipviz.visualization.visualize import visualize
     from clipviz.world import scene as world
     from clipviz.world.groundtruth import bundled_selectivity
-=======
-    from . import world
-    from .atlas import build_atlas
-    from .concepts import direct_lens, load_vocabulary, write_table
-    from .examples import mine_examples, open_source, write_thumbnails
-    from .groundtruth import bundled_selectivity
-    from .loading import load
-    from .visualize import visualize
->>>>>>> issue15:clipviz/demo.py
 
     model = load(model_name)
     truth = bundled_selectivity(model_name)

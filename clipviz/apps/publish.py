@@ -64,11 +64,7 @@ def results_dataset(site: str | Path):
     import datasets
 
     site = Path(site)
-<<<<<<< HEAD:clipviz/apps/publish.py
     data = read_atlas(site)
-=======
-    data = json.loads((site / "atlas.json").read_text())
->>>>>>> issue15:clipviz/publish.py
     rows = {
         k: []
         for k in (

@@ -218,13 +218,7 @@ class SpaceBackend:
 
 
 def _batch(images: list[Image.Image]) -> torch.Tensor:
-<<<<<<< HEAD:clipviz/apps/space.py
     return torch.stack([pil_to_tensor(img) for img in images])
-=======
-    return torch.stack(
-        [torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1) for img in images]
-    )
->>>>>>> issue15:clipviz/space.py
 
 
 def _words_markdown(words: list[dict]) -> str:

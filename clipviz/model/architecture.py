@@ -97,21 +97,20 @@ class BlockParts:
         raise KeyError(part)
 
 
-_LAYER_SCALES = ("ls_2", "ls2", "layer_scale2")  # the MLP branch's layer scale, where a block has one
-
-
 def mlp_output_directions(parts: BlockParts) -> torch.Tensor:
     """Each MLP neuron's write into the residual stream, ``(d_mlp, d_model)``: the columns of the MLP's output
-    weight, times the block's layer scale where it has one (timm ``ls2.gamma``, HF ``layer_scale2.lambda1``)."""
-    directions = parts.fc2.weight.detach().float().T
-    for attr in _LAYER_SCALES:
-        scale = getattr(parts.block, attr, None)
-        gamma = getattr(scale, "gamma", None) if scale is not None else None
-        if gamma is None and scale is not None:
-            gamma = getattr(scale, "lambda1", None)
-        if isinstance(gamma, torch.Tensor):
-            directions = directions * gamma.detach().float()
-    return directions
+    weight, times the block's layer scale where it has one (timm ``ls2.gamma``, HF ``layer_scale2.lambda1``).
+
+    Refused (one line) where a norm sits between the hidden units and the output weight: a neuron then has no
+    fixed write direction."""
+    if not parts.hidden_is_linear_to_output():
+        raise UnsupportedModelError(
+            f"block {parts.index}'s MLP normalises its hidden units ({type(parts.mid).__name__}) before the output "
+            "weight, so a neuron has no fixed direction in the residual stream"
+        )
+    directions = parts.out_weight.detach().float().T
+    scale = parts.layer_scale()
+    return directions if scale is None else directions * scale.detach().float().to(directions.device)
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module | None:
@@ -254,11 +253,7 @@ def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> Bloc
         attn=attn,
         ln2=ln2,
         fc1=fc1,
-<<<<<<< HEAD:clipviz/model/architecture.py
-        act=act,
-=======
         act=mlp["act"],
->>>>>>> issue15:clipviz/architecture.py
         fc2=fc2,
         q=q,
         k=k,
@@ -298,7 +293,7 @@ def find_blocks(root: nn.Module, prefix: str = "") -> list[BlockParts]:
         for parts in found:
             blocks.append(BlockParts(**{**parts.__dict__, "index": len(blocks), "stage": stage}))
     if not blocks:
-        from .refusals import why_no_blocks
+        from clipviz.model.refusals import why_no_blocks
 
         raise UnsupportedModelError(why_no_blocks(root))
     return blocks

@@ -13,19 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-<<<<<<< HEAD:clipviz/model/hooked.py
 from clipviz.errors import ClipvizError
 from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
 from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, installed
 from clipviz.model.layout import TokenLayout
-=======
-from .architecture import BlockParts, find_blocks
-from .backends.base import Backend
-from .errors import ClipvizError
-from .hooks import HookFn, HookPoint, HookRegistry, StopForward, installed
-from .layouts import TokenLayout, probe_model
->>>>>>> issue15:clipviz/model.py
+from clipviz.model.probe import probe_model
 
 
 class ActivationCache(dict):
@@ -104,16 +97,16 @@ class HookedVisionModel(nn.Module):
     def layout(self, block: int | str) -> TokenLayout:
         """Token layout of block ``block``'s residual stream (``hook_resid_post``), or of a hook given by name.
 
-        Layouts are measured at load time (see ``clipviz.layouts``): they match the activations' token count and
+        Layouts are measured at load time (see ``clipviz.model.probe``): they match the activations' token count and
         order for every hook the model offers.
         """
         if isinstance(block, str):
-            return self.layout_of(block)
+            return self.hook_layout(block)
         if not 0 <= block < self.n_blocks:
             raise ClipvizError(f"layer {block} out of range: this model has blocks 0..{self.n_blocks - 1}")
         return self.token_layouts.hooks[f"blocks.{block}.hook_resid_post"]
 
-    def layout_of(self, hook: str) -> TokenLayout:
+    def hook_layout(self, hook: str) -> TokenLayout:
         """Token layout of the activation at ``hook`` (as clipviz shows it: 4-D activations are flattened)."""
         point = self.registry.resolve(hook)
         if point.block is None:  # a native module path: the layout of the last block, checked where it is used
@@ -136,12 +129,6 @@ class HookedVisionModel(nn.Module):
             span = "all blocks" if len(idx) == self.n_blocks else "blocks " + ",".join(map(str, idx))
             grouped[f"{point} ({span})"] = why
         return grouped
-
-    def hook_layout(self, name: str) -> TokenLayout:
-        """Token layout of the activation at hook ``name`` (native module paths outside the blocks: the last
-        block's)."""
-        point = self.registry.resolve(name)
-        return self.layout(point.block if point.block is not None else self.n_blocks - 1)
 
     def hook_width(self, name: str) -> int:
         """Size of the last axis of the activation at hook ``name`` (its neurons): read from the weights where
@@ -194,13 +181,10 @@ class HookedVisionModel(nn.Module):
             "stages": sorted({blk.stage for blk in self.blocks}) if b.hierarchical else None,
             "prefix_tokens": list(self.prefix_tokens),
             "patch_grid": list(layout.grid),
-<<<<<<< HEAD:clipviz/model/hooked.py
-=======
             "last_block_layout": None if last == layout else {"prefix": list(last.prefix), "grid": list(last.grid)},
             "gated_mlp": any(blk.gated for blk in self.blocks) or None,
             "hooks_left_out": self.unavailable_hooks() or None,
             "blocks_left_out": dict(self.token_layouts.excluded) or None,
->>>>>>> issue15:clipviz/model.py
             "patch_size": list(b.patch_size),
             "image_size": list(b.image_size),
             "mean": list(b.mean),
@@ -236,7 +220,7 @@ class HookedVisionModel(nn.Module):
         ``model(preprocess_pil(img)[None])`` equals the backend's own preprocessing and forward pass; only the
         normalisation is left to ``prepare``.
         """
-        from .preprocessing import fallback_transform
+        from clipviz.model.backends.preprocessing import fallback_transform
 
         image = image.convert("RGB")
         fn = self.backend.pil_transform or fallback_transform(self.image_size)

@@ -28,15 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-<<<<<<< HEAD:clipviz/model/hooks.py
 from clipviz.errors import HookNameError
 from clipviz.model.architecture import BlockParts
-=======
-from .architecture import BlockParts
-from .attention import attention_pattern
-from .errors import HookNameError
-from .layouts import ModelLayout
->>>>>>> issue15:clipviz/hooks.py
+from clipviz.model.attention import attention_pattern
+from clipviz.model.probe import ModelLayout
 
 #: Hook points of every block, in the order they fire in a forward pass.
 BLOCK_POINTS = (
@@ -196,17 +191,8 @@ class HookRegistry:
         return HookPoint(name=name, module=module, native=name, on_input=False, read=read, write=write)
 
     def _block_point(self, parts: BlockParts, point: str, name: str) -> HookPoint:
-<<<<<<< HEAD:clipviz/model/hooks.py
-        if not self._available(parts, point):
-            why = (
-                "its attention uses a relative position bias"
-                if point == "attn.hook_pattern"
-                else ("its attention output projection is not called as a module")
-            )
-=======
         why = self.unavailable_reason(parts, point)
         if why is not None:
->>>>>>> issue15:clipviz/hooks.py
             raise HookNameError(f"hook '{name}' is not available in this model: {why}")
         read, write = _transpose_if(self.seq_first)
         spatial = self.layout.spatial.get(name) if self.layout is not None else None

@@ -25,10 +25,6 @@ from clipviz.model.backends.base import Backend
 from clipviz.model.hooked import HookedVisionModel
 from clipviz.plugins import registry
 
-<<<<<<< HEAD:clipviz/model/loading.py
-=======
-_PACKAGE_MODELS = Path(__file__).parent / "models"
->>>>>>> issue15:clipviz/loading.py
 ACCEPTED = (
     "hf:<hub id or dir>, open_clip:<name>[/<tag>], open_clip:hf-hub:<id>, timm:<name>, a local directory, "
     "or a bundled model ({})"

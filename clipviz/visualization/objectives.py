@@ -133,58 +133,15 @@ def _indices(value, n: int, size: int, what: str, device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
-<<<<<<< HEAD:clipviz/visualization/objectives.py
 class _AtHook(Objective):
     """An objective on the activations at one hook (``hook``), reduced over tokens by ``reduce``."""
-=======
-def reduce_tokens(values: torch.Tensor, reduce, layout) -> torch.Tensor:
-    """Reduce ``(n, copies, N)`` token values to ``(n,)``: over patches, the CLS token, a patch or a region."""
-    prefix = layout.n_prefix
-    if values.shape[-1] != layout.n_tokens:
-        raise ClipvizError(
-            f"this activation has {values.shape[-1]} tokens but its layout has {layout.n_tokens} "
-            f"({layout.n_prefix} prefix + a {layout.grid[0]}x{layout.grid[1]} grid): use a block hook"
-        )
-    if reduce == "patches":
-        v = values[..., prefix:].mean(-1)
-    elif reduce == "all":
-        v = values.mean(-1)
-    elif reduce == "cls":
-        if "cls" not in layout.prefix:
-            raise ClipvizError("reduce='cls' needs a model with a CLS token; this one has none")
-        v = values[..., layout.prefix.index("cls")]
-    elif reduce == "max":
-        v = values[..., prefix:].amax(-1)
-    elif isinstance(reduce, tuple) and reduce[0] == "patch":
-        _, r, c = reduce
-        gh, gw = layout.grid
-        if not (0 <= r < gh and 0 <= c < gw):
-            raise ClipvizError(f"patch ({r}, {c}) is outside the {gh}x{gw} patch grid")
-        v = values[..., prefix + r * gw + c]
-    elif isinstance(reduce, tuple) and reduce[0] == "region":
-        _, r0, r1, c0, c1 = reduce
-        gh, gw = layout.grid
-        grid = values[..., prefix:].reshape(*values.shape[:-1], gh, gw)
-        v = grid[..., r0:r1, c0:c1].flatten(-2).mean(-1)
-    else:
-        raise ClipvizError(
-            f"unknown reduction {reduce!r}; accepted: patches, cls, all, max, ('patch', r, c), "
-            "('region', r0, r1, c0, c1)"
-        )
-    return v.mean(1)  # mean over the ensemble copies
->>>>>>> issue15:clipviz/objectives.py
 
     def __post_init__(self):
         object.__setattr__(self, "reduce", check_reduce(self.reduce))
 
-<<<<<<< HEAD:clipviz/visualization/objectives.py
     @property
     def hooks(self) -> tuple[str, ...]:
         return (self.hook,)
-=======
-def _layout_for(model, hook: str):
-    return model.layout_of(hook)
->>>>>>> issue15:clipviz/objectives.py
 
 
 @dataclass(frozen=True, eq=False)

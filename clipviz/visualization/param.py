@@ -99,11 +99,6 @@ class MacoImage(ImageParam):
     ``magnitude`` (3, H, W//2+1) defaults to ``1/f``; pass a photo's own magnitude to reconstruct that photo.
     """
 
-<<<<<<< HEAD:clipviz/visualization/param.py
-=======
-    kind = "maco"
-
->>>>>>> issue15:clipviz/param.py
     def __init__(
         self,
         seeds: Sequence[int],

@@ -93,7 +93,7 @@ def patch_means(model, hooks: list[str], images: torch.Tensor, batch: int = 250)
     for i in range(0, images.shape[0], batch):
         _, cache = model.run_with_cache(images[i : i + batch], hooks)
         for h in hooks:
-            layout = model.layout_of(h)
+            layout = model.hook_layout(h)
             chunks[h].append(cache[h][:, layout.patches].float().mean(1).cpu())
     return {h: torch.cat(v) for h, v in chunks.items()}
 
@@ -123,11 +123,7 @@ class Selectivity:
         from clipviz.results import atomic_write, write_text
 
         directory.mkdir(parents=True, exist_ok=True)
-<<<<<<< HEAD:clipviz/world/groundtruth.py
         atomic_write(
-=======
-        _atomic(
->>>>>>> issue15:clipviz/groundtruth.py
             directory / "ground_truth.safetensors",
             lambda tmp: save_file({h: t.contiguous() for h, t in self.auroc.items()}, tmp),
         )
@@ -138,11 +134,7 @@ class Selectivity:
             "clear_auroc": CLEAR_AUROC,
             "reduction": "mean over patch tokens",
         }
-<<<<<<< HEAD:clipviz/world/groundtruth.py
         write_text(directory / "ground_truth.json", json.dumps(meta, indent=2) + "\n")
-=======
-        _atomic(directory / "ground_truth.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
->>>>>>> issue15:clipviz/groundtruth.py
 
     @classmethod
     def load(cls, directory: Path) -> Selectivity:

@@ -29,7 +29,15 @@ from dataclasses import dataclass
 
 import torch
 
-from clipviz.analysis.studies.common import Predictor, StudyResult, accuracies, chunks, layout_of, new_figure, progress
+from clipviz.analysis.studies.common import (
+    Predictor,
+    StudyResult,
+    accuracies,
+    chunks,
+    hook_layout,
+    new_figure,
+    progress,
+)
 from clipviz.errors import ClipvizError
 
 
@@ -110,7 +118,7 @@ class ClsResult(StudyResult):
 
 @torch.no_grad()
 def cls_attention(model, images: torch.Tensor, batch: int = 32, bar=None):
-    layout = layout_of(model, 0)
+    layout = hook_layout(model, 0)
     c, p0 = layout.prefix.index("cls"), layout.n_prefix
     iso, own, back = [], [], []
     for block in range(model.n_blocks):
@@ -137,7 +145,7 @@ def cls_attention(model, images: torch.Tensor, batch: int = 32, bar=None):
 def cls_ablation(model, images: torch.Tensor, batch: int = 32, bar=None):
     """Relative change of the patch tokens (at the block's output and at the last block's) when CLS is
     mean-ablated at the input of each block."""
-    layout = layout_of(model, 0)
+    layout = hook_layout(model, 0)
     c, patches = layout.prefix.index("cls"), layout.patches
     last = f"blocks.{model.n_blocks - 1}.hook_resid_post"
     pre = [f"blocks.{i}.hook_resid_pre" for i in range(model.n_blocks)]
@@ -178,7 +186,7 @@ def cls_ablation(model, images: torch.Tensor, batch: int = 32, bar=None):
 def cls_alone(model, probe, batch: int = 32, bar=None) -> tuple[list[float], float, float]:
     """Mean accuracy over the probe's tasks with the patch tokens dropped at the input of each block, the full
     model's, and chance."""
-    n_prefix = layout_of(model, 0).n_prefix
+    n_prefix = hook_layout(model, 0).n_prefix
     predictors = [Predictor(model, t) for t in probe.tasks]
 
     def mean(acc: dict) -> float:
@@ -200,7 +208,7 @@ def _has_head(model) -> bool:
 
 def cls(model, probe, *, batch: int = 32, ablation_images: int = 128, progress_bar: bool = True) -> ClsResult:
     """Run the ``cls`` study (see the module docstring); the model needs a CLS token."""
-    layout = layout_of(model, 0)
+    layout = hook_layout(model, 0)
     if "cls" not in layout.prefix:
         raise ClipvizError(
             f"model '{model.spec}' has no CLS token (prefix tokens: {list(layout.prefix) or 'none'}): "

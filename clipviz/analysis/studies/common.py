@@ -307,7 +307,7 @@ def chunks(n: int, batch: int) -> Iterator[slice]:
         yield slice(lo, min(n, lo + batch))
 
 
-def layout_of(model, block: int):
+def hook_layout(model, block: int):
     """The model's token layout at a block (``model.layout``), checked to be a plain ViT grid."""
     if model.backend.hierarchical:
         raise ClipvizError(

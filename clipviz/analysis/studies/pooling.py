@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipviz.analysis.studies.common import StudyResult, chunks, grid_distances, layout_of, new_figure, progress
+from clipviz.analysis.studies.common import StudyResult, chunks, grid_distances, hook_layout, new_figure, progress
 
 
 @dataclass
@@ -87,7 +87,7 @@ class PoolingResult(StudyResult):
 def attention_distances(model, images: torch.Tensor, batch: int = 32, bar=None):
     """Per block: mean attention distance of patch queries to patch keys, its ratio to uniform attention and the
     attention mass patches give to prefix tokens (``None`` where a block's pattern cannot be recomputed)."""
-    layout = layout_of(model, 0)
+    layout = hook_layout(model, 0)
     dist = grid_distances(layout.grid).to(model.device)
     uniform = float(dist.mean())
     p0 = layout.n_prefix
@@ -117,7 +117,7 @@ def attention_distances(model, images: torch.Tensor, batch: int = 32, bar=None):
 def gradient_locality(model, images: torch.Tensor, queries: int = 4, seed: int = 0, bar=None):
     """Per block: share of the input-gradient energy of a patch's output inside that patch, and the
     energy-weighted distance ratio (see the module docstring)."""
-    layout = layout_of(model, 0)
+    layout = hook_layout(model, 0)
     gh, gw = layout.grid
     n_patch = gh * gw
     dist = grid_distances(layout.grid)

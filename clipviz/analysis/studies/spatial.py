@@ -27,7 +27,7 @@ from clipviz.analysis.studies.common import (
     StreamingRidgeClassifier,
     StudyResult,
     chunks,
-    layout_of,
+    hook_layout,
     new_figure,
     progress,
 )
@@ -96,7 +96,7 @@ def position_probe(model, images: torch.Tensor, batch: int = 64, bar=None) -> tu
     n = images.shape[0]
     if n < 2:
         raise ClipvizError("the position probe needs at least 2 images")
-    layout = layout_of(model, 0)
+    layout = hook_layout(model, 0)
     n_patch = layout.grid[0] * layout.grid[1]
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(model.n_blocks)]
     half = n // 2
@@ -155,7 +155,7 @@ def objective_test(
     from clipviz.visualization.optimise import optimise
     from clipviz.visualization.recipes import get_recipe
 
-    layout = layout_of(model, 0)
+    layout = hook_layout(model, 0)
     gh, gw = layout.grid
     recipe = get_recipe("vit-paper", steps=steps, copies=1, jitter=0, offset_noise=0.0)
     g = torch.Generator().manual_seed(seed)

@@ -8,21 +8,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-<<<<<<< HEAD:clipviz/model/backends/hf.py
 from clipviz.errors import UnsupportedModelError
 from clipviz.model.architecture import find_blocks
 from clipviz.model.backends.base import Backend, ImageProjection, TextTower
 from clipviz.model.backends.base import pair as _pair
+from clipviz.model.backends.hf_families import (
+    _is_generative,
+    _naflex,
+    _no_masking,
+    _pooled,
+    _processor_size,
+    _timm_wrapper,
+)
 from clipviz.model.backends.hub import fetching
-=======
-from ..architecture import find_blocks
-from ..errors import UnsupportedModelError
-from ..preprocessing import hf_transform
-from .base import Backend, ImageProjection, TextTower
-from .base import pair as _pair
-from .hf_families import _is_generative, _naflex, _no_masking, _pooled, _processor_size, _timm_wrapper
-from .hub import fetching
->>>>>>> issue15:clipviz/backends/hf.py
+from clipviz.model.backends.preprocessing import hf_transform
 
 _DEFAULT_MEAN = (0.5, 0.5, 0.5)
 _DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -79,7 +78,7 @@ def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 def _prefix_tokens(vision: nn.Module) -> tuple[str, ...]:
-    from .timm import timm_prefix_tokens
+    from clipviz.model.backends.timm import timm_prefix_tokens
 
     if type(vision).__module__.startswith("timm."):  # the transformers wrapper of a timm model
         return timm_prefix_tokens(vision)
@@ -220,19 +219,6 @@ def load_hf(
         vision_root=vision,
         vision_path=vision_path,
         architecture=type(model).__name__,
-<<<<<<< HEAD:clipviz/model/backends/hf.py
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        patch_size=patch,
-        prefix_tokens=_prefix_tokens(vision),
-        forward=forward,
-        output_kind=output_kind,
-        text=_text_tower(model, ref, kwargs),
-        projection=_projection(model, vision),
-        preprocessing_source=source,
-        hierarchical=hierarchical,
-=======
         image_size=facts["image_size"],
         mean=mean,
         std=std,
@@ -246,7 +232,6 @@ def load_hf(
         hierarchical=hierarchical,
         pil_transform=facts["pil_transform"],
         notes=facts["notes"],
->>>>>>> issue15:clipviz/backends/hf.py
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import pair as _pair
+from clipviz.model.backends.base import pair as _pair
 
 
 def _is_generative(model: nn.Module) -> bool:
@@ -36,7 +36,7 @@ def _processor_size(processor) -> tuple[int, int] | None:
 
 def _timm_wrapper(model: nn.Module, timm_model: nn.Module, facts: dict) -> None:
     """transformers' TimmWrapper: image size, patch size and preprocessing come from the timm model, not 224."""
-    from ..preprocessing import timm_transform
+    from clipviz.model.backends.preprocessing import timm_transform
 
     embed = getattr(timm_model, "patch_embed", None)
     cfg = getattr(timm_model, "pretrained_cfg", {}) or {}

@@ -9,20 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-<<<<<<< HEAD:clipviz/model/backends/openclip.py
 from clipviz.errors import ClipvizError, UnsupportedModelError
 from clipviz.model.backends.base import Backend, ImageProjection, TextTower
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
+from clipviz.model.backends.preprocessing import open_clip_transform
 from clipviz.model.backends.timm import timm_prefix_tokens
-=======
-from ..errors import ClipvizError, UnsupportedModelError
-from ..preprocessing import open_clip_transform
-from .base import Backend, ImageProjection, TextTower
-from .base import pair as _pair
-from .hub import fetching
-from .timm import timm_prefix_tokens
->>>>>>> issue15:clipviz/backends/openclip.py
 
 
 def _check_name(name: str) -> None:
@@ -92,10 +84,7 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
         "forward": model.encode_image,
         "output_kind": "image_embedding",
         "text": text,
-<<<<<<< HEAD:clipviz/model/backends/openclip.py
-=======
         "pil_transform": open_clip_transform(model),
->>>>>>> issue15:clipviz/backends/openclip.py
     }
     trunk = getattr(visual, "trunk", None)
     if isinstance(trunk, nn.Module):  # a timm trunk (SigLIP, EVA, ...)

@@ -9,18 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-<<<<<<< HEAD:clipviz/model/backends/timm.py
 from clipviz.errors import ClipvizError
 from clipviz.model.backends.base import Backend
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
-=======
-from ..errors import ClipvizError
-from ..preprocessing import timm_transform
-from .base import Backend
-from .base import pair as _pair
-from .hub import fetching
->>>>>>> issue15:clipviz/backends/timm.py
+from clipviz.model.backends.preprocessing import timm_transform
 
 
 def timm_prefix_tokens(model: nn.Module) -> tuple[str, ...]:
@@ -68,10 +61,7 @@ def load_timm(ref: str, spec: str, *, pretrained: bool = True, dtype: torch.dtyp
         prefix_tokens=timm_prefix_tokens(model),
         forward=model,
         output_kind="logits" if getattr(model, "num_classes", 0) else "pooled",
-<<<<<<< HEAD:clipviz/model/backends/timm.py
-=======
         pil_transform=timm_transform(model, image_size),
->>>>>>> issue15:clipviz/backends/timm.py
     )
 
 

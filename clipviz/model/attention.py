@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architecture import BlockParts
+from clipviz.model.architecture import BlockParts
 
 _V = ("v_proj", "attention.value", "value", "self.value")
 

@@ -13,7 +13,7 @@ every hook point watched, and for each hook of each block:
   block, as in ConViT and CaiT) and a grid that accounts for the rest: the stage's grid seen in the same block,
   the patch grid (halved per stage for hierarchical models), or, for square inputs, a square grid (PiT's
   overlapping stem, CrossViT's branches); a count that fits none of these is left out rather than guessed;
-* ``attn.hook_pattern`` is checked against the model's own attention (see ``clipviz.attention``).
+* ``attn.hook_pattern`` is checked against the model's own attention (see ``clipviz.model.attention``).
 
 A block whose ``hook_resid_post`` or ``mlp.hook_post`` has no known layout is left out when it comes after every
 kept block (class-attention heads of CaiT and XCiT, which only update the class token); anywhere else the model is
@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .architecture import BlockParts
-from .attention import attention_values, check_pattern, check_pattern_float32
-from .errors import UnsupportedModelError
+from clipviz.errors import UnsupportedModelError
+from clipviz.model.architecture import BlockParts
+from clipviz.model.attention import attention_values, check_pattern, check_pattern_float32
+from clipviz.model.layout import TokenLayout
 
 #: Hook points of every block, in the order they fire (kept in sync with ``hooks.BLOCK_POINTS``).
 POINTS = (
@@ -50,26 +51,6 @@ REFUSED_ORDER = {
     "Hiera": "Hiera unrolls its tokens into a mask-unit order that is not row-major",
     "HieraModel": "Hiera unrolls its tokens into a mask-unit order that is not row-major",
 }
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Where the patch tokens sit in an activation's token axis (after any flattening)."""
-
-    prefix: tuple[str, ...]  # kinds of the tokens before the patches
-    grid: tuple[int, int]  # patch grid (rows, columns), row-major after the prefix
-
-    @property
-    def n_prefix(self) -> int:
-        return len(self.prefix)
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_prefix + self.grid[0] * self.grid[1]
-
-    @property
-    def patches(self) -> slice:
-        return slice(self.n_prefix, None)
 
 
 @dataclass

@@ -28,7 +28,7 @@ def _block_like(root: nn.Module) -> str | None:
         if attn and mlp:
             if not norms:
                 return f"its blocks have no norm before attention and MLP (e.g. {where}); clipviz needs pre-norm blocks"
-            from .architecture import _mlp_parts
+            from clipviz.model.architecture import _mlp_parts
 
             if _mlp_parts(module) is not None:
                 return f"the norms of its blocks are not recognised (e.g. {where}: {', '.join(norms[:2])})"

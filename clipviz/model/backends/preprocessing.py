@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+from clipviz.images import pil_to_tensor
 
 
 def fallback_transform(size: tuple[int, int]) -> Callable[[Image.Image], torch.Tensor]:
@@ -27,7 +24,7 @@ def fallback_transform(size: tuple[int, int]) -> Callable[[Image.Image], torch.T
         rh, rw = max(h, round(image.height * scale)), max(w, round(image.width * scale))
         image = image.resize((rw, rh), Image.BICUBIC)
         top, left = (rh - h) // 2, (rw - w) // 2
-        return _to_tensor(image.crop((left, top, left + w, top + h)))
+        return pil_to_tensor(image.crop((left, top, left + w, top + h)))
 
     return fn
 
