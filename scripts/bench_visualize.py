@@ -2,7 +2,7 @@
 
     python scripts/bench_visualize.py                                   # CPU: ViT-S/16, default recipe, blocks 0,3,6,11
     python scripts/bench_visualize.py --recipe default,vit-paper --sweep   # + the projected ViT-B/16 sweeps
-    python scripts/bench_visualize.py --model vit-b16 --batch 32 --precision bf16-weights --recipe vit-paper  # GPU
+    python scripts/bench_visualize.py --model vit-b16 --recipe vit-paper,default --batch 32 --sweep  # on a GPU
 
 Random weights (speed does not depend on them), built from a transformers ``ViTConfig`` at 224 px: ``vit-s16``
 (384 wide, 6 heads, MLP 1536) or ``vit-b16`` (768, 12, 3072), 12 blocks. The objective is one
@@ -13,12 +13,13 @@ The naive loop does the same work per step with plain PyTorch, as one would writ
 parameterisation and augmentations (batched random draws), the model's own normalisation, the native model with a
 forward hook on block B's MLP activation that stores the output and raises to stop the pass (full forward to the
 hooked block, the full MLP: every neuron computed, one column taken per image), the same loss and Adam. clipviz
-runs its ``optimise`` (its exact speed-ups included). The two alternate, ``--steps`` steps each, ``--rounds``
-times, in one process; a step is timed from one ``on_step`` call to the next (the first step of each run is a
-warm-up and is dropped), and the ratio reported is the median over rounds of clipviz's median step over the naive
-loop's. FLOPs of one step are counted by torch's FlopCounterMode; the fraction of peak is against the dense bf16
-tensor-core peak on a GPU, and on a CPU against the single-thread float32 peak measured here with a 2048^3 matrix
-product (the data sheet's clock is unknown inside a virtual machine, so the measured product stands in for it).
+runs its ``optimise`` (its exact speed-ups on; with ``--plain`` also a second time with them off). The two are
+interleaved step by step in one process: clipviz's ``on_step`` callback runs one naive step, so every clipviz step
+is timed between two naive steps and the machine's load hits both alike; the first step of each is dropped and the
+ratio reported is the median of the per-step ratios (with its quartiles). FLOPs of one step are counted by torch's
+FlopCounterMode; the fraction of peak is against the dense bf16 tensor-core peak on a GPU, and on a CPU against
+the best float32 matrix-product rate measured here at the same thread count (the clock of a virtual machine's
+core is not known, so no data-sheet peak is claimed).
 
 With ``--sweep``, the projected time of the full ViT-B/16 sweep (all 36,864 MLP neurons, 12 x 3,072) is measured
 on a ViT-B/16-sized model for each recipe: per block, seconds per neuron (one step of ``--batch`` neurons, over
@@ -128,11 +129,12 @@ def _tv(images: torch.Tensor) -> torch.Tensor:
     return sum(t.flatten(-2).norm(dim=-1).mean(dim=-1) for t in d)
 
 
-def naive_loop(model, block: int, neurons: list[int], recipe, steps: int, on_step=None) -> None:
-    """The hand-written loop (see the module docstring); ``model`` is a HookedVisionModel, used for its native
-    module, its normalisation and where block ``block``'s MLP activation module is."""
+def naive_steps(model, block: int, neurons: list[int], recipe):
+    """The hand-written loop (see the module docstring), one step per ``next()``; ``model`` is a
+    HookedVisionModel, used for its native module, its normalisation and where block ``block``'s MLP activation
+    module is."""
     device, side = model.device, model.image_size[0]
-    n, copies = len(neurons), recipe.copies
+    n, copies, steps = len(neurons), recipe.copies, recipe.total_steps
     mean = torch.tensor(model.backend.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.backend.std, device=device).view(1, 3, 1, 1)
     if recipe.param == "fourier":
@@ -151,34 +153,35 @@ def naive_loop(model, block: int, neurons: list[int], recipe, steps: int, on_ste
         store["act"] = output
         raise _Stop
 
-    handle = model.blocks[block].act.register_forward_hook(hook)
     opt = torch.optim.Adam([leaf], lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)
-    try:
-        for k in range(steps):
-            if recipe.schedule == "cosine":
-                for g in opt.param_groups:
-                    g["lr"] = 0.5 * recipe.lr * (1 + math.cos(math.pi * k / steps))
-            img = image()
-            x = img.repeat_interleave(copies, 0) if copies > 1 else img
-            x = _augment(recipe, x, k / max(1, steps - 1))
-            x = ((x - mean) / std).to(model.dtype)
+    k = 0
+    while True:
+        if recipe.schedule == "cosine":
+            for g in opt.param_groups:
+                g["lr"] = 0.5 * recipe.lr * (1 + math.cos(math.pi * (k % steps) / steps))
+        img = image()
+        x = img.repeat_interleave(copies, 0) if copies > 1 else img
+        x = _augment(recipe, x, (k % steps) / max(1, steps - 1))
+        x = ((x - mean) / std).to(model.dtype)
+        handle = model.blocks[block].act.register_forward_hook(hook)
+        try:
             with contextlib.suppress(_Stop):
                 model.backend.forward(x)
-            act = store.pop("act")  # (n * copies, N, d_mlp)
-            picked = act.gather(-1, idx.view(-1, 1, 1).expand(*act.shape[:2], 1)).squeeze(-1)
-            values = picked[:, n_prefix:].float().mean(-1).view(n, copies).mean(1)
-            if recipe.tv:
-                values = values - recipe.tv * _tv(img)
-            opt.zero_grad(set_to_none=True)
-            (-values.sum()).backward()
-            opt.step()
-            if recipe.param == "pixel":
-                with torch.no_grad():
-                    leaf.clamp_(0, 1)
-            if on_step is not None:
-                on_step(k + 1)
-    finally:
-        handle.remove()
+        finally:
+            handle.remove()
+        act = store.pop("act")  # (n * copies, N, d_mlp): every neuron of the MLP
+        picked = act.gather(-1, idx.view(-1, 1, 1).expand(*act.shape[:2], 1)).squeeze(-1)
+        values = picked[:, n_prefix:].float().mean(-1).view(n, copies).mean(1)
+        if recipe.tv:
+            values = values - recipe.tv * _tv(img)
+        opt.zero_grad(set_to_none=True)
+        (-values.sum()).backward()
+        opt.step()
+        if recipe.param == "pixel":
+            with torch.no_grad():
+                leaf.clamp_(0, 1)
+        k += 1
+        yield k
 
 
 # ------------------------------------------------------------------------------------------------ measurements
@@ -187,83 +190,99 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def clipviz_loop(model, block: int, neurons: list[int], recipe, steps: int, on_step=None, autocast=None) -> None:
+def clipviz_run(model, block: int, neurons: list[int], recipe, steps: int, on_step=None, **kwargs) -> None:
     from clipviz.visualization.objectives import Neuron
     from clipviz.visualization.optimise import optimise
     from clipviz.visualization.recipes import get_recipe
 
-    kwargs = {"autocast": autocast} if autocast else {}
     objective = Neuron(f"blocks.{block}.mlp.hook_post", neurons)
     optimise(model, objective, neurons, get_recipe(recipe, steps=steps), on_step=on_step, **kwargs)
 
 
-def step_times(loop, model, block, neurons, recipe, steps, **kwargs) -> list[float]:
-    """Seconds of each step after the first, from one ``on_step`` call to the next."""
-    stamps: list[float] = []
+def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwargs) -> tuple[list, list]:
+    """Seconds per step of clipviz and of the naive loop, alternating step by step: clipviz's ``on_step`` runs one
+    naive step, so each clipviz step is timed between two naive steps. The first step of each is dropped."""
+    naive = naive_steps(model, block, neurons, recipe)
+    ours, theirs = [], []
+    last: list[float | None] = [None]
 
     def on_step(_k: int) -> None:
         _sync(model.device)
-        stamps.append(time.perf_counter())
+        now = time.perf_counter()
+        if last[0] is not None:
+            ours.append(now - last[0])
+        next(naive)
+        _sync(model.device)
+        theirs.append(time.perf_counter() - now)
+        last[0] = time.perf_counter()
 
-    loop(model, block, neurons, recipe, steps + 1, on_step=on_step, **kwargs)
-    return list(np.diff(stamps))
+    clipviz_run(model, block, neurons, recipe.name, steps + 1, on_step=on_step, **kwargs)
+    naive.close()
+    return ours, theirs[1:]
 
 
-def flops_of_step(loop, model, block, neurons, recipe, **kwargs) -> int:
+def flops_of_step(model, block, neurons, recipe, **kwargs) -> tuple[int, int]:
+    """FLOPs of one clipviz step and of one naive step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    def count(steps: int) -> int:
+    def ours(steps: int) -> int:
         with FlopCounterMode(display=False) as counter:
-            loop(model, block, neurons, recipe, steps, **kwargs)
+            clipviz_run(model, block, neurons, recipe.name, steps, **kwargs)
         return counter.get_total_flops()
 
-    return count(2) - count(1)  # one step; the clean evaluations before and after cancel out
+    naive = naive_steps(model, block, neurons, recipe)
+    next(naive)
+    with FlopCounterMode(display=False) as counter:
+        next(naive)
+    naive.close()
+    return ours(2) - ours(1), counter.get_total_flops()  # the clean evaluations before and after cancel out
 
 
-def compare(model, block: int, batch: int, recipe, steps: int, rounds: int, autocast=None) -> dict:
-    """clipviz and the naive loop, alternating, ``rounds`` times ``steps`` steps each."""
+def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, plain: bool = False) -> dict:
+    """clipviz against the naive loop, interleaved step by step; ``plain``: clipviz with its speed-ups off."""
     from clipviz.visualization.recipes import get_recipe
+    from clipviz.visualization.speedups import SpeedUps
 
     recipe = get_recipe(recipe)
     neurons = list(range(batch))
     kwargs = {"autocast": autocast} if autocast else {}
-    ours, naive, ratios = [], [], []
-    for _ in range(rounds):
-        a = step_times(clipviz_loop, model, block, neurons, recipe.name, steps, **kwargs)
-        b = step_times(naive_loop, model, block, neurons, recipe, steps)
-        ours += a
-        naive += b
-        ratios.append(statistics.median(a) / statistics.median(b))
-    flops_ours = flops_of_step(clipviz_loop, model, block, neurons, recipe.name, **kwargs)
-    flops_naive = flops_of_step(naive_loop, model, block, neurons, recipe)
+    if plain:
+        kwargs["speedups"] = SpeedUps.none()
+    ours, naive = interleaved(model, block, neurons, recipe, steps, **kwargs)
+    ratios = [a / b for a, b in zip(ours, naive, strict=True)]
+    flops_ours, flops_naive = flops_of_step(model, block, neurons, recipe, **kwargs)
     s_ours, s_naive = statistics.median(ours), statistics.median(naive)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {
         "block": block,
         "recipe": recipe.name,
+        "clipviz": "speed-ups off" if plain else "speed-ups on",
         "batch_neurons": batch,
         "images_per_step": batch * recipe.copies,
+        "steps_timed": len(ratios),
         "clipviz_s_per_step": round(s_ours, 4),
         "naive_s_per_step": round(s_naive, 4),
         "ratio_clipviz_over_naive": round(statistics.median(ratios), 3),
-        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        "ratio_quartiles": [round(q[0], 3), round(q[2], 3)],
         "clipviz_gflop_per_step": round(flops_ours / 1e9, 2),
         "naive_gflop_per_step": round(flops_naive / 1e9, 2),
         "clipviz_gflops": round(flops_ours / s_ours / 1e9, 1),
         "naive_gflops": round(flops_naive / s_naive / 1e9, 1),
-        "steps_per_neuron": recipe.total_steps,
     }
 
 
-def cpu_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Single-process float32 matrix-product rate at the current thread count (best of ``repeats``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
+def cpu_peak_gflops(repeats: int = 10) -> float:
+    """The best float32 matrix-product rate measured here at the current thread count: the best of ``repeats``
+    runs of a 2048^3 product and of the ViT-S MLP's (788 x 384) x (384 x 1536) product, whichever is faster."""
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (788, 384, 1536)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
         a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def sweep_hours(per_block: dict[int, float], d_mlp: int) -> float:
@@ -273,22 +292,53 @@ def sweep_hours(per_block: dict[int, float], d_mlp: int) -> float:
     return float(seconds.sum() * d_mlp / 3600)
 
 
+def clipviz_step_times(model, block: int, neurons: list[int], recipe_name: str, steps: int, **kwargs) -> list:
+    """Seconds of each clipviz step after the first, from one ``on_step`` call to the next."""
+    stamps: list[float] = []
+
+    def on_step(_k: int) -> None:
+        _sync(model.device)
+        stamps.append(time.perf_counter())
+
+    clipviz_run(model, block, neurons, recipe_name, steps + 1, on_step=on_step, **kwargs)
+    return list(np.diff(stamps))
+
+
 def measure_sweep(model, blocks, batch: int, recipe_name: str, steps: int, autocast=None) -> dict:
     """Seconds per neuron (clipviz) for the whole ``recipe`` run, per block, and the 36,864-neuron sweep."""
     from clipviz.visualization.recipes import get_recipe
 
     recipe = get_recipe(recipe_name)
     kwargs = {"autocast": autocast} if autocast else {}
-    per_block = {}
+    per_block, per_step = {}, {}
     for block in blocks:
-        times = step_times(clipviz_loop, model, block, list(range(batch)), recipe_name, steps, **kwargs)
-        per_block[block] = statistics.median(times) * recipe.total_steps / batch
+        per_step[block] = statistics.median(
+            clipviz_step_times(model, block, list(range(batch)), recipe_name, steps, **kwargs)
+        )
+        per_block[block] = per_step[block] * recipe.total_steps / batch
     return {
+        "model": "vit-b16",
         "recipe": recipe_name,
         "batch_neurons": batch,
-        "seconds_per_neuron": {b: round(s, 2) for b, s in per_block.items()},
+        "seconds_per_step": {b: round(s, 3) for b, s in per_step.items()},
+        "seconds_per_neuron": {b: round(s, 1) for b, s in per_block.items()},
         "sweep_36864_hours": round(sweep_hours(per_block, MODELS["vit-b16"][2]), 2),
     }
+
+
+def profile_step(model, block: int, batch: int, recipe_name: str, autocast=None) -> None:
+    """The operations of two clipviz steps, by total device time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kwargs = {"autocast": autocast} if autocast else {}
+    cuda = model.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    clipviz_run(model, block, list(range(batch)), recipe_name, 2, **kwargs)
+    with profile(activities=activities) as prof:
+        clipviz_run(model, block, list(range(batch)), recipe_name, 2, **kwargs)
+        _sync(model.device)
+    sort = "cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
 
 def main() -> None:
@@ -297,8 +347,9 @@ def main() -> None:
     ap.add_argument("--recipe", default="default", help="comma-separated recipes to compare")
     ap.add_argument("--batch", type=int, default=4, help="neurons optimised together")
     ap.add_argument("--blocks", default="0,3,6,11", help="blocks to measure: a comma-separated list or 'all'")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per run (after one warm-up step)")
-    ap.add_argument("--rounds", type=int, default=5, help="alternations of clipviz and the naive loop")
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per block (after one warm-up step)")
+    ap.add_argument("--sweep-steps", type=int, default=2, help="timed steps per block in the ViT-B/16 sweep")
+    ap.add_argument("--plain", action="store_true", help="also compare clipviz with its speed-ups off")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--sweep", action="store_true", help="also project the ViT-B/16 sweep for each recipe")
     ap.add_argument("--sweep-batch", type=int, default=None, help="neurons per batch in the sweep (default --batch)")
@@ -309,6 +360,7 @@ def main() -> None:
         help="bf16: autocast over fp32 weights; bf16-weights: the model loaded in bf16, no autocast "
         "(auto: bf16-weights on a GPU, fp32 on the CPU)",
     )
+    ap.add_argument("--profile", action="store_true", help="print the operations of two steps of the last block")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -328,7 +380,7 @@ def main() -> None:
     else:
         name = f"cpu ({torch.get_num_threads()} threads)"
         peak = cpu_peak_gflops() * 1e9
-        peak_note = "float32 2048^3 matrix product measured here, same threads"
+        peak_note = "best float32 matrix-product rate measured here, same threads (see cpu_peak_gflops)"
     result: dict = {"device": name, "precision": precision, "model": args.model, "rows": [], "sweeps": []}
     if peak:
         result["peak_gflops"] = round(peak / 1e9, 1)
@@ -338,17 +390,22 @@ def main() -> None:
         model = clipviz.load(build_vit(tmp, args.model), device=device, dtype=dtype)
     for recipe in recipes:
         for block in blocks:
-            row = compare(model, block, args.batch, recipe, args.steps, args.rounds, autocast)
-            if peak:
-                row["clipviz_fraction_of_peak"] = round(row["clipviz_gflops"] * 1e9 / peak, 3)
-                row["naive_fraction_of_peak"] = round(row["naive_gflops"] * 1e9 / peak, 3)
-            print(json.dumps(row), flush=True)
-            result["rows"].append(row)
+            for plain in (False, True) if args.plain else (False,):
+                row = compare(model, block, args.batch, recipe, args.steps, autocast, plain)
+                if peak:
+                    row["clipviz_fraction_of_peak"] = round(row["clipviz_gflops"] * 1e9 / peak, 3)
+                    row["naive_fraction_of_peak"] = round(row["naive_gflops"] * 1e9 / peak, 3)
+                print(json.dumps(row), flush=True)
+                result["rows"].append(row)
+    if args.profile:
+        profile_step(model, blocks[-1], args.batch, recipes[-1], autocast)
     if args.sweep:
-        with tempfile.TemporaryDirectory() as tmp:
-            big = clipviz.load(build_vit(tmp, "vit-b16"), device=device, dtype=dtype)
+        big = model
+        if args.model != "vit-b16":
+            with tempfile.TemporaryDirectory() as tmp:
+                big = clipviz.load(build_vit(tmp, "vit-b16"), device=device, dtype=dtype)
         for recipe in recipes:
-            sweep = measure_sweep(big, blocks, args.sweep_batch or args.batch, recipe, args.steps, autocast)
+            sweep = measure_sweep(big, blocks, args.sweep_batch or args.batch, recipe, args.sweep_steps, autocast)
             print(json.dumps(sweep), flush=True)
             result["sweeps"].append(sweep)
     if args.json:

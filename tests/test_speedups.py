@@ -79,7 +79,7 @@ def test_sliced_mlp_only_where_it_applies(models):
         forward_objective(model, Neuron(hook, model.d_mlp), torch.rand(1, 3, *model.image_size), 1, None)
 
 
-@pytest.mark.parametrize("name", ["vit", "clip-vision", "open_clip", "timm", "dinov2"])
+@pytest.mark.parametrize("name", [*ARCHS, "swin"])
 def test_stem_as_matmul_equals_the_convolution(models, name):
     model = models[name]
     conv = patch_embedding(model)
