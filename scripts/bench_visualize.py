@@ -353,6 +353,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--sweep", action="store_true", help="also project the ViT-B/16 sweep for each recipe")
     ap.add_argument("--sweep-batch", type=int, default=None, help="neurons per batch in the sweep (default --batch)")
+    ap.add_argument("--sweep-only", action="store_true", help="only the ViT-B/16 sweep, no comparison")
     ap.add_argument(
         "--precision",
         default="auto",
@@ -388,7 +389,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "sweeps")}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = clipviz.load(build_vit(tmp, args.model), device=device, dtype=dtype)
-    for recipe in recipes:
+    for recipe in [] if args.sweep_only else recipes:
         for block in blocks:
             for plain in (False, True) if args.plain else (False,):
                 row = compare(model, block, args.batch, recipe, args.steps, autocast, plain)
@@ -399,7 +400,7 @@ def main() -> None:
                 result["rows"].append(row)
     if args.profile:
         profile_step(model, blocks[-1], args.batch, recipes[-1], autocast)
-    if args.sweep:
+    if args.sweep or args.sweep_only:
         big = model
         if args.model != "vit-b16":
             with tempfile.TemporaryDirectory() as tmp:
