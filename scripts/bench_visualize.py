@@ -382,13 +382,17 @@ def main() -> None:
         name = f"cpu ({torch.get_num_threads()} threads)"
         peak = cpu_peak_gflops() * 1e9
         peak_note = "best float32 matrix-product rate measured here, same threads (see cpu_peak_gflops)"
-    result: dict = {"device": name, "precision": precision, "model": args.model, "rows": [], "sweeps": []}
+    result: dict = {"device": name, "precision": precision, "rows": [], "sweeps": []}
+    if not args.sweep_only:
+        result["model"] = args.model
     if peak:
         result["peak_gflops"] = round(peak / 1e9, 1)
         result["peak_note"] = peak_note
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "sweeps")}), flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = clipviz.load(build_vit(tmp, args.model), device=device, dtype=dtype)
+    model = None
+    if not args.sweep_only or args.model == "vit-b16":
+        with tempfile.TemporaryDirectory() as tmp:
+            model = clipviz.load(build_vit(tmp, args.model), device=device, dtype=dtype)
     for recipe in [] if args.sweep_only else recipes:
         for block in blocks:
             for plain in (False, True) if args.plain else (False,):
@@ -402,7 +406,7 @@ def main() -> None:
         profile_step(model, blocks[-1], args.batch, recipes[-1], autocast)
     if args.sweep or args.sweep_only:
         big = model
-        if args.model != "vit-b16":
+        if big is None or args.model != "vit-b16":
             with tempfile.TemporaryDirectory() as tmp:
                 big = clipviz.load(build_vit(tmp, "vit-b16"), device=device, dtype=dtype)
         for recipe in recipes:

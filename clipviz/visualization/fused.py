@@ -38,7 +38,7 @@ class AffineChain:
     """Leading per-channel affine transforms, and optionally the model's normalisation, as one ``a * x + b``."""
 
     steps: tuple[ColorShift | OffsetNoise, ...]
-    mean: torch.Tensor | None = None  # (3,) the model's normalisation, folded in when given
+    mean: torch.Tensor | None = None  # (3,) on the CPU: the model's normalisation, folded in when given
     std: torch.Tensor | None = None
 
     def coefficients(self, rngs, copies: int, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +53,7 @@ class AffineChain:
                 s, noise = step.draw(rngs, copies, progress)
                 b = b + s * noise
         if self.mean is not None:
-            mean, std = self.mean.detach().float().cpu(), self.std.detach().float().cpu()
-            a, b = a / std, (b - mean) / std
+            a, b = a / self.std, (b - self.mean) / self.std
         return a, b
 
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
@@ -66,7 +65,7 @@ class AffineChain:
 def fuse_affine(transforms: Sequence, normalisation=None) -> tuple[AffineChain | None, list, bool]:
     """Split ``transforms`` into the fused leading affine chain, the transforms left, and whether the model's
     ``normalisation`` (``mean, std``; ``None``: not to be folded) was folded in: only if every transform left
-    only moves pixels."""
+    only moves pixels. The coefficients are made on the CPU (no device synchronisation per step)."""
     k = 0
     while k < len(transforms) and type(transforms[k]) in _AFFINE:
         k += 1
@@ -74,5 +73,5 @@ def fuse_affine(transforms: Sequence, normalisation=None) -> tuple[AffineChain |
         return None, list(transforms), False
     rest = list(transforms[k:])
     folds = normalisation is not None and all(type(t) in _MOVES for t in rest)
-    mean, std = normalisation if folds else (None, None)
+    mean, std = (t.detach().float().cpu() for t in normalisation) if folds else (None, None)
     return AffineChain(tuple(transforms[:k]), mean, std), rest, folds

@@ -89,7 +89,7 @@ class SlicedMLP:
         out = {}
         for term in self.terms:
             idx = _indices(term.index, n, weight.shape[0], f"neuron (hook '{term.hook}')", x.device)
-            rows = idx.repeat_interleave(copies)
+            rows = idx[:, None].expand(-1, copies).reshape(-1)  # image i's neuron for each of its copies
             w = weight[rows].float()  # (B, d_model)
             z = (x.float() * w[:, None, :]).sum(-1)
             if bias is not None:
