@@ -7,7 +7,7 @@ its input size, if needed) happens inside, so callers never deal with mean/std.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ class HookedVisionModel(nn.Module):
         self.blocks: list[BlockParts] = find_blocks(backend.vision_root, prefix=prefix.rstrip("."))
         self.register_buffer("_mean", torch.tensor(backend.mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("_std", torch.tensor(backend.std, dtype=torch.float32).view(1, -1, 1, 1), False)
+        self._prenormalised = False
         # Measure every hook's token layout (and check attention patterns) on the model itself, once.
         self.token_layouts = probe_model(self)
         self.blocks = self.blocks[: len(self.blocks) - len(self.token_layouts.excluded)]
@@ -206,6 +207,10 @@ class HookedVisionModel(nn.Module):
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ClipvizError(f"images must be a (B, 3, H, W) tensor in [0, 1] (1 channel is repeated); got {shape}")
+        if self._prenormalised:
+            if images.shape[1] != 3 or tuple(images.shape[-2:]) != tuple(self.image_size):
+                raise ClipvizError(f"pre-normalised images must be (B, 3, {self.image_size[0]}, {self.image_size[1]})")
+            return images.to(device=self._mean.device, dtype=self.dtype)
         x = images.to(device=self._mean.device, dtype=torch.float32)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -225,6 +230,21 @@ class HookedVisionModel(nn.Module):
         image = image.convert("RGB")
         fn = self.backend.pil_transform or fallback_transform(self.image_size)
         return fn(image).float()
+
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prepare``'s per-channel ``mean, std`` (3,): the model's input is ``(x - mean) / std``."""
+        return self._mean.view(-1), self._std.view(-1)
+
+    @contextmanager
+    def prenormalised(self) -> Iterator[HookedVisionModel]:
+        """Inside the block, images handed to the model are already normalised (the caller applied
+        ``normalisation()``, fused into its own per-channel arithmetic) and at the input size: ``prepare`` only
+        casts them."""
+        previous, self._prenormalised = self._prenormalised, True
+        try:
+            yield self
+        finally:
+            self._prenormalised = previous
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The model's head output: image embedding (CLIP-like), logits (classifiers) or pooled features."""
@@ -287,6 +307,33 @@ class HookedVisionModel(nn.Module):
             if asked != point.name and point.name in cache:
                 cache[asked] = cache[point.name]
         return out, cache
+
+    def mlp_input_point(self, block: int) -> HookPoint:
+        """The input of block ``block``'s first MLP layer (what its second norm hands the MLP), ``(B, N, d_model)``."""
+        if not 0 <= block < self.n_blocks:
+            raise ClipvizError(f"layer {block} out of range: this model has blocks 0..{self.n_blocks - 1}")
+        parts = self.blocks[block]
+        swap = (lambda x: x.transpose(0, 1)) if self.backend.seq_first else None
+        return HookPoint(
+            name=f"blocks.{block}.mlp.hook_in",
+            module=parts.fc1,
+            native=parts.native("fc1"),
+            on_input=True,
+            block=block,
+            read=swap,
+            write=swap,
+        )
+
+    def run_to_mlp_input(self, images: torch.Tensor, block: int) -> torch.Tensor:
+        """Block ``block``'s MLP input ``(B, N, d_model)`` (autograd graph kept); the pass stops there, so neither
+        that MLP nor anything after it is computed."""
+        point = self.mlp_input_point(block)
+        kept: list[torch.Tensor] = []
+        with installed([(point, lambda value, _p: kept.append(value))], stop_after={point.name}), suppress(StopForward):
+            self(images)
+        if not kept:
+            raise ClipvizError(f"block {block}'s MLP was never called in the forward pass")
+        return kept[0]
 
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[HookedVisionModel]:

@@ -35,6 +35,7 @@ class Context:
     output: torch.Tensor | None  # (n * copies, ...) head output, if it was computed
     images: torch.Tensor  # (n, 3, H, W) before augmentation
     copies: int
+    picked: dict[int, torch.Tensor] = field(default_factory=dict)  # id(Neuron) -> (n * copies, N), if sliced
 
     @property
     def n(self) -> int:
@@ -157,6 +158,11 @@ class Neuron(_AtHook):
     reduce: Reduce = "patches"
 
     def __call__(self, ctx: Context) -> torch.Tensor:
+        sliced = ctx.picked.get(id(self))  # computed by the sliced MLP (clipviz.visualization.sliced)
+        picked = self._pick(ctx) if sliced is None else sliced.reshape(ctx.n, ctx.copies, -1)
+        return reduce_tokens(picked.float(), self.reduce, ctx.model.hook_layout(self.hook)).mean(1)
+
+    def _pick(self, ctx: Context) -> torch.Tensor:
         act = ctx.act(self.hook)  # (n, copies, N, d)
         if act.ndim != 4:
             raise ClipvizError(
@@ -164,8 +170,7 @@ class Neuron(_AtHook):
                 f"{tuple(ctx.cache[self.hook].shape)}"
             )
         idx = _indices(self.index, ctx.n, act.shape[-1], f"neuron (hook '{self.hook}')", act.device)
-        picked = act.gather(-1, idx.view(-1, 1, 1, 1).expand(*act.shape[:3], 1)).squeeze(-1)
-        return reduce_tokens(picked.float(), self.reduce, ctx.model.hook_layout(self.hook)).mean(1)
+        return act.gather(-1, idx.view(-1, 1, 1, 1).expand(*act.shape[:3], 1)).squeeze(-1)
 
     def __str__(self) -> str:
         index = self.index if isinstance(self.index, int) else list(self.index)
