@@ -24,12 +24,14 @@ class Registry:
 
     ``sources``: scheme -> factory(argument) returning a ``clipviz.data.Source`` (``world:2000`` calls the
     ``world`` factory with ``"2000"``); ``vocabularies``: name -> factory(templates) returning a
-    ``clipviz.analysis.concepts.Vocabulary``; ``models``: short name -> directory of a bundled model.
+    ``clipviz.analysis.concepts.Vocabulary``; ``models``: short name -> directory of a bundled model; ``probes``:
+    scheme -> factory(argument, n=, size=, seed=) returning a labelled ``clipviz.analysis.studies.Probe``.
     """
 
     sources: dict[str, Callable[[str], object]] = field(default_factory=dict)
     vocabularies: dict[str, Callable[..., object]] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)
+    probes: dict[str, Callable[..., object]] = field(default_factory=dict)
 
     def add_source(self, scheme: str, factory: Callable[[str], object]) -> None:
         self.sources[scheme] = factory
@@ -39,6 +41,9 @@ class Registry:
 
     def add_model(self, name: str, directory: Path) -> None:
         self.models[name] = Path(directory)
+
+    def add_probe(self, scheme: str, factory: Callable[..., object]) -> None:
+        self.probes[scheme] = factory
 
 
 _REGISTRY: Registry | None = None

@@ -186,10 +186,8 @@ def test_atlas_in_chromium(results, site):
         driver.get((site / "neurons" / HOOK / "1.html").as_uri())
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) == 2 + 2 * 4  # two visualizations, four examples each with a heat map
-        assert all(
-            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
-            for img in images
-        )
+        loaded = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+        WebDriverWait(driver, 20).until(lambda d: all(d.execute_script(loaded, img) for img in images))
         body = driver.find_element(By.TAG_NAME, "body").text
         assert all(w in body for w in results["words"][1]["words"])
         assert console_errors(driver) == []

@@ -75,7 +75,7 @@ def test_streamed_top_k_equals_the_full_activation_matrix(planted, folder):
     from clipviz.data.decoding import batches
 
     images, idx = [], []
-    for x, i, _ in batches(source, planted.image_size, 100, []):
+    for x, i, _ in batches(source, planted.preprocess_pil, 100, []):  # the model's own resize + centre crop
         images.append(x)
         idx += i
     _, cache = planted.run_with_cache(torch.cat(images), [HOOK])

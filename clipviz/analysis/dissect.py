@@ -87,7 +87,7 @@ def probe_activations(model, hook: str, source, neurons=None, batch: int = 64) -
     point = model.hook_point(hook)
     layout = model.hook_layout(hook)
     rows, kept, skipped = [], [], []
-    for images, idx, _ in batches(source, model.image_size, batch, skipped):
+    for images, idx, _ in batches(source, model.preprocess_pil, batch, skipped):
         _, cache = model.run_with_cache(images, [point.name])
         act = reduce_tokens(cache[point.name].float(), "patches", layout, dim=1)
         rows.append(act if neurons is None else act[:, list(neurons)])
@@ -153,7 +153,7 @@ def image_text_similarities(labeller, source, indices: list[int], text: torch.Te
 
     wanted = set(indices)
     embs = []
-    for images, _, _ in batches(_Filtered(source, wanted), labeller.image_size, batch, []):
+    for images, _, _ in batches(_Filtered(source, wanted), labeller.preprocess_pil, batch, []):
         embs.append(F.normalize(labeller.encode_image(images).float(), dim=-1).cpu())
     return torch.cat(embs) @ text.T
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from clipviz.data.decoding import batches, parallel_batches
 from clipviz.data.sources import Source
 from clipviz.errors import ClipvizError, check_int
+from clipviz.images import tensor_to_pil
 from clipviz.model.layout import TokenLayout, patch_grid, reduce_tokens
 from clipviz.results import (
     SHARDS_DIR,
@@ -220,9 +221,9 @@ def mine_examples(
     total = source.length if span is None else span[1] - span[0]
     bar = tqdm(total=total or None, unit="img", desc="examples", disable=not progress)
     if workers and source.length:
-        stream = parallel_batches(source, span or (0, source.length), model.image_size, batch, workers, skipped)
+        stream = parallel_batches(source, span or (0, source.length), model.preprocess_pil, batch, workers, skipped)
     else:
-        stream = batches(source if span is None else source.range(*span), model.image_size, batch, skipped)
+        stream = batches(source if span is None else source.range(*span), model.preprocess_pil, batch, skipped)
     for images, idx, caps in stream:
         _, cache = model.run_with_cache(images, [point.name])
         act = cache[point.name].float()  # (B, N, d)
@@ -262,12 +263,13 @@ def mine_examples(
     )
 
 
-def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96) -> None:
-    """Small PNGs of every kept image, ``out/thumbs/<index>.png``, for the atlas and the demo."""
+def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96, model=None) -> None:
+    """Small PNGs of every kept image, ``out/thumbs/<index>.png``, for the atlas and the demo. With ``model``, each
+    thumbnail is what the model saw (its own resize + centre crop), so the patch maps line up with it."""
     wanted = set(result.indices.flatten().tolist())
     for i, img, _ in source:
         if i in wanted and img is not None:
-            thumb = img.copy()
+            thumb = tensor_to_pil(model.preprocess_pil(img)) if model is not None else img.copy()
             thumb.thumbnail((size, size))
             write_png(thumbnail_path(out, i), thumb)
 

@@ -98,7 +98,7 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
         ex = mine_examples(model, hook, source, neurons=neurons, top_k=top_k, progress=progress)
         words = direct_lens(model, hook, neurons, vocab, top_k=3)
         ex.save(out / "results" / "examples")  # the standard results layout, for the atlas
-        write_thumbnails(source, ex, out / "results" / "examples")
+        write_thumbnails(source, ex, out / "results" / "examples", model=model)
         rows = [{"neuron": n, **w} for n, w in zip(neurons, words, strict=True)]
         write_table(out / "results" / "words", hook, rows, "direct", vocab)
         images = torch.stack([pil_to_tensor(v.image) for v in vis])

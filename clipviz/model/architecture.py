@@ -17,15 +17,21 @@ from torch import nn
 from clipviz.errors import UnsupportedModelError
 
 # Aliases per part, relative to the block, in order of preference.
-_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1")
-_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2")
+_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1", "rms_norm1", "attention_norm")
+_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2", "rms_norm2", "ffn_norm")
 _ATTN = ("self_attn", "attention", "attn")
-_FC1 = ("mlp.fc1", "intermediate.dense", "mlp.c_fc")
-_ACT = ("mlp.activation_fn", "intermediate.intermediate_act_fn", "mlp.gelu", "mlp.act")
-_FC2 = ("mlp.fc2", "output.dense", "mlp.c_proj")
+_MLP = ("mlp", "ffn", "feed_forward")
+_FC1 = ("mlp.fc1", "intermediate.dense", "mlp.c_fc", "mlp.up_proj")
+_ACT = ("mlp.activation_fn", "intermediate.intermediate_act_fn", "mlp.gelu", "mlp.act", "mlp.act_fn")
+_FC2 = ("mlp.fc2", "output.dense", "mlp.c_proj", "mlp.down_proj")
+# Gated MLPs (SwiGLU / GeGLU): (gate, up, down) relative to the MLP module.
+# The flag says whether the MLP's ``norm`` (if any) sits after the product (timm SwiGLU) or before it (ViTamin).
+_GATED = (("gate_proj", "up_proj", "down_proj", False), ("fc1_g", "fc1_x", "fc2", True), ("w0", "w1", "w2", False))
+# Where the residual stream's layer scale after the MLP lives, relative to the block.
+_LAYER_SCALE2 = ("ls2", "ls_2", "layer_scale2", "layer_scale_2", "gamma_2", "gamma2", "lambda_2")
 # Relative to the attention module.
-_Q = ("q_proj", "attention.query", "query")
-_K = ("k_proj", "attention.key", "key")
+_Q = ("q_proj", "attention.query", "query", "self.query")
+_K = ("k_proj", "attention.key", "key", "self.key")
 _V = ("v_proj", "attention.value", "value")
 _QKV = ("qkv",)
 _OUT = ("o_proj", "out_proj", "output.dense", "proj")
@@ -52,6 +58,10 @@ class BlockParts:
     n_heads: int
     stage: int = 0
     relative_position: bool = False
+    gate: nn.Linear | None = None  # gated MLP: the gate projection (``act(gate(x)) * fc1(x)``)
+    packed_gate: str | None = None  # gate and up packed in one ``fc1``: "first" or "last" half is the gate
+    mid: nn.Module | None = None  # module whose input is the MLP's hidden units (after act / the gated product)
+    layer_scale2: nn.Module | nn.Parameter | None = None  # scale applied to the MLP output in the residual stream
 
     @property
     def d_model(self) -> int:
@@ -59,7 +69,24 @@ class BlockParts:
 
     @property
     def d_mlp(self) -> int:
-        return self.fc1.out_features
+        return self.fc2.in_features
+
+    @property
+    def gated(self) -> bool:
+        return self.gate is not None or self.packed_gate is not None
+
+    @property
+    def out_weight(self) -> torch.Tensor:
+        """The MLP output matrix (d_model, d_mlp): column n is what hidden unit n writes (before layer scale)."""
+        return self.fc2.weight
+
+    def layer_scale(self) -> torch.Tensor | None:
+        """The per-channel scale (d_model,) applied to the MLP output before it joins the residual stream."""
+        return _scale_tensor(self.layer_scale2)
+
+    def hidden_is_linear_to_output(self) -> bool:
+        """True when the MLP's hidden units reach ``fc2`` unchanged (no norm in between)."""
+        return self.mid is None or self.mid is self.fc2 or isinstance(self.mid, (nn.Identity, nn.Dropout))
 
     def native(self, part: str) -> str:
         """Native path of a part of this block, e.g. ``native("fc1") == "encoder.layers.3.mlp.fc1"``."""
@@ -70,21 +97,20 @@ class BlockParts:
         raise KeyError(part)
 
 
-_LAYER_SCALES = ("ls_2", "ls2", "layer_scale2")  # the MLP branch's layer scale, where a block has one
-
-
 def mlp_output_directions(parts: BlockParts) -> torch.Tensor:
     """Each MLP neuron's write into the residual stream, ``(d_mlp, d_model)``: the columns of the MLP's output
-    weight, times the block's layer scale where it has one (timm ``ls2.gamma``, HF ``layer_scale2.lambda1``)."""
-    directions = parts.fc2.weight.detach().float().T
-    for attr in _LAYER_SCALES:
-        scale = getattr(parts.block, attr, None)
-        gamma = getattr(scale, "gamma", None) if scale is not None else None
-        if gamma is None and scale is not None:
-            gamma = getattr(scale, "lambda1", None)
-        if isinstance(gamma, torch.Tensor):
-            directions = directions * gamma.detach().float()
-    return directions
+    weight, times the block's layer scale where it has one (timm ``ls2.gamma``, HF ``layer_scale2.lambda1``).
+
+    Refused (one line) where a norm sits between the hidden units and the output weight: a neuron then has no
+    fixed write direction."""
+    if not parts.hidden_is_linear_to_output():
+        raise UnsupportedModelError(
+            f"block {parts.index}'s MLP normalises its hidden units ({type(parts.mid).__name__}) before the output "
+            "weight, so a neuron has no fixed direction in the residual stream"
+        )
+    directions = parts.out_weight.detach().float().T
+    scale = parts.layer_scale()
+    return directions if scale is None else directions * scale.detach().float().to(directions.device)
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module | None:
@@ -108,7 +134,7 @@ def _is_norm(module: nn.Module | None) -> bool:
 
 
 def _heads(attn: nn.Module, d_model: int) -> int:
-    for owner in (attn, _get(attn, "attention")):
+    for owner in (attn, _get(attn, "attention"), _get(attn, "self")):
         if owner is None:
             continue
         for attr in ("num_heads", "num_attention_heads", "n_heads"):
@@ -126,18 +152,93 @@ def _out_proj_is_called(attn: nn.Module) -> bool:
     return not isinstance(attn, nn.MultiheadAttention)
 
 
-def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> BlockParts | None:
-    """The parts of ``block`` if it is a pre-norm transformer block, else ``None``."""
-    ln1, ln2 = _first(block, _LN1), _first(block, _LN2)
-    attn = _first(block, _ATTN)
+def _scale_tensor(scale) -> torch.Tensor | None:
+    if isinstance(scale, torch.Tensor):
+        return scale
+    for attr in ("gamma", "lambda1", "scale", "weight"):
+        value = getattr(scale, attr, None) if scale is not None else None
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+def _layer_scale2(block: nn.Module):
+    for attr in _LAYER_SCALE2:
+        value = getattr(block, attr, None)
+        if isinstance(value, nn.Identity):
+            return None
+        if _scale_tensor(value) is not None:
+            return value
+    return None
+
+
+def _mlp_parts(block: nn.Module) -> dict | None:
+    """fc1 / gate / act / fc2 / mid of the block's MLP (plain, gated or packed-gated), or ``None``."""
+    mlp = _first(block, _MLP)
+    if mlp is not None:
+        for gate_name, up_name, down_name, norm_after in _GATED:
+            gate, up, down = (_get(mlp, n) for n in (gate_name, up_name, down_name))
+            if all(isinstance(m, nn.Linear) for m in (gate, up, down)) and gate.out_features == up.out_features:
+                norm = _get(mlp, "norm") if norm_after else None
+                return {
+                    "fc1": up,
+                    "gate": gate,
+                    "packed_gate": None,
+                    "act": None,
+                    "fc2": down,
+                    "mid": norm if isinstance(norm, nn.Module) else down,
+                }
+        packed_in, packed_out = _get(mlp, "weights_in"), _get(mlp, "weights_out")  # transformers 4.x DINOv2 SwiGLU
+        if (
+            isinstance(packed_in, nn.Linear)
+            and isinstance(packed_out, nn.Linear)
+            and packed_in.out_features == 2 * packed_out.in_features
+        ):
+            return {
+                "fc1": packed_in,
+                "gate": None,
+                "packed_gate": "first",
+                "act": None,
+                "fc2": packed_out,
+                "mid": packed_out,
+            }
+        fc1, fc2 = _get(mlp, "fc1"), _get(mlp, "fc2")
+        if (
+            (type(mlp).__name__ == "GluMlp" or hasattr(mlp, "gate_last"))
+            and isinstance(fc1, nn.Linear)
+            and isinstance(fc2, nn.Linear)
+            and fc1.out_features == 2 * fc2.in_features
+        ):
+            norm = _get(mlp, "norm")
+            return {
+                "fc1": fc1,
+                "gate": None,
+                "packed_gate": "last" if getattr(mlp, "gate_last", True) else "first",
+                "act": None,
+                "fc2": fc2,
+                "mid": norm if isinstance(norm, nn.Module) else fc2,
+            }
     fc1, fc2 = _first(block, _FC1, nn.Linear), _first(block, _FC2, nn.Linear)
-    if not (_is_norm(ln1) and _is_norm(ln2) and attn is not None and fc1 is not None and fc2 is not None):
+    if fc1 is None or fc2 is None:
         return None
     if fc1.in_features != fc2.out_features or fc1.out_features != fc2.in_features:
         return None
     act = _first(block, _ACT)
     if act is not None and isinstance(act, nn.Linear):
         act = None
+    norm = _get(mlp, "norm") if mlp is not None else None
+    mid = norm if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity) else fc2
+    return {"fc1": fc1, "gate": None, "packed_gate": None, "act": act, "fc2": fc2, "mid": mid}
+
+
+def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> BlockParts | None:
+    """The parts of ``block`` if it is a pre-norm transformer block, else ``None``."""
+    ln1, ln2 = _first(block, _LN1), _first(block, _LN2)
+    attn = _first(block, _ATTN)
+    mlp = _mlp_parts(block)
+    if not (_is_norm(ln1) and _is_norm(ln2) and attn is not None and mlp is not None):
+        return None
+    fc1, fc2 = mlp["fc1"], mlp["fc2"]
     q, k = _first(attn, _Q, nn.Linear), _first(attn, _K, nn.Linear)
     qkv = attn if isinstance(attn, nn.MultiheadAttention) else _first(attn, _QKV, nn.Linear)
     out_proj = _first(attn, _OUT, nn.Linear) if _out_proj_is_called(attn) else None
@@ -152,7 +253,7 @@ def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> Bloc
         attn=attn,
         ln2=ln2,
         fc1=fc1,
-        act=act,
+        act=mlp["act"],
         fc2=fc2,
         q=q,
         k=k,
@@ -161,6 +262,10 @@ def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> Bloc
         n_heads=_heads(attn, fc1.in_features),
         stage=stage,
         relative_position=relative,
+        gate=mlp["gate"],
+        packed_gate=mlp["packed_gate"],
+        mid=mlp["mid"],
+        layer_scale2=_layer_scale2(block),
     )
 
 
@@ -188,8 +293,7 @@ def find_blocks(root: nn.Module, prefix: str = "") -> list[BlockParts]:
         for parts in found:
             blocks.append(BlockParts(**{**parts.__dict__, "index": len(blocks), "stage": stage}))
     if not blocks:
-        raise UnsupportedModelError(
-            f"unsupported architecture {type(root).__name__}: no pre-norm transformer blocks found "
-            "(clipviz supports ViT, DeiT, BEiT, CLIP, SigLIP, DINOv2, Swin, open_clip and timm vision transformers)"
-        )
+        from clipviz.model.refusals import why_no_blocks
+
+        raise UnsupportedModelError(why_no_blocks(root))
     return blocks

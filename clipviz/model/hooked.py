@@ -7,7 +7,7 @@ its input size, if needed) happens inside, so callers never deal with mean/std.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
 from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, installed
 from clipviz.model.layout import TokenLayout
+from clipviz.model.probe import probe_model
 
 
 class ActivationCache(dict):
@@ -44,10 +45,14 @@ class HookedVisionModel(nn.Module):
         self.native.requires_grad_(False)
         prefix = f"{backend.vision_path}." if backend.vision_path else ""
         self.blocks: list[BlockParts] = find_blocks(backend.vision_root, prefix=prefix.rstrip("."))
-        self.registry = HookRegistry(self.native, self.blocks, seq_first=backend.seq_first)
         self.register_buffer("_mean", torch.tensor(backend.mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("_std", torch.tensor(backend.std, dtype=torch.float32).view(1, -1, 1, 1), False)
         _batch_invariant_attention(backend.vision_root)
+        self._prenormalised = False
+        # Measure every hook's token layout (and check attention patterns) on the model itself, once.
+        self.token_layouts = probe_model(self)
+        self.blocks = self.blocks[: len(self.blocks) - len(self.token_layouts.excluded)]
+        self.registry = HookRegistry(self.native, self.blocks, seq_first=backend.seq_first, layout=self.token_layouts)
 
     # ---------------------------------------------------------------- facts
     @property
@@ -91,19 +96,41 @@ class HookedVisionModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.native.parameters()).dtype
 
-    def layout(self, block: int) -> TokenLayout:
-        """Token layout of block ``block``'s activations."""
-        h, w = (s // p for s, p in zip(self.image_size, self.backend.patch_size, strict=True))
-        if self.backend.hierarchical:
-            stage = self.blocks[block].stage
-            return TokenLayout(prefix=(), grid=(h >> stage, w >> stage))
-        return TokenLayout(prefix=self.prefix_tokens, grid=(h, w))
+    def layout(self, block: int | str) -> TokenLayout:
+        """Token layout of block ``block``'s residual stream (``hook_resid_post``), or of a hook given by name.
 
-    def hook_layout(self, name: str) -> TokenLayout:
-        """Token layout of the activation at hook ``name`` (native module paths outside the blocks: the last
-        block's)."""
-        point = self.registry.resolve(name)
-        return self.layout(point.block if point.block is not None else self.n_blocks - 1)
+        Layouts are measured at load time (see ``clipviz.model.probe``): they match the activations' token count and
+        order for every hook the model offers.
+        """
+        if isinstance(block, str):
+            return self.hook_layout(block)
+        if not 0 <= block < self.n_blocks:
+            raise ClipvizError(f"layer {block} out of range: this model has blocks 0..{self.n_blocks - 1}")
+        return self.token_layouts.hooks[f"blocks.{block}.hook_resid_post"]
+
+    def hook_layout(self, hook: str) -> TokenLayout:
+        """Token layout of the activation at ``hook`` (as clipviz shows it: 4-D activations are flattened)."""
+        point = self.registry.resolve(hook)
+        if point.block is None:  # a native module path: the layout of the last block, checked where it is used
+            return self.layout(self.n_blocks - 1)
+        name = point.name
+        if name.endswith("attn.hook_pattern") or name.endswith("attn.hook_z"):
+            name = name.rsplit(".", 2)[0] + ".hook_resid_pre" if name not in self.token_layouts.hooks else name
+        return self.token_layouts.hooks.get(name) or self.layout(point.block)
+
+    def unavailable_hooks(self) -> dict[str, str]:
+        """Hook points left out of this model, ``blocks.<i>.<point>`` (grouped over blocks) -> why."""
+        out: dict[str, list] = {}
+        for name, why in self.token_layouts.unavailable.items():
+            _, i, point = name.split(".", 2)
+            if int(i) < self.n_blocks:
+                out.setdefault(f"{point}: {why}", []).append(int(i))
+        grouped = {}
+        for key, idx in out.items():
+            point, why = key.split(": ", 1)
+            span = "all blocks" if len(idx) == self.n_blocks else "blocks " + ",".join(map(str, idx))
+            grouped[f"{point} ({span})"] = why
+        return grouped
 
     def hook_width(self, name: str) -> int:
         """Size of the last axis of the activation at hook ``name`` (its neurons): read from the weights where
@@ -150,6 +177,7 @@ class HookedVisionModel(nn.Module):
         """The model's facts as plain data (what ``clipviz info`` prints)."""
         b = self.backend
         layout = self.layout(0)
+        last = self.layout(self.n_blocks - 1)
         return {
             "spec": b.spec,
             "backend": b.kind,
@@ -161,6 +189,10 @@ class HookedVisionModel(nn.Module):
             "stages": sorted({blk.stage for blk in self.blocks}) if b.hierarchical else None,
             "prefix_tokens": list(self.prefix_tokens),
             "patch_grid": list(layout.grid),
+            "last_block_layout": None if last == layout else {"prefix": list(last.prefix), "grid": list(last.grid)},
+            "gated_mlp": any(blk.gated for blk in self.blocks) or None,
+            "hooks_left_out": self.unavailable_hooks() or None,
+            "blocks_left_out": dict(self.token_layouts.excluded) or None,
             "patch_size": list(b.patch_size),
             "image_size": list(b.image_size),
             "mean": list(b.mean),
@@ -170,6 +202,10 @@ class HookedVisionModel(nn.Module):
             "clip_like": self.is_clip,
             "direct_projection": b.projection is not None,
             "parameters": sum(p.numel() for p in self.native.parameters()),
+            "data_preprocessing": "backend's own resize + centre crop"
+            if b.pil_transform is not None
+            else "resize of the shortest side + centre crop (bicubic)",
+            "notes": list(b.notes) or None,
         }
 
     # ---------------------------------------------------------------- forward
@@ -178,12 +214,44 @@ class HookedVisionModel(nn.Module):
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ClipvizError(f"images must be a (B, 3, H, W) tensor in [0, 1] (1 channel is repeated); got {shape}")
+        if self._prenormalised:
+            if images.shape[1] != 3 or tuple(images.shape[-2:]) != tuple(self.image_size):
+                raise ClipvizError(f"pre-normalised images must be (B, 3, {self.image_size[0]}, {self.image_size[1]})")
+            return images.to(device=self._mean.device, dtype=self.dtype)
         x = images.to(device=self._mean.device, dtype=torch.float32)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != tuple(self.image_size):
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
         return ((x - self._mean) / self._std).to(self.dtype)
+
+    def preprocess_pil(self, image) -> torch.Tensor:
+        """A PIL image -> a (3, H, W) float tensor in [0, 1] at the model's input size, the backend's own way.
+
+        The resize and centre crop are the backend's (transformers image processor, open_clip or timm transform), so
+        ``model(preprocess_pil(img)[None])`` equals the backend's own preprocessing and forward pass; only the
+        normalisation is left to ``prepare``.
+        """
+        from clipviz.model.backends.preprocessing import fallback_transform
+
+        image = image.convert("RGB")
+        fn = self.backend.pil_transform or fallback_transform(self.image_size)
+        return fn(image).float()
+
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prepare``'s per-channel ``mean, std`` (3,): the model's input is ``(x - mean) / std``."""
+        return self._mean.view(-1), self._std.view(-1)
+
+    @contextmanager
+    def prenormalised(self) -> Iterator[HookedVisionModel]:
+        """Inside the block, images handed to the model are already normalised (the caller applied
+        ``normalisation()``, fused into its own per-channel arithmetic) and at the input size: ``prepare`` only
+        casts them."""
+        previous, self._prenormalised = self._prenormalised, True
+        try:
+            yield self
+        finally:
+            self._prenormalised = previous
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The model's head output: image embedding (CLIP-like), logits (classifiers) or pooled features."""
@@ -246,6 +314,33 @@ class HookedVisionModel(nn.Module):
             if asked != point.name and point.name in cache:
                 cache[asked] = cache[point.name]
         return out, cache
+
+    def mlp_input_point(self, block: int) -> HookPoint:
+        """The input of block ``block``'s first MLP layer (what its second norm hands the MLP), ``(B, N, d_model)``."""
+        if not 0 <= block < self.n_blocks:
+            raise ClipvizError(f"layer {block} out of range: this model has blocks 0..{self.n_blocks - 1}")
+        parts = self.blocks[block]
+        swap = (lambda x: x.transpose(0, 1)) if self.backend.seq_first else None
+        return HookPoint(
+            name=f"blocks.{block}.mlp.hook_in",
+            module=parts.fc1,
+            native=parts.native("fc1"),
+            on_input=True,
+            block=block,
+            read=swap,
+            write=swap,
+        )
+
+    def run_to_mlp_input(self, images: torch.Tensor, block: int) -> torch.Tensor:
+        """Block ``block``'s MLP input ``(B, N, d_model)`` (autograd graph kept); the pass stops there, so neither
+        that MLP nor anything after it is computed."""
+        point = self.mlp_input_point(block)
+        kept: list[torch.Tensor] = []
+        with installed([(point, lambda value, _p: kept.append(value))], stop_after={point.name}), suppress(StopForward):
+            self(images)
+        if not kept:
+            raise ClipvizError(f"block {block}'s MLP was never called in the forward pass")
+        return kept[0]
 
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[HookedVisionModel]:

@@ -26,11 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clipviz.errors import HookNameError
 from clipviz.model.architecture import BlockParts
+from clipviz.model.attention import attention_pattern
+from clipviz.model.probe import ModelLayout
 
 #: Hook points of every block, in the order they fire in a forward pass.
 BLOCK_POINTS = (
@@ -92,29 +93,6 @@ def _transpose_if(seq_first: bool):
     return (lambda x: x.transpose(0, 1)), (lambda x: x.transpose(0, 1))
 
 
-def attention_pattern(parts: BlockParts, x: torch.Tensor) -> torch.Tensor:
-    """Attention probabilities (B, heads, N, N) recomputed from the attention module's input ``x`` (B, N, D)."""
-    heads = parts.n_heads
-    if parts.q is not None and parts.k is not None:
-        q, k = parts.q(x), parts.k(x)
-    elif isinstance(parts.qkv, nn.MultiheadAttention):
-        q, k, _ = F.linear(x, parts.qkv.in_proj_weight, parts.qkv.in_proj_bias).chunk(3, dim=-1)
-    else:
-        q, k, _ = parts.qkv(x).chunk(3, dim=-1)
-    b, n, _ = q.shape
-    q = q.reshape(b, n, heads, -1).transpose(1, 2)
-    k = k.reshape(b, n, heads, -1).transpose(1, 2)
-    for norm_name, tensor in (("q_norm", "q"), ("k_norm", "k")):
-        norm = getattr(parts.attn, norm_name, None)
-        if isinstance(norm, nn.Module):
-            if tensor == "q":
-                q = norm(q)
-            else:
-                k = norm(k)
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    return scores.softmax(dim=-1)
-
-
 @dataclass
 class HookRegistry:
     """Resolves hook names of one model to ``HookPoint`` objects."""
@@ -122,6 +100,7 @@ class HookRegistry:
     native_model: nn.Module
     blocks: list[BlockParts]
     seq_first: bool = False  # native tensors are (N, B, D) (old open_clip); views are always (B, N, D)
+    layout: ModelLayout | None = None  # what the load-time probe measured (hooks left out, 4-D activations)
     _cache: dict[str, HookPoint] = field(default_factory=dict)
 
     def names(self, block: int | None = None) -> list[str]:
@@ -129,8 +108,32 @@ class HookRegistry:
         indices = range(len(self.blocks)) if block is None else [block]
         return [f"blocks.{i}.{p}" for i in indices for p in BLOCK_POINTS if self._available(self.blocks[i], p)]
 
+    def unavailable_reason(self, parts: BlockParts, point: str) -> str | None:
+        """Why ``blocks.{i}.{point}`` is left out of this model's hooks, or ``None`` if it is available."""
+        if self.layout is not None:
+            name = f"blocks.{parts.index}.{point}"
+            if name in self.layout.unavailable:
+                return self.layout.unavailable[name]
+            if name not in self.layout.hooks:
+                return (
+                    "its attention output projection is not called as a module"
+                    if point == "attn.hook_z"
+                    else "no token layout is known for it"
+                )
+            return None
+        if self._static_available(parts, point):
+            return None
+        return (
+            "its attention uses a relative position bias"
+            if point == "attn.hook_pattern"
+            else ("its attention output projection is not called as a module")
+        )
+
+    def _available(self, parts: BlockParts, point: str) -> bool:
+        return self.unavailable_reason(parts, point) is None
+
     @staticmethod
-    def _available(parts: BlockParts, point: str) -> bool:
+    def _static_available(parts: BlockParts, point: str) -> bool:
         if point == "attn.hook_pattern":
             has_qk = (parts.q is not None and parts.k is not None) or parts.qkv is not None
             return has_qk and not parts.relative_position
@@ -193,26 +196,48 @@ class HookRegistry:
         return HookPoint(name=name, module=module, native=name, on_input=False, read=read, write=write)
 
     def _block_point(self, parts: BlockParts, point: str, name: str) -> HookPoint:
-        if not self._available(parts, point):
-            why = (
-                "its attention uses a relative position bias"
-                if point == "attn.hook_pattern"
-                else ("its attention output projection is not called as a module")
-            )
+        why = self.unavailable_reason(parts, point)
+        if why is not None:
             raise HookNameError(f"hook '{name}' is not available in this model: {why}")
         read, write = _transpose_if(self.seq_first)
+        spatial = self.layout.spatial.get(name) if self.layout is not None else None
+        if spatial is not None:
+            read, write = _flatten_spatial(spatial, self.layout.hooks[name].grid)
         common = {"name": name, "block": parts.index, "read": read, "write": write}
         if point == "hook_resid_pre":
             return HookPoint(module=parts.block, native=parts.path, on_input=True, **common)
         if point == "hook_resid_post":
             return HookPoint(module=parts.block, native=parts.path, on_input=False, **common)
         if point == "hook_resid_mid":
+            if self.layout is not None and parts.index in self.layout.post_norm:  # Swinv2: norm after attention
+                return HookPoint(module=parts.fc1, native=parts.native("fc1"), on_input=True, **common)
             return HookPoint(module=parts.ln2, native=parts.native("ln2"), on_input=True, **common)
         if point == "hook_attn_out":
             return HookPoint(module=parts.attn, native=parts.native("attn"), on_input=False, **common)
         if point == "mlp.hook_pre":
+            if parts.gate is not None:  # gated MLP: the gate's pre-activation
+                return HookPoint(module=parts.gate, native=parts.native("gate"), on_input=False, **common)
+            if parts.packed_gate is not None:  # gate and up packed in one projection: its gate half, read-only
+                half = parts.d_mlp
+                first = parts.packed_gate == "first"
+                inner = common["read"] or (lambda x: x)
+                return HookPoint(
+                    name=name,
+                    block=parts.index,
+                    module=parts.fc1,
+                    native=parts.native("fc1"),
+                    on_input=False,
+                    read=lambda x: inner(x)[..., :half] if first else inner(x)[..., half:],
+                    write=None,
+                    editable=False,
+                )
+            if self.layout is not None and parts.index in self.layout.pre_at_act and parts.act is not None:
+                # something (SegFormer's depth-wise conv) sits between fc1 and the activation: hook its input
+                return HookPoint(module=parts.act, native=parts.native("act"), on_input=True, **common)
             return HookPoint(module=parts.fc1, native=parts.native("fc1"), on_input=False, **common)
         if point == "mlp.hook_post":
+            if parts.gated or (parts.act is None and parts.mid is not None):  # the gated product / the hidden units
+                return HookPoint(module=parts.mid, native=parts.native("mid"), on_input=True, **common)
             if parts.act is not None:
                 return HookPoint(module=parts.act, native=parts.native("act"), on_input=False, **common)
             return HookPoint(module=parts.fc2, native=parts.native("fc2"), on_input=True, **common)
@@ -220,6 +245,10 @@ class HookRegistry:
             return HookPoint(module=parts.fc2, native=parts.native("fc2"), on_input=False, **common)
         if point == "attn.hook_z":
             read, write = _split_heads(parts.n_heads, self.seq_first)
+            if spatial is not None:  # (B, H, W, heads * d_head) -> (B, H*W, heads, d_head) and back
+                flat, unflat = _flatten_spatial(spatial, self.layout.hooks[name].grid)
+                split, merge = read, write
+                read, write = (lambda x: split(flat(x))), (lambda z: unflat(merge(z)))
             return HookPoint(
                 name=name,
                 block=parts.index,
@@ -241,6 +270,14 @@ class HookRegistry:
             write=None,
             editable=False,
         )
+
+
+def _flatten_spatial(kind: str, grid: tuple[int, int]):
+    """Read (B, H, W, C) / (B, C, H, W) activations as (B, H*W, C) row-major tokens, and write them back."""
+    gh, gw = grid
+    if kind == "nhwc":
+        return (lambda x: x.flatten(1, 2)), (lambda t: t.reshape(t.shape[0], gh, gw, t.shape[-1]))
+    return (lambda x: x.flatten(2).transpose(1, 2)), (lambda t: t.transpose(1, 2).reshape(t.shape[0], -1, gh, gw))
 
 
 def _is_in_blocks(name: str, blocks: Sequence[BlockParts]) -> bool:
@@ -301,6 +338,18 @@ def installed(
             handle.remove()
 
 
+def _apply(group, visit, fired, value):
+    """Run every hook of ``group`` on ``value`` in turn; returns the (possibly replaced) value and whether it was."""
+    changed = False
+    for point, fn in group:
+        new = visit(point, fn, value)
+        if new is not None:
+            value, changed = new, True
+    for point, _ in group:
+        fired(point)
+    return value, changed
+
+
 def _pre_hook(group, visit, fired):
     def hook(module, args, kwargs):
         if args:
@@ -308,13 +357,7 @@ def _pre_hook(group, visit, fired):
         else:
             key = next(iter(kwargs))
             value, from_args = kwargs[key], False
-        changed = False
-        for point, fn in group:
-            new = visit(point, fn, value)
-            if new is not None:
-                value, changed = new, True
-        for point, _ in group:
-            fired(point)
+        value, changed = _apply(group, visit, fired, value)
         if not changed:
             return None
         if from_args:
@@ -326,14 +369,7 @@ def _pre_hook(group, visit, fired):
 
 def _post_hook(group, visit, fired):
     def hook(module, args, output):
-        value = _first_value(output)
-        changed = False
-        for point, fn in group:
-            new = visit(point, fn, value)
-            if new is not None:
-                value, changed = new, True
-        for point, _ in group:
-            fired(point)
+        value, changed = _apply(group, visit, fired, _first_value(output))
         return _replace_first(output, value) if changed else None
 
     return hook

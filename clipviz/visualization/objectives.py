@@ -35,6 +35,7 @@ class Context:
     output: torch.Tensor | None  # (n * copies, ...) head output, if it was computed
     images: torch.Tensor  # (n, 3, H, W) before augmentation
     copies: int
+    picked: dict[int, torch.Tensor] = field(default_factory=dict)  # id(Neuron) -> (n * copies, N), if sliced
 
     @property
     def n(self) -> int:
@@ -133,8 +134,19 @@ def _indices(value, n: int, size: int, what: str, device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+class _AtHook(Objective):
+    """An objective on the activations at one hook (``hook``), reduced over tokens by ``reduce``."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "reduce", check_reduce(self.reduce))
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return (self.hook,)
+
+
 @dataclass(frozen=True, eq=False)
-class Neuron(Objective):
+class Neuron(_AtHook):
     """Mean activation of neuron ``index`` at ``hook`` (one index, or one per image), reduced over tokens.
 
     ``reduce``: ``"patches"`` (mean over patch tokens, prefix tokens excluded: the ViT paper), ``"cls"``,
@@ -145,14 +157,12 @@ class Neuron(Objective):
     index: int | Sequence[int]
     reduce: Reduce = "patches"
 
-    def __post_init__(self):
-        object.__setattr__(self, "reduce", check_reduce(self.reduce))
-
-    @property
-    def hooks(self) -> tuple[str, ...]:
-        return (self.hook,)
-
     def __call__(self, ctx: Context) -> torch.Tensor:
+        sliced = ctx.picked.get(id(self))  # computed by the sliced MLP (clipviz.visualization.sliced)
+        picked = self._pick(ctx) if sliced is None else sliced.reshape(ctx.n, ctx.copies, -1)
+        return reduce_tokens(picked.float(), self.reduce, ctx.model.hook_layout(self.hook)).mean(1)
+
+    def _pick(self, ctx: Context) -> torch.Tensor:
         act = ctx.act(self.hook)  # (n, copies, N, d)
         if act.ndim != 4:
             raise ClipvizError(
@@ -160,8 +170,7 @@ class Neuron(Objective):
                 f"{tuple(ctx.cache[self.hook].shape)}"
             )
         idx = _indices(self.index, ctx.n, act.shape[-1], f"neuron (hook '{self.hook}')", act.device)
-        picked = act.gather(-1, idx.view(-1, 1, 1, 1).expand(*act.shape[:3], 1)).squeeze(-1)
-        return reduce_tokens(picked.float(), self.reduce, ctx.model.hook_layout(self.hook)).mean(1)
+        return act.gather(-1, idx.view(-1, 1, 1, 1).expand(*act.shape[:3], 1)).squeeze(-1)
 
     def __str__(self) -> str:
         index = self.index if isinstance(self.index, int) else list(self.index)
@@ -169,20 +178,13 @@ class Neuron(Objective):
 
 
 @dataclass(frozen=True, eq=False)
-class Direction(Objective):
+class Direction(_AtHook):
     """Dot product of the activations at ``hook`` with a direction ``(d,)`` or one per image ``(n, d)``."""
 
     hook: str
     vector: torch.Tensor
     reduce: Reduce = "patches"
     cosine: bool = False
-
-    def __post_init__(self):
-        object.__setattr__(self, "reduce", check_reduce(self.reduce))
-
-    @property
-    def hooks(self) -> tuple[str, ...]:
-        return (self.hook,)
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         act = ctx.act(self.hook).float()

@@ -25,9 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError, check_int
+from clipviz.model.stem import stem_as_matmul
 from clipviz.visualization.objectives import L2, Context, Objective, TotalVariation
 from clipviz.visualization.param import PixelImage, make_param
 from clipviz.visualization.recipes import Recipe
+from clipviz.visualization.sliced import plan_sliced
+from clipviz.visualization.speedups import SpeedUps, augmentations
 from clipviz.visualization.transforms import Jitter
 
 
@@ -69,25 +72,41 @@ class RenderResult:
 
 
 def forward_objective(
-    model, objective: Objective, images: torch.Tensor, copies: int, clean: torch.Tensor, autocast=contextlib.nullcontext
+    model,
+    objective: Objective,
+    images: torch.Tensor,
+    copies: int,
+    clean: torch.Tensor,
+    autocast=contextlib.nullcontext,
+    speedups: SpeedUps | None = None,
 ) -> torch.Tensor:
-    """Evaluate ``objective`` on ``images`` ``(n * copies, 3, H, W)``; ``clean`` are the images before augmentation."""
+    """Evaluate ``objective`` on ``images`` ``(n * copies, 3, H, W)``; ``clean`` are the images before augmentation.
+
+    ``speedups`` (default: all on) may compute only the neurons the objective reads and run the stem as a matrix
+    product: the same values to float rounding (``clipviz.visualization.speedups``)."""
+    speedups = speedups or SpeedUps()
     hooks = objective.hooks
-    with autocast():
-        if hooks:
+    picked: dict = {}
+    with autocast(), stem_as_matmul(model, speedups.stem_on(model.device)):
+        plan = plan_sliced(model, objective) if speedups.sliced_mlp else None
+        if plan is not None:
+            output, cache, picked = None, {}, plan.run(model, images, copies)
+        elif hooks:
             output, cache = model.run_with_cache(
                 images, list(hooks), stop_early=not objective.needs_output, detach=False
             )
         else:
             output, cache = model(images), {}
-    return objective(Context(model=model, cache=cache, output=output, images=clean, copies=copies))
+    return objective(Context(model=model, cache=cache, output=output, images=clean, copies=copies, picked=picked))
 
 
 @torch.no_grad()
-def evaluate(model, objective: Objective, images: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+def evaluate(
+    model, objective: Objective, images: torch.Tensor, autocast=contextlib.nullcontext, speedups: SpeedUps | None = None
+) -> torch.Tensor:
     """Objective values ``(n,)`` on clean, unaugmented images ``(n, 3, H, W)``."""
     x = images.to(model.device)
-    return forward_objective(model, objective, x, 1, x, autocast).float().cpu()
+    return forward_objective(model, objective, x, 1, x, autocast, speedups).float().cpu()
 
 
 def _rngs(seeds: Sequence[int], stream: int) -> list[torch.Generator]:
@@ -144,11 +163,14 @@ def optimise(
     autocast: Callable = contextlib.nullcontext,
     on_step: Callable[[int], None] | None = None,
     labels: Sequence[object] | None = None,
+    speedups: SpeedUps | None = None,
 ) -> RenderResult:
     """Optimise one image per seed to maximise ``objective`` (a batched objective of ``len(seeds)`` images).
 
     ``labels`` name the images in error messages (neuron ids, prompts). ``on_step(k)`` is called after each step.
+    ``speedups``: the exact speed-ups to use (default: all; ``SpeedUps.none()`` for the plain computation).
     """
+    speedups = speedups or SpeedUps()
     n = len(seeds)
     labels = list(labels) if labels is not None else list(range(n))
     side = check_size(model, size or recipe.size)
@@ -159,7 +181,6 @@ def optimise(
         full = full + recipe.tv * TotalVariation()
     if recipe.l2:
         full = full + recipe.l2 * L2()
-    transforms = recipe.transforms()
     rngs = _rngs(seeds, stream=1)
     pre_jitter = Jitter(recipe.jitter) if recipe.jitter and recipe.jitter_first else None
     device = model.device
@@ -172,7 +193,8 @@ def optimise(
         if previous is not None:
             _paste_previous(param, previous, recipe.zoom_pad)
         if start is None:
-            start = evaluate(model, objective, param().detach(), autocast)
+            start = evaluate(model, objective, param().detach(), autocast, speedups)
+        transforms, prenormalised = augmentations(recipe, model, stage_side, speedups)
         opt = torch.optim.Adam(param.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)
         first_bad = torch.full((n,), -1, dtype=torch.long, device=device)  # step at which each loss broke
         for k in range(recipe.steps):
@@ -189,7 +211,8 @@ def optimise(
             for t in transforms:
                 x = t(x, rngs, step_no / max(1, total - 1))
             flat = x.reshape(n * recipe.copies, *x.shape[2:])
-            values = forward_objective(model, full, flat, recipe.copies, images, autocast)
+            with model.prenormalised() if prenormalised else contextlib.nullcontext():
+                values = forward_objective(model, full, flat, recipe.copies, images, autocast, speedups)
             first_bad = torch.where(~torch.isfinite(values.detach()) & (first_bad < 0), step_no, first_bad)
             if (k + 1) % _CHECK_EVERY == 0 or k + 1 == recipe.steps:
                 _raise_if_not_finite(first_bad, labels, total)
@@ -206,5 +229,5 @@ def optimise(
     final = previous.clamp(0, 1)
     if final.shape[-1] != side:
         final = F.interpolate(final, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-    end = evaluate(model, objective, final, autocast)
+    end = evaluate(model, objective, final, autocast, speedups)
     return RenderResult(images=final.float().cpu(), start=start, end=end)

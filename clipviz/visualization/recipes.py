@@ -154,21 +154,6 @@ RECIPES: dict[str, Recipe] = {
         tv=0.0,
         steps=512,
     ),
-    "default": Recipe(
-        name="default",
-        param="fourier",
-        lr=0.05,
-        betas=(0.9, 0.999),
-        schedule="constant",
-        copies=1,
-        color_shift=None,
-        offset_noise=0.0,
-        jitter=8,
-        scale=(0.9, 1.1),
-        affine=(10.0, 0.0, 1.0, 1.0),
-        tv=0.0,
-        steps=256,
-    ),
     "maco": Recipe(
         name="maco",
         param="maco",
@@ -183,6 +168,9 @@ RECIPES: dict[str, Recipe] = {
         tv=0.0,
     ),
 }
+
+
+RECIPES["default"] = replace(RECIPES["lucid"], name="default", steps=256)
 
 
 def get_recipe(name: str | Recipe, **overrides) -> Recipe:

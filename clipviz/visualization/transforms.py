@@ -41,10 +41,14 @@ class ColorShift:
     log_scale: float = 1.0
     mode: str = "vit"
 
+    def draw(self, rngs, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mu, sigma`` of shape ``(n, copies, 3)``, on the CPU."""
+        mu = _per_image(rngs, lambda g: (torch.rand(copies, 3, generator=g) * 2 - 1) * self.shift)
+        sigma = _per_image(rngs, lambda g: torch.exp((torch.rand(copies, 3, generator=g) * 2 - 1) * self.log_scale))
+        return mu, sigma
+
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
-        c = x.shape[1]
-        mu = _per_image(rngs, lambda g: (torch.rand(c, 3, generator=g) * 2 - 1) * self.shift)
-        sigma = _per_image(rngs, lambda g: torch.exp((torch.rand(c, 3, generator=g) * 2 - 1) * self.log_scale))
+        mu, sigma = self.draw(rngs, x.shape[1])
         mu, sigma = _like(mu[..., None, None], x), _like(sigma[..., None, None], x)
         return (x - mu) / sigma if self.mode == "vit" else sigma * x + mu
 
@@ -56,10 +60,13 @@ class OffsetNoise:
     start: float = 0.5
     end: float = 0.0
 
-    def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
+    def draw(self, rngs, copies: int, progress: float) -> tuple[float, torch.Tensor]:
+        """The noise's scale ``s`` at ``progress`` and the unit noise ``(n, copies, 3)``, on the CPU."""
         s = self.start + (self.end - self.start) * progress
-        c = x.shape[1]
-        noise = _per_image(rngs, lambda g: torch.randn(c, 3, generator=g))
+        return s, _per_image(rngs, lambda g: torch.randn(copies, 3, generator=g))
+
+    def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
+        s, noise = self.draw(rngs, x.shape[1], progress)
         return x + s * _like(noise[..., None, None], x)
 
 

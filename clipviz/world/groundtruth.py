@@ -93,7 +93,7 @@ def patch_means(model, hooks: list[str], images: torch.Tensor, batch: int = 250)
     for i in range(0, images.shape[0], batch):
         _, cache = model.run_with_cache(images[i : i + batch], hooks)
         for h in hooks:
-            layout = model.layout(model.hook_point(h).block)
+            layout = model.hook_layout(h)
             chunks[h].append(cache[h][:, layout.patches].float().mean(1).cpu())
     return {h: torch.cat(v) for h, v in chunks.items()}
 

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             keep_activations=args.save_activations,
         )
         result.save(out)
-    write_thumbnails(source, result, out)
+    write_thumbnails(source, result, out, model=model)
     print(f"{result.seen} images, {len(result.neurons)} neurons, top {result.scores.shape[1]} each -> {out}")
     if result.skipped:
         print(

@@ -23,14 +23,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in summary)
     for key, value in summary.items():
-        if value is not None:
+        if isinstance(value, dict):  # hooks / blocks left out: one line each, with the reason
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        elif value is not None:
             print(f"{key:<{width}}  {value}")
     last = model.n_blocks - 1
-    print(f"\nhook points (blocks 0..{last}; e.g. blocks.{last}.mlp.hook_post), with block 0's native modules:")
-    for name in model.hook_names(0):
-        point = model.hook_point(name)
+    print(
+        f"\nhook points (blocks 0..{last}; e.g. blocks.{last}.mlp.hook_post), with the native modules of the first "
+        "block that has them:"
+    )
+    from clipviz.model.hooks import BLOCK_POINTS
+
+    for point_name in BLOCK_POINTS:
+        have = [i for i in range(model.n_blocks) if f"blocks.{i}.{point_name}" in model.hook_names(i)]
+        if not have:
+            continue
+        point = model.hook_point(f"blocks.{have[0]}.{point_name}")
         where = "input of" if point.on_input else "output of"
-        print(f"  blocks.<i>.{name.split('.', 2)[2]:<20} {where} {point.native}")
+        only = "" if len(have) == model.n_blocks else f"  (blocks {','.join(map(str, have))} only)"
+        print(f"  blocks.<i>.{point_name:<20} {where} {point.native}{only}")
     if model.backend.hierarchical:
         stages = {}
         for block in model.blocks:

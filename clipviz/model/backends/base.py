@@ -59,3 +59,7 @@ class Backend:
     projection: ImageProjection | None = None
     preprocessing_source: str = "model"
     hierarchical: bool = False  # Swin-like: patch grid halves at every stage, no prefix tokens
+    # The backend's own PIL preprocessing without normalisation: PIL image -> (3, H, W) in [0, 1] at its input size
+    # (the image processor / open_clip / timm transform: resize, centre crop as the library does it).
+    pil_transform: Callable[[object], torch.Tensor] | None = None
+    notes: tuple[str, ...] = ()  # facts about how clipviz runs this model (shown by ``summary()``)

@@ -12,7 +12,16 @@ from clipviz.errors import UnsupportedModelError
 from clipviz.model.architecture import find_blocks
 from clipviz.model.backends.base import Backend, ImageProjection, TextTower
 from clipviz.model.backends.base import pair as _pair
+from clipviz.model.backends.hf_families import (
+    _is_generative,
+    _naflex,
+    _no_masking,
+    _pooled,
+    _processor_size,
+    _timm_wrapper,
+)
 from clipviz.model.backends.hub import fetching
+from clipviz.model.backends.preprocessing import hf_transform
 
 _DEFAULT_MEAN = (0.5, 0.5, 0.5)
 _DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -33,45 +42,82 @@ def _model_class(config, trust_remote_code: bool):
     except KeyError as error:
         raise UnsupportedModelError(
             f"unsupported architecture '{model_type}': transformers has no vision model for it "
-            "(supported: ViT, DeiT, BEiT, CLIP, SigLIP, DINOv2, Swin)"
+            "(supported vision transformers are listed in docs/architectures.md)"
         ) from error
     return transformers.AutoModel
 
 
+_ROOTS = (
+    "vision_model",
+    "model.vision_tower.vision_model",
+    "model.vision_tower",
+    "vision_tower.vision_model",
+    "vision_tower",
+    "timm_model",
+    "vit",
+    "deit",
+    "beit",
+    "dinov2",
+    "swin",
+    "swinv2",
+    "dinov3",
+    "pixio",
+    "radio",
+)
+
+
 def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
-    for path in ("vision_model", "vit", "deit", "beit", "dinov2", "swin"):
-        sub = getattr(model, path, None)
-        if isinstance(sub, nn.Module):
+    for path in _ROOTS:
+        try:
+            sub = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(sub, nn.Module) and sub is not model:
             return sub, path
     return model, ""
 
 
 def _prefix_tokens(vision: nn.Module) -> tuple[str, ...]:
+    from clipviz.model.backends.timm import timm_prefix_tokens
+
+    if type(vision).__module__.startswith("timm."):  # the transformers wrapper of a timm model
+        return timm_prefix_tokens(vision)
     kinds: list[str] = []
     names = {name.rsplit(".", 1)[-1]: p for name, p in vision.named_parameters() if name.startswith("embeddings.")}
-    if "cls_token" in names or "class_embedding" in names:
+    if "cls_token" in names:
+        kinds += ["cls"] * (int(names["cls_token"].shape[1]) if names["cls_token"].ndim == 3 else 1)
+    elif "class_embedding" in names:
         kinds.append("cls")
     if "distillation_token" in names:
         kinds.append("distillation")
     if "register_tokens" in names:
         kinds += ["register"] * int(names["register_tokens"].shape[1])
+    if not kinds and any(n.endswith("cls_token") for n, _ in vision.named_parameters()):
+        kinds.append("cls")  # a class token that joins in a later stage (CvT)
+    if "cls_register_token" in names:  # RADIO: several CLS tokens, then registers
+        config = getattr(vision, "config", None)
+        n_cls = int(getattr(config, "num_cls_tokens", 1))
+        kinds += ["cls"] * n_cls + ["register"] * (int(names["cls_register_token"].shape[0]) - n_cls)
     return tuple(kinds)
 
 
-def _preprocessing(ref: str, config, kwargs) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+def _preprocessing(ref: str, config, kwargs):
+    """``(mean, std, source, processor)`` from the model's image processor (``processor`` is ``None`` without one)."""
     from transformers import AutoImageProcessor
 
     try:
         processor = AutoImageProcessor.from_pretrained(ref, **kwargs)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, ImportError):
         warnings.warn(
             f"{ref}: no image processor config found; using mean {_DEFAULT_MEAN} and std {_DEFAULT_STD}",
             stacklevel=3,
         )
-        return _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)"
-    mean = tuple(float(v) for v in getattr(processor, "image_mean", _DEFAULT_MEAN))
-    std = tuple(float(v) for v in getattr(processor, "image_std", _DEFAULT_STD))
-    return mean, std, "preprocessor_config.json"
+        return _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)", None
+    mean = tuple(float(v) for v in getattr(processor, "image_mean", None) or _DEFAULT_MEAN)
+    std = tuple(float(v) for v in getattr(processor, "image_std", None) or _DEFAULT_STD)
+    if getattr(processor, "do_normalize", True) is False:  # the model normalises inside (RADIO's input conditioner)
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return mean, std, "preprocessor_config.json", processor
 
 
 def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
@@ -99,7 +145,9 @@ def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
     return TextTower(tokenize=tokenize, encode_tokens=encode, context_length=limit)
 
 
-def _forward(model: nn.Module):
+def _forward(model: nn.Module, vision: nn.Module):
+    if _is_generative(model):
+        return (lambda x: _pooled(vision(pixel_values=x))), "pooled"
     if hasattr(model, "get_image_features"):
 
         def embed(x: torch.Tensor) -> torch.Tensor:
@@ -112,13 +160,7 @@ def _forward(model: nn.Module):
     if type(model).__name__.endswith("ForImageClassification"):
         return (lambda x: model(pixel_values=x).logits), "logits"
 
-    def pooled(x: torch.Tensor) -> torch.Tensor:
-        out = model(pixel_values=x)
-        if getattr(out, "pooler_output", None) is not None:
-            return out.pooler_output
-        return out.last_hidden_state[:, 0]
-
-    return pooled, "pooled"
+    return (lambda x: _pooled(model(pixel_values=x))), "pooled"
 
 
 def _projection(model: nn.Module, vision: nn.Module) -> ImageProjection | None:
@@ -152,11 +194,24 @@ def load_hf(
     vision, vision_path = _vision_root(model)
     find_blocks(vision)  # an unsupported architecture fails here, before its processor and tokenizer are read
     vcfg = getattr(config, "vision_config", None) or config
-    image_size = _pair(getattr(vcfg, "image_size", 224))
-    patch = _pair(getattr(vcfg, "patch_size", 16))
-    mean, std, source = _preprocessing(ref, config, kwargs)
-    forward, output_kind = _forward(model)
+    mean, std, source, processor = _preprocessing(ref, config, kwargs)
+    forward, output_kind = _forward(model, vision)
+    facts = {
+        "image_size": _pair(getattr(vcfg, "image_size", None) or _processor_size(processor) or 224),
+        "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
+        "forward": forward,
+        "pil_transform": hf_transform(processor),
+        "notes": (),
+    }
+    model_type = getattr(config, "model_type", "")
+    if model_type == "timm_wrapper":
+        _timm_wrapper(model, vision, facts)
+    elif model_type.startswith("siglip2"):
+        _naflex(model, vcfg, facts, output_kind)
+    elif model_type == "vit_mae":
+        _no_masking(model, vision, facts)
     hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")
+    text = None if _is_generative(model) else _text_tower(model, ref, kwargs)
     return Backend(
         kind="hf",
         spec=spec,
@@ -164,17 +219,19 @@ def load_hf(
         vision_root=vision,
         vision_path=vision_path,
         architecture=type(model).__name__,
-        image_size=image_size,
+        image_size=facts["image_size"],
         mean=mean,
         std=std,
-        patch_size=patch,
+        patch_size=facts["patch_size"],
         prefix_tokens=_prefix_tokens(vision),
-        forward=forward,
+        forward=facts["forward"],
         output_kind=output_kind,
-        text=_text_tower(model, ref, kwargs),
+        text=text,
         projection=_projection(model, vision),
         preprocessing_source=source,
         hierarchical=hierarchical,
+        pil_transform=facts["pil_transform"],
+        notes=facts["notes"],
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from clipviz.errors import ClipvizError
@@ -24,6 +25,10 @@ def describe_failure(spec: str, error: BaseException, what: str = "model") -> Cl
     corrupt = corrupt_weights(error)
     if corrupt is not None:
         return ClipvizError(f"cannot read the weights of {what} '{spec}': {corrupt}")
+    local = Path(spec.partition(":")[2] if spec.partition(":")[0] in ("hf", "timm", "open_clip") else spec)
+    if what == "model" and local.expanduser().is_dir():  # a local model that fails to load is not a network problem
+        first = (str(error).splitlines() or [""])[0][:200]
+        return ClipvizError(f"cannot load the model saved in '{local}': {type(error).__name__}: {first}")
     if names & {"GatedRepoError"}:
         return ClipvizError(
             f"{what} '{spec}' is gated on the Hugging Face Hub: accept its terms and log in "
@@ -125,7 +130,7 @@ def fetching(spec: str, fn: Callable[[], T], what: str = "model") -> T:
         return fn()
     except ClipvizError:
         raise
-    except (OSError, ValueError, RuntimeError, ImportError, EOFError) as error:
+    except (OSError, ValueError, RuntimeError, ImportError, EOFError, TypeError, KeyError, AttributeError) as error:
         raise describe_failure(spec, error, what) from error
     except Exception as error:  # hub client errors do not share a base class across versions
         if type(error).__module__.startswith(("huggingface_hub", "httpx", "requests", "urllib3", "safetensors")):

@@ -13,6 +13,7 @@ from clipviz.errors import ClipvizError, UnsupportedModelError
 from clipviz.model.backends.base import Backend, ImageProjection, TextTower
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
+from clipviz.model.backends.preprocessing import open_clip_transform
 from clipviz.model.backends.timm import timm_prefix_tokens
 
 
@@ -24,6 +25,21 @@ def _check_name(name: str) -> None:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
         raise ClipvizError(f"unknown open_clip model '{name}'{hint}")
+
+
+def _tokenizer(name: str, spec: str):
+    """open_clip's tokenizer for ``name``, or ``(None, why)``: some configs name a tokenizer on the Hugging Face Hub,
+    which cannot be fetched offline; the image tower works without it and text asks fail with one line."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(name), None
+    except Exception as error:  # noqa: BLE001 - hub / tokenizer-library failures share no base class
+        first = (str(error).splitlines() or [""])[0][:160]
+        return None, (
+            f"model '{spec}' has no usable text tokenizer here: its tokenizer must be fetched from the "
+            f"Hugging Face Hub or needs a missing library ({type(error).__name__}: {first})"
+        )
 
 
 def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> Backend:
@@ -52,9 +68,15 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
     visual = model.visual
     cfg = open_clip.get_model_preprocess_cfg(model)
     mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer, why = _tokenizer(name, spec)
+
+    def tokenize(texts):
+        if tokenizer is None:
+            raise ClipvizError(why)
+        return tokenizer(list(texts))
+
     text = TextTower(
-        tokenize=lambda texts: tokenizer(list(texts)),
+        tokenize=tokenize,
         encode_tokens=lambda tokens: model.encode_text(tokens.to(next(model.parameters()).device)),
         context_length=getattr(tokenizer, "context_length", None),
     )
@@ -67,6 +89,7 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
         "forward": model.encode_image,
         "output_kind": "image_embedding",
         "text": text,
+        "pil_transform": open_clip_transform(model),
     }
     trunk = getattr(visual, "trunk", None)
     if isinstance(trunk, nn.Module):  # a timm trunk (SigLIP, EVA, ...)

@@ -13,13 +13,14 @@ from clipviz.errors import ClipvizError
 from clipviz.model.backends.base import Backend
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
+from clipviz.model.backends.preprocessing import timm_transform
 
 
 def timm_prefix_tokens(model: nn.Module) -> tuple[str, ...]:
     """Prefix token kinds of a timm ViT, in the order timm concatenates them (CLS, distillation, registers)."""
     kinds: list[str] = []
-    if getattr(model, "cls_token", None) is not None:
-        kinds.append("cls")
+    if getattr(model, "cls_token", None) is not None or getattr(model, "cls_token_0", None) is not None:
+        kinds.append("cls")  # CrossViT: one CLS token per branch
     if getattr(model, "dist_token", None) is not None:
         kinds.append("distillation")
     reg = getattr(model, "reg_token", None)
@@ -60,6 +61,7 @@ def load_timm(ref: str, spec: str, *, pretrained: bool = True, dtype: torch.dtyp
         prefix_tokens=timm_prefix_tokens(model),
         forward=model,
         output_kind="logits" if getattr(model, "num_classes", 0) else "pooled",
+        pil_transform=timm_transform(model, image_size),
     )
 
 

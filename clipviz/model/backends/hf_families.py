@@ -1,0 +1,94 @@
+"""transformers families that need more than ``pixel_values -> hidden states``: generative models with a vision
+tower inside (LLaVA), SigLIP2 NaFlex (patches, mask and grid), ViTMAE (random masking), the timm wrapper (its own
+image size) and configs without ``image_size`` (the image processor's size)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipviz.model.backends.base import pair as _pair
+
+
+def _is_generative(model: nn.Module) -> bool:
+    """A vision-language generator (LLaVA & co.): clipviz runs only its vision tower."""
+    return any(hasattr(model, a) for a in ("language_model", "lm_head")) or hasattr(
+        getattr(model, "model", None), "language_model"
+    )
+
+
+def _pooled(out):
+    if getattr(out, "pooler_output", None) is not None:
+        return out.pooler_output
+    hidden = out.last_hidden_state
+    return hidden.mean((-2, -1)) if hidden.ndim == 4 else hidden[:, 0]
+
+
+def _processor_size(processor) -> tuple[int, int] | None:
+    """The input size the image processor produces (for configs without ``image_size``: CvT, ConvNeXt, ...)."""
+    for attr in ("crop_size", "size"):
+        size = getattr(processor, attr, None)
+        size = size if isinstance(size, dict) else getattr(size, "__dict__", None)
+        if size and size.get("height") and size.get("width"):
+            return int(size["height"]), int(size["width"])
+    return None
+
+
+def _timm_wrapper(model: nn.Module, timm_model: nn.Module, facts: dict) -> None:
+    """transformers' TimmWrapper: image size, patch size and preprocessing come from the timm model, not 224."""
+    from clipviz.model.backends.preprocessing import timm_transform
+
+    embed = getattr(timm_model, "patch_embed", None)
+    cfg = getattr(timm_model, "pretrained_cfg", {}) or {}
+    facts["image_size"] = _pair(getattr(embed, "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:])
+    facts["patch_size"] = _pair(getattr(embed, "patch_size", 16))
+    facts["pil_transform"] = timm_transform(timm_model, facts["image_size"])
+    facts["forward"] = lambda x: (
+        _pooled(model(pixel_values=x)) if not hasattr(model, "classifier") else model(pixel_values=x).logits
+    )
+
+
+def _naflex(model: nn.Module, vcfg, facts: dict, output_kind: str) -> None:
+    """SigLIP2 NaFlex takes patches with ``pixel_attention_mask`` and ``spatial_shapes``: clipviz feeds it one
+    fixed square grid of ``num_patches`` patches (row-major, channels last within a patch, as its processor does)."""
+    import math
+
+    p = int(vcfg.patch_size)
+    side = math.isqrt(int(vcfg.num_patches))
+    facts["image_size"], facts["patch_size"] = (side * p, side * p), (p, p)
+    vision = getattr(model, "vision_model", model)
+
+    def patches(x: torch.Tensor):
+        b, c, h, w = x.shape
+        flat = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+        mask = torch.ones(b, flat.shape[1], dtype=torch.long, device=x.device)
+        shapes = torch.tensor([[h // p, w // p]] * b, dtype=torch.long, device=x.device)
+        return {"pixel_values": flat, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+    if hasattr(model, "get_image_features"):
+
+        def embed(x):
+            out = model.get_image_features(**patches(x))
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+        facts["forward"] = embed
+    else:
+        facts["forward"] = lambda x: _pooled(vision(**patches(x)))
+    facts["pil_transform"] = None  # its processor returns patches at a varying size: clipviz resizes + crops
+    facts["notes"] = (f"NaFlex: run on a fixed {side}x{side} grid of patches (all patches valid)",)
+
+
+def _no_masking(model: nn.Module, vision: nn.Module, facts: dict) -> None:
+    """ViTMAE masks and shuffles patches at random on every call: clipviz turns masking off (mask ratio 0) and
+    passes the identity order, so the tokens are CLS then every patch in row-major order."""
+    for cfg in {id(c): c for c in (model.config, getattr(vision, "config", model.config))}.values():
+        cfg.mask_ratio = 0.0
+    target = vision
+
+    def forward(x: torch.Tensor):
+        n = (x.shape[-2] // facts["patch_size"][0]) * (x.shape[-1] // facts["patch_size"][1])
+        noise = torch.arange(n, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
+        return _pooled(target(pixel_values=x, noise=noise))
+
+    facts["forward"] = forward
+    facts["notes"] = ("ViTMAE: random masking turned off (mask ratio 0, patches in their own order)",)

@@ -1,0 +1,64 @@
+"""Why a model has no transformer blocks clipviz can hook: one line that names the real reason."""
+
+from __future__ import annotations
+
+from torch import nn
+
+ACCEPTED = (
+    "clipviz supports pre-norm vision transformers whose blocks hold a norm, an attention module and an MLP "
+    "(plain or gated) from transformers, open_clip and timm; see docs/architectures.md"
+)
+
+
+def _names(module: nn.Module) -> set[str]:
+    return {type(m).__name__ for m in module.modules()}
+
+
+def _block_like(root: nn.Module) -> str | None:
+    """The reason the first module that looks like a transformer block (attention and MLP children) is not one."""
+    for path, module in root.named_modules():
+        children = dict(module.named_children())
+        attn = [n for n in children if "attn" in n.lower() or "attention" in n.lower()]
+        mlp = [n for n in children if n.lower() in ("mlp", "ffn", "feed_forward", "intermediate")]
+        norms = [n for n, c in children.items() if "norm" in type(c).__name__.lower() or "norm" in n.lower()]
+        where = f"{path or type(root).__name__} ({type(module).__name__})"
+        if mlp and not attn and norms and any("norm1" in n or "before" in n for n in norms):
+            odd = [n for n in children if n not in mlp and n not in norms and not n.startswith(("drop", "ls", "gamma"))]
+            return f"the attention module of its blocks is not recognised (e.g. {where}: {', '.join(odd[:3])})"
+        if attn and mlp:
+            if not norms:
+                return f"its blocks have no norm before attention and MLP (e.g. {where}); clipviz needs pre-norm blocks"
+            from clipviz.model.architecture import _mlp_parts
+
+            if _mlp_parts(module) is not None:
+                return f"the norms of its blocks are not recognised (e.g. {where}: {', '.join(norms[:2])})"
+            inner = {n.rsplit(".", 1)[-1] for n, _ in children[mlp[0]].named_modules()}
+            if any(isinstance(m, nn.Conv2d) for m in children[mlp[0]].modules()):
+                return f"its MLP has a convolution clipviz does not place (e.g. {where})"
+            if inner & {"gate", "w12", "gate_up_proj", "wi_0"}:
+                return f"its gated MLP is not recognised (e.g. {where}: expected gate/up/down projections)"
+            return f"its MLP is not recognised (e.g. {where}: expected fc1/fc2 or gate/up/down linear layers)"
+    return None
+
+
+def why_no_blocks(root: nn.Module) -> str:
+    """The reason ``root`` has no recognisable transformer blocks."""
+    name = type(root).__name__
+    kinds = _names(root)
+    n_conv = sum(isinstance(m, nn.Conv2d) for m in root.modules())
+    has_attention = (
+        any("attention" in k.lower() or "attn" in k.lower() for k in kinds)
+        or any(isinstance(m, nn.MultiheadAttention) for m in root.modules())
+        or any("attn" in n.rsplit(".", 1)[-1] for n, _ in root.named_modules())
+    )
+    if not has_attention and n_conv:
+        return f"unsupported architecture {name}: a convolutional tower (no attention blocks); {ACCEPTED}"
+    if not has_attention:
+        return f"unsupported architecture {name}: no attention modules found; {ACCEPTED}"
+    why = _block_like(root)
+    if why is not None:
+        return f"unsupported architecture {name}: no pre-norm transformer blocks found: {why}; {ACCEPTED}"
+    return (
+        f"unsupported architecture {name}: no pre-norm transformer blocks found (no block holds a pre-attention "
+        f"norm, an attention module and an MLP d_model -> d_mlp -> d_model); {ACCEPTED}"
+    )

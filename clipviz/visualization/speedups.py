@@ -1,0 +1,50 @@
+"""The exact speed-ups of the optimisation step, and the switches that turn them off.
+
+=================  ==============================================================================================
+``sliced_mlp``     a ``Neuron`` objective at an MLP hook computes per image only its own neuron
+                   (``clipviz.visualization.sliced``); every device
+``matmul_stem``    the patch-embedding convolution as reshape + matrix product (``clipviz.model.stem``);
+                   ``None``: where it was measured faster (the CPU; not measured on a GPU, so off there)
+``fused_affine``   ColorShift, offset noise and the model's normalisation as one ``a * x + b`` pass
+                   (``clipviz.visualization.fused``); every device
+=================  ==============================================================================================
+
+Each gives the same images as the plain computation up to float rounding (the tolerances are in each module and
+pinned by ``tests/test_speedups.py``) and keeps an image independent of its batch-mates.
+``SpeedUps.none()`` turns all of them off (for comparisons and benchmarks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clipviz.model.stem import stem_matmul_is_faster
+from clipviz.visualization.fused import fuse_affine
+
+
+@dataclass(frozen=True)
+class SpeedUps:
+    sliced_mlp: bool = True
+    matmul_stem: bool | None = None
+    fused_affine: bool = True
+
+    @classmethod
+    def none(cls) -> SpeedUps:
+        return cls(sliced_mlp=False, matmul_stem=False, fused_affine=False)
+
+    def stem_on(self, device: torch.device) -> bool:
+        return stem_matmul_is_faster(device) if self.matmul_stem is None else bool(self.matmul_stem)
+
+
+def augmentations(recipe, model, side: int, speedups: SpeedUps) -> tuple[list, bool]:
+    """The recipe's per-step transforms for images of ``side`` pixels, with the affine chain fused where it may
+    be, and whether the model's normalisation was folded into it (then the model must take the images as they are:
+    ``model.prenormalised()``)."""
+    transforms = recipe.transforms()
+    if not speedups.fused_affine:
+        return transforms, False
+    at_input_size = (side, side) == tuple(model.image_size)
+    chain, rest, folded = fuse_affine(transforms, model.normalisation() if at_input_size else None)
+    return ([chain] if chain is not None else []) + rest, folded

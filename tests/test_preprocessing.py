@@ -1,0 +1,97 @@
+"""Example mining feeds photos through each backend's own resize + centre crop, never a stretch to a square."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import clipviz
+from clipviz.analysis.examples import mine_examples
+from clipviz.data import open_source
+
+HOOK = "blocks.1.mlp.hook_post"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    """Non-square photos that ship with scikit-image and scikit-learn (landscape and portrait)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    arrays = [
+        skimage.data.coffee(),
+        skimage.data.chelsea(),
+        skimage.data.rocket()[:, :300],
+        load_sample_images().images[0],
+        skimage.data.astronaut()[:, 100:400],
+    ]
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i, array in enumerate(arrays):
+        path = folder / f"{i:02d}.png"
+        Image.fromarray(np.ascontiguousarray(array)).save(path)
+        paths.append(path)
+    assert any(a.shape[0] > a.shape[1] for a in arrays) and any(a.shape[0] < a.shape[1] for a in arrays)
+    return paths
+
+
+def _own_input(name: str, model, spec: str, image: Image.Image) -> torch.Tensor:
+    """The backend's own preprocessing, normalisation included: what its users feed the model."""
+    if name == "open_clip":
+        import open_clip
+
+        _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{spec.split(':', 1)[-1]}")
+        return preprocess(image)[None]
+    if name == "timm":
+        from timm.data import create_transform, resolve_data_config
+
+        config = resolve_data_config(model=model.native)
+        config["input_size"] = (3, *model.image_size)
+        return create_transform(**config)(image)[None]
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(spec.split(":", 1)[1])(images=image, return_tensors="pt").pixel_values
+
+
+@pytest.mark.parametrize("name", ["clip-vision", "vit", "open_clip", "timm"])
+def test_mining_uses_the_backends_own_preprocessing(tiny, photos, name):
+    _, spec = tiny[name]
+    model = clipviz.load(spec)
+    result = mine_examples(
+        model, HOOK, open_source(str(photos[0].parent)), top_k=2, batch=2, progress=False, keep_activations=True
+    )
+    layout = model.hook_layout(HOOK)
+    for row, index in enumerate(result.activation_indices.tolist()):
+        image = Image.open(photos[index]).convert("RGB")
+        own = _own_input(name, model, spec, image)
+        # the same input tensor as the library's own pipeline, to float precision
+        torch.testing.assert_close(model.prepare(model.preprocess_pil(image)[None]), own, rtol=0, atol=2e-5)
+        block = model.blocks[1]
+        seen: list[torch.Tensor] = []
+        module = block.act if block.act is not None else block.fc2
+        handle = module.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o))
+        try:
+            with torch.no_grad():
+                model.backend.forward(own)
+        finally:
+            handle.remove()
+        expected = seen[0][:, layout.patches].float().mean(1)[0]
+        torch.testing.assert_close(result.activations[row].float(), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_a_non_square_photo_is_cropped_not_stretched(tiny, photos):
+    _, spec = tiny["clip-vision"]
+    model = clipviz.load(spec)
+    wide = Image.fromarray(
+        np.concatenate(
+            [np.zeros((64, 64, 3), np.uint8), np.full((64, 64, 3), 255, np.uint8), np.zeros((64, 64, 3), np.uint8)],
+            axis=1,
+        )
+    )  # black | white | black
+    x = model.preprocess_pil(wide)
+    assert x.shape == (3, *model.image_size)
+    assert float(x.min()) > 0.5  # the centre crop keeps only the white middle; a stretch would keep the black

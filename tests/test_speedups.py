@@ -1,0 +1,142 @@
+"""The exact speed-ups of the optimisation step: the same values as the plain computation, to a stated tolerance,
+and batch independence with them on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import clipviz
+from clipviz.errors import ClipvizError
+from clipviz.model.stem import patch_embedding, patch_matmul, stem_as_matmul
+from clipviz.visualization.fused import AffineChain, fuse_affine
+from clipviz.visualization.objectives import Direction, Diversity, Neuron, TotalVariation
+from clipviz.visualization.optimise import _rngs, forward_objective, optimise
+from clipviz.visualization.recipes import get_recipe
+from clipviz.visualization.sliced import plan_sliced
+from clipviz.visualization.speedups import SpeedUps, augmentations
+
+# float32, values of order 1: a sum of d_model products in another order than the matrix product's
+SLICED_TOL = {"rtol": 1e-5, "atol": 1e-6}
+STEM_TOL = {"rtol": 1e-5, "atol": 1e-5}
+ARCHS = ["vit", "deit", "beit", "clip-vision", "siglip-vision", "dinov2", "dinov2-registers", "open_clip", "timm"]
+ONLY_SLICED = SpeedUps(sliced_mlp=True, matmul_stem=False, fused_affine=False)
+ONLY_STEM = SpeedUps(sliced_mlp=False, matmul_stem=True, fused_affine=False)
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    return {name: clipviz.load(spec) for name, (_, spec) in tiny.items() if name in ARCHS + ["swin"]}
+
+
+def _value_and_grad(model, objective, images, copies, speedups):
+    x = images.clone().requires_grad_(True)
+    clean = x.reshape(-1, copies, *x.shape[1:])[:, 0]
+    values = forward_objective(model, objective, x, copies, clean, speedups=speedups)
+    values.sum().backward()
+    return values.detach(), x.grad
+
+
+@pytest.mark.parametrize("name", [*ARCHS, "swin"])
+@pytest.mark.parametrize("point", ["mlp.hook_post", "mlp.hook_pre"])
+def test_sliced_mlp_equals_the_full_pass(models, name, point):
+    model = models[name]
+    hook = f"blocks.1.{point}"
+    width = model.hook_width(hook)
+    objective = Neuron(hook, [3, width - 1, 0])
+    assert plan_sliced(model, objective) is not None
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, *model.image_size)  # 3 images x 2 copies
+    got, got_grad = _value_and_grad(model, objective, images, 2, ONLY_SLICED)
+    want, want_grad = _value_and_grad(model, objective, images, 2, SpeedUps.none())
+    torch.testing.assert_close(got, want, **SLICED_TOL)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduce", ["cls", "max", ("region", 0, 2, 1, 3)])
+def test_sliced_mlp_with_other_reductions_and_sums(models, reduce):
+    model = models["vit"]
+    a, b = Neuron("blocks.2.mlp.hook_post", [1, 5], reduce), Neuron("blocks.2.mlp.hook_post", 7, reduce)
+    objective = a - 0.5 * b + 0.1 * TotalVariation()
+    assert plan_sliced(model, objective) is not None
+    images = torch.rand(2, 3, *model.image_size)
+    got, got_grad = _value_and_grad(model, objective, images, 1, ONLY_SLICED)
+    want, want_grad = _value_and_grad(model, objective, images, 1, SpeedUps.none())
+    torch.testing.assert_close(got, want, **SLICED_TOL)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_sliced_mlp_only_where_it_applies(models):
+    model = models["vit"]
+    hook = "blocks.1.mlp.hook_post"
+    assert plan_sliced(model, Direction(hook, torch.ones(model.d_mlp))) is None
+    assert plan_sliced(model, Neuron(hook, 0) + Diversity(hook)) is None  # Diversity reads the whole activation
+    assert plan_sliced(model, Neuron(hook, 0) + Neuron("blocks.0.mlp.hook_post", 1)) is None  # two hooks
+    assert plan_sliced(model, Neuron("blocks.1.hook_resid_post", 0)) is None
+    with model.hooks([(hook, lambda value, point: value * 2)]):  # an editing hook must not be bypassed
+        assert plan_sliced(model, Neuron(hook, 0)) is None
+    with pytest.raises(ClipvizError, match="out of range"):
+        forward_objective(model, Neuron(hook, model.d_mlp), torch.rand(1, 3, *model.image_size), 1, None)
+
+
+@pytest.mark.parametrize("name", [*ARCHS, "swin"])
+def test_stem_as_matmul_equals_the_convolution(models, name):
+    model = models[name]
+    conv = patch_embedding(model)
+    assert conv is not None and conv.kernel_size == conv.stride
+    x = torch.rand(3, 3, *model.image_size, requires_grad=True)
+    y = conv(x)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    want_grad, x.grad = x.grad, None
+    got = patch_matmul(conv, x)
+    (got * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    torch.testing.assert_close(got, y, **STEM_TOL)
+    torch.testing.assert_close(x.grad, want_grad, **STEM_TOL)
+    objective = Neuron("blocks.1.mlp.hook_post", [2, 4, 6])
+    images = torch.rand(3, 3, *model.image_size)
+    got, got_grad = _value_and_grad(model, objective, images, 1, ONLY_STEM)
+    want, want_grad = _value_and_grad(model, objective, images, 1, SpeedUps.none())
+    torch.testing.assert_close(got, want, **STEM_TOL)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+    with stem_as_matmul(model):
+        assert "forward" in conv.__dict__
+    assert "forward" not in conv.__dict__  # restored
+
+
+def test_fused_affine_chain_equals_the_separate_steps(models):
+    model = models["clip-vision"]  # mean and std that are not 0.5
+    recipe = get_recipe("vit-paper", copies=3)
+    side = model.image_size[0]
+    fused, folded = augmentations(recipe, model, side, SpeedUps())
+    assert folded and isinstance(fused[0], AffineChain) and len(fused) == 2  # the chain, then the jitter
+    x = torch.rand(2, 1, 3, side, side).expand(-1, 3, -1, -1, -1)
+    out = {}
+    for label, transforms in (("fused", fused), ("plain", recipe.transforms())):
+        rngs = _rngs([5, 9], stream=1)
+        y = x
+        for t in transforms:
+            y = t(y, rngs, 0.3)
+        out[label] = y.reshape(6, 3, side, side)
+        out[label + "-next"] = torch.stack([torch.rand(1, generator=g) for g in rngs])  # the streams stay in step
+    with model.prenormalised():
+        got = model.prepare(out["fused"])
+    torch.testing.assert_close(got, model.prepare(out["plain"]), rtol=0, atol=1e-5)
+    assert torch.equal(out["fused-next"], out["plain-next"])
+    # a warp with zero padding after the chain: the normalisation stays in the model
+    chain, rest, folds = fuse_affine(get_recipe("vit-paper", affine=(10.0, 0.0, 1.0, 1.0)).transforms(), (0, 1))
+    assert not folds and chain.mean is None and len(rest) == 2
+    assert augmentations(recipe, model, side // 2, SpeedUps())[1] is False  # not at the input size
+
+
+@pytest.mark.parametrize("recipe", ["vit-paper", "default"])
+def test_speedups_keep_batch_independence_and_match_the_plain_loop(models, recipe):
+    model = models["vit"]
+    hook = "blocks.1.mlp.hook_post"
+    settings = get_recipe(recipe, steps=4, copies=2 if recipe == "vit-paper" else 1)
+    many = optimise(model, Neuron(hook, [3, 7, 9]), [3, 7, 9], settings)
+    alone = optimise(model, Neuron(hook, [7]), [7], settings)
+    assert torch.equal(many.images[1], alone.images[0])
+    plain = optimise(model, Neuron(hook, [3, 7, 9]), [3, 7, 9], settings, speedups=SpeedUps.none())
+    torch.testing.assert_close(many.start, plain.start, **SLICED_TOL)
+    # four Adam steps: rounding differences of 1e-6 stay far below one 8-bit grey level
+    assert float((many.images - plain.images).abs().max()) < 1e-3
