@@ -66,4 +66,4 @@ def test_demo_writes_a_page_with_visualizations_examples_and_words(tmp_path, cap
         assert neuron["visualizations"] and len(neuron["examples"]) == 3 and len(neuron["words"]["direct"]) == 3
     assert "href='atlas/index.html'" in text
     code = main(["demo", "--out", str(tmp_path / "bad"), "--steps", "0"])
-    assert code == 2 and "steps must be >= 1" in capsys.readouterr().err
+    assert code == 2 and "--steps: must be between 1 and 100000" in capsys.readouterr().err
