@@ -742,3 +742,37 @@ def test_space_hostile_values_through_gradio_client(server):
             client.predict(*args, api_name="/visualize")
     with pytest.raises(Exception, match="type a phrase"):
         client.predict("world-clip", "   ", 2, 32, api_name="/phrase")
+
+
+def test_a_killed_resumable_examples_run_resumes_to_the_same_result(tmp_path):
+    argv = ["examples", "world-clip", "--hook", H, "--dataset", "world:24", "--shard-size", "8", "--top-k", "3"]
+    argv += ["--neurons", "0:4", "--workers", "0"]
+    assert main([*argv, "--out", str(tmp_path / "ref")]) == 0
+    reference = _files(tmp_path / "ref")
+    for index, when in ((2, "after"), (3, "before"), (5, "before")):  # inside the shards, then the merged result
+        out = tmp_path / f"{index}-{when}"
+        _die_at_rename([*argv, "--out", str(out)], index, when)
+        assert main([*argv, "--out", str(out)]) == 0
+        assert _files(out) == reference and not _temporaries(out)
+
+
+def test_library_warnings_are_not_printed_around_a_user_error(monkeypatch, capsys, tmp_path):
+    import warnings
+
+    import clipviz.apps.commands.info as info
+
+    def noisy(args):
+        warnings.warn("a library's chatter", UserWarning, stacklevel=1)
+        raise ClipvizError("what was wrong; accepted: this")
+
+    monkeypatch.setattr(info, "run", noisy)
+    assert main(["info", "world-clip"]) == 2
+    assert capsys.readouterr().err == "clipviz: error: what was wrong; accepted: this\n"
+
+    def fine(args):
+        warnings.warn("a library's chatter", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(info, "run", fine)
+    assert main(["info", "world-clip"]) == 0
+    assert "a library's chatter" in capsys.readouterr().err  # a run that worked still shows it, once
