@@ -258,6 +258,7 @@ class _SiteWriter:
                     "caption": e["caption"],
                     "name": e["name"],
                     "thumb": self.copied.get(e["thumb"]) if e["thumb"] is not None else None,
+                    "map": np.round(np.asarray(e["map"], dtype=np.float64), 4).tolist(),  # patch activations
                 }
             )
         settings = {

@@ -53,9 +53,15 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
-    from clipviz.apps.sweep import describe, make_plan, measure, run_sweep
+    from clipviz.apps.sweep import default_dataset, describe, make_plan, measure, run_sweep
+    from clipviz.errors import ClipvizError
     from clipviz.visualization.visualize import _precision
 
+    if args.dataset is None and default_dataset(args.model) is None:  # before a long model download
+        raise ClipvizError(
+            f"--dataset is required for '{args.model}': a folder of images, an HF dataset id or a saved dataset "
+            "(only the bundled world-clip has a default, world:2000)"
+        )
     model = load_model(args)
     plan = make_plan(
         model,
