@@ -251,10 +251,13 @@ def _model_digest(model) -> str:
 
 
 @torch.no_grad()
-def text_embeddings(model, vocab: Vocabulary, batch: int = 256, cache: bool = True) -> torch.Tensor:
+def text_embeddings(
+    model, vocab: Vocabulary, batch: int = 256, cache: bool = True, progress: bool = False
+) -> torch.Tensor:
     """Unit-norm text embeddings (len(vocab), E), averaged over the templates; cached on disk as safetensors,
-    keyed by (model weights, vocabulary, templates)."""
+    keyed by (model weights, vocabulary, templates); ``progress`` shows a bar of prompts encoded."""
     from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
 
     if not model.is_clip:
         raise ClipvizError(f"model '{model.spec}' has no text tower: naming neurons with words needs a CLIP-like model")
@@ -262,15 +265,18 @@ def text_embeddings(model, vocab: Vocabulary, batch: int = 256, cache: bool = Tr
     if cache and path.is_file():
         return load_file(str(path))["embeddings"]
     total = None
+    bar = tqdm(
+        total=len(vocab.concepts) * len(vocab.templates), desc="text embeddings", unit="prompt", disable=not progress
+    )
     for template in vocab.templates:
         prompts = [template.format(c) for c in vocab.concepts]
-        emb = torch.cat(
-            [
-                F.normalize(model.encode_text(prompts[i : i + batch]).float(), dim=-1).cpu()
-                for i in range(0, len(prompts), batch)
-            ]
-        )
+        parts = []
+        for i in range(0, len(prompts), batch):
+            parts.append(F.normalize(model.encode_text(prompts[i : i + batch]).float(), dim=-1).cpu())
+            bar.update(len(prompts[i : i + batch]))
+        emb = torch.cat(parts)
         total = emb if total is None else total + emb
+    bar.close()
     result = F.normalize(total, dim=-1)
     if cache:
         atomic_write(path, lambda tmp: save_file({"embeddings": result.contiguous()}, tmp))

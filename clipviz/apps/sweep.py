@@ -503,7 +503,7 @@ def _words(model, plan: SweepPlan, units, paths, record, shown) -> None:
     from clipviz.analysis.concepts import direct_lens, load_vocabulary, text_embeddings, words_table, write_table
 
     vocab = load_vocabulary(plan.vocab)
-    text = text_embeddings(model, vocab)
+    text = text_embeddings(model, vocab, progress=shown)
     bar = _bar(len(units), "concepts", "hook", shown)
     similarities = None
     for hook, method in units:

@@ -48,6 +48,13 @@ class HookedVisionModel(nn.Module):
         self.register_buffer("_mean", torch.tensor(backend.mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("_std", torch.tensor(backend.std, dtype=torch.float32).view(1, -1, 1, 1), False)
 
+    @classmethod
+    def from_pretrained(cls, spec: str, **kwargs) -> HookedVisionModel:
+        """``clipviz.load(spec, **kwargs)``, by the name transformers and TransformerLens users reach for."""
+        from clipviz.model.loading import load
+
+        return load(spec, **kwargs)
+
     # ---------------------------------------------------------------- facts
     @property
     def spec(self) -> str:

@@ -26,7 +26,7 @@ def _check_name(name: str) -> None:
         raise ClipvizError(f"unknown open_clip model '{name}'{hint}")
 
 
-def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> Backend:
+def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None, cache_dir: str | None = None) -> Backend:
     """``ref`` is ``name``, ``name/tag``, ``hf-hub:org/repo`` or ``local-dir:/path``."""
     import open_clip
 
@@ -40,14 +40,25 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
             warnings.warn(f"open_clip:{name} has no pretrained tag: its weights are random", stacklevel=3)
     # OpenAI's weights were trained with QuickGELU; a model name without "-quickgelu" would silently differ.
     quick = tag == "openai" and not name.endswith("-quickgelu")
-    model = fetching(spec, lambda: open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick))
+    model = fetching(
+        spec, lambda: open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick, cache_dir=cache_dir)
+    )
     if dtype is not None:
         model = model.to(dtype)
+    return open_clip_backend(model, spec, open_clip.get_tokenizer(name, cache_dir=cache_dir))
+
+
+def open_clip_backend(model: nn.Module, spec: str, tokenizer=None) -> Backend:
+    """The backend of an open_clip model already in memory (``tokenizer``: open_clip's for its name; by default
+    the CLIP BPE tokenizer with the model's context length)."""
+    import open_clip
+
     model.eval()
     visual = model.visual
     cfg = open_clip.get_model_preprocess_cfg(model)
     mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
-    tokenizer = open_clip.get_tokenizer(name)
+    if tokenizer is None:
+        tokenizer = open_clip.SimpleTokenizer(context_length=getattr(model, "context_length", None) or 77)
     text = TextTower(
         tokenize=lambda texts: tokenizer(list(texts)),
         encode_tokens=lambda tokens: model.encode_text(tokens.to(next(model.parameters()).device)),
