@@ -60,3 +60,26 @@ def test_from_pretrained_is_load_and_revision_cache_dir_reach_the_loaders(tmp_pa
     assert main(["info", "world-clip", "--revision", "v1"]) == 2
     assert "--revision is for transformers models" in capsys.readouterr().err
     assert main(["info", "world-clip", "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_space_command_runs_the_app_and_hints_when_gradio_is_missing(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    import clipviz.apps.space as space
+
+    launched = {}
+
+    class App:
+        def launch(self, **kwargs):
+            launched.update(kwargs)
+
+    monkeypatch.setattr(space, "build_app", lambda models, atlas: launched.update(models=models, atlas=atlas) or App())
+    assert main(["space", "--port", "7999"]) == 0
+    assert launched == {"models": ("world-clip",), "atlas": None, "server_name": "127.0.0.1", "server_port": 7999}
+    assert main(["space", str(tmp_path)]) == 2
+    assert "is not an atlas" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["space"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "clipviz: error: the app needs gradio, which is not installed: pip install gradio"

@@ -1,3 +1,3 @@
 """One module per subcommand, each with ``add_parser(subparsers)`` and ``run(args) -> int``."""
 
-NAMES = ("info", "visualize", "examples", "concepts", "sweep", "atlas", "publish", "demo")
+NAMES = ("info", "visualize", "examples", "concepts", "sweep", "atlas", "publish", "space", "demo")
