@@ -24,13 +24,14 @@ from clipviz.errors import ClipvizError
 # pixel level).
 ARGS = ["world-clip", "--blocks", "2:4", "--neurons", "0:6", "--dataset", "world:300"]
 FAST = ["--steps", "4", "--batch-size", "3", "--shard-size", "100", "--workers", "0", "--top-k", "4"]
+PROBE = ["--probe", "world:300"]  # CLIP-Dissect words too, from the examples' own probe matrix
 HOOKS = ("blocks.2.mlp.hook_post", "blocks.3.mlp.hook_post")
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "R"
-    assert main(["sweep", *ARGS, *FAST, "--out", str(out)]) == 0
+    assert main(["sweep", *ARGS, *FAST, *PROBE, "--out", str(out)]) == 0
     return out
 
 
@@ -41,14 +42,17 @@ def test_sweep_writes_the_standard_layout_and_the_atlas(swept, capsys):
     assert sorted((m["hook"], m["neuron"]) for _, m in vis) == [(h, n) for h in HOOKS for n in range(6)]
     assert sorted(hook for _, hook in find_examples(swept)) == list(HOOKS)
     tables = dict(find_concepts(swept / "concepts"))
-    assert len(tables) == 2 and all({r["method"] for r in rows} == {"direct"} for rows in tables.values())
+    assert sorted((p.parent.name, p.name) for p in tables) == [
+        (h, f"concepts-{m}.parquet") for h in HOOKS for m in ("direct", "dissect")
+    ]
     atlas = read_atlas(swept / "atlas")
     assert set(atlas["hooks"]) == set(HOOKS)
     entry = atlas["hooks"][HOOKS[0]]["neurons"][0]
-    assert entry["visualizations"] and len(entry["examples"]) == 4 and entry["words"]["direct"]
+    assert entry["visualizations"] and len(entry["examples"]) == 4
+    assert len(entry["words"]["direct"]) == len(entry["words"]["dissect"]) == 5
     assert len(entry["examples"][0]["map"]) == 8  # the 8x8 patch map travels with the atlas (for the dataset)
     # A rerun has nothing left to do.
-    assert main(["sweep", *ARGS, *FAST, "--out", str(swept)]) == 0
+    assert main(["sweep", *ARGS, *FAST, *PROBE, "--out", str(swept)]) == 0
     out = capsys.readouterr().out
     assert "nothing left to compute" in out
 
@@ -109,11 +113,11 @@ def test_a_killed_sweep_resumes_and_ends_identical(swept, tmp_path, monkeypatch)
         return lambda: monkeypatch.setattr(module, name, real)
 
     out = tmp_path / "R"
-    run = ["sweep", *ARGS, *FAST, "--out", str(out)]
+    run = ["sweep", *ARGS, *FAST, *PROBE, "--out", str(out)]
     for module, name, at in (
         (visualize, "optimise", 3),  # the second hook's first batch
         (examples, "mine_examples", 5),  # the second hook's second shard
-        (concepts, "write_table", 2),  # the second hook's words
+        (concepts, "write_table", 3),  # the second hook's words (direct, then dissect, per hook)
     ):
         restore = failing(module, name, at)
         assert main(run) == 130
@@ -129,7 +133,7 @@ def test_two_processes_end_identical_to_one(swept, tmp_path):
     out = tmp_path / "two"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     proc = subprocess.run(
-        [*command, "clipviz.cli", "sweep", *ARGS, *FAST, "--out", str(out)],
+        [*command, "clipviz.cli", "sweep", *ARGS, *FAST, *PROBE, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -154,7 +158,8 @@ def test_results_dataset_round_trips_with_images_heat_maps_words_and_truth(swept
     assert len(row["example_images"]) == len(row["example_heat_maps"]) == len(row["example_scores"]) == 4
     assert row["example_heat_maps"][0].size == row["example_images"][0].size
     assert row["example_heat_maps"][0].tobytes() != row["example_images"][0].tobytes()  # tinted where it fires
-    assert row["word_method"] == "direct" and row["words_direct"] == row["words"] and len(row["words"]) == 5
+    assert row["word_method"] == "dissect" and row["words_dissect"] == row["words"] and len(row["words"]) == 5
+    assert len(row["words_direct"]) == len(row["scores_direct"]) == 5
     assert ":" in row["truth_concept"] and 0.0 <= row["truth_auroc"] <= 1.0 and isinstance(row["truth_clear"], bool)
     from clipviz.world.groundtruth import bundled_selectivity
 
@@ -280,7 +285,7 @@ def test_staged_space_installs_in_a_fresh_venv_and_serves(swept, tmp_path):
 
         client = Client(url, verbose=False)
         gallery, words, examples = client.predict(HOOKS[1], 2, api_name="/atlas")
-        assert len(gallery) == 1 and "direct" in words and len(examples) == 4
+        assert len(gallery) == 1 and "direct" in words and "dissect" in words and len(examples) == 4
         from browser import chromium
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait

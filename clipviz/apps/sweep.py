@@ -277,7 +277,7 @@ def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
         n = min(plan.batch_size, max(pending.values()))
         neurons = plan.neurons[deepest][:n]
         neurons = (neurons * n)[:n]
-        probe = type(recipe)(**{**recipe.to_dict(), "steps": 3, "stages": recipe.stages[:1]})
+        probe = type(recipe)(**{**recipe.to_dict(), "steps": 5, "stages": recipe.stages[:1]})
         stamps: list[float] = []
         kwargs = {"autocast": autocast} if autocast is not None else {}
         started = time.perf_counter()
@@ -289,14 +289,20 @@ def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
             on_step=lambda k, v: stamps.append(time.perf_counter()),
             **kwargs,
         )
-        per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1) if len(stamps) > 1 else stamps[0] - started
+        gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:], strict=False))  # warm-up left out
+        per_step = gaps[len(gaps) // 2] if gaps else stamps[-1] - started
         seconds = 0.0
         for h, left in pending.items():
             batches_left = math.ceil(left / plan.batch_size)
             seconds += batches_left * recipe.total_steps * per_step * _depth(model, h) / depth
         estimate["visualize"] = seconds / (accelerator.num_processes if accelerator is not None else 1)
     left_hooks = [h for h in plan.hooks if done.get(f"examples/{h}") != _unit_key(plan, f"examples/{h}")]
-    if left_hooks or "dissect" in plan.methods:
+    dissect = [
+        h
+        for h in plan.hooks
+        if "dissect" in plan.methods and done.get(f"concepts-dissect/{h}") != _unit_key(plan, f"concepts-dissect/{h}")
+    ]
+    if left_hooks or dissect:
         source = open_source(plan.dataset)
         point = model.hook_point(deepest).name
         batch = min(64, plan.images)
@@ -308,10 +314,10 @@ def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
         if left_hooks:
             seconds = sum(plan.images * per_image * _depth(model, h) / depth for h in left_hooks)
             estimate["examples"] = seconds / (accelerator.num_processes if accelerator is not None else 1)
-        if "dissect" in plan.methods:
+        if dissect:
             probe_n = open_source(plan.probe).length or plan.images
             reuse = plan.probe == plan.dataset
-            per_hook = 0.0 if reuse else sum(probe_n * per_image * _depth(model, h) / depth for h in plan.hooks)
+            per_hook = 0.0 if reuse else sum(probe_n * per_image * _depth(model, h) / depth for h in dissect)
             estimate["concepts"] = per_hook + probe_n * per_image * model.n_blocks / depth  # + the labeller's pass
     return estimate
 
