@@ -180,7 +180,7 @@ def space_card(title: str, sdk_version: str | None = None, model: str | None = N
     return (
         f"---\ntitle: {title}\nemoji: 🔬\ncolorFrom: indigo\ncolorTo: gray\nsdk: gradio\n"
         f"sdk_version: {sdk_version}\napp_file: app.py\npinned: false\nlicense: apache-2.0\n---\n\n"
-        f"# {title}\n\nMade with [clipviz](https://pypi.org/project/clipviz/): {about}. Pick a hook and "
+        f"# {title}\n\nMade with clipviz (installed from the wheel in `wheels/`): {about}. Pick a hook and "
         "neurons, or type a phrase, to see feature visualizations, the words that name them and the images "
         "that excite them; the Atlas tab browses precomputed results.\n"
     )

@@ -286,7 +286,7 @@ def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
             Neuron(deepest, neurons),
             list(range(n)),
             probe,
-            on_step=lambda k, v: stamps.append(time.perf_counter()),
+            on_step=lambda k, v: stamps.append(_synced(model)),
             **kwargs,
         )
         gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:], strict=False))  # warm-up left out
@@ -310,7 +310,7 @@ def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
         for images, _, _ in batches(source.range(0, batch), model.image_size, batch, []):
             with torch.no_grad():
                 model.run_with_cache(images.to(model.device), [point])
-        per_image = (time.perf_counter() - started) / batch
+        per_image = (_synced(model) - started) / batch
         if left_hooks:
             seconds = sum(plan.images * per_image * _depth(model, h) / depth for h in left_hooks)
             estimate["examples"] = seconds / (accelerator.num_processes if accelerator is not None else 1)
@@ -320,6 +320,13 @@ def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
             per_hook = 0.0 if reuse else sum(probe_n * per_image * _depth(model, h) / depth for h in dissect)
             estimate["concepts"] = per_hook + probe_n * per_image * model.n_blocks / depth  # + the labeller's pass
     return estimate
+
+
+def _synced(model) -> float:
+    """The time once the device has finished its queued work (the loop itself never waits for a GPU)."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return time.perf_counter()
 
 
 def describe(model, plan: SweepPlan) -> list[str]:
