@@ -362,7 +362,7 @@ def summary(files: list[tuple[str, int]]) -> list[str]:
     """Counts and sizes of a listing by kind (app, wheel, atlas pages, atlas images, atlas data, data).
 
     >>> summary([("app.py", 1000), ("atlas/a.html", 2000), ("atlas/b.html", 2000)])
-    ['  app           1 file     1.0 kB', '  atlas pages   2 files    4.0 kB']
+    ['  app            1 file    1.0 kB', '  atlas pages    2 files   4.0 kB']
     """
     kinds: dict[str, list[int]] = {}
     for name, size in files:

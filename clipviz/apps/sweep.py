@@ -371,18 +371,15 @@ class _Clock:
     """Rescales the estimate of the stages still ahead by how the finished ones compared with theirs."""
 
     def __init__(self, estimate: dict[str, float], echo):
-        self.estimate, self.echo, self.ratio = dict(estimate), echo, 1.0
-        self.spent = {k: 0.0 for k in estimate}
+        self.estimate, self.echo, self.ratio, self.done = dict(estimate), echo, 1.0, set()
 
     def finished(self, stage: str, seconds: float) -> None:
         guess = self.estimate.get(stage)
         if guess:
             self.ratio = max(0.05, seconds / guess)
-        ahead = [k for k in self.estimate if k not in self.spent or self.spent[k] == 0.0]
-        self.spent[stage] = seconds or 1e-9
-        ahead = [k for k in ahead if k != stage]
-        rest = sum(self.estimate[k] for k in ahead) * self.ratio
-        tail = f"; about {_fmt(rest)} left" if ahead and rest >= 1 else ""
+        self.done.add(stage)
+        rest = sum(v for k, v in self.estimate.items() if k not in self.done) * self.ratio
+        tail = f"; about {_fmt(rest)} left" if rest >= 1 else ""
         self.echo(f"{stage}: {_fmt(seconds)}" + (f" (estimated {_fmt(guess)})" if guess else "") + tail)
 
 
