@@ -50,7 +50,7 @@ def test_sweep_writes_the_standard_layout_and_the_atlas(swept, capsys):
     entry = atlas["hooks"][HOOKS[0]]["neurons"][0]
     assert entry["visualizations"] and len(entry["examples"]) == 4
     assert len(entry["words"]["direct"]) == len(entry["words"]["dissect"]) == 5
-    assert len(entry["examples"][0]["map"]) == 8  # the 8x8 patch map travels with the atlas (for the dataset)
+    assert entry["examples"][0]["heat"]["shape"] == [8, 8]  # the patch map travels with the atlas (for the dataset)
     # A rerun has nothing left to do.
     assert main(["sweep", *ARGS, *FAST, *PROBE, "--out", str(swept)]) == 0
     out = capsys.readouterr().out

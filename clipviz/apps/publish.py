@@ -237,7 +237,7 @@ def results_dataset(site: str | Path):
     import torch
     from PIL import Image
 
-    from clipviz.apps.atlas import METHOD_ORDER
+    from clipviz.apps.atlas import METHOD_ORDER, heat_decode
     from clipviz.images import overlay
 
     with _site_of(Path(site)) as site:
@@ -276,8 +276,9 @@ def results_dataset(site: str | Path):
                     with Image.open(site / e["thumb"]) as img:
                         thumb = img.convert("RGB")
                     thumbs.append(_png(thumb))
-                    if e.get("map") is not None:
-                        heats.append(_png(overlay(thumb, torch.tensor(e["map"]), size=max(thumb.size))))
+                    if e.get("heat") is not None:
+                        heat = torch.from_numpy(heat_decode(e["heat"]))
+                        heats.append(_png(overlay(thumb, heat, size=max(thumb.size))))
                 preferred = next((m for m in METHOD_ORDER if m in n["words"]), next(iter(n["words"]), ""))
                 ranked = n["words"].get(preferred, [])
                 row = {
