@@ -75,6 +75,43 @@ def test_sweep_errors_are_one_line(tmp_path, capsys):
     assert main(["sweep", *ARGS, "--hooks", "mlp.nope", "--out", str(tmp_path / "R"), "--dry-run"]) == 2
 
 
+def test_sweep_of_a_model_without_text_tower_over_a_folder(tmp_path):
+    """A transformers ViT (no words: no text tower), an image folder as the dataset, two kinds of hooks."""
+    import numpy as np
+    import transformers as T
+    from PIL import Image
+    from tiny_models import _save_processor
+
+    vit = T.ViTModel(
+        T.ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    vit.eval().save_pretrained(tmp_path / "vit")
+    _save_processor(tmp_path / "vit")
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"img-{i:02d}.png")
+    (tmp_path / "images").mkdir()
+    for png in tmp_path.glob("img-*.png"):
+        png.rename(tmp_path / "images" / png.name)
+    out = tmp_path / "R"
+    argv = [f"hf:{tmp_path / 'vit'}", "--dataset", str(tmp_path / "images"), "--blocks", "1", "--neurons", "0:3"]
+    argv += ["--hooks", "mlp.hook_post,hook_resid_post", "--steps", "2", "--workers", "0", "--out", str(out)]
+    assert main(["sweep", *argv]) == 0
+    from clipviz.results import find_concepts, read_atlas
+
+    atlas = read_atlas(out / "atlas")
+    assert sorted(atlas["hooks"]) == ["blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"]
+    assert all(len(n["examples"]) == 16 for e in atlas["hooks"].values() for n in e["neurons"])
+    assert not list(find_concepts(out))
+
+
 def _snapshot(root: Path) -> dict[str, object]:
     """Every file under ``root`` by content, minus what legitimately differs between runs (timings)."""
     import pyarrow.parquet as pq

@@ -197,7 +197,7 @@ def make_plan(
         words=words,
         vocab=vocab,
         probe=probe,
-        direct=clip_like and all(h.endswith("mlp.hook_post") for h in names),
+        direct=clip_like and any(h.endswith("mlp.hook_post") for h in names),
         shard_size=shard_size,
         seed=seed,
     )
@@ -348,7 +348,7 @@ def describe(model, plan: SweepPlan) -> list[str]:
                 {"direct": f"direct lens over '{plan.vocab}'", "dissect": f"CLIP-Dissect on {plan.probe}"}[m]
                 for m in plan.methods
             )
-            or "none (the model has no text tower, or a hook is not an MLP output)"
+            or "none (the model has no text tower)"
         ),
     ]
     if plan.estimate:
@@ -381,6 +381,11 @@ class _Clock:
         rest = sum(v for k, v in self.estimate.items() if k not in self.done) * self.ratio
         tail = f"; about {_fmt(rest)} left" if rest >= 1 else ""
         self.echo(f"{stage}: {_fmt(seconds)}" + (f" (estimated {_fmt(guess)})" if guess else "") + tail)
+
+
+def _methods(plan: SweepPlan, hook: str) -> list[str]:
+    """The word methods for one hook: the direct lens reads MLP neurons only; CLIP-Dissect any activation."""
+    return [m for m in plan.methods if m != "direct" or hook.endswith("mlp.hook_post")]
 
 
 def _bar(total: int, desc: str, unit: str, enabled: bool):
@@ -487,7 +492,7 @@ def run_sweep(model, plan: SweepPlan, *, progress: bool = True, accelerator=None
 
     # 3. words (main process: the direct lens reads weights only; dissect is one pass over the probe set)
     started = time.perf_counter()
-    units = [(h, m) for h in plan.hooks for m in plan.methods if not finished(f"concepts-{m}/{h}")]
+    units = [(h, m) for h in plan.hooks for m in _methods(plan, h) if not finished(f"concepts-{m}/{h}")]
     if units and main:
         redone = True
         _words(model, plan, units, paths, record, shown)
