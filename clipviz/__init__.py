@@ -26,6 +26,7 @@ _LAZY = {
     "HookedVisionModel": "clipviz.model.hooked",
     "bundled_models": "clipviz.model.loading",
     "load": "clipviz.model.loading",
+    "wrap": "clipviz.model.loading",
     "resolve_spec": "clipviz.model.loading",
     "visualize": "clipviz.visualization.visualize",
     "mine_examples": "clipviz.analysis.examples",
@@ -58,4 +59,5 @@ __all__ = [
     "open_source",
     "resolve_spec",
     "visualize",
+    "wrap",
 ]

@@ -11,6 +11,14 @@ A results folder holds any of (``<hook>`` is a hook name such as ``blocks.6.mlp.
     <out>/<hook>/concepts-<method>.parquet + .csv  words per neuron and rank, with scores
     <out>/shards/...                               unfinished work of a resumable run (ignored by readers)
 
+``clipviz sweep`` writes one results folder per model with the parts side by side (``sweep_paths``)::
+
+    <out>/sweep.json                               the plan and the finished units of work (``write_sweep_state``)
+    <out>/visualizations/  <out>/examples/  <out>/concepts/  <out>/atlas/
+
+and a results dataset (one row per neuron, ``write_results_dataset``) is ``<folder>/data/train-*.parquet`` plus
+a README, the layout of a dataset repository on the Hugging Face Hub.
+
 and an atlas site built from it holds ``atlas.json`` (``ATLAS_FILE``). Every file is written to a hidden
 temporary name in its folder and renamed into place, so a killed run never leaves a half-written file.
 
@@ -42,6 +50,8 @@ EXAMPLES_META = "examples.json"
 EXAMPLES_TENSORS = "examples.safetensors"
 GRID_FILE = "grid.png"
 ATLAS_FILE = "atlas.json"
+SWEEP_FILE = "sweep.json"
+DATASET_PARQUET = "data/train-00000-of-00001.parquet"
 SHARDS_DIR = "shards"
 THUMBS_DIR = "thumbs"
 
@@ -237,7 +247,7 @@ def find_visualizations(root: Path) -> Iterator[tuple[Path, dict]]:
     """``(png, sidecar)`` of every finished visualization under ``root``, in path order."""
     root = Path(root)
     for meta_path in sorted(root.rglob("*.json")):
-        if _in_shards(meta_path, root) or meta_path.name in (EXAMPLES_META, ATLAS_FILE):
+        if _in_shards(meta_path, root) or meta_path.name in (EXAMPLES_META, ATLAS_FILE, SWEEP_FILE):
             continue
         png = meta_path.with_suffix(".png")
         meta = read_visualization_meta(png)
@@ -330,3 +340,50 @@ def read_atlas(site: Path) -> dict:
 
 def is_atlas(path: Path) -> bool:
     return (Path(path) / ATLAS_FILE).is_file()
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+def sweep_paths(out: Path) -> dict[str, Path]:
+    """Where each part of a sweep goes under its results folder ``out``."""
+    out = Path(out)
+    return {
+        "state": out / SWEEP_FILE,
+        "visualizations": out / "visualizations",
+        "examples": out / "examples",
+        "concepts": out / "concepts",
+        "atlas": out / "atlas",
+    }
+
+
+def write_sweep_state(out: Path, state: dict) -> None:
+    """The sweep's plan and its finished units (``{"plan": ..., "done": {unit: settings id}}``), atomically."""
+    write_json(sweep_paths(out)["state"], state)
+
+
+def read_sweep_state(out: Path) -> dict:
+    """What ``write_sweep_state`` wrote, or an empty state (nothing finished) when there is none."""
+    state = read_json(sweep_paths(out)["state"]) or {}
+    state.setdefault("done", {})
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+def write_results_dataset(folder: Path, dataset, card: str | None = None) -> list[Path]:
+    """A ``datasets.Dataset`` of results as the Hub's dataset layout: ``data/train-00000-of-00001.parquet`` (and a
+    ``README.md`` card when given), each written atomically."""
+    folder = Path(folder)
+    parquet = folder / DATASET_PARQUET
+    atomic_write(parquet, lambda tmp: dataset.to_parquet(tmp))
+    paths = [parquet]
+    if card is not None:
+        write_text(folder / "README.md", card)
+        paths.append(folder / "README.md")
+    return paths
+
+
+def read_results_dataset(folder: Path):
+    """The dataset that ``write_results_dataset`` wrote, read back with ``datasets.load_dataset`` (images decode
+    to PIL)."""
+    import datasets
+
+    return datasets.load_dataset("parquet", data_files=str(Path(folder) / DATASET_PARQUET), split="train")

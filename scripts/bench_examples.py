@@ -34,14 +34,16 @@ def main() -> None:
     from bench_visualize import build_vit_b16  # scripts/ is on sys.path when this file runs as a script
 
     import clipviz
-    from clipviz.analysis.examples import RunningTopK, _batches, mine_examples, open_source
+    from clipviz.analysis.examples import RunningTopK, mine_examples
+    from clipviz.data import batches as decoded_batches
+    from clipviz.data import open_source
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         model = clipviz.load(build_vit_b16(tmp), device=device)
     hook = f"blocks.{args.block}.mlp.hook_post"
     source = open_source(f"world:{args.images}")
-    batches = [x for x, _, _ in _batches(source, model.image_size, args.batch, [])]
+    batches = [x for x, _, _ in decoded_batches(source, model.preprocess_pil, args.batch, [])]
 
     def sync():
         if device == "cuda":

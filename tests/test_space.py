@@ -133,7 +133,7 @@ def test_spaces_folder_is_the_published_app(atlas, tmp_path, monkeypatch):
 
     files = space_files()
     assert (REPO / "spaces" / "app.py").read_text() == files["app.py"]
-    assert (REPO / "spaces" / "requirements.txt").read_text() == files["requirements.txt"] == "clipviz[spaces]\n"
+    assert "clipviz[spaces]" not in (REPO / "spaces" / "requirements.txt").read_text()  # clipviz is not on PyPI
     (tmp_path / "app.py").write_text(files["app.py"])
     shutil.copytree(atlas[0], tmp_path / "atlas")
     monkeypatch.setenv("CLIPVIZ_SPACE_MODELS", "world-clip")
@@ -147,10 +147,9 @@ def test_spaces_folder_is_the_published_app(atlas, tmp_path, monkeypatch):
     assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
 
 
-def test_publish_dry_run_lists_the_files_and_a_valid_card(atlas, capsys):
-    assert (
-        main(["publish", str(atlas[0]), "--space", "someone/atlas", "--dataset", "someone/results", "--dry-run"]) == 0
-    )
+def test_publish_dry_run_lists_the_files_and_a_valid_card(atlas, capsys, tmp_path):
+    args = ["publish", str(atlas[0]), "--space", "someone/atlas", "--dataset", "someone/results", "--dry-run"]
+    assert main([*args, "--list", "--stage", str(tmp_path / "stage")]) == 0
     out = capsys.readouterr().out
     assert "would upload" in out and "spaces/someone/atlas" in out and "datasets/someone/results" in out
     for name in (
@@ -162,8 +161,10 @@ def test_publish_dry_run_lists_the_files_and_a_valid_card(atlas, capsys):
         "data/train-00000-of-00001.parquet",
     ):
         assert f"  {name}  " in out
-    card = yaml.safe_load(out.split("Space card (README.md):")[1].split("---")[1])
+    assert "  wheels/clipviz-" in out
+    card = yaml.safe_load((tmp_path / "stage" / "space" / "README.md").read_text().split("---")[1])
     assert card["sdk"] == "gradio" and card["title"] == "atlas"
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["dataset", "space"]
 
 
 def test_results_dataset_round_trips(atlas, tmp_path):
@@ -213,7 +214,9 @@ def test_publish_uploads_with_the_token_and_never_prints_it(atlas, monkeypatch, 
     assert creates["someone/atlas"]["repo_type"] == "space" and creates["someone/atlas"]["space_sdk"] == "gradio"
     assert creates["someone/results"]["repo_type"] == "dataset"
     uploads = {c[1]: c[2] for c in calls if c[0] == "upload"}
-    assert {"app.py", "requirements.txt", "README.md", "atlas/atlas.json"} <= set(uploads["someone/atlas"]["files"])
+    space_files_ = set(uploads["someone/atlas"]["files"])
+    assert {"app.py", "requirements.txt", "README.md", "atlas/atlas.json"} <= space_files_
+    assert any(f.startswith("wheels/clipviz-") and f.endswith(".whl") for f in space_files_)
     assert uploads["someone/results"]["files"] == ["README.md", "data/train-00000-of-00001.parquet"]
 
 

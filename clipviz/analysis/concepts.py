@@ -282,10 +282,14 @@ def _read_cache(path: Path, rows: int) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def text_embeddings(model, vocab: Vocabulary, batch: int = 256, cache: bool = True) -> torch.Tensor:
+def text_embeddings(
+    model, vocab: Vocabulary, batch: int = 256, cache: bool = True, progress: bool = False
+) -> torch.Tensor:
     """Unit-norm text embeddings (len(vocab), E), averaged over the templates; cached on disk as safetensors,
-    keyed by (every text-tower weight, tokenizer, vocabulary, templates). A corrupt cache file is rebuilt."""
+    keyed by (every text-tower weight, tokenizer, vocabulary, templates). A corrupt cache file is rebuilt;
+    ``progress`` shows a bar of prompts encoded."""
     from safetensors.torch import save_file
+    from tqdm.auto import tqdm
 
     if not model.is_clip:
         raise ClipvizError(f"model '{model.spec}' has no text tower: naming neurons with words needs a CLIP-like model")
@@ -295,15 +299,18 @@ def text_embeddings(model, vocab: Vocabulary, batch: int = 256, cache: bool = Tr
         if cached is not None:
             return cached
     total = None
+    bar = tqdm(
+        total=len(vocab.concepts) * len(vocab.templates), desc="text embeddings", unit="prompt", disable=not progress
+    )
     for template in vocab.templates:
         prompts = [template.format(c) for c in vocab.concepts]
-        emb = torch.cat(
-            [
-                F.normalize(model.encode_text(prompts[i : i + batch]).float(), dim=-1).cpu()
-                for i in range(0, len(prompts), batch)
-            ]
-        )
+        parts = []
+        for i in range(0, len(prompts), batch):
+            parts.append(F.normalize(model.encode_text(prompts[i : i + batch]).float(), dim=-1).cpu())
+            bar.update(len(prompts[i : i + batch]))
+        emb = torch.cat(parts)
         total = emb if total is None else total + emb
+    bar.close()
     result = F.normalize(total, dim=-1)
     if cache:
         atomic_write(path, lambda tmp: save_file({"embeddings": result.contiguous()}, tmp))

@@ -80,18 +80,25 @@ def softwpmi(
 
 
 @torch.no_grad()
-def probe_activations(model, hook: str, source, neurons=None, batch: int = 64) -> tuple[torch.Tensor, list[int]]:
+def probe_activations(
+    model, hook: str, source, neurons=None, batch: int = 64, progress: bool = False
+) -> tuple[torch.Tensor, list[int]]:
     """Patch-mean activations (images, neurons) of ``hook`` over a probe ``Source``, and the images' indices."""
+    from tqdm.auto import tqdm
+
     from clipviz.data.decoding import batches
 
     point = model.hook_point(hook)
     layout = model.hook_layout(hook)
     rows, kept, skipped = [], [], []
+    bar = tqdm(total=source.length or None, desc="probe activations", unit="img", disable=not progress)
     for images, idx, _ in batches(source, model.preprocess_pil, batch, skipped):
         _, cache = model.run_with_cache(images, [point.name])
         act = reduce_tokens(cache[point.name].float(), "patches", layout, dim=1)
         rows.append(act if neurons is None else act[:, list(neurons)])
         kept += idx
+        bar.update(len(idx))
+    bar.close()
     if not rows:
         raise ClipvizError(f"the probe set '{source.name}' has no readable images")
     return torch.cat(rows).cpu(), kept
@@ -145,16 +152,22 @@ def stored_activations(folder, hook: str, neurons=None) -> StoredActivations:
 
 
 @torch.no_grad()
-def image_text_similarities(labeller, source, indices: list[int], text: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def image_text_similarities(
+    labeller, source, indices: list[int], text: torch.Tensor, batch: int = 64, progress: bool = False
+) -> torch.Tensor:
     """Cosines (images, concepts) between the labeller's embeddings of the probe images and unit text embeddings."""
     import torch.nn.functional as F
+    from tqdm.auto import tqdm
 
     from clipviz.data.decoding import batches
 
     wanted = set(indices)
     embs = []
-    for images, _, _ in batches(_Filtered(source, wanted), labeller.preprocess_pil, batch, []):
+    bar = tqdm(total=len(wanted), desc="labeller image embeddings", unit="img", disable=not progress)
+    for images, idx, _ in batches(_Filtered(source, wanted), labeller.preprocess_pil, batch, []):
         embs.append(F.normalize(labeller.encode_image(images).float(), dim=-1).cpu())
+        bar.update(len(idx))
+    bar.close()
     return torch.cat(embs) @ text.T
 
 

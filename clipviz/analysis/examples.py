@@ -195,7 +195,7 @@ def mine_examples(
     top_k: int = 16,
     reduce: MiningReduce = "patches",
     batch: int = 64,
-    progress: bool = True,
+    progress: bool | object = True,
     span: tuple[int, int] | None = None,
     keep_activations: bool = False,
     workers: int = 0,
@@ -219,7 +219,8 @@ def mine_examples(
     all_ids: list[int] = []
     captions: dict[int, str] = {}
     total = source.length if span is None else span[1] - span[0]
-    bar = tqdm(total=total or None, unit="img", desc="examples", disable=not progress)
+    external = not isinstance(progress, bool)  # a caller's bar (e.g. one for all shards): advanced, never closed
+    bar = progress if external else tqdm(total=total or None, unit="img", desc="examples", disable=not progress)
     if workers and source.length:
         stream = parallel_batches(source, span or (0, source.length), model.preprocess_pil, batch, workers, skipped)
     else:
@@ -240,7 +241,8 @@ def mine_examples(
             captions = _kept(captions, top.indices)
         seen += len(idx)
         bar.update(len(idx))
-    bar.close()
+    if not external:
+        bar.close()
     if top.scores is None:
         what = f"all {len(skipped)} images were unreadable" if skipped else "it has no images"
         raise ClipvizError(f"no examples from '{source.name}': {what}")
@@ -263,11 +265,24 @@ def mine_examples(
     )
 
 
-def write_thumbnails(source: Source, result: ExampleResult, out: Path, size: int = 96, model=None) -> None:
-    """Small PNGs of every kept image, ``out/thumbs/<index>.png``, for the atlas and the demo. With ``model``, each
-    thumbnail is what the model saw (its own resize + centre crop), so the patch maps line up with it."""
-    wanted = set(result.indices.flatten().tolist())
-    for i, img, _ in source:
+def write_thumbnails(
+    source: Source,
+    result: ExampleResult | Sequence[ExampleResult],
+    out: Path,
+    size: int = 96,
+    skip_existing: bool = False,
+    model=None,
+) -> None:
+    """Small PNGs of every kept image of one or several results, ``out/thumbs/<index>.png``, for the atlas and the
+    demo; with ``skip_existing`` a thumbnail already there is kept, and the source is not read when all are. With
+    ``model``, each thumbnail is what the model saw (its own resize + centre crop), so the patch maps line up."""
+    results = [result] if isinstance(result, ExampleResult) else list(result)
+    wanted = {i for r in results for i in r.indices.flatten().tolist()}
+    if skip_existing:
+        wanted = {i for i in wanted if not thumbnail_path(out, i).is_file()}
+    if not wanted:
+        return
+    for i, img, _ in source.range(min(wanted), max(wanted) + 1) if hasattr(source, "range") else source:
         if i in wanted and img is not None:
             thumb = tensor_to_pil(model.preprocess_pil(img)) if model is not None else img.copy()
             thumb.thumbnail((size, size))
@@ -321,7 +336,7 @@ def mine_examples_resumable(
     batch: int = 64,
     shard_size: int = 1024,
     accelerator=None,
-    progress: bool = True,
+    progress: bool | object = True,
     keep_activations: bool = False,
     workers: int = 0,
 ) -> ExampleResult:

@@ -185,6 +185,24 @@ def _heat_uri(heat: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def heat_code(heat) -> dict:
+    """A patch activation map, min-max normalised (as every overlay shows it) and quantised to bytes, compactly
+    for ``atlas.json``: ``{"shape": [rows, cols], "uint8": base64}``; ``heat_decode`` reads it back.
+
+    >>> heat_decode(heat_code(np.array([[0.0, 2.0], [1.0, 2.0]]))).tolist()
+    [[0.0, 1.0], [0.5019607843137255, 1.0]]
+    """
+    h = np.asarray(heat, dtype=np.float32)
+    h = (h - h.min()) / (h.max() - h.min() + 1e-8)
+    raw = np.round(h * 255).astype(np.uint8)
+    return {"shape": list(raw.shape), "uint8": base64.b64encode(raw.tobytes()).decode()}
+
+
+def heat_decode(code: dict) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(code["uint8"]), dtype=np.uint8)
+    return raw.reshape(code["shape"]).astype(np.float64) / 255
+
+
 def _slug(hook: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in hook)
 
@@ -267,6 +285,7 @@ class _SiteWriter:
                     "caption": e["caption"],
                     "name": e["name"],
                     "thumb": self.copied.get(e["thumb"]) if e["thumb"] is not None else None,
+                    "heat": heat_code(e["map"]),  # the patch activations, for programs (the dataset)
                 }
             )
         settings = {

@@ -100,6 +100,7 @@ def _main(argv: Sequence[str] | None) -> int:
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")  # once per place, whatever filters the caller set
             if not os.environ.get("CLIPVIZ_DEBUG"):
                 warnings.simplefilter("ignore", FutureWarning)
             code = args.func(args)
@@ -110,5 +111,5 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as error:
         return _fail(_os_error(error))
     for w in caught:  # warnings of a run that worked are shown, once, after it
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
     return code

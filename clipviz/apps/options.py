@@ -17,6 +17,8 @@ def add_model_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         "--trust-remote-code", action="store_true", help="allow a hub model to run its own code (off unless asked)"
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    p.add_argument("--revision", help="branch, tag or commit of a transformers model on the Hub (hf:<id>)")
+    p.add_argument("--cache-dir", help="where downloaded weights are kept (default: the libraries' own caches)")
     return p
 
 
@@ -30,7 +32,14 @@ def load_model(args: argparse.Namespace):
     if precision == "auto" and torch.device(device).type == "cuda":
         precision = "bf16-weights"  # the fastest GPU path (docs/benchmarks.md)
     dtype = {"bf16-weights": torch.bfloat16, "fp16-weights": torch.float16}.get(precision)
-    return load(args.model, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    return load(
+        args.model,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=args.trust_remote_code,
+        revision=getattr(args, "revision", None),
+        cache_dir=getattr(args, "cache_dir", None),
+    )
 
 
 def parse_indices(text: str, width: int | None = None, what: str = "index") -> list[int]:

@@ -54,6 +54,13 @@ class HookedVisionModel(nn.Module):
         self.blocks = self.blocks[: len(self.blocks) - len(self.token_layouts.excluded)]
         self.registry = HookRegistry(self.native, self.blocks, seq_first=backend.seq_first, layout=self.token_layouts)
 
+    @classmethod
+    def from_pretrained(cls, spec: str, **kwargs) -> HookedVisionModel:
+        """``clipviz.load(spec, **kwargs)``, by the name transformers and TransformerLens users reach for."""
+        from clipviz.model.loading import load
+
+        return load(spec, **kwargs)
+
     # ---------------------------------------------------------------- facts
     @property
     def spec(self) -> str:

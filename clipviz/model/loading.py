@@ -126,11 +126,14 @@ def load(
     pretrained: bool = True,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> HookedVisionModel:
     """Load a vision transformer and wrap it behind clipviz's hook interface.
 
     ``device`` defaults to the CPU; ``dtype`` to the weights' own. ``trust_remote_code`` stays off unless you
-    ask; ``pretrained=False`` gives a timm model random weights (for benchmarks).
+    ask; ``pretrained=False`` gives a timm model random weights (for benchmarks). ``revision`` (a branch, tag or
+    commit of a transformers model on the Hub) and ``cache_dir`` (where downloads are kept) are passed on to the
+    library that loads the model. ``HookedVisionModel.from_pretrained(spec, ...)`` is the same function.
 
     >>> import clipviz
     >>> model = clipviz.load("world-clip")
@@ -148,21 +151,81 @@ def load(
         broken = first_unreadable_weights(local)
         if broken is not None:
             raise ClipvizError(f"cannot load '{spec}': {broken}")
+    cache = str(Path(cache_dir).expanduser()) if cache_dir is not None else None
+    if revision and backend_kind != "hf":
+        raise ClipvizError(
+            f"--revision is for transformers models on the Hub (hf:<id>); '{spec}' loads with {backend_kind}"
+        )
     backend: Backend
     if backend_kind == "hf":
         from clipviz.model.backends.hf import load_hf
 
-        backend = load_hf(ref, spec, trust_remote_code=trust_remote_code, revision=revision, dtype=dtype)
+        backend = load_hf(
+            ref, spec, trust_remote_code=trust_remote_code, revision=revision, dtype=dtype, cache_dir=cache
+        )
     elif backend_kind == "open_clip":
         from clipviz.model.backends.openclip import load_open_clip
 
-        backend = load_open_clip(ref, spec, dtype=dtype)
+        backend = load_open_clip(ref, spec, dtype=dtype, cache_dir=cache)
     else:
         from clipviz.model.backends.timm import load_timm
 
-        backend = load_timm(ref, spec, pretrained=pretrained, dtype=dtype)
+        backend = load_timm(ref, spec, pretrained=pretrained, dtype=dtype, cache_dir=cache)
     backend.revision = revision  # part of the identity of cached results (text embeddings)
-    model = HookedVisionModel(backend)
+    return _placed(HookedVisionModel(backend), device)
+
+
+def wrap(
+    module,
+    *,
+    spec: str | None = None,
+    device: str | torch.device | None = None,
+    tokenizer=None,
+    processor: str | None = None,
+) -> HookedVisionModel:
+    """Put clipviz's hook interface on a transformers, open_clip or timm model you already hold (fine-tuned,
+    built from a config, ...). The library is told by the module's class.
+
+    ``spec`` names it in results (default: ``wrapped:<class name>``); ``tokenizer`` (open_clip) is its text
+    tokenizer, by default the CLIP BPE tokenizer; ``processor`` (transformers) is where its image processor and
+    tokenizer are read from, by default where it was loaded from (``name_or_path``). The module is used as it is
+    (not copied) and stays on its device unless ``device`` is given.
+
+    >>> import clipviz
+    >>> held = clipviz.load("world-clip").native  # an open_clip CLIP in memory
+    >>> model = clipviz.wrap(held)
+    >>> model.spec, model.n_blocks, model.is_clip
+    ('wrapped:CLIP', 4, True)
+    """
+    from torch import nn
+
+    if isinstance(module, HookedVisionModel):
+        return _placed(module, device)
+    if not isinstance(module, nn.Module):
+        raise ClipvizError(f"clipviz.wrap needs a torch module, got {type(module).__name__}")
+    library = type(module).__module__.split(".", 1)[0]
+    spec = spec or f"wrapped:{type(module).__name__}"
+    if library == "transformers":
+        from clipviz.model.backends.hf import hf_backend
+
+        backend = hf_backend(module, spec, ref=processor)
+    elif library == "open_clip":
+        from clipviz.model.backends.openclip import open_clip_backend
+
+        backend = open_clip_backend(module, spec, tokenizer)
+    elif library == "timm":
+        from clipviz.model.backends.timm import timm_backend
+
+        backend = timm_backend(module, spec)
+    else:
+        raise ClipvizError(
+            f"clipviz.wrap reads transformers, open_clip and timm models; {type(module).__name__} comes from "
+            f"'{type(module).__module__}'"
+        )
+    return _placed(HookedVisionModel(backend), device)
+
+
+def _placed(model: HookedVisionModel, device) -> HookedVisionModel:
     if device is not None:
         try:
             model = model.to(device)

@@ -161,13 +161,15 @@ def optimise(
     *,
     size: int | None = None,
     autocast: Callable = contextlib.nullcontext,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
     labels: Sequence[object] | None = None,
     speedups: SpeedUps | None = None,
 ) -> RenderResult:
     """Optimise one image per seed to maximise ``objective`` (a batched objective of ``len(seeds)`` images).
 
-    ``labels`` name the images in error messages (neuron ids, prompts). ``on_step(k)`` is called after each step.
+    ``labels`` name the images in error messages (neuron ids, prompts). ``on_step(k, values)`` is called after
+    each step with the step count and the objective of each image, detached and still on the device (reading it
+    waits for the device, so a progress bar should do so rarely).
     ``speedups``: the exact speed-ups to use (default: all; ``SpeedUps.none()`` for the plain computation).
     """
     speedups = speedups or SpeedUps()
@@ -224,7 +226,7 @@ def optimise(
             param.after_step()
             step_no += 1
             if on_step is not None:
-                on_step(step_no)
+                on_step(step_no, values.detach())
         previous = param().detach()
     final = previous.clamp(0, 1)
     if final.shape[-1] != side:

@@ -203,7 +203,7 @@ def visualize(
     batch_size: int = 16,
     precision: str = "auto",
     out: str | Path | None = None,
-    progress: bool = True,
+    progress: bool | object = True,
     accelerator=None,
     skip_nonfinite: bool = False,
     **recipe_overrides,
@@ -212,7 +212,11 @@ def visualize(
 
     A target whose loss stops being finite is an error that names it and the step (its batch-mates are rendered
     and kept first); with ``skip_nonfinite`` it is left out, listed in the result's ``skipped``, and the run goes
-    on."""
+    on.
+
+    ``progress``: a bar of optimisation steps (``True``), none (``False``), or a tqdm-like bar of the caller's
+    that this call advances by one per image and step (and never closes).
+    """
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
@@ -262,11 +266,17 @@ def visualize(
     accelerator.wait_for_everyone()  # every process must see the same to-do list before any of them writes
     rendered: list[tuple[Target, dict, torch.Tensor]] = []
     with accelerator.split_between_processes(todo) as mine:
-        bar = tqdm(
-            total=len(mine),
-            unit="neuron" if hook else "image",
-            desc="visualize",
-            disable=not progress or not accelerator.is_local_main_process,
+        # The bar counts optimisation steps (one per image and step) and shows the batch's mean objective.
+        external = not isinstance(progress, bool)
+        bar = (
+            progress
+            if external
+            else tqdm(
+                total=len(mine) * recipe.total_steps,
+                unit="step",
+                desc="visualize",
+                disable=not progress or not accelerator.is_local_main_process,
+            )
         )
         size = batch_size
         queue = [list(mine[i : i + size]) for i in range(0, len(mine), size)]
@@ -278,6 +288,7 @@ def visualize(
             if len(kinds_split) > 1:
                 queue = kinds_split + queue
                 continue
+            ticker = _Ticker(bar, len(batch))
             try:
                 started = time.time()
                 result = optimise(
@@ -286,9 +297,11 @@ def visualize(
                     [t.seed for t in batch],
                     recipe,
                     autocast=accelerator.autocast,
+                    on_step=ticker,
                     labels=[t.label for t in batch],
                 )
             except RenderError as error:
+                bar.update(-ticker.counted)  # the batch-mates are rendered again without the bad target
                 bad = batch[error.index]
                 skipped.append((bad, str(error)))
                 mates = batch[: error.index] + batch[error.index + 1 :]
@@ -300,6 +313,7 @@ def visualize(
             except (RuntimeError, MemoryError) as error:
                 if not _is_oom(error):
                     raise
+                bar.update(-ticker.counted)  # the batch is done again, in halves
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 if len(batch) == 1:
@@ -328,8 +342,8 @@ def visualize(
                     write_visualization(path_of(t), tensor_to_pil(result.images[i]), meta)
                 else:
                     rendered.append((t, meta, result.images[i]))
-            bar.update(len(batch))
-        bar.close()
+        if not external:
+            bar.close()
     if fatal is not None:
         kept = "; its batch-mates were rendered and kept" if len(skipped) < len(todo) else ""
         raise RenderError(f"{fatal}{kept} (--skip-nonfinite goes on without such targets)", fatal.index, fatal.label)
@@ -355,6 +369,22 @@ def visualize(
             members = [results[t].image for t in kept if (t.group or hook) == group]
             write_png(out / group / GRID_FILE, grid(members))
     return ordered
+
+
+class _Ticker:
+    """``optimise``'s ``on_step``: advance a bar by one step per image; show the batch's mean objective at most
+    once a second (reading it waits for the device)."""
+
+    def __init__(self, bar, images: int):
+        self.bar, self.images, self.shown, self.counted = bar, images, 0.0, 0
+
+    def __call__(self, step: int, values: torch.Tensor) -> None:
+        self.bar.update(self.images)
+        self.counted += self.images
+        now = time.monotonic()
+        if now - self.shown >= 1.0 and not getattr(self.bar, "disable", False):
+            self.shown = now
+            self.bar.set_postfix_str(f"objective {float(values.float().mean()):.3f}", refresh=False)
 
 
 def _split_by_kind(batch: list[Target]) -> list[list[Target]]:

@@ -1,3 +1,3 @@
 """One module per subcommand, each with ``add_parser(subparsers)`` and ``run(args) -> int``."""
 
-NAMES = ("info", "visualize", "examples", "concepts", "atlas", "publish", "demo", "analyze")
+NAMES = ("info", "visualize", "examples", "concepts", "sweep", "analyze", "atlas", "publish", "space", "demo")

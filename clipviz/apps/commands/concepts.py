@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from clipviz.analysis.concepts import (
         direct_lens,
         load_vocabulary,
+        output_directions,
         parse_templates,
         text_embeddings,
         visual_words,
@@ -86,19 +87,22 @@ def run(args: argparse.Namespace) -> int:
         neurons = expand(spans, model.hook_width(args.hook), "neuron", f" for hook '{args.hook}'")
     else:
         neurons = list(range(model.hook_width(args.hook)))
+    print(f"{args.method}: {len(neurons)} neurons of {args.hook}, vocabulary '{vocab.name}' ({len(vocab.concepts)})")
     if args.method == "direct":
-        table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k)
+        output_directions(model, args.hook, neurons)  # a hook the lens cannot read is refused before any work
+        text = text_embeddings(model, vocab, progress=True)
+        table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k, embeddings=text)
     elif args.method == "dissect":
         from clipviz.analysis.dissect import image_text_similarities, probe_activations, softwpmi
         from clipviz.data.sources import open_source
 
         source = open_source(stored.source if stored is not None else args.probe)
-        text = text_embeddings(labeller, vocab)
+        text = text_embeddings(labeller, vocab, progress=True)
         if stored is not None:
             acts, kept = stored.activations, stored.indices
         else:
-            acts, kept = probe_activations(model, args.hook, source, neurons)
-        scores = softwpmi(acts, image_text_similarities(labeller, source, kept, text))
+            acts, kept = probe_activations(model, args.hook, source, neurons, progress=True)
+        scores = softwpmi(acts, image_text_similarities(labeller, source, kept, text, progress=True))
         table = words_table(scores, vocab.concepts, args.top_k, neurons)
     elif args.method == "visual":
         import torch
@@ -111,7 +115,13 @@ def run(args: argparse.Namespace) -> int:
         images = images.reshape(args.samples, len(neurons), *images.shape[1:]).transpose(0, 1)
         table = [
             {"neuron": n, **row}
-            for n, row in zip(neurons, visual_words(labeller, images, vocab, args.top_k), strict=True)
+            for n, row in zip(
+                neurons,
+                visual_words(
+                    labeller, images, vocab, args.top_k, embeddings=text_embeddings(labeller, vocab, progress=True)
+                ),
+                strict=True,
+            )
         ]
     else:
         raise ClipvizError(f"unknown method '{args.method}'; accepted: direct, dissect, visual")

@@ -178,23 +178,39 @@ def load_hf(
     trust_remote_code: bool = False,
     revision: str | None = None,
     dtype: torch.dtype | None = None,
+    cache_dir: str | None = None,
 ) -> Backend:
     from transformers import AutoConfig
 
     kwargs = {"trust_remote_code": trust_remote_code}
     if revision:
         kwargs["revision"] = revision
+    if cache_dir:
+        kwargs["cache_dir"] = cache_dir
     config = fetching(spec, lambda: AutoConfig.from_pretrained(ref, **kwargs))
     cls = _model_class(config, trust_remote_code)
     load_kwargs = dict(kwargs)
     if dtype is not None:
         load_kwargs["dtype"] = dtype
     model = fetching(spec, lambda: cls.from_pretrained(ref, **load_kwargs))
+    return hf_backend(model, spec, ref, kwargs)
+
+
+def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict | None = None) -> Backend:
+    """The backend of a transformers model already in memory; its image processor and tokenizer are read from
+    ``ref`` (by default where it was loaded from, ``model.name_or_path``), with default preprocessing if there is
+    none."""
+    kwargs = dict(kwargs or {})
+    ref = ref if ref is not None else getattr(model, "name_or_path", "") or ""
+    config = model.config
     model.eval()
     vision, vision_path = _vision_root(model)
     find_blocks(vision)  # an unsupported architecture fails here, before its processor and tokenizer are read
     vcfg = getattr(config, "vision_config", None) or config
-    mean, std, source, processor = _preprocessing(ref, config, kwargs)
+    if ref:
+        mean, std, source, processor = _preprocessing(ref, config, kwargs)
+    else:  # a module built in memory with no saved processor
+        mean, std, source, processor = _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)", None
     forward, output_kind = _forward(model, vision)
     facts = {
         "image_size": _pair(getattr(vcfg, "image_size", None) or _processor_size(processor) or 224),
@@ -211,7 +227,7 @@ def load_hf(
     elif model_type == "vit_mae":
         _no_masking(model, vision, facts)
     hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")
-    text = None if _is_generative(model) else _text_tower(model, ref, kwargs)
+    text = None if _is_generative(model) or not ref else _text_tower(model, ref, kwargs)
     return Backend(
         kind="hf",
         spec=spec,

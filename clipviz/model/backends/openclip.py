@@ -27,13 +27,13 @@ def _check_name(name: str) -> None:
         raise ClipvizError(f"unknown open_clip model '{name}'{hint}")
 
 
-def _tokenizer(name: str, spec: str):
+def _tokenizer(name: str, spec: str, cache_dir: str | None = None):
     """open_clip's tokenizer for ``name``, or ``(None, why)``: some configs name a tokenizer on the Hugging Face Hub,
     which cannot be fetched offline; the image tower works without it and text asks fail with one line."""
     import open_clip
 
     try:
-        return open_clip.get_tokenizer(name), None
+        return open_clip.get_tokenizer(name, cache_dir=cache_dir), None
     except Exception as error:  # noqa: BLE001 - hub / tokenizer-library failures share no base class
         first = (str(error).splitlines() or [""])[0][:160]
         return None, (
@@ -42,7 +42,7 @@ def _tokenizer(name: str, spec: str):
         )
 
 
-def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> Backend:
+def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None, cache_dir: str | None = None) -> Backend:
     """``ref`` is ``name``, ``name/tag``, ``hf-hub:org/repo`` or ``local-dir:/path``."""
     import open_clip
 
@@ -61,18 +61,31 @@ def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None) -> 
             warnings.warn(f"open_clip:{name} has no pretrained tag: its weights are random", stacklevel=3)
     # OpenAI's weights were trained with QuickGELU; a model name without "-quickgelu" would silently differ.
     quick = tag == "openai" and not name.endswith("-quickgelu")
-    model = fetching(spec, lambda: open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick))
+    model = fetching(
+        spec, lambda: open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick, cache_dir=cache_dir)
+    )
     if dtype is not None:
         model = model.to(dtype)
+    tokenizer, why = _tokenizer(name, spec, cache_dir)
+    return open_clip_backend(model, spec, tokenizer, why)
+
+
+def open_clip_backend(model: nn.Module, spec: str, tokenizer=None, tokenizer_error: str | None = None) -> Backend:
+    """The backend of an open_clip model already in memory (``tokenizer``: open_clip's for its name; by default
+    the CLIP BPE tokenizer with the model's context length; ``tokenizer_error``: why there is none, said when text
+    is asked for)."""
+    import open_clip
+
     model.eval()
     visual = model.visual
     cfg = open_clip.get_model_preprocess_cfg(model)
     mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
-    tokenizer, why = _tokenizer(name, spec)
+    if tokenizer is None and tokenizer_error is None:
+        tokenizer = open_clip.SimpleTokenizer(context_length=getattr(model, "context_length", None) or 77)
 
     def tokenize(texts):
         if tokenizer is None:
-            raise ClipvizError(why)
+            raise ClipvizError(tokenizer_error)
         return tokenizer(list(texts))
 
     text = TextTower(

@@ -32,7 +32,9 @@ def timm_prefix_tokens(model: nn.Module) -> tuple[str, ...]:
     return tuple(kinds)
 
 
-def load_timm(ref: str, spec: str, *, pretrained: bool = True, dtype: torch.dtype | None = None) -> Backend:
+def load_timm(
+    ref: str, spec: str, *, pretrained: bool = True, dtype: torch.dtype | None = None, cache_dir: str | None = None
+) -> Backend:
     """``ref`` is a timm model name or ``local-dir:/path``."""
     import timm
 
@@ -40,9 +42,17 @@ def load_timm(ref: str, spec: str, *, pretrained: bool = True, dtype: torch.dtyp
         raise ClipvizError(f"unknown timm model '{ref}'; see timm.list_models()")
     if not pretrained:
         warnings.warn(f"timm:{ref} loaded with random weights (pretrained=False)", stacklevel=3)
-    model = fetching(spec, lambda: timm.create_model(ref, pretrained=pretrained or ref.startswith("local-dir:")))
+    extra = {"cache_dir": cache_dir} if cache_dir else {}
+    model = fetching(
+        spec, lambda: timm.create_model(ref, pretrained=pretrained or ref.startswith("local-dir:"), **extra)
+    )
     if dtype is not None:
         model = model.to(dtype)
+    return timm_backend(model, spec)
+
+
+def timm_backend(model: nn.Module, spec: str) -> Backend:
+    """The backend of a timm model already in memory."""
     model.eval()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     patch_embed = getattr(model, "patch_embed", None)

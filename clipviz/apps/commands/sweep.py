@@ -1,0 +1,95 @@
+"""``clipviz sweep``: visualizations, top examples and words for every chosen neuron, then the atlas."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from clipviz.apps.options import add_model_parser, load_model
+
+
+def add_parser(sub) -> None:
+    sw = add_model_parser(
+        sub,
+        "sweep",
+        "visualize, mine top examples and name every chosen neuron of a model, then build its atlas",
+    )
+    sw.add_argument("--out", required=True, help="results folder (a rerun resumes what is unfinished)")
+    sw.add_argument("--blocks", help="blocks to sweep: 2:4, 1,3 (default: all)")
+    sw.add_argument("--hooks", default="mlp.hook_post", help="hook points per block, comma-separated")
+    sw.add_argument("--neurons", help="neurons per hook: 0:6, 1,5,9 (default: all)")
+    sw.add_argument(
+        "--dataset",
+        help="images for the top examples: a folder, world:<n>, an HF dataset id or a saved dataset "
+        "(default for the bundled world-clip: world:2000; required otherwise)",
+    )
+    sw.add_argument("--vocab", help="words for the direct lens: world, imagenet, cifar10, cifar100, words-<N>, a file")
+    sw.add_argument("--probe", help="probe images for CLIP-Dissect words (the --dataset itself is reused for free)")
+    sw.add_argument("--recipe", default="default", help="visualization recipe (see clipviz visualize)")
+    sw.add_argument("--steps", type=int, help="optimisation steps per stage (the recipe's by default)")
+    sw.add_argument("--samples", type=int, default=1, help="visualizations per neuron")
+    sw.add_argument("--batch-size", type=int, default=16, help="neurons optimised together")
+    sw.add_argument("--top-k", type=int, default=16, help="top examples per neuron")
+    sw.add_argument("--words", type=int, default=5, help="words per neuron and method")
+    sw.add_argument("--shard-size", type=int, default=1024, help="images per resumable examples shard")
+    sw.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, max(1, (os.cpu_count() or 2) - 1)),
+        help="processes that decode images for the examples (0: in the main process)",
+    )
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--site", help="atlas folder (default: OUT/atlas)")
+    sw.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16", "bf16-weights", "fp16-weights"],
+        help="as for clipviz visualize (auto: bf16 weights on a GPU, fp32 on the CPU)",
+    )
+    sw.add_argument("--dry-run", action="store_true", help="print the plan and the estimate; compute nothing")
+    sw.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+
+    from clipviz.apps.sweep import default_dataset, describe, make_plan, measure, run_sweep
+    from clipviz.errors import ClipvizError
+    from clipviz.visualization.visualize import _precision
+
+    if args.dataset is None and default_dataset(args.model) is None:  # before a long model download
+        raise ClipvizError(
+            f"--dataset is required for '{args.model}': a folder of images, an HF dataset id or a saved dataset "
+            "(only the bundled world-clip has a default, world:2000)"
+        )
+    model = load_model(args)
+    plan = make_plan(
+        model,
+        args.out,
+        blocks=args.blocks,
+        hooks=args.hooks,
+        neurons=args.neurons,
+        dataset=args.dataset,
+        vocab=args.vocab,
+        probe=args.probe,
+        recipe=args.recipe,
+        steps=args.steps,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        words=args.words,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        site=args.site,
+    )
+    accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision=_precision(args.precision, model))
+    model = model.to(accelerator.device)
+    plan.estimate = measure(model, plan, accelerator)
+    if accelerator.is_main_process:
+        print("\n".join(describe(model, plan)), flush=True)
+    if args.dry_run:
+        return 0
+    site = run_sweep(model, plan, accelerator=accelerator, workers=args.workers)
+    if accelerator.is_main_process:
+        print(f"open {(site / 'index.html').resolve()}")
+    return 0

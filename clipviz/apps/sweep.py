@@ -1,0 +1,550 @@
+"""``clipviz sweep``: visualizations, top examples and words for every chosen neuron of a model, then its atlas.
+
+>>> import clipviz
+>>> from clipviz.apps.sweep import make_plan
+>>> plan = make_plan(clipviz.load("world-clip"), "results", blocks="2:4", neurons="0:6", dataset="world:300")
+>>> plan.hooks, plan.n_neurons, plan.images
+(['blocks.2.mlp.hook_post', 'blocks.3.mlp.hook_post'], 12, 300)
+
+The stages run in order, each with one progress bar (rate and ETA): ``visualize`` (optimisation steps),
+``examples`` (images, per hook; heat maps and thumbnails included), ``concepts`` (the direct lens for CLIP-like
+models, CLIP-Dissect when a probe set is given) and ``atlas``. Everything goes into the standard results layout
+(``clipviz.results.sweep_paths``), so ``clipviz atlas``, ``publish`` and the Space read it as they read the
+outputs of the single commands.
+
+Every stage resumes: ``visualize`` skips finished images, ``examples`` keeps finished shards, and the sweep's own
+units (a hook's examples, a hook's words, the atlas) are recorded in ``sweep.json`` with the settings that made
+them, so a rerun after a kill redoes only what was not finished and ends with the same files as an uninterrupted
+run. Under ``accelerate launch`` the processes split the images to render and the shards to mine; only the main
+process writes shared files (thumbnails, words, the atlas, ``sweep.json``).
+
+Before it starts, the sweep prints its plan with an estimate of the time on this device: one optimisation batch
+and one examples batch are timed on the deepest hook (the forward pass stops after a neuron's block, so
+shallower hooks are scaled by their depth); after each stage the estimate of the rest is rescaled by how the
+stage's measured time compared with its estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from clipviz.errors import ClipvizError
+from clipviz.results import (
+    has_examples,
+    is_atlas,
+    read_sweep_state,
+    read_visualization_meta,
+    settings_id,
+    sweep_paths,
+    visualization_path,
+    write_sweep_state,
+)
+
+DEFAULT_WORLD_IMAGES = 2000
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep will do (everything that decides its results)."""
+
+    model: str
+    out: str
+    site: str
+    hooks: list[str]
+    neurons: dict[str, list[int]]
+    dataset: str
+    images: int
+    recipe: dict
+    samples: int = 1
+    batch_size: int = 16
+    top_k: int = 16
+    words: int = 5
+    vocab: str | None = "world"
+    probe: str | None = None
+    direct: bool = True
+    shard_size: int = 1024
+    seed: int = 0
+    estimate: dict[str, float] = field(default_factory=dict)  # stage -> seconds (not part of the settings)
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(len(v) for v in self.neurons.values())
+
+    @property
+    def methods(self) -> list[str]:
+        return (["direct"] if self.direct else []) + (["dissect"] if self.probe else [])
+
+    def settings(self) -> dict:
+        data = asdict(self)
+        data.pop("estimate")
+        data.pop("site")
+        data.pop("out")
+        return data
+
+
+def parse_blocks(text: str | None, n_blocks: int) -> list[int]:
+    """``None``/``"all"`` -> every block; ``"2:4"`` or ``"1,3"`` -> those blocks.
+
+    >>> parse_blocks("2:4", 12), parse_blocks(None, 3)
+    ([2, 3], [0, 1, 2])
+    """
+    from clipviz.apps.options import parse_indices
+
+    if text is None or text.strip() in ("", "all"):
+        return list(range(n_blocks))
+    blocks = list(dict.fromkeys(parse_indices(text)))
+    bad = [b for b in blocks if b >= n_blocks]
+    if bad or not blocks:
+        raise ClipvizError(
+            f"block {bad[0] if bad else text} out of range: the model has {n_blocks} blocks (0..{n_blocks - 1})"
+        )
+    return blocks
+
+
+def default_dataset(spec: str) -> str | None:
+    """``world:<n>`` for a model that ships with the world plug-in (held-out images of its world), else ``None``."""
+    from clipviz.plugins import registry
+
+    reg = registry()
+    return f"world:{DEFAULT_WORLD_IMAGES}" if spec in reg.models and "world" in reg.sources else None
+
+
+def make_plan(
+    model,
+    out: str | Path,
+    *,
+    blocks: str | None = None,
+    hooks: str = "mlp.hook_post",
+    neurons: str | None = None,
+    dataset: str | None = None,
+    vocab: str | None = None,
+    probe: str | None = None,
+    recipe: str = "default",
+    steps: int | None = None,
+    samples: int = 1,
+    batch_size: int = 16,
+    top_k: int = 16,
+    words: int = 5,
+    shard_size: int = 1024,
+    seed: int = 0,
+    site: str | Path | None = None,
+) -> SweepPlan:
+    """Check every choice against the model and the data, and say what the sweep will do."""
+    from clipviz.apps.options import parse_indices
+    from clipviz.data.sources import open_source
+    from clipviz.plugins import registry
+    from clipviz.visualization.recipes import get_recipe
+
+    chosen_blocks = parse_blocks(blocks, model.n_blocks)
+    points = [h.strip() for h in hooks.split(",") if h.strip()]
+    if not points:
+        raise ClipvizError("--hooks is empty: give hook points such as mlp.hook_post or hook_resid_post")
+    names = []
+    for b in chosen_blocks:
+        for point in points:
+            name = point if point.startswith(("blocks.", "stages.")) else f"blocks.{b}.{point}"
+            names.append(model.hook_point(name).name)  # an unknown hook is a one-line error here
+    names = list(dict.fromkeys(names))
+    chosen: dict[str, list[int]] = {}
+    for name in names:
+        width = model.hook_width(name)
+        picked = parse_indices(neurons) if neurons else list(range(width))
+        picked = [n for n in dict.fromkeys(picked) if n < width]  # per hook: a range past a narrower hook is cut
+        if not picked:
+            raise ClipvizError(f"no neurons of '{name}' in --neurons {neurons}: it has {width} (0..{width - 1})")
+        chosen[name] = picked
+    if dataset is None:
+        dataset = default_dataset(model.spec)
+        if dataset is None:
+            raise ClipvizError(
+                f"--dataset is required for '{model.spec}': a folder of images, an HF dataset id or a saved dataset"
+            )
+    source = open_source(dataset)
+    if not source.length:
+        raise ClipvizError(f"the sweep needs a dataset of known length; '{dataset}' has none")
+    if probe is not None:
+        open_source(probe)  # fails now, not after the visualizations
+    clip_like = model.is_clip and model.backend.projection is not None
+    if vocab is None:
+        vocab = "world" if "world" in registry().vocabularies and dataset.startswith("world:") else "imagenet"
+    if not model.is_clip:
+        vocab = None
+    if probe and not model.is_clip:
+        raise ClipvizError(f"--probe needs a CLIP-like model to label the images; '{model.spec}' has no text tower")
+    for value, what in ((batch_size, "--batch-size"), (top_k, "--top-k"), (words, "--words"), (samples, "--samples")):
+        if value < 1:
+            raise ClipvizError(f"{what} must be at least 1, got {value}")
+    overrides = {"steps": steps} if steps else {}
+    out = Path(out)
+    return SweepPlan(
+        model=model.spec,
+        out=str(out),
+        site=str(site if site is not None else sweep_paths(out)["atlas"]),
+        hooks=names,
+        neurons=chosen,
+        dataset=dataset,
+        images=source.length,
+        recipe=json.loads(json.dumps(get_recipe(recipe, **overrides).to_dict())),  # as sidecars store it
+        samples=samples,
+        batch_size=batch_size,
+        top_k=top_k,
+        words=words,
+        vocab=vocab,
+        probe=probe,
+        direct=clip_like and any(h.endswith("mlp.hook_post") for h in names),
+        shard_size=shard_size,
+        seed=seed,
+    )
+
+
+def _recipe(plan: SweepPlan):
+    from clipviz.visualization.recipes import Recipe
+
+    return Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.recipe.items()})
+
+
+def _depth(model, hook: str) -> float:
+    """The share of the deepest chosen block's forward pass that a hook's objective runs (it stops at its block)."""
+    block = model.hook_point(hook).block
+    return (block + 1) if block is not None else model.n_blocks
+
+
+def _fmt(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ------------------------------------------------------------------------------------------------ what is left
+def _pending_visualizations(plan: SweepPlan, hook: str) -> int:
+    """Images of ``hook`` without a finished visualization made with this recipe (a cheap count for the bar and the
+    estimate; ``visualize`` itself decides exactly what to skip)."""
+    from clipviz.visualization.visualize import make_targets
+
+    out = sweep_paths(Path(plan.out))["visualizations"]
+    left = 0
+    for t in make_targets(plan.neurons[hook], seed=plan.seed, samples=plan.samples):
+        meta = read_visualization_meta(visualization_path(out, hook, t.key, None if plan.samples == 1 else t.seed))
+        left += meta is None or meta.get("recipe") != plan.recipe or meta.get("seed") != t.seed
+    return left
+
+
+def _unit_key(plan: SweepPlan, unit: str) -> str:
+    """The settings id a finished unit of work is recorded with: a rerun with other settings redoes it."""
+    stage, _, hook = unit.partition("/")
+    common = {"model": plan.model, "dataset": plan.dataset, "images": plan.images}
+    if stage == "examples":
+        extra = {
+            "neurons": plan.neurons[hook],
+            "top_k": plan.top_k,
+            "shard_size": plan.shard_size,
+            "activations": plan.probe == plan.dataset,
+        }
+    elif stage.startswith("concepts"):
+        extra = {"neurons": plan.neurons[hook], "vocab": plan.vocab, "words": plan.words, "probe": plan.probe}
+    else:
+        extra = plan.settings()
+    return settings_id({"unit": unit, **common, **extra})
+
+
+# ------------------------------------------------------------------------------------------------ the estimate
+def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
+    """Seconds per stage on this device, from one timed optimisation batch and one timed examples batch on the
+    deepest hook (see the module docstring); only the work still to do is counted."""
+    from clipviz.data.decoding import batches
+    from clipviz.data.sources import open_source
+    from clipviz.visualization.objectives import Neuron
+    from clipviz.visualization.optimise import optimise
+
+    recipe = _recipe(plan)
+    deepest = max(plan.hooks, key=lambda h: _depth(model, h))
+    depth = _depth(model, deepest)
+    autocast = accelerator.autocast if accelerator is not None else None
+    state = read_sweep_state(Path(plan.out))
+    done = state["done"]
+    estimate: dict[str, float] = {}
+
+    pending = {h: _pending_visualizations(plan, h) for h in plan.hooks}
+    if any(pending.values()):
+        n = min(plan.batch_size, max(pending.values()))
+        neurons = plan.neurons[deepest][:n]
+        neurons = (neurons * n)[:n]
+        probe = type(recipe)(**{**recipe.to_dict(), "steps": 5, "stages": recipe.stages[:1]})
+        stamps: list[float] = []
+        kwargs = {"autocast": autocast} if autocast is not None else {}
+        started = time.perf_counter()
+        optimise(
+            model,
+            Neuron(deepest, neurons),
+            list(range(n)),
+            probe,
+            on_step=lambda k, v: stamps.append(_synced(model)),
+            **kwargs,
+        )
+        gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:], strict=False))  # warm-up left out
+        per_step = gaps[len(gaps) // 2] if gaps else stamps[-1] - started
+        seconds = 0.0
+        for h, left in pending.items():
+            batches_left = math.ceil(left / plan.batch_size)
+            seconds += batches_left * recipe.total_steps * per_step * _depth(model, h) / depth
+        estimate["visualize"] = seconds / (accelerator.num_processes if accelerator is not None else 1)
+    left_hooks = [h for h in plan.hooks if done.get(f"examples/{h}") != _unit_key(plan, f"examples/{h}")]
+    dissect = [
+        h
+        for h in plan.hooks
+        if "dissect" in plan.methods and done.get(f"concepts-dissect/{h}") != _unit_key(plan, f"concepts-dissect/{h}")
+    ]
+    if left_hooks or dissect:
+        source = open_source(plan.dataset)
+        point = model.hook_point(deepest).name
+        batch = min(64, plan.images)
+        started = time.perf_counter()
+        for images, _, _ in batches(source.range(0, batch), model.preprocess_pil, batch, []):
+            with torch.no_grad():
+                model.run_with_cache(images.to(model.device), [point])
+        per_image = (_synced(model) - started) / batch
+        if left_hooks:
+            seconds = sum(plan.images * per_image * _depth(model, h) / depth for h in left_hooks)
+            estimate["examples"] = seconds / (accelerator.num_processes if accelerator is not None else 1)
+        if dissect:
+            probe_n = open_source(plan.probe).length or plan.images
+            reuse = plan.probe == plan.dataset
+            per_hook = 0.0 if reuse else sum(probe_n * per_image * _depth(model, h) / depth for h in dissect)
+            estimate["concepts"] = per_hook + probe_n * per_image * model.n_blocks / depth  # + the labeller's pass
+    return estimate
+
+
+def _synced(model) -> float:
+    """The time once the device has finished its queued work (the loop itself never waits for a GPU)."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return time.perf_counter()
+
+
+def describe(model, plan: SweepPlan) -> list[str]:
+    """The plan as lines for the terminal."""
+    recipe = _recipe(plan)
+    device = str(model.device)
+    if model.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(model.device)})"
+    lines = [
+        f"sweep of {plan.model} into {plan.out} (atlas: {plan.site})",
+        f"  neurons: {plan.n_neurons} in {len(plan.hooks)} hooks: "
+        + ", ".join(f"{h} [{_span(plan.neurons[h])}]" for h in plan.hooks),
+        f"  visualize: recipe '{recipe.name}', {recipe.total_steps} steps, {plan.samples} sample(s), "
+        f"{plan.batch_size} per batch",
+        f"  examples: top {plan.top_k} of {plan.images} images from {plan.dataset}, with heat maps",
+        "  words: "
+        + (
+            ", ".join(
+                {"direct": f"direct lens over '{plan.vocab}'", "dissect": f"CLIP-Dissect on {plan.probe}"}[m]
+                for m in plan.methods
+            )
+            or "none (the model has no text tower)"
+        ),
+    ]
+    if plan.estimate:
+        total = sum(plan.estimate.values())
+        parts = ", ".join(f"{k} {_fmt(v)}" for k, v in plan.estimate.items())
+        lines.append(f"  estimate on {device}: about {_fmt(total)} ({parts}; measured on one batch)")
+    else:
+        lines.append(f"  estimate on {device}: nothing left to compute (a rerun of a finished sweep)")
+    return lines
+
+
+def _span(neurons: list[int]) -> str:
+    if neurons == list(range(neurons[0], neurons[0] + len(neurons))):
+        return f"{neurons[0]}:{neurons[-1] + 1}"
+    return ",".join(map(str, neurons[:6])) + (" ..." if len(neurons) > 6 else "")
+
+
+# ------------------------------------------------------------------------------------------------ running
+class _Clock:
+    """Rescales the estimate of the stages still ahead by how the finished ones compared with theirs."""
+
+    def __init__(self, estimate: dict[str, float], echo):
+        self.estimate, self.echo, self.ratio, self.done = dict(estimate), echo, 1.0, set()
+
+    def finished(self, stage: str, seconds: float) -> None:
+        guess = self.estimate.get(stage)
+        if guess:
+            self.ratio = max(0.05, seconds / guess)
+        self.done.add(stage)
+        rest = sum(v for k, v in self.estimate.items() if k not in self.done) * self.ratio
+        tail = f"; about {_fmt(rest)} left" if rest >= 1 else ""
+        self.echo(f"{stage}: {_fmt(seconds)}" + (f" (estimated {_fmt(guess)})" if guess else "") + tail)
+
+
+def _methods(plan: SweepPlan, hook: str) -> list[str]:
+    """The word methods for one hook: the direct lens reads MLP neurons only; CLIP-Dissect any activation."""
+    return [m for m in plan.methods if m != "direct" or hook.endswith("mlp.hook_post")]
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+
+def run_sweep(model, plan: SweepPlan, *, progress: bool = True, accelerator=None, workers: int = 0, echo=print):
+    """Run every stage of ``plan`` (resuming finished work) and return the atlas folder."""
+    from accelerate import Accelerator
+
+    from clipviz.visualization.visualize import _precision
+
+    out = Path(plan.out)
+    paths = sweep_paths(out)
+    if accelerator is None:
+        accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision=_precision("auto", model))
+    model = model.to(accelerator.device)
+    main = accelerator.is_main_process
+    shown = progress and accelerator.is_local_main_process
+    say = echo if main else (lambda *_: None)
+    state = read_sweep_state(out)
+    if main:
+        state["plan"] = {**plan.settings(), "site": plan.site}
+        write_sweep_state(out, state)
+    clock = _Clock(plan.estimate, say)
+    redone = False
+
+    def record(unit: str) -> None:
+        if main:
+            state["done"][unit] = _unit_key(plan, unit)
+            write_sweep_state(out, state)
+
+    def finished(unit: str) -> bool:
+        return state["done"].get(unit) == _unit_key(plan, unit)
+
+    # 1. visualizations (visualize skips finished images by itself)
+    started = time.perf_counter()
+    recipe = _recipe(plan)
+    pending = {h: _pending_visualizations(plan, h) for h in plan.hooks}
+    accelerator.wait_for_everyone()
+    if any(pending.values()):
+        redone = True
+        from clipviz.visualization.visualize import visualize
+
+        share = math.ceil(sum(pending.values()) / accelerator.num_processes)
+        bar = _bar(share * recipe.total_steps, "visualize", "step", shown)
+        for hook in plan.hooks:
+            if pending[hook]:
+                bar.set_description(f"visualize {hook}")
+                visualize(
+                    model,
+                    hook,
+                    plan.neurons[hook],
+                    recipe=recipe,
+                    seed=plan.seed,
+                    samples=plan.samples,
+                    batch_size=plan.batch_size,
+                    out=paths["visualizations"],
+                    progress=bar,
+                    accelerator=accelerator,
+                )
+        bar.close()
+        clock.finished("visualize", time.perf_counter() - started)
+
+    # 2. examples, with heat maps, and the thumbnails of every kept image
+    from clipviz.data.sources import open_source
+
+    started = time.perf_counter()
+    source = open_source(plan.dataset)
+    todo = [h for h in plan.hooks if not (finished(f"examples/{h}") and has_examples(paths["examples"], h))]
+    keep = "dissect" in plan.methods and plan.probe == plan.dataset  # dissect reads the examples' probe matrix
+    if todo:
+        redone = True
+        from clipviz.analysis.examples import mine_examples_resumable, write_thumbnails
+
+        bar = _bar(len(todo) * plan.images, "examples", "img", shown)
+        results = []
+        for hook in todo:
+            bar.set_description(f"examples {hook}")
+            results.append(
+                mine_examples_resumable(
+                    model,
+                    hook,
+                    source,
+                    paths["examples"],
+                    neurons=plan.neurons[hook],
+                    top_k=plan.top_k,
+                    batch=64,
+                    shard_size=plan.shard_size,
+                    accelerator=accelerator,
+                    progress=bar,
+                    keep_activations=keep,
+                    workers=workers,
+                )
+            )
+            if main:
+                write_thumbnails(source, results[-1], paths["examples"], skip_existing=True)
+            accelerator.wait_for_everyone()
+            record(f"examples/{hook}")
+        bar.close()
+        clock.finished("examples", time.perf_counter() - started)
+
+    # 3. words (main process: the direct lens reads weights only; dissect is one pass over the probe set)
+    started = time.perf_counter()
+    units = [(h, m) for h in plan.hooks for m in _methods(plan, h) if not finished(f"concepts-{m}/{h}")]
+    if units and main:
+        redone = True
+        _words(model, plan, units, paths, record, shown)
+        clock.finished("concepts", time.perf_counter() - started)
+    accelerator.wait_for_everyone()
+
+    # 4. the atlas, rebuilt when anything changed
+    site = Path(plan.site)
+    if main and (redone or not is_atlas(site) or not finished("atlas")):
+        from clipviz.apps.atlas import build_atlas
+
+        started = time.perf_counter()
+        bar = _bar(1, "atlas", "site", shown)
+        build_atlas(out, site)
+        bar.update(1)
+        bar.close()
+        record("atlas")
+    accelerator.wait_for_everyone()
+    return site
+
+
+def _words(model, plan: SweepPlan, units, paths, record, shown) -> None:
+    from clipviz.analysis.concepts import direct_lens, load_vocabulary, text_embeddings, words_table, write_table
+
+    vocab = load_vocabulary(plan.vocab)
+    text = text_embeddings(model, vocab, progress=shown)
+    bar = _bar(len(units), "concepts", "hook", shown)
+    similarities = None
+    for hook, method in units:
+        bar.set_description(f"concepts {method} {hook}")
+        neurons = plan.neurons[hook]
+        if method == "direct":
+            table = direct_lens(model, hook, neurons, vocab, top_k=plan.words, embeddings=text)
+        else:
+            from clipviz.analysis.dissect import (
+                image_text_similarities,
+                probe_activations,
+                softwpmi,
+                stored_activations,
+            )
+            from clipviz.data.sources import open_source
+
+            source = open_source(plan.probe)
+            if plan.probe == plan.dataset:
+                stored = stored_activations(paths["examples"], hook, neurons)
+                acts, kept = stored.activations, stored.indices
+            else:
+                acts, kept = probe_activations(model, hook, source, neurons)
+            if similarities is None or similarities[0] != kept:
+                similarities = (kept, image_text_similarities(model, source, kept, text))
+            table = words_table(softwpmi(acts, similarities[1]), vocab.concepts, plan.words, neurons)
+        write_table(paths["concepts"], hook, table, method=method, vocabulary=vocab)
+        record(f"concepts-{method}/{hook}")
+        bar.update(1)
+    bar.close()
