@@ -46,8 +46,12 @@ def grid(images: Sequence[Image.Image], columns: int = 8, pad: int = 2) -> Image
     return canvas
 
 
+#: The heat-map colour: cyan, which is none of the bundled world's colours, so a heat map is never read as an object.
+HEAT_RGB = (0, 255, 255)
+
+
 def overlay(image: Image.Image, heat: torch.Tensor, size: int = 128) -> Image.Image:
-    """``image`` with its patch activation map (normalised per image) as a red overlay."""
+    """``image`` with its patch activation map (normalised per image) as a cyan (``HEAT_RGB``) overlay."""
     import torch.nn.functional as F
 
     base = np.asarray(image.convert("RGB").resize((size, size), Image.NEAREST), dtype=np.float32) / 255
@@ -55,6 +59,6 @@ def overlay(image: Image.Image, heat: torch.Tensor, size: int = 128) -> Image.Im
     h = (h - h.min()) / (h.max() - h.min() + 1e-8)
     h = F.interpolate(h[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
     tint = np.zeros_like(base)
-    tint[..., 0] = 1.0
+    tint[...] = np.asarray(HEAT_RGB, dtype=np.float32) / 255
     mixed = base * (1 - 0.55 * h[..., None]) + tint * 0.55 * h[..., None]
     return Image.fromarray((mixed * 255).astype(np.uint8))

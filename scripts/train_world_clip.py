@@ -10,6 +10,16 @@ factors ("a red object") is a true description of every image in the batch whose
 such images are its positives (the world knows the truth, see ``WorldBatch.caption_matches``). Plain CLIP would
 push those images apart from the caption and learn the short prompts badly.
 
+Fine-tuning with planted concept neurons (the shipped weights since 2026-12-01; docs/validation.md):
+
+    python scripts/plant_world_clip.py --out plan.json
+    python scripts/train_world_clip.py --init-from clipviz/world/models/world-clip --plant plan.json --plant-weight 2 \
+        --prompt-weight 1 --seed 17 --steps 450 --warmup 30 --lr 5e-4 --workers 0 --threads 1
+
+continues from the given weights on a fresh stream (seed 17) and adds two losses: ``--plant`` makes the plan's MLP
+neurons detectors of their concepts (``clipviz.world.planting.PlantLoss``), ``--prompt-weight`` trains the zero-shot
+task itself (single-object images against the world's single-factor prompts).
+
 Three exact speed-ups make the 2500 steps fit in under an hour on a 2-core CPU (55 min measured; docs/benchmarks.md):
 attention as batched matrix products, the text tower run only up to each caption's end token, and only the token
 embedding rows of the world's words trained. They compute the same model (``tests/test_train_world_clip.py``).
@@ -89,7 +99,8 @@ class WorldStream(IterableDataset):
                 b = world.generate(self.batch, seed=seed, factors=factors)
             else:  # the stream of the shipped weights
                 b = world.generate(self.batch, seed=seed)
-            yield torch.from_numpy(b.images), tokenizer(b.captions), torch.from_numpy(b.caption_matches())
+            factors = torch.from_numpy(np.stack([b.factors[fam] for fam in world.FACTORS], axis=1))
+            yield torch.from_numpy(b.images), tokenizer(b.captions), torch.from_numpy(b.caption_matches()), factors
 
 
 class BatchedSelfAttention(nn.Module):
@@ -230,6 +241,26 @@ def main() -> None:
         "docs/validation.md)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--init-from",
+        type=Path,
+        help="fine-tune: start from this directory's open_clip_model.safetensors "
+        "(use a --seed whose stream differs from the one the weights were trained on)",
+    )
+    ap.add_argument(
+        "--plant",
+        type=Path,
+        help="a plan (JSON with a 'planted' list of block, neuron, concept; "
+        "scripts/plant_world_clip.py writes one): train those MLP neurons to detect their concepts",
+    )
+    ap.add_argument("--plant-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--prompt-weight",
+        type=float,
+        default=0.0,
+        help="weight of an auxiliary loss: the zero-shot "
+        "task itself (single-object images against the world's single-factor prompts, per family)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
     args = ap.parse_args()
@@ -238,6 +269,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = open_clip.CLIP(**MODEL_CFG).to(device)
+    if args.init_from is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(args.init_from / "open_clip_model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    planter = None
+    if args.plant is not None:
+        from clipviz.world.planting import PlantLoss, load_plan
+
+        planter = PlantLoss(load_plan(args.plant)).to(device)
+        planter.attach(model)
     # Exact speed-ups (same model, same gradients up to rounding; docs/benchmarks.md): batched attention, the
     # text tower run on the positions captions use, and only the used rows of the token embedding trained.
     use_batched_attention(model)
@@ -250,12 +292,10 @@ def main() -> None:
     decay = [p for n, p in trained if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in trained if not (p.ndim >= 2 and "embedding" not in n)] + [embed.weight]
     params = decay + no_decay
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if planter is not None:  # the plant loss's own scale and threshold
+        groups.append({"params": list(planter.parameters()), "weight_decay": 0.0, "lr_scale": planter.lr_scale})
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -271,17 +311,35 @@ def main() -> None:
         prefetch_factor=4 if args.workers else None,
         pin_memory=device.type == "cuda",
     )
-    curve, t0, window = [], time.time(), []
+    curve, t0, window, aux_window = [], time.time(), [], []
+    tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
     model.train()
-    for step, (images, tokens, matches) in enumerate(loader):
+    for step, (images, tokens, matches, factor_rows) in enumerate(loader):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
         images, tokens, matches = (t.to(device, non_blocking=True) for t in (images, tokens, matches))
         x = (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             img = model.encode_image(x)
             txt = encode_text_used(model, tokens, embed)
         loss = multi_positive_clip_loss(img.float(), txt.float(), model.logit_scale.exp(), matches)
+        aux = {}
+        if planter is not None or args.prompt_weight:
+            factors = {fam: factor_rows[:, k].numpy() for k, fam in enumerate(world.FACTORS)}
+        if planter is not None:
+            from clipviz.world.planting import concept_labels
+
+            aux["plant"] = planter(concept_labels(planter.concepts, factors).to(device))
+            loss = loss + args.plant_weight * aux["plant"]
+        if args.prompt_weight:
+            from clipviz.world.planting import prompt_loss, prompt_targets
+
+            prompts, rows, target = prompt_targets(factors)
+            prompt_emb = encode_text_used(model, tokenizer(prompts).to(device), embed)
+            aux["prompt"] = prompt_loss(
+                img.float(), prompt_emb.float(), model.logit_scale.exp(), rows.to(device), target.to(device)
+            )
+            loss = loss + args.prompt_weight * aux["prompt"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -289,6 +347,7 @@ def main() -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         window.append(loss.detach())
+        aux_window.append({k: v.detach() for k, v in aux.items()})
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             entry = {
                 "step": step + 1,
@@ -297,11 +356,15 @@ def main() -> None:
                 "logit_scale": float(model.logit_scale.detach().exp()),
                 "elapsed_s": round(time.time() - t0, 1),
             }
+            for key in aux:
+                entry[f"{key}_loss"] = float(torch.stack([a[key] for a in aux_window]).mean())
             curve.append(entry)
-            window = []
+            window, aux_window = [], []
             print(json.dumps(entry), flush=True)
 
     embed.write_back()
+    if planter is not None:
+        planter.detach_hooks()
     args.out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp = args.out / "open_clip_model.safetensors.tmp"
@@ -318,6 +381,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "open_clip": open_clip.__version__,
         "train_seconds": round(time.time() - t0, 1),
+        "cpu_seconds": round(time.process_time(), 1),
         "curve": curve,
     }
     (args.out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")

@@ -4,7 +4,9 @@
 
 Prints and (with --json) writes:
 * zero-shot accuracy per factor family on held-out single-object images;
-* the number of clear-concept neurons (best AUROC >= 0.95, and >= 0.9) per block and family;
+* the planted neurons' held-out AUROC for their concepts (``--plant PLAN`` records them in the ground truth);
+* the number of natural clear-concept neurons (best AUROC >= 0.95, and >= 0.9; planted ones excluded) per block
+  and family;
 * the direct lens's top-1 agreement with the ground-truth concept for neurons with AUROC > 0.9;
 * for each recipe, the share of feature visualizations that the model itself classifies (zero-shot, among all the
   world's single-factor prompts) as the neuron's true concept, and the objective they reach.
@@ -34,7 +36,7 @@ from clipviz.world.groundtruth import CONCEPTS, bundled_selectivity, selectivity
 def clear_counts(truth, threshold: float) -> dict:
     out = {}
     for hook in sorted(truth.auroc):
-        rows = truth.clear(hook, threshold)
+        rows = truth.natural_clear(hook, threshold)
         out[hook] = dict(Counter(fam for _, fam, _, _ in rows))
         out[hook]["total"] = len(rows)
     return out
@@ -45,7 +47,7 @@ def lens_agreement(model, truth, threshold: float = 0.9) -> dict:
     prompts = {f"{f}:{v}": world.prompt(f, v) for f, v in CONCEPTS}
     out = {}
     for hook in sorted(truth.auroc):
-        rows = truth.clear(hook, threshold)
+        rows = truth.natural_clear(hook, threshold)
         if not rows:
             out[hook] = {"neurons": 0}
             continue
@@ -68,7 +70,7 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
     means = patch_means(model, sorted(truth.auroc), images)
     out = {}
     for hook in sorted(truth.auroc):
-        rows = truth.clear(hook, threshold)
+        rows = truth.natural_clear(hook, threshold)
         scores = softwpmi(means[hook], sims)
         hits = [int(scores[neuron].argmax()) == CONCEPTS.index((fam, val)) for neuron, fam, val, _ in rows]
         out[hook] = {"neurons": len(rows), "top1_agreement": round(float(np.mean(hits)), 4) if hits else None}
@@ -87,7 +89,7 @@ def visualization_share(model, truth, recipe: str, per_block: int, steps: int, t
     hits, reached, total = [], [], 0
     started = time.time()
     for hook in sorted(truth.auroc):
-        rows = sorted(truth.clear(hook, threshold), key=lambda r: -r[3])[:per_block]
+        rows = sorted(truth.natural_clear(hook, threshold), key=lambda r: -r[3])[:per_block]
         if not rows:
             continue
         vis = visualize(model, hook, [r[0] for r in rows], recipe=recipe, steps=steps, progress=False)
@@ -115,6 +117,12 @@ def main() -> None:
     )
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--write-ground-truth", action="store_true")
+    ap.add_argument(
+        "--plant",
+        type=Path,
+        help="the plan the model was fine-tuned with (train_world_clip.py --plant): "
+        "its neurons' held-out AUROC is recorded in the ground truth's 'planted' section",
+    )
     ap.add_argument("--recipes", default="vit-paper-clip,vit-paper,default,lucid")
     ap.add_argument("--per-block", type=int, default=8, help="neurons per block for the visualization check")
     ap.add_argument("--steps", type=int, default=150)
@@ -129,11 +137,24 @@ def main() -> None:
     bundled = args.model in bundled_models()
     if args.write_ground_truth or not bundled:  # a candidate in a local directory gets its table beside its weights
         truth = selectivity(model, n=3000)
+        if args.plant is not None:
+            from clipviz.world.planting import load_plan, planted_auroc
+
+            truth.planted = planted_auroc(model, load_plan(args.plant), n=truth.n, seed=truth.seed)
+        else:
+            truth.planted = bundled_selectivity(args.model).planted if bundled else None
         target = bundled_models()[args.model] if bundled else Path(args.model)
         truth.save(target)
         print("wrote ground truth to", target)
     else:
         truth = bundled_selectivity(args.model)
+    results["planted"] = truth.planted
+    if truth.planted:
+        low = [p for p in truth.planted if p["auroc"] < 0.98]
+        print(
+            f"planted neurons: {len(truth.planted)}, AUROC min {min(p['auroc'] for p in truth.planted):.4f}, "
+            f"below 0.98: {low}"
+        )
     results["clear_neurons_auroc_0.95"] = clear_counts(truth, 0.95)
     results["clear_neurons_auroc_0.9"] = clear_counts(truth, 0.9)
     print("clear neurons (AUROC >= 0.95):", json.dumps(results["clear_neurons_auroc_0.95"]))

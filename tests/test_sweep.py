@@ -354,9 +354,9 @@ def test_publish_dry_run_summarises_by_kind_and_lists_on_request(swept, tmp_path
 
 
 def test_wheel_build_refuses_with_one_line_when_it_cannot(monkeypatch, tmp_path):
-    import clipviz.apps.publish as publish
-
     import importlib.metadata
+
+    import clipviz.apps.publish as publish
 
     def no_distribution(name):
         raise importlib.metadata.PackageNotFoundError(name)

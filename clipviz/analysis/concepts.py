@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from clipviz.errors import ClipvizError
 from clipviz.model.architecture import mlp_output_directions
 from clipviz.plugins import registry
 from clipviz.results import atomic_write, write_concepts
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 ENSEMBLE_TEMPLATES = (
@@ -244,7 +248,7 @@ def _cache_dir() -> Path:
 CACHE_FORMAT = "2"  # bump when the cached embeddings change meaning
 
 
-def _model_digest(model) -> str:
+def _model_digest(model: HookedVisionModel) -> str:
     """Identifies the whole text tower: a hash of every parameter and buffer outside the vision tower (name, dtype,
     shape and bytes), the model's spec and revision, and its tokenizer's output for a probe text; changing any
     text weight changes the digest."""
@@ -317,7 +321,7 @@ def text_embeddings(
     return result
 
 
-def output_directions(model, hook: str, neurons: Sequence[int] | None = None) -> torch.Tensor:
+def output_directions(model: HookedVisionModel, hook: str, neurons: Sequence[int] | None = None) -> torch.Tensor:
     """Each neuron's direct write into the residual stream, (len(neurons), d_model), including any layer scale."""
     point = model.hook_point(hook)
     if point.block is None or not point.name.endswith("mlp.hook_post"):
@@ -344,7 +348,7 @@ def words_table(
     return [{"neuron": int(n), **row} for n, row in zip(neurons, rows, strict=True)]
 
 
-def joint_directions(model, residual: torch.Tensor) -> torch.Tensor:
+def joint_directions(model: HookedVisionModel, residual: torch.Tensor) -> torch.Tensor:
     """Residual-stream directions (k, d_model) mapped into the joint image-text space (k, E) through the linearised
     final LayerNorm and the image projection."""
     proj = model.backend.projection

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -40,6 +40,9 @@ from clipviz.results import (
     write_json,
     write_png,
 )
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 #: How an image's token activations become its score for a neuron.
 MiningReduce = Literal["patches", "cls", "max"]
@@ -187,7 +190,7 @@ def check_mining(
 
 @torch.no_grad()
 def mine_examples(
-    model,
+    model: HookedVisionModel,
     hook: str,
     source: Source,
     *,
@@ -325,7 +328,7 @@ def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
 
 
 def mine_examples_resumable(
-    model,
+    model: HookedVisionModel,
     hook: str,
     source: Source,
     out: Path,

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from clipviz.errors import ClipvizError
+from clipviz.images import HEAT_RGB
 from clipviz.results import (
     ATLAS_FILE,
     find_concepts,
@@ -173,12 +174,13 @@ def _page(title: str, body: str, depth: int, scripts: tuple[str, ...] = ()) -> s
 
 
 def _heat_uri(heat: np.ndarray) -> str:
-    """A tiny RGBA PNG (one pixel per patch) whose red alpha is the normalised activation, as a data URI; the
+    """A tiny RGBA PNG (one pixel per patch) in the heat-map colour whose alpha is the normalised activation, as a
+    data URI; the
     browser scales it smoothly over the example."""
     h = heat.astype(np.float32)
     h = (h - h.min()) / (h.max() - h.min() + 1e-8)
     rgba = np.zeros((*h.shape, 4), dtype=np.uint8)
-    rgba[..., 0] = 255
+    rgba[..., :3] = HEAT_RGB
     rgba[..., 3] = (h * 150).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG")

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from clipviz.images import overlay, pil_to_tensor
 from clipviz.results import write_png, write_text
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 DEMO_RECIPE = "default"
 
@@ -41,7 +45,7 @@ def pick_neurons(selectivity, per_block: int = 2, blocks: list[int] | None = Non
 
 
 @torch.no_grad()
-def _zero_shot(model, images: torch.Tensor, prompts: list[str]) -> list[tuple[str, float]]:
+def _zero_shot(model: HookedVisionModel, images: torch.Tensor, prompts: list[str]) -> list[tuple[str, float]]:
     img = F.normalize(model.encode_image(images).float(), dim=-1)
     txt = F.normalize(model.encode_text(prompts).float(), dim=-1)
     probs = (100.0 * img @ txt.T).softmax(dim=-1)
@@ -131,7 +135,7 @@ def _run(out: Path, model_name: str, per_block: int, steps: int, examples: int, 
     return page
 
 
-def _html(model, cards: list[dict]) -> str:
+def _html(model: HookedVisionModel, cards: list[dict]) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>clipviz demo</title><style>",
@@ -144,7 +148,8 @@ def _html(model, cards: list[dict]) -> str:
         "</style></head><body>",
         f"<h1>clipviz demo: {esc(model.spec)}</h1>",
         f"<p>{model.n_blocks} blocks, d_mlp {model.d_mlp}. For each neuron: its feature visualization "
-        f"(recipe <code>{DEMO_RECIPE}</code>), the held-out world images that excite it most (red: where), the "
+        f"(recipe <code>{DEMO_RECIPE}</code>), the held-out world images that excite it most (cyan: where the "
+        "neuron fires), the "
         "words of the direct lens, the concept the model itself sees in the visualization, and the ground truth "
         "(best AUROC of the neuron's patch-mean activation over the world's factor values).</p>",
         "<p>The same results in the standard layout are in <code>results/</code>; browse them in the atlas that "

@@ -200,7 +200,7 @@ def dataset_card(name: str, model: str | None, rows: int, methods: list[str], tr
         f"tags:\n- clipviz\n- interpretability\n---\n\n# {name}\n\nclipviz results for `{model or 'a model'}`: "
         f"{rows} neurons, one row each: `hook`, `neuron`, `visualization` (the first feature visualization) and "
         "`visualizations` (all of them), the top dataset examples (`example_images`, `example_heat_maps` with the "
-        "neuron's patch activations in red, `example_scores`, `example_indices`, `example_captions`), the words of "
+        "neuron's patch activations in cyan, `example_scores`, `example_indices`, `example_captions`), the words of "
         f"each method with their scores ({words}; `words`/`word_scores` repeat the preferred method, "
         f"`word_method`). {truth_text}\n\n"
         '```python\nimport datasets\n\nds = datasets.load_dataset("USER/NAME", split="train")\n'

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -25,6 +26,9 @@ from PIL import Image
 from clipviz.errors import ClipvizError, check_int
 from clipviz.images import overlay, pil_to_tensor
 from clipviz.results import read_atlas
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 MAX_NEURON_CHARS = 64  # the neurons textbox
 
@@ -94,7 +98,7 @@ class SpaceBackend:
         size = check_int(size, "image size", lim.min_size, lim.max_size)
         return steps, size
 
-    def _neurons(self, model, hook: str, text: str) -> list[int]:
+    def _neurons(self, model: HookedVisionModel, hook: str, text: str) -> list[int]:
         from clipviz.apps.validate import count, expand, parse_spans
 
         if not isinstance(hook, str) or hook not in self.hooks(model.spec):
@@ -122,7 +126,7 @@ class SpaceBackend:
             self._world_source = source
         return self._world_images, self._world_source
 
-    def _world_embeddings(self, model) -> torch.Tensor:
+    def _world_embeddings(self, model: HookedVisionModel) -> torch.Tensor:
         """Image embeddings of the world images, per model, computed once."""
         if model.spec not in self._embeddings:
             pictures = [img for img, _ in self._world()[0]]
@@ -301,7 +305,7 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
             go = gr.Button("Visualize", variant="primary")
             vis_out = gr.Gallery(label="visualizations", columns=4)
             words_out = gr.Markdown()
-            ex_out = gr.Gallery(label="top examples (red: where the neuron fires)", columns=6)
+            ex_out = gr.Gallery(label="top examples (cyan: where the neuron fires)", columns=6)
             model_in.change(
                 lambda m: gr.Dropdown(choices=backend.hooks(m), value=backend.hooks(m)[-1]), model_in, hook_in
             )

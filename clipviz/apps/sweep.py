@@ -31,6 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +46,9 @@ from clipviz.results import (
     visualization_path,
     write_sweep_state,
 )
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 DEFAULT_WORLD_IMAGES = 2000
 
@@ -116,7 +120,7 @@ def default_dataset(spec: str) -> str | None:
 
 
 def make_plan(
-    model,
+    model: HookedVisionModel,
     out: str | Path,
     *,
     blocks: str | None = None,
@@ -209,7 +213,7 @@ def _recipe(plan: SweepPlan):
     return Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.recipe.items()})
 
 
-def _depth(model, hook: str) -> float:
+def _depth(model: HookedVisionModel, hook: str) -> float:
     """The share of the deepest chosen block's forward pass that a hook's objective runs (it stops at its block)."""
     block = model.hook_point(hook).block
     return (block + 1) if block is not None else model.n_blocks
@@ -256,7 +260,7 @@ def _unit_key(plan: SweepPlan, unit: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the estimate
-def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
+def measure(model: HookedVisionModel, plan: SweepPlan, accelerator=None) -> dict[str, float]:
     """Seconds per stage on this device, from one timed optimisation batch and one timed examples batch on the
     deepest hook (see the module docstring); only the work still to do is counted."""
     from clipviz.data.decoding import batches
@@ -322,14 +326,14 @@ def measure(model, plan: SweepPlan, accelerator=None) -> dict[str, float]:
     return estimate
 
 
-def _synced(model) -> float:
+def _synced(model: HookedVisionModel) -> float:
     """The time once the device has finished its queued work (the loop itself never waits for a GPU)."""
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     return time.perf_counter()
 
 
-def describe(model, plan: SweepPlan) -> list[str]:
+def describe(model: HookedVisionModel, plan: SweepPlan) -> list[str]:
     """The plan as lines for the terminal."""
     recipe = _recipe(plan)
     device = str(model.device)
@@ -394,7 +398,9 @@ def _bar(total: int, desc: str, unit: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
-def run_sweep(model, plan: SweepPlan, *, progress: bool = True, accelerator=None, workers: int = 0, echo=print):
+def run_sweep(
+    model: HookedVisionModel, plan: SweepPlan, *, progress: bool = True, accelerator=None, workers: int = 0, echo=print
+):
     """Run every stage of ``plan`` (resuming finished work) and return the atlas folder."""
     from accelerate import Accelerator
 
@@ -514,7 +520,7 @@ def run_sweep(model, plan: SweepPlan, *, progress: bool = True, accelerator=None
     return site
 
 
-def _words(model, plan: SweepPlan, units, paths, record, shown) -> None:
+def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, shown) -> None:
     from clipviz.analysis.concepts import direct_lens, load_vocabulary, text_embeddings, words_table, write_table
 
     vocab = load_vocabulary(plan.vocab)

@@ -20,6 +20,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,9 @@ from clipviz.visualization.recipes import Recipe
 from clipviz.visualization.sliced import plan_sliced
 from clipviz.visualization.speedups import SpeedUps, augmentations
 from clipviz.visualization.transforms import Jitter
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 
 class RenderError(ClipvizError, RuntimeError):
@@ -47,7 +51,7 @@ class RenderError(ClipvizError, RuntimeError):
 MAX_SIZE_FACTOR = 4
 
 
-def check_size(model, size: int | None) -> int:
+def check_size(model: HookedVisionModel, size: int | None) -> int:
     """The image side to render (the model's input size by default): at least one patch, at most
     ``MAX_SIZE_FACTOR`` times the model's input size (images are resized to the input size inside the model)."""
     native = max(model.image_size)
@@ -72,7 +76,7 @@ class RenderResult:
 
 
 def forward_objective(
-    model,
+    model: HookedVisionModel,
     objective: Objective,
     images: torch.Tensor,
     copies: int,
@@ -154,7 +158,7 @@ def _clip_per_image(parameters, max_norm: float) -> None:
 
 
 def optimise(
-    model,
+    model: HookedVisionModel,
     objective: Objective,
     seeds: Sequence[int],
     recipe: Recipe,

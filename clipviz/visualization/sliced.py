@@ -32,11 +32,15 @@ from __future__ import annotations
 import re
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from clipviz.visualization.objectives import Neuron, Objective, Sum, _indices
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 _MLP_HOOK = re.compile(r"^blocks\.(\d+)\.mlp\.hook_(pre|post)$")
 _ELEMENTWISE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
@@ -79,7 +83,7 @@ class SlicedMLP:
     activation: bool  # hook_post: apply the activation; hook_pre: fc1's output itself
     terms: tuple[Neuron, ...]
 
-    def run(self, model, images: torch.Tensor, copies: int) -> dict[int, torch.Tensor]:
+    def run(self, model: HookedVisionModel, images: torch.Tensor, copies: int) -> dict[int, torch.Tensor]:
         """``id(term) -> (n * copies, N)``: each ``Neuron`` term's own neuron per image, for ``images``
         ``(n * copies, 3, H, W)``."""
         parts = model.blocks[self.block]
@@ -99,7 +103,7 @@ class SlicedMLP:
         return out
 
 
-def plan_sliced(model, objective: Objective) -> SlicedMLP | None:
+def plan_sliced(model: HookedVisionModel, objective: Objective) -> SlicedMLP | None:
     """The sliced computation of ``objective`` on ``model``, or ``None`` where it does not apply."""
     if objective.needs_output or len(objective.hooks) != 1:
         return None

@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -42,6 +43,9 @@ from clipviz.results import (
 from clipviz.visualization.objectives import ClassLogit, Neuron, Objective, TextDirection
 from clipviz.visualization.optimise import RenderError, check_size, optimise
 from clipviz.visualization.recipes import Recipe, get_recipe
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 MAX_SAMPLES = 1000  # images per target
 
@@ -93,7 +97,7 @@ def make_targets(
     return targets
 
 
-def _objective(model, hook: str | None, reduce, batch: Sequence[Target]) -> Objective:
+def _objective(model: HookedVisionModel, hook: str | None, reduce, batch: Sequence[Target]) -> Objective:
     kinds = {t.kind for t in batch}
     if len(kinds) != 1:
         raise ValueError("a batch mixes target kinds")
@@ -107,7 +111,9 @@ def _objective(model, hook: str | None, reduce, batch: Sequence[Target]) -> Obje
     return ClassLogit([t.value for t in batch])
 
 
-def check_request(model, hook: str | None, neurons: Sequence[int], texts: Sequence[str], classes: Sequence[int]):
+def check_request(
+    model: HookedVisionModel, hook: str | None, neurons: Sequence[int], texts: Sequence[str], classes: Sequence[int]
+):
     """Refuse what cannot be rendered before any work: neuron indices beyond the hook's width (counted, not
     expanded, for ranges), blank prompts or prompts for a model without a text tower, classes for a model that is
     not a classifier or beyond its classes. Returns ``(neurons, texts, classes)`` as lists."""
@@ -190,7 +196,7 @@ class Visualizations(list):
 
 
 def visualize(
-    model,
+    model: HookedVisionModel,
     hook: str | None = None,
     neurons: Sequence[int] = (),
     *,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,11 @@ import torch.nn.functional as F
 
 from clipviz.world import scene as world
 
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
+
+#: A planted neuron is a known answer when its held-out AUROC for its concept reaches this (``Selectivity.known``).
+PLANTED_AUROC = 0.98
 HELDOUT_SEED = 2_000_000_011  # far from the training stream's seeds (seed * 1_000_003 + step)
 CLEAR_AUROC = 0.95
 CONCEPTS: list[tuple[str, str]] = [(fam, v) for fam, values in world.FACTORS.items() for v in values]
@@ -36,7 +42,9 @@ def world_images(n: int, seed: int = HELDOUT_SEED, single_object: bool = False) 
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, n: int = 1000, seed: int = HELDOUT_SEED + 1, batch: int = 250) -> dict[str, float]:
+def zero_shot_accuracy(
+    model: HookedVisionModel, n: int = 1000, seed: int = HELDOUT_SEED + 1, batch: int = 250
+) -> dict[str, float]:
     """Accuracy per factor family of zero-shot classification with single-factor prompts (``world.prompt``),
     on held-out single-object images (count is left out: it is always one)."""
     images, factors = world_images(n, seed=seed, single_object=True)
@@ -87,7 +95,9 @@ def concept_labels(factors: dict[str, np.ndarray]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def patch_means(model, hooks: list[str], images: torch.Tensor, batch: int = 250) -> dict[str, torch.Tensor]:
+def patch_means(
+    model: HookedVisionModel, hooks: list[str], images: torch.Tensor, batch: int = 250
+) -> dict[str, torch.Tensor]:
     """Patch-mean activation (n, d) of every neuron at each hook (prefix tokens excluded)."""
     chunks: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     for i in range(0, images.shape[0], batch):
@@ -105,6 +115,8 @@ class Selectivity:
     auroc: dict[str, torch.Tensor]
     n: int
     seed: int
+    # Neurons planted by training (clipviz.world.planting): block, neuron, concept and held-out AUROC, if any.
+    planted: list[dict] | None = None
 
     def best(self, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Best AUROC and the index of its concept, per neuron."""
@@ -134,6 +146,8 @@ class Selectivity:
             "clear_auroc": CLEAR_AUROC,
             "reduction": "mean over patch tokens",
         }
+        if self.planted is not None:
+            meta["planted"] = self.planted
         write_text(directory / "ground_truth.json", json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -141,10 +155,27 @@ class Selectivity:
         from safetensors.torch import load_file
 
         meta = json.loads((directory / "ground_truth.json").read_text())
-        return cls(auroc=load_file(str(directory / "ground_truth.safetensors")), n=meta["n"], seed=meta["seed"])
+        return cls(
+            auroc=load_file(str(directory / "ground_truth.safetensors")),
+            n=meta["n"],
+            seed=meta["seed"],
+            planted=meta.get("planted"),
+        )
+
+    def known(self, threshold: float = PLANTED_AUROC) -> list[dict]:
+        """The planted neurons whose held-out AUROC reaches ``threshold``: the ones whose concept is a fact."""
+        return [p for p in self.planted or () if p["auroc"] >= threshold]
+
+    def natural_clear(self, hook: str, threshold: float = CLEAR_AUROC) -> list[tuple[int, str, str, float]]:
+        """:meth:`clear` without the planted neurons (all that training tried to plant)."""
+        block = int(hook.split(".")[1])
+        planted = {p["neuron"] for p in self.planted or () if p["block"] == block}
+        return [row for row in self.clear(hook, threshold) if row[0] not in planted]
 
 
-def selectivity(model, hooks: list[str] | None = None, n: int = 3000, seed: int = HELDOUT_SEED) -> Selectivity:
+def selectivity(
+    model: HookedVisionModel, hooks: list[str] | None = None, n: int = 3000, seed: int = HELDOUT_SEED
+) -> Selectivity:
     """Each neuron's AUROC for every factor value (see the module docstring)."""
     hooks = hooks or [f"blocks.{i}.mlp.hook_post" for i in range(model.n_blocks)]
     images, factors = world_images(n, seed=seed)

@@ -14,11 +14,15 @@ set (exact for ``world:N``; a mask column for other data sets). Accuracy per tas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from clipviz.analysis.studies.common import Predictor, StudyResult, accuracies, accuracy_tasks, new_figure, progress
 from clipviz.errors import ClipvizError
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 CONDITIONS = ("full", "foreground", "background")
 
@@ -70,7 +74,7 @@ class BackgroundResult(StudyResult):
         return fig
 
 
-def background(model, probe, *, batch: int = 128, progress_bar: bool = True) -> BackgroundResult:
+def background(model: HookedVisionModel, probe, *, batch: int = 128, progress_bar: bool = True) -> BackgroundResult:
     """Run the ``background`` study (see the module docstring); the probe set needs foreground masks."""
     if probe.masks is None:
         raise ClipvizError(

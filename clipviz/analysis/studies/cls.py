@@ -26,6 +26,7 @@ CLS token gathers the image's information only there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -39,6 +40,9 @@ from clipviz.analysis.studies.common import (
     progress,
 )
 from clipviz.errors import ClipvizError
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 
 @dataclass
@@ -117,7 +121,7 @@ class ClsResult(StudyResult):
 
 
 @torch.no_grad()
-def cls_attention(model, images: torch.Tensor, batch: int = 32, bar=None):
+def cls_attention(model: HookedVisionModel, images: torch.Tensor, batch: int = 32, bar=None):
     layout = hook_layout(model, 0)
     c, p0 = layout.prefix.index("cls"), layout.n_prefix
     iso, own, back = [], [], []
@@ -142,7 +146,7 @@ def cls_attention(model, images: torch.Tensor, batch: int = 32, bar=None):
 
 
 @torch.no_grad()
-def cls_ablation(model, images: torch.Tensor, batch: int = 32, bar=None):
+def cls_ablation(model: HookedVisionModel, images: torch.Tensor, batch: int = 32, bar=None):
     """Relative change of the patch tokens (at the block's output and at the last block's) when CLS is
     mean-ablated at the input of each block."""
     layout = hook_layout(model, 0)
@@ -183,7 +187,7 @@ def cls_ablation(model, images: torch.Tensor, batch: int = 32, bar=None):
     return local, final
 
 
-def cls_alone(model, probe, batch: int = 32, bar=None) -> tuple[list[float], float, float]:
+def cls_alone(model: HookedVisionModel, probe, batch: int = 32, bar=None) -> tuple[list[float], float, float]:
     """Mean accuracy over the probe's tasks with the patch tokens dropped at the input of each block, the full
     model's, and chance."""
     n_prefix = hook_layout(model, 0).n_prefix
@@ -202,11 +206,13 @@ def cls_alone(model, probe, batch: int = 32, bar=None) -> tuple[list[float], flo
     return alone, full, sum(t.chance for t in probe.tasks) / len(probe.tasks)
 
 
-def _has_head(model) -> bool:
+def _has_head(model: HookedVisionModel) -> bool:
     return model.is_clip or model.backend.output_kind == "logits"
 
 
-def cls(model, probe, *, batch: int = 32, ablation_images: int = 128, progress_bar: bool = True) -> ClsResult:
+def cls(
+    model: HookedVisionModel, probe, *, batch: int = 32, ablation_images: int = 128, progress_bar: bool = True
+) -> ClsResult:
     """Run the ``cls`` study (see the module docstring); the model needs a CLS token."""
     layout = hook_layout(model, 0)
     if "cls" not in layout.prefix:

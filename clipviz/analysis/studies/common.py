@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from clipviz.errors import ClipvizError
 from clipviz.images import pil_to_tensor
 from clipviz.plugins import registry
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 PAPER = 'Ghiasi et al., "What do Vision Transformers Learn? A Visual Exploration" (arXiv:2212.06727)'
 
@@ -307,7 +310,7 @@ def chunks(n: int, batch: int) -> Iterator[slice]:
         yield slice(lo, min(n, lo + batch))
 
 
-def hook_layout(model, block: int):
+def hook_layout(model: HookedVisionModel, block: int):
     """The model's token layout at a block (``model.layout``), checked to be a plain ViT grid."""
     if model.backend.hierarchical:
         raise ClipvizError(
@@ -319,7 +322,7 @@ def hook_layout(model, block: int):
 
 @torch.no_grad()
 def collect(
-    model,
+    model: HookedVisionModel,
     images: torch.Tensor,
     hooks: Sequence[str],
     batch: int,
@@ -449,7 +452,7 @@ def cv_r2(
 class Predictor:
     """Predicts a task's classes: zero-shot against class prompts (CLIP-like models) or from the class logits."""
 
-    def __init__(self, model, task: Task):
+    def __init__(self, model: HookedVisionModel, task: Task):
         self.model, self.task = model, task
         if model.is_clip:
             if not task.prompts:
@@ -470,7 +473,7 @@ class Predictor:
         return output.argmax(1).cpu()
 
 
-def accuracy_tasks(model, probe: Probe) -> list[Task]:
+def accuracy_tasks(model: HookedVisionModel, probe: Probe) -> list[Task]:
     if not probe.tasks:
         raise ClipvizError(
             f"probe set '{probe.name}' has no labels: accuracy needs world:N, a folder with one "
@@ -479,7 +482,9 @@ def accuracy_tasks(model, probe: Probe) -> list[Task]:
     return probe.tasks
 
 
-def accuracies(model, predictors: Sequence[Predictor], images: torch.Tensor, batch: int) -> dict[str, float]:
+def accuracies(
+    model: HookedVisionModel, predictors: Sequence[Predictor], images: torch.Tensor, batch: int
+) -> dict[str, float]:
     """Accuracy per task on ``images`` (all tasks share each forward pass of the image tower)."""
     preds: dict[str, list[torch.Tensor]] = {p.task.name: [] for p in predictors}
     for part in chunks(images.shape[0], batch):

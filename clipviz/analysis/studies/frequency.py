@@ -13,10 +13,14 @@ the task's class prompts for CLIP-like models, the class logits otherwise) on th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from clipviz.analysis.studies.common import Predictor, StudyResult, accuracies, accuracy_tasks, new_figure, progress
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 CUTOFFS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 
@@ -93,7 +97,9 @@ class FrequencyResult(StudyResult):
         return fig
 
 
-def frequency(model, probe, *, cutoffs=CUTOFFS, batch: int = 128, progress_bar: bool = True) -> FrequencyResult:
+def frequency(
+    model: HookedVisionModel, probe, *, cutoffs=CUTOFFS, batch: int = 128, progress_bar: bool = True
+) -> FrequencyResult:
     """Run the ``frequency`` study (see the module docstring)."""
     tasks = accuracy_tasks(model, probe)
     predictors = [Predictor(model, t) for t in tasks]

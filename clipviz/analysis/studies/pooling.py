@@ -20,10 +20,14 @@ Two measurements per block, both in patch units on the model's patch grid:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from clipviz.analysis.studies.common import StudyResult, chunks, grid_distances, hook_layout, new_figure, progress
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 
 @dataclass
@@ -84,7 +88,7 @@ class PoolingResult(StudyResult):
 
 
 @torch.no_grad()
-def attention_distances(model, images: torch.Tensor, batch: int = 32, bar=None):
+def attention_distances(model: HookedVisionModel, images: torch.Tensor, batch: int = 32, bar=None):
     """Per block: mean attention distance of patch queries to patch keys, its ratio to uniform attention and the
     attention mass patches give to prefix tokens (``None`` where a block's pattern cannot be recomputed)."""
     layout = hook_layout(model, 0)
@@ -114,7 +118,7 @@ def attention_distances(model, images: torch.Tensor, batch: int = 32, bar=None):
     return distance, ratio, prefix
 
 
-def gradient_locality(model, images: torch.Tensor, queries: int = 4, seed: int = 0, bar=None):
+def gradient_locality(model: HookedVisionModel, images: torch.Tensor, queries: int = 4, seed: int = 0, bar=None):
     """Per block: share of the input-gradient energy of a patch's output inside that patch, and the
     energy-weighted distance ratio (see the module docstring)."""
     layout = hook_layout(model, 0)
@@ -148,7 +152,7 @@ def gradient_locality(model, images: torch.Tensor, queries: int = 4, seed: int =
 
 
 def pooling(
-    model,
+    model: HookedVisionModel,
     probe,
     *,
     batch: int = 32,

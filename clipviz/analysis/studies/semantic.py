@@ -24,6 +24,7 @@ colour is both a factor and a pixel statistic, so colour neurons are expected to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ import torch.nn.functional as F
 
 from clipviz.analysis.studies.common import StudyResult, chunks, collect, cv_r2, new_figure, progress
 from clipviz.errors import ClipvizError
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 LABELS = ("semantic", "visual", "mixed", "unexplained")
 
@@ -158,7 +162,7 @@ class SemanticResult(StudyResult):
 
 
 def semantic(
-    model,
+    model: HookedVisionModel,
     probe,
     *,
     neurons: int | None = None,

@@ -20,6 +20,7 @@ Two measurements per block:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from clipviz.analysis.studies.common import (
     progress,
 )
 from clipviz.errors import ClipvizError
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 
 @dataclass
@@ -89,7 +93,9 @@ class SpatialResult(StudyResult):
         return fig
 
 
-def position_probe(model, images: torch.Tensor, batch: int = 64, bar=None) -> tuple[list[int], list[float], float]:
+def position_probe(
+    model: HookedVisionModel, images: torch.Tensor, batch: int = 64, bar=None
+) -> tuple[list[int], list[float], float]:
     """Held-out accuracy of a linear read-out of the patch index from each block's patch tokens: fitted on the
     tokens of the first half of the images, scored on the second half (one pass over each half, tokens never
     stored)."""
@@ -184,7 +190,7 @@ def objective_test(
 
 
 def spatial(
-    model,
+    model: HookedVisionModel,
     probe,
     *,
     batch: int = 64,

@@ -1,0 +1,113 @@
+"""Choose which MLP neurons of world-clip to plant with which concepts, and write the plan as JSON.
+
+    python scripts/plant_world_clip.py --out plan.json
+    python scripts/train_world_clip.py --init-from clipviz/world/models/world-clip --plant plan.json --seed 17 ...
+
+For each planted concept (``CONCEPTS_BY_BLOCK``) the neuron of its block is taken that has no clear natural
+concept (best AUROC in the shipped table < ``--max-natural``) and, among those, ranks the concept's images highest
+already (AUROC for the concept over held-out images): the fine-tune then sharpens a weak tendency instead of
+rewiring a neuron from scratch. Neurons are taken greedily, each at most once. Deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import clipviz
+from clipviz.world.groundtruth import HELDOUT_SEED, auroc, bundled_selectivity, patch_means, world_images
+from clipviz.world.planting import concept_labels, parse_concept
+
+CONCEPTS_BY_BLOCK: dict[int, list[str]] = {
+    1: [
+        "colour:red",
+        "colour:green",
+        "colour:blue",
+        "colour:yellow",
+        "colour:purple",
+        "colour:orange",
+        "colour:white",
+        "colour:black",
+        "background:plain",
+        "background:noise",
+        "background:gradient",
+        "size:large",
+    ],
+    2: [
+        "position:left",
+        "position:right",
+        "position:top",
+        "position:bottom",
+        "position:center",
+        "size:small",
+        "count:one",
+        "count:three",
+        "texture:striped",
+        "texture:dotted",
+        "colour:red&position:left",
+        "colour:blue&position:top",
+    ],
+    3: [
+        "shape:circle",
+        "shape:square",
+        "shape:triangle",
+        "shape:star",
+        "shape:cross",
+        "shape:ring",
+        "colour:green&position:right",
+        "colour:yellow&size:large",
+        "colour:red&shape:circle",
+        "colour:purple&position:bottom",
+        "colour:orange&position:center",
+        "colour:white&size:small",
+    ],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="world-clip")
+    ap.add_argument("--out", type=Path, default=Path("plan.json"))
+    ap.add_argument("--max-natural", type=float, default=0.8)
+    ap.add_argument("--n", type=int, default=2000)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = clipviz.load(args.model)
+    natural = bundled_selectivity(args.model)
+    images, factors = world_images(args.n, seed=HELDOUT_SEED + 7)
+    hooks = [f"blocks.{b}.mlp.hook_post" for b in CONCEPTS_BY_BLOCK]
+    means = patch_means(model, hooks, images)
+    plan = []
+    for block, concepts in CONCEPTS_BY_BLOCK.items():
+        hook = f"blocks.{block}.mlp.hook_post"
+        for c in concepts:
+            parse_concept(c)
+        table = auroc(means[hook], concept_labels(concepts, factors))  # (neurons, concepts)
+        free = natural.best(hook)[0] < args.max_natural
+        taken: set[int] = set()
+        for k, concept in enumerate(concepts):
+            score = torch.where(free, table[:, k], torch.tensor(-1.0))
+            if taken:
+                score[list(taken)] = -1.0
+            neuron = int(score.argmax())
+            taken.add(neuron)
+            plan.append(
+                {
+                    "block": block,
+                    "neuron": neuron,
+                    "concept": concept,
+                    "auroc_before": round(float(table[neuron, k]), 4),
+                }
+            )
+            print(json.dumps(plan[-1]))
+    args.out.write_text(
+        json.dumps({"model": args.model, "max_natural": args.max_natural, "planted": plan}, indent=2) + "\n"
+    )
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
