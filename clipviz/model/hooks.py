@@ -31,20 +31,9 @@ from torch import nn
 from clipviz.errors import HookNameError
 from clipviz.model.architecture import BlockParts
 from clipviz.model.attention import attention_pattern
+from clipviz.model.layout import BLOCK_POINTS
 from clipviz.model.probe import ModelLayout
 
-#: Hook points of every block, in the order they fire in a forward pass.
-BLOCK_POINTS = (
-    "hook_resid_pre",
-    "attn.hook_pattern",
-    "attn.hook_z",
-    "hook_attn_out",
-    "hook_resid_mid",
-    "mlp.hook_pre",
-    "mlp.hook_post",
-    "hook_mlp_out",
-    "hook_resid_post",
-)
 _NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _STAGE_NAME = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
 

@@ -20,6 +20,19 @@ import torch
 
 from clipviz.errors import ClipvizError
 
+#: Hook points of every block, in the order they fire in a forward pass.
+BLOCK_POINTS = (
+    "hook_resid_pre",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
+
 #: A named reduction over tokens; ``("patch", row, col)`` and ``("region", r0, r1, c0, c1)`` are the others.
 NamedReduce = Literal["patches", "cls", "all", "max"]
 Reduce = Union[NamedReduce, tuple]  # noqa: UP007 (a runtime alias; ``|`` between Literal and type fails on 3.10)

@@ -32,20 +32,8 @@ from torch import nn
 from clipviz.errors import UnsupportedModelError
 from clipviz.model.architecture import BlockParts
 from clipviz.model.attention import attention_values, check_pattern, check_pattern_float32
-from clipviz.model.layout import TokenLayout
+from clipviz.model.layout import BLOCK_POINTS, TokenLayout
 
-#: Hook points of every block, in the order they fire (kept in sync with ``hooks.BLOCK_POINTS``).
-POINTS = (
-    "hook_resid_pre",
-    "attn.hook_pattern",
-    "attn.hook_z",
-    "hook_attn_out",
-    "hook_resid_mid",
-    "mlp.hook_pre",
-    "mlp.hook_post",
-    "hook_mlp_out",
-    "hook_resid_post",
-)
 #: Families whose tokens are not in row-major order even where the counts fit a grid.
 REFUSED_ORDER = {
     "Hiera": "Hiera unrolls its tokens into a mask-unit order that is not row-major",
@@ -302,7 +290,7 @@ def _analyse(
             "mlp.hook_pre": (parts.d_mlp, 2 * parts.d_mlp),
             "mlp.hook_post": (parts.d_mlp,),
         }
-        for point in POINTS:
+        for point in BLOCK_POINTS:
             name = p + point
             shape = shapes.get(name)
             if point == "attn.hook_z" and parts.out_proj is None:
