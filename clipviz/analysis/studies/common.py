@@ -9,6 +9,7 @@ exact), a folder of images (sub-folders as classes) or a Hugging Face data set (
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -223,7 +224,7 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
 
 # ---------------------------------------------------------------------------------------------------- results
 @dataclass
-class StudyResult:
+class StudyResult(ABC):
     """Base of every study's result: plain data, ``to_dict()`` for JSON, ``figure()`` for the plot."""
 
     study: ClassVar[str] = ""
@@ -243,8 +244,9 @@ class StudyResult:
         """The few numbers that answer the claim (also in the JSON under ``summary``)."""
         return {}
 
+    @abstractmethod
     def figure(self):
-        raise NotImplementedError
+        """The study's plot (a matplotlib ``Figure``)."""
 
     def save(self, out: str | Path) -> tuple[Path, Path]:
         """Write ``out/<study>.json`` and ``out/<study>.png`` (each atomically); returns both paths."""
