@@ -117,6 +117,14 @@ def _rngs(seeds: Sequence[int], stream: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed((int(s) * 1_000_003 + stream) % (2**63)) for s in seeds]
 
 
+def _resized(images: torch.Tensor, side: int) -> torch.Tensor:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ClipvizError(f"start images must be (n, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+    if tuple(images.shape[-2:]) == (side, side):
+        return images.float()
+    return F.interpolate(images.float(), size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+
+
 def _paste_previous(param: PixelImage, previous: torch.Tensor, pad: float) -> None:
     """PII's zoom: the previous stage's image, resized to (size - pad), pasted in the centre of a fresh canvas."""
     h, w = param.size
@@ -168,6 +176,8 @@ def optimise(
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     labels: Sequence[object] | None = None,
     speedups: SpeedUps | None = None,
+    init: torch.Tensor | None = None,
+    report: Objective | None = None,
 ) -> RenderResult:
     """Optimise one image per seed to maximise ``objective`` (a batched objective of ``len(seeds)`` images).
 
@@ -175,11 +185,18 @@ def optimise(
     each step with the step count and the objective of each image, detached and still on the device (reading it
     waits for the device, so a progress bar should do so rarely).
     ``speedups``: the exact speed-ups to use (default: all; ``SpeedUps.none()`` for the plain computation).
+    ``init`` (n, 3, H, W) in [0, 1]: start from these images instead of the seeded noise (feature accentuation;
+    the parameterisation is inverted, so step 0 is the image itself).
+    ``report``: the objective whose start and end values are returned (default ``objective``; e.g. the plain
+    neuron objective when ``objective`` adds guidance or anchor terms).
     """
     speedups = speedups or SpeedUps()
+    report = objective if report is None else report
     n = len(seeds)
     labels = list(labels) if labels is not None else list(range(n))
     side = check_size(model, size or recipe.size)
+    if init is not None and len(init) != n:
+        raise ClipvizError(f"one start image per seed: {n} seeds, {len(init)} images")
     if recipe.param != "pixel" and len(recipe.stages) > 1:
         raise ClipvizError(f"recipe '{recipe.name}': multi-stage zoom needs the pixel parameterisation")
     full = objective
@@ -196,10 +213,12 @@ def optimise(
         stage_side = max(8, round(side * fraction))
         stage_seeds = [int(s) * 7919 + stage if stage else int(s) for s in seeds]
         param = make_param(recipe.param, stage_seeds, (stage_side, stage_side)).to(device)
+        if init is not None and stage == 0:
+            param.set_image(_resized(init, stage_side).to(device))
         if previous is not None:
             _paste_previous(param, previous, recipe.zoom_pad)
         if start is None:
-            start = evaluate(model, objective, param().detach(), autocast, speedups)
+            start = evaluate(model, report, param().detach(), autocast, speedups)
         transforms, prenormalised = augmentations(recipe, model, stage_side, speedups)
         opt = torch.optim.Adam(param.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)
         first_bad = torch.full((n,), -1, dtype=torch.long, device=device)  # step at which each loss broke
@@ -235,5 +254,5 @@ def optimise(
     final = previous.clamp(0, 1)
     if final.shape[-1] != side:
         final = F.interpolate(final, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-    end = evaluate(model, objective, final, autocast, speedups)
+    end = evaluate(model, report, final, autocast, speedups)
     return RenderResult(images=final.float().cpu(), start=start, end=end)

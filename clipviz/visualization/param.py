@@ -56,6 +56,15 @@ class ImageParam(nn.Module):
     def after_step(self) -> None:
         """Project back onto the feasible set after an optimiser step (no-op unless overridden)."""
 
+    @torch.no_grad()
+    def set_image(self, images: torch.Tensor) -> None:
+        """Start from ``images`` (n, 3, H, W) in [0, 1] instead of the seeded noise (feature accentuation)."""
+        from clipviz.errors import ClipvizError
+
+        raise ClipvizError(
+            f"the {type(self).__name__} parameterisation cannot start from an image; use pixel or fourier"
+        )
+
 
 class PixelImage(ImageParam):
     def __init__(self, seeds: Sequence[int], size: tuple[int, int]):
@@ -70,6 +79,10 @@ class PixelImage(ImageParam):
     @torch.no_grad()
     def after_step(self) -> None:
         self.pixels.clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def set_image(self, images: torch.Tensor) -> None:
+        self.pixels.copy_(images.to(self.pixels).clamp(0, 1))
 
 
 class FourierImage(ImageParam):
@@ -89,6 +102,16 @@ class FourierImage(ImageParam):
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
         x = torch.fft.irfft2(spectrum, s=(h, w), norm="ortho") / 4.0
         return torch.sigmoid(_decorrelated_to_rgb(x))
+
+    @torch.no_grad()
+    def set_image(self, images: torch.Tensor) -> None:
+        """The inverse of ``forward``: pixels clamped to [1/512, 1 - 1/512] (so the logit is finite), so an
+        8-bit image comes back exactly after rounding."""
+        h, w = self.size
+        logit = torch.logit(images.to(self.spectrum).clamp(1 / 512, 1 - 1 / 512))
+        x = torch.einsum("ndhw,cd->nchw", logit, torch.linalg.inv(_COLOR_SQRT).to(logit)) * 4.0
+        spectrum = torch.fft.rfft2(x, s=(h, w), norm="ortho") / self.scale
+        self.spectrum.copy_(torch.view_as_real(spectrum))
 
 
 class _AddColour(torch.autograd.Function):

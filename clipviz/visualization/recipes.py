@@ -17,6 +17,14 @@
                     the highest objective of the recipes measured (0.995 vs vit-paper 0.940, vit-paper-clip 0.887,
                     MaCo 0.460); on the shipped one 99% of the best (1.572 vs vit-paper-clip 1.588), in under a
                     third of their time both times.
+``vital``           Data-guided (after VITAL, Gorgun et al. 2025; ``clipviz.visualization.vital``): the default's
+                    image and augmentations plus a sort-matching loss of the activations entering the target's
+                    MLP (``hook_resid_mid``) against those of the neuron's own top-16 examples, channels weighted
+                    by their relevance (gradient x activation) for the neuron. Needs reference images
+                    (``visualize(..., guide="world:2000")`` / ``--guide``; world-clip guides itself by its world).
+``accentuate``      Feature accentuation (Hamblin et al. 2024; ``clipviz.visualization.accentuate``): starts from a
+                    seed image (``from_image=`` / ``--from-image``) and raises the neuron while a pixel and a
+                    feature-space distance keep the image close to the seed.
 ==================  ===========================================================================================
 
 Any field can be overridden: ``get_recipe("vit-paper", steps=100, copies=4)``.
@@ -36,6 +44,7 @@ Schedule = Literal["cosine", "constant"]
 ColorShiftMode = Literal["vit", "pii"]
 PARAMS, SCHEDULES, COLOR_SHIFTS = get_args(Param), get_args(Schedule), get_args(ColorShiftMode)
 MAX_COPIES = 256  # augmented copies per image and step
+MAX_GUIDE_K = 1024  # reference images per neuron
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,16 @@ class Recipe:
     stages: tuple[float, ...] = (1.0,)  # image size of each stage as a fraction of ``size``
     zoom_pad: float = 0.125  # PII: the previous stage's image is pasted at (size - pad * size) in the centre
     grad_clip: float | None = None
+    # Data guidance (clipviz.visualization.vital): sort-match the activations at these hooks (full names, or
+    # points of the target's block such as "hook_resid_mid") to those of the neuron's top-``guide_k`` examples.
+    match: tuple[str, ...] = ()
+    match_weight: float = 0.0
+    guide_k: int = 16
+    # Feature accentuation (clipviz.visualization.accentuate): weights of the distance to the seed image, in
+    # pixels and in features at ``anchor_hook`` (a point of the target's block, or a full hook name).
+    anchor: float = 0.0
+    anchor_features: float = 0.0
+    anchor_hook: str = "hook_resid_mid"
 
     def __post_init__(self):
         for name, value, accepted in (
@@ -79,7 +98,13 @@ class Recipe:
             check_int(self.size, "size", 1, None)
         if not self.stages or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.stages):
             raise ClipvizError(f"recipe stages must be fractions in (0, 1], got {self.stages!r}")
-        for name in ("tv", "l2", "offset_noise"):
+        if isinstance(self.match, str) or not all(isinstance(m, str) and m for m in self.match):
+            raise ClipvizError(f"recipe match must be a tuple of hook names, got {self.match!r}")
+        object.__setattr__(self, "match", tuple(self.match))
+        check_int(self.guide_k, "guide_k", 1, MAX_GUIDE_K)
+        if not isinstance(self.anchor_hook, str) or not self.anchor_hook:
+            raise ClipvizError(f"recipe anchor_hook must be a hook name, got {self.anchor_hook!r}")
+        for name in ("tv", "l2", "offset_noise", "match_weight", "anchor", "anchor_features"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ClipvizError(f"recipe {name} must be a finite number >= 0, got {value!r}")
@@ -171,6 +196,22 @@ RECIPES: dict[str, Recipe] = {
 
 
 RECIPES["default"] = replace(RECIPES["lucid"], name="default", steps=256)
+RECIPES["vital"] = replace(RECIPES["default"], name="vital", match=("hook_resid_mid",), match_weight=1.0, guide_k=16)
+RECIPES["accentuate"] = Recipe(
+    name="accentuate",
+    param="fourier",
+    lr=0.02,
+    betas=(0.9, 0.999),
+    schedule="constant",
+    copies=2,
+    color_shift=None,
+    offset_noise=0.0,
+    jitter=2,
+    tv=0.0,
+    steps=128,
+    anchor=50.0,
+    anchor_features=0.05,
+)
 
 
 def get_recipe(name: str | Recipe, **overrides) -> Recipe:

@@ -10,8 +10,8 @@
 Each result is a PIL image plus a metadata dict (model, hook, neuron, every recipe setting, seed, the objective at
 the start and at the end, library versions). With ``out=DIR``, each is written as ``DIR/<group>/<key>.png`` with
 a ``.json`` sidecar and a ``grid.png`` per group; a second run into the same folder skips finished work.
-A target's image depends only on (model, hook, target, recipe, seed): not on the batch it shares or on how
-many processes render.
+A target's image depends only on (model, hook, target, recipe, seed, and for data-guided recipes or
+accentuation the guide and the seed image): not on the batch it shares or on how many processes render.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from clipviz.results import (
     write_png,
     write_visualization,
 )
+from clipviz.visualization.guidance import Guide, prepare_guidance
 from clipviz.visualization.objectives import ClassLogit, Neuron, Objective, TextDirection
 from clipviz.visualization.optimise import RenderError, check_size, optimise
 from clipviz.visualization.recipes import Recipe, get_recipe
@@ -212,9 +213,16 @@ def visualize(
     progress: bool | object = True,
     accelerator=None,
     skip_nonfinite: bool = False,
+    guide: Guide | None = None,
+    from_image: str | Path | torch.Tensor | None = None,
     **recipe_overrides,
 ) -> Visualizations:
     """Render one image per neuron / prompt / class; see the module docstring.
+
+    ``guide``: reference images of data-guided recipes (``vital``): a folder of images, ``world:<n>``, a dataset,
+    a ``clipviz examples`` results folder, or ``{neuron: (k, 3, H, W) tensor}``; each neuron is guided by its own
+    top examples in it (``clipviz.visualization.guidance``). ``from_image``: a path or a (3, H, W) tensor in
+    [0, 1] to start every image from (feature accentuation; the ``accentuate`` recipe also keeps it close).
 
     A target whose loss stops being finite is an error that names it and the step (its batch-mates are rendered
     and kept first); with ``skip_nonfinite`` it is left out, listed in the result's ``skipped``, and the run goes
@@ -238,6 +246,7 @@ def visualize(
         # The model's device decides: load it on the GPU (clipviz.load(..., device="cuda")) to render there.
         accelerator = Accelerator(cpu=model.device.type == "cpu", mixed_precision=_precision(precision, model))
     model = model.to(accelerator.device)
+    guidance = prepare_guidance(model, hook, neurons, recipe, guide, from_image, reduce)
     out = Path(out) if out is not None else None
     if out is not None and accelerator.is_local_main_process:
         remove_stale_temporaries(out)
@@ -254,7 +263,10 @@ def visualize(
         return visualization_path(out, t.group or hook, t.key, None if samples == 1 else t.seed)
 
     def settings(t: Target) -> dict:
-        return {**base, "kind": t.kind, "target": t.value, "seed": t.seed}
+        extra = (
+            guidance.settings if t.kind == "neuron" else {k: v for k, v in guidance.settings.items() if k != "guide"}
+        )
+        return {**base, **extra, "kind": t.kind, "target": t.value, "seed": t.seed}
 
     def finished(t: Target) -> Visualization | None:
         """The target's finished result on disk, or ``None``: missing, other settings, or a truncated sidecar or
@@ -297,14 +309,19 @@ def visualize(
             ticker = _Ticker(bar, len(batch))
             try:
                 started = time.time()
+                plain = _objective(model, hook, reduce, batch)
+                neuron_ids = [t.value for t in batch] if batch[0].kind == "neuron" else None
+                objective, init = guidance.apply(model, hook, reduce, len(batch), neuron_ids, plain)
                 result = optimise(
                     model,
-                    _objective(model, hook, reduce, batch),
+                    objective,
                     [t.seed for t in batch],
                     recipe,
                     autocast=accelerator.autocast,
                     on_step=ticker,
                     labels=[t.label for t in batch],
+                    init=init,
+                    report=plain,
                 )
             except RenderError as error:
                 bar.update(-ticker.counted)  # the batch-mates are rendered again without the bad target

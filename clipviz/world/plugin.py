@@ -9,6 +9,8 @@ from clipviz.plugins import Registry
 
 MODELS = Path(__file__).parent / "models"
 MAX_IMAGES = 100_000  # world:<n> generates its images up front (12 KB each)
+#: Reference images of world-clip's data-guided visualizations when none are given: held-out images of its world.
+GUIDE = "world:2000"
 
 
 def world_source(argument: str):
@@ -67,3 +69,4 @@ def register(registry: Registry) -> None:
     for directory in sorted(MODELS.iterdir()) if MODELS.is_dir() else ():
         if (directory / "open_clip_config.json").is_file():
             registry.add_model(directory.name, directory)
+            registry.add_guide(directory.name, GUIDE)

@@ -20,8 +20,18 @@ def add_parser(sub) -> None:
     vis.add_argument(
         "--recipe",
         default="default",
-        help="recipe name (default: default; vit-paper, "
-        "vit-paper-clip, pii, clip-inversion, lucid, maco: see README; an unknown name lists them)",
+        help="recipe name (default: default; vit-paper, vit-paper-clip, pii, clip-inversion, lucid, maco, vital, "
+        "accentuate: see README; an unknown name lists them)",
+    )
+    vis.add_argument(
+        "--guide",
+        help="reference images of data-guided recipes (vital): a folder of images, world:<n>, a dataset or a "
+        "`clipviz examples` results folder; each neuron is guided by its own top examples in it (world-clip: its "
+        "world by default)",
+    )
+    vis.add_argument(
+        "--from-image",
+        help="start from this image (feature accentuation: --recipe accentuate also keeps the result close to it)",
     )
     vis.add_argument(
         "--reduce",
@@ -94,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         copies=args.copies,
         lr=args.lr,
+        guide=args.guide,
+        from_image=args.from_image,
     )
     for v in results[:8]:
         print(f"{v.path}: objective {v.meta['objective_start']:.3f} -> {v.meta['objective_end']:.3f}")
