@@ -243,6 +243,19 @@ def read_visualization_meta(png: Path) -> dict | None:
     return meta
 
 
+#: How a visualization was made, in the order the atlas and the Space show them side by side.
+VISUALIZATION_KINDS = ("plain", "data-guided", "accentuated")
+
+
+def visualization_kind(meta: dict) -> str:
+    """``plain`` (the neuron's objective alone), ``data-guided`` (matched to its top examples: ``vital``) or
+    ``accentuated`` (started from a seed image), from a visualization's metadata."""
+    if meta.get("from_image"):
+        return "accentuated"
+    recipe = meta.get("recipe", {})
+    return "data-guided" if recipe.get("match") and recipe.get("match_weight") and meta.get("guide") else "plain"
+
+
 def find_visualizations(root: Path) -> Iterator[tuple[Path, dict]]:
     """``(png, sidecar)`` of every finished visualization under ``root``, in path order."""
     root = Path(root)

@@ -192,3 +192,23 @@ def test_atlas_in_chromium(results, site):
         assert all(w in body for w in results["words"][1]["words"])
         assert console_errors(driver) == []
         screenshot(driver, "atlas-neuron.png")
+
+
+def test_data_guided_image_next_to_the_plain_one(tmp_path):
+    """A neuron rendered plain and data-guided shows both, plain first, each labelled, in the site and its data
+    (which the Space's atlas tab reads)."""
+    import clipviz
+    from clipviz.apps.space import SpaceBackend
+    from clipviz.visualization.visualize import visualize
+
+    model = clipviz.load("world-clip")
+    common = dict(steps=2, progress=False)  # one folder per recipe: a rerun into the same folder replaces
+    visualize(model, HOOK, [5], recipe="vital", guide="world:64", guide_k=4, out=tmp_path / "results/b", **common)
+    visualize(model, HOOK, [5], recipe="default", out=tmp_path / "results/a", **common)
+    site = build_atlas(tmp_path / "results", tmp_path / "site")
+    entry = _neurons(site)[5]
+    assert entry["visualization_kinds"] == ["plain", "data-guided"]
+    page = (site / entry["url"]).read_text()
+    assert page.index("<b>plain</b>: default") < page.index("<b>data-guided</b>: vital")
+    images, _, _ = SpaceBackend(atlas=site).atlas_neuron(HOOK, 5)
+    assert [label for _, label in images] == ["plain", "data-guided"]

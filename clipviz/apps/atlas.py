@@ -39,6 +39,7 @@ from clipviz.errors import ClipvizError
 from clipviz.images import HEAT_RGB
 from clipviz.results import (
     ATLAS_FILE,
+    VISUALIZATION_KINDS,
     find_concepts,
     find_examples,
     find_visualizations,
@@ -46,6 +47,7 @@ from clipviz.results import (
     temp_prefix,
     thumbnail_path,
     versions,
+    visualization_kind,
 )
 
 THUMB = 96
@@ -154,7 +156,13 @@ def collect(root: str | Path) -> Results:
         )
     for recs in neurons.values():
         for rec in recs.values():
-            rec.visualizations.sort(key=lambda v: (v["meta"]["recipe"].get("name", ""), v["meta"]["seed"]))
+            rec.visualizations.sort(
+                key=lambda v: (
+                    VISUALIZATION_KINDS.index(visualization_kind(v["meta"])),
+                    v["meta"]["recipe"].get("name", ""),
+                    v["meta"]["seed"],
+                )
+            )
     return Results(root, models.pop() if models else None, neurons, prompts, examples_settings, concept_settings)
 
 
@@ -254,13 +262,14 @@ class _SiteWriter:
     def neuron_page(self, rec: NeuronRecord) -> dict:
         esc, slug = html.escape, _slug(rec.hook)
         up = "../../"
-        vis_html, vis_files = [], []
+        vis_html, vis_files, vis_kinds = [], [], []
         for k, v in enumerate(rec.visualizations):
             rel = self.copy(v["png"], f"img/vis/{slug}/{rec.neuron}-{k}.png")
             vis_files.append(rel)
             m = v["meta"]
+            vis_kinds.append(visualization_kind(m))
             caption = (
-                f"{esc(m['recipe'].get('name', '?'))}, seed {m['seed']}, objective "
+                f"<b>{vis_kinds[-1]}</b>: {esc(m['recipe'].get('name', '?'))}, seed {m['seed']}, objective "
                 f"{m['objective_start']:.3f} &rarr; {m['objective_end']:.3f}"
             )
             vis_html.append(
@@ -323,6 +332,7 @@ class _SiteWriter:
             "url": f"neurons/{slug}/{rec.neuron}.html",
             "thumb": thumb,
             "visualizations": vis_files,
+            "visualization_kinds": vis_kinds,
             "examples": ex_data,
             "words": {m: [[w, round(s, 5)] for w, s in ws] for m, ws in rec.words.items()},
             "top_words": rec.top_words(),

@@ -228,7 +228,12 @@ class SpaceBackend:
             )
         e = entries[int(neuron)]
         # Paths come from the atlas file, never from the request.
-        images = [Image.open(self.atlas_dir / p).convert("RGB") for p in e["visualizations"]]
+        kinds = e.get("visualization_kinds") or ["plain"] * len(e["visualizations"])
+        # Side by side, labelled: the plain image and the data-guided one where both exist.
+        images = [
+            (Image.open(self.atlas_dir / p).convert("RGB"), kind)
+            for p, kind in zip(e["visualizations"], kinds, strict=True)
+        ]
         examples = [
             (Image.open(self.atlas_dir / x["thumb"]).convert("RGB"), x["caption"] or f"image {x['index']}")
             for x in e["examples"]
