@@ -142,6 +142,18 @@ def default_guide(model: HookedVisionModel) -> str | None:
     return registry().guides.get(model.spec)
 
 
+#: What ``visualize`` renders when no recipe is named: the data-guided recipe where reference images exist (a
+#: guide is given, or the model names its own), else the unguided default. Chosen by measurement
+#: (``scripts/score_recipes.py``, docs/validation.md): on world-clip's known-concept neurons ``vital`` renders
+#: more colour neurons in their colour, closer to natural feature statistics, at about the same activation.
+GUIDED_DEFAULT, UNGUIDED_DEFAULT = "vital", "default"
+
+
+def default_recipe(model: HookedVisionModel, guide: object = None) -> str:
+    """The recipe name ``visualize`` uses for ``model`` when none is named."""
+    return GUIDED_DEFAULT if guide is not None or default_guide(model) is not None else UNGUIDED_DEFAULT
+
+
 def prepare_guidance(
     model: HookedVisionModel,
     hook: str | None,
@@ -247,4 +259,4 @@ def _seed_image(model: HookedVisionModel, from_image) -> torch.Tensor:
     return image
 
 
-__all__ = ["Guidance", "default_guide", "prepare_guidance", "rank_images", "read_images"]
+__all__ = ["Guidance", "default_guide", "default_recipe", "prepare_guidance", "rank_images", "read_images"]

@@ -18,10 +18,12 @@
                     MaCo 0.460); on the shipped one 99% of the best (1.572 vs vit-paper-clip 1.588), in under a
                     third of their time both times.
 ``vital``           Data-guided (after VITAL, Gorgun et al. 2025; ``clipviz.visualization.vital``): the default's
-                    image and augmentations plus a sort-matching loss of the activations entering the target's
-                    MLP (``hook_resid_mid``) against those of the neuron's own top-16 examples, channels weighted
-                    by their relevance (gradient x activation) for the neuron. Needs reference images
-                    (``visualize(..., guide="world:2000")`` / ``--guide``; world-clip guides itself by its world).
+                    image and augmentations plus a sort-matching loss against the neuron's own top-16 examples
+                    at two points, the patch embedding (``blocks.0.hook_resid_pre``) and the input of the target's
+                    MLP (``hook_resid_mid``), channels weighted by their relevance (gradient x activation) for
+                    the neuron. Needs reference images (``visualize(..., guide="world:2000")`` / ``--guide``;
+                    world-clip guides itself by its world). What ``visualize`` renders when no recipe is named
+                    and reference images exist (``clipviz.visualization.guidance.default_recipe``).
 ``accentuate``      Feature accentuation (Hamblin et al. 2024; ``clipviz.visualization.accentuate``): starts from a
                     seed image (``from_image=`` / ``--from-image``) and raises the neuron while a pixel and a
                     feature-space distance keep the image close to the seed.
@@ -196,7 +198,13 @@ RECIPES: dict[str, Recipe] = {
 
 
 RECIPES["default"] = replace(RECIPES["lucid"], name="default", steps=256)
-RECIPES["vital"] = replace(RECIPES["default"], name="vital", match=("hook_resid_mid",), match_weight=1.0, guide_k=16)
+RECIPES["vital"] = replace(
+    RECIPES["default"],
+    name="vital",
+    match=("blocks.0.hook_resid_pre", "hook_resid_mid"),
+    match_weight=1.0,
+    guide_k=16,
+)
 RECIPES["accentuate"] = Recipe(
     name="accentuate",
     param="fourier",

@@ -40,7 +40,7 @@ from clipviz.results import (
     write_png,
     write_visualization,
 )
-from clipviz.visualization.guidance import Guide, prepare_guidance
+from clipviz.visualization.guidance import Guide, default_recipe, prepare_guidance
 from clipviz.visualization.objectives import ClassLogit, Neuron, Objective, TextDirection
 from clipviz.visualization.optimise import RenderError, check_size, optimise
 from clipviz.visualization.recipes import Recipe, get_recipe
@@ -203,7 +203,7 @@ def visualize(
     *,
     texts: Sequence[str] = (),
     classes: Sequence[int] = (),
-    recipe: str | Recipe = "default",
+    recipe: str | Recipe | None = None,
     seed: int = 0,
     samples: int = 1,
     reduce: object = "patches",
@@ -219,6 +219,8 @@ def visualize(
 ) -> Visualizations:
     """Render one image per neuron / prompt / class; see the module docstring.
 
+    ``recipe``: a name, a ``Recipe``, or ``None``: ``vital`` (data-guided) where reference images exist (``guide``
+    given, or a bundled model's own), else ``default`` (``clipviz.visualization.guidance.default_recipe``).
     ``guide``: reference images of data-guided recipes (``vital``): a folder of images, ``world:<n>``, a dataset,
     a ``clipviz examples`` results folder, or ``{neuron: (k, 3, H, W) tensor}``; each neuron is guided by its own
     top examples in it (``clipviz.visualization.guidance``). ``from_image``: a path or a (3, H, W) tensor in
@@ -234,7 +236,7 @@ def visualize(
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    recipe = get_recipe(recipe, **recipe_overrides)
+    recipe = get_recipe(default_recipe(model, guide) if recipe is None else recipe, **recipe_overrides)
     check_size(model, recipe.size)
     samples = check_int(samples, "samples", 1, MAX_SAMPLES)
     batch_size = check_int(batch_size, "batch size", 1, None)

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
         help="for dissect: reuse the probe matrix stored by clipviz examples --save-activations",
     )
     con.add_argument("--labeller", help="CLIP model that labels images (default: the model itself)")
-    con.add_argument("--recipe", default="default", help="recipe for --method visual")
+    con.add_argument("--recipe", help="recipe for --method visual (default: as clipviz visualize chooses)")
     con.add_argument(
         "--steps", type=int_type("--steps", 1, MAX_STEPS), default=128, help="visualization steps for --method visual"
     )

@@ -19,9 +19,9 @@ def add_parser(sub) -> None:
     vis.add_argument("--class", dest="classes", help="class indices to render (classifiers), like --neurons")
     vis.add_argument(
         "--recipe",
-        default="default",
-        help="recipe name (default: default; vit-paper, vit-paper-clip, pii, clip-inversion, lucid, maco, vital, "
-        "accentuate: see README; an unknown name lists them)",
+        help="recipe name: default, vital, accentuate, vit-paper, vit-paper-clip, pii, clip-inversion, lucid, maco "
+        "(see README; an unknown name lists them). If none is named: vital (data-guided) where reference images "
+        "exist (--guide, or world-clip's own world), else default",
     )
     vis.add_argument(
         "--guide",
