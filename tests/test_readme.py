@@ -29,7 +29,7 @@ NOT_RUN = (
     (r"^pip install", "installs clipviz: the tests run inside that installation"),
     (r"^python -m pytest", "the test suite itself"),
     (r"\b(hf|open_clip|timm):", "downloads a model from the Hub (no network in tests)"),
-    (r"\bMODEL\b|\./my_images/", "a placeholder for the reader's own model or images"),
+    (r"\bMODEL\b|\./my_images/|\bphoto\.png\b", "a placeholder for the reader's own model, images or photo"),
     (r"--space USER/NAME --dataset", "uploads to the Hub (needs a token and the network); its dry run runs"),
     (r"^clipviz space\b|^python spaces/app\.py", "serves until stopped (the app is served in test_space/test_sweep)"),
 )

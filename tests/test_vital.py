@@ -226,3 +226,19 @@ def test_cli_takes_a_guide_folder_and_an_examples_result(planted, tmp_path, caps
         np.array(Image.open(out / HOOK / "neuron-00000.png")),
         np.array(Image.open(tmp_path / "o2" / HOOK / "neuron-00000.png")),
     )
+
+
+def test_cli_accentuates_a_photo(planted, tmp_path, capsys):
+    from skimage import data
+
+    from clipviz.cli import main as cli_main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.chelsea()).save(photo)
+    argv = ["visualize", planted.spec, "--hook", HOOK, "--neurons", "0", "--recipe", "accentuate", "--steps", "8"]
+    assert cli_main([*argv, "--from-image", str(photo), "--out", str(tmp_path / "acc")]) == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "acc" / HOOK / "neuron-00000.json").read_text())
+    assert meta["from_image"] and meta["objective_end"] > meta["objective_start"]
+    out = _array(Image.open(tmp_path / "acc" / HOOK / "neuron-00000.png"))
+    seed = planted.preprocess_pil(Image.open(photo).convert("RGB"))
+    assert float(pixel_distance(out[None], seed[None])[0]) <= ACCENT_MAX_RMS
