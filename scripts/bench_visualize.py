@@ -206,7 +206,7 @@ def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwa
     ours, theirs = [], []
     last: list[float | None] = [None]
 
-    def on_step(_k: int) -> None:
+    def on_step(_k: int, _values: torch.Tensor) -> None:
         _sync(model.device)
         now = time.perf_counter()
         if last[0] is not None:
@@ -238,16 +238,14 @@ def flops_of_step(model, block, neurons, recipe, **kwargs) -> tuple[int, int]:
     return ours(2) - ours(1), counter.get_total_flops()  # the clean evaluations before and after cancel out
 
 
-def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, plain: bool = False) -> dict:
-    """clipviz against the naive loop, interleaved step by step; ``plain``: clipviz with its speed-ups off."""
+def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, variant: str = "speed-ups on") -> dict:
+    """clipviz against the naive loop, interleaved step by step; ``variant``: one of ``variants()``."""
     from clipviz.visualization.recipes import get_recipe
-    from clipviz.visualization.speedups import SpeedUps
 
     recipe = get_recipe(recipe)
     neurons = list(range(batch))
     kwargs = {"autocast": autocast} if autocast else {}
-    if plain:
-        kwargs["speedups"] = SpeedUps.none()
+    kwargs["speedups"] = variants()[variant]
     ours, naive = interleaved(model, block, neurons, recipe, steps, **kwargs)
     ratios = [a / b for a, b in zip(ours, naive, strict=True)]
     flops_ours, flops_naive = flops_of_step(model, block, neurons, recipe, **kwargs)
@@ -256,7 +254,7 @@ def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, pl
     return {
         "block": block,
         "recipe": recipe.name,
-        "clipviz": "speed-ups off" if plain else "speed-ups on",
+        "clipviz": variant,
         "batch_neurons": batch,
         "images_per_step": batch * recipe.copies,
         "steps_timed": len(ratios),
@@ -269,6 +267,17 @@ def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, pl
         "clipviz_gflops": round(flops_ours / s_ours / 1e9, 1),
         "naive_gflops": round(flops_naive / s_naive / 1e9, 1),
     }
+
+
+def variants() -> dict:
+    """clipviz's settings compared: every speed-up on (the default), all off, and each one off alone."""
+    from dataclasses import fields, replace
+
+    from clipviz.visualization.speedups import SpeedUps
+
+    out = {"speed-ups on": SpeedUps(), "speed-ups off": SpeedUps.none()}
+    out.update({f"without {f.name}": replace(SpeedUps(), **{f.name: False}) for f in fields(SpeedUps)})
+    return out
 
 
 def cpu_peak_gflops(repeats: int = 10) -> float:
@@ -296,7 +305,7 @@ def clipviz_step_times(model, block: int, neurons: list[int], recipe_name: str, 
     """Seconds of each clipviz step after the first, from one ``on_step`` call to the next."""
     stamps: list[float] = []
 
-    def on_step(_k: int) -> None:
+    def on_step(_k: int, _values: torch.Tensor) -> None:
         _sync(model.device)
         stamps.append(time.perf_counter())
 
@@ -350,6 +359,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="timed steps per block (after one warm-up step)")
     ap.add_argument("--sweep-steps", type=int, default=2, help="timed steps per block in the ViT-B/16 sweep")
     ap.add_argument("--plain", action="store_true", help="also compare clipviz with its speed-ups off")
+    ap.add_argument("--ablate", action="store_true", help="also compare clipviz with each speed-up off alone")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--sweep", action="store_true", help="also project the ViT-B/16 sweep for each recipe")
     ap.add_argument("--sweep-batch", type=int, default=None, help="neurons per batch in the sweep (default --batch)")
@@ -395,8 +405,10 @@ def main() -> None:
             model = clipviz.load(build_vit(tmp, args.model), device=device, dtype=dtype)
     for recipe in [] if args.sweep_only else recipes:
         for block in blocks:
-            for plain in (False, True) if args.plain else (False,):
-                row = compare(model, block, args.batch, recipe, args.steps, autocast, plain)
+            names = ["speed-ups on"] + ["speed-ups off"] * args.plain
+            names += [v for v in variants() if v.startswith("without ")] if args.ablate else []
+            for variant in names:
+                row = compare(model, block, args.batch, recipe, args.steps, autocast, variant)
                 if peak:
                     row["clipviz_fraction_of_peak"] = round(row["clipviz_gflops"] * 1e9 / peak, 3)
                     row["naive_fraction_of_peak"] = round(row["naive_gflops"] * 1e9 / peak, 3)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError, check_int
+from clipviz.model.onednn import linears_as_onednn
 from clipviz.model.stem import stem_as_matmul
 from clipviz.visualization.objectives import L2, Context, Objective, TotalVariation
 from clipviz.visualization.param import PixelImage, make_param
@@ -86,12 +87,17 @@ def forward_objective(
 ) -> torch.Tensor:
     """Evaluate ``objective`` on ``images`` ``(n * copies, 3, H, W)``; ``clean`` are the images before augmentation.
 
-    ``speedups`` (default: all on) may compute only the neurons the objective reads and run the stem as a matrix
-    product: the same values to float rounding (``clipviz.visualization.speedups``)."""
+    ``speedups`` (default: all on) may compute only the neurons the objective reads, run the stem as a matrix
+    product and the linear layers as packed oneDNN products: the same values to float rounding
+    (``clipviz.visualization.speedups``)."""
     speedups = speedups or SpeedUps()
     hooks = objective.hooks
     picked: dict = {}
-    with autocast(), stem_as_matmul(model, speedups.stem_on(model.device)):
+    with (
+        autocast(),
+        stem_as_matmul(model, speedups.stem_on(model.device)),
+        linears_as_onednn(model, speedups.linear_on(model.device)),
+    ):
         plan = plan_sliced(model, objective) if speedups.sliced_mlp else None
         if plan is not None:
             output, cache, picked = None, {}, plan.run(model, images, copies)
