@@ -11,6 +11,7 @@ import clipviz
 from clipviz.errors import ClipvizError
 from clipviz.model.onednn import frozen_linear, linears_as_onednn, onednn_available
 from clipviz.model.stem import patch_embedding, patch_matmul, stem_as_matmul
+from clipviz.visualization import param
 from clipviz.visualization.fused import AffineChain, fuse_affine
 from clipviz.visualization.objectives import Direction, Diversity, Neuron, TotalVariation
 from clipviz.visualization.optimise import _rngs, forward_objective, optimise
@@ -152,6 +153,33 @@ def test_onednn_linear_rows_are_batch_independent_and_it_falls_back_where_it_mus
     assert layer.weight.grad is not None
     w64 = layer.weight.double()
     assert torch.equal(frozen_linear(x.double(), w64, None), F.linear(x.double(), w64))  # not float32: F.linear
+
+
+def _einsum_to_rgb(x):
+    return torch.einsum("nchw,dc->ndhw", x, param._COLOR_SQRT.to(x))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 16, 16), (3, 3, 17, 31), (4, 3, 224, 224)])
+def test_colour_decorrelation_gives_the_einsums_bits(shape):
+    torch.manual_seed(0)
+    x, g = torch.randn(shape, requires_grad=True), torch.rand(shape)
+    got = param._decorrelated_to_rgb(x)
+    (got_grad,) = torch.autograd.grad(got, x, g)
+    want = _einsum_to_rgb(x)
+    (want_grad,) = torch.autograd.grad(want, x, g)
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    alone = param._decorrelated_to_rgb(x[-1:])
+    assert torch.equal(alone, got[-1:]) and torch.equal(torch.autograd.grad(alone, x, g[-1:])[0][-1:], got_grad[-1:])
+
+
+@pytest.mark.parametrize("recipe", ["default", "maco"])
+def test_colour_decorrelation_keeps_the_images(models, recipe, monkeypatch):
+    model = models["vit"]
+    settings = get_recipe(recipe, steps=3)
+    objective = Neuron("blocks.1.mlp.hook_post", [3, 7])
+    got = optimise(model, objective, [3, 7], settings).images
+    monkeypatch.setattr(param, "_decorrelated_to_rgb", _einsum_to_rgb)
+    assert torch.equal(got, optimise(model, objective, [3, 7], settings).images)
 
 
 def test_fused_affine_chain_equals_the_separate_steps(models):
