@@ -99,6 +99,12 @@ def test_stem_as_matmul_equals_the_convolution(models, name):
     (got * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
     torch.testing.assert_close(got, y, **STEM_TOL)
     torch.testing.assert_close(x.grad, want_grad, **STEM_TOL)
+    if onednn_available():
+        x.grad = None
+        got = patch_matmul(conv, x, onednn=True)
+        (got * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        torch.testing.assert_close(got, y, **STEM_TOL)
+        torch.testing.assert_close(x.grad, want_grad, **STEM_TOL)
     objective = Neuron("blocks.1.mlp.hook_post", [2, 4, 6])
     images = torch.rand(3, 3, *model.image_size)
     got, got_grad = _value_and_grad(model, objective, images, 1, ONLY_STEM)

@@ -93,10 +93,11 @@ def forward_objective(
     speedups = speedups or SpeedUps()
     hooks = objective.hooks
     picked: dict = {}
+    onednn = speedups.linear_on(model.device)
     with (
         autocast(),
-        stem_as_matmul(model, speedups.stem_on(model.device)),
-        linears_as_onednn(model, speedups.linear_on(model.device)),
+        stem_as_matmul(model, speedups.stem_on(model.device), onednn),
+        linears_as_onednn(model, onednn),
     ):
         plan = plan_sliced(model, objective) if speedups.sliced_mlp else None
         if plan is not None:
