@@ -3,12 +3,15 @@ and batch independence with them on."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import clipviz
 from clipviz.errors import ClipvizError
+from clipviz.model.compiled import blocks_compiled
 from clipviz.model.onednn import frozen_linear, linears_as_onednn, onednn_available
 from clipviz.model.stem import patch_embedding, patch_matmul, stem_as_matmul
 from clipviz.visualization import param
@@ -28,6 +31,12 @@ ARCHS = ["vit", "deit", "beit", "clip-vision", "siglip-vision", "dinov2", "dinov
 ONLY_SLICED = SpeedUps(sliced_mlp=True, matmul_stem=False, fused_affine=False, onednn_linear=False)
 ONLY_STEM = SpeedUps(sliced_mlp=False, matmul_stem=True, fused_affine=False, onednn_linear=False)
 ONLY_ONEDNN = SpeedUps(sliced_mlp=False, matmul_stem=False, fused_affine=False, onednn_linear=True)
+ONLY_COMPILED = SpeedUps(
+    sliced_mlp=False, matmul_stem=False, fused_affine=False, onednn_linear=False, compiled_blocks=True
+)
+# inductor's fused LayerNorm and GELU reduce in another order than the eager kernels
+COMPILED_TOL = {"rtol": 1e-4, "atol": 1e-5}
+needs_compiler = pytest.mark.skipif(not shutil.which("c++"), reason="torch.compile needs a C++ compiler on the CPU")
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN")
 
 
@@ -159,6 +168,27 @@ def test_onednn_linear_rows_are_batch_independent_and_it_falls_back_where_it_mus
     assert layer.weight.grad is not None
     w64 = layer.weight.double()
     assert torch.equal(frozen_linear(x.double(), w64, None), F.linear(x.double(), w64))  # not float32: F.linear
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["vit", "timm"])
+def test_compiled_blocks_equal_the_eager_pass_and_keep_batch_independence(models, name):
+    model = models[name]
+    hook = "blocks.2.mlp.hook_post"
+    with blocks_compiled(model, upto=2) as switched:
+        assert switched == 2
+    with model.hooks([("blocks.0.hook_resid_post", lambda value, point: None)]), blocks_compiled(model, 2) as n:
+        assert n == 1  # a block with a hook stays eager
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, *model.image_size)
+    got, got_grad = _value_and_grad(model, Neuron(hook, [2, 4, 6]), images, 1, ONLY_COMPILED)
+    want, want_grad = _value_and_grad(model, Neuron(hook, [2, 4, 6]), images, 1, SpeedUps.none())
+    torch.testing.assert_close(got, want, **COMPILED_TOL)
+    torch.testing.assert_close(got_grad, want_grad, **COMPILED_TOL)
+    on = SpeedUps(compiled_blocks=True)
+    batch, batch_grad = _value_and_grad(model, Neuron(hook, [2, 4, 6]), images, 1, on)
+    alone, alone_grad = _value_and_grad(model, Neuron(hook, [4]), images[1:2], 1, on)
+    assert torch.equal(alone, batch[1:2]) and torch.equal(alone_grad, batch_grad[1:2])
 
 
 def _einsum_to_rgb(x):

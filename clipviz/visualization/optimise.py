@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError, check_int
+from clipviz.model.compiled import blocks_compiled
 from clipviz.model.onednn import linears_as_onednn
 from clipviz.model.stem import stem_as_matmul
 from clipviz.visualization.objectives import L2, Context, Objective, TotalVariation
@@ -94,12 +95,13 @@ def forward_objective(
     hooks = objective.hooks
     picked: dict = {}
     onednn = speedups.linear_on(model.device)
+    plan = plan_sliced(model, objective) if speedups.sliced_mlp else None
     with (
         autocast(),
         stem_as_matmul(model, speedups.stem_on(model.device), onednn),
         linears_as_onednn(model, onednn),
+        blocks_compiled(model, _first_hooked_block(model, plan, objective), speedups.compiled_blocks),
     ):
-        plan = plan_sliced(model, objective) if speedups.sliced_mlp else None
         if plan is not None:
             output, cache, picked = None, {}, plan.run(model, images, copies)
         elif hooks:
@@ -109,6 +111,15 @@ def forward_objective(
         else:
             output, cache = model(images), {}
     return objective(Context(model=model, cache=cache, output=output, images=clean, copies=copies, picked=picked))
+
+
+def _first_hooked_block(model: HookedVisionModel, plan, objective: Objective) -> int:
+    """The first block that a hook of this pass sits in (0 where one sits before the blocks): the blocks before
+    it may be compiled."""
+    if plan is not None:
+        return plan.block
+    blocks = [model.hook_point(h).block for h in objective.hooks]
+    return 0 if None in blocks else min(blocks, default=model.n_blocks)
 
 
 @torch.no_grad()

@@ -9,7 +9,10 @@
                    (``clipviz.visualization.fused``); every device
 ``onednn_linear``  the vision tower's linear layers as oneDNN products on pre-packed frozen weights, backward
                    the input gradient only (``clipviz.model.onednn``); ``None``: where it was measured faster
-                   (CPU float32)
+                   (CPU float32); not together with ``compiled_blocks``
+``compiled_blocks`` the blocks before the hooked one as ``torch.compile`` graphs (``clipviz.model.compiled``);
+                   off by default: on the CPU it was measured slower including its compile time, and on a GPU
+                   it has not been measured
 =================  ==============================================================================================
 
 Each gives the same images as the plain computation up to float rounding (the tolerances are in each module and
@@ -34,6 +37,7 @@ class SpeedUps:
     matmul_stem: bool | None = None
     fused_affine: bool = True
     onednn_linear: bool | None = None
+    compiled_blocks: bool = False
 
     @classmethod
     def none(cls) -> SpeedUps:
@@ -43,6 +47,8 @@ class SpeedUps:
         return stem_matmul_is_faster(device) if self.matmul_stem is None else bool(self.matmul_stem)
 
     def linear_on(self, device: torch.device) -> bool:
+        if self.compiled_blocks:  # the packed weights are not graph material
+            return False
         return onednn_linear_is_faster(device) if self.onednn_linear is None else bool(self.onednn_linear)
 
 
