@@ -2,6 +2,7 @@
 
     python scripts/bench_visualize.py                                   # CPU: ViT-S/16, default recipe, blocks 0,3,6,11
     python scripts/bench_visualize.py --recipe default,vit-paper --sweep   # + the projected ViT-B/16 sweeps
+    python scripts/bench_visualize.py --blocks 6 --ablate --compiled       # what each speed-up buys
     python scripts/bench_visualize.py --model vit-b16 --recipe vit-paper,default --batch 32 --sweep  # on a GPU
 
 Random weights (speed does not depend on them), built from a transformers ``ViTConfig`` at 224 px: ``vit-s16``
@@ -13,7 +14,9 @@ The naive loop does the same work per step with plain PyTorch, as one would writ
 parameterisation and augmentations (batched random draws), the model's own normalisation, the native model with a
 forward hook on block B's MLP activation that stores the output and raises to stop the pass (full forward to the
 hooked block, the full MLP: every neuron computed, one column taken per image), the same loss and Adam. clipviz
-runs its ``optimise`` (its exact speed-ups on; with ``--plain`` also a second time with them off). The two are
+runs its ``optimise`` (its exact speed-ups on; with ``--plain`` also a second time with them off, with
+``--ablate`` once more per speed-up with that one off, with ``--compiled`` with its blocks compiled; each row also
+gives clipviz's time to its first step, which holds any compilation). The two are
 interleaved step by step in one process: clipviz's ``on_step`` callback runs one naive step, so every clipviz step
 is timed between two naive steps and the machine's load hits both alike; the first step of each is dropped and the
 ratio reported is the median of the per-step ratios (with its quartiles). FLOPs of one step are counted by torch's
@@ -199,18 +202,23 @@ def clipviz_run(model, block: int, neurons: list[int], recipe, steps: int, on_st
     optimise(model, objective, neurons, get_recipe(recipe, steps=steps), on_step=on_step, **kwargs)
 
 
-def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwargs) -> tuple[list, list]:
+def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwargs) -> tuple[list, list, float]:
     """Seconds per step of clipviz and of the naive loop, alternating step by step: clipviz's ``on_step`` runs one
-    naive step, so each clipviz step is timed between two naive steps. The first step of each is dropped."""
+    naive step, so each clipviz step is timed between two naive steps. The first step of each is dropped; the
+    third value is clipviz's time to its first step (the clean evaluation, the first step and any compilation)."""
     naive = naive_steps(model, block, neurons, recipe)
     ours, theirs = [], []
     last: list[float | None] = [None]
+    start = time.perf_counter()
+    first = [0.0]
 
     def on_step(_k: int, _values: torch.Tensor) -> None:
         _sync(model.device)
         now = time.perf_counter()
         if last[0] is not None:
             ours.append(now - last[0])
+        else:
+            first[0] = now - start
         next(naive)
         _sync(model.device)
         theirs.append(time.perf_counter() - now)
@@ -218,7 +226,7 @@ def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwa
 
     clipviz_run(model, block, neurons, recipe.name, steps + 1, on_step=on_step, **kwargs)
     naive.close()
-    return ours, theirs[1:]
+    return ours, theirs[1:], first[0]
 
 
 def flops_of_step(model, block, neurons, recipe, **kwargs) -> tuple[int, int]:
@@ -246,7 +254,7 @@ def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, va
     neurons = list(range(batch))
     kwargs = {"autocast": autocast} if autocast else {}
     kwargs["speedups"] = variants()[variant]
-    ours, naive = interleaved(model, block, neurons, recipe, steps, **kwargs)
+    ours, naive, first = interleaved(model, block, neurons, recipe, steps, **kwargs)
     ratios = [a / b for a, b in zip(ours, naive, strict=True)]
     flops_ours, flops_naive = flops_of_step(model, block, neurons, recipe, **kwargs)
     s_ours, s_naive = statistics.median(ours), statistics.median(naive)
@@ -259,6 +267,7 @@ def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, va
         "images_per_step": batch * recipe.copies,
         "steps_timed": len(ratios),
         "clipviz_s_per_step": round(s_ours, 4),
+        "clipviz_s_to_first_step": round(first, 2),
         "naive_s_per_step": round(s_naive, 4),
         "ratio_clipviz_over_naive": round(statistics.median(ratios), 3),
         "ratio_quartiles": [round(q[0], 3), round(q[2], 3)],
@@ -270,13 +279,15 @@ def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, va
 
 
 def variants() -> dict:
-    """clipviz's settings compared: every speed-up on (the default), all off, and each one off alone."""
+    """clipviz's settings compared: the default speed-ups, all off, each one off alone, and the compiled blocks."""
     from dataclasses import fields, replace
 
     from clipviz.visualization.speedups import SpeedUps
 
     out = {"speed-ups on": SpeedUps(), "speed-ups off": SpeedUps.none()}
     out.update({f"without {f.name}": replace(SpeedUps(), **{f.name: False}) for f in fields(SpeedUps)})
+    del out["without compiled_blocks"]  # off by default
+    out["with compiled_blocks"] = SpeedUps(compiled_blocks=True)
     return out
 
 
@@ -360,6 +371,7 @@ def main() -> None:
     ap.add_argument("--sweep-steps", type=int, default=2, help="timed steps per block in the ViT-B/16 sweep")
     ap.add_argument("--plain", action="store_true", help="also compare clipviz with its speed-ups off")
     ap.add_argument("--ablate", action="store_true", help="also compare clipviz with each speed-up off alone")
+    ap.add_argument("--compiled", action="store_true", help="also compare clipviz with its blocks compiled")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--sweep", action="store_true", help="also project the ViT-B/16 sweep for each recipe")
     ap.add_argument("--sweep-batch", type=int, default=None, help="neurons per batch in the sweep (default --batch)")
@@ -407,6 +419,7 @@ def main() -> None:
         for block in blocks:
             names = ["speed-ups on"] + ["speed-ups off"] * args.plain
             names += [v for v in variants() if v.startswith("without ")] if args.ablate else []
+            names += ["with compiled_blocks"] * args.compiled
             for variant in names:
                 row = compare(model, block, args.batch, recipe, args.steps, autocast, variant)
                 if peak:
