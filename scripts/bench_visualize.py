@@ -229,9 +229,29 @@ def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwa
     return ours, theirs[1:], first[0]
 
 
+def _count_onednn_linear() -> None:
+    """Teach FlopCounterMode oneDNN's linear product (``clipviz.model.onednn``), which it does not count."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None or op in _COUNTED:
+        return
+
+    @register_flop_formula(op)
+    def _formula(x_shape, w_shape, *args, **kwargs) -> int:
+        return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
+
+    _COUNTED.add(op)
+
+
+_COUNTED: set = set()
+
+
 def flops_of_step(model, block, neurons, recipe, **kwargs) -> tuple[int, int]:
     """FLOPs of one clipviz step and of one naive step."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    _count_onednn_linear()
 
     def ours(steps: int) -> int:
         with FlopCounterMode(display=False) as counter:
