@@ -13,9 +13,10 @@ and stay eager). The compiled function is shared by all blocks and models: block
 Values equal the eager pass to float rounding (inductor's fused reductions sum in another order):
 ``tests/test_speedups.py`` checks objective values and input gradients with ``rtol=1e-4, atol=1e-5`` on the CPU.
 Measured on the CPU (ViT-S/16 size, blocks 0-5 and block 6 to its MLP, 4 images, one thread): 42 s to compile
-the forward and backward graphs, then within noise of the eager pass (0.58 vs 0.61 s, 0.88 vs 0.84 s in two
-runs), so a 256-step run would lose; it is off by default (``SpeedUps.compiled_blocks``) and meant for GPUs,
-where fusing the element-wise kernels is what the profile asks for (not measured: no GPU was available).
+the forward and backward graphs, then within noise of the eager pass without oneDNN (0.58 vs 0.61 s, 0.88 vs
+0.84 s in two runs) and slower than the eager pass with it (docs/benchmarks.md), so a 256-step run would lose; it
+is off by default (``SpeedUps.compiled_blocks``) and meant for GPUs, where fusing the element-wise kernels is what
+the profile asks for (not measured: no GPU was available).
 
 >>> import clipviz, torch
 >>> model = clipviz.load("world-clip")
