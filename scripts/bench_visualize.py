@@ -2,6 +2,7 @@
 
     python scripts/bench_visualize.py                                   # CPU: ViT-S/16, default recipe, blocks 0,3,6,11
     python scripts/bench_visualize.py --recipe default,vit-paper --sweep   # + the projected ViT-B/16 sweeps
+    python scripts/bench_visualize.py --blocks 6 --ablate --compiled       # what each speed-up buys
     python scripts/bench_visualize.py --model vit-b16 --recipe vit-paper,default --batch 32 --sweep  # on a GPU
 
 Random weights (speed does not depend on them), built from a transformers ``ViTConfig`` at 224 px: ``vit-s16``
@@ -13,7 +14,9 @@ The naive loop does the same work per step with plain PyTorch, as one would writ
 parameterisation and augmentations (batched random draws), the model's own normalisation, the native model with a
 forward hook on block B's MLP activation that stores the output and raises to stop the pass (full forward to the
 hooked block, the full MLP: every neuron computed, one column taken per image), the same loss and Adam. clipviz
-runs its ``optimise`` (its exact speed-ups on; with ``--plain`` also a second time with them off). The two are
+runs its ``optimise`` (its exact speed-ups on; with ``--plain`` also a second time with them off, with
+``--ablate`` once more per speed-up with that one off, with ``--compiled`` with its blocks compiled; each row also
+gives clipviz's time to its first step, which holds any compilation). The two are
 interleaved step by step in one process: clipviz's ``on_step`` callback runs one naive step, so every clipviz step
 is timed between two naive steps and the machine's load hits both alike; the first step of each is dropped and the
 ratio reported is the median of the per-step ratios (with its quartiles). FLOPs of one step are counted by torch's
@@ -199,18 +202,23 @@ def clipviz_run(model, block: int, neurons: list[int], recipe, steps: int, on_st
     optimise(model, objective, neurons, get_recipe(recipe, steps=steps), on_step=on_step, **kwargs)
 
 
-def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwargs) -> tuple[list, list]:
+def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwargs) -> tuple[list, list, float]:
     """Seconds per step of clipviz and of the naive loop, alternating step by step: clipviz's ``on_step`` runs one
-    naive step, so each clipviz step is timed between two naive steps. The first step of each is dropped."""
+    naive step, so each clipviz step is timed between two naive steps. The first step of each is dropped; the
+    third value is clipviz's time to its first step (the clean evaluation, the first step and any compilation)."""
     naive = naive_steps(model, block, neurons, recipe)
     ours, theirs = [], []
     last: list[float | None] = [None]
+    start = time.perf_counter()
+    first = [0.0]
 
-    def on_step(_k: int) -> None:
+    def on_step(_k: int, _values: torch.Tensor) -> None:
         _sync(model.device)
         now = time.perf_counter()
         if last[0] is not None:
             ours.append(now - last[0])
+        else:
+            first[0] = now - start
         next(naive)
         _sync(model.device)
         theirs.append(time.perf_counter() - now)
@@ -218,12 +226,32 @@ def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwa
 
     clipviz_run(model, block, neurons, recipe.name, steps + 1, on_step=on_step, **kwargs)
     naive.close()
-    return ours, theirs[1:]
+    return ours, theirs[1:], first[0]
+
+
+def _count_onednn_linear() -> None:
+    """Teach FlopCounterMode oneDNN's linear product (``clipviz.model.onednn``), which it does not count."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None or op in _COUNTED:
+        return
+
+    @register_flop_formula(op)
+    def _formula(x_shape, w_shape, *args, **kwargs) -> int:
+        return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
+
+    _COUNTED.add(op)
+
+
+_COUNTED: set = set()
 
 
 def flops_of_step(model, block, neurons, recipe, **kwargs) -> tuple[int, int]:
     """FLOPs of one clipviz step and of one naive step."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    _count_onednn_linear()
 
     def ours(steps: int) -> int:
         with FlopCounterMode(display=False) as counter:
@@ -238,17 +266,15 @@ def flops_of_step(model, block, neurons, recipe, **kwargs) -> tuple[int, int]:
     return ours(2) - ours(1), counter.get_total_flops()  # the clean evaluations before and after cancel out
 
 
-def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, plain: bool = False) -> dict:
-    """clipviz against the naive loop, interleaved step by step; ``plain``: clipviz with its speed-ups off."""
+def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, variant: str = "speed-ups on") -> dict:
+    """clipviz against the naive loop, interleaved step by step; ``variant``: one of ``variants()``."""
     from clipviz.visualization.recipes import get_recipe
-    from clipviz.visualization.speedups import SpeedUps
 
     recipe = get_recipe(recipe)
     neurons = list(range(batch))
     kwargs = {"autocast": autocast} if autocast else {}
-    if plain:
-        kwargs["speedups"] = SpeedUps.none()
-    ours, naive = interleaved(model, block, neurons, recipe, steps, **kwargs)
+    kwargs["speedups"] = variants()[variant]
+    ours, naive, first = interleaved(model, block, neurons, recipe, steps, **kwargs)
     ratios = [a / b for a, b in zip(ours, naive, strict=True)]
     flops_ours, flops_naive = flops_of_step(model, block, neurons, recipe, **kwargs)
     s_ours, s_naive = statistics.median(ours), statistics.median(naive)
@@ -256,11 +282,12 @@ def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, pl
     return {
         "block": block,
         "recipe": recipe.name,
-        "clipviz": "speed-ups off" if plain else "speed-ups on",
+        "clipviz": variant,
         "batch_neurons": batch,
         "images_per_step": batch * recipe.copies,
         "steps_timed": len(ratios),
         "clipviz_s_per_step": round(s_ours, 4),
+        "clipviz_s_to_first_step": round(first, 2),
         "naive_s_per_step": round(s_naive, 4),
         "ratio_clipviz_over_naive": round(statistics.median(ratios), 3),
         "ratio_quartiles": [round(q[0], 3), round(q[2], 3)],
@@ -269,6 +296,19 @@ def compare(model, block: int, batch: int, recipe, steps: int, autocast=None, pl
         "clipviz_gflops": round(flops_ours / s_ours / 1e9, 1),
         "naive_gflops": round(flops_naive / s_naive / 1e9, 1),
     }
+
+
+def variants() -> dict:
+    """clipviz's settings compared: the default speed-ups, all off, each one off alone, and the compiled blocks."""
+    from dataclasses import fields, replace
+
+    from clipviz.visualization.speedups import SpeedUps
+
+    out = {"speed-ups on": SpeedUps(), "speed-ups off": SpeedUps.none()}
+    out.update({f"without {f.name}": replace(SpeedUps(), **{f.name: False}) for f in fields(SpeedUps)})
+    del out["without compiled_blocks"]  # off by default
+    out["with compiled_blocks"] = SpeedUps(compiled_blocks=True)
+    return out
 
 
 def cpu_peak_gflops(repeats: int = 10) -> float:
@@ -296,7 +336,7 @@ def clipviz_step_times(model, block: int, neurons: list[int], recipe_name: str, 
     """Seconds of each clipviz step after the first, from one ``on_step`` call to the next."""
     stamps: list[float] = []
 
-    def on_step(_k: int) -> None:
+    def on_step(_k: int, _values: torch.Tensor) -> None:
         _sync(model.device)
         stamps.append(time.perf_counter())
 
@@ -350,6 +390,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="timed steps per block (after one warm-up step)")
     ap.add_argument("--sweep-steps", type=int, default=2, help="timed steps per block in the ViT-B/16 sweep")
     ap.add_argument("--plain", action="store_true", help="also compare clipviz with its speed-ups off")
+    ap.add_argument("--ablate", action="store_true", help="also compare clipviz with each speed-up off alone")
+    ap.add_argument("--compiled", action="store_true", help="also compare clipviz with its blocks compiled")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--sweep", action="store_true", help="also project the ViT-B/16 sweep for each recipe")
     ap.add_argument("--sweep-batch", type=int, default=None, help="neurons per batch in the sweep (default --batch)")
@@ -395,8 +437,11 @@ def main() -> None:
             model = clipviz.load(build_vit(tmp, args.model), device=device, dtype=dtype)
     for recipe in [] if args.sweep_only else recipes:
         for block in blocks:
-            for plain in (False, True) if args.plain else (False,):
-                row = compare(model, block, args.batch, recipe, args.steps, autocast, plain)
+            names = ["speed-ups on"] + ["speed-ups off"] * args.plain
+            names += [v for v in variants() if v.startswith("without ")] if args.ablate else []
+            names += ["with compiled_blocks"] * args.compiled
+            for variant in names:
+                row = compare(model, block, args.batch, recipe, args.steps, autocast, variant)
                 if peak:
                     row["clipviz_fraction_of_peak"] = round(row["clipviz_gflops"] * 1e9 / peak, 3)
                     row["naive_fraction_of_peak"] = round(row["naive_gflops"] * 1e9 / peak, 3)

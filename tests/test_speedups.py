@@ -3,12 +3,18 @@ and batch independence with them on."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import clipviz
 from clipviz.errors import ClipvizError
+from clipviz.model.compiled import blocks_compiled
+from clipviz.model.onednn import frozen_linear, linears_as_onednn, onednn_available
 from clipviz.model.stem import patch_embedding, patch_matmul, stem_as_matmul
+from clipviz.visualization import param
 from clipviz.visualization.fused import AffineChain, fuse_affine
 from clipviz.visualization.objectives import Direction, Diversity, Neuron, TotalVariation
 from clipviz.visualization.optimise import _rngs, forward_objective, optimise
@@ -19,9 +25,19 @@ from clipviz.visualization.speedups import SpeedUps, augmentations
 # float32, values of order 1: a sum of d_model products in another order than the matrix product's
 SLICED_TOL = {"rtol": 1e-5, "atol": 1e-6}
 STEM_TOL = {"rtol": 1e-5, "atol": 1e-5}
+# float32 through every block: each product sums in oneDNN's order instead of MKL's
+ONEDNN_TOL = {"rtol": 1e-4, "atol": 1e-5}
 ARCHS = ["vit", "deit", "beit", "clip-vision", "siglip-vision", "dinov2", "dinov2-registers", "open_clip", "timm"]
-ONLY_SLICED = SpeedUps(sliced_mlp=True, matmul_stem=False, fused_affine=False)
-ONLY_STEM = SpeedUps(sliced_mlp=False, matmul_stem=True, fused_affine=False)
+ONLY_SLICED = SpeedUps(sliced_mlp=True, matmul_stem=False, fused_affine=False, onednn_linear=False)
+ONLY_STEM = SpeedUps(sliced_mlp=False, matmul_stem=True, fused_affine=False, onednn_linear=False)
+ONLY_ONEDNN = SpeedUps(sliced_mlp=False, matmul_stem=False, fused_affine=False, onednn_linear=True)
+ONLY_COMPILED = SpeedUps(
+    sliced_mlp=False, matmul_stem=False, fused_affine=False, onednn_linear=False, compiled_blocks=True
+)
+# inductor's fused LayerNorm and GELU reduce in another order than the eager kernels
+COMPILED_TOL = {"rtol": 1e-4, "atol": 1e-5}
+needs_compiler = pytest.mark.skipif(not shutil.which("c++"), reason="torch.compile needs a C++ compiler on the CPU")
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN")
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +108,12 @@ def test_stem_as_matmul_equals_the_convolution(models, name):
     (got * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
     torch.testing.assert_close(got, y, **STEM_TOL)
     torch.testing.assert_close(x.grad, want_grad, **STEM_TOL)
+    if onednn_available():
+        x.grad = None
+        got = patch_matmul(conv, x, onednn=True)
+        (got * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        torch.testing.assert_close(got, y, **STEM_TOL)
+        torch.testing.assert_close(x.grad, want_grad, **STEM_TOL)
     objective = Neuron("blocks.1.mlp.hook_post", [2, 4, 6])
     images = torch.rand(3, 3, *model.image_size)
     got, got_grad = _value_and_grad(model, objective, images, 1, ONLY_STEM)
@@ -101,6 +123,99 @@ def test_stem_as_matmul_equals_the_convolution(models, name):
     with stem_as_matmul(model):
         assert "forward" in conv.__dict__
     assert "forward" not in conv.__dict__  # restored
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", [*ARCHS, "swin"])
+def test_onednn_linears_equal_the_plain_ones(models, name):
+    model = models[name]
+    objective = Neuron("blocks.1.mlp.hook_post", [2, 4, 6])
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, *model.image_size)
+    got, got_grad = _value_and_grad(model, objective, images, 1, ONLY_ONEDNN)
+    want, want_grad = _value_and_grad(model, objective, images, 1, SpeedUps.none())
+    torch.testing.assert_close(got, want, **ONEDNN_TOL)
+    torch.testing.assert_close(got_grad, want_grad, **ONEDNN_TOL)
+    with linears_as_onednn(model) as switched:
+        assert switched > 0
+        linear = next(m for m in model.backend.vision_root.modules() if isinstance(m, torch.nn.Linear))
+        assert "forward" in linear.__dict__
+    assert "forward" not in linear.__dict__  # restored
+    assert all(not p.requires_grad for p in model.parameters())  # frozen: the input gradient is all there is
+
+
+@needs_onednn
+def test_onednn_linear_rows_are_batch_independent_and_it_falls_back_where_it_must():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 40).requires_grad_(False)
+    x = torch.randn(5, 17, 48, requires_grad=True)
+    g = torch.randn(5, 17, 40)
+    y = frozen_linear(x, layer.weight, layer.bias)
+    (y * g).sum().backward()
+    torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
+    for i in (0, 3):  # one image alone: the same bits as in the batch, forward and input gradient
+        xi = x[i : i + 1].detach().requires_grad_(True)
+        yi = frozen_linear(xi, layer.weight, layer.bias)
+        (yi * g[i : i + 1]).sum().backward()
+        assert torch.equal(yi, y[i : i + 1]) and torch.equal(xi.grad, x.grad[i : i + 1])
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an in-place change: packed again
+    torch.testing.assert_close(frozen_linear(x, layer.weight, layer.bias), layer(x), rtol=1e-5, atol=1e-5)
+    layer.requires_grad_(True)  # weights that learn: plain F.linear, with its weight gradient
+    out = frozen_linear(x, layer.weight, layer.bias)
+    assert torch.equal(out, layer(x))
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    w64 = layer.weight.double()
+    assert torch.equal(frozen_linear(x.double(), w64, None), F.linear(x.double(), w64))  # not float32: F.linear
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["vit", "timm"])
+def test_compiled_blocks_equal_the_eager_pass_and_keep_batch_independence(models, name):
+    model = models[name]
+    hook = "blocks.2.mlp.hook_post"
+    with blocks_compiled(model, upto=2) as switched:
+        assert switched == 2
+    with model.hooks([("blocks.0.hook_resid_post", lambda value, point: None)]), blocks_compiled(model, 2) as n:
+        assert n == 1  # a block with a hook stays eager
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, *model.image_size)
+    got, got_grad = _value_and_grad(model, Neuron(hook, [2, 4, 6]), images, 1, ONLY_COMPILED)
+    want, want_grad = _value_and_grad(model, Neuron(hook, [2, 4, 6]), images, 1, SpeedUps.none())
+    torch.testing.assert_close(got, want, **COMPILED_TOL)
+    torch.testing.assert_close(got_grad, want_grad, **COMPILED_TOL)
+    on = SpeedUps(compiled_blocks=True)
+    batch, batch_grad = _value_and_grad(model, Neuron(hook, [2, 4, 6]), images, 1, on)
+    alone, alone_grad = _value_and_grad(model, Neuron(hook, [4]), images[1:2], 1, on)
+    assert torch.equal(alone, batch[1:2]) and torch.equal(alone_grad, batch_grad[1:2])
+
+
+def _einsum_to_rgb(x):
+    return torch.einsum("nchw,dc->ndhw", x, param._COLOR_SQRT.to(x))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 16, 16), (3, 3, 17, 31), (4, 3, 224, 224)])
+def test_colour_decorrelation_gives_the_einsums_bits(shape):
+    torch.manual_seed(0)
+    x, g = torch.randn(shape, requires_grad=True), torch.rand(shape)
+    got = param._decorrelated_to_rgb(x)
+    (got_grad,) = torch.autograd.grad(got, x, g)
+    want = _einsum_to_rgb(x)
+    (want_grad,) = torch.autograd.grad(want, x, g)
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    alone = param._decorrelated_to_rgb(x[-1:])
+    assert torch.equal(alone, got[-1:]) and torch.equal(torch.autograd.grad(alone, x, g[-1:])[0][-1:], got_grad[-1:])
+
+
+@pytest.mark.parametrize("recipe", ["default", "maco"])
+def test_colour_decorrelation_keeps_the_images(models, recipe, monkeypatch):
+    model = models["vit"]
+    settings = get_recipe(recipe, steps=3)
+    objective = Neuron("blocks.1.mlp.hook_post", [3, 7])
+    got = optimise(model, objective, [3, 7], settings).images
+    monkeypatch.setattr(param, "_decorrelated_to_rgb", _einsum_to_rgb)
+    assert torch.equal(got, optimise(model, objective, [3, 7], settings).images)
 
 
 def test_fused_affine_chain_equals_the_separate_steps(models):

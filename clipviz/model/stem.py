@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipviz.model.onednn import frozen_linear
+
 
 def _is_patch_conv(m: nn.Module) -> bool:
     return (
@@ -47,19 +49,23 @@ def patch_embedding(model) -> nn.Conv2d | None:
     return found[0] if len(found) == 1 else None
 
 
-def patch_matmul(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a non-overlapping patch convolution, as unfold-by-reshape + one matrix product."""
+def patch_matmul(conv: nn.Conv2d, x: torch.Tensor, onednn: bool = False) -> torch.Tensor:
+    """``conv(x)`` for a non-overlapping patch convolution, as unfold-by-reshape + one matrix product (with
+    ``onednn``: ``clipviz.model.onednn.frozen_linear``, where it applies)."""
     b, c, h, w = x.shape
     kh, kw = conv.kernel_size
     gh, gw = h // kh, w // kw
     x = x[:, :, : gh * kh, : gw * kw]
     patches = x.reshape(b, c, gh, kh, gw, kw).permute(0, 2, 4, 1, 3, 5).reshape(b, gh, gw, c * kh * kw)
-    out = F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)  # (B, gh, gw, out)
+    if onednn:
+        out = frozen_linear(patches, conv.weight, conv.bias)  # (B, gh, gw, out)
+    else:
+        out = F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)  # (B, gh, gw, out)
     return out.permute(0, 3, 1, 2)  # the convolution's (B, out, gh, gw), as a channels-last view
 
 
 @contextmanager
-def stem_as_matmul(model, enabled: bool = True) -> Iterator[bool]:
+def stem_as_matmul(model, enabled: bool = True, onednn: bool = False) -> Iterator[bool]:
     """Run the model's patch embedding as ``patch_matmul`` inside the block; yields whether it applied."""
     conv = patch_embedding(model) if enabled else None
     if conv is None:
@@ -67,7 +73,7 @@ def stem_as_matmul(model, enabled: bool = True) -> Iterator[bool]:
         return
     had_own = "forward" in conv.__dict__
     previous = conv.__dict__.get("forward")
-    conv.forward = lambda x: patch_matmul(conv, x)
+    conv.forward = lambda x: patch_matmul(conv, x, onednn)
     try:
         yield True
     finally:

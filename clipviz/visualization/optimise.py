@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError, check_int
+from clipviz.model.compiled import blocks_compiled
+from clipviz.model.onednn import linears_as_onednn
 from clipviz.model.stem import stem_as_matmul
 from clipviz.visualization.objectives import L2, Context, Objective, TotalVariation
 from clipviz.visualization.param import PixelImage, make_param
@@ -86,13 +88,20 @@ def forward_objective(
 ) -> torch.Tensor:
     """Evaluate ``objective`` on ``images`` ``(n * copies, 3, H, W)``; ``clean`` are the images before augmentation.
 
-    ``speedups`` (default: all on) may compute only the neurons the objective reads and run the stem as a matrix
-    product: the same values to float rounding (``clipviz.visualization.speedups``)."""
+    ``speedups`` (default: all on) may compute only the neurons the objective reads, run the stem as a matrix
+    product and the linear layers as packed oneDNN products: the same values to float rounding
+    (``clipviz.visualization.speedups``)."""
     speedups = speedups or SpeedUps()
     hooks = objective.hooks
     picked: dict = {}
-    with autocast(), stem_as_matmul(model, speedups.stem_on(model.device)):
-        plan = plan_sliced(model, objective) if speedups.sliced_mlp else None
+    onednn = speedups.linear_on(model.device)
+    plan = plan_sliced(model, objective) if speedups.sliced_mlp else None
+    with (
+        autocast(),
+        stem_as_matmul(model, speedups.stem_on(model.device), onednn),
+        linears_as_onednn(model, onednn),
+        blocks_compiled(model, _first_hooked_block(model, plan, objective), speedups.compiled_blocks),
+    ):
         if plan is not None:
             output, cache, picked = None, {}, plan.run(model, images, copies)
         elif hooks:
@@ -102,6 +111,15 @@ def forward_objective(
         else:
             output, cache = model(images), {}
     return objective(Context(model=model, cache=cache, output=output, images=clean, copies=copies, picked=picked))
+
+
+def _first_hooked_block(model: HookedVisionModel, plan, objective: Objective) -> int:
+    """The first block that a hook of this pass sits in (0 where one sits before the blocks): the blocks before
+    it may be compiled."""
+    if plan is not None:
+        return plan.block
+    blocks = [model.hook_point(h).block for h in objective.hooks]
+    return 0 if None in blocks else min(blocks, default=model.n_blocks)
 
 
 @torch.no_grad()

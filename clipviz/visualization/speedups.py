@@ -7,6 +7,12 @@
                    ``None``: where it was measured faster (the CPU; not measured on a GPU, so off there)
 ``fused_affine``   ColorShift, offset noise and the model's normalisation as one ``a * x + b`` pass
                    (``clipviz.visualization.fused``); every device
+``onednn_linear``  the vision tower's linear layers as oneDNN products on pre-packed frozen weights, backward
+                   the input gradient only (``clipviz.model.onednn``); ``None``: where it was measured faster
+                   (CPU float32); not together with ``compiled_blocks``
+``compiled_blocks`` the blocks before the hooked one as ``torch.compile`` graphs (``clipviz.model.compiled``);
+                   off by default: on the CPU it was measured slower including its compile time, and on a GPU
+                   it has not been measured
 =================  ==============================================================================================
 
 Each gives the same images as the plain computation up to float rounding (the tolerances are in each module and
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from clipviz.model.onednn import onednn_linear_is_faster
 from clipviz.model.stem import stem_matmul_is_faster
 from clipviz.visualization.fused import fuse_affine
 
@@ -29,13 +36,20 @@ class SpeedUps:
     sliced_mlp: bool = True
     matmul_stem: bool | None = None
     fused_affine: bool = True
+    onednn_linear: bool | None = None
+    compiled_blocks: bool = False
 
     @classmethod
     def none(cls) -> SpeedUps:
-        return cls(sliced_mlp=False, matmul_stem=False, fused_affine=False)
+        return cls(sliced_mlp=False, matmul_stem=False, fused_affine=False, onednn_linear=False)
 
     def stem_on(self, device: torch.device) -> bool:
         return stem_matmul_is_faster(device) if self.matmul_stem is None else bool(self.matmul_stem)
+
+    def linear_on(self, device: torch.device) -> bool:
+        if self.compiled_blocks:  # the packed weights are not graph material
+            return False
+        return onednn_linear_is_faster(device) if self.onednn_linear is None else bool(self.onednn_linear)
 
 
 def augmentations(recipe, model, side: int, speedups: SpeedUps) -> tuple[list, bool]:
