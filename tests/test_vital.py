@@ -129,7 +129,7 @@ def test_vital_renders_the_planted_red_neuron_red_and_beats_natural_images(plant
     assert mean[0] > 0.6 and mean[0] > 2 * mean[1] and mean[0] > 2 * mean[2], mean
     best_natural = float(evaluate(planted, Neuron(HOOK, RED), natural).max())
     assert vis.meta["objective_end"] > 1.1 * best_natural
-    assert list(vis.meta["recipe"]["match"]) == ["hook_resid_mid"] and vis.meta["guide"]
+    assert list(vis.meta["recipe"]["match"]) == ["blocks.0.hook_resid_pre", "hook_resid_mid"] and vis.meta["guide"]
 
 
 def test_guide_ranks_a_folder_by_the_neuron_and_reads_its_top_images(planted, tmp_path):

@@ -171,7 +171,7 @@ def guided_objective(
     >>> model = clipviz.load("world-clip")
     >>> refs = [torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)]
     >>> str(guided_objective(model, "blocks.1.mlp.hook_post", [3, 7], refs, ["hook_resid_mid"], 1.0))
-    '1*neuron(blocks.1.mlp.hook_post, [3, 7], patches) + -1*sort_match(blocks.1.hook_resid_mid, C=64)'
+    '1*neuron(blocks.1.mlp.hook_post, [3, 7], patches) + 1*sort_match(blocks.1.hook_resid_mid, C=128)'
     """
     if len(guides) != len(neurons):
         raise ClipvizError(f"one reference set per neuron: {len(neurons)} neurons, {len(guides)} sets")
