@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from script_loader import loaded_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORES = ROOT / "docs" / "recipe_scores.json"
@@ -15,12 +14,8 @@ SCORES = ROOT / "docs" / "recipe_scores.json"
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("score_recipes", ROOT / "scripts" / "score_recipes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with loaded_script("score_recipes") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

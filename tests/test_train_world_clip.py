@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from script_loader import loaded_script
 
 from clipviz import world
-
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_world_clip.py"
 
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_world_clip", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with loaded_script("train_world_clip") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clipviz.errors import ClipvizError
-from clipviz.visualization.objectives import Context, Objective
+from clipviz.visualization.objectives import Context, Objective, PatchTokens
 
 if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel
@@ -46,7 +46,7 @@ class PixelAnchor(Objective):
 
 
 @dataclass(frozen=True, eq=False)
-class FeatureAnchor(Objective):
+class FeatureAnchor(PatchTokens):
     """Minus the mean squared difference of the patch activations at ``hook`` from the seed's ``reference``
     (n, T, C), in units of the seed's per-channel standard deviation ``scale`` (n, C)."""
 
@@ -54,13 +54,8 @@ class FeatureAnchor(Objective):
     reference: torch.Tensor
     scale: torch.Tensor
 
-    @property
-    def hooks(self) -> tuple[str, ...]:
-        return (self.hook,)
-
     def __call__(self, ctx: Context) -> torch.Tensor:
-        act = ctx.act(self.hook).float()  # (n, copies, N, C)
-        patches = act[:, :, ctx.model.hook_layout(self.hook).n_prefix :]
+        patches = self.patches(ctx)
         diff = (patches - self.reference.to(patches)[:, None]) / self.scale.to(patches)[:, None, None]
         return -diff.pow(2).mean(dim=(1, 2, 3))
 

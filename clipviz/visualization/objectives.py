@@ -145,6 +145,24 @@ class _AtHook(Objective):
         return (self.hook,)
 
 
+class PatchTokens(Objective):
+    """An objective on the patch tokens (prefix tokens dropped) of the activations at one hook (``hook``)."""
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return (self.hook,)
+
+    def patches(self, ctx: Context) -> torch.Tensor:
+        """(n, copies, T, C) float activations of the patch tokens at ``hook``."""
+        act = ctx.act(self.hook).float()
+        if act.ndim != 4:
+            raise ClipvizError(
+                f"{type(self).__name__} needs (B, N, C) activations; hook '{self.hook}' gives "
+                f"{tuple(ctx.cache[self.hook].shape)}"
+            )
+        return act[:, :, ctx.model.hook_layout(self.hook).n_prefix :]
+
+
 @dataclass(frozen=True, eq=False)
 class Neuron(_AtHook):
     """Mean activation of neuron ``index`` at ``hook`` (one index, or one per image), reduced over tokens.

@@ -205,17 +205,14 @@ RECIPES["vital"] = replace(
     match_weight=1.0,
     guide_k=16,
 )
-RECIPES["accentuate"] = Recipe(
+RECIPES["accentuate"] = replace(
+    RECIPES["lucid"],
     name="accentuate",
-    param="fourier",
     lr=0.02,
-    betas=(0.9, 0.999),
-    schedule="constant",
     copies=2,
-    color_shift=None,
-    offset_noise=0.0,
     jitter=2,
-    tv=0.0,
+    scale=None,
+    affine=None,
     steps=128,
     anchor=50.0,
     anchor_features=0.05,

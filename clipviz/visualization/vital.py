@@ -32,7 +32,7 @@ import torch
 
 from clipviz.errors import ClipvizError
 from clipviz.model.layout import Reduce, reduce_tokens
-from clipviz.visualization.objectives import Context, Neuron, Objective
+from clipviz.visualization.objectives import Context, Neuron, Objective, PatchTokens
 
 if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel
@@ -67,7 +67,7 @@ def sort_match(
 
 
 @dataclass(frozen=True, eq=False)
-class SortMatch(Objective):
+class SortMatch(PatchTokens):
     """Minus the sort-matching loss of the patch tokens at ``hook`` against one reference per image.
 
     ``quantiles`` (n, T, C) with T the hook's patch-token count, ``weights`` and ``scale`` (n, C).
@@ -78,13 +78,8 @@ class SortMatch(Objective):
     weights: torch.Tensor
     scale: torch.Tensor
 
-    @property
-    def hooks(self) -> tuple[str, ...]:
-        return (self.hook,)
-
     def __call__(self, ctx: Context) -> torch.Tensor:
-        act = ctx.act(self.hook).float()  # (n, copies, N, C)
-        patches = act[:, :, ctx.model.hook_layout(self.hook).n_prefix :]
+        patches = self.patches(ctx)
         n, copies = patches.shape[:2]
 
         def per_copy(t: torch.Tensor) -> torch.Tensor:
