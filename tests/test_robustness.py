@@ -776,3 +776,29 @@ def test_library_warnings_are_not_printed_around_a_user_error(monkeypatch, capsy
     monkeypatch.setattr(info, "run", fine)
     assert main(["info", "world-clip"]) == 0
     assert "a library's chatter" in capsys.readouterr().err  # a run that worked still shows it, once
+
+
+@pytest.mark.parametrize("recipe", ["vital", "accentuate"])
+def test_guided_recipes_render_the_same_image_alone_and_in_any_batch(world, recipe, tmp_path):
+    """The data-guided and the accentuation recipes through ``visualize``: each neuron with its own reference
+    images (and one seed image for all), a batch of 1 against batches of 2..4, bit-exact."""
+    import numpy as np
+
+    from clipviz.visualization.visualize import visualize
+
+    g = torch.Generator().manual_seed(3)
+    extra = (
+        {"guide": {n: torch.rand(3, 3, 64, 64, generator=g) for n in range(4)}}
+        if recipe == "vital"
+        else {"from_image": torch.rand(3, 64, 64, generator=g)}
+    )
+    torch.set_num_threads(max(2, os.cpu_count() or 1))
+    try:
+        kw = dict(recipe=recipe, steps=2, size=16, progress=False, **extra)
+        alone = [visualize(world, H, [n], batch_size=1, **kw)[0].image for n in range(4)]
+        for b in (2, 4):
+            batch = visualize(world, H, list(range(4)), batch_size=b, **kw)
+            for n in range(4):
+                assert np.array_equal(np.array(batch[n].image), np.array(alone[n])), (recipe, b, n)
+    finally:
+        torch.set_num_threads(1)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError
 from clipviz.visualization.objectives import Context, Objective, PatchTokens
@@ -34,12 +35,16 @@ def pixel_distance(images: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class PixelAnchor(Objective):
-    """Minus the mean squared pixel difference of each clean image from its seed image (n, 3, H, W)."""
+    """Minus the mean squared pixel difference of each clean image from its seed image (n, 3, H, W), the seed
+    resized to the image's size where they differ (``--size``, multi-stage recipes)."""
 
     seed: torch.Tensor
 
     def __call__(self, ctx: Context) -> torch.Tensor:
-        return -(ctx.images - self.seed.to(ctx.images)).pow(2).flatten(1).mean(1)
+        seed = self.seed.to(ctx.images)
+        if seed.shape[-2:] != ctx.images.shape[-2:]:
+            seed = F.interpolate(seed, size=ctx.images.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        return -(ctx.images - seed).pow(2).flatten(1).mean(1)
 
     def __str__(self) -> str:
         return "pixel_anchor"
