@@ -25,13 +25,16 @@ class Registry:
     ``sources``: scheme -> factory(argument) returning a ``clipviz.data.Source`` (``world:2000`` calls the
     ``world`` factory with ``"2000"``); ``vocabularies``: name -> factory(templates) returning a
     ``clipviz.analysis.concepts.Vocabulary``; ``models``: short name -> directory of a bundled model; ``probes``:
-    scheme -> factory(argument, n=, size=, seed=) returning a labelled ``clipviz.analysis.studies.Probe``.
+    scheme -> factory(argument, n=, size=, seed=) returning a labelled ``clipviz.analysis.studies.Probe``;
+    ``ground_truths``: bundled model name -> factory() returning the neurons whose concept is known,
+    ``{hook: {neuron: description}}`` (the atlas shows and searches them).
     """
 
     sources: dict[str, Callable[[str], object]] = field(default_factory=dict)
     vocabularies: dict[str, Callable[..., object]] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)
     probes: dict[str, Callable[..., object]] = field(default_factory=dict)
+    ground_truths: dict[str, Callable[[], dict[str, dict[int, str]]]] = field(default_factory=dict)
 
     def add_source(self, scheme: str, factory: Callable[[str], object]) -> None:
         self.sources[scheme] = factory
@@ -44,6 +47,9 @@ class Registry:
 
     def add_probe(self, scheme: str, factory: Callable[..., object]) -> None:
         self.probes[scheme] = factory
+
+    def add_ground_truth(self, model: str, factory: Callable[[], dict[str, dict[int, str]]]) -> None:
+        self.ground_truths[model] = factory
 
 
 _REGISTRY: Registry | None = None

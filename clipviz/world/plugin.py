@@ -9,6 +9,14 @@ from clipviz.plugins import Registry
 
 MODELS = Path(__file__).parent / "models"
 MAX_IMAGES = 100_000  # world:<n> generates its images up front (12 KB each)
+SOURCE_OFFSET = 7  # world:<n> draws its images with HELDOUT_SEED + SOURCE_OFFSET (``source_seed``)
+
+
+def source_seed() -> int:
+    """The seed of the ``world:<n>`` images: ``world.generate(n, seed=source_seed())`` gives them with factors."""
+    from clipviz.world.groundtruth import HELDOUT_SEED
+
+    return HELDOUT_SEED + SOURCE_OFFSET
 
 
 def world_source(argument: str):
@@ -17,7 +25,6 @@ def world_source(argument: str):
 
     from clipviz.data.sources import Source
     from clipviz.errors import ClipvizError, check_int
-    from clipviz.world.groundtruth import HELDOUT_SEED
     from clipviz.world.scene import generate
 
     try:
@@ -26,7 +33,7 @@ def world_source(argument: str):
         raise ClipvizError(
             f"bad dataset 'world:{argument[:20]}': use world:<n> with n from 1 to {MAX_IMAGES} images"
         ) from None
-    batch = generate(n, seed=HELDOUT_SEED + 7)
+    batch = generate(n, seed=source_seed())
 
     def items(lo=0, hi=None):
         for i in range(lo, n if hi is None else min(hi, n)):
@@ -60,6 +67,17 @@ def world_probe_set(argument: str, *, n: int, size: tuple[int, int], seed: int =
     return world_probe(count, size=size, seed=seed)
 
 
+def ground_truth(directory: Path):
+    """The factory of a bundled model's known concepts, for the atlas: ``{hook: {neuron: description}}``."""
+
+    def known() -> dict[str, dict[int, str]]:
+        from clipviz.world.groundtruth import Selectivity, describe_known
+
+        return describe_known(Selectivity.load(directory))
+
+    return known
+
+
 def register(registry: Registry) -> None:
     registry.add_source("world", world_source)
     registry.add_probe("world", world_probe_set)
@@ -67,3 +85,5 @@ def register(registry: Registry) -> None:
     for directory in sorted(MODELS.iterdir()) if MODELS.is_dir() else ():
         if (directory / "open_clip_config.json").is_file():
             registry.add_model(directory.name, directory)
+            if (directory / "ground_truth.json").is_file():
+                registry.add_ground_truth(directory.name, ground_truth(directory))
