@@ -147,9 +147,10 @@ def visual_reading(model, pr: dict, concepts: list[str], images: list[torch.Tens
 
 def read_pixels(image: torch.Tensor, share: float = 0.1) -> dict:
     """A person's reading of a visualization (3, H, W) in [0, 1]: the world colour and the region of what stands
-    out. The salient pixels are the ``share`` farthest from the image's median colour; the colour is the world
-    colour nearest to their mean, the region is where their centroid lies (center when within 8% of the middle,
-    else the side along the larger offset).
+    out. The salient pixels are the ``share`` farthest from the image's median colour, of those at least half as
+    far from it as the farthest one (a small object is all of what stands out, not a tenth of the image); the colour
+    is the world colour nearest to their mean, the region is where their centroid lies (center when within 8% of
+    the middle, else the side along the larger offset).
 
     >>> img = torch.zeros(3, 20, 20); img[0, 8:12, :4] = 1.0
     >>> read_pixels(img)["colour"], read_pixels(img)["position"]
@@ -158,7 +159,8 @@ def read_pixels(image: torch.Tensor, share: float = 0.1) -> dict:
     x = image.float().permute(1, 2, 0).reshape(-1, 3)
     h, w = image.shape[-2:]
     distance = (x - x.median(dim=0).values).norm(dim=1)
-    salient = distance.topk(max(1, int(share * x.shape[0]))).indices
+    top = distance.topk(max(1, int(share * x.shape[0])))
+    salient = top.indices[top.values >= 0.5 * top.values[0]]
     palette = torch.tensor(list(world.COLOURS.values()), dtype=torch.float32)
     colour = list(world.COLOURS)[int((palette - x[salient].mean(dim=0)).norm(dim=1).argmin())]
     yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
@@ -259,7 +261,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="world-clip")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--probe", type=int, default=3000, help="held-out probe images")
+    ap.add_argument("--probe", type=int, default=10000, help="held-out probe images")
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--natural-per-block", type=int, default=8)
     ap.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"visualization recipe (default: {DEFAULT_RECIPE})")
