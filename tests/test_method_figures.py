@@ -82,3 +82,14 @@ def test_pixel_reader_reads_a_drawn_world_object(script):
         image = torch.from_numpy(world.generate(1, seed=0, factors=factors).images[0]).permute(2, 0, 1) / 255
         seen = script.read_pixels(image)
         assert (seen["colour"], seen["position"]) == (colour, position)
+
+
+def test_the_visual_method_takes_its_recipe_from_the_command_line_and_records_it(script, tmp_path, monkeypatch):
+    out = tmp_path / "figures.json"
+    argv = ["method_figures.py", "--probe", "200", "--natural-per-block", "0", "--recipe", "maco"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", "steps=1", "--set", "copies=1", "--json", str(out)])
+    script.main()
+    result = json.loads(out.read_text())
+    assert result["recipe"]["name"] == "maco" and result["recipe"]["param"] == "maco"
+    assert result["recipe"]["steps"] == 1 and result["recipe"]["copies"] == 1
+    assert result["summary"]["natural"]["neurons"] == 0 and result["summary"]["planted"]["neurons"] >= 16
