@@ -1,4 +1,4 @@
-"""Registries that plug-ins fill: data-source schemes, vocabularies and bundled models.
+"""Registries that plug-ins fill: data-source schemes, vocabularies, bundled models and their ground truths.
 
 The core never imports a plug-in. A plug-in is a function ``register(registry)`` named in the entry-point group
 ``clipviz.plugins`` of an installed distribution; clipviz's own synthetic world is one
