@@ -40,6 +40,17 @@ def _plant(model, block: int, neuron: int, direction: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("name", ["clip", "open_clip"])
+def test_logit_scale_is_the_native_trained_temperature(tiny, name):
+    """Both CLIP backends report exp(logit_scale), read when asked (a changed parameter is seen)."""
+    model = clipviz.load(tiny[name][1])
+    native = model.native.logit_scale
+    assert model.logit_scale == pytest.approx(float(native.exp()))
+    with torch.no_grad():
+        native.fill_(2.0)
+    assert model.logit_scale == pytest.approx(float(torch.tensor(2.0).exp()))
+
+
+@pytest.mark.parametrize("name", ["clip", "open_clip"])
 def test_planted_neuron_ranks_its_word_first(tiny, name):
     model = clipviz.load(tiny[name][1])
     vocab = Vocabulary("test", WORDS)
