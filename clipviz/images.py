@@ -32,17 +32,39 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def grid(images: Sequence[Image.Image], columns: int = 8, pad: int = 2) -> Image.Image:
-    """Images side by side in rows of ``columns`` (all resized to the first one's size)."""
+#: Height in pixels of the caption strip under each image of a labelled grid.
+LABEL_HEIGHT = 12
+
+
+def grid(
+    images: Sequence[Image.Image], columns: int = 8, pad: int = 2, labels: Sequence[str] | None = None
+) -> Image.Image:
+    """Images side by side in rows of ``columns`` (all resized to the first one's size), each with its label
+    (e.g. its neuron id) written in a strip under it when ``labels`` are given.
+
+    >>> g = grid([tensor_to_pil(torch.zeros(3, 8, 8))] * 3, columns=2, labels=["#1", "#2", "#3"])
+    >>> strip = g.crop((2, 10, 10, 22))  # under the first image: its label, black on white
+    >>> g.size, g.getpixel((2, 2)), min(lo for lo, _ in strip.getextrema()) < 128
+    ((22, 46), (0, 0, 0), True)
+    """
     if not images:
         raise ValueError("no images for a grid")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    from PIL import ImageDraw
+
     w, h = images[0].size
+    cell = h + (LABEL_HEIGHT if labels is not None else 0)
     rows = (len(images) + columns - 1) // columns
     cols = min(columns, len(images))
-    canvas = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    canvas = Image.new("RGB", (cols * (w + pad) + pad, rows * (cell + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
     for k, img in enumerate(images):
         r, c = divmod(k, columns)
-        canvas.paste(img.convert("RGB").resize((w, h)), (pad + c * (w + pad), pad + r * (h + pad)))
+        x, y = pad + c * (w + pad), pad + r * (cell + pad)
+        canvas.paste(img.convert("RGB").resize((w, h)), (x, y))
+        if labels is not None:
+            draw.text((x, y + h), labels[k], fill=(0, 0, 0))
     return canvas
 
 

@@ -1,4 +1,4 @@
-"""Registries that plug-ins fill: data-source schemes, vocabularies and bundled models.
+"""Registries that plug-ins fill: data-source schemes, vocabularies, bundled models and their ground truths.
 
 The core never imports a plug-in. A plug-in is a function ``register(registry)`` named in the entry-point group
 ``clipviz.plugins`` of an installed distribution; clipviz's own synthetic world is one
@@ -27,7 +27,8 @@ class Registry:
     ``clipviz.analysis.concepts.Vocabulary``; ``models``: short name -> directory of a bundled model; ``probes``:
     scheme -> factory(argument, n=, size=, seed=) returning a labelled ``clipviz.analysis.studies.Probe``;
     ``guides``: bundled model name -> the data source its data-guided recipes read reference images from when
-    none is given.
+    none is given; ``ground_truths``: bundled model name -> factory() returning the neurons whose concept is known,
+    ``{hook: {neuron: description}}`` (the atlas shows and searches them).
     """
 
     sources: dict[str, Callable[[str], object]] = field(default_factory=dict)
@@ -35,6 +36,7 @@ class Registry:
     models: dict[str, Path] = field(default_factory=dict)
     probes: dict[str, Callable[..., object]] = field(default_factory=dict)
     guides: dict[str, str] = field(default_factory=dict)
+    ground_truths: dict[str, Callable[[], dict[str, dict[int, str]]]] = field(default_factory=dict)
 
     def add_source(self, scheme: str, factory: Callable[[str], object]) -> None:
         self.sources[scheme] = factory
@@ -50,6 +52,9 @@ class Registry:
 
     def add_guide(self, model: str, source: str) -> None:
         self.guides[model] = source
+
+    def add_ground_truth(self, model: str, factory: Callable[[], dict[str, dict[int, str]]]) -> None:
+        self.ground_truths[model] = factory
 
 
 _REGISTRY: Registry | None = None

@@ -60,7 +60,7 @@ def lens_agreement(model, truth, threshold: float = 0.9) -> dict:
 @torch.no_grad()
 def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> dict:
     """CLIP-Dissect (SoftWPMI) with the model as its own labeller, over a held-out probe set of world images."""
-    from clipviz.analysis.dissect import softwpmi
+    from clipviz.analysis.dissect import labeller_a, softwpmi
     from clipviz.world.groundtruth import HELDOUT_SEED, patch_means, world_images
 
     images, _ = world_images(n, seed=HELDOUT_SEED + 3)
@@ -71,7 +71,7 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
     out = {}
     for hook in sorted(truth.auroc):
         rows = truth.natural_clear(hook, threshold)
-        scores = softwpmi(means[hook], sims)
+        scores = softwpmi(means[hook], sims, a=labeller_a(model))
         hits = [int(scores[neuron].argmax()) == CONCEPTS.index((fam, val)) for neuron, fam, val, _ in rows]
         out[hook] = {"neurons": len(rows), "top1_agreement": round(float(np.mean(hits)), 4) if hits else None}
     return out

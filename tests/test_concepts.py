@@ -40,6 +40,17 @@ def _plant(model, block: int, neuron: int, direction: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("name", ["clip", "open_clip"])
+def test_logit_scale_is_the_native_trained_temperature(tiny, name):
+    """Both CLIP backends report exp(logit_scale), read when asked (a changed parameter is seen)."""
+    model = clipviz.load(tiny[name][1])
+    native = model.native.logit_scale
+    assert model.logit_scale == pytest.approx(float(native.exp()))
+    with torch.no_grad():
+        native.fill_(2.0)
+    assert model.logit_scale == pytest.approx(float(torch.tensor(2.0).exp()))
+
+
+@pytest.mark.parametrize("name", ["clip", "open_clip"])
 def test_planted_neuron_ranks_its_word_first(tiny, name):
     model = clipviz.load(tiny[name][1])
     vocab = Vocabulary("test", WORDS)
@@ -201,12 +212,40 @@ def test_visual_words_names_groups_of_images_by_their_shared_concept():
     assert [row["words"][0] for row in table] == ["a red object", "a blue object", "a white object"]
 
 
+def test_visual_words_contrast_removes_a_hub_every_visualization_resembles():
+    """Known answer: every group's embedding is a shared look (the hub) plus a little of its own concept. By cosine
+    every group reads as the hub; against the population of groups each reads as its own concept, and one group
+    alone (no population) keeps the cosine reading."""
+    from clipviz.analysis.concepts import visual_words
+
+    basis = torch.eye(4)  # concept 0 is the hub; groups 1-3 each carry a bit of concepts 1-3
+
+    class Labeller:
+        def encode_image(self, images):  # (groups * samples, 3, H, W) -> the embeddings chosen below
+            return torch.stack([basis[0] + 0.3 * basis[int(img[0, 0, 0])] for img in images])
+
+    groups = torch.stack([torch.full((2, 3, 4, 4), float(c)) for c in (1, 2, 3)])
+    vocab = Vocabulary("planted", ("hub", "one", "two", "three"), ("{}",))
+    plain = visual_words(Labeller(), groups, vocab, top_k=1, embeddings=basis, contrast=False)
+    assert [row["words"][0] for row in plain] == ["hub"] * 3
+    contrasted = visual_words(Labeller(), groups, vocab, top_k=1, embeddings=basis)
+    assert [row["words"][0] for row in contrasted] == ["one", "two", "three"]
+    alone = visual_words(Labeller(), groups[:1], vocab, top_k=1, embeddings=basis)
+    assert alone[0]["words"] == ["hub"]
+
+
 def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsys):
     """The stored matrix is the probe activations (to float16), and dissect on it equals SoftWPMI on it."""
     import pyarrow.parquet as pq
 
     from clipviz.analysis.concepts import text_embeddings
-    from clipviz.analysis.dissect import image_text_similarities, probe_activations, softwpmi, stored_activations
+    from clipviz.analysis.dissect import (
+        image_text_similarities,
+        labeller_a,
+        probe_activations,
+        softwpmi,
+        stored_activations,
+    )
     from clipviz.apps.cli import main
     from clipviz.data import open_source
 
@@ -261,7 +300,8 @@ def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsy
     )
     rows = pq.read_table(tmp_path / "w" / hook / "concepts-dissect.parquet").to_pylist()
     vocab = load_vocabulary("world")
-    scores = softwpmi(acts, image_text_similarities(model, source, kept, text_embeddings(model, vocab)))
+    sims = image_text_similarities(model, source, kept, text_embeddings(model, vocab))
+    scores = softwpmi(acts, sims, a=labeller_a(model))
     expected = scores.topk(3, dim=1).indices
     assert [r["word"] for r in rows] == [vocab.concepts[int(i)] for i in expected.flatten()]
     capsys.readouterr()

@@ -54,7 +54,7 @@ def _shrunk(command: str) -> str:
     for pattern, replacement in SHRINK:
         command = re.sub(pattern, replacement, command)
     if command.startswith("clipviz demo") and "--steps" not in command:
-        command += " --steps 2 --per-block 1"
+        command += " --steps 2 --per-block 1 --planted 2"
     return command
 
 

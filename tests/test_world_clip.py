@@ -31,6 +31,14 @@ def test_loads_offline_through_the_public_path(model):
     assert torch.isfinite(img).all() and torch.isfinite(txt).all()
 
 
+def test_logit_scale_is_the_trained_temperature_and_sets_clip_dissects_softmax(model):
+    from clipviz.analysis.dissect import labeller_a
+
+    trained = float(model.native.logit_scale.exp())
+    assert model.logit_scale == pytest.approx(trained) and 1 < trained < 100
+    assert labeller_a(model) == pytest.approx(10 * trained / 100)
+
+
 def test_zero_shot_colour_accuracy_stays_above_the_bar(model):
     acc = zero_shot_accuracy(model, n=200, seed=123)
     assert acc["colour"] >= 0.95
@@ -48,22 +56,40 @@ def test_shipped_ground_truth_matches_a_recomputation(model):
             assert fresh.auroc[hook][neuron, concept] > 0.85
 
 
-def test_demo_writes_a_page_with_visualizations_examples_and_words(tmp_path, capsys):
+def test_demo_shows_planted_neurons_first_with_tallies_and_a_searchable_truth(tmp_path, capsys):
     from clipviz.apps import demo
     from clipviz.apps.cli import main
 
-    page = demo.run_demo(tmp_path / "demo", per_block=1, steps=4, examples=120, top_k=3, progress=False)
+    known = bundled_selectivity().known()
+    page = demo.run_demo(tmp_path / "demo", per_block=1, steps=4, examples=120, top_k=3, planted=3, progress=False)
     text = page.read_text()
+    cards = 3 + 4  # the first three planted known answers, then one natural neuron per block
     sources = re.findall(r"src='([^']+)'", text)
-    assert len(sources) == 4 * (1 + 3)  # per block: one visualization and three examples
+    assert len(sources) == 2 + cards * (1 + 3)  # two labelled grids; per neuron one visualization, three examples
     for src in sources:
         assert (page.parent / src).is_file()
-    assert text.count("Direct-lens words") == 4 and text.count("Ground truth") == 4
+    assert text.count("Direct-lens words") == cards and text.count("Ground truth") == cards
+    assert text.index("(planted)") < text.index("(natural)")
+    for p in known[:3]:  # each planted neuron with its known concept
+        assert f"blocks.{p['block']}.mlp.hook_post #{p['neuron']} (planted)" in text
+        assert f"<b>{p['concept']}</b>" in text
+    assert "Planted neurons (known answers): 3" in text
+    for name in demo.METHOD_NAMES.values():  # a tally per method, each explained in one line
+        assert re.search(rf"<b>{name}: (\d+/\d+ right|\d+% precise|n/a)</b> &mdash; \S", text), name
+    assert re.search(r"CLIP-Dissect: \d/3 right", text)
     atlas = json.loads((page.parent / "atlas" / "atlas.json").read_text())  # the demo's results, browsable
     assert sorted(atlas["hooks"]) == [f"blocks.{b}.mlp.hook_post" for b in range(4)]
     for entry in atlas["hooks"].values():
-        (neuron,) = entry["neurons"]
-        assert neuron["visualizations"] and len(neuron["examples"]) == 3 and len(neuron["words"]["direct"]) == 3
+        for neuron in entry["neurons"]:
+            assert neuron["visualizations"] and len(neuron["examples"]) == 3 and len(neuron["words"]["direct"]) == 3
+            assert neuron["truth"], neuron  # every shown neuron has a known concept, and the atlas knows it
+    first = known[0]
+    truth = next(
+        n for n in atlas["hooks"][f"blocks.{first['block']}.mlp.hook_post"]["neurons"] if n["neuron"] == first["neuron"]
+    )
+    assert truth["truth"].startswith("planted: ") and first["concept"] in truth["truth"]
+    index = (page.parent / "atlas" / "assets" / "index-data.js").read_text()
+    assert first["concept"] in index  # what the atlas search box searches
     assert "href='atlas/index.html'" in text
-    code = main(["demo", "--out", str(tmp_path / "bad"), "--steps", "0"])
-    assert code == 2 and "--steps: must be between 1 and 100000" in capsys.readouterr().err
+    code = main(["demo", "--out", str(tmp_path / "bad"), "--planted", "-1"])
+    assert code == 2 and "--planted: must be" in capsys.readouterr().err

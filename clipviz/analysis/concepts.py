@@ -428,11 +428,29 @@ def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary
 
 @torch.no_grad()
 def visual_words(
-    labeller, images: torch.Tensor, vocab: Vocabulary, top_k: int = 5, embeddings: torch.Tensor | None = None
+    labeller,
+    images: torch.Tensor,
+    vocab: Vocabulary,
+    top_k: int = 5,
+    embeddings: torch.Tensor | None = None,
+    contrast: bool = True,
+    a: float = 10.0,
 ) -> list[dict]:
     """Rank the vocabulary for each group of feature visualizations ``images`` (neurons, samples, 3, H, W) by the
-    cosine between the mean of their unit image embeddings (from the CLIP ``labeller``) and the text embeddings."""
+    cosine between the mean of their unit image embeddings (from the CLIP ``labeller``) and the text embeddings.
+
+    With ``contrast`` and more than one group, each concept is scored instead by its pointwise mutual information
+    with the group, CLIP-Dissect's prior applied to visualizations: ``log P(c | group) - log mean_groups P(c |
+    group)`` with ``P = softmax_c(a * cos)``. Feature visualizations share a look no natural image has, and a
+    labeller reads that look as the same few concepts for every neuron (a hub); the population's mean removes it,
+    so a concept wins where this group is read as it more than the other groups are.
+    """
     text = text_embeddings(labeller, vocab) if embeddings is None else embeddings
     n, s = images.shape[:2]
     emb = F.normalize(labeller.encode_image(images.flatten(0, 1)).float(), dim=-1).reshape(n, s, -1).mean(1)
-    return words_table(F.normalize(emb, dim=-1).cpu() @ text.T, vocab.concepts, top_k)
+    scores = F.normalize(emb, dim=-1).cpu() @ text.T
+    if contrast and n > 1:
+        log_p = (a * scores.double()).log_softmax(dim=1)
+        prior = torch.logsumexp(log_p, dim=0) - torch.log(torch.tensor(float(n), dtype=torch.float64))
+        scores = (log_p - prior).float()
+    return words_table(scores, vocab.concepts, top_k)

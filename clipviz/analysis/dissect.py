@@ -3,7 +3,8 @@
 Given each probe image's cosine with each concept's text embedding (from a CLIP labeller, which may differ from
 the model being dissected) and each neuron's activation on each image:
 
-* ``P = softmax_c(a * cos(image_i, text_c))`` with ``a = 10``;
+* ``P = softmax_c(a * cos(image_i, text_c))`` with ``a = 10`` (the paper's, for OpenAI CLIP labellers;
+  ``labeller_a`` scales it to another labeller's trained temperature);
 * a neuron's top-``K`` images (``K = 100``), the j-th best kept with probability ``p_j`` falling linearly from
   0.998 to 0.97;
 * ``log p(c | E) = sum_j log(p_j P_jc + 1 - p_j)``;
@@ -30,6 +31,24 @@ import torch
 
 from clipviz.errors import ClipvizError
 from clipviz.model.layout import reduce_tokens
+
+#: CLIP-Dissect's softmax scale ``a``, set for OpenAI CLIP labellers (trained logit scale ``PAPER_LOGIT_SCALE``).
+PAPER_A, PAPER_LOGIT_SCALE = 10.0, 100.0
+
+
+def labeller_a(labeller) -> float:
+    """The softmax scale ``a`` for a labeller: the paper's 10 at OpenAI CLIP's trained logit scale (100), scaled
+    with the labeller's own trained logit scale otherwise (its cosines spread as its temperature asks), 10 when the
+    labeller has none. A fixed ``a = 10`` on a labeller trained at a lower temperature gives a softmax far sharper
+    than the paper's, which lets a conjunction's most visible factor win (docs/validation.md measures it).
+
+    >>> class Labeller:
+    ...     logit_scale = 38.8
+    >>> round(labeller_a(Labeller()), 4), labeller_a(object())
+    (3.88, 10.0)
+    """
+    scale = getattr(labeller, "logit_scale", None)
+    return PAPER_A if scale is None else PAPER_A * float(scale) / PAPER_LOGIT_SCALE
 
 
 def _inclusion(k: int, hi: float = 0.998, lo: float = 0.97) -> torch.Tensor:

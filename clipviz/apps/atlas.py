@@ -12,11 +12,12 @@
 >>> sorted(p.name for p in site.iterdir())
 ['assets', 'atlas.json', 'hooks', 'img', 'index.html', 'neurons']
 
-The site opens from the file system (``index.html``, no server): an index of hooks with search by neuron id and
-by word, one paginated grid per hook (lazy-loaded thumbnails), and one page per neuron with every visualization
-(all recipes and samples), the top dataset examples with their heat maps and captions, the concept words of every
-method with scores, and the exact settings. ``atlas.json`` holds the same data for programs (the Space reads it).
-The site is built in a temporary folder and renamed into place, so a failed build leaves no half-written site.
+The site opens from the file system (``index.html``, no server): an index of hooks with search by neuron id, by
+word and by ground truth (the known concepts a plug-in ships for its bundled models), one paginated grid per hook
+(lazy-loaded thumbnails), and one page per neuron with every visualization (all recipes and samples), the top
+dataset examples with their heat maps and captions, the concept words of every method with scores, and the exact
+settings. ``atlas.json`` holds the same data for programs (the Space reads it). The site is built in a temporary
+folder and renamed into place, so a failed build leaves no half-written site.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from PIL import Image
 
 from clipviz.errors import ClipvizError
 from clipviz.images import HEAT_RGB
+from clipviz.plugins import registry
 from clipviz.results import (
     ATLAS_FILE,
     VISUALIZATION_KINDS,
@@ -65,6 +67,7 @@ class NeuronRecord:
     visualizations: list[dict] = field(default_factory=list)  # {"png": Path, "meta": dict}
     examples: list[dict] = field(default_factory=list)  # {"index", "score", "caption", "name", "thumb", "map"}
     words: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # method -> ranked (word, score)
+    truth: str | None = None  # the known concept of a bundled model's neuron (its plug-in's ground truth)
 
     def top_words(self, k: int = 3) -> list[str]:
         for method in sorted(self.words, key=lambda m: (METHOD_ORDER + (m,)).index(m)):
@@ -149,6 +152,10 @@ def collect(root: str | Path) -> Results:
         raise ClipvizError(
             f"results from several models under '{root}' ({', '.join(sorted(models))}): build one atlas per model"
         )
+    known = registry().ground_truths.get(next(iter(models))) if models else None
+    for hook, truths in (known() if known else {}).items():
+        for neuron, rec in neurons.get(hook, {}).items():
+            rec.truth = truths.get(neuron)
     if not neurons and not prompts:
         raise ClipvizError(
             f"no clipviz results under '{root}': expected outputs of `clipviz visualize` (PNG + JSON), "
@@ -307,7 +314,8 @@ class _SiteWriter:
         body = (
             f"<h1>{esc(rec.hook)} &middot; neuron {rec.neuron}</h1>"
             f"<p><a href='{up}hooks/{slug}/page-{self.page_of(rec)}.html'>&larr; {esc(rec.hook)}</a></p>"
-            f"<h2>Feature visualizations</h2><div class='vis'>"
+            + (f"<p class='truth'>Ground truth: {esc(rec.truth)}</p>" if rec.truth else "")
+            + "<h2>Feature visualizations</h2><div class='vis'>"
             f"{''.join(vis_html) or '<p>None (run <code>clipviz visualize</code>).</p>'}</div>"
             f"<h2>Top dataset examples</h2>"
             + (
@@ -336,6 +344,7 @@ class _SiteWriter:
             "examples": ex_data,
             "words": {m: [[w, round(s, 5)] for w, s in ws] for m, ws in rec.words.items()},
             "top_words": rec.top_words(),
+            "truth": rec.truth,
         }
 
     def page_of(self, rec: NeuronRecord) -> int:
@@ -349,7 +358,9 @@ class _SiteWriter:
             cells = "".join(
                 f"<a class='cell' href='../../{e['url']}'>"
                 + (f"<img src='../../{e['thumb']}' alt='neuron {e['neuron']}' loading='lazy'>" if e["thumb"] else "")
-                + f"<div>#{e['neuron']}</div><div class='words'>{esc(', '.join(e['top_words']))}</div></a>"
+                + f"<div>#{e['neuron']}</div><div class='words'>{esc(', '.join(e['top_words']))}</div>"
+                + (f"<div class='truth'>{esc(e['truth'])}</div>" if e["truth"] else "")
+                + "</a>"
                 for e in chunk
             )
             nav = "".join(
@@ -392,8 +403,8 @@ class _SiteWriter:
         )
         body = (
             f"<h1>{esc(self.r.model or 'clipviz results')}</h1>"
-            "<p><input id='search' type='search' placeholder='search: a word (red), a neuron (17) or "
-            "hook and neuron (blocks.2.mlp.hook_post 17)' autofocus></p><div id='results'></div>"
+            "<p><input id='search' type='search' placeholder='search: a word or known concept (red), a neuron (17) "
+            "or hook and neuron (blocks.2.mlp.hook_post 17)' autofocus></p><div id='results'></div>"
             "<h2>Hooks</h2><table><tr><th>hook</th><th>neurons</th><th>visualized</th><th>with examples</th>"
             f"<th>with words</th></tr>{rows}</table>{self.prompt_section()}"
         )
@@ -404,6 +415,7 @@ class _SiteWriter:
                 "url": e["url"],
                 "thumb": e["thumb"],
                 "words": list(dict.fromkeys(e["top_words"] + [w for ws in e["words"].values() for w, _ in ws])),
+                "truth": e["truth"],
             }
             for d in hooks.values()
             for e in d["neurons"]

@@ -535,6 +535,7 @@ def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, show
         else:
             from clipviz.analysis.dissect import (
                 image_text_similarities,
+                labeller_a,
                 probe_activations,
                 softwpmi,
                 stored_activations,
@@ -549,7 +550,8 @@ def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, show
                 acts, kept = probe_activations(model, hook, source, neurons)
             if similarities is None or similarities[0] != kept:
                 similarities = (kept, image_text_similarities(model, source, kept, text))
-            table = words_table(softwpmi(acts, similarities[1]), vocab.concepts, plan.words, neurons)
+            scores = softwpmi(acts, similarities[1], a=labeller_a(model))
+            table = words_table(scores, vocab.concepts, plan.words, neurons)
         write_table(paths["concepts"], hook, table, method=method, vocabulary=vocab)
         record(f"concepts-{method}/{hook}")
         bar.update(1)

@@ -369,6 +369,12 @@ class HookedVisionModel(nn.Module):
         self._require_text()
         return self.backend.text.tokenize(list(texts))
 
+    @property
+    def logit_scale(self) -> float | None:
+        """The trained temperature of the model's image-text logits (``None`` when it has none or no text)."""
+        scale = self.backend.text.logit_scale if self.backend.text is not None else None
+        return scale() if scale is not None else None
+
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Text embeddings (unnormalised) in the image embedding space."""
         self._require_text()

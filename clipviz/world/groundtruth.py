@@ -173,6 +173,23 @@ class Selectivity:
         return [row for row in self.clear(hook, threshold) if row[0] not in planted]
 
 
+def describe_known(truth: Selectivity) -> dict[str, dict[int, str]]:
+    """``{hook: {neuron: description}}`` of the neurons whose concept is known: the planted known answers
+    ("planted: a red object on the left (colour:red&position:left), AUROC 0.9998") and the natural clear ones
+    ("clear: a small object (size:small), AUROC 0.9612")."""
+    from clipviz.world.planting import concept_prompt
+
+    out: dict[str, dict[int, str]] = {}
+    for p in truth.known():
+        text = f"planted: {concept_prompt(p['concept'])} ({p['concept']}), AUROC {p['auroc']:.4f}"
+        out.setdefault(f"blocks.{p['block']}.mlp.hook_post", {})[int(p["neuron"])] = text
+    for hook in truth.auroc:
+        for neuron, family, value, score in truth.natural_clear(hook):
+            text = f"clear: {world.prompt(family, value)} ({family}:{value}), AUROC {score:.4f}"
+            out.setdefault(hook, {})[neuron] = text
+    return out
+
+
 def selectivity(
     model: HookedVisionModel, hooks: list[str] | None = None, n: int = 3000, seed: int = HELDOUT_SEED
 ) -> Selectivity:

@@ -11,6 +11,14 @@ MODELS = Path(__file__).parent / "models"
 MAX_IMAGES = 100_000  # world:<n> generates its images up front (12 KB each)
 #: Reference images of world-clip's data-guided visualizations when none are given: held-out images of its world.
 GUIDE = "world:2000"
+SOURCE_OFFSET = 7  # world:<n> draws its images with HELDOUT_SEED + SOURCE_OFFSET (``source_seed``)
+
+
+def source_seed() -> int:
+    """The seed of the ``world:<n>`` images: ``world.generate(n, seed=source_seed())`` gives them with factors."""
+    from clipviz.world.groundtruth import HELDOUT_SEED
+
+    return HELDOUT_SEED + SOURCE_OFFSET
 
 
 def world_source(argument: str):
@@ -19,7 +27,6 @@ def world_source(argument: str):
 
     from clipviz.data.sources import Source
     from clipviz.errors import ClipvizError, check_int
-    from clipviz.world.groundtruth import HELDOUT_SEED
     from clipviz.world.scene import generate
 
     try:
@@ -28,7 +35,7 @@ def world_source(argument: str):
         raise ClipvizError(
             f"bad dataset 'world:{argument[:20]}': use world:<n> with n from 1 to {MAX_IMAGES} images"
         ) from None
-    batch = generate(n, seed=HELDOUT_SEED + 7)
+    batch = generate(n, seed=source_seed())
 
     def items(lo=0, hi=None):
         for i in range(lo, n if hi is None else min(hi, n)):
@@ -62,6 +69,17 @@ def world_probe_set(argument: str, *, n: int, size: tuple[int, int], seed: int =
     return world_probe(count, size=size, seed=seed)
 
 
+def ground_truth(directory: Path):
+    """The factory of a bundled model's known concepts, for the atlas: ``{hook: {neuron: description}}``."""
+
+    def known() -> dict[str, dict[int, str]]:
+        from clipviz.world.groundtruth import Selectivity, describe_known
+
+        return describe_known(Selectivity.load(directory))
+
+    return known
+
+
 def register(registry: Registry) -> None:
     registry.add_source("world", world_source)
     registry.add_probe("world", world_probe_set)
@@ -70,3 +88,5 @@ def register(registry: Registry) -> None:
         if (directory / "open_clip_config.json").is_file():
             registry.add_model(directory.name, directory)
             registry.add_guide(directory.name, GUIDE)
+            if (directory / "ground_truth.json").is_file():
+                registry.add_ground_truth(directory.name, ground_truth(directory))

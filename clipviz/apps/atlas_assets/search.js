@@ -11,6 +11,8 @@
     var t = document.createElement('div'); t.textContent = e.hook + ' #' + e.neuron; a.appendChild(t);
     var w = document.createElement('div'); w.className = 'words'; w.textContent = e.words.join(', ');
     a.appendChild(w);
+    if (e.truth) { var g = document.createElement('div'); g.className = 'truth'; g.textContent = e.truth;
+      a.appendChild(g); }
     return a;
   }
   function run() {
@@ -22,6 +24,7 @@
       if (m && String(e.neuron) === m[2] && e.hook.toLowerCase().indexOf(m[1].replace(/[\s#:]+$/, '')) >= 0) {
         return true;
       }
+      if (e.truth && e.truth.toLowerCase().indexOf(q) >= 0) { return true; }
       return e.words.some(function (w) { return w.toLowerCase().indexOf(q) >= 0; });
     });
     var note = document.createElement('p');

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         text = text_embeddings(model, vocab, progress=True)
         table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k, embeddings=text)
     elif args.method == "dissect":
-        from clipviz.analysis.dissect import image_text_similarities, probe_activations, softwpmi
+        from clipviz.analysis.dissect import image_text_similarities, labeller_a, probe_activations, softwpmi
         from clipviz.data.sources import open_source
 
         source = open_source(stored.source if stored is not None else args.probe)
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
             acts, kept = stored.activations, stored.indices
         else:
             acts, kept = probe_activations(model, args.hook, source, neurons, progress=True)
-        scores = softwpmi(acts, image_text_similarities(labeller, source, kept, text, progress=True))
+        sims = image_text_similarities(labeller, source, kept, text, progress=True)
+        scores = softwpmi(acts, sims, a=labeller_a(labeller))
         table = words_table(scores, vocab.concepts, args.top_k, neurons)
     elif args.method == "visual":
         import torch

@@ -9,6 +9,14 @@ import torch
 from torch import nn
 
 
+def trained_logit_scale(model: nn.Module) -> Callable[[], float] | None:
+    """The model's ``exp(logit_scale)`` as a function (``None`` when it has no such parameter)."""
+    scale = getattr(model, "logit_scale", None)
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1:
+        return None
+    return lambda: float(scale.detach().float().exp())
+
+
 def pair(value) -> tuple[int, int]:
     """``16`` or ``(16, 16)`` -> ``(16, 16)``."""
     if isinstance(value, (tuple, list)):
@@ -23,6 +31,8 @@ class TextTower:
     tokenize: Callable[[Sequence[str]], object]
     encode_tokens: Callable[[object], torch.Tensor]
     context_length: int | None = None
+    # The trained temperature of image-text logits (CLIP: logit_scale.exp(), 100 for OpenAI's), read at call time.
+    logit_scale: Callable[[], float] | None = None
 
 
 @dataclass

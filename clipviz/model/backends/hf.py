@@ -10,7 +10,7 @@ from torch import nn
 
 from clipviz.errors import UnsupportedModelError
 from clipviz.model.architecture import find_blocks
-from clipviz.model.backends.base import Backend, ImageProjection, TextTower
+from clipviz.model.backends.base import Backend, ImageProjection, TextTower, trained_logit_scale
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hf_families import (
     _is_generative,
@@ -142,7 +142,9 @@ def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
         out = model.get_text_features(**{k: v.to(device) for k, v in tokens.items()})
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
-    return TextTower(tokenize=tokenize, encode_tokens=encode, context_length=limit)
+    return TextTower(
+        tokenize=tokenize, encode_tokens=encode, context_length=limit, logit_scale=trained_logit_scale(model)
+    )
 
 
 def _forward(model: nn.Module, vision: nn.Module):

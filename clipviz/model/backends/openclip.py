@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from clipviz.errors import ClipvizError, UnsupportedModelError
-from clipviz.model.backends.base import Backend, ImageProjection, TextTower
+from clipviz.model.backends.base import Backend, ImageProjection, TextTower, trained_logit_scale
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
 from clipviz.model.backends.preprocessing import open_clip_transform
@@ -92,6 +92,7 @@ def open_clip_backend(model: nn.Module, spec: str, tokenizer=None, tokenizer_err
         tokenize=tokenize,
         encode_tokens=lambda tokens: model.encode_text(tokens.to(next(model.parameters()).device)),
         context_length=getattr(tokenizer, "context_length", None),
+        logit_scale=trained_logit_scale(model),
     )
     common = {
         "kind": "open_clip",

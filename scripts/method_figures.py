@@ -1,0 +1,281 @@
+"""Honest figures for every clipviz method on world-clip: planted neurons (known answers) and natural clear ones.
+
+    python scripts/method_figures.py --json docs/method_figures.json
+
+Neurons: the planted ones of the shipped ground truth whose held-out AUROC reached 0.98 (``Selectivity.known``);
+the natural clear ones (best AUROC >= 0.95, not planted), the ``--natural-per-block`` clearest per block; and,
+reported apart, the planted neurons that stayed below 0.98. Concepts: the world's 30 single-factor prompts plus
+the planted conjunctions' prompts ("a red object on the left"). For each neuron:
+
+* top-k example precision: share of its top ``--top-k`` probe images (patch-mean activation, as ``clipviz
+  examples`` ranks them) that carry its concept;
+* CLIP-Dissect top-1: SoftWPMI (``clipviz.analysis.dissect``), world-clip as its own labeller over the probe set,
+  the layer's neurons as the population;
+* direct lens top-1, last block only (the lens reads the direct path into the embedding, exact only there);
+* visual method top-1: the model's own zero-shot reading of the neuron's feature visualization (``--recipe``, as
+  ``clipviz concepts --method visual``) among the same concepts;
+* pixels read as the concept (colour and position concepts only): the world colour nearest to the mean of the
+  visualization's salient pixels and the region where they lie, as a person would read them (``read_pixels``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import clipviz
+from clipviz.analysis.concepts import Vocabulary, direct_lens, visual_words
+from clipviz.analysis.dissect import labeller_a, softwpmi
+from clipviz.images import pil_to_tensor
+from clipviz.visualization.recipes import get_recipe
+from clipviz.visualization.visualize import visualize
+from clipviz.world import scene as world
+from clipviz.world.groundtruth import CONCEPTS, HELDOUT_SEED, bundled_selectivity, patch_means, world_images
+from clipviz.world.planting import concept_labels, concept_prompt, parse_concept
+
+PROBE_SEED = HELDOUT_SEED + 3
+METHODS = ("example_precision", "dissect_top1", "lens_top1", "visual_top1", "pixels_read")
+HEADERS = (
+    "top-k example precision",
+    "CLIP-Dissect top-1",
+    "direct lens top-1 (last block)",
+    "visual method top-1",
+    "pixels read as the concept (colour/position)",
+)
+DEFAULT_RECIPE = inspect.signature(visualize).parameters["recipe"].default
+
+
+def hook_of(row: dict) -> str:
+    return f"blocks.{row['block']}.mlp.hook_post"
+
+
+def neuron_sets(truth, natural_per_block: int) -> dict[str, list[dict]]:
+    """The neurons measured, by kind: planted known answers, natural clear ones, planted ones below 0.98."""
+    known = truth.known()
+    planted = [dict(p, kind="planted") for p in known]
+    missed = [dict(p, kind="planted, AUROC < 0.98") for p in truth.planted or [] if p not in known]
+    natural = []
+    for hook in sorted(truth.auroc):
+        rows = sorted(truth.natural_clear(hook), key=lambda r: -r[3])[:natural_per_block]
+        natural += [
+            {
+                "block": int(hook.split(".")[1]),
+                "neuron": n,
+                "concept": f"{f}:{v}",
+                "auroc": round(a, 4),
+                "kind": "natural",
+            }
+            for n, f, v, a in rows
+        ]
+    return {"planted": planted, "natural": natural, "planted, AUROC < 0.98": missed}
+
+
+def concept_list(neurons: list[dict]) -> list[str]:
+    """The 30 single-factor concepts, then the conjunctions among ``neurons``' concepts."""
+    singles = [f"{f}:{v}" for f, v in CONCEPTS]
+    return singles + sorted({n["concept"] for n in neurons} - set(singles))
+
+
+@torch.no_grad()
+def probe(model, concepts: list[str], n: int, seed: int = PROBE_SEED) -> dict:
+    """Patch means of every block, concept labels and the labeller's image-text cosines over ``n`` probe images."""
+    images, factors = world_images(n, seed=seed)
+    hooks = [f"blocks.{b}.mlp.hook_post" for b in range(model.n_blocks)]
+    means = patch_means(model, hooks, images)
+    img = torch.cat([F.normalize(model.encode_image(images[i : i + 250]).float(), dim=-1) for i in range(0, n, 250)])
+    text = F.normalize(model.encode_text([concept_prompt(c) for c in concepts]).float(), dim=-1)
+    labels = concept_labels(concepts, factors)
+    return {"means": means, "labels": labels, "sims": img @ text.T, "text": text, "a": labeller_a(model)}
+
+
+def vocabulary(concepts: list[str]) -> Vocabulary:
+    return Vocabulary("world-figures", tuple(concept_prompt(c) for c in concepts), ("{}",))
+
+
+def example_precision(pr: dict, concepts: list[str], neurons: list[dict], k: int) -> list[float]:
+    out = []
+    for row in neurons:
+        top = pr["means"][hook_of(row)][:, row["neuron"]].topk(k).indices
+        out.append(float(pr["labels"][top, concepts.index(row["concept"])].float().mean()))
+    return out
+
+
+def dissect_reading(pr: dict, concepts: list[str], neurons: list[dict]) -> list[str]:
+    """CLIP-Dissect's top-1 concept for each neuron (the layer's neurons as the population)."""
+    scores = {hook: softwpmi(m, pr["sims"], a=pr["a"]) for hook, m in pr["means"].items()}
+    return [concepts[int(scores[hook_of(r)][r["neuron"]].argmax())] for r in neurons]
+
+
+def lens_reading(model, pr: dict, concepts: list[str], neurons: list[dict]) -> list[str | None]:
+    """The direct lens's top-1 concept for the neurons of the last block (``None`` for the others)."""
+    last = model.n_blocks - 1
+    rows = [r for r in neurons if r["block"] == last]
+    if not rows:
+        return [None] * len(neurons)
+    vocab = vocabulary(concepts)
+    table = direct_lens(model, hook_of(rows[0]), [r["neuron"] for r in rows], vocab, 1, embeddings=pr["text"].cpu())
+    words = {r["neuron"]: t["words"][0] for r, t in zip(rows, table, strict=True)}
+    by_prompt = {concept_prompt(c): c for c in concepts}
+    return [by_prompt[words[r["neuron"]]] if r["block"] == last else None for r in neurons]
+
+
+def render(model, neurons: list[dict], recipe: str, overrides: dict) -> list[torch.Tensor]:
+    """One visualization (3, H, W) in [0, 1] per neuron, with ``recipe`` and its ``overrides``."""
+    images: dict[tuple[int, int], torch.Tensor] = {}
+    for block in sorted({r["block"] for r in neurons}):
+        ids = sorted({r["neuron"] for r in neurons if r["block"] == block})
+        vis = visualize(model, f"blocks.{block}.mlp.hook_post", ids, recipe=recipe, progress=False, **overrides)
+        for n, v in zip(ids, vis, strict=True):
+            images[(block, n)] = pil_to_tensor(v.image)
+    return [images[(r["block"], r["neuron"])] for r in neurons]
+
+
+@torch.no_grad()
+def visual_reading(model, pr: dict, concepts: list[str], images: list[torch.Tensor]) -> list[str]:
+    """The model's zero-shot top-1 concept for each visualization."""
+    table = visual_words(model, torch.stack(images)[:, None], vocabulary(concepts), 1, embeddings=pr["text"].cpu())
+    by_prompt = {concept_prompt(c): c for c in concepts}
+    return [by_prompt[t["words"][0]] for t in table]
+
+
+def read_pixels(image: torch.Tensor, share: float = 0.1) -> dict:
+    """A person's reading of a visualization (3, H, W) in [0, 1]: the world colour and the region of what stands
+    out. The salient pixels are the ``share`` farthest from the image's median colour, of those at least half as
+    far from it as the farthest one (a small object is all of what stands out, not a tenth of the image); the colour
+    is the world colour nearest to their mean, the region is where their centroid lies (center when within 8% of
+    the middle, else the side along the larger offset).
+
+    >>> img = torch.zeros(3, 20, 20); img[0, 8:12, :4] = 1.0
+    >>> read_pixels(img)["colour"], read_pixels(img)["position"]
+    ('red', 'left')
+    """
+    x = image.float().permute(1, 2, 0).reshape(-1, 3)
+    h, w = image.shape[-2:]
+    distance = (x - x.median(dim=0).values).norm(dim=1)
+    top = distance.topk(max(1, int(share * x.shape[0])))
+    salient = top.indices[top.values >= 0.5 * top.values[0]]
+    palette = torch.tensor(list(world.COLOURS.values()), dtype=torch.float32)
+    colour = list(world.COLOURS)[int((palette - x[salient].mean(dim=0)).norm(dim=1).argmin())]
+    yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
+    dx, dy = float(xx.flatten()[salient].mean()), float(yy.flatten()[salient].mean())
+    if max(abs(dx), abs(dy)) < 0.08:
+        position = "center"
+    elif abs(dx) >= abs(dy):
+        position = "right" if dx > 0 else "left"
+    else:
+        position = "bottom" if dy > 0 else "top"
+    return {"colour": colour, "position": position, "offset": [round(dx, 3), round(dy, 3)]}
+
+
+def pixels_read(concept: str, seen: dict) -> bool | None:
+    """Whether ``read_pixels``'s reading shows ``concept`` (``None``: not a colour/position concept)."""
+    terms = parse_concept(concept)
+    if any(f not in ("colour", "position") for f, _ in terms):
+        return None
+    return all(seen[f] == v for f, v in terms)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["steps=100", "lr=0.1"]`` -> ``{"steps": 100, "lr": 0.1}`` (recipe fields; JSON values)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: use field=value")
+        out[key] = json.loads(value)
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {"neurons": len(rows)}
+    for m in METHODS:
+        vals = [r[m] for r in rows if r.get(m) is not None]
+        out[m] = {
+            "value": round(float(np.mean(vals)), 4) if vals else None,
+            "count": len(vals),
+            "hits": int(sum(vals)) if vals and m != "example_precision" else None,
+        }
+    return out
+
+
+def measure(model, truth, args) -> dict:
+    sets = neuron_sets(truth, args.natural_per_block)
+    everyone = [row for rows in sets.values() for row in rows]
+    concepts = concept_list(everyone)
+    pr = probe(model, concepts, args.probe)
+    precision = example_precision(pr, concepts, everyone, args.top_k)
+    dissect = dissect_reading(pr, concepts, everyone)
+    lens = lens_reading(model, pr, concepts, everyone)
+    overrides = parse_overrides(args.set)
+    images = render(model, everyone, args.recipe, overrides)
+    visual = visual_reading(model, pr, concepts, images)
+    for i, row in enumerate(everyone):
+        seen = read_pixels(images[i])
+        row.update(
+            example_precision=precision[i],
+            dissect=dissect[i],
+            dissect_top1=dissect[i] == row["concept"],
+            lens=lens[i],
+            lens_top1=None if lens[i] is None else lens[i] == row["concept"],
+            visual=visual[i],
+            visual_top1=visual[i] == row["concept"],
+            pixels=seen,
+            pixels_read=pixels_read(row["concept"], seen),
+        )
+    return {
+        "model": args.model,
+        "probe": args.probe,
+        "probe_seed": PROBE_SEED,
+        "top_k": args.top_k,
+        "recipe": get_recipe(args.recipe, **overrides).to_dict(),
+        "concepts": concepts,
+        "summary": {name: summarise(rows) for name, rows in sets.items()},
+        "neurons": everyone,
+    }
+
+
+def cell(entry: dict) -> str:
+    if entry["value"] is None:
+        return "n/a"
+    if entry["hits"] is None:
+        return f"{100 * entry['value']:.1f}%"
+    return f"{entry['hits']}/{entry['count']} ({100 * entry['value']:.0f}%)"
+
+
+def markdown(result: dict) -> str:
+    """The figures as a markdown table, one row per kind of neuron (docs/validation.md holds it)."""
+    lines = ["| neurons | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
+    for name, s in result["summary"].items():
+        lines.append(f"| {name} ({s['neurons']}) | " + " | ".join(cell(s[m]) for m in METHODS) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="world-clip")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--probe", type=int, default=10000, help="held-out probe images")
+    ap.add_argument("--top-k", type=int, default=16)
+    ap.add_argument("--natural-per-block", type=int, default=8)
+    ap.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"visualization recipe (default: {DEFAULT_RECIPE})")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override, repeatable")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    result = measure(clipviz.load(args.model), bundled_selectivity(args.model), args)
+    result["seconds"] = round(time.time() - started, 1)
+    print(markdown(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
