@@ -247,7 +247,9 @@ def test_outputs_sidecars_grid_and_resume(planted, tmp_path, monkeypatch):
     assert meta["model"] == planted.spec and meta["hook"] == HOOK and meta["neuron"] == 1 and meta["seed"] == 1
     assert meta["recipe"]["steps"] == 4 and meta["recipe"]["copies"] == 2 and "torch" in meta["versions"]
     assert meta["objective_end"] == pytest.approx(first[1].meta["objective_end"])
-    assert Image.open(out / HOOK / "grid.png").size[0] > 3 * 32
+    from clipviz.images import LABEL_HEIGHT
+
+    assert Image.open(out / HOOK / "grid.png").size == (3 * 34 + 2, 32 + LABEL_HEIGHT + 4)  # labelled tiles
     assert not list(out.rglob("*.tmp"))
 
     import clipviz.visualization.visualize as vmod

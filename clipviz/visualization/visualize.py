@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel
 
 MAX_SAMPLES = 1000  # images per target
+_SAMPLE_STRIDE = 1_000_000_007  # sample s of a target is seeded s * stride past the first
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def make_targets(
     feature index), ``seed + crc32(prompt)`` for prompts; ``samples`` > 1 renders several images per target."""
     targets = []
     for s in range(samples):
-        offset = seed + s * 1_000_000_007
+        offset = seed + s * _SAMPLE_STRIDE
         targets += [Target("neuron", int(i), offset + int(i)) for i in neurons]
         targets += [Target("text", str(t), offset + zlib.crc32(str(t).encode())) for t in texts]
         targets += [Target("class", int(c), offset + int(c)) for c in classes]
@@ -391,9 +392,17 @@ def visualize(
         raise ClipvizError(f"{missing[0].label} was not rendered by any process")
     if out is not None and accelerator.is_main_process:
         for group in {t.group or hook for t in kept}:
-            members = [results[t].image for t in kept if (t.group or hook) == group]
-            write_png(out / group / GRID_FILE, grid(members))
+            members = [t for t in kept if (t.group or hook) == group]
+            labels = [_grid_label(t, samples) for t in members]
+            write_png(out / group / GRID_FILE, grid([results[t].image for t in members], labels=labels))
     return ordered
+
+
+def _grid_label(t: Target, samples: int) -> str:
+    """A grid tile's label: the neuron or class id (``#12``), or the prompt's first words; the seed when a target
+    has several samples, its sample number."""
+    label = f"#{t.value}" if t.kind != "text" else str(t.value)[:18]
+    return label if samples == 1 else f"{label} s{t.seed // _SAMPLE_STRIDE}"
 
 
 class _Ticker:
