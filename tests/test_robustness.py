@@ -107,6 +107,13 @@ BAD = [
     ([*V, "--neurons", "0:4:2", "--out", "{out}"], ("not a number or range", "0:64")),
     ([*V, "--neurons", "512", "--out", "{out}"], ("out of range", "0..511")),
     (["visualize", "world-clip", "--neurons", "0", "--out", "{out}"], "--neurons needs --hook"),
+    # visualize: guides and seed images
+    ([*V, "--neurons", "0", "--recipe", "accentuate", "--out", "{out}"], ("accentuates a seed image", "--from-image")),
+    ([*V, "--neurons", "0", "--from-image", "{tmp}/file", "--out", "{out}"], "cannot read the seed image"),
+    ([*V, "--neurons", "0", "--from-image", "{tmp}/missing.png", "--out", "{out}"], "cannot read the seed image"),
+    ([*V, "--neurons", "0", "--recipe", "default", "--guide", "world:4", "--out", "{out}"], "not data-guided"),
+    ([*V, "--neurons", "0", "--guide", "{tmp}/empty", "--out", "{out}"], "no images in"),
+    ([*V, "--neurons", "0", "--guide", "world:0", "--out", "{out}"], ("world:<n>", "1 to")),
     (["visualize", "world-clip", "--out", "{out}"], "nothing to visualize"),
     # visualize: numbers
     ([*V, "--neurons", "0", "--size", "0", "--out", "{out}"], ("--size", "at least 1")),
@@ -184,7 +191,8 @@ BAD = [
     (["atlas", "{tmp}/empty", "--page-size", "0", "--out", "{out}"], ("--page-size", "at least 1")),
     (["publish", "{tmp}/missing", "--space", "a/b", "--dry-run"], "not a folder"),
     (["demo", "--steps", "0", "--out", "{out}"], ("--steps", "between 1 and 100000")),
-    (["demo", "--per-block", "0", "--out", "{out}"], ("--per-block", "between 1 and 64")),
+    (["demo", "--per-block", "65", "--out", "{out}"], ("--per-block", "between 0 and 64")),
+    (["demo", "--planted", "0", "--per-block", "0", "--out", "{out}"], "nothing to show"),
     (["demo", "--out", "{tmp}/file"], "is a file"),
 ]
 
