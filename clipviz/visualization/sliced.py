@@ -59,6 +59,8 @@ _BLOCK_POINT = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _BEFORE_MLP = BLOCK_POINTS[: BLOCK_POINTS.index("hook_resid_mid") + 1]
 _ELEMENTWISE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 _FIRES_BEFORE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+# id(weight) -> (a weak reference to it, its in-place version, its float32 copy); an entry goes with its weight
+_FLOAT32: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 
 
 def _terms(objective: Objective) -> list[Objective]:
@@ -107,18 +109,32 @@ class SlicedMLP:
         parts = model.blocks[self.block]
         x, cache = model.run_to_mlp_input(images, self.block, self.keep)  # x: (B, N, d_model)
         n = x.shape[0] // copies
-        weight, bias = parts.fc1.weight, parts.fc1.bias
+        weight, bias = _float32(parts.fc1.weight), parts.fc1.bias
+        bias = None if bias is None else _float32(bias)
         out = {}
         for term in self.terms:
             idx = _indices(term.index, n, weight.shape[0], f"neuron (hook '{term.hook}')", x.device)
             rows = idx[:, None].expand(-1, copies).reshape(-1)  # image i's neuron for each of its copies
-            w = weight[rows].float()  # (B, d_model)
+            w = weight[rows]  # (B, d_model)
             z = (x.float() * w[:, None, :]).sum(-1)
             if bias is not None:
-                z = z + bias[rows].float()[:, None]
+                z = z + bias[rows][:, None]
             z = z.to(x.dtype)
             out[id(term)] = parts.act(z) if self.activation else z
         return out, cache
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32: a frozen low-precision weight is cast once per in-place version (and kept while the weight
+    lives), not at every step; the rows gathered from it are the bits of the rows gathered and then cast."""
+    if t.dtype == torch.float32 or t.requires_grad:
+        return t.float()
+    key = id(t)
+    entry = _FLOAT32.get(key)
+    if entry is None or entry[0]() is not t or entry[1] != t._version:
+        entry = (weakref.ref(t, lambda _ref: _FLOAT32.pop(key, None)), t._version, t.detach().float())
+        _FLOAT32[key] = entry
+    return entry[2]
 
 
 def fires_before_mlp_input(model: HookedVisionModel, hooks: tuple[str, ...], block: int) -> bool:
