@@ -3,12 +3,16 @@
     python scripts/bench_visualize.py                                   # CPU: ViT-S/16, default recipe, blocks 0,3,6,11
     python scripts/bench_visualize.py --recipe default,vit-paper --sweep   # + the projected ViT-B/16 sweeps
     python scripts/bench_visualize.py --blocks 6 --ablate --compiled       # what each speed-up buys
+    python scripts/bench_visualize.py --recipe vital --blocks 3,6 --variants "speed-ups on,without sliced_mlp"
     python scripts/bench_visualize.py --model vit-b16 --recipe vit-paper,default --batch 32 --sweep  # on a GPU
 
 Random weights (speed does not depend on them), built from a transformers ``ViTConfig`` at 224 px: ``vit-s16``
-(384 wide, 6 heads, MLP 1536) or ``vit-b16`` (768, 12, 3072), 12 blocks. The objective is one
-``blocks.B.mlp.hook_post`` neuron per image (``--batch`` neurons optimised together, each with the recipe's
-copies).
+(384 wide, 6 heads, MLP 1536) or ``vit-b16`` (768, 12, 3072), 12 blocks; or the bundled ``world-clip`` (open_clip,
+4 blocks, 128 wide, 64 px). The objective is one ``blocks.B.mlp.hook_post`` neuron per image (``--batch`` neurons
+optimised together, each with the recipe's copies); for a data-guided recipe (``--recipe vital``) plus its
+sort-matching terms against ``guide_k`` random reference images per neuron (``synthetic_guides``). The naive loop
+has no sort matching: for ``vital`` its time is only the yardstick that the variants (``--ablate``) are each
+measured against, in the same process.
 
 The naive loop does the same work per step with plain PyTorch, as one would write it by hand: the same
 parameterisation and augmentations (batched random draws), the model's own normalisation, the native model with a
@@ -193,13 +197,26 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def synthetic_guides(model, neurons: list[int], k: int) -> list[torch.Tensor]:
+    """``k`` random reference images per neuron (seeded by the neuron), for data-guided recipes: the step's work
+    does not depend on what the references show."""
+    side = model.image_size
+    return [torch.rand(k, 3, *side, generator=torch.Generator().manual_seed(1000 + n)) for n in neurons]
+
+
 def clipviz_run(model, block: int, neurons: list[int], recipe, steps: int, on_step=None, **kwargs) -> None:
     from clipviz.visualization.objectives import Neuron
     from clipviz.visualization.optimise import optimise
     from clipviz.visualization.recipes import get_recipe
+    from clipviz.visualization.vital import guided_objective
 
-    objective = Neuron(f"blocks.{block}.mlp.hook_post", neurons)
-    optimise(model, objective, neurons, get_recipe(recipe, steps=steps), on_step=on_step, **kwargs)
+    settings = get_recipe(recipe, steps=steps)
+    hook = f"blocks.{block}.mlp.hook_post"
+    objective = Neuron(hook, neurons)
+    if settings.match:  # vital: sort matching against synthetic references
+        guides = synthetic_guides(model, neurons, settings.guide_k)
+        objective = guided_objective(model, hook, neurons, guides, settings.match, settings.match_weight)
+    optimise(model, objective, neurons, settings, on_step=on_step, **kwargs)
 
 
 def interleaved(model, block: int, neurons: list[int], recipe, steps: int, **kwargs) -> tuple[list, list, float]:
@@ -383,7 +400,7 @@ def profile_step(model, block: int, batch: int, recipe_name: str, autocast=None)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="vit-s16", choices=sorted(MODELS))
+    ap.add_argument("--model", default="vit-s16", choices=[*sorted(MODELS), "world-clip"])
     ap.add_argument("--recipe", default="default", help="comma-separated recipes to compare")
     ap.add_argument("--batch", type=int, default=4, help="neurons optimised together")
     ap.add_argument("--blocks", default="0,3,6,11", help="blocks to measure: a comma-separated list or 'all'")
@@ -392,6 +409,9 @@ def main() -> None:
     ap.add_argument("--plain", action="store_true", help="also compare clipviz with its speed-ups off")
     ap.add_argument("--ablate", action="store_true", help="also compare clipviz with each speed-up off alone")
     ap.add_argument("--compiled", action="store_true", help="also compare clipviz with its blocks compiled")
+    ap.add_argument(
+        "--variants", help="instead: these clipviz settings, comma-separated names of variants(), in this order"
+    )
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--sweep", action="store_true", help="also project the ViT-B/16 sweep for each recipe")
     ap.add_argument("--sweep-batch", type=int, default=None, help="neurons per batch in the sweep (default --batch)")
@@ -432,7 +452,9 @@ def main() -> None:
         result["peak_note"] = peak_note
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "sweeps")}), flush=True)
     model = None
-    if not args.sweep_only or args.model == "vit-b16":
+    if args.model == "world-clip" and not args.sweep_only:
+        model = clipviz.load("world-clip", device=device, dtype=dtype)
+    elif not args.sweep_only or args.model == "vit-b16":
         with tempfile.TemporaryDirectory() as tmp:
             model = clipviz.load(build_vit(tmp, args.model), device=device, dtype=dtype)
     for recipe in [] if args.sweep_only else recipes:
@@ -440,6 +462,7 @@ def main() -> None:
             names = ["speed-ups on"] + ["speed-ups off"] * args.plain
             names += [v for v in variants() if v.startswith("without ")] if args.ablate else []
             names += ["with compiled_blocks"] * args.compiled
+            names = args.variants.split(",") if args.variants else names
             for variant in names:
                 row = compare(model, block, args.batch, recipe, args.steps, autocast, variant)
                 if peak:

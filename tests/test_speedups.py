@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 import clipviz
 from clipviz.errors import ClipvizError
 from clipviz.model.compiled import blocks_compiled
 from clipviz.model.onednn import frozen_linear, linears_as_onednn, onednn_available
 from clipviz.model.stem import patch_embedding, patch_matmul, stem_as_matmul
+from clipviz.visualization import optimise as optimise_module
 from clipviz.visualization import param
 from clipviz.visualization.fused import AffineChain, fuse_affine
 from clipviz.visualization.objectives import Direction, Diversity, Neuron, TotalVariation
 from clipviz.visualization.optimise import _rngs, forward_objective, optimise
 from clipviz.visualization.recipes import get_recipe
-from clipviz.visualization.sliced import plan_sliced
+from clipviz.visualization.sliced import _float32, plan_sliced
 from clipviz.visualization.speedups import SpeedUps, augmentations
+from clipviz.visualization.transforms import Jitter, _per_image
+from clipviz.visualization.visualize import visualize
+from clipviz.visualization.vital import guided_objective
 
 # float32, values of order 1: a sum of d_model products in another order than the matrix product's
 SLICED_TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -87,12 +93,68 @@ def test_sliced_mlp_only_where_it_applies(models):
     hook = "blocks.1.mlp.hook_post"
     assert plan_sliced(model, Direction(hook, torch.ones(model.d_mlp))) is None
     assert plan_sliced(model, Neuron(hook, 0) + Diversity(hook)) is None  # Diversity reads the whole activation
-    assert plan_sliced(model, Neuron(hook, 0) + Neuron("blocks.0.mlp.hook_post", 1)) is None  # two hooks
     assert plan_sliced(model, Neuron("blocks.1.hook_resid_post", 0)) is None
+    vector = torch.ones(model.d_model)
+    for after in ("blocks.1.hook_mlp_out", "blocks.1.hook_resid_post", "blocks.2.hook_resid_pre"):
+        assert plan_sliced(model, Neuron(hook, 0) + Direction(after, vector)) is None  # fires after the MLP input
+    assert plan_sliced(model, Neuron(hook, 0) + Neuron("blocks.1.mlp.hook_pre", 1)) is None  # the same MLP
+    assert plan_sliced(model, Neuron(hook, 0) + Neuron("blocks.0.mlp.hook_post", 1)).keep == ("blocks.0.mlp.hook_post",)
     with model.hooks([(hook, lambda value, point: value * 2)]):  # an editing hook must not be bypassed
         assert plan_sliced(model, Neuron(hook, 0)) is None
     with pytest.raises(ClipvizError, match="out of range"):
         forward_objective(model, Neuron(hook, model.d_mlp), torch.rand(1, 3, *model.image_size), 1, None)
+
+
+def _vital_objective(model, hook, neurons):
+    torch.manual_seed(1)
+    guides = [torch.rand(3, 3, *model.image_size) for _ in neurons]
+    return guided_objective(model, hook, neurons, guides, ["blocks.0.hook_resid_pre", "hook_resid_mid"], 1.0)
+
+
+@pytest.mark.parametrize("name", [*ARCHS, "swin"])
+def test_sliced_mlp_with_guidance_terms_equals_the_full_pass(models, name):
+    model = models[name]
+    hook = "blocks.1.mlp.hook_post"
+    objective = _vital_objective(model, hook, [3, model.hook_width(hook) - 1, 0])
+    plan = plan_sliced(model, objective)
+    assert plan is not None and plan.keep == ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid")
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, *model.image_size)  # 3 images x 2 copies
+    got, got_grad = _value_and_grad(model, objective, images, 2, ONLY_SLICED)
+    want, want_grad = _value_and_grad(model, objective, images, 2, SpeedUps.none())
+    torch.testing.assert_close(got, want, **SLICED_TOL)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_sliced_mlp_checks_where_a_kept_hook_fires(models, monkeypatch):
+    model = models["vit"]
+    hook = "blocks.1.mlp.hook_post"
+    with pytest.raises(ClipvizError, match="does not fire before"):
+        model.run_to_mlp_input(torch.rand(1, 3, *model.image_size), 1, ["blocks.1.hook_mlp_out"])
+    # a name that passes the check by name but sits after the MLP input as resolved: the probe pass refuses it
+    late = model.hook_point("blocks.1.hook_mlp_out")
+    monkeypatch.setitem(model.registry._cache, "blocks.0.hook_resid_mid", late)
+    assert plan_sliced(model, Neuron(hook, 0) + Direction("blocks.0.hook_resid_mid", torch.ones(model.d_model))) is None
+
+
+def test_vital_renders_the_same_images_with_the_sliced_mlp(models, monkeypatch):
+    model = models["vit"]
+    hook, neurons = "blocks.1.mlp.hook_post", [3, 7, 9]
+    torch.manual_seed(2)
+    guide = {n: torch.rand(3, 3, *model.image_size) for n in neurons}
+
+    def render(batch_size=3):
+        vis = visualize(
+            model, hook, neurons, recipe="vital", steps=4, guide=guide, batch_size=batch_size, progress=False
+        )
+        return torch.stack([torch.from_numpy(np.array(v.image)).int() for v in vis])  # the 8-bit images
+
+    assert plan_sliced(model, _vital_objective(model, hook, neurons)) is not None
+    fast = render()
+    assert torch.equal(render(batch_size=1), fast)  # batch-independent with it
+    monkeypatch.setattr(optimise_module, "SpeedUps", SpeedUps.none)  # optimise's default: every speed-up off
+    plain = render()
+    assert int((fast - plain).abs().max()) <= 1  # four Adam steps of float rounding: at most one grey level
 
 
 @pytest.mark.parametrize("name", [*ARCHS, "swin"])
@@ -191,6 +253,75 @@ def test_compiled_blocks_equal_the_eager_pass_and_keep_batch_independence(models
     assert torch.equal(alone, batch[1:2]) and torch.equal(alone_grad, batch_grad[1:2])
 
 
+# bf16 weights: the sliced sum in float32, rounded to bf16 once, as the matrix product rounds: one bf16 step at most
+# (identical on the tiny architectures when measured)
+BF16_TOL = {"rtol": 2**-7, "atol": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def bf16_models(tiny):
+    return {name: clipviz.load(tiny[name][1], dtype=torch.bfloat16) for name in ("vit", "open_clip", "swin")}
+
+
+@pytest.mark.parametrize("name", ["vit", "open_clip", "swin"])
+def test_sliced_mlp_with_bf16_weights_equals_the_full_pass(bf16_models, name):
+    model = bf16_models[name]
+    objective = Neuron("blocks.1.mlp.hook_post", [3, 5, 0])
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, *model.image_size)
+    got, got_grad = _value_and_grad(model, objective, images, 2, ONLY_SLICED)
+    want, want_grad = _value_and_grad(model, objective, images, 2, SpeedUps.none())
+    torch.testing.assert_close(got, want, **BF16_TOL)
+    torch.testing.assert_close(got_grad, want_grad, **BF16_TOL)
+
+
+def _tensor_casts_per_step(model, objective, recipe: str) -> int:
+    """``aten::_to_copy`` calls on tensors (not the wrapped Python numbers of ``x * 0.5``) in one optimisation step:
+    a 3-step run's count minus a 2-step run's (the clean evaluations before and after cancel out)."""
+
+    def count(steps: int) -> int:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            optimise(model, objective, [3, 7], get_recipe(recipe, steps=steps))
+        return sum(e.name == "aten::_to_copy" and bool(e.input_shapes and e.input_shapes[0]) for e in prof.events())
+
+    count(1)  # the casts made once (the weights' float32 copies) happen here
+    two = count(2)
+    return count(3) - two
+
+
+def test_bf16_weights_make_no_needless_dtype_copies(bf16_models):
+    """The casts left per step: the image into bf16 and its gradient back; the MLP input into float32 for the
+    sliced sum and back; the sliced pre-activation rounded to bf16 and back; the neuron's activation into float32
+    for the objective and back. The Fourier scale's promotion to complex and the weight rows' casts (both
+    constant) happen once, no longer at every step (12 -> 8; vital 16 -> 12, its two matched activations in and
+    out of float32 for the sort)."""
+    model = bf16_models["vit"]
+    hook = "blocks.1.mlp.hook_post"
+    assert _tensor_casts_per_step(model, Neuron(hook, [3, 7]), "default") <= 8
+    assert _tensor_casts_per_step(model, _vital_objective(model, hook, [3, 7]), "vital") <= 12
+    weight = model.blocks[1].fc1.weight
+    before = _float32(weight)
+    assert _float32(weight) is before and torch.equal(before, weight.float())  # cast once, the same values
+    with torch.no_grad():
+        weight.mul_(2.0)  # an in-place change: cast again
+    assert _float32(weight) is not before and torch.equal(_float32(weight), weight.float())
+    with torch.no_grad():
+        weight.mul_(0.5)
+
+
+def test_fourier_scale_as_complex_gives_the_promoted_bits():
+    image = param.FourierImage([3, 7], (24, 24))
+    got = image()
+    got.sum().backward()
+    want_grad, image.spectrum.grad = image.spectrum.grad, None
+    h, w = image.size
+    real = image.scale.real.contiguous()  # the real scale that the product promoted at every step
+    spectrum = torch.view_as_complex(image.spectrum) * real
+    want = torch.sigmoid(param._decorrelated_to_rgb(torch.fft.irfft2(spectrum, s=(h, w), norm="ortho") / 4.0))
+    want.sum().backward()
+    assert torch.equal(got, want) and torch.equal(want_grad, image.spectrum.grad)
+
+
 def _einsum_to_rgb(x):
     return torch.einsum("nchw,dc->ndhw", x, param._COLOR_SQRT.to(x))
 
@@ -215,6 +346,37 @@ def test_colour_decorrelation_keeps_the_images(models, recipe, monkeypatch):
     objective = Neuron("blocks.1.mlp.hook_post", [3, 7])
     got = optimise(model, objective, [3, 7], settings).images
     monkeypatch.setattr(param, "_decorrelated_to_rgb", _einsum_to_rgb)
+    assert torch.equal(got, optimise(model, objective, [3, 7], settings).images)
+
+
+def _jitter_by_roll(self, x, rngs, progress):  # the per-image loop that the batched gather replaced
+    shifts = _per_image(rngs, lambda g: torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=g))
+    return torch.stack(
+        [torch.roll(img, shifts=(dy, dx), dims=(-2, -1)) for img, (dy, dx) in zip(x, shifts.tolist(), strict=True)]
+    )
+
+
+@pytest.mark.parametrize(("n", "copies", "h", "w"), [(3, 1, 16, 16), (2, 4, 17, 31), (1, 2, 224, 224)])
+def test_jitter_as_one_gather_gives_the_rolls_bits(n, copies, h, w):
+    torch.manual_seed(0)
+    base, g = torch.randn(n, 1, 3, h, w), torch.randn(n, copies, 3, h, w)
+    out = {}
+    for label, call in (("gather", Jitter.__call__), ("roll", _jitter_by_roll)):
+        leaf = base.clone().requires_grad_(True)
+        y = call(Jitter(9), leaf.expand(-1, copies, -1, -1, -1), _rngs(range(n), stream=1), 0.0)
+        y.backward(g)
+        out[label] = y.detach(), leaf.grad
+    assert torch.equal(out["gather"][0], out["roll"][0]) and torch.equal(out["gather"][1], out["roll"][1])
+
+
+@pytest.mark.parametrize("recipe", ["default", "vit-paper", "pii", "clip-inversion", "maco", "vital"])
+def test_jitter_as_one_gather_keeps_the_images(models, recipe, monkeypatch):
+    model = models["vit"]
+    hook, neurons = "blocks.1.mlp.hook_post", [3, 7]
+    settings = get_recipe(recipe, steps=2, copies=min(3, get_recipe(recipe).copies))
+    objective = _vital_objective(model, hook, neurons) if recipe == "vital" else Neuron(hook, neurons)
+    got = optimise(model, objective, [3, 7], settings).images
+    monkeypatch.setattr(Jitter, "__call__", _jitter_by_roll)
     assert torch.equal(got, optimise(model, objective, [3, 7], settings).images)
 
 

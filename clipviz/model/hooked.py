@@ -338,16 +338,31 @@ class HookedVisionModel(nn.Module):
             write=swap,
         )
 
-    def run_to_mlp_input(self, images: torch.Tensor, block: int) -> torch.Tensor:
-        """Block ``block``'s MLP input ``(B, N, d_model)`` (autograd graph kept); the pass stops there, so neither
-        that MLP nor anything after it is computed."""
+    def run_to_mlp_input(
+        self, images: torch.Tensor, block: int, keep: Sequence[str] = ()
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Block ``block``'s MLP input ``(B, N, d_model)`` and the activations at the hooks ``keep`` (autograd graph
+        kept); the pass stops at the MLP input, so neither that MLP nor anything after it is computed. A hook of
+        ``keep`` that has not fired by then (it sits after the MLP input in the forward pass) is an error."""
         point = self.mlp_input_point(block)
+        points = self._points(keep)
         kept: list[torch.Tensor] = []
-        with installed([(point, lambda value, _p: kept.append(value))], stop_after={point.name}), suppress(StopForward):
+        cache = ActivationCache()
+
+        def store(value: torch.Tensor, p: HookPoint) -> None:
+            cache[p.name] = value
+
+        pairs = [(point, lambda value, _p: kept.append(value)), *[(p, store) for p in points]]
+        with installed(pairs, stop_after={point.name}), suppress(StopForward):
             self(images)
         if not kept:
             raise ClipvizError(f"block {block}'s MLP was never called in the forward pass")
-        return kept[0]
+        cache.stopped_early = True
+        for asked, p in zip(keep, points, strict=True):
+            if p.name not in cache:
+                raise ClipvizError(f"hook '{asked}' does not fire before block {block}'s MLP input")
+            cache[asked] = cache[p.name]
+        return kept[0], cache
 
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[HookedVisionModel]:

@@ -100,10 +100,10 @@ def forward_objective(
         autocast(),
         stem_as_matmul(model, speedups.stem_on(model.device), onednn),
         linears_as_onednn(model, onednn),
-        blocks_compiled(model, _first_hooked_block(model, plan, objective), speedups.compiled_blocks),
+        blocks_compiled(model, _first_hooked_block(model, objective), speedups.compiled_blocks),
     ):
         if plan is not None:
-            output, cache, picked = None, {}, plan.run(model, images, copies)
+            output, (picked, cache) = None, plan.run(model, images, copies)
         elif hooks:
             output, cache = model.run_with_cache(
                 images, list(hooks), stop_early=not objective.needs_output, detach=False
@@ -113,11 +113,9 @@ def forward_objective(
     return objective(Context(model=model, cache=cache, output=output, images=clean, copies=copies, picked=picked))
 
 
-def _first_hooked_block(model: HookedVisionModel, plan, objective: Objective) -> int:
+def _first_hooked_block(model: HookedVisionModel, objective: Objective) -> int:
     """The first block that a hook of this pass sits in (0 where one sits before the blocks): the blocks before
     it may be compiled."""
-    if plan is not None:
-        return plan.block
     blocks = [model.hook_point(h).block for h in objective.hooks]
     return 0 if None in blocks else min(blocks, default=model.n_blocks)
 

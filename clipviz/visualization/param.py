@@ -98,7 +98,9 @@ class FourierImage(ImageParam):
         h, w = self.size
         freqs = _frequencies(h, w)
         scale = 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay
-        self.register_buffer("scale", scale, persistent=False)
+        # complex once here: the product with the complex spectrum promoted the real scale at every step (and its
+        # backward again); the promoted values are these, so the images are the same bits
+        self.register_buffer("scale", scale.to(torch.complex64), persistent=False)
         init = torch.stack([torch.randn(3, h, w // 2 + 1, 2, generator=g) * std for g in _generators(self.seeds)])
         self.spectrum = nn.Parameter(init)
 

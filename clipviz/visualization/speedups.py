@@ -1,8 +1,9 @@
 """The exact speed-ups of the optimisation step, and the switches that turn them off.
 
 =================  ==============================================================================================
-``sliced_mlp``     a ``Neuron`` objective at an MLP hook computes per image only its own neuron
-                   (``clipviz.visualization.sliced``); every device
+``sliced_mlp``     a ``Neuron`` objective at an MLP hook computes per image only its own neuron, also when other
+                   terms read hooks that fire before that MLP's input (``vital``'s sort matching: captured in
+                   the same truncated pass) (``clipviz.visualization.sliced``); every device
 ``matmul_stem``    the patch-embedding convolution as reshape + matrix product (``clipviz.model.stem``);
                    ``None``: where it was measured faster (the CPU; not measured on a GPU, so off there)
 ``fused_affine``   ColorShift, offset noise and the model's normalisation as one ``a * x + b`` pass

@@ -70,20 +70,42 @@ class OffsetNoise:
         return x + s * _like(noise[..., None, None], x)
 
 
+def _rolled(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``x`` (n, ..., H, W) with image ``i`` rolled by ``shifts[i] = (dy, dx)`` as ``torch.roll`` rolls it, in one
+    gather over the flattened pixels (the same bits: every output element is a copy of one input element)."""
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    rows = (torch.arange(h, device=x.device) - shifts[:, :1]) % h  # (n, H): the source row of each output row
+    cols = (torch.arange(w, device=x.device) - shifts[:, 1:]) % w
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(n, *[1] * (x.ndim - 3), h * w)
+    flat = x.reshape(*x.shape[:-2], h * w)
+    return flat.gather(-1, index.expand(flat.shape)).view(x.shape)
+
+
+class _Roll(torch.autograd.Function):
+    """Per-image circular shifts; the gradient is the gather of the inverse shifts (a permutation's transpose: the
+    same bits as ``torch.roll``'s backward, and no scatter, so it is deterministic on every device)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(shifts)
+        return _rolled(x, shifts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (shifts,) = ctx.saved_tensors
+        return _rolled(grad, -shifts), None
+
+
 @dataclass(frozen=True)
 class Jitter:
-    """Circular roll by ``U{-max_shift..max_shift}`` pixels in x and y, one offset per image and step."""
+    """Circular roll by ``U{-max_shift..max_shift}`` pixels in x and y, one offset per image and step (drawn from
+    each image's own generator; applied to the whole batch in one gather)."""
 
     max_shift: int = 32
 
     def __call__(self, x: torch.Tensor, rngs, progress: float) -> torch.Tensor:
         shifts = _per_image(rngs, lambda g: torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=g))
-        return torch.stack(
-            [
-                torch.roll(img, shifts=(int(dy), int(dx)), dims=(-2, -1))
-                for img, (dy, dx) in zip(x, shifts.tolist(), strict=True)
-            ]
-        )
+        return _Roll.apply(x, _like(shifts, x))
 
 
 @dataclass(frozen=True)

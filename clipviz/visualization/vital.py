@@ -174,12 +174,10 @@ def guided_objective(
     for where in match:
         name = match_hook(model, hook, where)
         refs = [reference(model, hook, int(n), g, name, reduce) for n, g in zip(neurons, guides, strict=True)]
-        term = SortMatch(
-            name,
-            torch.stack([r.quantiles for r in refs]),
-            torch.stack([r.weights for r in refs]),
-            torch.stack([r.scale for r in refs]),
+        stacked = (
+            torch.stack([getattr(r, f) for r in refs]).to(model.device) for f in ("quantiles", "weights", "scale")
         )
+        term = SortMatch(name, *stacked)  # on the model's device once, not copied there at every step
         objective = objective + (weight / len(match)) * term
     return objective
 
