@@ -36,9 +36,9 @@ from clipviz.analysis.dissect import labeller_a, softwpmi
 from clipviz.images import pil_to_tensor
 from clipviz.visualization.recipes import get_recipe
 from clipviz.visualization.visualize import visualize
-from clipviz.world import scene as world
 from clipviz.world.groundtruth import CONCEPTS, HELDOUT_SEED, bundled_selectivity, patch_means, world_images
 from clipviz.world.planting import concept_labels, concept_prompt, parse_concept
+from clipviz.world.reading import salient_reading
 
 PROBE_SEED = HELDOUT_SEED + 3
 METHODS = ("example_precision", "dissect_top1", "lens_top1", "visual_top1", "pixels_read")
@@ -145,33 +145,16 @@ def visual_reading(model, pr: dict, concepts: list[str], images: list[torch.Tens
     return [by_prompt[t["words"][0]] for t in table]
 
 
-def read_pixels(image: torch.Tensor, share: float = 0.1) -> dict:
+def read_pixels(image: torch.Tensor) -> dict:
     """A person's reading of a visualization (3, H, W) in [0, 1]: the world colour and the region of what stands
-    out. The salient pixels are the ``share`` farthest from the image's median colour, of those at least half as
-    far from it as the farthest one (a small object is all of what stands out, not a tenth of the image); the colour
-    is the world colour nearest to their mean, the region is where their centroid lies (center when within 8% of
-    the middle, else the side along the larger offset).
+    out (``clipviz.world.reading.salient_reading``: the 10% of pixels farthest from the median colour, of those at
+    least half as far as the farthest one).
 
     >>> img = torch.zeros(3, 20, 20); img[0, 8:12, :4] = 1.0
     >>> read_pixels(img)["colour"], read_pixels(img)["position"]
     ('red', 'left')
     """
-    x = image.float().permute(1, 2, 0).reshape(-1, 3)
-    h, w = image.shape[-2:]
-    distance = (x - x.median(dim=0).values).norm(dim=1)
-    top = distance.topk(max(1, int(share * x.shape[0])))
-    salient = top.indices[top.values >= 0.5 * top.values[0]]
-    palette = torch.tensor(list(world.COLOURS.values()), dtype=torch.float32)
-    colour = list(world.COLOURS)[int((palette - x[salient].mean(dim=0)).norm(dim=1).argmin())]
-    yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
-    dx, dy = float(xx.flatten()[salient].mean()), float(yy.flatten()[salient].mean())
-    if max(abs(dx), abs(dy)) < 0.08:
-        position = "center"
-    elif abs(dx) >= abs(dy):
-        position = "right" if dx > 0 else "left"
-    else:
-        position = "bottom" if dy > 0 else "top"
-    return {"colour": colour, "position": position, "offset": [round(dx, 3), round(dy, 3)]}
+    return salient_reading(image, share=0.1, floor=0.5)
 
 
 def pixels_read(concept: str, seen: dict) -> bool | None:

@@ -43,12 +43,15 @@ def dominant_colour(image: torch.Tensor, tolerance: float = 0.35) -> dict:
     return {"colour": _NAMES[best], "share": round(float(votes[best]) / x.shape[0], 4)}
 
 
-def salient_reading(image: torch.Tensor, share: float = 0.1) -> dict:
-    """``image`` (3, H, W) in [0, 1] -> {"colour", "position", "offset"} of its most salient pixels."""
+def salient_reading(image: torch.Tensor, share: float = 0.1, floor: float = 0.0) -> dict:
+    """``image`` (3, H, W) in [0, 1] -> {"colour", "position", "offset"} of its most salient pixels: the ``share``
+    farthest from the median colour, of those at least ``floor`` times as far as the farthest one (with a floor, a
+    small object is all of what stands out, not a tenth of the image)."""
     x = image.float().permute(1, 2, 0).reshape(-1, 3)
     h, w = image.shape[-2:]
     distance = (x - x.median(dim=0).values).norm(dim=1)
-    salient = distance.topk(max(1, int(share * x.shape[0]))).indices
+    top = distance.topk(max(1, int(share * x.shape[0])))
+    salient = top.indices[top.values >= floor * top.values[0]]
     colour = _NAMES[int((_PALETTE - x[salient].mean(dim=0)).norm(dim=1).argmin())]
     yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
     dx, dy = float(xx.flatten()[salient].mean()), float(yy.flatten()[salient].mean())
