@@ -28,12 +28,13 @@ the profile asks for (not measured: no GPU was available).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from clipviz.model.hooks import forwards_replaced
 
 
 def _forward(module: nn.Module, *args, **kwargs):
@@ -55,10 +56,5 @@ def blocks_compiled(model, upto: int, enabled: bool = True) -> Iterator[int]:
     hooks on a block module itself still run eagerly around it); yields how many blocks were switched."""
     blocks = [model.blocks[i].block for i in range(min(upto, model.n_blocks))] if enabled else []
     switched = [b for b in blocks if "forward" not in b.__dict__ and not _hooked(b)]
-    for b in switched:
-        b.forward = functools.partial(_compiled_forward, b)
-    try:
-        yield len(switched)
-    finally:
-        for b in switched:
-            del b.forward
+    with forwards_replaced(switched, _compiled_forward) as count:
+        yield count

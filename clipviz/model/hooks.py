@@ -20,6 +20,7 @@ Any native module path (``encoder.layers.3.mlp.fc1``) is a hook point on that mo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -362,3 +363,21 @@ def _post_hook(group, visit, fired):
         return _replace_first(output, value) if changed else None
 
     return hook
+
+
+@contextmanager
+def forwards_replaced(modules: Sequence[nn.Module], forward: Callable[..., torch.Tensor]) -> Iterator[int]:
+    """Inside the ``with`` block each module runs ``forward(module, *args)`` instead of its own forward (set on
+    the instance, so the module's hooks still fire around it); afterwards each has its own forward back, also an
+    instance forward it had before. Yields how many modules were switched."""
+    previous = [m.__dict__.get("forward") for m in modules]
+    for m in modules:
+        m.forward = functools.partial(forward, m)
+    try:
+        yield len(modules)
+    finally:
+        for m, before in zip(modules, previous, strict=True):
+            if before is None:
+                del m.forward
+            else:
+                m.forward = before

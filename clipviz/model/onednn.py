@@ -26,7 +26,6 @@ input that is not float32 on the CPU, CPU autocast on.
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +33,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from clipviz.model.hooks import forwards_replaced
 
 # oneDNN's packing takes the expected number of rows as a hint; it changes neither the values nor (measured from
 # 197 to 3,152 rows) the speed.
@@ -107,13 +108,8 @@ def linears_as_onednn(model, enabled: bool = True) -> Iterator[int]:
     """Run the vision tower's ``nn.Linear`` layers as ``frozen_linear`` inside the block (their hooks still
     fire); yields how many were switched (0 where oneDNN is missing or ``enabled`` is false)."""
     linears = _plain_linears(model) if enabled and onednn_available() else []
-    for m in linears:
-        m.forward = functools.partial(_module_forward, m)
-    try:
-        yield len(linears)
-    finally:
-        for m in linears:
-            del m.forward
+    with forwards_replaced(linears, _module_forward) as count:
+        yield count
 
 
 def _module_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:

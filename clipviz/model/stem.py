@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipviz.model.hooks import forwards_replaced
 from clipviz.model.onednn import frozen_linear
 
 
@@ -71,16 +72,8 @@ def stem_as_matmul(model, enabled: bool = True, onednn: bool = False) -> Iterato
     if conv is None:
         yield False
         return
-    had_own = "forward" in conv.__dict__
-    previous = conv.__dict__.get("forward")
-    conv.forward = lambda x: patch_matmul(conv, x, onednn)
-    try:
+    with forwards_replaced([conv], lambda module, x: patch_matmul(module, x, onednn)):
         yield True
-    finally:
-        if had_own:
-            conv.forward = previous
-        else:
-            del conv.forward
 
 
 def stem_matmul_is_faster(device: torch.device) -> bool:
