@@ -30,6 +30,7 @@ from clipviz.visualization.vital import guided_objective
 
 # float32, values of order 1: a sum of d_model products in another order than the matrix product's
 SLICED_TOL = {"rtol": 1e-5, "atol": 1e-6}
+SLICED_GRAD_TOL = {"rtol": 1e-4, "atol": 1e-7}
 STEM_TOL = {"rtol": 1e-5, "atol": 1e-5}
 # float32 through every block: each product sums in oneDNN's order instead of MKL's
 ONEDNN_TOL = {"rtol": 1e-4, "atol": 1e-5}
@@ -51,6 +52,17 @@ def models(tiny):
     return {name: clipviz.load(spec) for name, (_, spec) in tiny.items() if name in ARCHS + ["swin"]}
 
 
+def _assert_like_plain(
+    model, objective, images, copies: int, speedups: SpeedUps, tol: dict, grad_tol: dict | None = None
+) -> None:
+    """Values (within ``tol``) and input gradients (within ``grad_tol``, default ``tol``) with ``speedups`` equal
+    those of the plain computation."""
+    got, got_grad = _value_and_grad(model, objective, images, copies, speedups)
+    want, want_grad = _value_and_grad(model, objective, images, copies, SpeedUps.none())
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(got_grad, want_grad, **(grad_tol or tol))
+
+
 def _value_and_grad(model, objective, images, copies, speedups):
     x = images.clone().requires_grad_(True)
     clean = x.reshape(-1, copies, *x.shape[1:])[:, 0]
@@ -69,10 +81,7 @@ def test_sliced_mlp_equals_the_full_pass(models, name, point):
     assert plan_sliced(model, objective) is not None
     torch.manual_seed(0)
     images = torch.rand(6, 3, *model.image_size)  # 3 images x 2 copies
-    got, got_grad = _value_and_grad(model, objective, images, 2, ONLY_SLICED)
-    want, want_grad = _value_and_grad(model, objective, images, 2, SpeedUps.none())
-    torch.testing.assert_close(got, want, **SLICED_TOL)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+    _assert_like_plain(model, objective, images, 2, ONLY_SLICED, SLICED_TOL, SLICED_GRAD_TOL)
 
 
 @pytest.mark.parametrize("reduce", ["cls", "max", ("region", 0, 2, 1, 3)])
@@ -120,10 +129,7 @@ def test_sliced_mlp_with_guidance_terms_equals_the_full_pass(models, name):
     assert plan is not None and plan.keep == ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid")
     torch.manual_seed(0)
     images = torch.rand(6, 3, *model.image_size)  # 3 images x 2 copies
-    got, got_grad = _value_and_grad(model, objective, images, 2, ONLY_SLICED)
-    want, want_grad = _value_and_grad(model, objective, images, 2, SpeedUps.none())
-    torch.testing.assert_close(got, want, **SLICED_TOL)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+    _assert_like_plain(model, objective, images, 2, ONLY_SLICED, SLICED_TOL, SLICED_GRAD_TOL)
 
 
 def test_sliced_mlp_checks_where_a_kept_hook_fires(models, monkeypatch):
@@ -194,10 +200,7 @@ def test_onednn_linears_equal_the_plain_ones(models, name):
     objective = Neuron("blocks.1.mlp.hook_post", [2, 4, 6])
     torch.manual_seed(0)
     images = torch.rand(3, 3, *model.image_size)
-    got, got_grad = _value_and_grad(model, objective, images, 1, ONLY_ONEDNN)
-    want, want_grad = _value_and_grad(model, objective, images, 1, SpeedUps.none())
-    torch.testing.assert_close(got, want, **ONEDNN_TOL)
-    torch.testing.assert_close(got_grad, want_grad, **ONEDNN_TOL)
+    _assert_like_plain(model, objective, images, 1, ONLY_ONEDNN, ONEDNN_TOL)
     with linears_as_onednn(model) as switched:
         assert switched > 0
         linear = next(m for m in model.backend.vision_root.modules() if isinstance(m, torch.nn.Linear))
@@ -269,10 +272,7 @@ def test_sliced_mlp_with_bf16_weights_equals_the_full_pass(bf16_models, name):
     objective = Neuron("blocks.1.mlp.hook_post", [3, 5, 0])
     torch.manual_seed(0)
     images = torch.rand(6, 3, *model.image_size)
-    got, got_grad = _value_and_grad(model, objective, images, 2, ONLY_SLICED)
-    want, want_grad = _value_and_grad(model, objective, images, 2, SpeedUps.none())
-    torch.testing.assert_close(got, want, **BF16_TOL)
-    torch.testing.assert_close(got_grad, want_grad, **BF16_TOL)
+    _assert_like_plain(model, objective, images, 2, ONLY_SLICED, BF16_TOL)
 
 
 def _tensor_casts_per_step(model, objective, recipe: str) -> int:
