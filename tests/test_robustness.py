@@ -256,20 +256,13 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        # As in a terminal: a test run started in the background of a shell ignores SIGINT, and its children
+        # would inherit that (they would then run to the end).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(1.0)  # importing torch and the backends takes longer than this
-    # A library may swallow an interrupt that lands inside its own import-time try/except (seen once in CI with
-    # torch 2.15: the command then ran to the end): interrupt again until the process has gone.
-    for _ in range(20):
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=1)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    else:
-        proc.kill()
-        raise AssertionError("clipviz did not stop on Ctrl-C")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip() == "clipviz: interrupted"
 
