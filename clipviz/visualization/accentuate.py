@@ -76,7 +76,7 @@ def feature_anchor(model: HookedVisionModel, hook: str, seed: torch.Tensor) -> F
     if act.ndim != 3:
         raise ClipvizError(f"a feature anchor needs (B, N, C) activations; hook '{hook}' gives {tuple(act.shape)}")
     patches = act[:, model.hook_layout(hook).n_prefix :].float()
-    return FeatureAnchor(hook, patches.cpu(), patches.std(dim=1).clamp(min=1e-6).cpu())
+    return FeatureAnchor(hook, patches, patches.std(dim=1).clamp(min=1e-6))  # on the model's device
 
 
 __all__ = ["FeatureAnchor", "PixelAnchor", "feature_anchor", "pixel_distance"]

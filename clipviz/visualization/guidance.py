@@ -126,7 +126,7 @@ class Guidance:
             from clipviz.visualization.accentuate import PixelAnchor, feature_anchor
             from clipviz.visualization.vital import match_hook
 
-            init = self.seed_image[None].expand(count, -1, -1, -1).contiguous()
+            init = self.seed_image[None].expand(count, -1, -1, -1).contiguous().to(model.device)  # once, not per step
             if recipe.anchor:
                 objective = objective + recipe.anchor * PixelAnchor(init)
             if recipe.anchor_features:
