@@ -18,7 +18,7 @@ from clipviz.visualization.guidance import rank_images
 from clipviz.visualization.objectives import Context, Neuron
 from clipviz.visualization.optimise import evaluate
 from clipviz.visualization.visualize import visualize
-from clipviz.visualization.vital import SortMatch, reference, reference_quantiles, sort_match
+from clipviz.visualization.vital import SortMatch, reference_quantiles, references, sort_match
 
 HOOK = "blocks.0.mlp.hook_post"
 MATCH = "blocks.0.hook_resid_mid"
@@ -67,7 +67,7 @@ def test_sort_match_gradient_moves_channel_statistics_to_the_reference(planted):
     g = torch.Generator().manual_seed(1)
     refs = torch.rand(4, 3, 32, 32, generator=g) * 0.3
     refs[:, 0] += 0.6  # reddish references
-    r = reference(planted, HOOK, RED, refs, MATCH, relevance=False)
+    r = references(planted, HOOK, RED, refs, [MATCH], relevance=False)[MATCH]
     _, cache = planted.run_with_cache(refs, [MATCH])
     ref_acts = cache[MATCH][:, 1:].float().flatten(0, 1)
     x = torch.rand(1, 3, 32, 32, generator=g).requires_grad_(True)
@@ -98,10 +98,10 @@ def test_relevance_keeps_only_the_channels_that_feed_the_neuron(planted):
     1 and 2): its relevance is concentrated there, the other channels get (almost) nothing."""
     refs = torch.zeros(2, 3, 32, 32)
     refs[:, 0] = 1.0
-    r = reference(planted, HOOK, RED, refs, MATCH)
+    r = references(planted, HOOK, RED, refs, [MATCH])[MATCH]
     assert abs(float(r.weights.sum()) - 1) < 1e-6
     assert float(r.weights[:3].sum()) > 0.99, r.weights
-    uniform = reference(planted, HOOK, RED, refs, MATCH, relevance=False)
+    uniform = references(planted, HOOK, RED, refs, [MATCH], relevance=False)[MATCH]
     assert torch.allclose(uniform.weights, torch.full_like(uniform.weights, 1 / len(uniform.weights)))
 
 

@@ -115,39 +115,45 @@ class Reference:
     scale: torch.Tensor  # (C,)
 
 
-def reference(
+def references(
     model: HookedVisionModel,
     hook: str,
     neuron: int,
     images: torch.Tensor,
-    match: str,
+    matches: Sequence[str],
     reduce: Reduce = "patches",
     relevance: bool = True,
-) -> Reference:
-    """Reference statistics of ``images`` (k, 3, H, W; the neuron's top examples) at hook ``match``, with each
-    channel's relevance for neuron ``neuron`` of ``hook`` (uniform weights when ``relevance`` is False, or when
-    no channel raises the neuron on these images)."""
+) -> dict[str, Reference]:
+    """Reference statistics of ``images`` (k, 3, H, W; the neuron's top examples) at each hook of ``matches``,
+    with each channel's relevance for neuron ``neuron`` of ``hook`` (uniform weights when ``relevance`` is False,
+    or when no channel raises the neuron on these images): one forward and one backward pass for all of them."""
     x = images.to(model.device).float().requires_grad_(relevance)  # the weights may be frozen
     with torch.enable_grad():
-        _, cache = model.run_with_cache(x, [match, hook], stop_early=True, detach=False)
-    acts = cache[match]
-    if acts.ndim != 3:
-        raise ClipvizError(f"sort matching needs (B, N, C) activations; hook '{match}' gives {tuple(acts.shape)}")
-    prefix = model.hook_layout(match).n_prefix
-    patches = acts[:, prefix:].detach().float()  # (k, T, C)
-    k, t, c = patches.shape
-    q = reference_quantiles(patches.reshape(1, k * t, c), t)[0]
-    spread = patches.reshape(k * t, c).std(dim=0)
-    scale = spread.pow(2).mean().sqrt().clamp(min=1e-6).expand(c).clone()
-    rel = torch.ones(c, device=patches.device)
+        _, cache = model.run_with_cache(x, [*matches, hook], stop_early=True, detach=False)
+    acts = [cache[m] for m in matches]
+    for m, a in zip(matches, acts, strict=True):
+        if a.ndim != 3:
+            raise ClipvizError(f"sort matching needs (B, N, C) activations; hook '{m}' gives {tuple(a.shape)}")
+    grads: list[torch.Tensor | None] = [None] * len(acts)
     if relevance:
         target = cache[hook][..., neuron].float()  # (k, N)
         value = reduce_tokens(target, reduce, model.hook_layout(hook)).sum()
-        (grad,) = torch.autograd.grad(value, acts)  # each image's value depends on that image only
-        found = (grad * acts).detach()[:, prefix:].float().sum(dim=1).mean(dim=0).clamp(min=0)
-        if float(found.sum()) > 0:  # else the neuron is silent on its references: every channel counts alike
-            rel = found
-    return Reference(quantiles=q.cpu(), weights=(rel / rel.sum()).cpu(), scale=scale.cpu())
+        grads = list(torch.autograd.grad(value, acts))  # each image's value depends on that image only
+    out = {}
+    for m, a, grad in zip(matches, acts, grads, strict=True):
+        prefix = model.hook_layout(m).n_prefix
+        patches = a[:, prefix:].detach().float()  # (k, T, C)
+        k, t, c = patches.shape
+        q = reference_quantiles(patches.reshape(1, k * t, c), t)[0]
+        spread = patches.reshape(k * t, c).std(dim=0)
+        scale = spread.pow(2).mean().sqrt().clamp(min=1e-6).expand(c).clone()
+        rel = torch.ones(c, device=patches.device)
+        if grad is not None:
+            found = (grad * a).detach()[:, prefix:].float().sum(dim=1).mean(dim=0).clamp(min=0)
+            if float(found.sum()) > 0:  # else the neuron is silent on its references: every channel counts alike
+                rel = found
+        out[m] = Reference(quantiles=q.cpu(), weights=(rel / rel.sum()).cpu(), scale=scale.cpu())
+    return out
 
 
 def guided_objective(
@@ -171,9 +177,10 @@ def guided_objective(
     if len(guides) != len(neurons):
         raise ClipvizError(f"one reference set per neuron: {len(neurons)} neurons, {len(guides)} sets")
     objective: Objective = Neuron(hook, list(neurons), reduce)
-    for where in match:
-        name = match_hook(model, hook, where)
-        refs = [reference(model, hook, int(n), g, name, reduce) for n, g in zip(neurons, guides, strict=True)]
+    names = [match_hook(model, hook, where) for where in match]
+    per_neuron = [references(model, hook, int(n), g, names, reduce) for n, g in zip(neurons, guides, strict=True)]
+    for name in names:
+        refs = [r[name] for r in per_neuron]
         stacked = (
             torch.stack([getattr(r, f) for r in refs]).to(model.device) for f in ("quantiles", "weights", "scale")
         )
@@ -182,4 +189,12 @@ def guided_objective(
     return objective
 
 
-__all__ = ["Reference", "SortMatch", "guided_objective", "match_hook", "reference", "reference_quantiles", "sort_match"]
+__all__ = [
+    "Reference",
+    "SortMatch",
+    "guided_objective",
+    "match_hook",
+    "reference_quantiles",
+    "references",
+    "sort_match",
+]
