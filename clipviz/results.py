@@ -5,7 +5,8 @@ A results folder holds any of (``<hook>`` is a hook name such as ``blocks.6.mlp.
     <out>/<hook>/neuron-00042.png + .json          a visualization and its sidecar (every setting, the objective)
     <out>/<hook>/neuron-00042-s<seed>.png + .json  one of several samples of a target
     <out>/text/text-<slug>-<crc>.png + .json       a text-prompt visualization (``class/`` for classes)
-    <out>/<group>/grid.png                         every image of a group side by side
+    <out>/<hook>/neuron-00042.data-guided.png      the same neuron's data-guided image (``.accentuated``: seeded)
+    <out>/<group>/grid.png                         every image of a group side by side (``grid.<kind>.png``)
     <out>/<hook>/examples.safetensors + .json      top dataset examples (scores, indices, heat maps)
     <out>/thumbs/<index>.png                       thumbnails of the dataset images kept as examples
     <out>/<hook>/concepts-<method>.parquet + .csv  words per neuron and rank, with scores
@@ -224,9 +225,30 @@ def _in_shards(path: Path, root: Path) -> bool:
     return SHARDS_DIR in path.relative_to(root).parts
 
 
-def visualization_path(out: Path, group: str, key: str, sample_seed: int | None = None) -> Path:
-    """Where a visualization's PNG goes (its sidecar is the same path with ``.json``)."""
-    return Path(out) / group / f"{key}{'' if sample_seed is None else f'-s{sample_seed}'}.png"
+#: How a visualization was made, in the order the atlas and the Space show them side by side.
+VISUALIZATION_KINDS = ("plain", "data-guided", "accentuated")
+
+
+def _kind_suffix(kind: str) -> str:
+    if kind not in VISUALIZATION_KINDS:
+        raise ValueError(f"unknown visualization kind {kind!r}; known: {', '.join(VISUALIZATION_KINDS)}")
+    return "" if kind == "plain" else f".{kind}"
+
+
+def visualization_path(out: Path, group: str, key: str, sample_seed: int | None = None, kind: str = "plain") -> Path:
+    """Where a visualization's PNG goes (its sidecar is the same path with ``.json``). Each kind has its own name,
+    so a plain, a data-guided and an accentuated image of one neuron live side by side in one folder.
+
+    >>> visualization_path(Path("out"), "blocks.1.mlp.hook_post", "7", kind="data-guided").name
+    '7.data-guided.png'
+    """
+    seed = "" if sample_seed is None else f"-s{sample_seed}"
+    return Path(out) / group / f"{key}{seed}{_kind_suffix(kind)}.png"
+
+
+def grid_path(out: Path, group: str, kind: str = "plain") -> Path:
+    """The labelled grid of one group's visualizations of one kind."""
+    return Path(out) / group / f"{Path(GRID_FILE).stem}{_kind_suffix(kind)}.png"
 
 
 def write_visualization(png: Path, image: Image.Image, meta: dict) -> None:
@@ -241,10 +263,6 @@ def read_visualization_meta(png: Path) -> dict | None:
     if meta is None or not png.is_file() or "settings_id" not in meta or "kind" not in meta:
         return None
     return meta
-
-
-#: How a visualization was made, in the order the atlas and the Space show them side by side.
-VISUALIZATION_KINDS = ("plain", "data-guided", "accentuated")
 
 
 def visualization_kind(meta: dict) -> str:

@@ -202,9 +202,17 @@ def test_data_guided_image_next_to_the_plain_one(tmp_path):
     from clipviz.visualization.visualize import visualize
 
     model = clipviz.load("world-clip")
-    common = dict(steps=2, progress=False)  # one folder per recipe: a rerun into the same folder replaces
-    visualize(model, HOOK, [5], recipe="vital", guide="world:64", guide_k=4, out=tmp_path / "results/b", **common)
-    visualize(model, HOOK, [5], recipe="default", out=tmp_path / "results/a", **common)
+    common = dict(steps=2, progress=False, out=tmp_path / "results")  # one folder: each kind has its own name
+    visualize(model, HOOK, [5], recipe="vital", guide="world:64", guide_k=4, **common)
+    visualize(model, HOOK, [5], recipe="default", **common)
+    names = sorted(p.name for p in (tmp_path / "results" / HOOK).iterdir())
+    assert names == sorted(
+        [
+            "grid.png",
+            "grid.data-guided.png",
+            *(f"neuron-00005{k}.{e}" for k in ("", ".data-guided") for e in ("png", "json")),
+        ]
+    )
     site = build_atlas(tmp_path / "results", tmp_path / "site")
     entry = _neurons(site)[5]
     assert entry["visualization_kinds"] == ["plain", "data-guided"]

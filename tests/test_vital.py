@@ -103,6 +103,11 @@ def test_relevance_keeps_only_the_channels_that_feed_the_neuron(planted):
     assert float(r.weights[:3].sum()) > 0.99, r.weights
     uniform = references(planted, HOOK, RED, refs, [MATCH], relevance=False)[MATCH]
     assert torch.allclose(uniform.weights, torch.full_like(uniform.weights, 1 / len(uniform.weights)))
+    # A match point after the target cannot feed it: its channels count alike, the earlier point keeps its relevance.
+    later = "blocks.0.hook_resid_post"
+    both = references(planted, HOOK, RED, refs, [MATCH, later])
+    assert torch.allclose(both[later].weights, torch.full_like(both[later].weights, 1 / len(both[later].weights)))
+    assert torch.equal(both[MATCH].weights, r.weights)
 
 
 def test_sort_match_objective_averages_over_copies(planted):

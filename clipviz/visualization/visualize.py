@@ -9,7 +9,9 @@
 
 Each result is a PIL image plus a metadata dict (model, hook, neuron, every recipe setting, seed, the objective at
 the start and at the end, library versions). With ``out=DIR``, each is written as ``DIR/<group>/<key>.png`` with
-a ``.json`` sidecar and a ``grid.png`` per group; a second run into the same folder skips finished work.
+a ``.json`` sidecar and a ``grid.png`` per group; a second run into the same folder skips finished work. A
+data-guided or accentuated image has its kind in its name (``<key>.data-guided.png``, ``grid.accentuated.png``),
+so the kinds of one neuron sit side by side in one folder instead of replacing each other.
 A target's image depends only on (model, hook, target, recipe, seed, and for data-guided recipes or
 accentuation the guide and the seed image): not on the batch it shares or on how many processes render.
 """
@@ -30,12 +32,13 @@ from tqdm.auto import tqdm
 from clipviz.errors import ClipvizError, check_int
 from clipviz.images import grid, tensor_to_pil
 from clipviz.results import (
-    GRID_FILE,
+    grid_path,
     read_png,
     read_visualization_meta,
     remove_stale_temporaries,
     settings_id,
     versions,
+    visualization_kind,
     visualization_path,
     write_png,
     write_visualization,
@@ -262,14 +265,15 @@ def visualize(
         "precision": _LOW_PRECISION_WEIGHTS.get(model.dtype, accelerator.mixed_precision),
     }
 
-    def path_of(t: Target) -> Path:
-        return visualization_path(out, t.group or hook, t.key, None if samples == 1 else t.seed)
-
     def settings(t: Target) -> dict:
         extra = (
             guidance.settings if t.kind == "neuron" else {k: v for k, v in guidance.settings.items() if k != "guide"}
         )
         return {**base, **extra, "kind": t.kind, "target": t.value, "seed": t.seed}
+
+    def path_of(t: Target) -> Path:
+        kind = visualization_kind(settings(t))
+        return visualization_path(out, t.group or hook, t.key, None if samples == 1 else t.seed, kind)
 
     def finished(t: Target) -> Visualization | None:
         """The target's finished result on disk, or ``None``: missing, other settings, or a truncated sidecar or
@@ -391,10 +395,10 @@ def visualize(
     if missing:
         raise ClipvizError(f"{missing[0].label} was not rendered by any process")
     if out is not None and accelerator.is_main_process:
-        for group in {t.group or hook for t in kept}:
-            members = [t for t in kept if (t.group or hook) == group]
+        for group, kind in {(t.group or hook, visualization_kind(settings(t))) for t in kept}:
+            members = [t for t in kept if (t.group or hook) == group and visualization_kind(settings(t)) == kind]
             labels = [_grid_label(t, samples) for t in members]
-            write_png(out / group / GRID_FILE, grid([results[t].image for t in members], labels=labels))
+            write_png(grid_path(out, group, kind), grid([results[t].image for t in members], labels=labels))
     return ordered
 
 

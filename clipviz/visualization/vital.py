@@ -126,7 +126,8 @@ def references(
 ) -> dict[str, Reference]:
     """Reference statistics of ``images`` (k, 3, H, W; the neuron's top examples) at each hook of ``matches``,
     with each channel's relevance for neuron ``neuron`` of ``hook`` (uniform weights when ``relevance`` is False,
-    or when no channel raises the neuron on these images): one forward and one backward pass for all of them."""
+    at a match point after the target, which cannot feed it, or when no channel raises the neuron on these
+    images): one forward and one backward pass for all of them."""
     x = images.to(model.device).float().requires_grad_(relevance)  # the weights may be frozen
     with torch.enable_grad():
         _, cache = model.run_with_cache(x, [*matches, hook], stop_early=True, detach=False)
@@ -138,7 +139,8 @@ def references(
     if relevance:
         target = cache[hook][..., neuron].float()  # (k, N)
         value = reduce_tokens(target, reduce, model.hook_layout(hook)).sum()
-        grads = list(torch.autograd.grad(value, acts))  # each image's value depends on that image only
+        # each image's value depends on that image only; a match point after the target gets no gradient (None)
+        grads = list(torch.autograd.grad(value, acts, allow_unused=True))
     out = {}
     for m, a, grad in zip(matches, acts, grads, strict=True):
         prefix = model.hook_layout(m).n_prefix
