@@ -318,7 +318,10 @@ def test_disk_full_is_one_line_keeps_finished_work_and_a_rerun_resumes(tmp_path,
     assert _visualize(out) == 2
     line = _error_after_bars(capsys.readouterr().err, "No space left on device")
     assert str(out) in line
-    assert {p.name for p in out.rglob("*") if p.is_file()} == {"neuron-00000.png", "neuron-00000.json"}
+    assert {p.name for p in out.rglob("*") if p.is_file()} == {
+        "neuron-00000.data-guided.png",
+        "neuron-00000.data-guided.json",
+    }
     monkeypatch.setattr(results, "atomic_write", real)
     assert _visualize(out) == 0
     assert _files(out) == reference

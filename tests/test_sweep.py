@@ -61,7 +61,8 @@ def test_dry_run_prints_the_plan_and_an_estimate_only(tmp_path, capsys):
     assert main(["sweep", *ARGS, "--out", str(tmp_path / "R"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "neurons: 12 in 2 hooks" in out and "300 images" in out
-    assert re.search(r"estimate on cpu: about [\d.]+ (s|min|h) \(visualize", out)
+    assert re.search(r"estimate on cpu: about [\d.]+ (s|min|h) \(examples [\d.]+ s, visualize", out)
+    assert "recipe 'vital'" in out and "each neuron guided by its top examples" in out  # guided by default
     assert not (tmp_path / "R").exists()
 
 
@@ -152,8 +153,8 @@ def test_a_killed_sweep_resumes_and_ends_identical(swept, tmp_path, monkeypatch)
     out = tmp_path / "R"
     run = ["sweep", *ARGS, *FAST, *PROBE, "--out", str(out)]
     for module, name, at in (
-        (visualize, "optimise", 3),  # the second hook's first batch
         (examples, "mine_examples", 5),  # the second hook's second shard
+        (visualize, "optimise", 3),  # the second hook's first batch
         (concepts, "write_table", 3),  # the second hook's words (direct, then dissect, per hook)
     ):
         restore = failing(module, name, at)

@@ -213,8 +213,8 @@ def test_cli_takes_a_guide_folder_and_an_examples_result(planted, tmp_path, caps
     for k in range(3):
         Image.fromarray(np.full((32, 32, 3), (200 + 20 * k, 30, 30), dtype=np.uint8)).save(refs / f"{k}.png")
     assert cli_main([*argv, "--guide", str(refs), "--out", str(out)]) == 0, capsys.readouterr().err
-    meta = json.loads((out / HOOK / "neuron-00000.json").read_text())
-    assert meta["recipe"]["name"] == "vital" and meta["guide"] == {"source": str(refs), "k": 3}
+    meta = json.loads((out / HOOK / "neuron-00000.data-guided.json").read_text())
+    assert meta["recipe"]["name"] == "vital" and meta["guide"]["source"] == str(refs) and meta["guide"]["k"] == 3
     mined = tmp_path / "mined"
     assert (
         cli_main(
@@ -224,12 +224,13 @@ def test_cli_takes_a_guide_folder_and_an_examples_result(planted, tmp_path, caps
     )
     capsys.readouterr()
     assert cli_main([*argv, "--guide", str(mined), "--out", str(tmp_path / "o2")]) == 0, capsys.readouterr().err
-    again = json.loads((tmp_path / "o2" / HOOK / "neuron-00000.json").read_text())
-    assert again["guide"]["examples"] == str(mined) and again["guide"]["source"] == str(refs)
+    again = json.loads((tmp_path / "o2" / HOOK / "neuron-00000.data-guided.json").read_text())
+    # the references are the images themselves, wherever their ranking came from: the same settings
+    assert again["guide"] == meta["guide"] and again["settings_id"] == meta["settings_id"]
     # the top examples found by mining are the ones the folder ranking finds: the same reference, the same image
     assert np.array_equal(
-        np.array(Image.open(out / HOOK / "neuron-00000.png")),
-        np.array(Image.open(tmp_path / "o2" / HOOK / "neuron-00000.png")),
+        np.array(Image.open(out / HOOK / "neuron-00000.data-guided.png")),
+        np.array(Image.open(tmp_path / "o2" / HOOK / "neuron-00000.data-guided.png")),
     )
 
 
@@ -242,8 +243,8 @@ def test_cli_accentuates_a_photo(planted, tmp_path, capsys):
     Image.fromarray(data.chelsea()).save(photo)
     argv = ["visualize", planted.spec, "--hook", HOOK, "--neurons", "0", "--recipe", "accentuate", "--steps", "8"]
     assert cli_main([*argv, "--from-image", str(photo), "--out", str(tmp_path / "acc")]) == 0, capsys.readouterr().err
-    meta = json.loads((tmp_path / "acc" / HOOK / "neuron-00000.json").read_text())
+    meta = json.loads((tmp_path / "acc" / HOOK / "neuron-00000.accentuated.json").read_text())
     assert meta["from_image"] and meta["objective_end"] > meta["objective_start"]
-    out = _array(Image.open(tmp_path / "acc" / HOOK / "neuron-00000.png"))
+    out = _array(Image.open(tmp_path / "acc" / HOOK / "neuron-00000.accentuated.png"))
     seed = planted.preprocess_pil(Image.open(photo).convert("RGB"))
     assert float(pixel_distance(out[None], seed[None])[0]) <= ACCENT_MAX_RMS

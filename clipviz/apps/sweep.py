@@ -6,9 +6,12 @@
 >>> plan.hooks, plan.n_neurons, plan.images
 (['blocks.2.mlp.hook_post', 'blocks.3.mlp.hook_post'], 12, 300)
 
-The stages run in order, each with one progress bar (rate and ETA): ``visualize`` (optimisation steps),
-``examples`` (images, per hook; heat maps and thumbnails included), ``concepts`` (the direct lens for CLIP-like
-models, CLIP-Dissect when a probe set is given) and ``atlas``. Everything goes into the standard results layout
+The stages run in order, each with one progress bar (rate and ETA): ``examples`` (images, per hook; heat maps and
+thumbnails included), ``visualize`` (optimisation steps), ``concepts`` (the direct lens for CLIP-like models,
+CLIP-Dissect when a probe set is given) and ``atlas``. The examples come first because they guide the
+visualizations: with no ``recipe`` named the sweep renders with the data-guided ``vital`` (each neuron matched to
+its own top examples, the recipe ``visualize`` chooses wherever reference images exist); ``recipe="default"``
+renders unguided. Everything goes into the standard results layout
 (``clipviz.results.sweep_paths``), so ``clipviz atlas``, ``publish`` and the Space read it as they read the
 outputs of the single commands.
 
@@ -81,6 +84,11 @@ class SweepPlan:
         return sum(len(v) for v in self.neurons.values())
 
     @property
+    def guided(self) -> bool:
+        """Whether the visualizations are matched to the sweep's own top examples (a data-guided recipe)."""
+        return bool(self.recipe.get("match")) and bool(self.recipe.get("match_weight"))
+
+    @property
     def methods(self) -> list[str]:
         return (["direct"] if self.direct else []) + (["dissect"] if self.probe else [])
 
@@ -129,7 +137,7 @@ def make_plan(
     dataset: str | None = None,
     vocab: str | None = None,
     probe: str | None = None,
-    recipe: str = "default",
+    recipe: str | None = None,
     steps: int | None = None,
     samples: int = 1,
     batch_size: int = 16,
@@ -143,6 +151,7 @@ def make_plan(
     from clipviz.apps.options import parse_indices
     from clipviz.data.sources import open_source
     from clipviz.plugins import registry
+    from clipviz.visualization.guidance import GUIDED_DEFAULT
     from clipviz.visualization.recipes import get_recipe
 
     chosen_blocks = parse_blocks(blocks, model.n_blocks)
@@ -185,6 +194,14 @@ def make_plan(
         if value < 1:
             raise ClipvizError(f"{what} must be at least 1, got {value}")
     overrides = {"steps": steps} if steps else {}
+    recipe = GUIDED_DEFAULT if recipe is None else recipe  # the sweep's own examples are the guide
+    chosen_recipe = get_recipe(recipe, **overrides)
+    if chosen_recipe.match and chosen_recipe.match_weight:
+        from clipviz.visualization.vital import match_hook
+
+        for name in names:  # a match point the model lacks is a one-line error now, not after the examples
+            for where in chosen_recipe.match:
+                match_hook(model, name, where)
     out = Path(out)
     return SweepPlan(
         model=model.spec,
@@ -194,7 +211,7 @@ def make_plan(
         neurons=chosen,
         dataset=dataset,
         images=source.length,
-        recipe=json.loads(json.dumps(get_recipe(recipe, **overrides).to_dict())),  # as sidecars store it
+        recipe=json.loads(json.dumps(chosen_recipe.to_dict())),  # as sidecars store it
         samples=samples,
         batch_size=batch_size,
         top_k=top_k,
@@ -234,9 +251,11 @@ def _pending_visualizations(plan: SweepPlan, hook: str) -> int:
     from clipviz.visualization.visualize import make_targets
 
     out = sweep_paths(Path(plan.out))["visualizations"]
+    kind = "data-guided" if plan.guided else "plain"
     left = 0
     for t in make_targets(plan.neurons[hook], seed=plan.seed, samples=plan.samples):
-        meta = read_visualization_meta(visualization_path(out, hook, t.key, None if plan.samples == 1 else t.seed))
+        png = visualization_path(out, hook, t.key, None if plan.samples == 1 else t.seed, kind)
+        meta = read_visualization_meta(png)
         left += meta is None or meta.get("recipe") != plan.recipe or meta.get("seed") != t.seed
     return left
 
@@ -276,30 +295,6 @@ def measure(model: HookedVisionModel, plan: SweepPlan, accelerator=None) -> dict
     done = state["done"]
     estimate: dict[str, float] = {}
 
-    pending = {h: _pending_visualizations(plan, h) for h in plan.hooks}
-    if any(pending.values()):
-        n = min(plan.batch_size, max(pending.values()))
-        neurons = plan.neurons[deepest][:n]
-        neurons = (neurons * n)[:n]
-        probe = type(recipe)(**{**recipe.to_dict(), "steps": 5, "stages": recipe.stages[:1]})
-        stamps: list[float] = []
-        kwargs = {"autocast": autocast} if autocast is not None else {}
-        started = time.perf_counter()
-        optimise(
-            model,
-            Neuron(deepest, neurons),
-            list(range(n)),
-            probe,
-            on_step=lambda k, v: stamps.append(_synced(model)),
-            **kwargs,
-        )
-        gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:], strict=False))  # warm-up left out
-        per_step = gaps[len(gaps) // 2] if gaps else stamps[-1] - started
-        seconds = 0.0
-        for h, left in pending.items():
-            batches_left = math.ceil(left / plan.batch_size)
-            seconds += batches_left * recipe.total_steps * per_step * _depth(model, h) / depth
-        estimate["visualize"] = seconds / (accelerator.num_processes if accelerator is not None else 1)
     left_hooks = [h for h in plan.hooks if done.get(f"examples/{h}") != _unit_key(plan, f"examples/{h}")]
     dissect = [
         h
@@ -323,6 +318,40 @@ def measure(model: HookedVisionModel, plan: SweepPlan, accelerator=None) -> dict
             reuse = plan.probe == plan.dataset
             per_hook = 0.0 if reuse else sum(probe_n * per_image * _depth(model, h) / depth for h in dissect)
             estimate["concepts"] = per_hook + probe_n * per_image * model.n_blocks / depth  # + the labeller's pass
+    pending = {h: _pending_visualizations(plan, h) for h in plan.hooks}
+    if any(pending.values()):
+        n = min(plan.batch_size, max(pending.values()))
+        neurons = plan.neurons[deepest][:n]
+        neurons = (neurons * n)[:n]
+        probe = type(recipe)(**{**recipe.to_dict(), "steps": 5, "stages": recipe.stages[:1]})
+        stamps: list[float] = []
+        kwargs = {"autocast": autocast} if autocast is not None else {}
+        objective, per_reference = Neuron(deepest, neurons), 0.0
+        if plan.guided:  # the sort-matching terms and each neuron's reference pass, on stand-in references
+            from clipviz.visualization.vital import guided_objective
+
+            refs = [torch.rand(min(plan.top_k, recipe.guide_k), 3, *model.image_size) for _ in neurons]
+            started = time.perf_counter()
+            objective = guided_objective(model, deepest, neurons, refs, recipe.match, recipe.match_weight)
+            per_reference = (_synced(model) - started) / n
+        started = time.perf_counter()
+        optimise(
+            model,
+            objective,
+            list(range(n)),
+            probe,
+            on_step=lambda k, v: stamps.append(_synced(model)),
+            **kwargs,
+        )
+        gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:], strict=False))  # warm-up left out
+        per_step = gaps[len(gaps) // 2] if gaps else stamps[-1] - started
+        seconds = 0.0
+        for h, left in pending.items():
+            batches_left = math.ceil(left / plan.batch_size)
+            seconds += (batches_left * recipe.total_steps * per_step + left * per_reference) * _depth(model, h) / depth
+        estimate["visualize"] = seconds / (accelerator.num_processes if accelerator is not None else 1)
+    if "concepts" in estimate:
+        estimate["concepts"] = estimate.pop("concepts")  # the stages' order
     return estimate
 
 
@@ -343,9 +372,9 @@ def describe(model: HookedVisionModel, plan: SweepPlan) -> list[str]:
         f"sweep of {plan.model} into {plan.out} (atlas: {plan.site})",
         f"  neurons: {plan.n_neurons} in {len(plan.hooks)} hooks: "
         + ", ".join(f"{h} [{_span(plan.neurons[h])}]" for h in plan.hooks),
-        f"  visualize: recipe '{recipe.name}', {recipe.total_steps} steps, {plan.samples} sample(s), "
-        f"{plan.batch_size} per batch",
         f"  examples: top {plan.top_k} of {plan.images} images from {plan.dataset}, with heat maps",
+        f"  visualize: recipe '{recipe.name}', {recipe.total_steps} steps, {plan.samples} sample(s), "
+        f"{plan.batch_size} per batch" + (", each neuron guided by its top examples" if plan.guided else ""),
         "  words: "
         + (
             ", ".join(
@@ -429,36 +458,7 @@ def run_sweep(
     def finished(unit: str) -> bool:
         return state["done"].get(unit) == _unit_key(plan, unit)
 
-    # 1. visualizations (visualize skips finished images by itself)
-    started = time.perf_counter()
-    recipe = _recipe(plan)
-    pending = {h: _pending_visualizations(plan, h) for h in plan.hooks}
-    accelerator.wait_for_everyone()
-    if any(pending.values()):
-        redone = True
-        from clipviz.visualization.visualize import visualize
-
-        share = math.ceil(sum(pending.values()) / accelerator.num_processes)
-        bar = _bar(share * recipe.total_steps, "visualize", "step", shown)
-        for hook in plan.hooks:
-            if pending[hook]:
-                bar.set_description(f"visualize {hook}")
-                visualize(
-                    model,
-                    hook,
-                    plan.neurons[hook],
-                    recipe=recipe,
-                    seed=plan.seed,
-                    samples=plan.samples,
-                    batch_size=plan.batch_size,
-                    out=paths["visualizations"],
-                    progress=bar,
-                    accelerator=accelerator,
-                )
-        bar.close()
-        clock.finished("visualize", time.perf_counter() - started)
-
-    # 2. examples, with heat maps, and the thumbnails of every kept image
+    # 1. examples, with heat maps, and the thumbnails of every kept image
     from clipviz.data.sources import open_source
 
     started = time.perf_counter()
@@ -495,6 +495,36 @@ def run_sweep(
             record(f"examples/{hook}")
         bar.close()
         clock.finished("examples", time.perf_counter() - started)
+
+    # 2. visualizations (visualize skips finished images by itself), guided by the examples of stage 1
+    started = time.perf_counter()
+    recipe = _recipe(plan)
+    pending = {h: _pending_visualizations(plan, h) for h in plan.hooks}
+    accelerator.wait_for_everyone()
+    if any(pending.values()):
+        redone = True
+        from clipviz.visualization.visualize import visualize
+
+        share = math.ceil(sum(pending.values()) / accelerator.num_processes)
+        bar = _bar(share * recipe.total_steps, "visualize", "step", shown)
+        for hook in plan.hooks:
+            if pending[hook]:
+                bar.set_description(f"visualize {hook}")
+                visualize(
+                    model,
+                    hook,
+                    plan.neurons[hook],
+                    recipe=recipe,
+                    seed=plan.seed,
+                    samples=plan.samples,
+                    batch_size=plan.batch_size,
+                    out=paths["visualizations"],
+                    guide=paths["examples"] if plan.guided else None,
+                    progress=bar,
+                    accelerator=accelerator,
+                )
+        bar.close()
+        clock.finished("visualize", time.perf_counter() - started)
 
     # 3. words (main process: the direct lens reads weights only; dissect is one pass over the probe set)
     started = time.perf_counter()

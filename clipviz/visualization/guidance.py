@@ -93,6 +93,16 @@ class Guidance:
     given: Mapping[int, torch.Tensor] | None = None  # neuron -> (k, 3, H, W)
     seed_image: torch.Tensor | None = None  # (3, H, W)
     settings: dict = field(default_factory=dict)
+    guides: dict[int, dict] = field(default_factory=dict)  # neuron -> what its references were
+
+    def settings_for(self, neuron: int | None) -> dict:
+        """The settings of one target (``None``: a prompt or class, which renders unguided). A neuron's guide is
+        recorded by what decides its image, the reference images themselves, not by the request it came in, so
+        the same references give the same settings whether they came from a dataset, a folder of examples
+        anywhere on disk, or a request with other neurons."""
+        if neuron is None or not self.guides:
+            return dict(self.settings)
+        return {**self.settings, "guide": self.guides[int(neuron)]}
 
     @property
     def guided(self) -> bool:
@@ -202,22 +212,17 @@ def _attach_guide(
                 )
             given[int(n)] = images
         out.given = given
-        out.settings["guide"] = {str(n): _digest(given[int(n)]) for n in neurons}
+        out.guides = {int(n): {"images": _digest(given[int(n)]), "k": int(given[int(n)].shape[0])} for n in neurons}
         return
     if isinstance(guide, (str, Path)) and Path(guide).is_dir() and has_examples(Path(guide), hook):
         out.source, out.ranks = _from_examples(model, hook, neurons, Path(guide), k, reduce)
-        out.settings["guide"] = {"examples": str(guide), "source": out.source.name, "k": _count(out.ranks)}
-        return
-    source = guide if isinstance(guide, Source) else open_source(str(guide))
-    ranked = rank_images(model, hook, neurons, source, k, reduce)
-    out.source = source
-    out.ranks = {int(n): ranked[j].tolist() for j, n in enumerate(neurons)}
-    out.settings["guide"] = {"source": source.name, "k": _count(out.ranks)}
-
-
-def _count(ranks: dict[int, list[int]]) -> int:
-    """Reference images per neuron: ``guide_k``, or all of a smaller guide."""
-    return min(len(r) for r in ranks.values())
+    else:
+        source = guide if isinstance(guide, Source) else open_source(str(guide))
+        ranked = rank_images(model, hook, neurons, source, k, reduce)
+        out.source = source
+        out.ranks = {int(n): ranked[j].tolist() for j, n in enumerate(neurons)}
+    # guide_k, or all of a smaller guide; the indices into the source are the references
+    out.guides = {n: {"source": out.source.name, "k": len(r), "images": list(r)} for n, r in out.ranks.items()}
 
 
 def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[Source, dict[int, list[int]]]:

@@ -266,9 +266,7 @@ def visualize(
     }
 
     def settings(t: Target) -> dict:
-        extra = (
-            guidance.settings if t.kind == "neuron" else {k: v for k, v in guidance.settings.items() if k != "guide"}
-        )
+        extra = guidance.settings_for(t.value if t.kind == "neuron" else None)
         return {**base, **extra, "kind": t.kind, "target": t.value, "seed": t.seed}
 
     def path_of(t: Target) -> Path:

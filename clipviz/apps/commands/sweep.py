@@ -25,7 +25,11 @@ def add_parser(sub) -> None:
     )
     sw.add_argument("--vocab", help="words for the direct lens: world, imagenet, cifar10, cifar100, words-<N>, a file")
     sw.add_argument("--probe", help="probe images for CLIP-Dissect words (the --dataset itself is reused for free)")
-    sw.add_argument("--recipe", default="default", help="visualization recipe (see clipviz visualize)")
+    sw.add_argument(
+        "--recipe",
+        help="visualization recipe (see clipviz visualize; default: vital, guided by the sweep's own top examples; "
+        "'default' renders unguided)",
+    )
     sw.add_argument("--steps", type=int, help="optimisation steps per stage (the recipe's by default)")
     sw.add_argument("--samples", type=int, default=1, help="visualizations per neuron")
     sw.add_argument("--batch-size", type=int, default=16, help="neurons optimised together")
