@@ -67,7 +67,7 @@ def test_capped_and_bad_inputs_are_refused(backend, call, message):
 
 def test_backend_answers(backend, atlas):
     images, words, examples = backend.neurons("world-clip", HOOK, "5", 2, 48)
-    assert [im.size for im in images] == [(48, 48)]
+    assert [(im.size, caption) for im, caption in images] == [((48, 48), "neuron 5: data-guided (vital)")]
     assert words[0]["neuron"] == 5 and len(words[0]["direct lens"]) == 5
     assert len(examples) == backend.limits.top_k and all("neuron 5" in caption for _, caption in examples)
     images, words, examples = backend.atlas_neuron(HOOK, 4)

@@ -4,8 +4,9 @@ visualization, the words and the top examples; or browse a precomputed atlas wit
 >>> from clipviz.apps.space import Limits, SpaceBackend
 >>> backend = SpaceBackend(models=("world-clip",), limits=Limits(max_steps=8))
 >>> images, words, examples = backend.neurons("world-clip", "blocks.2.mlp.hook_post", "3", steps=4, size=64)
->>> images[0].size, words[0]["neuron"]
-((64, 64), 3)
+>>> image, caption = images[0]
+>>> image.size, caption, words[0]["neuron"]
+((64, 64), 'neuron 3: data-guided (vital)', 3)
 
 Visitors choose models from a fixed list and every number they send is checked against ``Limits`` (steps, image
 size, neurons per request, phrase length, queue size and concurrency), so no request can exhaust the machine;
@@ -66,7 +67,7 @@ class SpaceBackend:
         models: tuple[str, ...] = ("world-clip",),
         limits: Limits | None = None,
         atlas: str | Path | None = None,
-        recipe: str = "default",
+        recipe: str | None = None,
     ):
         if not models:
             raise ClipvizError("the Space needs at least one model")
@@ -141,22 +142,46 @@ class SpaceBackend:
 
     # ---------------------------------------------------------------------------------------------- requests
     def neurons(self, model_name: str, hook: str, neurons: str, steps: int, size: int):
-        """Visualizations (one per neuron), words (direct lens and the model's reading of the image) and top
-        examples (held-out world images with heat maps) for up to ``max_neurons`` neurons of an MLP hook."""
+        """Visualizations (one per neuron, captioned with how it was made), words (direct lens and the model's
+        reading of the image) and top examples (held-out world images with heat maps) for up to ``max_neurons``
+        neurons of an MLP hook.
+
+        With no recipe given to the backend, each model gets what ``visualize`` chooses for it: the data-guided
+        ``vital`` where the model names world images as its guide (world-clip), guided by the same top examples
+        the visitor is shown, else the unguided default."""
         from clipviz.analysis.concepts import direct_lens, load_vocabulary, visual_words
         from clipviz.analysis.examples import mine_examples
+        from clipviz.results import visualization_kind
+        from clipviz.visualization.guidance import default_recipe
+        from clipviz.visualization.recipes import get_recipe
         from clipviz.visualization.visualize import visualize
 
         steps, size = self._check(steps, size)
         model = self.model(model_name)
         chosen = self._neurons(model, hook, neurons)
-        vis = _gpu(visualize)(model, hook, chosen, recipe=self.recipe, steps=steps, size=size, progress=False)
-        images = [v.image for v in vis]
+        recipe = get_recipe(self.recipe or default_recipe(model))
+        guided = bool(recipe.match and recipe.match_weight)
+        world, source = self._world()
+        # one pass over the world images finds the examples shown and, for a guided recipe, the references
+        k = max(self.limits.top_k, recipe.guide_k) if guided else self.limits.top_k
+        ex = mine_examples(model, hook, source, neurons=chosen, top_k=k, progress=False)
+        pictures = {i: world[i][0] for i in set(ex.indices.flatten().tolist())}
+        guide = None
+        if guided:
+            guide = {
+                n: torch.stack([model.preprocess_pil(pictures[int(i)]) for i in ex.indices[j]])
+                for j, n in enumerate(chosen)
+            }
+        vis = _gpu(visualize)(model, hook, chosen, recipe=recipe, guide=guide, steps=steps, size=size, progress=False)
+        images = [
+            (v.image, f"neuron {n}: {visualization_kind(v.meta)} ({recipe.name})")
+            for n, v in zip(chosen, vis, strict=True)
+        ]
         words = []
         if model.is_clip:
             vocab = load_vocabulary("world")
             lens = direct_lens(model, hook, chosen, vocab, top_k=5)
-            seen = visual_words(model, _batch(images)[:, None], vocab, top_k=5)
+            seen = visual_words(model, _batch([image for image, _ in images])[:, None], vocab, top_k=5)
             words = [
                 {
                     "neuron": n,
@@ -165,22 +190,20 @@ class SpaceBackend:
                 }
                 for n, a, b in zip(chosen, lens, seen, strict=True)
             ]
-        world, source = self._world()
-        ex = mine_examples(model, hook, source, neurons=chosen, top_k=self.limits.top_k, progress=False)
-        pictures = {i: world[i][0] for i in set(ex.indices.flatten().tolist())}
         examples = [
             (
                 overlay(pictures[int(ex.indices[j, r])], ex.maps[j, r]),
                 f"neuron {n}: {ex.captions.get(int(ex.indices[j, r]), '')} ({float(ex.scores[j, r]):.2f})",
             )
             for j, n in enumerate(chosen)
-            for r in range(ex.indices.shape[1])
+            for r in range(min(self.limits.top_k, ex.indices.shape[1]))
         ]
         return images, words, examples
 
     def phrase(self, model_name: str, text: str, steps: int, size: int):
         """The image that the model finds most like ``text`` (a visualization of the phrase's text embedding), and
         the held-out world images closest to the phrase."""
+        from clipviz.visualization.guidance import UNGUIDED_DEFAULT
         from clipviz.visualization.visualize import visualize
 
         steps, size = self._check(steps, size)
@@ -194,7 +217,8 @@ class SpaceBackend:
         model = self.model(model_name)
         if not model.is_clip:
             raise ClipvizError(f"phrases need a CLIP-like model; '{model_name}' has no text tower")
-        vis = _gpu(visualize)(model, texts=[text], recipe=self.recipe, steps=steps, size=size, progress=False)
+        recipe = self.recipe or UNGUIDED_DEFAULT  # a phrase has no top examples to be guided by
+        vis = _gpu(visualize)(model, texts=[text], recipe=recipe, steps=steps, size=size, progress=False)
         world, _ = self._world()
         pictures = [img for img, _ in world]
         captions = [cap for _, cap in world]
