@@ -476,9 +476,9 @@ def test_stale_temporaries_are_removed_by_age_or_dead_writer_and_live_ones_kept(
 def test_corrupt_resume_files_are_redone(tmp_path, reference):
     out = tmp_path / "vis"
     assert _visualize(out) == 0
-    (out / H / "neuron-00000.json").write_text('{"kind": "neuron", "settings_')  # truncated sidecar
-    (out / H / "neuron-00001.png").write_bytes(b"garbage, not a PNG")
-    png = out / H / "neuron-00002.png"
+    (out / H / "neuron-00000.data-guided.json").write_text('{"kind": "neuron", "settings_')  # truncated sidecar
+    (out / H / "neuron-00001.data-guided.png").write_bytes(b"garbage, not a PNG")
+    png = out / H / "neuron-00002.data-guided.png"
     png.write_bytes(png.read_bytes()[:100])  # truncated PNG
     assert _visualize(out) == 0
     assert _files(out) == reference
