@@ -62,7 +62,7 @@ def test_dry_run_prints_the_plan_and_an_estimate_only(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "neurons: 12 in 2 hooks" in out and "300 images" in out
     assert re.search(r"estimate on cpu: about [\d.]+ (s|min|h) \(examples [\d.]+ s, visualize", out)
-    assert "recipe 'vital'" in out and "each neuron guided by its top examples" in out  # guided by default
+    assert "recipe 'vital'" in out and "each neuron guided by its top 16 examples" in out  # guided by default
     assert not (tmp_path / "R").exists()
 
 
@@ -74,6 +74,26 @@ def test_sweep_errors_are_one_line(tmp_path, capsys):
     assert main(["sweep", *ARGS, "--blocks", "7", "--out", str(tmp_path / "R"), "--dry-run"]) == 2
     assert "out of range: the model has 4 blocks" in capsys.readouterr().err
     assert main(["sweep", *ARGS, "--hooks", "mlp.nope", "--out", str(tmp_path / "R"), "--dry-run"]) == 2
+    capsys.readouterr()
+    assert main(["sweep", *ARGS, "--recipe", "accentuate", "--out", str(tmp_path / "R"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "accentuates a seed image, and a sweep has none" in err and err.count("\n") == 0
+    assert not (tmp_path / "R").exists()
+
+
+def test_examples_mined_again_guide_the_visualizations_anew(tmp_path):
+    """The visualizations are guided by the sweep's own examples: when those change (here fewer of them), a rerun
+    renders them again with the new references instead of keeping images of the old ones."""
+    from clipviz.results import find_visualizations
+
+    small = ["world-clip", "--blocks", "3", "--neurons", "0:2", "--dataset", "world:60", "--steps", "2"]
+    small += ["--workers", "0", "--out", str(tmp_path / "R")]
+    assert main(["sweep", *small, "--top-k", "4"]) == 0
+    first = {m["neuron"]: m["guide"] for _, m in find_visualizations(tmp_path / "R" / "visualizations")}
+    assert [g["k"] for g in first.values()] == [4, 4]
+    assert main(["sweep", *small, "--top-k", "2"]) == 0
+    again = {m["neuron"]: m["guide"] for _, m in find_visualizations(tmp_path / "R" / "visualizations")}
+    assert {n: g["images"] for n, g in again.items()} == {n: g["images"][:2] for n, g in first.items()}
 
 
 def test_sweep_of_a_model_without_text_tower_over_a_folder(tmp_path):

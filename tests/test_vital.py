@@ -180,6 +180,13 @@ def test_guided_and_accentuated_requests_are_checked(planted, tmp_path):
         visualize(planted, HOOK, [RED], recipe="accentuate", from_image=tmp_path / "not.png", progress=False)
     with pytest.raises(ClipvizError, match=r"\(3, H, W\) image in \[0, 1\]"):
         visualize(planted, HOOK, [RED], recipe="accentuate", from_image=torch.full((3, 32, 32), 2.0))
+    from clipviz.analysis.examples import mine_examples_resumable
+    from clipviz.data.sources import open_source
+
+    other = "blocks.0.hook_resid_post"  # examples of another hook: their thumbnails are no guide for this one
+    mine_examples_resumable(planted, other, open_source("world:8"), tmp_path / "ex", neurons=[0], top_k=2)
+    with pytest.raises(ClipvizError, match=f"do not include hook '{HOOK}'"):
+        visualize(planted, HOOK, [RED], recipe="vital", steps=2, guide=tmp_path / "ex", progress=False)
 
 
 ACCENT_MAX_RMS = 0.10  # stated bound: RMS pixel distance to the seed photo, in [0, 1] units

@@ -147,8 +147,9 @@ class SpaceBackend:
         neurons of an MLP hook.
 
         With no recipe given to the backend, each model gets what ``visualize`` chooses for it: the data-guided
-        ``vital`` where the model names world images as its guide (world-clip), guided by the same top examples
-        the visitor is shown, else the unguided default."""
+        ``vital`` where the model names world images as its guide (world-clip), guided by the neuron's top world images
+        from the same ranking as the examples shown (its top ``guide_k``, of which the first ``top_k`` are shown),
+        else the unguided default."""
         from clipviz.analysis.concepts import direct_lens, load_vocabulary, visual_words
         from clipviz.analysis.examples import mine_examples
         from clipviz.results import visualization_kind
@@ -169,7 +170,7 @@ class SpaceBackend:
         guide = None
         if guided:
             guide = {
-                n: torch.stack([model.preprocess_pil(pictures[int(i)]) for i in ex.indices[j]])
+                n: torch.stack([model.preprocess_pil(pictures[int(i)]) for i in ex.indices[j, : recipe.guide_k]])
                 for j, n in enumerate(chosen)
             }
         vis = _gpu(visualize)(model, hook, chosen, recipe=recipe, guide=guide, steps=steps, size=size, progress=False)

@@ -151,8 +151,6 @@ def make_plan(
     from clipviz.apps.options import parse_indices
     from clipviz.data.sources import open_source
     from clipviz.plugins import registry
-    from clipviz.visualization.guidance import GUIDED_DEFAULT
-    from clipviz.visualization.recipes import get_recipe
 
     chosen_blocks = parse_blocks(blocks, model.n_blocks)
     points = [h.strip() for h in hooks.split(",") if h.strip()]
@@ -194,14 +192,7 @@ def make_plan(
         if value < 1:
             raise ClipvizError(f"{what} must be at least 1, got {value}")
     overrides = {"steps": steps} if steps else {}
-    recipe = GUIDED_DEFAULT if recipe is None else recipe  # the sweep's own examples are the guide
-    chosen_recipe = get_recipe(recipe, **overrides)
-    if chosen_recipe.match and chosen_recipe.match_weight:
-        from clipviz.visualization.vital import match_hook
-
-        for name in names:  # a match point the model lacks is a one-line error now, not after the examples
-            for where in chosen_recipe.match:
-                match_hook(model, name, where)
+    chosen_recipe = _sweep_recipe(model, names, recipe, overrides)
     out = Path(out)
     return SweepPlan(
         model=model.spec,
@@ -222,6 +213,33 @@ def make_plan(
         shard_size=shard_size,
         seed=seed,
     )
+
+
+def _sweep_recipe(model: HookedVisionModel, hooks: list[str], name: str | None, overrides: dict):
+    """The recipe the sweep renders with, checked before any work: a data-guided one is guided by the sweep's own
+    examples (``vital`` when none is named), so each hook needs the recipe's match points; a recipe that starts
+    from a seed image has none to start from here."""
+    from clipviz.visualization.guidance import GUIDED_DEFAULT
+    from clipviz.visualization.recipes import get_recipe
+    from clipviz.visualization.vital import match_hook
+
+    recipe = get_recipe(GUIDED_DEFAULT if name is None else name, **overrides)
+    if recipe.anchor or recipe.anchor_features:
+        raise ClipvizError(
+            f"recipe '{recipe.name}' accentuates a seed image, and a sweep has none: use `clipviz visualize "
+            "--from-image`, or sweep with a recipe such as vital or default"
+        )
+    if recipe.match and recipe.match_weight:
+        for hook in hooks:  # a match point the model lacks is a one-line error now, not after the examples
+            for where in recipe.match:
+                try:
+                    match_hook(model, hook, where)
+                except ClipvizError as error:
+                    raise ClipvizError(
+                        f"recipe '{recipe.name}' matches '{where}' for '{hook}', which this model lacks "
+                        f"({' '.join(str(error).split())[:160]}); use --recipe default to render unguided"
+                    ) from None
+    return recipe
 
 
 def _recipe(plan: SweepPlan):
@@ -250,14 +268,33 @@ def _pending_visualizations(plan: SweepPlan, hook: str) -> int:
     estimate; ``visualize`` itself decides exactly what to skip)."""
     from clipviz.visualization.visualize import make_targets
 
-    out = sweep_paths(Path(plan.out))["visualizations"]
+    paths = sweep_paths(Path(plan.out))
     kind = "data-guided" if plan.guided else "plain"
+    guides = _expected_guides(plan, hook, paths["examples"]) if plan.guided else {}
     left = 0
     for t in make_targets(plan.neurons[hook], seed=plan.seed, samples=plan.samples):
-        png = visualization_path(out, hook, t.key, None if plan.samples == 1 else t.seed, kind)
+        png = visualization_path(paths["visualizations"], hook, t.key, None if plan.samples == 1 else t.seed, kind)
         meta = read_visualization_meta(png)
-        left += meta is None or meta.get("recipe") != plan.recipe or meta.get("seed") != t.seed
+        left += (
+            meta is None
+            or meta.get("recipe") != plan.recipe
+            or meta.get("seed") != t.seed
+            or (plan.guided and meta.get("guide") != guides.get(t.value))  # examples mined again: guided anew
+        )
     return left
+
+
+def _expected_guides(plan: SweepPlan, hook: str, folder: Path) -> dict[int, dict]:
+    """The guide each neuron's image records when guided by the examples now in ``folder`` (none yet: empty)."""
+    from clipviz.visualization.guidance import examples_ranks, guide_records
+
+    if not has_examples(folder, hook):
+        return {}
+    try:
+        source, ranks = examples_ranks(folder, hook, plan.neurons[hook], plan.recipe["guide_k"])
+    except (KeyError, ValueError):  # examples of other neurons or unreadable: mined again before rendering
+        return {}
+    return guide_records(source, ranks)
 
 
 def _unit_key(plan: SweepPlan, unit: str) -> str:
@@ -327,13 +364,16 @@ def measure(model: HookedVisionModel, plan: SweepPlan, accelerator=None) -> dict
         stamps: list[float] = []
         kwargs = {"autocast": autocast} if autocast is not None else {}
         objective, per_reference = Neuron(deepest, neurons), 0.0
-        if plan.guided:  # the sort-matching terms and each neuron's reference pass, on stand-in references
-            from clipviz.visualization.vital import guided_objective
+        if plan.guided:  # the sort-matching terms and one neuron's reference pass, on stand-in references
+            from clipviz.visualization.vital import match_hook, objective_from_references, references
 
-            refs = [torch.rand(min(plan.top_k, recipe.guide_k), 3, *model.image_size) for _ in neurons]
+            names = [match_hook(model, deepest, where) for where in recipe.match]
+            stand_in = torch.rand(min(plan.top_k, recipe.guide_k), 3, *model.image_size)
+            references(model, deepest, neurons[0], stand_in, names)  # warm-up
             started = time.perf_counter()
-            objective = guided_objective(model, deepest, neurons, refs, recipe.match, recipe.match_weight)
-            per_reference = (_synced(model) - started) / n
+            ref = references(model, deepest, neurons[0], stand_in, names)
+            per_reference = _synced(model) - started
+            objective = objective_from_references(model, deepest, neurons, [ref] * n, recipe.match_weight)
         started = time.perf_counter()
         optimise(
             model,
@@ -374,7 +414,12 @@ def describe(model: HookedVisionModel, plan: SweepPlan) -> list[str]:
         + ", ".join(f"{h} [{_span(plan.neurons[h])}]" for h in plan.hooks),
         f"  examples: top {plan.top_k} of {plan.images} images from {plan.dataset}, with heat maps",
         f"  visualize: recipe '{recipe.name}', {recipe.total_steps} steps, {plan.samples} sample(s), "
-        f"{plan.batch_size} per batch" + (", each neuron guided by its top examples" if plan.guided else ""),
+        f"{plan.batch_size} per batch"
+        + (
+            f", each neuron guided by its top {min(plan.top_k, recipe.guide_k)} examples"
+            if plan.guided
+            else ", unguided"
+        ),
         "  words: "
         + (
             ", ".join(

@@ -33,7 +33,7 @@ from clipviz.data.sources import Source, open_source
 from clipviz.errors import ClipvizError
 from clipviz.model.layout import Reduce, reduce_tokens
 from clipviz.plugins import registry
-from clipviz.results import has_examples, read_examples
+from clipviz.results import find_examples, has_examples, read_examples
 from clipviz.visualization.objectives import Objective
 
 if TYPE_CHECKING:
@@ -216,13 +216,33 @@ def _attach_guide(
         return
     if isinstance(guide, (str, Path)) and Path(guide).is_dir() and has_examples(Path(guide), hook):
         out.source, out.ranks = _from_examples(model, hook, neurons, Path(guide), k, reduce)
+    elif isinstance(guide, (str, Path)) and Path(guide).is_dir() and any(find_examples(Path(guide))):
+        # a results folder of other hooks' examples: its thumbnails are not a guide for this one
+        raise ClipvizError(f"the examples in '{guide}' do not include hook '{hook}': mine them for it first")
     else:
         source = guide if isinstance(guide, Source) else open_source(str(guide))
         ranked = rank_images(model, hook, neurons, source, k, reduce)
         out.source = source
         out.ranks = {int(n): ranked[j].tolist() for j, n in enumerate(neurons)}
-    # guide_k, or all of a smaller guide; the indices into the source are the references
-    out.guides = {n: {"source": out.source.name, "k": len(r), "images": list(r)} for n, r in out.ranks.items()}
+    out.guides = guide_records(out.source.name, out.ranks)
+
+
+def guide_records(source: str, ranks: Mapping[int, Sequence[int]]) -> dict[int, dict]:
+    """What each neuron's metadata records of its guide: the source and the indices of its reference images
+    (``guide_k`` of them, or all of a smaller guide)."""
+    return {int(n): {"source": source, "k": len(r), "images": [int(i) for i in r]} for n, r in ranks.items()}
+
+
+def examples_ranks(folder: Path, hook: str, neurons: Sequence[int], k: int) -> tuple[str, dict[int, list[int]]]:
+    """The source name and each neuron's top-``k`` image indices stored by ``clipviz examples`` in ``folder``
+    (``KeyError`` for a neuron it does not include)."""
+    return _ranks(*read_examples(folder, hook), neurons, k)
+
+
+def _ranks(tensors: dict, meta: dict, neurons: Sequence[int], k: int) -> tuple[str, dict[int, list[int]]]:
+    row = {int(n): j for j, n in enumerate(tensors["neurons"].tolist())}
+    source = meta.get("settings", {}).get("source")
+    return source, {int(n): tensors["indices"][row[int(n)], :k].tolist() for n in neurons}
 
 
 def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[Source, dict[int, list[int]]]:
@@ -240,12 +260,12 @@ def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[
         raise ClipvizError(
             f"the examples in '{folder}' rank by '{meta.get('reduce')}', the visualization by '{reduce}'"
         )
-    row = {int(n): j for j, n in enumerate(tensors["neurons"].tolist())}
-    missing = [n for n in neurons if int(n) not in row]
+    stored = set(tensors["neurons"].tolist())
+    missing = [n for n in neurons if int(n) not in stored]
     if missing:
         raise ClipvizError(f"the examples in '{folder}' do not include neuron {missing[0]} of '{hook}'")
-    source = open_source(settings["source"])
-    return source, {int(n): tensors["indices"][row[int(n)], :k].tolist() for n in neurons}
+    name, ranks = _ranks(tensors, meta, neurons, k)
+    return open_source(name), ranks
 
 
 def _seed_image(model: HookedVisionModel, from_image) -> torch.Tensor:
@@ -264,4 +284,13 @@ def _seed_image(model: HookedVisionModel, from_image) -> torch.Tensor:
     return image
 
 
-__all__ = ["Guidance", "default_guide", "default_recipe", "prepare_guidance", "rank_images", "read_images"]
+__all__ = [
+    "Guidance",
+    "default_guide",
+    "default_recipe",
+    "examples_ranks",
+    "guide_records",
+    "prepare_guidance",
+    "rank_images",
+    "read_images",
+]

@@ -95,7 +95,7 @@ class SortMatch(PatchTokens):
 def match_hook(model: HookedVisionModel, hook: str, where: str) -> str:
     """The hook to match for a target at ``hook``: ``where`` is a full hook name, or a point of the target's own
     block such as ``hook_resid_mid`` (the MLP's input) or ``hook_resid_pre``."""
-    if where.startswith("blocks."):
+    if where.startswith(("blocks.", "stages.")):
         name = where
     else:
         point = model.hook_point(hook)
@@ -178,16 +178,30 @@ def guided_objective(
     """
     if len(guides) != len(neurons):
         raise ClipvizError(f"one reference set per neuron: {len(neurons)} neurons, {len(guides)} sets")
-    objective: Objective = Neuron(hook, list(neurons), reduce)
     names = [match_hook(model, hook, where) for where in match]
     per_neuron = [references(model, hook, int(n), g, names, reduce) for n, g in zip(neurons, guides, strict=True)]
+    return objective_from_references(model, hook, neurons, per_neuron, weight, reduce)
+
+
+def objective_from_references(
+    model: HookedVisionModel,
+    hook: str,
+    neurons: Sequence[int],
+    per_neuron: Sequence[dict[str, Reference]],
+    weight: float,
+    reduce: Reduce = "patches",
+) -> Objective:
+    """The neuron objective plus ``weight`` times minus the sort-matching loss at each matched hook of the
+    neurons' references (``references``' output, one per neuron, the same hooks for all)."""
+    objective: Objective = Neuron(hook, list(neurons), reduce)
+    names = list(per_neuron[0])
     for name in names:
         refs = [r[name] for r in per_neuron]
         stacked = (
             torch.stack([getattr(r, f) for r in refs]).to(model.device) for f in ("quantiles", "weights", "scale")
         )
         term = SortMatch(name, *stacked)  # on the model's device once, not copied there at every step
-        objective = objective + (weight / len(match)) * term
+        objective = objective + (weight / len(names)) * term
     return objective
 
 
@@ -196,6 +210,7 @@ __all__ = [
     "SortMatch",
     "guided_objective",
     "match_hook",
+    "objective_from_references",
     "reference_quantiles",
     "references",
     "sort_match",
