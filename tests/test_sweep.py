@@ -78,6 +78,14 @@ def test_sweep_errors_are_one_line(tmp_path, capsys):
     assert main(["sweep", *ARGS, "--recipe", "accentuate", "--out", str(tmp_path / "R"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "accentuates a seed image, and a sweep has none" in err and err.count("\n") == 0
+    for bad, message in (("--steps", "must be between 1 and"), ("--shard-size", "must be at least 1")):
+        assert main(["sweep", *ARGS, bad, "0", "--out", str(tmp_path / "R"), "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
+    import clipviz
+    from clipviz.apps.sweep import make_plan
+
+    with pytest.raises(ClipvizError, match="--steps must be at least 1"):  # the API does not ignore a zero
+        make_plan(clipviz.load("world-clip"), tmp_path / "R", dataset="world:10", steps=0)
     assert not (tmp_path / "R").exists()
 
 

@@ -188,10 +188,12 @@ def make_plan(
         vocab = None
     if probe and not model.is_clip:
         raise ClipvizError(f"--probe needs a CLIP-like model to label the images; '{model.spec}' has no text tower")
-    for value, what in ((batch_size, "--batch-size"), (top_k, "--top-k"), (words, "--words"), (samples, "--samples")):
+    checked = [(batch_size, "--batch-size"), (top_k, "--top-k"), (words, "--words"), (samples, "--samples")]
+    checked += [(shard_size, "--shard-size")] + ([(steps, "--steps")] if steps is not None else [])
+    for value, what in checked:
         if value < 1:
             raise ClipvizError(f"{what} must be at least 1, got {value}")
-    overrides = {"steps": steps} if steps else {}
+    overrides = {"steps": steps} if steps is not None else {}
     chosen_recipe = _sweep_recipe(model, names, recipe, overrides)
     out = Path(out)
     return SweepPlan(

@@ -6,6 +6,8 @@ import argparse
 import os
 
 from clipviz.apps.options import add_model_parser, load_model
+from clipviz.apps.validate import int_type
+from clipviz.errors import MAX_STEPS
 
 
 def add_parser(sub) -> None:
@@ -30,12 +32,16 @@ def add_parser(sub) -> None:
         help="visualization recipe (see clipviz visualize; default: vital, guided by the sweep's own top examples; "
         "'default' renders unguided)",
     )
-    sw.add_argument("--steps", type=int, help="optimisation steps per stage (the recipe's by default)")
+    sw.add_argument(
+        "--steps", type=int_type("--steps", 1, MAX_STEPS), help="optimisation steps per stage (the recipe's by default)"
+    )
     sw.add_argument("--samples", type=int, default=1, help="visualizations per neuron")
     sw.add_argument("--batch-size", type=int, default=16, help="neurons optimised together")
     sw.add_argument("--top-k", type=int, default=16, help="top examples per neuron")
     sw.add_argument("--words", type=int, default=5, help="words per neuron and method")
-    sw.add_argument("--shard-size", type=int, default=1024, help="images per resumable examples shard")
+    sw.add_argument(
+        "--shard-size", type=int_type("--shard-size", 1, None), default=1024, help="images per resumable examples shard"
+    )
     sw.add_argument(
         "--workers",
         type=int,
