@@ -171,6 +171,15 @@ BAD = [
     ([*E, "--reduce", "all", "--out", "{out}"], "invalid choice"),
     (["examples", "world-clip", "--hook", "nope", "--dataset", "world:20", "--out", "{out}"], "unknown hook"),
     ([*E, "--out", "{tmp}/file"], "is a file"),
+    # analyze and sweep: numbers
+    (
+        ["analyze", "world-clip", "--study", "cls", "--batch-size", "0", "--out", "{out}"],
+        ("--batch-size", "at least 1"),
+    ),
+    (["analyze", "world-clip", "--study", "semantic", "--neurons", "0", "--out", "{out}"], ("--neurons", "at least 1")),
+    (["analyze", "world-clip", "--study", "spatial", "--steps", "-1", "--out", "{out}"], ("--steps", "between 0")),
+    (["sweep", "world-clip", "--steps", "0", "--dry-run", "--out", "{out}"], ("--steps", "between 1 and 100000")),
+    (["sweep", "world-clip", "--shard-size", "0", "--dry-run", "--out", "{out}"], ("--shard-size", "at least 1")),
     # concepts
     ([*C, "--top-k", "0", "--out", "{out}"], ("--top-k", "at least 1")),
     ([*C, "--top-k", "100", "--out", "{out}"], ("larger than the vocabulary", "at most 30")),

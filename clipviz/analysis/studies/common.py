@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, check_int
 from clipviz.images import pil_to_tensor
 from clipviz.plugins import registry
 
@@ -308,6 +308,7 @@ def progress(total: int, desc: str, enabled: bool = True):
 
 
 def chunks(n: int, batch: int) -> Iterator[slice]:
+    batch = check_int(batch, "batch size", 1, None)
     for lo in range(0, n, batch):
         yield slice(lo, min(n, lo + batch))
 

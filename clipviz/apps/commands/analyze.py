@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 
 from clipviz.apps.options import add_model_parser, load_model
+from clipviz.apps.validate import int_type
+from clipviz.errors import MAX_STEPS
 
 STUDY_NAMES = ("spatial", "pooling", "cls", "semantic", "frequency", "background")
 
@@ -36,15 +38,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--caption-column", help="caption column (default: 'caption' or 'text' if present)")
     p.add_argument("--mask-column", help="foreground mask column (images; nonzero = foreground), for background")
     p.add_argument("--template", default="a photo of a {}.", help="zero-shot prompt for class names (CLIP models)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int_type("--batch-size", 1, None), default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--steps",
-        type=int,
+        type=int_type("--steps", 0, MAX_STEPS),
         default=64,
         help="spatial: optimisation steps of the patch-position objective test (0 skips it)",
     )
-    p.add_argument("--neurons", type=int, help="semantic: the first N neurons of every block (default: all)")
+    p.add_argument(
+        "--neurons",
+        type=int_type("--neurons", 1, None),
+        help="semantic: the first N neurons of every block (default: all)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
