@@ -34,9 +34,17 @@ import clipviz
 from clipviz.analysis.concepts import Vocabulary, direct_lens, visual_words
 from clipviz.analysis.dissect import labeller_a, softwpmi
 from clipviz.images import pil_to_tensor
+from clipviz.plugins import registry
 from clipviz.visualization.recipes import get_recipe
 from clipviz.visualization.visualize import visualize
-from clipviz.world.groundtruth import CONCEPTS, HELDOUT_SEED, bundled_selectivity, patch_means, world_images
+from clipviz.world.groundtruth import (
+    CONCEPTS,
+    HELDOUT_SEED,
+    Selectivity,
+    bundled_selectivity,
+    patch_means,
+    world_images,
+)
 from clipviz.world.planting import concept_labels, concept_prompt, parse_concept
 from clipviz.world.reading import salient_reading
 
@@ -126,12 +134,15 @@ def lens_reading(model, pr: dict, concepts: list[str], neurons: list[dict]) -> l
     return [by_prompt[words[r["neuron"]]] if r["block"] == last else None for r in neurons]
 
 
-def render(model, neurons: list[dict], recipe: str, overrides: dict) -> list[torch.Tensor]:
-    """One visualization (3, H, W) in [0, 1] per neuron, with ``recipe`` and its ``overrides``."""
+def render(model, neurons: list[dict], recipe: str, overrides: dict, guide: str | None = None) -> list[torch.Tensor]:
+    """One visualization (3, H, W) in [0, 1] per neuron, with ``recipe`` and its ``overrides``; a data-guided
+    recipe is guided by ``guide`` (``None``: the model's own, as ``visualize`` chooses)."""
+    chosen = get_recipe(recipe, **overrides)
+    guided = {"guide": guide} if guide is not None and chosen.match and chosen.match_weight else {}
     images: dict[tuple[int, int], torch.Tensor] = {}
     for block in sorted({r["block"] for r in neurons}):
         ids = sorted({r["neuron"] for r in neurons if r["block"] == block})
-        vis = visualize(model, f"blocks.{block}.mlp.hook_post", ids, recipe=recipe, progress=False, **overrides)
+        vis = visualize(model, f"blocks.{block}.mlp.hook_post", ids, recipe=chosen, progress=False, **guided)
         for n, v in zip(ids, vis, strict=True):
             images[(block, n)] = pil_to_tensor(v.image)
     return [images[(r["block"], r["neuron"])] for r in neurons]
@@ -197,7 +208,7 @@ def measure(model, truth, args) -> dict:
     dissect = dissect_reading(pr, concepts, everyone)
     lens = lens_reading(model, pr, concepts, everyone)
     overrides = parse_overrides(args.set)
-    images = render(model, everyone, args.recipe, overrides)
+    images = render(model, everyone, args.recipe, overrides, args.guide)
     visual = visual_reading(model, pr, concepts, images)
     for i, row in enumerate(everyone):
         seen = read_pixels(images[i])
@@ -218,6 +229,7 @@ def measure(model, truth, args) -> dict:
         "probe_seed": PROBE_SEED,
         "top_k": args.top_k,
         "recipe": get_recipe(args.recipe, **overrides).to_dict(),
+        "guide": args.guide,
         "concepts": concepts,
         "summary": {name: summarise(rows) for name, rows in sets.items()},
         "neurons": everyone,
@@ -242,18 +254,25 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="world-clip")
+    ap.add_argument("--model", default="world-clip", help="a bundled name, or a directory with its ground truth")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--probe", type=int, default=10000, help="held-out probe images")
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--natural-per-block", type=int, default=8)
     ap.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"visualization recipe (default: {DEFAULT_RECIPE})")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override, repeatable")
+    ap.add_argument(
+        "--guide",
+        default=registry().guides["world-clip"],
+        help="reference images of a data-guided recipe (default: the bundled world-clip's, for a directory too)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-    result = measure(clipviz.load(args.model), bundled_selectivity(args.model), args)
+    folder = Path(args.model)
+    truth = Selectivity.load(folder) if folder.is_dir() else bundled_selectivity(args.model)
+    result = measure(clipviz.load(args.model), truth, args)
     result["seconds"] = round(time.time() - started, 1)
     print(markdown(result))
     if args.json:

@@ -217,6 +217,29 @@ def multi_positive_clip_loss(
     return 0.5 * (F.cross_entropy(logits, t2i) + F.cross_entropy(logits.T, i2t))
 
 
+def l2_adversarial(
+    pixels: torch.Tensor, loss_of, radius: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Images within L2 distance ``radius`` of ``pixels`` (n, 3, H, W) in [0, 1], one normalised gradient step
+    up ``loss_of(images)`` from a random start inside the ball (fast adversarial training, Wong et al. 2020).
+
+    Training on them makes the image tower robust, and a robust model's input gradients are perceptually aligned
+    (Santurkar et al. 2019): images optimised to excite its neurons look like the data they respond to.
+    """
+    n = len(pixels)
+
+    def per_image(t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(n, 1, 1, 1)
+
+    start = torch.randn(pixels.shape, generator=generator, device=pixels.device)
+    start = start / per_image(start) * (0.5 * radius)
+    delta = start.requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_of((pixels + delta).clamp(0, 1)), delta)
+    delta = delta.detach() + radius * grad / per_image(grad)
+    delta = delta * (radius / per_image(delta)).clamp(max=1.0)
+    return (pixels + delta).clamp(0, 1).detach()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("clipviz/world/models/world-clip"))
@@ -260,6 +283,13 @@ def main() -> None:
         default=0.0,
         help="weight of an auxiliary loss: the zero-shot "
         "task itself (single-object images against the world's single-factor prompts, per family)",
+    )
+    ap.add_argument(
+        "--adversarial",
+        type=float,
+        default=0.0,
+        help="train the image tower on images moved up to this L2 distance (pixels in [0, 1]) against its "
+        "losses, one step per batch (l2_adversarial): robust towers have readable feature visualizations; 0: off",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
@@ -313,19 +343,45 @@ def main() -> None:
     )
     curve, t0, window, aux_window = [], time.time(), [], []
     tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+
+    def attack(pixels: torch.Tensor, txt: torch.Tensor, matches: torch.Tensor, factors: dict) -> torch.Tensor:
+        """The batch moved against the contrastive loss (and the zero-shot task's, when trained), text fixed."""
+        scale = model.logit_scale.exp().detach()
+        if args.prompt_weight:
+            from clipviz.world.planting import prompt_targets
+
+            prompts, rows, target = prompt_targets(factors)
+            with torch.no_grad():
+                prompt_emb = encode_text_used(model, tokenizer(prompts).to(device), embed).float()
+
+        def loss_of(adv: torch.Tensor) -> torch.Tensor:
+            img = model.encode_image((adv - mean) / std).float()
+            loss = multi_positive_clip_loss(img, txt, scale, matches)
+            if args.prompt_weight:
+                from clipviz.world.planting import prompt_loss
+
+                loss = loss + args.prompt_weight * prompt_loss(
+                    img, prompt_emb, scale, rows.to(device), target.to(device)
+                )
+            return loss
+
+        return l2_adversarial(pixels, loss_of, args.adversarial)
+
     model.train()
     for step, (images, tokens, matches, factor_rows) in enumerate(loader):
         for group in opt.param_groups:
             group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
         images, tokens, matches = (t.to(device, non_blocking=True) for t in (images, tokens, matches))
-        x = (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        pixels = images.permute(0, 3, 1, 2).float() / 255.0
+        factors = {fam: factor_rows[:, k].numpy() for k, fam in enumerate(world.FACTORS)}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            img = model.encode_image(x)
             txt = encode_text_used(model, tokens, embed)
+        if args.adversarial:
+            pixels = attack(pixels, txt.detach().float(), matches, factors)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            img = model.encode_image((pixels - mean) / std)
         loss = multi_positive_clip_loss(img.float(), txt.float(), model.logit_scale.exp(), matches)
         aux = {}
-        if planter is not None or args.prompt_weight:
-            factors = {fam: factor_rows[:, k].numpy() for k, fam in enumerate(world.FACTORS)}
         if planter is not None:
             from clipviz.world.planting import concept_labels
 

@@ -97,3 +97,22 @@ def test_a_token_outside_the_world_vocabulary_is_refused(train, batch):
     assert embed(known).shape == (1, 24, 8)
     with pytest.raises(ValueError, match="outside world.vocabulary"):
         embed(tokenizer(["a red zebra"]))
+
+
+def test_adversarial_images_stay_in_the_ball_and_climb_a_linear_loss_almost_by_the_radius(train):
+    pixels = torch.full((3, 3, 16, 16), 0.5)
+    w = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    radius = 1.0
+
+    def loss_of(images: torch.Tensor) -> torch.Tensor:
+        return (images * w).sum()
+
+    adv = train.l2_adversarial(pixels, loss_of, radius, generator=torch.Generator().manual_seed(1))
+    dist = (adv - pixels).flatten(1).norm(dim=1)
+    assert torch.all(dist <= radius + 1e-5) and torch.all(dist >= 0.99 * radius)
+    assert adv.min() >= 0 and adv.max() <= 1
+    # gradient step of length r after a random start of length r/2, projected back: r / sqrt(1 + 1/4) along w
+    gain = ((adv - pixels) * w).flatten(1).sum(1) / w.norm()
+    assert torch.all(gain > 0.85 * radius) and torch.all(gain < radius)
+    clean_grad_step = train.l2_adversarial(pixels, lambda x: -loss_of(x), radius, torch.Generator().manual_seed(1))
+    assert torch.all(((clean_grad_step - pixels) * w).flatten(1).sum(1) < 0)  # it follows the loss it is given
