@@ -417,3 +417,13 @@ def test_speedups_keep_batch_independence_and_match_the_plain_loop(models, recip
     torch.testing.assert_close(many.start, plain.start, **SLICED_TOL)
     # four Adam steps: rounding differences of 1e-6 stay far below one 8-bit grey level
     assert float((many.images - plain.images).abs().max()) < 1e-3
+
+
+def test_a_neurons_indices_are_made_once_per_request_not_at_every_step():
+    from clipviz.visualization.objectives import _indices
+
+    first = _indices([3, 5], 2, 10, "neuron", "cpu")
+    assert _indices([3, 5], 2, 10, "neuron", "cpu") is first and first.tolist() == [3, 5]
+    assert _indices(4, 3, 10, "neuron", "cpu").tolist() == [4, 4, 4]
+    with pytest.raises(ClipvizError, match=r"10 accepted \(0..9\), got 10"):
+        _indices([3, 10], 2, 10, "neuron", "cpu")

@@ -13,6 +13,7 @@ never changes its operands. An objective evaluates to a tensor ``(n,)``: one val
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -123,15 +124,22 @@ class Sum(Objective):
 
 
 def _indices(value, n: int, size: int, what: str, device) -> torch.Tensor:
-    """One index per image, range-checked on the CPU (a check on the GPU would wait for it at every step)."""
-    t = torch.as_tensor(value, dtype=torch.long)
-    t = t.expand(n) if t.ndim == 0 else t
+    """One index per image, range-checked on the CPU (a check on the GPU would wait for it at every step) and
+    copied to ``device`` once per request, not at every step."""
+    key = (int(value),) if isinstance(value, int) else tuple(int(v) for v in torch.as_tensor(value).flatten())
+    return _device_indices(key, n, size, what, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_indices(key: tuple[int, ...], n: int, size: int, what: str, device: torch.device) -> torch.Tensor:
+    t = torch.tensor(key, dtype=torch.long)
+    t = t.expand(n) if len(key) == 1 and n != 1 else t
     if t.numel() and (int(t.max()) >= size or int(t.min()) < 0):
         raise ClipvizError(
             f"{what} index out of range: {size} accepted (0..{size - 1}), got "
             f"{int(t.max()) if int(t.max()) >= size else int(t.min())}"
         )
-    return t.to(device, non_blocking=True)
+    return t.to(device)
 
 
 class _AtHook(Objective):
