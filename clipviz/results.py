@@ -252,9 +252,24 @@ def grid_path(out: Path, group: str, kind: str = "plain") -> Path:
 
 
 def write_visualization(png: Path, image: Image.Image, meta: dict) -> None:
-    """The PNG first, then its sidecar: a sidecar is only ever next to a finished image."""
+    """The PNG first, then its sidecar: a sidecar is only ever next to a finished image. An older copy of the
+    same kind under the plain name is removed (``_remove_old_style_copy``)."""
     write_png(png, image)
     write_json(png.with_suffix(".json"), meta)
+    _remove_old_style_copy(png, visualization_kind(meta))
+
+
+def _remove_old_style_copy(png: Path, kind: str) -> None:
+    """Before each kind had its own name, every kind was written to ``<key>.png``: a data-guided or accentuated
+    image found there is the predecessor of ``png`` and goes, so that the atlas does not show the neuron twice
+    as that kind. A plain image there is kept."""
+    if kind == "plain":
+        return
+    old = png.with_name(png.name.removesuffix(f"{_kind_suffix(kind)}.png") + ".png")
+    meta = read_visualization_meta(old)
+    if old != png and meta is not None and visualization_kind(meta) == kind:
+        old.with_suffix(".json").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
 
 
 def read_visualization_meta(png: Path) -> dict | None:

@@ -220,3 +220,28 @@ def test_data_guided_image_next_to_the_plain_one(tmp_path):
     assert page.index("<b>plain</b>: default") < page.index("<b>data-guided</b>: vital")
     images, _, _ = SpaceBackend(atlas=site).atlas_neuron(HOOK, 5)
     assert [label for _, label in images] == ["plain", "data-guided"]
+
+
+def test_a_rerun_replaces_an_old_style_data_guided_image_and_keeps_a_plain_one(tmp_path):
+    """Folders written before each kind had its own name hold data-guided images as ``<key>.png``: the rerun that
+    writes ``<key>.data-guided.png`` removes that copy (the atlas would show the neuron twice), not a plain image."""
+    import clipviz
+    from clipviz.visualization.visualize import visualize
+
+    model = clipviz.load("world-clip")
+    out, folder = tmp_path / "results", tmp_path / "results" / HOOK
+    guided = dict(recipe="vital", guide="world:64", guide_k=4, steps=2, progress=False, out=out)
+    visualize(model, HOOK, [5, 6], **guided)
+    for key in ("neuron-00005", "neuron-00006"):  # the old layout's names
+        for ext in ("png", "json"):
+            (folder / f"{key}.data-guided.{ext}").rename(folder / f"{key}.{ext}")
+    visualize(model, HOOK, [6], recipe="default", steps=2, progress=False, out=out)  # a plain image replaces one
+    visualize(model, HOOK, [5, 6], **guided)
+    names = {p.name for p in folder.iterdir() if p.name.startswith("neuron-")}
+    assert names == {
+        *(f"neuron-00005.data-guided.{e}" for e in ("png", "json")),
+        *(f"neuron-00006{k}.{e}" for k in ("", ".data-guided") for e in ("png", "json")),
+    }
+    entries = _neurons(build_atlas(out, tmp_path / "site"))
+    assert entries[5]["visualization_kinds"] == ["data-guided"]
+    assert entries[6]["visualization_kinds"] == ["plain", "data-guided"]
