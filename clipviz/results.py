@@ -253,13 +253,13 @@ def grid_path(out: Path, group: str, kind: str = "plain") -> Path:
 
 def write_visualization(png: Path, image: Image.Image, meta: dict) -> None:
     """The PNG first, then its sidecar: a sidecar is only ever next to a finished image. An older copy of the
-    same kind under the plain name is removed (``_remove_old_style_copy``)."""
+    same kind under the plain name is removed (``remove_old_style_copy``)."""
     write_png(png, image)
     write_json(png.with_suffix(".json"), meta)
-    _remove_old_style_copy(png, visualization_kind(meta))
+    remove_old_style_copy(png, visualization_kind(meta))
 
 
-def _remove_old_style_copy(png: Path, kind: str) -> None:
+def remove_old_style_copy(png: Path, kind: str) -> None:
     """Before each kind had its own name, every kind was written to ``<key>.png``: a data-guided or accentuated
     image found there is the predecessor of ``png`` and goes, so that the atlas does not show the neuron twice
     as that kind. A plain image there is kept."""

@@ -294,6 +294,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
     args = ap.parse_args()
+    if args.adversarial < 0:
+        ap.error(f"--adversarial is a distance: 0 (off) or more, got {args.adversarial}")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -355,7 +357,8 @@ def main() -> None:
                 prompt_emb = encode_text_used(model, tokenizer(prompts).to(device), embed).float()
 
         def loss_of(adv: torch.Tensor) -> torch.Tensor:
-            img = model.encode_image((adv - mean) / std).float()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                img = model.encode_image((adv - mean) / std).float()
             loss = multi_positive_clip_loss(img, txt, scale, matches)
             if args.prompt_weight:
                 from clipviz.world.planting import prompt_loss

@@ -231,17 +231,20 @@ def test_a_rerun_replaces_an_old_style_data_guided_image_and_keeps_a_plain_one(t
     model = clipviz.load("world-clip")
     out, folder = tmp_path / "results", tmp_path / "results" / HOOK
     guided = dict(recipe="vital", guide="world:64", guide_k=4, steps=2, progress=False, out=out)
-    visualize(model, HOOK, [5, 6], **guided)
-    for key in ("neuron-00005", "neuron-00006"):  # the old layout's names
+    visualize(model, HOOK, [5, 6, 7], **guided)
+    for key in ("neuron-00005", "neuron-00006", "neuron-00007"):  # the old layout's names
         for ext in ("png", "json"):
-            (folder / f"{key}.data-guided.{ext}").rename(folder / f"{key}.{ext}")
+            new = folder / f"{key}.data-guided.{ext}"
+            (folder / f"{key}.{ext}").write_bytes(new.read_bytes())
+            if key != "neuron-00007":  # 7 keeps its new copy too: the rerun finds it finished
+                new.unlink()
     visualize(model, HOOK, [6], recipe="default", steps=2, progress=False, out=out)  # a plain image replaces one
-    visualize(model, HOOK, [5, 6], **guided)
+    visualize(model, HOOK, [5, 6, 7], **guided)
     names = {p.name for p in folder.iterdir() if p.name.startswith("neuron-")}
     assert names == {
-        *(f"neuron-00005.data-guided.{e}" for e in ("png", "json")),
+        *(f"neuron-0000{n}.data-guided.{e}" for n in (5, 7) for e in ("png", "json")),
         *(f"neuron-00006{k}.{e}" for k in ("", ".data-guided") for e in ("png", "json")),
     }
     entries = _neurons(build_atlas(out, tmp_path / "site"))
-    assert entries[5]["visualization_kinds"] == ["data-guided"]
+    assert entries[5]["visualization_kinds"] == entries[7]["visualization_kinds"] == ["data-guided"]
     assert entries[6]["visualization_kinds"] == ["plain", "data-guided"]

@@ -35,6 +35,7 @@ from clipviz.results import (
     grid_path,
     read_png,
     read_visualization_meta,
+    remove_old_style_copy,
     remove_stale_temporaries,
     settings_id,
     versions,
@@ -286,6 +287,9 @@ def visualize(
 
     done = {t: v for t in targets if (v := finished(t)) is not None}
     todo = [t for t in targets if t not in done]
+    if accelerator.is_main_process:  # what a rerun keeps loses its old-layout duplicate too
+        for v in done.values():
+            remove_old_style_copy(v.path, visualization_kind(v.meta))
     accelerator.wait_for_everyone()  # every process must see the same to-do list before any of them writes
     rendered: list[tuple[Target, dict, torch.Tensor]] = []
     with accelerator.split_between_processes(todo) as mine:
