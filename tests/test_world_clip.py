@@ -83,6 +83,20 @@ def test_demo_shows_planted_neurons_first_with_tallies_and_a_searchable_truth(tm
         for neuron in entry["neurons"]:
             assert neuron["visualizations"] and len(neuron["examples"]) == 3 and len(neuron["words"]["direct"]) == 3
             assert neuron["truth"], neuron  # every shown neuron has a known concept, and the atlas knows it
+            assert neuron["visualization_kinds"] == ["data-guided"]  # what visualize renders for world-clip
+    # each image is guided by its neuron's top images among the demo's own, the first of which it shows
+    from clipviz.results import read_examples
+
+    hook = f"blocks.{known[0]['block']}.mlp.hook_post"
+    tensors, _ = read_examples(page.parent / "results" / "examples", hook)
+    meta = json.loads(
+        (
+            page.parent / "results" / "visualizations" / hook / f"neuron-{known[0]['neuron']:05d}.data-guided.json"
+        ).read_text()
+    )
+    assert meta["guide"]["source"] == "world:120" and meta["guide"]["k"] == 16
+    row = tensors["neurons"].tolist().index(known[0]["neuron"])
+    assert meta["guide"]["images"][:3] == tensors["indices"][row].tolist()
     first = known[0]
     truth = next(
         n for n in atlas["hooks"][f"blocks.{first['block']}.mlp.hook_post"]["neurons"] if n["neuron"] == first["neuron"]

@@ -21,11 +21,15 @@ import torch.nn.functional as F
 
 from clipviz.images import grid, overlay, pil_to_tensor
 from clipviz.results import write_png, write_text
+from clipviz.visualization.guidance import GUIDED_DEFAULT
+from clipviz.visualization.recipes import get_recipe
 
 if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel
 
-DEMO_RECIPE = "default"
+#: What ``visualize`` renders for world-clip when no recipe is named (data-guided, measured best on its colour
+#: neurons: docs/validation.md), guided by each neuron's top images among the demo's own held-out world images.
+DEMO_RECIPE = GUIDED_DEFAULT
 
 #: What each method's score means, one line each (the page shows them next to the tallies).
 METHOD_NOTES = {
@@ -172,6 +176,7 @@ def _run(
             hook,
             neurons,
             recipe=DEMO_RECIPE,
+            guide=f"world:{examples}",  # the images its examples come from: its top ones guide it
             steps=steps,
             out=out / "results" / "visualizations",
             progress=progress,
@@ -262,7 +267,9 @@ def _html(model: HookedVisionModel, cards: list[dict], out: Path) -> str:
             f"</ul><p><img class='grid' src='grid-{kind}.png' alt='{kind} visualizations, labelled block:neuron'></p>"
         )
     parts.append(
-        f"<p>Visualizations: recipe <code>{DEMO_RECIPE}</code>. Top examples: held-out world images; the "
+        f"<p>Visualizations: recipe <code>{DEMO_RECIPE}</code> (what <code>visualize</code> renders for this "
+        f"model), each guided by its neuron's top {get_recipe(DEMO_RECIPE).guide_k} of the same held-out world "
+        "images as its examples. Top examples: held-out world images; the "
         "<span style='color:#0aa'>cyan</span> heat map marks where the neuron fires (cyan is none of the world's "
         "colours); a red frame marks an example without the concept. The same results in the standard layout "
         "are in <code>results/</code>; browse them in the atlas, where the known concepts are searchable: "
