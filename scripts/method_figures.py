@@ -44,6 +44,7 @@ from clipviz.world.groundtruth import (
     bundled_selectivity,
     patch_means,
     world_images,
+    world_size,
 )
 from clipviz.world.planting import concept_labels, concept_prompt, parse_concept
 from clipviz.world.reading import salient_reading
@@ -94,7 +95,7 @@ def concept_list(neurons: list[dict]) -> list[str]:
 @torch.no_grad()
 def probe(model, concepts: list[str], n: int, seed: int = PROBE_SEED) -> dict:
     """Patch means of every block, concept labels and the labeller's image-text cosines over ``n`` probe images."""
-    images, factors = world_images(n, seed=seed)
+    images, factors = world_images(n, seed=seed, size=world_size(model))
     hooks = [f"blocks.{b}.mlp.hook_post" for b in range(model.n_blocks)]
     means = patch_means(model, hooks, images)
     img = torch.cat([F.normalize(model.encode_image(images[i : i + 250]).float(), dim=-1) for i in range(0, n, 250)])

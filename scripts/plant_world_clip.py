@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import clipviz
-from clipviz.world.groundtruth import HELDOUT_SEED, auroc, bundled_selectivity, patch_means, world_images
+from clipviz.world.groundtruth import HELDOUT_SEED, auroc, bundled_selectivity, patch_means, world_images, world_size
 from clipviz.world.planting import concept_labels, parse_concept
 
 CONCEPTS_BY_BLOCK: dict[int, list[str]] = {
@@ -77,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = clipviz.load(args.model)
     natural = bundled_selectivity(args.model)
-    images, factors = world_images(args.n, seed=HELDOUT_SEED + 7)
+    images, factors = world_images(args.n, seed=HELDOUT_SEED + 7, size=world_size(model))
     hooks = [f"blocks.{b}.mlp.hook_post" for b in CONCEPTS_BY_BLOCK]
     means = patch_means(model, hooks, images)
     plan = []

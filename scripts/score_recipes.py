@@ -36,7 +36,7 @@ import clipviz
 from clipviz.images import pil_to_tensor, tensor_to_pil
 from clipviz.visualization.recipes import RECIPES, get_recipe
 from clipviz.visualization.vital import reference_quantiles
-from clipviz.world.groundtruth import HELDOUT_SEED, bundled_selectivity, patch_means, world_images
+from clipviz.world.groundtruth import HELDOUT_SEED, bundled_selectivity, patch_means, world_images, world_size
 from clipviz.world.planting import concept_prompt, parse_concept
 from clipviz.world.reading import dominant_colour, salient_reading
 
@@ -170,7 +170,7 @@ def main() -> None:
 
     prompts = list(dict.fromkeys([prompt(f, v) for f, vs in FACTORS.items() for v in vs]))
     prompts += [concept_prompt(r["concept"]) for r in rows if concept_prompt(r["concept"]) not in prompts]
-    natural, _ = world_images(args.probe, seed=PROBE_SEED)
+    natural, _ = world_images(args.probe, seed=PROBE_SEED, size=world_size(model))
     hooks = sorted({f"blocks.{r['block']}.mlp.hook_post" for r in rows})
     means = patch_means(model, hooks, natural)
     best_natural = {

@@ -20,6 +20,10 @@ continues from the given weights on a fresh stream (seed 17) and adds two losses
 neurons detectors of their concepts (``clipviz.world.planting.PlantLoss``), ``--prompt-weight`` trains the zero-shot
 task itself (single-object images against the world's single-factor prompts).
 
+A larger organism (the issue's suggestion for a GPU run): ``--image-size 96 --vision-layers 6 --vision-width 256``
+renders the world at 96 px and trains a 6-block, 256-wide image tower; clipviz's ground-truth tools render the world
+at each model's own input size (``clipviz.world.groundtruth.world_size``).
+
 Three exact speed-ups make the 2500 steps fit in under an hour on a 2-core CPU (55 min measured; docs/benchmarks.md):
 attention as batched matrix products, the text tower run only up to each caption's end token, and only the token
 embedding rows of the world's words trained. They compute the same model (``tests/test_train_world_clip.py``).
@@ -83,9 +87,11 @@ class WorldStream(IterableDataset):
     Captions are tokenized in the workers too.
     """
 
-    def __init__(self, batch: int, steps: int, seed: int, shape_groups: float, context_length: int):
+    def __init__(
+        self, batch: int, steps: int, seed: int, shape_groups: float, context_length: int, size: int = 64
+    ) -> None:
         self.batch, self.steps, self.seed, self.shape_groups = batch, steps, seed, shape_groups
-        self.context_length = context_length
+        self.context_length, self.size = context_length, size
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -96,9 +102,9 @@ class WorldStream(IterableDataset):
             if self.shape_groups > 0:
                 rng = np.random.default_rng([seed, 1])
                 factors = contrast_groups(world.sample_factors(self.batch, rng), self.shape_groups, "shape", rng)
-                b = world.generate(self.batch, seed=seed, factors=factors)
+                b = world.generate(self.batch, seed=seed, factors=factors, size=self.size)
             else:  # the stream of the shipped weights
-                b = world.generate(self.batch, seed=seed)
+                b = world.generate(self.batch, seed=seed, size=self.size)
             factors = torch.from_numpy(np.stack([b.factors[fam] for fam in world.FACTORS], axis=1))
             yield torch.from_numpy(b.images), tokenizer(b.captions), torch.from_numpy(b.caption_matches()), factors
 
@@ -217,6 +223,20 @@ def multi_positive_clip_loss(
     return 0.5 * (F.cross_entropy(logits, t2i) + F.cross_entropy(logits.T, i2t))
 
 
+def configs(image_size: int, layers: int, width: int) -> tuple[dict, dict]:
+    """The model and preprocessing configs of a world CLIP whose image tower takes ``image_size`` px images
+    (the world is rendered at that size) with ``layers`` blocks of ``width`` channels; the defaults give
+    ``MODEL_CFG`` and ``PREPROCESS_CFG``."""
+    vision = MODEL_CFG["vision_cfg"]
+    if image_size % vision["patch_size"] or width % vision["head_width"] or layers < 1:
+        raise ValueError(
+            f"--image-size must be a multiple of {vision['patch_size']}, --vision-width of {vision['head_width']} "
+            f"and --vision-layers at least 1; got {image_size}, {width}, {layers}"
+        )
+    model_cfg = {**MODEL_CFG, "vision_cfg": {**vision, "image_size": image_size, "layers": layers, "width": width}}
+    return model_cfg, {**PREPROCESS_CFG, "size": image_size}
+
+
 def l2_adversarial(
     pixels: torch.Tensor, loss_of, radius: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -291,16 +311,30 @@ def main() -> None:
         help="train the image tower on images moved up to this L2 distance (pixels in [0, 1]) against its "
         "losses, one step per batch (l2_adversarial): robust towers have readable feature visualizations; 0: off",
     )
+    vision = MODEL_CFG["vision_cfg"]
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=vision["image_size"],
+        help="side of the images the world is rendered at and the image tower takes (patches of "
+        f"{vision['patch_size']} px; the shipped model: {vision['image_size']})",
+    )
+    ap.add_argument("--vision-layers", type=int, default=vision["layers"], help="blocks of the image tower")
+    ap.add_argument("--vision-width", type=int, default=vision["width"], help="channels of the image tower")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
     args = ap.parse_args()
     if args.adversarial < 0:
         ap.error(f"--adversarial is a distance: 0 (off) or more, got {args.adversarial}")
+    try:
+        model_cfg, preprocess_cfg = configs(args.image_size, args.vision_layers, args.vision_width)
+    except ValueError as error:
+        ap.error(str(error))
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = open_clip.CLIP(**MODEL_CFG).to(device)
+    model = open_clip.CLIP(**model_cfg).to(device)
     if args.init_from is not None:
         from safetensors.torch import load_file
 
@@ -318,8 +352,8 @@ def main() -> None:
     context_length = MODEL_CFG["text_cfg"]["context_length"]
     embed = UsedRowsEmbedding.for_world(model.token_embedding, open_clip.SimpleTokenizer(context_length=context_length))
     model.token_embedding.requires_grad_(False)
-    mean = torch.tensor(PREPROCESS_CFG["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(PREPROCESS_CFG["std"], device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in trained if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in trained if not (p.ndim >= 2 and "embedding" not in n)] + [embed.weight]
@@ -335,7 +369,7 @@ def main() -> None:
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
-    stream = WorldStream(args.batch, args.steps, args.seed, args.shape_groups, context_length)
+    stream = WorldStream(args.batch, args.steps, args.seed, args.shape_groups, context_length, args.image_size)
     loader = DataLoader(
         stream,
         batch_size=None,
@@ -430,12 +464,12 @@ def main() -> None:
     save_file(state, str(tmp))
     tmp.replace(args.out / "open_clip_model.safetensors")
     (args.out / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n"
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n"
     )
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     log = {
         "settings": settings,
-        "model_cfg": MODEL_CFG,
+        "model_cfg": model_cfg,
         "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "open_clip": open_clip.__version__,

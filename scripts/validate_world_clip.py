@@ -61,9 +61,9 @@ def lens_agreement(model, truth, threshold: float = 0.9) -> dict:
 def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> dict:
     """CLIP-Dissect (SoftWPMI) with the model as its own labeller, over a held-out probe set of world images."""
     from clipviz.analysis.dissect import labeller_a, softwpmi
-    from clipviz.world.groundtruth import HELDOUT_SEED, patch_means, world_images
+    from clipviz.world.groundtruth import HELDOUT_SEED, patch_means, world_images, world_size
 
-    images, _ = world_images(n, seed=HELDOUT_SEED + 3)
+    images, _ = world_images(n, seed=HELDOUT_SEED + 3, size=world_size(model))
     prompts = [world.prompt(f, v) for f, v in CONCEPTS]
     img = torch.cat([F.normalize(model.encode_image(images[i : i + 250]).float(), dim=-1) for i in range(0, n, 250)])
     sims = img @ F.normalize(model.encode_text(prompts).float(), dim=-1).T

@@ -116,3 +116,36 @@ def test_adversarial_images_stay_in_the_ball_and_climb_a_linear_loss_almost_by_t
     assert torch.all(gain > 0.85 * radius) and torch.all(gain < radius)
     clean_grad_step = train.l2_adversarial(pixels, lambda x: -loss_of(x), radius, torch.Generator().manual_seed(1))
     assert torch.all(((clean_grad_step - pixels) * w).flatten(1).sum(1) < 0)  # it follows the loss it is given
+
+
+def test_a_larger_world_clip_is_trained_and_measured_at_its_own_resolution(train, tmp_path, monkeypatch):
+    """``--image-size`` renders the world at the tower's input size, and the ground-truth tools render it there
+    too (no 64-px images resized without a word)."""
+    import clipviz
+    from clipviz.world.groundtruth import world_images, world_size, zero_shot_accuracy
+
+    assert train.configs(64, 4, 128) == (train.MODEL_CFG, train.PREPROCESS_CFG)  # the defaults are the shipped model
+    with pytest.raises(ValueError, match="multiple of 8"):
+        train.configs(60, 4, 128)
+    out = tmp_path / "wc96"
+    argv = ["train_world_clip.py", "--out", str(out), "--steps", "1", "--batch", "8", "--warmup", "1"]
+    argv += ["--image-size", "96", "--vision-layers", "2", "--vision-width", "64", "--workers", "0", "--threads", "1"]
+    monkeypatch.setattr("sys.argv", argv)
+    train.main()
+    model = clipviz.load(str(out))
+    assert tuple(model.image_size) == (96, 96) and model.n_blocks == 2 and world_size(model) == 96
+    images, _ = world_images(4, seed=3, size=world_size(model))
+    assert images.shape == (4, 3, 96, 96)
+    assert torch.equal(images, torch.from_numpy(world.generate(4, seed=3, size=96).images).permute(0, 3, 1, 2) / 255)
+    from clipviz.world import groundtruth
+
+    sizes = []
+
+    def recorded(*args, **kwargs):
+        sizes.append(kwargs.get("size"))
+        return world_images(*args, **kwargs)
+
+    monkeypatch.setattr(groundtruth, "world_images", recorded)
+    assert set(zero_shot_accuracy(model, n=16)) >= {"colour", "shape", "position"}
+    groundtruth.selectivity(model, n=16)
+    assert sizes == [96, 96]

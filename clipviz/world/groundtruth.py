@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipviz.errors import ClipvizError
 from clipviz.world import scene as world
 
 if TYPE_CHECKING:
@@ -34,11 +35,27 @@ CLEAR_AUROC = 0.95
 CONCEPTS: list[tuple[str, str]] = [(fam, v) for fam, values in world.FACTORS.items() for v in values]
 
 
-def world_images(n: int, seed: int = HELDOUT_SEED, single_object: bool = False) -> tuple[torch.Tensor, dict]:
-    """``n`` world images as a float tensor in [0, 1] (n, 3, 64, 64) and their factor indices."""
-    batch = world.generate(n, seed=seed, single_object=single_object)
+def world_images(
+    n: int, seed: int = HELDOUT_SEED, single_object: bool = False, size: int = 64
+) -> tuple[torch.Tensor, dict]:
+    """``n`` world images as a float tensor in [0, 1] (n, 3, size, size) and their factor indices."""
+    batch = world.generate(n, seed=seed, single_object=single_object, size=size)
     images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255.0
     return images, batch.factors
+
+
+def world_size(model: HookedVisionModel) -> int:
+    """The side of the world images ``model`` is measured on: its own input size, so that the world is rendered
+    at the resolution the model sees rather than rendered at 64 px and resized. Refuses a non-square input.
+
+    >>> import clipviz
+    >>> world_size(clipviz.load("world-clip"))
+    64
+    """
+    height, width = model.image_size
+    if height != width:
+        raise ClipvizError(f"the world's images are square; this model takes {height}x{width} images")
+    return int(height)
 
 
 @torch.no_grad()
@@ -47,7 +64,7 @@ def zero_shot_accuracy(
 ) -> dict[str, float]:
     """Accuracy per factor family of zero-shot classification with single-factor prompts (``world.prompt``),
     on held-out single-object images (count is left out: it is always one)."""
-    images, factors = world_images(n, seed=seed, single_object=True)
+    images, factors = world_images(n, seed=seed, single_object=True, size=world_size(model))
     emb = torch.cat(
         [F.normalize(model.encode_image(images[i : i + batch]).float(), dim=-1) for i in range(0, n, batch)]
     )
@@ -195,7 +212,7 @@ def selectivity(
 ) -> Selectivity:
     """Each neuron's AUROC for every factor value (see the module docstring)."""
     hooks = hooks or [f"blocks.{i}.mlp.hook_post" for i in range(model.n_blocks)]
-    images, factors = world_images(n, seed=seed)
+    images, factors = world_images(n, seed=seed, size=world_size(model))
     labels = concept_labels(factors)
     means = patch_means(model, hooks, images)
     return Selectivity(auroc={h: auroc(means[h], labels) for h in hooks}, n=n, seed=seed)

@@ -182,9 +182,9 @@ def prompt_loss(
 @torch.no_grad()
 def planted_auroc(model: HookedVisionModel, plan: list[Plant], n: int = 3000, seed: int | None = None) -> list[dict]:
     """Each planted neuron's AUROC for its concept over ``n`` held-out world images (a clipviz model)."""
-    from clipviz.world.groundtruth import HELDOUT_SEED, auroc, patch_means, world_images
+    from clipviz.world.groundtruth import HELDOUT_SEED, auroc, patch_means, world_images, world_size
 
-    images, factors = world_images(n, seed=HELDOUT_SEED if seed is None else seed)
+    images, factors = world_images(n, seed=HELDOUT_SEED if seed is None else seed, size=world_size(model))
     hooks = sorted({p.hook for p in plan})
     means = patch_means(model, hooks, images)
     labels = concept_labels([p.concept for p in plan], factors)
