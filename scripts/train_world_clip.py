@@ -113,8 +113,9 @@ class BatchedSelfAttention(nn.Module):
     """The self-attention of an ``nn.MultiheadAttention`` (batch first), computed with batched matrix products.
 
     It holds the module's own parameters under the same names, so the state dict is unchanged. For the model's
-    short sequences (65 and at most 24 positions, 4 heads of 32) it avoids the fused CPU kernel and the
-    sequence-first copies inside ``nn.MultiheadAttention``: about 1.6x faster on the 2-core CPU, same values.
+    short sequences (65 image positions at 64 px, at most 24 text positions, heads of 32) it avoids the fused CPU
+    kernel and the sequence-first copies inside ``nn.MultiheadAttention``: about 1.6x faster on the 2-core CPU,
+    same values.
     """
 
     def __init__(self, mha: nn.MultiheadAttention):
@@ -228,7 +229,8 @@ def configs(image_size: int, layers: int, width: int) -> tuple[dict, dict]:
     (the world is rendered at that size) with ``layers`` blocks of ``width`` channels; the defaults give
     ``MODEL_CFG`` and ``PREPROCESS_CFG``."""
     vision = MODEL_CFG["vision_cfg"]
-    if image_size % vision["patch_size"] or width % vision["head_width"] or layers < 1:
+    patch, head = vision["patch_size"], vision["head_width"]
+    if image_size < patch or image_size % patch or width < head or width % head or layers < 1:
         raise ValueError(
             f"--image-size must be a multiple of {vision['patch_size']}, --vision-width of {vision['head_width']} "
             f"and --vision-layers at least 1; got {image_size}, {width}, {layers}"
@@ -338,6 +340,12 @@ def main() -> None:
     if args.init_from is not None:
         from safetensors.torch import load_file
 
+        saved = json.loads((args.init_from / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
+        if saved != model_cfg["vision_cfg"]:
+            ap.error(
+                f"--init-from {args.init_from} has an image tower of {saved['layers']} blocks of {saved['width']} "
+                f"at {saved['image_size']} px; pass the same --vision-layers, --vision-width and --image-size"
+            )
         state = load_file(str(args.init_from / "open_clip_model.safetensors"))
         model.load_state_dict({k: v.float() for k, v in state.items()})
     planter = None

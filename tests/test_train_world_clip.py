@@ -118,20 +118,26 @@ def test_adversarial_images_stay_in_the_ball_and_climb_a_linear_loss_almost_by_t
     assert torch.all(((clean_grad_step - pixels) * w).flatten(1).sum(1) < 0)  # it follows the loss it is given
 
 
-def test_a_larger_world_clip_is_trained_and_measured_at_its_own_resolution(train, tmp_path, monkeypatch):
+def test_a_larger_world_clip_is_trained_and_measured_at_its_own_resolution(train, tmp_path, monkeypatch, capsys):
     """``--image-size`` renders the world at the tower's input size, and the ground-truth tools render it there
     too (no 64-px images resized without a word)."""
     import clipviz
     from clipviz.world.groundtruth import world_images, world_size, zero_shot_accuracy
 
     assert train.configs(64, 4, 128) == (train.MODEL_CFG, train.PREPROCESS_CFG)  # the defaults are the shipped model
-    with pytest.raises(ValueError, match="multiple of 8"):
-        train.configs(60, 4, 128)
+    for bad in ((60, 4, 128), (0, 4, 128), (64, 4, 0), (64, 0, 128)):
+        with pytest.raises(ValueError, match="multiple of 8"):
+            train.configs(*bad)
     out = tmp_path / "wc96"
     argv = ["train_world_clip.py", "--out", str(out), "--steps", "1", "--batch", "8", "--warmup", "1"]
     argv += ["--image-size", "96", "--vision-layers", "2", "--vision-width", "64", "--workers", "0", "--threads", "1"]
     monkeypatch.setattr("sys.argv", argv)
     train.main()
+    again = ["train_world_clip.py", "--out", str(tmp_path / "again"), "--steps", "1", "--init-from", str(out)]
+    monkeypatch.setattr("sys.argv", again)
+    with pytest.raises(SystemExit):  # a 64-px tower (the default) cannot start from the 96-px one
+        train.main()
+    assert "has an image tower of 2 blocks of 64 at 96 px" in capsys.readouterr().err
     model = clipviz.load(str(out))
     assert tuple(model.image_size) == (96, 96) and model.n_blocks == 2 and world_size(model) == 96
     images, _ = world_images(4, seed=3, size=world_size(model))
