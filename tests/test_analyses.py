@@ -295,3 +295,16 @@ def test_studies_run_on_a_timm_classifier_with_registers(tmp_path):
         assert (tmp_path / "out" / f"{name}.json").is_file()
     c = cls(model, probe, progress_bar=False)
     assert all(0 <= v <= 1 for v in c.cls_isolation) and len(c.cls_alone_accuracy) == 2
+
+
+def test_the_world_probe_is_rendered_at_a_square_size_so_its_masks_stay_exact():
+    """At 96 px the world is drawn at 96 px, not drawn at 64 and resized, with the masks of that drawing."""
+    from clipviz.world import scene as world
+    from clipviz.world.probe import PROBE_SEED, foreground_masks, world_probe
+
+    probe = world_probe(6, size=(96, 96))
+    drawn = world.generate(6, seed=PROBE_SEED, single_object=True, size=96)
+    assert torch.equal(probe.images, torch.from_numpy(drawn.images).permute(0, 3, 1, 2).float() / 255.0)
+    assert torch.equal(probe.masks, torch.from_numpy(foreground_masks(6, seed=PROBE_SEED, size=96, single_object=True)))
+    assert probe.masks.any(dim=(1, 2)).all() and not probe.masks.all(dim=(1, 2)).any()
+    assert world_probe(6, size=(48, 64)).images.shape[-2:] == (48, 64)  # not square: drawn at 64, resized

@@ -44,9 +44,10 @@ PROBE_SEED = 2_000_000_011 + 31
 
 
 def world_probe(n: int, size: tuple[int, int] = (64, 64), seed: int = 0):
-    """``n`` single-object world images (64 px, resized to ``size``) as an analysis ``Probe``: one zero-shot task
-    per factor family (the world's single-factor prompts; count is left out, it is always one), the factors as
-    semantic concepts (one-hot) and exact foreground masks."""
+    """``n`` single-object world images as an analysis ``Probe``: one zero-shot task per factor family (the world's
+    single-factor prompts; count is left out, it is always one), the factors as semantic concepts (one-hot) and
+    exact foreground masks. A square ``size`` is rendered at that size (masks exact at every size); another is
+    rendered at 64 px and resized, the masks by nearest neighbour."""
     import torch.nn.functional as F
 
     from clipviz.analysis.studies.common import Probe, Task
@@ -54,8 +55,9 @@ def world_probe(n: int, size: tuple[int, int] = (64, 64), seed: int = 0):
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     s = PROBE_SEED + seed
-    batch = world.generate(n, seed=s, single_object=True)
-    masks = torch.from_numpy(foreground_masks(n, seed=s, single_object=True))
+    side = int(size[0]) if size[0] == size[1] else 64
+    batch = world.generate(n, seed=s, single_object=True, size=side)
+    masks = torch.from_numpy(foreground_masks(n, seed=s, size=side, single_object=True))
     images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255.0
     if tuple(size) != tuple(images.shape[-2:]):
         images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
