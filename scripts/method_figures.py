@@ -135,16 +135,11 @@ def lens_reading(model, pr: dict, concepts: list[str], neurons: list[dict]) -> l
     return [by_prompt[words[r["neuron"]]] if r["block"] == last else None for r in neurons]
 
 
-def is_guided(recipe) -> bool:
-    """Whether ``recipe`` is data-guided (it matches reference images' statistics)."""
-    return bool(recipe.match and recipe.match_weight)
-
-
 def render(model, neurons: list[dict], recipe: str, overrides: dict, guide: str | None = None) -> list[torch.Tensor]:
     """One visualization (3, H, W) in [0, 1] per neuron, with ``recipe`` and its ``overrides``; a data-guided
     recipe is guided by ``guide`` (``None``: the model's own, as ``visualize`` chooses)."""
     chosen = get_recipe(recipe, **overrides)
-    guided = {"guide": guide} if guide is not None and is_guided(chosen) else {}
+    guided = {"guide": guide} if guide is not None and chosen.guided else {}
     images: dict[tuple[int, int], torch.Tensor] = {}
     for block in sorted({r["block"] for r in neurons}):
         ids = sorted({r["neuron"] for r in neurons if r["block"] == block})
@@ -235,7 +230,7 @@ def measure(model, truth, args) -> dict:
         "probe_seed": PROBE_SEED,
         "top_k": args.top_k,
         "recipe": get_recipe(args.recipe, **overrides).to_dict(),
-        "guide": args.guide if is_guided(get_recipe(args.recipe, **overrides)) else None,
+        "guide": args.guide if get_recipe(args.recipe, **overrides).guided else None,
         "concepts": concepts,
         "summary": {name: summarise(rows) for name, rows in sets.items()},
         "neurons": everyone,

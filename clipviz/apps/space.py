@@ -161,7 +161,7 @@ class SpaceBackend:
         model = self.model(model_name)
         chosen = self._neurons(model, hook, neurons)
         recipe = get_recipe(self.recipe or default_recipe(model))
-        guided = bool(recipe.match and recipe.match_weight)
+        guided = recipe.guided
         world, source = self._world()
         # one pass over the world images finds the examples shown and, for a guided recipe, the references
         k = max(self.limits.top_k, recipe.guide_k) if guided else self.limits.top_k

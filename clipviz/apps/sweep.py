@@ -231,7 +231,7 @@ def _sweep_recipe(model: HookedVisionModel, hooks: list[str], name: str | None, 
             f"recipe '{recipe.name}' accentuates a seed image, and a sweep has none: use `clipviz visualize "
             "--from-image`, or sweep with a recipe such as vital or default"
         )
-    if recipe.match and recipe.match_weight:
+    if recipe.guided:
         for hook in hooks:  # a match point the model lacks is a one-line error now, not after the examples
             for where in recipe.match:
                 try:

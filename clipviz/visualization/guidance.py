@@ -175,7 +175,7 @@ def prepare_guidance(
 ) -> Guidance:
     """Check the request and rank the guide's images once for all ``neurons``."""
     out = Guidance(recipe=recipe)
-    if recipe.match and recipe.match_weight and neurons:  # prompts and classes render without guidance
+    if recipe.guided and neurons:  # prompts and classes render without guidance
         guide = default_guide(model) if guide is None else guide
         if guide is None:
             raise ClipvizError(

@@ -139,6 +139,11 @@ class Recipe:
     def total_steps(self) -> int:
         return self.steps * len(self.stages)
 
+    @property
+    def guided(self) -> bool:
+        """Whether the recipe is data-guided: it matches the statistics of reference images (``vital``)."""
+        return bool(self.match and self.match_weight)
+
 
 RECIPES: dict[str, Recipe] = {
     "vit-paper": Recipe(name="vit-paper"),
