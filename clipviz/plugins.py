@@ -27,8 +27,9 @@ class Registry:
     ``clipviz.analysis.concepts.Vocabulary``; ``models``: short name -> directory of a bundled model; ``probes``:
     scheme -> factory(argument, n=, size=, seed=) returning a labelled ``clipviz.analysis.studies.Probe``;
     ``guides``: bundled model name -> the data source its data-guided recipes read reference images from when
-    none is given; ``ground_truths``: bundled model name -> factory() returning the neurons whose concept is known,
-    ``{hook: {neuron: description}}`` (the atlas shows and searches them).
+    none is given; ``datasets``: bundled model name -> its own held-out data source, what ``sweep`` mines top
+    examples from when no dataset is given; ``ground_truths``: bundled model name -> factory() returning the
+    neurons whose concept is known, ``{hook: {neuron: description}}`` (the atlas shows and searches them).
     """
 
     sources: dict[str, Callable[[str], object]] = field(default_factory=dict)
@@ -36,6 +37,7 @@ class Registry:
     models: dict[str, Path] = field(default_factory=dict)
     probes: dict[str, Callable[..., object]] = field(default_factory=dict)
     guides: dict[str, str] = field(default_factory=dict)
+    datasets: dict[str, str] = field(default_factory=dict)
     ground_truths: dict[str, Callable[[], dict[str, dict[int, str]]]] = field(default_factory=dict)
 
     def add_source(self, scheme: str, factory: Callable[[str], object]) -> None:
@@ -52,6 +54,9 @@ class Registry:
 
     def add_guide(self, model: str, source: str) -> None:
         self.guides[model] = source
+
+    def add_dataset(self, model: str, source: str) -> None:
+        self.datasets[model] = source
 
     def add_ground_truth(self, model: str, factory: Callable[[], dict[str, dict[int, str]]]) -> None:
         self.ground_truths[model] = factory

@@ -157,6 +157,8 @@ BAD = [
     (["examples", "world-clip", "--hook", H, "--dataset", "world:abc", "--out", "{out}"], "world:<n>"),
     (["examples", "world-clip", "--hook", H, "--dataset", "world:", "--out", "{out}"], "world:<n>"),
     (["examples", "world-clip", "--hook", H, "--dataset", "world:99999999", "--out", "{out}"], "1 to 100000"),
+    (["examples", "world-clip", "--hook", H, "--dataset", "world:5@4", "--out", "{out}"], "8 to 1024 px"),
+    (["examples", "world-clip", "--hook", H, "--dataset", "world:5@", "--out", "{out}"], "world:<n>@<side>"),
     (["examples", "world-clip", "--hook", H, "--dataset", "{tmp}/missing", "--out", "{out}"], "dataset folder"),
     (["examples", "world-clip", "--hook", H, "--dataset", "{tmp}/empty", "--out", "{out}"], "no images"),
     (["examples", "world-clip", "--hook", H, "--dataset", "{tmp}/file", "--out", "{out}"], ("dataset", "a file")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -155,3 +156,17 @@ def test_a_larger_world_clip_is_trained_and_measured_at_its_own_resolution(train
     assert set(zero_shot_accuracy(model, n=16)) >= {"colour", "shape", "position"}
     groundtruth.selectivity(model, n=16)
     assert sizes == [96, 96]
+    # bundled, it guides its visualizations and sweeps with its world drawn at 96 px: the same scenes, not resized
+    from clipviz.plugins import Registry
+    from clipviz.world import plugin
+
+    monkeypatch.setattr(plugin, "MODELS", tmp_path)
+    bundled = Registry()
+    plugin.register(bundled)
+    assert bundled.guides["wc96"] == bundled.datasets["wc96"] == "world:2000@96"
+    _, image, caption = next(iter(bundled.sources["world"]("3@96").items()))
+    drawn = world.generate(3, seed=plugin.source_seed(), size=96)
+    assert image.size == (96, 96) and (torch.tensor(np.asarray(image)) == torch.from_numpy(drawn.images[0])).all()
+    assert caption == drawn.captions[0]
+    at_64 = world.generate(3, seed=plugin.source_seed()).factors
+    assert all((drawn.factors[family] == at_64[family]).all() for family in world.FACTORS)  # the same scenes

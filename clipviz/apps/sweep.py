@@ -53,8 +53,6 @@ from clipviz.results import (
 if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel
 
-DEFAULT_WORLD_IMAGES = 2000
-
 
 @dataclass
 class SweepPlan:
@@ -120,11 +118,11 @@ def parse_blocks(text: str | None, n_blocks: int) -> list[int]:
 
 
 def default_dataset(spec: str) -> str | None:
-    """``world:<n>`` for a model that ships with the world plug-in (held-out images of its world), else ``None``."""
+    """The held-out data source a bundled model's plug-in names for it (world-clip: ``world:2000``, its world at its
+    input size), else ``None``."""
     from clipviz.plugins import registry
 
-    reg = registry()
-    return f"world:{DEFAULT_WORLD_IMAGES}" if spec in reg.models and "world" in reg.sources else None
+    return registry().datasets.get(spec)
 
 
 def make_plan(

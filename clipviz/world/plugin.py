@@ -8,9 +8,10 @@ from pathlib import Path
 from clipviz.plugins import Registry
 
 MODELS = Path(__file__).parent / "models"
-MAX_IMAGES = 100_000  # world:<n> generates its images up front (12 KB each)
-#: Reference images of world-clip's data-guided visualizations when none are given: held-out images of its world.
-GUIDE = "world:2000"
+MAX_IMAGES = 100_000  # world:<n> generates its images up front (12 KB each at 64 px)
+#: Held-out images of its world that a bundled model's data-guided visualizations and sweeps read when none are given.
+OWN_IMAGES = 2000
+WORLD_SIZE = 64  # the side of world:<n>'s images unless it names another: world:<n>@<side>
 SOURCE_OFFSET = 7  # world:<n> draws its images with HELDOUT_SEED + SOURCE_OFFSET (``source_seed``)
 
 
@@ -21,21 +22,35 @@ def source_seed() -> int:
     return HELDOUT_SEED + SOURCE_OFFSET
 
 
+def world_spec(n: int, size: int = WORLD_SIZE) -> str:
+    """The data source of ``n`` held-out world images drawn at ``size`` px: the same scenes (factors) at every
+    size, each drawn at that size rather than resized.
+
+    >>> world_spec(2000), world_spec(2000, 96)
+    ('world:2000', 'world:2000@96')
+    """
+    return f"world:{n}" if size == WORLD_SIZE else f"world:{n}@{size}"
+
+
 def world_source(argument: str):
-    """``world:<n>``: ``n`` held-out world images with their captions."""
+    """``world:<n>`` (or ``world:<n>@<side>``): ``n`` held-out world images with their captions, drawn at 64 px (or
+    ``side`` px, for a model of that input size: drawn there, not resized)."""
     from PIL import Image
 
     from clipviz.data.sources import Source
     from clipviz.errors import ClipvizError, check_int
     from clipviz.world.scene import generate
 
+    count, _, side = argument.partition("@")
     try:
-        n = check_int(argument, "n", 1, MAX_IMAGES)
+        n = check_int(count, "n", 1, MAX_IMAGES)
+        size = check_int(side, "side", 8, 1024) if side else WORLD_SIZE
     except ClipvizError:
         raise ClipvizError(
-            f"bad dataset 'world:{argument[:20]}': use world:<n> with n from 1 to {MAX_IMAGES} images"
+            f"bad dataset 'world:{argument[:20]}': use world:<n> with n from 1 to {MAX_IMAGES} images, or "
+            "world:<n>@<side> with a side from 8 to 1024 px"
         ) from None
-    batch = generate(n, seed=source_seed())
+    batch = generate(n, seed=source_seed(), size=size)
 
     def items(lo=0, hi=None):
         for i in range(lo, n if hi is None else min(hi, n)):
@@ -80,6 +95,16 @@ def ground_truth(directory: Path):
     return known
 
 
+def input_size(directory: Path) -> int:
+    """The side a bundled model's world images are drawn at: its square input size, from its open_clip config
+    (64 px, resized like any data, for a non-square input)."""
+    import json
+
+    size = json.loads((directory / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]["image_size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    return int(height) if height == width else WORLD_SIZE
+
+
 def register(registry: Registry) -> None:
     registry.add_source("world", world_source)
     registry.add_probe("world", world_probe_set)
@@ -87,6 +112,8 @@ def register(registry: Registry) -> None:
     for directory in sorted(MODELS.iterdir()) if MODELS.is_dir() else ():
         if (directory / "open_clip_config.json").is_file():
             registry.add_model(directory.name, directory)
-            registry.add_guide(directory.name, GUIDE)
+            own = world_spec(OWN_IMAGES, input_size(directory))
+            registry.add_guide(directory.name, own)
+            registry.add_dataset(directory.name, own)
             if (directory / "ground_truth.json").is_file():
                 registry.add_ground_truth(directory.name, ground_truth(directory))

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset is None and default_dataset(args.model) is None:  # before a long model download
         raise ClipvizError(
             f"--dataset is required for '{args.model}': a folder of images, an HF dataset id or a saved dataset "
-            "(only the bundled world-clip has a default, world:2000)"
+            "(only a bundled model such as world-clip has a default: its world's held-out images)"
         )
     model = load_model(args)
     plan = make_plan(
