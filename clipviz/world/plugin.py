@@ -41,10 +41,10 @@ def world_source(argument: str):
     from clipviz.errors import ClipvizError, check_int
     from clipviz.world.scene import generate
 
-    count, _, side = argument.partition("@")
+    count, at, side = argument.partition("@")
     try:
         n = check_int(count, "n", 1, MAX_IMAGES)
-        size = check_int(side, "side", 8, 1024) if side else WORLD_SIZE
+        size = check_int(side, "side", 8, 1024) if at else WORLD_SIZE
     except ClipvizError:
         raise ClipvizError(
             f"bad dataset 'world:{argument[:20]}': use world:<n> with n from 1 to {MAX_IMAGES} images, or "
