@@ -588,6 +588,94 @@ def _hf_families() -> list[Family]:
             overlap=True,
         ),
         Family(
+            "DeiT distilled classifier (with teacher)",
+            "transformers",
+            _hf(lambda: T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(**_vit(), num_labels=5))),
+            _seq("deit.layers", 3),
+            ("act", "mlp.activation_fn"),
+            (2, g),
+            (2, g),
+            "hf:deit",
+            "hf:deit",
+        ),
+        Family(
+            "DINOv2 + registers classifier",
+            "transformers",
+            _hf(
+                lambda: T.Dinov2WithRegistersForImageClassification(
+                    T.Dinov2WithRegistersConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        mlp_ratio=2,
+                        image_size=IMAGE,
+                        patch_size=8,
+                        num_register_tokens=4,
+                        num_labels=3,
+                    )
+                )
+            ),
+            _seq("dinov2_with_registers.encoder.layer", 2),
+            ("act", "mlp.activation_fn"),
+            (5, g),
+            (5, g),
+            "hf:dinov2_with_registers",
+            "hf:dinov2_with_registers",
+        ),
+        Family(
+            "Kosmos-2 vision (class token one level down)",
+            "transformers",
+            _hf(
+                lambda: T.Kosmos2ForConditionalGeneration(
+                    T.Kosmos2Config(
+                        vision_config=dict(_vit(), num_hidden_layers=2),
+                        text_config=dict(embed_dim=32, layers=1, attention_heads=2, ffn_dim=64, vocab_size=99),
+                        latent_query_num=4,
+                    )
+                )
+            ),
+            _seq("vision_model.model.encoder.layers", 2),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:vision_model.model",
+            "hf:vision_model.model",
+        ),
+        Family(
+            "Idefics3 / SmolVLM vision (tower at model.vision_model)",
+            "transformers",
+            _hf(
+                lambda: T.Idefics3ForConditionalGeneration(
+                    T.Idefics3Config(
+                        vision_config=dict(_vit(), num_hidden_layers=2),
+                        text_config=dict(
+                            hidden_size=32,
+                            num_hidden_layers=1,
+                            num_attention_heads=2,
+                            intermediate_size=64,
+                            vocab_size=300,
+                            num_key_value_heads=2,
+                        ),
+                        scale_factor=2,
+                        image_token_id=299,
+                    )
+                )
+            ),
+            _seq("model.vision_model.encoder.layers", 2),
+            ("act", "mlp.activation_fn"),
+            (0, g),
+            (0, g),
+            "hf:model.vision_model",
+            "hf:model.vision_model",
+        ),
+        Family(
+            "YOLOS (detection tokens after the patches)",
+            "transformers",
+            # 9 detection tokens: 1 + 16 + 9 tokens, which a class token and a 5x5 grid would also explain
+            _hf(lambda: T.YolosModel(T.YolosConfig(**dict(_vit(), image_size=[IMAGE, IMAGE]), num_detection_tokens=9))),
+            refuse="cannot place its tokens",
+        ),
+        Family(
             "ConvNeXt (convolutional)",
             "transformers",
             _hf(lambda: T.ConvNextModel(T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2))),
@@ -1026,6 +1114,42 @@ def _timm_families() -> list[Family]:
             refuse="attention module of its blocks is not recognised",
         ),
         Family(
+            "timm PiT distilled (two prefix tokens in one parameter)",
+            "timm",
+            _timm(
+                "pit_ti_distilled_224",
+                img_size=IMAGE,
+                patch_size=8,
+                stride=4,
+                base_dims=[16, 16],
+                depth=[1, 1],
+                heads=[1, 2],
+            ),
+            lambda m: ["transformers.0.blocks.0", "transformers.1.blocks.0"],
+            ("act", "mlp.act"),
+            (2, (7, 7)),
+            (2, (4, 4)),
+            None,
+            "timm",
+        ),
+        Family(
+            "timm NaFlexViT (in-place position embedding)",
+            "timm",
+            _timm("naflexvit_base_patch16_gap", input_size=IMAGE, **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (4, g),
+            (4, g),
+            None,
+            "timm",
+        ),
+        Family(
+            "timm NesT (blocks of tokens)",
+            "timm",
+            _timm("clipviz_tiny_nest"),
+            refuse="cannot place its tokens",
+        ),
+        Family(
             "timm ViTamin (conv stem + GeGLU)",
             "timm",
             _timm("clipviz_tiny_vitamin"),
@@ -1064,6 +1188,13 @@ def _register_tiny_trunks() -> None:
             ref_feat_shape=(4, 4),
         )
         return _create_eva("eva02_tiny_patch14_224", pretrained=False, **dict(args, **kwargs))
+
+    @register_model
+    def clipviz_tiny_nest(pretrained=False, **kwargs):  # noqa: ARG001
+        from timm.models.nest import _create_nest
+
+        args = dict(img_size=IMAGE, patch_size=2, embed_dims=(16, 16, 16), num_heads=(1, 1, 1), depths=(1, 1, 1))
+        return _create_nest("nest_tiny", pretrained=False, **dict(args, **kwargs))
 
     @register_model
     def clipviz_tiny_vitamin(pretrained=False, **kwargs):  # noqa: ARG001
@@ -1248,6 +1379,12 @@ def _open_clip_families() -> list[Family]:
             (1, g),
             None,
             "mha",
+        ),
+        Family(
+            "open_clip ConvNeXt trunk (timm, convolutional)",
+            "open_clip",
+            _open_clip(dict(image_size=IMAGE, timm_model_name="convnext_atto", timm_pool="avg", timm_proj="linear")),
+            refuse="convolutional tower",
         ),
     ]
 

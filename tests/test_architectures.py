@@ -25,7 +25,7 @@ from families import Family, all_families
 
 import clipviz
 from clipviz.analysis.concepts import output_directions
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, UnsupportedModelError
 from clipviz.visualization.visualize import visualize
 
 FAMILIES = all_families()
@@ -300,7 +300,7 @@ def test_family(loaded, family: Family):
     # (g) output weights and layer scale: each hidden unit's direct write (the direct lens) adds up to the MLP's
     # contribution to the residual stream, resid_post - resid_mid = hidden @ directions + scaled bias
     parts = model.blocks[last]
-    if parts.hidden_is_linear_to_output() and last not in model.token_layouts.post_norm:
+    if last not in model.token_layouts.indirect_write:
         hook = f"blocks.{last}.mlp.hook_post"
         _, cache = model.run_with_cache(
             images, [hook, f"blocks.{last}.hook_resid_mid", f"blocks.{last}.hook_resid_post"]
@@ -315,12 +315,20 @@ def test_family(loaded, family: Family):
             cache[f"blocks.{last}.hook_resid_post"] - cache[f"blocks.{last}.hook_resid_mid"],
             "direct writes of the MLP's hidden units",
         )
-    elif last in model.token_layouts.post_norm:  # Swinv2: resid_post = resid_mid + norm(mlp_out)
-        names = [f"blocks.{last}.hook_mlp_out", f"blocks.{last}.hook_resid_mid", f"blocks.{last}.hook_resid_post"]
-        _, cache = model.run_with_cache(images, names)
-        with torch.no_grad():
-            normed = _tokens(parts.ln2(cache[names[0]]), model.d_model)
-        _close(cache[names[2]] - cache[names[1]], normed, "post-norm residual stream")
+    else:  # a norm after the MLP (Swinv2) or inside it: no fixed direction per neuron, and the lens says so
+        with pytest.raises(UnsupportedModelError, match="the direct lens cannot read"):
+            output_directions(model, f"blocks.{last}.mlp.hook_post")
+    # (h) what the sub-layer hooks give, wherever offered, is what the block adds to its residual stream
+    for i in (first, last):
+        p, b = f"blocks.{i}.", model.blocks[i]
+        for stream, write, after, scale in (
+            ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", b.attn_layer_scale()),
+            ("hook_resid_mid", "hook_mlp_out", "hook_resid_post", b.layer_scale()),
+        ):
+            if p + write in model.hook_names(i):
+                _, cache = model.run_with_cache(images, [p + stream, p + write, p + after])
+                added = cache[p + write] * (1 if scale is None else scale.detach())
+                _close(cache[p + stream] + added, cache[p + after], f"{p}{stream} + {write}")
     # (f) a 3-step visualization returns an image
     vis = visualize(model, f"blocks.{last}.mlp.hook_post", [0], steps=3, copies=1, progress=False)
     assert vis[0].image.size == tuple(reversed(model.image_size)) or vis[0].image.size[0] > 0

@@ -95,3 +95,24 @@ def test_a_non_square_photo_is_cropped_not_stretched(tiny, photos):
     x = model.preprocess_pil(wide)
     assert x.shape == (3, *model.image_size)
     assert float(x.min()) > 0.5  # the centre crop keeps only the white middle; a stretch would keep the black
+
+
+def test_a_transformers_model_runs_at_its_processors_size_not_its_configs(tmp_path):
+    """DINOv2's configs say 518 while their processors crop 224: clipviz feeds what the library's pipeline feeds
+    (here config 64, crop 32), not an up-sampled crop."""
+    import transformers as T
+
+    directory = tmp_path / "dinov2"
+    config = T.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=8)
+    torch.manual_seed(0)
+    T.Dinov2Model(config).eval().save_pretrained(directory)
+    crop = {"height": 32, "width": 32}
+    T.BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop).save_pretrained(directory)
+    model = clipviz.load(f"hf:{directory}")
+    assert tuple(model.image_size) == (32, 32) and model.layout(0).grid == (4, 4)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    _, cache = model.run_with_cache(model.preprocess_pil(photo)[None], ["blocks.1.hook_resid_post"])
+    with torch.no_grad():
+        inputs = T.AutoImageProcessor.from_pretrained(directory)(images=photo, return_tensors="pt")
+        native = model.native(**inputs, output_hidden_states=True).hidden_states[2]
+    torch.testing.assert_close(cache["blocks.1.hook_resid_post"], native, rtol=1e-4, atol=1e-5)

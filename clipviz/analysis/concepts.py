@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, UnsupportedModelError
 from clipviz.model.architecture import mlp_output_directions
 from clipviz.plugins import registry
 from clipviz.results import atomic_write, write_concepts
@@ -326,6 +326,9 @@ def output_directions(model: HookedVisionModel, hook: str, neurons: Sequence[int
     point = model.hook_point(hook)
     if point.block is None or not point.name.endswith("mlp.hook_post"):
         raise ClipvizError(f"the direct lens reads MLP neurons: use blocks.<i>.mlp.hook_post, not '{hook}'")
+    indirect = model.token_layouts.indirect_write.get(point.block)
+    if indirect is not None:
+        raise UnsupportedModelError(f"the direct lens cannot read block {point.block}'s neurons: {indirect}")
     directions = mlp_output_directions(model.blocks[point.block])
     return directions if neurons is None else directions[model.check_neurons(hook, neurons)]
 

@@ -28,6 +28,7 @@ _FC2 = ("mlp.fc2", "output.dense", "mlp.c_proj", "mlp.down_proj")
 # The flag says whether the MLP's ``norm`` (if any) sits after the product (timm SwiGLU) or before it (ViTamin).
 _GATED = (("gate_proj", "up_proj", "down_proj", False), ("fc1_g", "fc1_x", "fc2", True), ("w0", "w1", "w2", False))
 # Where the residual stream's layer scale after the MLP lives, relative to the block.
+_LAYER_SCALE1 = ("ls1", "ls_1", "layer_scale1", "layer_scale_1", "gamma_1", "gamma1", "lambda_1")
 _LAYER_SCALE2 = ("ls2", "ls_2", "layer_scale2", "layer_scale_2", "gamma_2", "gamma2", "lambda_2")
 # Relative to the attention module.
 _Q = ("q_proj", "attention.query", "query", "self.query")
@@ -62,6 +63,7 @@ class BlockParts:
     packed_gate: str | None = None  # gate and up packed in one ``fc1``: "first" or "last" half is the gate
     mid: nn.Module | None = None  # module whose input is the MLP's hidden units (after act / the gated product)
     layer_scale2: nn.Module | nn.Parameter | None = None  # scale applied to the MLP output in the residual stream
+    layer_scale1: nn.Module | nn.Parameter | None = None  # the same for the attention output
 
     @property
     def d_model(self) -> int:
@@ -83,6 +85,10 @@ class BlockParts:
     def layer_scale(self) -> torch.Tensor | None:
         """The per-channel scale (d_model,) applied to the MLP output before it joins the residual stream."""
         return _scale_tensor(self.layer_scale2)
+
+    def attn_layer_scale(self) -> torch.Tensor | None:
+        """The per-channel scale (d_model,) applied to the attention output before it joins the residual stream."""
+        return _scale_tensor(self.layer_scale1)
 
     def hidden_is_linear_to_output(self) -> bool:
         """True when the MLP's hidden units reach ``fc2`` unchanged (no norm in between)."""
@@ -162,8 +168,8 @@ def _scale_tensor(scale) -> torch.Tensor | None:
     return None
 
 
-def _layer_scale2(block: nn.Module):
-    for attr in _LAYER_SCALE2:
+def _layer_scale(block: nn.Module, aliases: tuple[str, ...]):
+    for attr in aliases:
         value = getattr(block, attr, None)
         if isinstance(value, nn.Identity):
             return None
@@ -265,7 +271,8 @@ def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> Bloc
         gate=mlp["gate"],
         packed_gate=mlp["packed_gate"],
         mid=mlp["mid"],
-        layer_scale2=_layer_scale2(block),
+        layer_scale2=_layer_scale(block, _LAYER_SCALE2),
+        layer_scale1=_layer_scale(block, _LAYER_SCALE1),
     )
 
 

@@ -18,7 +18,9 @@ from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
 from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, installed
 from clipviz.model.layout import TokenLayout
+from clipviz.model.order import check_token_order
 from clipviz.model.probe import probe_model
+from clipviz.model.residual import check_residual_writes
 
 
 class ActivationCache(dict):
@@ -53,6 +55,8 @@ class HookedVisionModel(nn.Module):
         self.token_layouts = probe_model(self)
         self.blocks = self.blocks[: len(self.blocks) - len(self.token_layouts.excluded)]
         self.registry = HookRegistry(self.native, self.blocks, seq_first=backend.seq_first, layout=self.token_layouts)
+        check_token_order(self)  # the measured layout, confirmed by moving one patch at a time
+        check_residual_writes(self)  # resid_pre + attn_out = resid_mid, and so on, or the hook is left out
 
     @classmethod
     def from_pretrained(cls, spec: str, **kwargs) -> HookedVisionModel:

@@ -92,7 +92,10 @@ def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     ):
         return F.linear(x, weight.flatten(1), bias)
     packed, packed_t = _packed(weight)
-    return _FrozenLinear.apply(x, packed, packed_t, None if bias is None else bias.detach())
+    # 2-D in and out of the Function: its output is then no view, so a caller may change it in place (timm's
+    # NaFlexViT adds its position embedding with ``add_``)
+    flat = _FrozenLinear.apply(x.reshape(-1, x.shape[-1]), packed, packed_t, None if bias is None else bias.detach())
+    return flat.reshape(*x.shape[:-1], flat.shape[-1])
 
 
 def _plain_linears(model) -> list[nn.Linear]:

@@ -51,6 +51,7 @@ class ModelLayout:
     post_norm: set[int] = field(default_factory=set)  # blocks that normalise after attention (Swinv2)
     pre_at_act: set[int] = field(default_factory=set)  # blocks whose pre-activation is the activation's input
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (native path, reason)
+    indirect_write: dict[int, str] = field(default_factory=dict)  # block -> why its neurons have no fixed write
 
 
 def _first(value):

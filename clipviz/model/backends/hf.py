@@ -54,10 +54,13 @@ _ROOTS = (
     "vision_tower.vision_model",
     "vision_tower",
     "timm_model",
+    "model.vision_model",  # Idefics2/3, SmolVLM
     "vit",
     "deit",
     "beit",
     "dinov2",
+    "dinov2_with_registers",
+    "data2vec_vision",
     "swin",
     "swinv2",
     "dinov3",
@@ -77,13 +80,28 @@ def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
     return model, ""
 
 
+_TOKEN_PARAMETERS = ("cls_token", "class_embedding", "distillation_token", "register_tokens", "cls_register_token")
+
+
+def _embedding_tokens(vision: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters of the tower's embeddings module that holds its prefix tokens, by their last name: the
+    shallowest ``embeddings`` module with one (``embeddings.cls_token``, Kosmos-2's ``model.embeddings...``)."""
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for name, param in vision.named_parameters():
+        head, _, leaf = name.rpartition(".")
+        if head == "embeddings" or head.endswith(".embeddings"):
+            found.setdefault(head, {})[leaf] = param
+    holding = [h for h, params in found.items() if any(t in params for t in _TOKEN_PARAMETERS)]
+    return found[min(holding, key=lambda h: (h.count("."), h))] if holding else {}
+
+
 def _prefix_tokens(vision: nn.Module) -> tuple[str, ...]:
     from clipviz.model.backends.timm import timm_prefix_tokens
 
     if type(vision).__module__.startswith("timm."):  # the transformers wrapper of a timm model
         return timm_prefix_tokens(vision)
     kinds: list[str] = []
-    names = {name.rsplit(".", 1)[-1]: p for name, p in vision.named_parameters() if name.startswith("embeddings.")}
+    names = _embedding_tokens(vision)
     if "cls_token" in names:
         kinds += ["cls"] * (int(names["cls_token"].shape[1]) if names["cls_token"].ndim == 3 else 1)
     elif "class_embedding" in names:
@@ -159,7 +177,7 @@ def _forward(model: nn.Module, vision: nn.Module):
         return embed, "image_embedding"
     if hasattr(model, "visual_projection"):  # CLIPVisionModelWithProjection
         return (lambda x: model(pixel_values=x).image_embeds), "image_embedding"
-    if type(model).__name__.endswith("ForImageClassification"):
+    if type(model).__name__.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")):
         return (lambda x: model(pixel_values=x).logits), "logits"
 
     return (lambda x: _pooled(model(pixel_values=x))), "pooled"
@@ -215,7 +233,9 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
         mean, std, source, processor = _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)", None
     forward, output_kind = _forward(model, vision)
     facts = {
-        "image_size": _pair(getattr(vcfg, "image_size", None) or _processor_size(processor) or 224),
+        # the image processor's output size first: what the library's own pipeline feeds the model (DINOv2's
+        # config says 518 while its processor crops 224; running it at 518 would up-sample every data image)
+        "image_size": _pair(_processor_size(processor) or getattr(vcfg, "image_size", None) or 224),
         "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
         "forward": forward,
         "pil_transform": hf_transform(processor),

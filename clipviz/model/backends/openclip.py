@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from clipviz.errors import ClipvizError, UnsupportedModelError
+from clipviz.model.architecture import find_blocks
 from clipviz.model.backends.base import Backend, ImageProjection, TextTower, trained_logit_scale
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
@@ -107,6 +108,7 @@ def open_clip_backend(model: nn.Module, spec: str, tokenizer=None, tokenizer_err
     }
     trunk = getattr(visual, "trunk", None)
     if isinstance(trunk, nn.Module):  # a timm trunk (SigLIP, EVA, ...)
+        find_blocks(trunk)  # a convolutional trunk (ConvNeXt) is refused here, with the reason
         return Backend(
             vision_root=trunk,
             vision_path="visual.trunk",

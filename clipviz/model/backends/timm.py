@@ -16,14 +16,27 @@ from clipviz.model.backends.hub import fetching
 from clipviz.model.backends.preprocessing import timm_transform
 
 
+def _token(model: nn.Module, name: str) -> torch.Tensor | None:
+    """A prefix-token parameter of a timm model, on the model or on its embedding module (NaFlexViT's ``embeds``)."""
+    for owner in (model, getattr(model, "embeds", None)):
+        value = getattr(owner, name, None) if owner is not None else None
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
 def timm_prefix_tokens(model: nn.Module) -> tuple[str, ...]:
     """Prefix token kinds of a timm ViT, in the order timm concatenates them (CLS, distillation, registers)."""
     kinds: list[str] = []
-    if getattr(model, "cls_token", None) is not None or getattr(model, "cls_token_0", None) is not None:
+    cls = _token(model, "cls_token")
+    if cls is not None:
+        # PiT's distilled models hold the class and distillation tokens in one (1, 2, C) parameter
+        kinds += ["cls"] + ["distillation"] * (int(cls.shape[1]) - 1 if cls.ndim == 3 else 0)
+    elif getattr(model, "cls_token_0", None) is not None:
         kinds.append("cls")  # CrossViT: one CLS token per branch
-    if getattr(model, "dist_token", None) is not None:
+    if _token(model, "dist_token") is not None:
         kinds.append("distillation")
-    reg = getattr(model, "reg_token", None)
+    reg = _token(model, "reg_token")
     if reg is not None:
         kinds += ["register"] * int(reg.shape[1])
     expected = getattr(model, "num_prefix_tokens", len(kinds))

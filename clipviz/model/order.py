@@ -1,0 +1,74 @@
+"""The token order the probe measured, checked on the model itself: a change to one patch of the image must move
+the token of block 0's input that the measured layout places there.
+
+The probe reads a layout from shapes: ``(B, H, W, C)`` activations are taken as a row-major grid, and a token count
+is split into prefix tokens and a grid that fits it. A count can fit while the order is another (NesT's blocks of
+tokens, detection tokens or registers that make ``n`` look like a square), and then every patch-wise result would be
+silently wrong. So at load time two small squares of pixels are changed, one at a time (an asymmetric patch and the
+bottom-left corner, which a transposed or flipped grid moves far), and block 0's input must change most at the
+token the layout says: exactly there for a patchifying stem (one token changes), or a neighbour of it for an
+overlapping convolutional stem (several change, and a token's centre depends on padding). A model that fails is
+refused with what moved where.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from clipviz.errors import UnsupportedModelError
+
+POINT = "blocks.0.hook_resid_pre"
+
+
+def _probes(grid: tuple[int, int]) -> list[tuple[int, int]]:
+    gh, gw = grid
+    return list(dict.fromkeys([(gh * 2 // 3, gw // 3), (gh - 1, 0)]))
+
+
+@torch.no_grad()
+def check_token_order(model) -> None:
+    """Refuse ``model`` (a ``HookedVisionModel`` under construction) when its block 0's input does not follow the
+    layout the probe measured; a model whose block 0 input has no layout has nothing to check."""
+    layout = model.token_layouts.hooks.get(POINT)
+    if layout is None:
+        return
+    gh, gw = layout.grid
+    h, w = model.backend.image_size
+    if gh * gw < 2 or h < gh or w < gw:
+        return
+    probes = _probes((gh, gw))
+    images = torch.full((1 + len(probes), 3, h, w), 0.5)
+    ph, pw = h // gh, w // gw
+    dy, dx = (1 if ph >= 3 else 0), (1 if pw >= 3 else 0)
+    sy, sx = (2 if ph >= 4 else 1), (2 if pw >= 4 else 1)
+    for k, (r, c) in enumerate(probes, start=1):
+        y0, x0 = r * h // gh + dy, c * w // gw + dx
+        images[k, :, y0 : y0 + sy, x0 : x0 + sx] = 1.0
+    was_training = model.native.training
+    model.native.eval()  # no dropout between the passes
+    try:
+        _, cache = model.run_with_cache(images, [POINT])
+    finally:
+        model.native.train(was_training)
+    tokens = cache[POINT].float()
+    n_prefix = layout.n_prefix
+    for k, (r, c) in enumerate(probes, start=1):
+        change = (tokens[k] - tokens[0]).norm(dim=-1)
+        if not float(change.max()) > 0:
+            raise UnsupportedModelError(
+                f"unsupported architecture {model.backend.architecture.split('/')[-1]}: a change to patch {(r, c)} "
+                "of the image changed no token of block 0's input, so clipviz cannot check where its tokens are"
+            )
+        top = int(change.argmax())
+        moved = int((change > 0.05 * change.max()).sum())
+        where = "a prefix token" if top < n_prefix else f"grid token {divmod(top - n_prefix, gw)}"
+        if top >= n_prefix:
+            tr, tc = divmod(top - n_prefix, gw)
+            exact = (tr, tc) == (r, c)
+            if exact or (moved > 1 and abs(tr - r) <= 1 and abs(tc - c) <= 1):
+                continue
+        raise UnsupportedModelError(
+            f"unsupported architecture {model.backend.architecture.split('/')[-1]}: a change to patch {(r, c)} of "
+            f"the image moved {where} of block 0's input most, not the token its measured layout "
+            f"({n_prefix} prefix tokens and a {gh}x{gw} row-major grid) puts there, so clipviz cannot place its tokens"
+        )

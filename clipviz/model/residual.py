@@ -1,0 +1,132 @@
+"""What each block writes into its residual stream, checked on the model itself at load time.
+
+In a pre-norm block the residual stream decomposes as TransformerLens users read it: ``resid_mid = resid_pre +
+attn_out`` and ``resid_post = resid_mid + mlp_out`` (times the block's layer scales, which ``hook_attn_out`` and
+``hook_mlp_out`` come before), and ``mlp_out`` is the MLP's output layer applied to ``mlp.hook_post``, so each
+neuron writes a fixed direction (what the direct lens reads). A norm after a sub-layer (post-norm blocks), a layer
+between the two (XCiT's local patch interaction, DaViT's convolutional position encoding) or a shortcut that changes
+the tokens (MViTv2's pooled residual) breaks these identities, and a decomposition or a direct lens built on them
+would be silently wrong. One forward pass on one seeded random image measures them block by block; a hook whose
+identity fails (or cannot be checked) is left out with the reason, and the direct lens refuses the block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clipviz.model.hooks import installed
+
+_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+
+
+def _mismatch(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> float | None:
+    """The largest error relative to ``expected``'s largest value, or ``None`` when it is within ``rtol``."""
+    if actual.shape != expected.shape:
+        return float("inf")
+    error = float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+    return None if error <= rtol else error
+
+
+def _sum(stream: torch.Tensor, write: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor | None:
+    """``stream + scale * write``, or ``None`` where the two do not have one shape (a shortcut that reshapes)."""
+    if stream.shape != write.shape:
+        return None
+    return stream + (write if scale is None else write * scale.detach().float().to(write.device))
+
+
+_RESHAPED = (
+    "its residual stream changes shape within the block (a pooled or projected shortcut), so it cannot be checked"
+)
+
+
+def _block_reasons(parts, seen: dict[str, torch.Tensor], rtol: float) -> dict[str, str]:
+    """``{point: why it is left out}`` for one block, from its activations ``seen`` (point -> float tensor)."""
+    out: dict[str, str] = {}
+    pre, attn, mid = seen.get("hook_resid_pre"), seen.get("hook_attn_out"), seen.get("hook_resid_mid")
+    hidden, mlp, post = seen.get("mlp.hook_post"), seen.get("hook_mlp_out"), seen.get("hook_resid_post")
+    if attn is not None:
+        if pre is None or mid is None:
+            out["hook_attn_out"] = "hook_resid_pre and hook_resid_mid are needed to check it and are not available"
+        elif (total := _sum(pre, attn, parts.attn_layer_scale())) is None:
+            out["hook_attn_out"] = _RESHAPED
+        elif (error := _mismatch(total, mid, rtol)) is not None:
+            out["hook_attn_out"] = (
+                f"not what the block adds to its residual stream (resid_pre + attn_out, times any layer scale, "
+                f"misses resid_mid by {error:.2g} of its size: a norm, a layer or a reshaping shortcut sits between)"
+            )
+    if mlp is not None:
+        if mid is None or post is None:
+            out["hook_mlp_out"] = "hook_resid_mid and hook_resid_post are needed to check it and are not available"
+        elif (total := _sum(mid, mlp, parts.layer_scale())) is None:
+            out["hook_mlp_out"] = _RESHAPED
+        elif (error := _mismatch(total, post, rtol)) is not None:
+            out["hook_mlp_out"] = (
+                f"not what the block adds to its residual stream (resid_mid + mlp_out, times any layer scale, "
+                f"misses resid_post by {error:.2g} of its size: a norm or a layer sits after the MLP)"
+            )
+    if "hook_mlp_out" in out or mlp is None or hidden is None:
+        out["direct write"] = out.get("hook_mlp_out", "its MLP output could not be checked")
+    elif (written := _output_layer(parts, hidden)) is None:
+        out["direct write"] = "its MLP's output layer does not take mlp.hook_post's channels"
+    elif (error := _mismatch(written, mlp, rtol)) is not None:
+        out["direct write"] = (
+            f"its MLP's output layer applied to mlp.hook_post misses hook_mlp_out by {error:.2g} of its size (a norm "
+            "or another operation sits between the hidden units and the output weight)"
+        )
+    return out
+
+
+def _output_layer(parts, hidden: torch.Tensor) -> torch.Tensor | None:
+    """The MLP's output layer (a linear map, or a 1x1 convolution's matrix) applied to ``hidden``, or ``None``
+    where its input width is not ``hidden``'s."""
+    bias = getattr(parts.fc2, "bias", None)
+    weight = parts.fc2.weight.detach().flatten(1).float().to(hidden.device)
+    if weight.shape[1] != hidden.shape[-1]:
+        return None
+    return F.linear(hidden, weight, None if bias is None else bias.detach().float().to(hidden.device))
+
+
+@torch.no_grad()
+def check_residual_writes(model) -> None:
+    """Leave out ``hook_attn_out`` / ``hook_mlp_out`` where they are not the block's writes, and record the blocks
+    whose neurons have no fixed write direction (``model.token_layouts.indirect_write``), for a ``HookedVisionModel``
+    under construction."""
+    layout = model.token_layouts
+    available = set(model.hook_names())
+    half = next(model.native.parameters()).dtype in (torch.float16, torch.bfloat16)
+    rtol = 3e-2 if half else 1e-3
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    reasons: dict[int, dict[str, str]] = {}
+    by_index = {parts.index: parts for parts in model.blocks}
+
+    def keep(value: torch.Tensor, point) -> None:
+        block, name = point.block, point.name.split(".", 2)[2]
+        seen.setdefault(block, {})[name] = value.detach().float()
+        if name == "hook_resid_post":  # the block is done: measure it and let its activations go
+            reasons[block] = _block_reasons(by_index[block], seen.pop(block), rtol)
+
+    pairs = [
+        (model.registry.resolve(f"blocks.{parts.index}.{point}"), keep)
+        for parts in model.blocks
+        for point in _POINTS
+        if f"blocks.{parts.index}.{point}" in available
+    ]
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, *model.backend.image_size, generator=generator)
+    was_training = model.native.training
+    model.native.eval()
+    try:
+        with installed(pairs):
+            model(image)
+    finally:
+        model.native.train(was_training)
+    for parts in model.blocks:
+        why = reasons.get(parts.index, {"direct write": "its block output was never seen"})
+        for point in ("hook_attn_out", "hook_mlp_out"):
+            name = f"blocks.{parts.index}.{point}"
+            if point in why and name in layout.hooks:
+                del layout.hooks[name]
+                layout.unavailable[name] = why[point]
+        if "direct write" in why:
+            layout.indirect_write[parts.index] = why["direct write"]

@@ -1,0 +1,78 @@
+"""What clipviz measures on every model at load time, on models built to fail it: the token order of block 0's input
+(a grid whose tokens are not where the shapes say is refused) and the residual-stream identities behind
+``hook_attn_out``, ``hook_mlp_out`` and the direct lens (left out or refused where they do not hold)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from families import _open_clip, noisy
+
+import clipviz
+from clipviz.analysis.concepts import output_directions
+from clipviz.errors import UnsupportedModelError
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+
+
+def transposed(grid: tuple[int, int]):
+    """A forward hook for a patch embedding: its tokens come out column by column (every count fits, the order
+    does not)."""
+
+    def hook(module, args, tokens):
+        b, n, c = tokens.shape
+        return tokens.reshape(b, *grid, c).transpose(1, 2).reshape(b, n, c)
+
+    return hook
+
+
+def test_a_grid_in_another_order_is_refused_not_read_row_major():
+    model = noisy(timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY))
+    clipviz.wrap(model)  # row-major: accepted
+    model.patch_embed.register_forward_hook(transposed((4, 4)))
+    with pytest.raises(UnsupportedModelError, match="cannot place its tokens") as refused:
+        clipviz.wrap(model)
+    assert "\n" not in str(refused.value) and "4x4 row-major grid" in str(refused.value)
+
+
+def test_layer_scales_are_part_of_the_residual_identities():
+    model = clipviz.wrap(noisy(timm.create_model("deit3_small_patch16_224", pretrained=False, **TINY), std=0.2))
+    names = [f"blocks.1.{p}" for p in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out")]
+    assert set(names) <= set(model.hook_names())
+    _, cache = model.run_with_cache(torch.rand(2, 3, 32, 32), [*names, "blocks.1.hook_resid_post"])
+    pre, attn, mid, mlp = (cache[n] for n in names)
+    gamma1, gamma2 = model.blocks[1].attn_layer_scale(), model.blocks[1].layer_scale()
+    assert gamma1 is not None and float((gamma1 - 1).abs().max()) > 0.05  # a scale that matters
+    torch.testing.assert_close(pre + gamma1 * attn, mid, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mid + gamma2 * mlp, cache["blocks.1.hook_resid_post"], rtol=1e-4, atol=1e-5)
+    assert output_directions(model, "blocks.1.mlp.hook_post").shape == (128, 32)
+
+
+def test_a_norm_after_the_sublayers_leaves_their_outputs_and_the_direct_lens_out():
+    """timm's ResPostBlock adds norm(attn(x)) and norm(mlp(x)): neither module output is the block's write."""
+    native = noisy(timm.create_model("vit_base_patch16_rpn_224", pretrained=False, **TINY), std=0.2)
+    model = clipviz.wrap(native)
+    hooks = model.hook_names()
+    for name in ("blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"):
+        assert name not in hooks
+        assert "not what the block adds to its residual stream" in model.token_layouts.unavailable[name]
+    assert "blocks.1.mlp.hook_post" in hooks and "blocks.1.hook_resid_mid" in hooks  # what is right stays
+    with pytest.raises(UnsupportedModelError, match="the direct lens cannot read block 1"):
+        output_directions(model, "blocks.1.mlp.hook_post")
+
+
+def test_a_norm_inside_the_mlp_refuses_the_direct_lens(tmp_path):
+    """open_clip's custom block with ``scale_fc`` normalises the hidden units before ``c_proj``."""
+    vision = dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32, block_type="custom", scale_fc=True)
+    model = clipviz.load(_open_clip(vision)(tmp_path / "scale_fc"))
+    assert "blocks.1.hook_mlp_out" in model.hook_names()  # the MLP's output is still what the block adds
+    with pytest.raises(UnsupportedModelError, match="misses hook_mlp_out"):
+        output_directions(model, "blocks.1.mlp.hook_post")
+
+
+def test_a_norm_after_attention_leaves_attn_out_out(tmp_path):
+    vision = dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32, block_type="custom", scale_attn=True)
+    model = clipviz.load(_open_clip(vision)(tmp_path / "scale_attn"))
+    assert "blocks.0.hook_attn_out" not in model.hook_names()
+    assert "blocks.0.hook_mlp_out" in model.hook_names()
