@@ -372,9 +372,12 @@ Produced by `tests/test_architectures.py` on tiny random models built from confi
 parameter. *Supported*: clipviz loads it and is exactly right: `mlp.hook_post` (the gated product for gated MLPs),
 `hook_resid_post` against the library's hidden states where it has them, early exit, the token layout of the first
 and last block (prefix tokens, grid and order), `attn.hook_pattern` against the model's own attention probabilities,
-and a 3-step `visualize`. Hooks clipviz cannot make exact are left out of the model's hook list with the reason,
-which `clipviz info` shows too. *Refused*: `clipviz.load` raises this one-line error. Regenerate with
-`CLIPVIZ_UPDATE_DOCS=1 python -m pytest tests/test_architectures.py`.
+`hook_attn_out` and `hook_mlp_out` as what the block adds to its residual stream (times any layer scale), each
+neuron's direct write where the direct lens offers one, and a 3-step `visualize`. At load time clipviz itself moves
+one patch at a time to confirm the token order and measures those residual identities on every block. Hooks
+clipviz cannot make exact are left out of the model's hook list with the reason, which `clipviz info` shows too.
+*Refused*: `clipviz.load` raises this one-line error. Regenerate with `CLIPVIZ_UPDATE_DOCS=1 python -m pytest
+tests/test_architectures.py`.
 
 Data (example mining, probe sets, zero-shot checks) goes through each backend's own resize and centre crop
 (`model.preprocess_pil`); visualization inputs are rendered at the model's input size and only normalised.

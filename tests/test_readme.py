@@ -82,6 +82,7 @@ def test_readme_shell_examples_run(tmp_path, monkeypatch, capsys):
         ran.append(command)
     assert (tmp_path / "site" / "atlas.json").is_file()  # the atlas example found what the commands wrote
     assert (tmp_path / "sweep" / "atlas" / "index.html").is_file()
+    assert (tmp_path / "space" / "app.py").is_file()  # the sweep that stages its Space
     assert (tmp_path / "clipviz-demo" / "index.html").is_file()
     # `clipviz --help` itself, as a user types it, in a fresh interpreter.
     done = subprocess.run([sys.executable, "-m", "clipviz.cli", "--help"], capture_output=True, text=True)

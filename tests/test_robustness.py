@@ -72,6 +72,12 @@ def env(tmp_path_factory):
     broken = root / "broken-config"
     shutil.copytree(src, broken)
     (broken / "open_clip_config.json").write_text('{"model_cfg": {"embed_dim": ')
+    weightless = root / "no-weights"
+    weightless.mkdir()
+    shutil.copy(src / "open_clip_config.json", weightless)
+    (root / "control-vocab.txt").write_text("red\nbl\x00ue\n")
+    (root / "full").mkdir()
+    (root / "full" / "note.txt").write_text("the user's")
     return root
 
 
@@ -205,6 +211,30 @@ BAD = [
     (["demo", "--per-block", "65", "--out", "{out}"], ("--per-block", "between 0 and 64")),
     (["demo", "--planted", "0", "--per-block", "0", "--out", "{out}"], "nothing to show"),
     (["demo", "--out", "{tmp}/file"], "is a file"),
+    # found from outside (2026-12-01): blank specs, unbounded numbers, late checks, silent truncation
+    (["examples", "world-clip", "--hook", H, "--dataset", "", "--out", "{out}"], "empty dataset spec"),
+    ([*V, "--neurons", "0", "--guide", "", "--out", "{out}"], "empty dataset spec"),
+    ([*V, "--text", "a star", "--seed", "99999999999999999999", "--out", "{out}"], ("--seed", "between 0 and")),
+    ([*V.copy()[:2], "--text", "a red star " * 20, "--out", "{out}"], ("tokens long", "at most 24")),
+    ([*C, "--neurons", "0", "--vocab", "{tmp}/control-vocab.txt", "--out", "{out}"], "control characters"),
+    ([*C, "--neurons", "0", "--vocab", "words-0", "--out", "{out}"], "N >= 1"),
+    (["info", "{tmp}/no-weights"], ("no weights in", "open_clip_model.safetensors")),
+    (["analyze", "world-clip", "--study", "spatial", "--samples", "99999999", "--out", "{out}"], "1 and 100000"),
+    (["analyze", "world-clip", "--study", "spatial", "--out", "{tmp}/file"], "is a file"),
+    (["space", "--port", "99999"], ("--port", "between 1 and 65535")),
+    *[
+        (["sweep", "world-clip", "--blocks", "3", "--neurons", "0:2", "--dry-run", "--out", "{out}", *extra], expected)
+        for extra, expected in (
+            (["--vocab", "nosuch"], "unknown vocabulary"),
+            (["--dataset", "world:40", "--top-k", "1000"], "larger than the dataset"),
+            (["--words", "100000"], "more than the vocabulary"),
+            (["--site", "{tmp}/full"], "is not an atlas"),
+            (["--stage", "{tmp}/full"], "not empty"),
+            (["--space", "not a repo"], "bad Space id"),
+            (["--workers", "-1"], ("--workers", "at least 0")),
+            (["--seed", "-1"], ("--seed", "between 0 and")),
+        )
+    ],
 ]
 
 

@@ -57,6 +57,26 @@ def test_sweep_writes_the_standard_layout_and_the_atlas(swept, capsys):
     assert "nothing left to compute" in out
 
 
+def test_one_command_from_a_model_to_a_space_folder(swept, tmp_path, monkeypatch, capsys):
+    """``sweep --stage`` ends with the Space's folder (app, wheel, requirements, this sweep's atlas); ``--space``
+    without a token stops before any work, not after it."""
+    import huggingface_hub
+
+    from clipviz.results import read_atlas
+
+    stage = tmp_path / "space"
+    assert main(["sweep", *ARGS, *FAST, *PROBE, "--out", str(swept), "--stage", str(stage)]) == 0
+    assert "nothing left to compute" in capsys.readouterr().out  # the sweep itself was done: only staged
+    assert {"app.py", "README.md", "requirements.txt", "wheels", "atlas"} <= {p.name for p in stage.iterdir()}
+    assert read_atlas(stage / "atlas") == read_atlas(swept / "atlas")
+    wheel = (stage / "requirements.txt").read_text().splitlines()[0]
+    assert (stage / wheel).is_file() and wheel.endswith("-py3-none-any.whl")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    fresh = tmp_path / "never"
+    assert main(["sweep", *ARGS, *FAST, "--out", str(fresh), "--space", "me/atlas"]) == 2
+    assert "needs a Hugging Face token" in capsys.readouterr().err and not fresh.exists()
+
+
 def test_dry_run_prints_the_plan_and_an_estimate_only(tmp_path, capsys):
     assert main(["sweep", *ARGS, "--out", str(tmp_path / "R"), "--dry-run"]) == 0
     out = capsys.readouterr().out

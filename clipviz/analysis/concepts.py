@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,8 @@ def _unique(names: Sequence[str]) -> tuple[str, ...]:
 
 def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabulary:
     """``world``, ``imagenet``, ``cifar10``, ``cifar100``, ``words-<N>`` (the N most common English words, from
-    wordfreq) or a path to a text file with one concept per line."""
+    wordfreq) or a path to a UTF-8 text file with one concept per line (blank lines and lines starting with ``#``
+    are skipped, a repeated concept is kept once with a warning)."""
     plugged = registry().vocabularies.get(spec)
     if plugged is not None:
         return plugged(templates)
@@ -198,7 +200,9 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
         try:
             n = int(spec.removeprefix("words-").replace("k", "000"))
         except ValueError:
-            raise ClipvizError(f"bad vocabulary '{spec}': use words-<N>, e.g. words-20k") from None
+            n = 0
+        if n < 1:
+            raise ClipvizError(f"bad vocabulary '{spec}': use words-<N> with N >= 1, e.g. words-20k")
         try:
             from wordfreq import top_n_list
         except ImportError:
@@ -214,19 +218,29 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
             "or a text file with one concept per line"
         )
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is no part of a concept
     except (OSError, UnicodeDecodeError) as error:
         raise ClipvizError(f"cannot read vocabulary file '{spec}': {error}") from None
-    concepts = tuple(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    kept = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    odd = next((i for i, line in enumerate(kept) if any(ord(ch) < 32 for ch in line)), None)
+    if odd is not None:
+        raise ClipvizError(
+            f"vocabulary file '{spec}' has control characters in concept {odd + 1} ({kept[odd][:30]!r}): "
+            "it needs plain text, one concept per line"
+        )
+    concepts = tuple(dict.fromkeys(kept))
     if not concepts:
         raise ClipvizError(f"vocabulary file '{spec}' is empty: it needs one concept per line")
+    if len(concepts) < len(kept):
+        repeated = len(kept) - len(concepts)
+        warnings.warn(f"vocabulary file '{spec}': {repeated} repeated concepts kept once", stacklevel=2)
     return Vocabulary(path.stem, concepts, tuple(templates or DEFAULT_TEMPLATES), f"user file {path}")
 
 
 def parse_templates(text: str | None) -> tuple[str, ...] | None:
     """``None`` (the vocabulary's default), ``"ensemble"`` (six photo/drawing templates) or ``|``-separated
     templates, each with one ``{}``."""
-    if not text:
+    if text is None:
         return None
     if text == "ensemble":
         return ENSEMBLE_TEMPLATES

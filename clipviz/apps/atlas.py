@@ -442,6 +442,15 @@ def _hook_order(hook: str) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in hook.split("."))
 
 
+def check_site(out: str | Path) -> Path:
+    """``out`` as a folder an atlas may be written to: new, empty or an atlas (which is replaced); anything else is
+    a one-line error, so that nothing of the user's is overwritten."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ATLAS_FILE).is_file())):
+        raise ClipvizError(f"'{out}' exists and is not an atlas: choose a new or empty folder for the site")
+    return out
+
+
 def build_atlas(results: str | Path, out: str | Path, *, page_size: int = 256) -> Path:
     """Build the atlas of the results under ``results`` into ``out`` (replaced atomically) and return ``out``.
 
@@ -450,9 +459,7 @@ def build_atlas(results: str | Path, out: str | Path, *, page_size: int = 256) -
     """
     if page_size < 1:
         raise ClipvizError(f"page size must be at least 1, got {page_size}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ATLAS_FILE).is_file())):
-        raise ClipvizError(f"'{out}' exists and is not an atlas: choose a new or empty folder for the site")
+    out = check_site(out)
     found = collect(results)
     staging = None
     try:

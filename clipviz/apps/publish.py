@@ -383,7 +383,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _check_repo(repo: str, what: str) -> None:
+def check_repo(repo: str, what: str) -> None:
     if not _REPO_ID.match(repo):
         raise ClipvizError(f"bad {what} id '{repo}': use USER/NAME (letters, digits, '-', '_', '.')")
 
@@ -402,7 +402,7 @@ def stage_space(site: Path, folder: Path, title: str, model: str | None = None) 
     return folder
 
 
-def _fresh(folder: Path) -> Path:
+def fresh_folder(folder: Path) -> Path:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ClipvizError(f"--stage folder '{folder}' exists and is not empty: choose a new or empty folder")
     return folder
@@ -431,9 +431,9 @@ def publish(
         raise ClipvizError("nothing to publish to: give --space USER/NAME and/or --dataset USER/NAME")
     for repo, what in ((space, "Space"), (dataset, "dataset")):
         if repo:
-            _check_repo(repo, what)
+            check_repo(repo, what)
     if stage is not None:
-        stage = _fresh(Path(stage))
+        stage = fresh_folder(Path(stage))
     api = None
     if not dry_run:
         from huggingface_hub import HfApi, get_token

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_int
 from clipviz.results import (
     has_examples,
     is_atlas,
@@ -146,6 +146,8 @@ def make_plan(
     site: str | Path | None = None,
 ) -> SweepPlan:
     """Check every choice against the model and the data, and say what the sweep will do."""
+    from clipviz.analysis.concepts import load_vocabulary
+    from clipviz.apps.atlas import check_site
     from clipviz.apps.options import parse_indices
     from clipviz.data.sources import open_source
     from clipviz.plugins import registry
@@ -191,6 +193,23 @@ def make_plan(
     for value, what in checked:
         if value < 1:
             raise ClipvizError(f"{what} must be at least 1, got {value}")
+    # every later stage's choices, checked now rather than after the examples and the visualizations
+    check_int(samples, "--samples", 1, MAX_SAMPLES)
+    check_int(seed, "--seed", 0, MAX_SEED)
+    if top_k > source.length:
+        raise ClipvizError(
+            f"--top-k {top_k} is larger than the dataset '{dataset}' ({source.length} images): use at most "
+            f"{source.length}"
+        )
+    if vocab is not None:
+        concepts = len(load_vocabulary(vocab).concepts)
+        if words > concepts:
+            raise ClipvizError(
+                f"--words {words} is more than the vocabulary '{vocab}' has ({concepts} concepts): "
+                f"use at most {concepts}"
+            )
+    if site is not None:
+        check_site(site)
     overrides = {"steps": steps} if steps is not None else {}
     chosen_recipe = _sweep_recipe(model, names, recipe, overrides)
     out = Path(out)

@@ -50,6 +50,21 @@ def _read(path: Path) -> Image.Image | None:
         return None
 
 
+ACCEPTED = "a folder of images, world:<n>, a dataset saved with save_to_disk or a Hugging Face dataset id"
+
+
+def check_spec(spec: object) -> None:
+    """Refuse an empty (or blank) dataset spec in one line: as a path it would be the working folder.
+
+    >>> check_spec("")
+    Traceback (most recent call last):
+    ...
+    clipviz.errors.ClipvizError: empty dataset spec: give a folder of images, world:<n>, a dataset saved ...
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ClipvizError(f"empty dataset spec: give {ACCEPTED}")
+
+
 def open_source(
     spec: str,
     *,
@@ -59,6 +74,7 @@ def open_source(
     streaming: bool = False,
 ) -> Source:
     """A folder, a plug-in source such as ``world:<n>``, or a Hugging Face dataset (id or saved dataset)."""
+    check_spec(spec)
     scheme, sep, argument = spec.partition(":")
     factory = registry().sources.get(scheme) if sep else None
     if factory is not None:

@@ -4,9 +4,9 @@ the token of block 0's input that the measured layout places there.
 The probe reads a layout from shapes: ``(B, H, W, C)`` activations are taken as a row-major grid, and a token count
 is split into prefix tokens and a grid that fits it. A count can fit while the order is another (NesT's blocks of
 tokens, detection tokens or registers that make ``n`` look like a square), and then every patch-wise result would be
-silently wrong. So at load time two small squares of pixels are changed, one at a time (an asymmetric patch and the
-bottom-left corner, which a transposed or flipped grid moves far), and block 0's input must change most at the
-token the layout says: exactly there for a patchifying stem (one token changes), or a neighbour of it for an
+silently wrong. So at load time two small squares of pixels are set to random colours, one at a time (an asymmetric
+patch and the bottom-left corner, which a transposed or flipped grid moves far), and block 0's input must change
+most at the token the layout says: exactly there for a patchifying stem (one token changes), or a neighbour of it for an
 overlapping convolutional stem (several change, and a token's centre depends on padding). A model that fails is
 refused with what moved where.
 """
@@ -41,9 +41,11 @@ def check_token_order(model) -> None:
     ph, pw = h // gh, w // gw
     dy, dx = (1 if ph >= 3 else 0), (1 if pw >= 3 else 0)
     sy, sx = (2 if ph >= 4 else 1), (2 if pw >= 4 else 1)
+    generator = torch.Generator().manual_seed(0)
     for k, (r, c) in enumerate(probes, start=1):
         y0, x0 = r * h // gh + dy, c * w // gw + dx
-        images[k, :, y0 : y0 + sy, x0 : x0 + sx] = 1.0
+        # random colours, not white: a stem may be blind to a change of brightness alone (a colour detector)
+        images[k, :, y0 : y0 + sy, x0 : x0 + sx] = torch.rand(3, sy, sx, generator=generator)
     was_training = model.native.training
     model.native.eval()  # no dropout between the passes
     try:

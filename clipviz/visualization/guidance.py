@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clipviz.data.decoding import batches
-from clipviz.data.sources import Source, open_source
+from clipviz.data.sources import Source, check_spec, open_source
 from clipviz.errors import ClipvizError
 from clipviz.model.layout import Reduce, reduce_tokens
 from clipviz.plugins import registry
@@ -183,6 +183,8 @@ def prepare_guidance(
                 "pass guide= (CLI: --guide) a folder of images, world:<n>, a dataset or a `clipviz examples` "
                 "results folder, or choose an unguided recipe such as 'default'"
             )
+        if isinstance(guide, (str, Path)):
+            check_spec(str(guide))  # an empty guide is no folder, not the working folder
         _attach_guide(out, model, hook, neurons, recipe, guide, reduce)
     elif guide is not None:
         raise ClipvizError(f"recipe '{recipe.name}' is not data-guided: --guide is for recipes such as 'vital'")

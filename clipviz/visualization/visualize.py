@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from clipviz.errors import ClipvizError, check_int
+from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_int
 from clipviz.images import grid, tensor_to_pil
 from clipviz.results import (
     grid_path,
@@ -52,7 +52,6 @@ from clipviz.visualization.recipes import Recipe, get_recipe
 if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel
 
-MAX_SAMPLES = 1000  # images per target
 _SAMPLE_STRIDE = 1_000_000_007  # sample s of a target is seeded s * stride past the first
 
 
@@ -135,6 +134,8 @@ def check_request(
             raise ClipvizError(f"a text prompt must be a non-blank phrase such as 'a red star', got {t!r}")
     if texts and not model.is_clip:
         raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
+    if texts:
+        model.tokenize(texts)  # a prompt longer than the text tower reads is refused now, before any step
     classes = [int(c) for c in classes or ()]
     if classes:
         kind = model.backend.output_kind
@@ -244,6 +245,7 @@ def visualize(
     recipe = get_recipe(default_recipe(model, guide) if recipe is None else recipe, **recipe_overrides)
     check_size(model, recipe.size)
     samples = check_int(samples, "samples", 1, MAX_SAMPLES)
+    seed = check_int(seed, "seed", 0, MAX_SEED)
     batch_size = check_int(batch_size, "batch size", 1, None)
     neurons, texts, classes = check_request(model, hook, neurons, texts, classes)
     targets = make_targets(neurons, texts, classes, seed=seed, samples=samples)

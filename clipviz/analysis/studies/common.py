@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipviz.data.sources import check_spec
 from clipviz.errors import ClipvizError, check_int
 from clipviz.images import pil_to_tensor
 from clipviz.plugins import registry
@@ -128,6 +129,7 @@ def load_probe(
     resized to ``size``."""
     if n < 1:
         raise ClipvizError(f"the number of probe images (--samples) must be >= 1, got {n}")
+    check_spec(spec)
     scheme, _, argument = spec.partition(":")
     plugged = registry().probes.get(scheme)
     if plugged is not None:  # a plug-in's probe set with labels and masks, e.g. world or world:N

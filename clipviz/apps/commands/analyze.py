@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 
 from clipviz.apps.options import add_model_parser, load_model
-from clipviz.apps.validate import int_type
-from clipviz.errors import MAX_STEPS
+from clipviz.apps.validate import check_output_dir, int_type
+from clipviz.errors import MAX_SEED, MAX_STEPS
+
+MAX_PROBE = 100_000  # probe images are held in memory at the model's input size
 
 STUDY_NAMES = ("spatial", "pooling", "cls", "semantic", "frequency", "background")
 
@@ -31,7 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "factors), a folder of images (sub-folders as classes) or a Hugging Face dataset id or saved "
         "dataset (default: world)",
     )
-    p.add_argument("--samples", type=int, default=512, help="probe images to use (default 512)")
+    p.add_argument(
+        "--samples", type=int_type("--samples", 1, MAX_PROBE), default=512, help="probe images to use (default 512)"
+    )
     p.add_argument("--split", default="train")
     p.add_argument("--image-column")
     p.add_argument("--label-column", help="class column (default: 'label' if present)")
@@ -39,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mask-column", help="foreground mask column (images; nonzero = foreground), for background")
     p.add_argument("--template", default="a photo of a {}.", help="zero-shot prompt for class names (CLIP models)")
     p.add_argument("--batch-size", type=int_type("--batch-size", 1, None), default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_type("--seed", 0, MAX_SEED), default=0)
     p.add_argument(
         "--steps",
         type=int_type("--steps", 0, MAX_STEPS),
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     require_matplotlib()  # before any work: the one-line hint if matplotlib is missing
     if args.template.count("{}") != 1:
         raise clipviz.ClipvizError(f"bad --template {args.template!r}: it needs exactly one {{}}")
+    check_output_dir(args.out)  # before the model and the studies, not after them
     model = load_model(args)
     probe = load_probe(
         args.dataset,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clipviz.apps.validate import int_type
+
 
 def add_parser(sub) -> None:
     sp = sub.add_parser(
@@ -15,7 +17,7 @@ def add_parser(sub) -> None:
     sp.add_argument("site", nargs="?", metavar="SITE", help="an atlas (clipviz atlas) to browse in the Atlas tab")
     sp.add_argument("--models", default="world-clip", help="comma-separated model specs offered (default: world-clip)")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    sp.add_argument("--port", type=int, default=7860)
+    sp.add_argument("--port", type=int_type("--port", 1, 65535), default=7860)
     sp.set_defaults(func=run)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+from pathlib import Path
 
 from clipviz.apps.options import add_model_parser, load_model
 from clipviz.apps.validate import int_type
-from clipviz.errors import MAX_STEPS
+from clipviz.errors import MAX_SAMPLES, MAX_SEED, MAX_STEPS
 
 
 def add_parser(sub) -> None:
@@ -35,26 +37,42 @@ def add_parser(sub) -> None:
     sw.add_argument(
         "--steps", type=int_type("--steps", 1, MAX_STEPS), help="optimisation steps per stage (the recipe's by default)"
     )
-    sw.add_argument("--samples", type=int, default=1, help="visualizations per neuron")
-    sw.add_argument("--batch-size", type=int, default=16, help="neurons optimised together")
-    sw.add_argument("--top-k", type=int, default=16, help="top examples per neuron")
-    sw.add_argument("--words", type=int, default=5, help="words per neuron and method")
+    sw.add_argument(
+        "--samples", type=int_type("--samples", 1, MAX_SAMPLES), default=1, help="visualizations per neuron"
+    )
+    sw.add_argument(
+        "--batch-size", type=int_type("--batch-size", 1, None), default=16, help="neurons optimised together"
+    )
+    sw.add_argument("--top-k", type=int_type("--top-k", 1, None), default=16, help="top examples per neuron")
+    sw.add_argument("--words", type=int_type("--words", 1, None), default=5, help="words per neuron and method")
     sw.add_argument(
         "--shard-size", type=int_type("--shard-size", 1, None), default=1024, help="images per resumable examples shard"
     )
     sw.add_argument(
         "--workers",
-        type=int,
+        type=int_type("--workers", 0, None),
         default=min(8, max(1, (os.cpu_count() or 2) - 1)),
         help="processes that decode images for the examples (0: in the main process)",
     )
-    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--seed", type=int_type("--seed", 0, MAX_SEED), default=0)
     sw.add_argument("--site", help="atlas folder (default: OUT/atlas)")
     sw.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16", "bf16-weights", "fp16-weights"],
         help="as for clipviz visualize (auto: bf16 weights on a GPU, fp32 on the CPU)",
+    )
+    sw.add_argument(
+        "--space",
+        metavar="USER/NAME",
+        help="then publish the atlas as this Hugging Face Space (as clipviz publish; the token is checked first)",
+    )
+    sw.add_argument("--private", action="store_true", help="with --space: a private Space")
+    sw.add_argument(
+        "--stage",
+        metavar="DIR",
+        help="then write the Space's folder (app, wheel, requirements, atlas) to DIR, a new or empty folder: what "
+        "--space uploads, or without --space a Space to check or upload by hand (python DIR/app.py serves it)",
     )
     sw.add_argument("--dry-run", action="store_true", help="print the plan and the estimate; compute nothing")
     sw.set_defaults(func=run)
@@ -72,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             f"--dataset is required for '{args.model}': a folder of images, an HF dataset id or a saved dataset "
             "(only a bundled model such as world-clip has a default: its world's held-out images)"
         )
+    check_publishing(space_id(args), args.space is not None, args.stage, args.dry_run)  # before the work
     model = load_model(args)
     plan = make_plan(
         model,
@@ -102,4 +121,36 @@ def run(args: argparse.Namespace) -> int:
     site = run_sweep(model, plan, accelerator=accelerator, workers=args.workers)
     if accelerator.is_main_process:
         print(f"open {(site / 'index.html').resolve()}")
+        if args.space or args.stage:
+            from clipviz.apps.publish import publish
+
+            publish(site, space=space_id(args), private=args.private, stage=args.stage, dry_run=args.space is None)
+            if args.space:
+                print(f"published https://huggingface.co/spaces/{args.space}")
+            if args.stage:
+                print(f"staged the Space in {args.stage} (python {Path(args.stage) / 'app.py'} serves it)")
     return 0
+
+
+def space_id(args: argparse.Namespace) -> str:
+    """``--space``, or for a Space only staged a local name from the output folder's (its card's title)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.out).resolve().name).strip("-.") or "clipviz"
+    return args.space or f"local/{name}"
+
+
+def check_publishing(space: str, upload: bool, stage: str | None, dry_run: bool) -> None:
+    """Refuse a bad Space id, a missing token or a --stage folder that is not new or empty before any work."""
+    from clipviz.apps.publish import check_repo, fresh_folder
+    from clipviz.errors import ClipvizError
+
+    check_repo(space, "Space")
+    if upload and not dry_run:
+        from huggingface_hub import get_token
+
+        if not get_token():
+            raise ClipvizError(
+                "--space needs a Hugging Face token: log in with `hf auth login` or set HF_TOKEN (checked "
+                "before the sweep, so that its work is not lost)"
+            )
+    if stage is not None:
+        fresh_folder(Path(stage))

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from clipviz.errors import ClipvizError
+
 
 def trained_logit_scale(model: nn.Module) -> Callable[[], float] | None:
     """The model's ``exp(logit_scale)`` as a function (``None`` when it has no such parameter)."""
@@ -33,6 +35,26 @@ class TextTower:
     context_length: int | None = None
     # The trained temperature of image-text logits (CLIP: logit_scale.exp(), 100 for OpenAI's), read at call time.
     logit_scale: Callable[[], float] | None = None
+
+
+def check_text_lengths(texts: Sequence[str], lengths: Sequence[int], limit: int | None) -> None:
+    """Refuse, in one line, a text longer than the text tower reads: its tokenizer would cut it without a word
+    (two long prompts that differ only at the end would get one embedding).
+
+    >>> check_text_lengths(["a red star"], [5], 77)
+    >>> check_text_lengths(["a very long prompt"], [80], 77)
+    Traceback (most recent call last):
+    ...
+    clipviz.errors.ClipvizError: text 'a very long prompt' is 80 tokens long; this model's text tower reads at ...
+    """
+    if limit is None:
+        return
+    for text, n in zip(texts, lengths, strict=True):
+        if n > limit:
+            shown = repr(text[:60] + ("..." if len(text) > 60 else ""))
+            raise ClipvizError(
+                f"text {shown} is {n} tokens long; this model's text tower reads at most {limit}: shorten it"
+            )
 
 
 @dataclass

@@ -10,7 +10,13 @@ from torch import nn
 
 from clipviz.errors import UnsupportedModelError
 from clipviz.model.architecture import find_blocks
-from clipviz.model.backends.base import Backend, ImageProjection, TextTower, trained_logit_scale
+from clipviz.model.backends.base import (
+    Backend,
+    ImageProjection,
+    TextTower,
+    check_text_lengths,
+    trained_logit_scale,
+)
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hf_families import (
     _is_generative,
@@ -152,8 +158,10 @@ def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
     limit = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
 
     def tokenize(texts):
+        texts = list(texts)
+        check_text_lengths(texts, [len(ids) for ids in tokenizer(texts)["input_ids"]], limit)
         padding = "max_length" if getattr(model.config, "model_type", "") == "siglip" else True
-        return tokenizer(list(texts), padding=padding, truncation=True, max_length=limit, return_tensors="pt")
+        return tokenizer(texts, padding=padding, truncation=True, max_length=limit, return_tensors="pt")
 
     def encode(tokens) -> torch.Tensor:
         device = next(model.parameters()).device

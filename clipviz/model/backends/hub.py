@@ -18,6 +18,18 @@ def hub_offline() -> bool:
     )
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The error's first line, with the next one where the first only introduces it ("Error(s) in loading
+    state_dict for CLIP:").
+
+    >>> first_line(RuntimeError("Error(s) in loading state_dict for CLIP:" + chr(10) + "  Missing key(s): proj"))
+    'Error(s) in loading state_dict for CLIP: Missing key(s): proj'
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+    return text[:limit]
+
+
 def describe_failure(spec: str, error: BaseException, what: str = "model") -> ClipvizError:
     """A one-line error for a model (or, with ``what="dataset"``, a dataset) that could not be fetched or found."""
     text = f"{type(error).__name__}: {error}".lower()
@@ -27,8 +39,7 @@ def describe_failure(spec: str, error: BaseException, what: str = "model") -> Cl
         return ClipvizError(f"cannot read the weights of {what} '{spec}': {corrupt}")
     local = Path(spec.partition(":")[2] if spec.partition(":")[0] in ("hf", "timm", "open_clip") else spec)
     if what == "model" and local.expanduser().is_dir():  # a local model that fails to load is not a network problem
-        first = (str(error).splitlines() or [""])[0][:200]
-        return ClipvizError(f"cannot load the model saved in '{local}': {type(error).__name__}: {first}")
+        return ClipvizError(f"cannot load the model saved in '{local}': {type(error).__name__}: {first_line(error)}")
     if names & {"GatedRepoError"}:
         return ClipvizError(
             f"{what} '{spec}' is gated on the Hugging Face Hub: accept its terms and log in "

@@ -11,7 +11,13 @@ from torch import nn
 
 from clipviz.errors import ClipvizError, UnsupportedModelError
 from clipviz.model.architecture import find_blocks
-from clipviz.model.backends.base import Backend, ImageProjection, TextTower, trained_logit_scale
+from clipviz.model.backends.base import (
+    Backend,
+    ImageProjection,
+    TextTower,
+    check_text_lengths,
+    trained_logit_scale,
+)
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
 from clipviz.model.backends.preprocessing import open_clip_transform
@@ -43,10 +49,46 @@ def _tokenizer(name: str, spec: str, cache_dir: str | None = None):
         )
 
 
+#: The weight files open_clip looks for in a local folder, in its order of preference.
+WEIGHT_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
+
+
+def _check_weights(folder: Path) -> None:
+    """Refuse a local open_clip folder without one of open_clip's weight files: open_clip would build the model with
+    random weights (a log line), or load whichever other checkpoint it finds there."""
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ClipvizError(
+            f"no weights in '{folder}': an open_clip folder needs {WEIGHT_FILES[0]} (or "
+            f"{', '.join(WEIGHT_FILES[1:4])}) next to its open_clip_config.json"
+        )
+
+
+def _token_counts(tokenizer, texts: list[str]) -> list[int] | None:
+    """How many tokens each text takes with its start and end tokens, for open_clip's BPE tokenizer and its Hugging
+    Face ones; ``None`` for a tokenizer of another kind."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and callable(inner):  # open_clip's HFTokenizer: the transformers tokenizer it wraps
+        return [len(ids) for ids in inner(texts)["input_ids"]]
+    if callable(getattr(tokenizer, "encode", None)):  # SimpleTokenizer: the BPE ids, without <start> and <end>
+        return [len(tokenizer.encode(text)) + 2 for text in texts]
+    return None
+
+
 def load_open_clip(ref: str, spec: str, *, dtype: torch.dtype | None = None, cache_dir: str | None = None) -> Backend:
     """``ref`` is ``name``, ``name/tag``, ``hf-hub:org/repo`` or ``local-dir:/path``."""
     import open_clip
 
+    if ref.startswith("local-dir:"):
+        _check_weights(Path(ref.removeprefix("local-dir:")))
     if ref.startswith(("hf-hub:", "local-dir:")):
         name, tag = ref, None
     else:
@@ -87,7 +129,11 @@ def open_clip_backend(model: nn.Module, spec: str, tokenizer=None, tokenizer_err
     def tokenize(texts):
         if tokenizer is None:
             raise ClipvizError(tokenizer_error)
-        return tokenizer(list(texts))
+        texts = list(texts)
+        lengths = _token_counts(tokenizer, texts)
+        if lengths is not None:
+            check_text_lengths(texts, lengths, getattr(tokenizer, "context_length", None))
+        return tokenizer(texts)
 
     text = TextTower(
         tokenize=tokenize,
