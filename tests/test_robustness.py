@@ -857,3 +857,15 @@ def test_guided_recipes_render_the_same_image_alone_and_in_any_batch(world, reci
                 assert np.array_equal(np.array(batch[n].image), np.array(alone[n])), (recipe, b, n)
     finally:
         torch.set_num_threads(1)
+
+
+def test_clipvizs_own_warnings_are_one_line(tmp_path, capsys):
+    vocab = tmp_path / "mine.txt"
+    vocab.write_text("\ufeffred\n# a comment\nblue\nred\n\n", encoding="utf-8")
+    argv = ["concepts", "world-clip", "--hook", H, "--neurons", "0", "--vocab", str(vocab), "--top-k", "2"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"clipviz: warning: vocabulary file '{vocab}': 1 repeated concepts kept once\n" in err
+    assert "Traceback" not in err and "UserWarning" not in err
+    words = (tmp_path / "out" / H / "concepts-direct.csv").read_text()
+    assert "\ufeff" not in words and "comment" not in words and "blue" in words  # the BOM and the comment are gone

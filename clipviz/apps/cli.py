@@ -64,6 +64,13 @@ def _close_progress_bars() -> None:
         sys.stderr.write("\n")
 
 
+def _warning_line(w: warnings.WarningMessage) -> str:
+    """clipviz's own warnings on one line (they speak to the user); a library's as Python shows them."""
+    if Path(w.filename).resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+        return f"clipviz: warning: {' '.join(str(w.message).split())}\n"
+    return warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def _fail(message: str, code: int = 2) -> int:
     _close_progress_bars()
     print(f"clipviz: {' '.join(str(message).split())}", file=sys.stderr)
@@ -111,5 +118,5 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as error:
         return _fail(_os_error(error))
     for w in caught:  # warnings of a run that worked are shown, once, after it
-        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
+        sys.stderr.write(_warning_line(w))
     return code

@@ -141,7 +141,11 @@ class Guidance:
                 objective = objective + recipe.anchor * PixelAnchor(init)
             if recipe.anchor_features:
                 if hook is None:
-                    raise ClipvizError("a feature-space anchor relative to the target's block needs a hook")
+                    raise ClipvizError(
+                        f"recipe '{recipe.name}' anchors the features of a neuron's block to the seed image, so it "
+                        "needs neuron targets (--hook and --neurons): text prompts and classes have no block; use "
+                        "a recipe without a feature anchor for them"
+                    )
                 name = match_hook(model, hook, recipe.anchor_hook)
                 objective = objective + recipe.anchor_features * feature_anchor(model, name, init)
         return objective, init

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     class_spans = parse_spans(args.classes, "class") if args.classes is not None else []
     if not (neuron_spans or args.text or class_spans):
         raise ClipvizError("nothing to visualize: give --neurons (with --hook), --text or --class")
+    if args.hook is not None and not args.hook.strip():
+        raise ClipvizError("empty --hook: give a hook name such as blocks.6.mlp.hook_post (`clipviz info MODEL`)")
     if neuron_spans and not args.hook:
         raise ClipvizError("--neurons needs --hook, e.g. --hook blocks.6.mlp.hook_post")
     check_output_dir(args.out)
