@@ -393,30 +393,39 @@ def mine_examples_resumable(
 
     todo = [s for s in range(n_shards) if not done(s)]
     accelerator.wait_for_everyone()  # every process sees the same to-do list before any shard is written
-    for s in todo[accelerator.process_index :: accelerator.num_processes]:
-        span = (s * shard_size, min((s + 1) * shard_size, source.length))
-        try:
-            part = mine_examples(
-                model,
-                hook,
-                source,
-                neurons=neurons,
-                top_k=top_k,
-                reduce=reduce,
-                batch=batch,
-                progress=progress,
-                span=span,
-                keep_activations=keep_activations,
-                workers=workers,
-            )
-        except ClipvizError as error:
-            if "no examples" not in str(error):
-                raise
-            # No readable image in the shard: every index of its span was skipped.
-            write_json(folder / f"{s:05d}.empty.json", {"span": list(span), "skipped": list(range(*span))})
-            continue
-        part.save(folder / f"{s:05d}")
-        parts[s] = part
+    mine = todo[accelerator.process_index :: accelerator.num_processes]
+    spans = {s: (s * shard_size, min((s + 1) * shard_size, source.length)) for s in mine}
+    bar = progress  # one bar over this process's unfinished shards, not one restarting per shard
+    if progress is True:
+        left = sum(hi - lo for lo, hi in spans.values())
+        bar = tqdm(total=left, unit="img", desc=f"examples ({len(mine)} of {n_shards} shards)")
+    try:
+        for s, span in spans.items():
+            try:
+                part = mine_examples(
+                    model,
+                    hook,
+                    source,
+                    neurons=neurons,
+                    top_k=top_k,
+                    reduce=reduce,
+                    batch=batch,
+                    progress=bar,
+                    span=span,
+                    keep_activations=keep_activations,
+                    workers=workers,
+                )
+            except ClipvizError as error:
+                if "no examples" not in str(error):
+                    raise
+                # No readable image in the shard: every index of its span was skipped.
+                write_json(folder / f"{s:05d}.empty.json", {"span": list(span), "skipped": list(range(*span))})
+                continue
+            part.save(folder / f"{s:05d}")
+            parts[s] = part
+    finally:
+        if progress is True:
+            bar.close()
     accelerator.wait_for_everyone()
     for s in range(n_shards):  # the other processes' shards
         if s not in parts and has_examples(folder / f"{s:05d}", hook):
