@@ -226,9 +226,14 @@ def probe(
         raise
     except Exception as error:  # noqa: BLE001 - any failure of the native forward pass becomes one line
         first = (str(error).splitlines() or [""])[0][:200]
+        hint = (
+            ": its forward needs text (input_ids); wrap its vision tower alone, e.g. clipviz.wrap(model.vision_model)"
+            if "input_ids" in first
+            else ""
+        )
         raise UnsupportedModelError(
             f"the model's forward pass failed on a {tuple(images.shape[-2:])} image ({type(error).__name__}: "
-            f"{first}); clipviz cannot hook it"
+            f"{first}); clipviz cannot hook it{hint}"
         ) from error
     finally:
         for h in handles:
