@@ -116,3 +116,20 @@ def test_a_transformers_model_runs_at_its_processors_size_not_its_configs(tmp_pa
         inputs = T.AutoImageProcessor.from_pretrained(directory)(images=photo, return_tensors="pt")
         native = model.native(**inputs, output_hidden_states=True).hidden_states[2]
     torch.testing.assert_close(cache["blocks.1.hook_resid_post"], native, rtol=1e-4, atol=1e-5)
+
+
+def test_a_crop_size_the_processor_does_not_apply_is_not_the_input_size(tmp_path):
+    """A processor that resizes without cropping (``do_center_crop=False``) still carries a default ``crop_size``;
+    the model runs at what the processor outputs (here its 48-px resize), not at that crop."""
+    import transformers as T
+
+    directory = tmp_path / "vit"
+    config = T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=48, patch_size=8)
+    T.ViTModel(config).eval().save_pretrained(directory)
+    T.CLIPImageProcessor(
+        do_center_crop=False, size={"height": 48, "width": 48}, crop_size={"height": 224, "width": 224}
+    ).save_pretrained(directory)
+    model = clipviz.load(f"hf:{directory}")
+    assert tuple(model.image_size) == (48, 48) and model.layout(0).grid == (6, 6)
+    photo = Image.fromarray(np.zeros((30, 70, 3), dtype=np.uint8))
+    assert tuple(model.preprocess_pil(photo).shape) == (3, 48, 48)

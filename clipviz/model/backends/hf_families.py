@@ -25,8 +25,11 @@ def _pooled(out):
 
 
 def _processor_size(processor) -> tuple[int, int] | None:
-    """The input size the image processor produces (for configs without ``image_size``: CvT, ConvNeXt, ...)."""
-    for attr in ("crop_size", "size"):
+    """The input size the image processor produces: its crop where it crops, its resize where that is to a fixed
+    height and width, else ``None`` (a shortest-edge resize without a crop follows the photo's shape). A
+    ``crop_size`` a processor carries but does not apply (``do_center_crop=False``) is not its output."""
+    crops = getattr(processor, "do_center_crop", True) is not False
+    for attr in ("crop_size", "size") if crops else ("size",):
         size = getattr(processor, attr, None)
         size = size if isinstance(size, dict) else getattr(size, "__dict__", None)
         if size and size.get("height") and size.get("width"):
