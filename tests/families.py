@@ -80,6 +80,21 @@ def _vit(**extra):
     )
 
 
+def _dinov2_registers(**extra):
+    import transformers as T
+
+    return T.Dinov2WithRegistersConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=IMAGE,
+        patch_size=8,
+        num_register_tokens=4,
+        **extra,
+    )
+
+
 def _seq(prefix: str, n: int) -> Callable[[nn.Module], list[str]]:
     return lambda m: [f"{prefix}.{i}" for i in range(n)]
 
@@ -207,19 +222,7 @@ def _hf_families() -> list[Family]:
         Family(
             "DINOv2 + registers",
             "transformers",
-            _hf(
-                lambda: T.Dinov2WithRegistersModel(
-                    T.Dinov2WithRegistersConfig(
-                        hidden_size=32,
-                        num_hidden_layers=2,
-                        num_attention_heads=2,
-                        mlp_ratio=2,
-                        image_size=IMAGE,
-                        patch_size=8,
-                        num_register_tokens=4,
-                    )
-                )
-            ),
+            _hf(lambda: T.Dinov2WithRegistersModel(_dinov2_registers())),
             _seq("encoder.layer", 2),
             ("act", "mlp.activation_fn"),
             (5, g),
@@ -601,20 +604,7 @@ def _hf_families() -> list[Family]:
         Family(
             "DINOv2 + registers classifier",
             "transformers",
-            _hf(
-                lambda: T.Dinov2WithRegistersForImageClassification(
-                    T.Dinov2WithRegistersConfig(
-                        hidden_size=32,
-                        num_hidden_layers=2,
-                        num_attention_heads=2,
-                        mlp_ratio=2,
-                        image_size=IMAGE,
-                        patch_size=8,
-                        num_register_tokens=4,
-                        num_labels=3,
-                    )
-                )
-            ),
+            _hf(lambda: T.Dinov2WithRegistersForImageClassification(_dinov2_registers(num_labels=3))),
             _seq("dinov2_with_registers.encoder.layer", 2),
             ("act", "mlp.activation_fn"),
             (5, g),

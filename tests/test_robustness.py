@@ -233,6 +233,11 @@ BAD = [
             (["--space", "not a repo"], "bad Space id"),
             (["--workers", "-1"], ("--workers", "at least 0")),
             (["--seed", "-1"], ("--seed", "between 0 and")),
+            (["--stage", "{out}/atlas"], "overlaps the sweep's results"),
+            (["--stage", "{out}/visualizations/space"], "overlaps the sweep's results"),
+            (["--site", "{out}"], "would hold the sweep's own results"),
+            (["--site", "{out}/examples/site"], "would hold the sweep's own results"),
+            (["--private"], "--private is for --space"),
         )
     ],
 ]

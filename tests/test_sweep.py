@@ -77,6 +77,12 @@ def test_one_command_from_a_model_to_a_space_folder(swept, tmp_path, monkeypatch
     assert "needs a Hugging Face token" in capsys.readouterr().err and not fresh.exists()
 
 
+def test_an_output_folder_of_any_name_is_fine_without_a_space(tmp_path, capsys):
+    """No Space id is made up and checked unless one is asked for (a folder named '_scratch' once failed it)."""
+    assert main(["sweep", *ARGS, *FAST, "--dry-run", "--out", str(tmp_path / "_scratch")]) == 0
+    assert "estimate" in capsys.readouterr().out
+
+
 def test_dry_run_prints_the_plan_and_an_estimate_only(tmp_path, capsys):
     assert main(["sweep", *ARGS, "--out", str(tmp_path / "R"), "--dry-run"]) == 0
     out = capsys.readouterr().out

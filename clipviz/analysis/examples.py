@@ -172,11 +172,19 @@ def _kept(captions: dict[int, str], top_idx: torch.Tensor) -> dict[int, str]:
 
 
 def check_mining(
-    source: Source, top_k: int, batch: int, workers: int, shard_size: int = 1, at_most_the_data: bool = False
+    source: Source,
+    top_k: int,
+    batch: int,
+    workers: int,
+    shard_size: int = 1,
+    at_most_the_data: bool = False,
+    reduce: str = "patches",
 ) -> None:
-    """Refuse bad numbers before any image is read: ``top_k``, ``batch`` and ``shard_size`` at least 1, ``workers``
-    at least 0; with ``at_most_the_data`` (the CLI) also a ``top_k`` larger than the dataset (the library keeps
-    what there is)."""
+    """Refuse bad choices before any image is read: ``top_k``, ``batch`` and ``shard_size`` at least 1, ``workers``
+    at least 0, a known ``reduce``; with ``at_most_the_data`` (the CLI) also a ``top_k`` larger than the dataset
+    (the library keeps what there is)."""
+    if reduce not in ("patches", "cls", "max"):
+        raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     check_int(batch, "batch size", 1, None)
     check_int(workers, "workers", 0, None)
     check_int(shard_size, "shard size", 1, None)
@@ -208,9 +216,7 @@ def mine_examples(
     ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix.
     ``workers`` > 0 decodes and resizes images in that many processes (sources of known length), so that the
     model, not the loader, sets the pace; the result is the same."""
-    check_mining(source, top_k, batch, workers)
-    if reduce not in ("patches", "cls", "max"):
-        raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
+    check_mining(source, top_k, batch, workers, reduce=reduce)
     point = model.hook_point(hook)
     layout = model.hook_layout(hook)
     neurons = list(range(model.hook_width(hook))) if neurons is None else model.check_neurons(hook, neurons)
@@ -350,11 +356,12 @@ def mine_examples_resumable(
             f"resumable runs need a dataset of known length; '{source.name}' has none (use a "
             "folder, a saved dataset or a non-streaming split)"
         )
-    check_mining(source, top_k, batch, workers, shard_size=shard_size)
+    check_mining(source, top_k, batch, workers, shard_size=shard_size, reduce=reduce)
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
     model = model.to(accelerator.device)
+    model.hook_point(hook)  # an unknown hook is a one-line error before any bar is drawn
     if neurons is not None:
         neurons = model.check_neurons(hook, neurons)
     key = settings_id(

@@ -73,6 +73,7 @@ class SweepPlan:
     vocab: str | None = "world"
     probe: str | None = None
     direct: bool = True
+    no_direct: list[str] = field(default_factory=list)  # MLP hooks whose neurons have no fixed write direction
     shard_size: int = 1024
     seed: int = 0
     estimate: dict[str, float] = field(default_factory=dict)  # stage -> seconds (not part of the settings)
@@ -93,6 +94,7 @@ class SweepPlan:
     def settings(self) -> dict:
         data = asdict(self)
         data.pop("estimate")
+        data.pop("no_direct")  # follows from the model
         data.pop("site")
         data.pop("out")
         return data
@@ -202,7 +204,9 @@ def make_plan(
             f"{source.length}"
         )
     if vocab is not None:
-        concepts = len(load_vocabulary(vocab).concepts)
+        loaded = load_vocabulary(vocab)
+        concepts = len(loaded.concepts)
+        model.tokenize([t.format(c) for c in loaded.concepts for t in loaded.templates])  # too long: refused now
         if words > concepts:
             raise ClipvizError(
                 f"--words {words} is more than the vocabulary '{vocab}' has ({concepts} concepts): "
@@ -210,8 +214,11 @@ def make_plan(
             )
     if site is not None:
         check_site(site)
+        _check_site_place(Path(site), Path(out))
     overrides = {"steps": steps} if steps is not None else {}
     chosen_recipe = _sweep_recipe(model, names, recipe, overrides)
+    indirect = model.token_layouts.indirect_write
+    no_direct = [h for h in names if h.endswith("mlp.hook_post") and model.hook_point(h).block in indirect]
     out = Path(out)
     return SweepPlan(
         model=model.spec,
@@ -228,10 +235,39 @@ def make_plan(
         words=words,
         vocab=vocab,
         probe=probe,
-        direct=clip_like and any(h.endswith("mlp.hook_post") for h in names),
+        direct=clip_like and any(h.endswith("mlp.hook_post") and h not in no_direct for h in names),
+        no_direct=no_direct,
         shard_size=shard_size,
         seed=seed,
     )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_site_place(site: Path, out: Path) -> None:
+    """Refuse an atlas folder the sweep's own results would fill or contain (it must be new, empty or an atlas when
+    the atlas is built, at the end)."""
+    owned = [p for k, p in sweep_paths(out).items() if k not in ("state", "atlas")]
+    if _inside(out, site) or any(_inside(site, p) for p in owned):
+        raise ClipvizError(
+            f"--site '{site}' would hold the sweep's own results ('{out}'): choose a folder of its own, such as the "
+            "default OUT/atlas"
+        )
+
+
+def check_stage_place(stage: Path, out: Path, site: Path) -> None:
+    """Refuse a Space folder that the sweep writes into (or that holds its results): it must still be new or
+    empty when the Space is staged, after the sweep."""
+    owned = [p for k, p in sweep_paths(out).items() if k != "state"] + [site]
+    if _inside(out, stage) or any(_inside(stage, p) or _inside(p, stage) for p in owned):
+        raise ClipvizError(
+            f"--stage '{stage}' overlaps the sweep's results ('{out}') or its atlas ('{site}'): choose a folder of "
+            "its own"
+        )
 
 
 def _sweep_recipe(model: HookedVisionModel, hooks: list[str], name: str | None, overrides: dict):
@@ -446,6 +482,11 @@ def describe(model: HookedVisionModel, plan: SweepPlan) -> list[str]:
                 for m in plan.methods
             )
             or "none (the model has no text tower)"
+        )
+        + (
+            f"; no direct lens for {', '.join(plan.no_direct)} (its neurons have no fixed write direction)"
+            if plan.no_direct and plan.vocab
+            else ""
         ),
     ]
     if plan.estimate:
@@ -482,7 +523,7 @@ class _Clock:
 
 def _methods(plan: SweepPlan, hook: str) -> list[str]:
     """The word methods for one hook: the direct lens reads MLP neurons only; CLIP-Dissect any activation."""
-    return [m for m in plan.methods if m != "direct" or hook.endswith("mlp.hook_post")]
+    return [m for m in plan.methods if m != "direct" or (hook.endswith("mlp.hook_post") and hook not in plan.no_direct)]
 
 
 def _bar(total: int, desc: str, unit: str, enabled: bool):

@@ -47,8 +47,14 @@ class HookedVisionModel(nn.Module):
         self.native.requires_grad_(False)
         prefix = f"{backend.vision_path}." if backend.vision_path else ""
         self.blocks: list[BlockParts] = find_blocks(backend.vision_root, prefix=prefix.rstrip("."))
-        self.register_buffer("_mean", torch.tensor(backend.mean, dtype=torch.float32).view(1, -1, 1, 1), False)
-        self.register_buffer("_std", torch.tensor(backend.std, dtype=torch.float32).view(1, -1, 1, 1), False)
+        # on the native model's device: a module wrapped on a GPU is probed there (images follow these buffers)
+        device = next(self.native.parameters(), torch.empty(0)).device
+        self.register_buffer(
+            "_mean", torch.tensor(backend.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1), False
+        )
+        self.register_buffer(
+            "_std", torch.tensor(backend.std, dtype=torch.float32, device=device).view(1, -1, 1, 1), False
+        )
         _batch_invariant_attention(backend.vision_root)
         self._prenormalised = False
         # Measure every hook's token layout (and check attention patterns) on the model itself, once.

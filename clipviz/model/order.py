@@ -4,9 +4,9 @@ the token of block 0's input that the measured layout places there.
 The probe reads a layout from shapes: ``(B, H, W, C)`` activations are taken as a row-major grid, and a token count
 is split into prefix tokens and a grid that fits it. A count can fit while the order is another (NesT's blocks of
 tokens, detection tokens or registers that make ``n`` look like a square), and then every patch-wise result would be
-silently wrong. So at load time two small squares of pixels are set to random colours, one at a time (an asymmetric
-patch and the bottom-left corner, which a transposed or flipped grid moves far), and block 0's input must change
-most at the token the layout says: exactly there for a patchifying stem (one token changes), or a neighbour of it for an
+silently wrong. So at load time small squares of pixels are set to random colours, one at a time, at three patches
+that no transposition or flip of the grid leaves in place, and block 0's input must change most at the token the
+layout says: exactly there for a patchifying stem (one token changes), or a neighbour of it for an
 overlapping convolutional stem (several change, and a token's centre depends on padding). A model that fails is
 refused with what moved where.
 """
@@ -16,13 +16,28 @@ from __future__ import annotations
 import torch
 
 from clipviz.errors import UnsupportedModelError
+from clipviz.model.probe import evaluating
 
 POINT = "blocks.0.hook_resid_pre"
 
 
 def _probes(grid: tuple[int, int]) -> list[tuple[int, int]]:
+    """Up to three patches that every symmetry of the grid moves: off both diagonals, off the middle row and
+    column (a transposed, anti-transposed or flipped order cannot leave them in place).
+
+    >>> _probes((4, 4)), _probes((14, 14))
+    ([(3, 1), (1, 3), (0, 1)], [(13, 3), (3, 13), (0, 1)])
+    """
     gh, gw = grid
-    return list(dict.fromkeys([(gh * 2 // 3, gw // 3), (gh - 1, 0)]))
+    candidates = [(gh * 2 // 3, gw // 3), (gh - 1, gw // 4), (gh // 4, gw - 1), (0, 1), (1, 0), (gh - 1, gw - 2)]
+    candidates += [(r, c) for r in range(gh) for c in range(gw)]
+
+    def moved_by_every_symmetry(r: int, c: int) -> bool:
+        square = gh == gw
+        return 2 * r != gh - 1 and 2 * c != gw - 1 and not (square and (r == c or r + c == gh - 1))
+
+    picked = [p for p in dict.fromkeys(candidates) if 0 <= p[0] < gh and 0 <= p[1] < gw and moved_by_every_symmetry(*p)]
+    return picked[:3] or [(gh - 1, 0)]
 
 
 @torch.no_grad()
@@ -46,12 +61,8 @@ def check_token_order(model) -> None:
         y0, x0 = r * h // gh + dy, c * w // gw + dx
         # random colours, not white: a stem may be blind to a change of brightness alone (a colour detector)
         images[k, :, y0 : y0 + sy, x0 : x0 + sx] = torch.rand(3, sy, sx, generator=generator)
-    was_training = model.native.training
-    model.native.eval()  # no dropout between the passes
-    try:
+    with evaluating(model.native):
         _, cache = model.run_with_cache(images, [POINT])
-    finally:
-        model.native.train(was_training)
     tokens = cache[POINT].float()
     n_prefix = layout.n_prefix
     for k, (r, c) in enumerate(probes, start=1):

@@ -24,6 +24,8 @@ order) are refused by name.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +54,17 @@ class ModelLayout:
     pre_at_act: set[int] = field(default_factory=set)  # blocks whose pre-activation is the activation's input
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (native path, reason)
     indirect_write: dict[int, str] = field(default_factory=dict)  # block -> why its neurons have no fixed write
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the duration of the block (no dropout between measurements), then as it was."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _first(value):
@@ -378,9 +391,7 @@ def probe_model(model) -> ModelLayout:
         base = (backend.image_size[0] // patch[0], backend.image_size[1] // patch[1])
     except (TypeError, ZeroDivisionError, IndexError):
         base = None
-    was_training = model.native.training
-    model.native.eval()
-    try:
+    with evaluating(model.native):
         return probe(
             model.native,
             model.blocks,
@@ -391,5 +402,3 @@ def probe_model(model) -> ModelLayout:
             seq_first=backend.seq_first,
             architecture=backend.architecture,
         )
-    finally:
-        model.native.train(was_training)

@@ -16,16 +16,23 @@ import torch
 import torch.nn.functional as F
 
 from clipviz.model.hooks import installed
+from clipviz.model.probe import evaluating
 
 _POINTS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 
 
-def _mismatch(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> float | None:
-    """The largest error relative to ``expected``'s largest value, or ``None`` when it is within ``rtol``."""
+def _mismatch(
+    actual: torch.Tensor, expected: torch.Tensor, size: torch.Tensor, rtol: float, stream: torch.Tensor, eps: float
+) -> float | None:
+    """The largest error relative to the largest value of ``size`` (what the sub-layer wrote, not the stream it
+    was added to: a stream that grows would hide a wrong write), or ``None`` when it is within ``rtol`` of the
+    write plus the rounding of numbers as large as the ``stream`` (``eps``: a few units of the model's precision;
+    a small layer-scaled write in bf16 is otherwise lost in the stream's rounding)."""
     if actual.shape != expected.shape:
         return float("inf")
-    error = float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-    return None if error <= rtol else error
+    error = float((actual - expected).abs().max())
+    written = float(size.abs().max().clamp_min(1e-12))
+    return None if error <= rtol * written + eps * float(stream.abs().max()) else error / written
 
 
 def _sum(stream: torch.Tensor, write: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor | None:
@@ -40,36 +47,38 @@ _RESHAPED = (
 )
 
 
-def _block_reasons(parts, seen: dict[str, torch.Tensor], rtol: float) -> dict[str, str]:
+def _write_reason(stream, write, after, scale, names: tuple[str, str, str], rtol: float, eps: float) -> str | None:
+    """Why ``write`` (a sub-layer's output) is not what its block adds between ``stream`` and ``after``, or ``None``
+    when ``stream + scale * write == after``; ``names`` are the three hooks' short names."""
+    before, out, then = names
+    if stream is None or after is None:
+        return f"hook_{before} and hook_{then} are needed to check it and are not available"
+    if (total := _sum(stream, write, scale)) is None:
+        return _RESHAPED
+    if (error := _mismatch(total, after, after - stream, rtol, after, eps)) is not None:
+        return (
+            f"not what the block adds to its residual stream ({before} + {out}, times any layer scale, misses {then} "
+            f"by {error:.2g} of the block's write: a norm, a layer or a reshaping shortcut sits between)"
+        )
+    return None
+
+
+def _block_reasons(parts, seen: dict[str, torch.Tensor], rtol: float, eps: float) -> dict[str, str]:
     """``{point: why it is left out}`` for one block, from its activations ``seen`` (point -> float tensor)."""
     out: dict[str, str] = {}
     pre, attn, mid = seen.get("hook_resid_pre"), seen.get("hook_attn_out"), seen.get("hook_resid_mid")
     hidden, mlp, post = seen.get("mlp.hook_post"), seen.get("hook_mlp_out"), seen.get("hook_resid_post")
-    if attn is not None:
-        if pre is None or mid is None:
-            out["hook_attn_out"] = "hook_resid_pre and hook_resid_mid are needed to check it and are not available"
-        elif (total := _sum(pre, attn, parts.attn_layer_scale())) is None:
-            out["hook_attn_out"] = _RESHAPED
-        elif (error := _mismatch(total, mid, rtol)) is not None:
-            out["hook_attn_out"] = (
-                f"not what the block adds to its residual stream (resid_pre + attn_out, times any layer scale, "
-                f"misses resid_mid by {error:.2g} of its size: a norm, a layer or a reshaping shortcut sits between)"
-            )
-    if mlp is not None:
-        if mid is None or post is None:
-            out["hook_mlp_out"] = "hook_resid_mid and hook_resid_post are needed to check it and are not available"
-        elif (total := _sum(mid, mlp, parts.layer_scale())) is None:
-            out["hook_mlp_out"] = _RESHAPED
-        elif (error := _mismatch(total, post, rtol)) is not None:
-            out["hook_mlp_out"] = (
-                f"not what the block adds to its residual stream (resid_mid + mlp_out, times any layer scale, "
-                f"misses resid_post by {error:.2g} of its size: a norm or a layer sits after the MLP)"
-            )
+    for point, stream, write, after, scale, names in (
+        ("hook_attn_out", pre, attn, mid, parts.attn_layer_scale(), ("resid_pre", "attn_out", "resid_mid")),
+        ("hook_mlp_out", mid, mlp, post, parts.layer_scale(), ("resid_mid", "mlp_out", "resid_post")),
+    ):
+        if write is not None and (why := _write_reason(stream, write, after, scale, names, rtol, eps)) is not None:
+            out[point] = why
     if "hook_mlp_out" in out or mlp is None or hidden is None:
         out["direct write"] = out.get("hook_mlp_out", "its MLP output could not be checked")
     elif (written := _output_layer(parts, hidden)) is None:
         out["direct write"] = "its MLP's output layer does not take mlp.hook_post's channels"
-    elif (error := _mismatch(written, mlp, rtol)) is not None:
+    elif (error := _mismatch(written, mlp, mlp, rtol, mlp, eps)) is not None:
         out["direct write"] = (
             f"its MLP's output layer applied to mlp.hook_post misses hook_mlp_out by {error:.2g} of its size (a norm "
             "or another operation sits between the hidden units and the output weight)"
@@ -94,8 +103,6 @@ def check_residual_writes(model) -> None:
     under construction."""
     layout = model.token_layouts
     available = set(model.hook_names())
-    half = next(model.native.parameters()).dtype in (torch.float16, torch.bfloat16)
-    rtol = 3e-2 if half else 1e-3
     seen: dict[int, dict[str, torch.Tensor]] = {}
     reasons: dict[int, dict[str, str]] = {}
     by_index = {parts.index: parts for parts in model.blocks}
@@ -104,7 +111,11 @@ def check_residual_writes(model) -> None:
         block, name = point.block, point.name.split(".", 2)[2]
         seen.setdefault(block, {})[name] = value.detach().float()
         if name == "hook_resid_post":  # the block is done: measure it and let its activations go
-            reasons[block] = _block_reasons(by_index[block], seen.pop(block), rtol)
+            parts = by_index[block]
+            dtype = parts.fc2.weight.dtype
+            half = dtype in (torch.float16, torch.bfloat16)
+            eps = 8 * torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+            reasons[block] = _block_reasons(parts, seen.pop(block), 3e-2 if half else 1e-3, eps)
 
     pairs = [
         (model.registry.resolve(f"blocks.{parts.index}.{point}"), keep)
@@ -114,15 +125,14 @@ def check_residual_writes(model) -> None:
     ]
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, *model.backend.image_size, generator=generator)
-    was_training = model.native.training
-    model.native.eval()
-    try:
-        with installed(pairs):
-            model(image)
-    finally:
-        model.native.train(was_training)
+    with evaluating(model.native), installed(pairs):
+        model(image)
     for parts in model.blocks:
-        why = reasons.get(parts.index, {"direct write": "its block output was never seen"})
+        never = "its block's output was never seen, so it could not be checked"
+        why = reasons.get(parts.index, dict.fromkeys(("hook_attn_out", "hook_mlp_out", "direct write"), never))
+        if parts.index in layout.post_norm:  # known from the probe, whatever the numbers say (half precision)
+            post = "a post-norm block: a norm sits between each sub-layer's output and the residual stream"
+            why = dict.fromkeys(("hook_attn_out", "hook_mlp_out", "direct write"), post)
         for point in ("hook_attn_out", "hook_mlp_out"):
             name = f"blocks.{parts.index}.{point}"
             if point in why and name in layout.hooks:

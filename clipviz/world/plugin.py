@@ -50,6 +50,9 @@ def world_source(argument: str):
             f"bad dataset 'world:{argument[:20]}': use world:<n> with n from 1 to {MAX_IMAGES} images, or "
             "world:<n>@<side> with a side from 8 to 1024 px"
         ) from None
+    if n * size * size > MAX_IMAGES * WORLD_SIZE * WORLD_SIZE:  # drawn up front: bound the memory, not the count
+        most = MAX_IMAGES * WORLD_SIZE * WORLD_SIZE // (size * size)
+        raise ClipvizError(f"bad dataset 'world:{argument[:20]}': at {size} px use at most world:{most}@{size}")
     batch = generate(n, seed=source_seed(), size=size)
 
     def items(lo=0, hi=None):
@@ -74,13 +77,17 @@ def world_probe_set(argument: str, *, n: int, size: tuple[int, int], seed: int =
     from clipviz.world.probe import world_probe
 
     count = n
+    if "@" in argument:
+        raise ClipvizError(
+            f"bad dataset 'world:{argument[:20]}': a probe set is drawn at the model's input size; use world:N"
+        )
     if argument:
         try:
             count = int(argument)
         except ValueError:
-            raise ClipvizError(f"bad dataset 'world:{argument}': use world or world:<number of images>") from None
-        if count < 1:
-            raise ClipvizError(f"bad dataset 'world:{argument}': world:N needs N >= 1")
+            raise ClipvizError(f"bad dataset 'world:{argument[:20]}': use world or world:<number of images>") from None
+    if not 1 <= count <= MAX_IMAGES:
+        raise ClipvizError(f"bad dataset 'world:{argument[:20]}': world:N needs N from 1 to {MAX_IMAGES}")
     return world_probe(count, size=size, seed=seed)
 
 

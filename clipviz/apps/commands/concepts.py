@@ -6,7 +6,7 @@ import argparse
 
 from clipviz.apps.options import add_model_parser, load_model
 from clipviz.apps.validate import check_output_dir, expand, int_type, parse_spans
-from clipviz.errors import MAX_STEPS, ClipvizError
+from clipviz.errors import MAX_SAMPLES, MAX_STEPS, ClipvizError
 
 
 def add_parser(sub) -> None:
@@ -31,7 +31,10 @@ def add_parser(sub) -> None:
         "--steps", type=int_type("--steps", 1, MAX_STEPS), default=128, help="visualization steps for --method visual"
     )
     con.add_argument(
-        "--samples", type=int_type("--samples", 1, 1000), default=2, help="visualizations per neuron (--method visual)"
+        "--samples",
+        type=int_type("--samples", 1, MAX_SAMPLES),
+        default=2,
+        help="visualizations per neuron (--method visual)",
     )
     con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, cifar100, words-<N> or a file")
     con.add_argument("--templates", help="'ensemble' or '|'-separated prompt templates with one {} each")

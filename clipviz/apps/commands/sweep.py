@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             f"--dataset is required for '{args.model}': a folder of images, an HF dataset id or a saved dataset "
             "(only a bundled model such as world-clip has a default: its world's held-out images)"
         )
-    check_publishing(space_id(args), args.space is not None, args.stage, args.dry_run)  # before the work
+    check_publishing(args)  # before the work, not after it
     model = load_model(args)
     plan = make_plan(
         model,
@@ -133,18 +133,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def space_id(args: argparse.Namespace) -> str:
-    """``--space``, or for a Space only staged a local name from the output folder's (its card's title)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.out).resolve().name).strip("-.") or "clipviz"
+    """``--space``, or for a Space only staged a local name made from the output folder's (its card's title)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.out).resolve().name).strip("-._")[:96] or "clipviz"
     return args.space or f"local/{name}"
 
 
-def check_publishing(space: str, upload: bool, stage: str | None, dry_run: bool) -> None:
-    """Refuse a bad Space id, a missing token or a --stage folder that is not new or empty before any work."""
+def check_publishing(args: argparse.Namespace) -> None:
+    """Refuse a bad Space id, a missing token or a --stage folder that is not new and empty, or that the sweep
+    writes into, before any work."""
     from clipviz.apps.publish import check_repo, fresh_folder
+    from clipviz.apps.sweep import check_stage_place
     from clipviz.errors import ClipvizError
+    from clipviz.results import sweep_paths
 
-    check_repo(space, "Space")
-    if upload and not dry_run:
+    if args.space is not None:
+        check_repo(args.space, "Space")
         from huggingface_hub import get_token
 
         if not get_token():
@@ -152,5 +155,9 @@ def check_publishing(space: str, upload: bool, stage: str | None, dry_run: bool)
                 "--space needs a Hugging Face token: log in with `hf auth login` or set HF_TOKEN (checked "
                 "before the sweep, so that its work is not lost)"
             )
-    if stage is not None:
-        fresh_folder(Path(stage))
+    elif args.private:
+        raise ClipvizError("--private is for --space: it makes the published Space private")
+    if args.stage is not None:
+        fresh_folder(Path(args.stage))
+        site = Path(args.site) if args.site else sweep_paths(Path(args.out))["atlas"]
+        check_stage_place(Path(args.stage), Path(args.out), site)

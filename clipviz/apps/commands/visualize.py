@@ -6,7 +6,7 @@ import argparse
 
 from clipviz.apps.options import add_model_parser, load_model, parse_reduce
 from clipviz.apps.validate import check_output_dir, expand, float_type, int_type, parse_spans, text_type
-from clipviz.errors import MAX_SEED, MAX_STEPS, ClipvizError
+from clipviz.errors import MAX_SAMPLES, MAX_SEED, MAX_STEPS, ClipvizError
 
 
 def add_parser(sub) -> None:
@@ -51,7 +51,10 @@ def add_parser(sub) -> None:
     vis.add_argument("--lr", type=float_type("--lr"), help="learning rate (a finite number > 0)")
     vis.add_argument("--seed", type=int_type("--seed", 0, MAX_SEED), default=0)
     vis.add_argument(
-        "--samples", type=int_type("--samples", 1, 1000), default=1, help="images per target, each with its own seed"
+        "--samples",
+        type=int_type("--samples", 1, MAX_SAMPLES),
+        default=1,
+        help="images per target, each with its own seed",
     )
     vis.add_argument("--batch-size", type=int_type("--batch-size", 1), default=16, help="targets optimised together")
     vis.add_argument(

@@ -77,7 +77,10 @@ def _token_counts(tokenizer, texts: list[str]) -> list[int] | None:
     Face ones; ``None`` for a tokenizer of another kind."""
     inner = getattr(tokenizer, "tokenizer", None)
     if inner is not None and callable(inner):  # open_clip's HFTokenizer: the transformers tokenizer it wraps
-        return [len(ids) for ids in inner(texts)["input_ids"]]
+        if getattr(tokenizer, "tokenizer_mode", None) == "clips":
+            return None  # its own way of fitting long texts, not a cut
+        clean = getattr(tokenizer, "clean_fn", None) or (lambda text: text)  # as its __call__ cleans them first
+        return [len(ids) for ids in inner([clean(text) for text in texts])["input_ids"]]
     if callable(getattr(tokenizer, "encode", None)):  # SimpleTokenizer: the BPE ids, without <start> and <end>
         return [len(tokenizer.encode(text)) + 2 for text in texts]
     return None
