@@ -213,6 +213,8 @@ BAD = [
     (["demo", "--out", "{tmp}/file"], "is a file"),
     # found from outside (2026-12-01): blank specs, unbounded numbers, late checks, silent truncation
     (["examples", "world-clip", "--hook", H, "--dataset", "", "--out", "{out}"], "empty dataset spec"),
+    ([*E, "--split", "test", "--out", "{out}"], ("--split is for Hugging Face datasets", "world:")),
+    ([*E[:4], "--dataset", "{tmp}", "--image-column", "img", "--out", "{out}"], ("--image-column", "folder of images")),
     ([*V, "--neurons", "0", "--guide", "", "--out", "{out}"], "empty dataset spec"),
     ([*V, "--text", "a star", "--seed", "99999999999999999999", "--out", "{out}"], ("--seed", "between 0 and")),
     ([*V.copy()[:2], "--text", "a red star " * 20, "--out", "{out}"], ("tokens long", "at most 24")),

@@ -77,10 +77,25 @@ def open_source(
     check_spec(spec)
     scheme, sep, argument = spec.partition(":")
     factory = registry().sources.get(scheme) if sep else None
+    path = Path(spec).expanduser()
+    folder = factory is None and path.is_dir() and not (path / "dataset_info.json").is_file()
+    if factory is not None or folder:  # options of Hugging Face datasets are refused here, not ignored
+        asked = [
+            name
+            for name, given in (
+                ("--split", split != "train"),
+                ("--image-column", image_column is not None),
+                ("--caption-column", caption_column is not None),
+                ("--streaming", streaming),
+            )
+            if given
+        ]
+        if asked:
+            kind = "a folder of images" if folder else f"a {scheme}: source"
+            raise ClipvizError(f"{', '.join(asked)} is for Hugging Face datasets; '{spec}' is {kind}: leave it out")
     if factory is not None:
         return factory(argument)
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "dataset_info.json").is_file():
+    if folder:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ClipvizError(f"no images in '{spec}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
