@@ -17,13 +17,25 @@ import torch
 from PIL import Image
 
 
-def pil_to_tensor(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """An image -> a float (3, H, W) tensor in [0, 1], resized (bicubic) to ``size`` (rows, columns) if given."""
-    img = img.convert("RGB")
-    if size is not None and img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.BICUBIC)
-    array = np.asarray(img, dtype=np.float32) / 255.0
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """An image -> a float (3, H, W) tensor in [0, 1] at its own size (``fit_pil`` first for another size)."""
+    array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def fit_pil(img: Image.Image, size: tuple[int, int], resample: int = Image.BICUBIC) -> Image.Image:
+    """``img`` at exactly ``size`` (rows, columns), its aspect ratio kept: the shortest side resized to fit, then
+    the centre cropped (a mask given the same call, with ``Image.NEAREST``, stays aligned with its image).
+
+    >>> fit_pil(Image.new("RGB", (90, 30)), (16, 16)).size
+    (16, 16)
+    """
+    h, w = size
+    scale = max(h / img.height, w / img.width)
+    rh, rw = max(h, round(img.height * scale)), max(w, round(img.width * scale))
+    img = img.resize((rw, rh), resample)
+    top, left = (rh - h) // 2, (rw - w) // 2
+    return img.crop((left, top, left + w, top + h))
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:

@@ -602,6 +602,110 @@ def _hf_families() -> list[Family]:
             "hf:deit",
         ),
         Family(
+            "DINOv2 backbone (feature maps out)",
+            "transformers",
+            _hf(
+                lambda: T.Dinov2Backbone(
+                    T.Dinov2Config(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        mlp_ratio=2,
+                        image_size=IMAGE,
+                        patch_size=8,
+                        out_indices=[1, 2],
+                    )
+                )
+            ),
+            _seq("encoder.layer", 2),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "ViTPose backbone (non-square input, no CLS)",
+            "transformers",
+            _hf(
+                lambda: T.VitPoseBackbone(
+                    T.VitPoseBackboneConfig(
+                        hidden_size=32,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        intermediate_size=64,
+                        image_size=[64, 48],
+                        patch_size=[8, 8],
+                        out_indices=[2],
+                    )
+                ),
+                processor=False,
+            ),
+            _seq("encoder.layer", 2),
+            ("act", "mlp.activation"),
+            (0, (8, 6)),
+            (0, (8, 6)),
+            "hf:",
+            "hf:",
+        ),
+        Family(
+            "Depth Anything (a task head around a DINOv2 backbone)",
+            "transformers",
+            _hf(
+                lambda: T.DepthAnythingForDepthEstimation(
+                    T.DepthAnythingConfig(
+                        backbone_config=T.Dinov2Config(
+                            hidden_size=32,
+                            num_hidden_layers=2,
+                            num_attention_heads=2,
+                            mlp_ratio=2,
+                            image_size=IMAGE,
+                            patch_size=8,
+                            out_indices=[1, 2],
+                            reshape_hidden_states=False,
+                        ),
+                        patch_size=8,
+                        reassemble_factors=[1, 1],
+                        neck_hidden_sizes=[8, 8],
+                        fusion_hidden_size=8,
+                        reassemble_hidden_size=32,
+                        head_hidden_size=8,
+                    )
+                )
+            ),
+            _seq("backbone.encoder.layer", 2),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:backbone",
+            "hf:backbone",
+        ),
+        Family(
+            "ViTPose (pose head around its backbone)",
+            "transformers",
+            _hf(
+                lambda: T.VitPoseForPoseEstimation(
+                    T.VitPoseConfig(
+                        backbone_config=T.VitPoseBackboneConfig(
+                            hidden_size=32,
+                            num_hidden_layers=2,
+                            num_attention_heads=2,
+                            image_size=[64, 48],
+                            patch_size=[8, 8],
+                            out_indices=[2],
+                        )
+                    )
+                ),
+                processor=False,
+            ),
+            _seq("backbone.encoder.layer", 2),
+            ("act", "mlp.activation"),
+            (0, (8, 6)),
+            (0, (8, 6)),
+            "hf:backbone",
+            "hf:backbone",
+        ),
+        Family(
             "DINOv2 + registers classifier",
             "transformers",
             _hf(lambda: T.Dinov2WithRegistersForImageClassification(_dinov2_registers(num_labels=3))),
@@ -1089,6 +1193,12 @@ def _timm_families() -> list[Family]:
         ),
         Family("timm LeViT", "timm", _timm("levit_128", img_size=IMAGE), refuse="no norm before attention and MLP"),
         Family("timm MobileViT (batch folding)", "timm", _timm("mobilevit_xxs"), refuse="not the batch"),
+        Family(
+            "timm MaxViT (attention blocks held as attributes)",
+            "timm",
+            _timm("maxvit_pico_rw_256", img_size=64),
+            refuse="not items of a list of blocks",
+        ),
         Family(
             "timm CoaT",
             "timm",

@@ -92,11 +92,23 @@ def test_a_norm_inside_the_mlp_refuses_the_direct_lens(tmp_path):
         output_directions(model, "blocks.1.mlp.hook_post")
 
 
-def test_a_norm_after_attention_leaves_attn_out_out(tmp_path):
+def test_a_norm_after_attention_is_where_attn_out_is_read(tmp_path):
+    """open_clip's ``scale_attn`` normalises the attention's output before it joins the stream (``ln_attn``):
+    ``hook_attn_out`` is that norm's output, so ``resid_pre + attn_out == resid_mid`` holds and the hook is kept."""
     vision = dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32, block_type="custom", scale_attn=True)
     model = clipviz.load(_open_clip(vision)(tmp_path / "scale_attn"))
-    assert "blocks.0.hook_attn_out" not in model.hook_names()
-    assert "blocks.0.hook_mlp_out" in model.hook_names()
+    assert {"blocks.0.hook_attn_out", "blocks.1.hook_attn_out", "blocks.0.hook_mlp_out"} <= set(model.hook_names())
+    block = model.blocks[1].block
+    seen = {}
+    handle = block.ln_attn.register_forward_hook(lambda m, i, o: seen.update(out=o.detach()))
+    names = ["blocks.1.hook_resid_pre", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid"]
+    try:
+        _, cache = model.run_with_cache(torch.rand(2, 3, 32, 32), names)
+    finally:
+        handle.remove()
+    assert model.hook_point("blocks.1.hook_attn_out").native.endswith("ln_attn")
+    torch.testing.assert_close(cache[names[1]], seen["out"])
+    torch.testing.assert_close(cache[names[0]] + cache[names[1]], cache[names[2]], rtol=1e-5, atol=1e-5)
 
 
 def test_a_sweep_leaves_the_direct_lens_out_where_neurons_have_no_write_direction(tmp_path):

@@ -50,8 +50,10 @@ def test_preprocessing_matches_the_image_processor(tiny):
         return_tensors="pt",
     )["pixel_values"]
     torch.testing.assert_close(model.prepare(IMAGES), ref)
-    # Other sizes are resized to the model's own; one channel is repeated.
-    assert model.prepare(torch.rand(1, 3, 50, 40)).shape == (1, 3, 32, 32)
+    # Other sizes of the same shape are resized to the model's own, other shapes refused; one channel is repeated.
+    assert model.prepare(torch.rand(1, 3, 64, 64)).shape == (1, 3, 32, 32)
+    with pytest.raises(ClipvizError, match="would stretch them"):
+        model.prepare(torch.rand(1, 3, 50, 40))
     gray = torch.rand(1, 1, 32, 32)
     torch.testing.assert_close(model.prepare(gray), model.prepare(gray.expand(-1, 3, -1, -1)))
     with pytest.raises(ClipvizError, match=r"images must be a \(B, 3, H, W\) tensor"):

@@ -133,3 +133,63 @@ def test_a_crop_size_the_processor_does_not_apply_is_not_the_input_size(tmp_path
     assert tuple(model.image_size) == (48, 48) and model.layout(0).grid == (6, 6)
     photo = Image.fromarray(np.zeros((30, 70, 3), dtype=np.uint8))
     assert tuple(model.preprocess_pil(photo).shape) == (3, 48, 48)
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        {"kind": "CLIPImageProcessor", "size": {"shortest_edge": 32}, "do_center_crop": False},
+        {"kind": "DPTImageProcessor", "size": {"height": 32, "width": 32}, "keep_aspect_ratio": True},
+    ],
+    ids=["shortest-edge-no-crop", "dpt-keep-aspect-ratio"],
+)
+def test_a_processor_that_keeps_the_aspect_ratio_is_centre_cropped_not_stretched(tmp_path, processor):
+    """Where the processor's output follows the photo's shape, clipviz runs at its fixed size by centre-cropping
+    that output (and says so), never by stretching it: a photo whose left and right thirds are black and whose
+    middle third is white comes out white (a stretch would keep the black sides)."""
+    import transformers as T
+
+    directory = tmp_path / "vit"
+    config = T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    T.ViTModel(config).eval().save_pretrained(directory)
+    options = dict(processor)
+    getattr(T, options.pop("kind"))(**options).save_pretrained(directory)
+    model = clipviz.load(f"hf:{directory}")
+    assert tuple(model.image_size) == (32, 32)
+    assert any("keeps a photo's aspect ratio" in note for note in model.summary()["notes"])
+    photo = np.zeros((64, 192, 3), dtype=np.uint8)
+    photo[:, 64:128] = 255
+    x = model.preprocess_pil(Image.fromarray(photo))
+    assert tuple(x.shape) == (3, 32, 32)
+    assert x.min() > 0.9, "the black sides of the photo were kept: it was stretched, not cropped"
+
+
+def test_a_processor_that_needs_more_than_a_photo_is_replaced_and_said(tmp_path):
+    """ViTPose's processor needs person boxes: clipviz resizes and centre-crops photos itself, and says so."""
+    import transformers as T
+
+    directory = tmp_path / "vitpose"
+    backbone = T.VitPoseBackboneConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=[64, 48], patch_size=[8, 8]
+    )
+    T.VitPoseForPoseEstimation(T.VitPoseConfig(backbone_config=backbone)).eval().save_pretrained(directory)
+    T.VitPoseImageProcessor(size={"height": 64, "width": 48}).save_pretrained(directory)
+    model = clipviz.load(f"hf:{directory}")
+    notes = model.summary()["notes"]
+    assert any("cannot preprocess a photo alone" in n for n in notes) and any("backbone alone" in n for n in notes)
+    photo = np.zeros((100, 300, 3), dtype=np.uint8)
+    photo[:, 100:200] = 255
+    x = model.preprocess_pil(Image.fromarray(photo))
+    assert tuple(x.shape) == (3, 64, 48) and x.min() > 0.9
+
+
+def test_tensors_of_another_aspect_ratio_are_refused_not_stretched(tiny):
+    """``prepare`` resizes tensors of the model's aspect ratio and refuses any other shape: never a stretch."""
+    from clipviz.errors import ClipvizError
+
+    model = clipviz.load(tiny["clip"][1])
+    h, w = model.image_size
+    x = torch.rand(1, 3, h, w)
+    assert model.prepare(x.repeat_interleave(2, 2).repeat_interleave(2, 3)).shape == x.shape
+    with pytest.raises(ClipvizError, match="would stretch them"):
+        model.prepare(torch.rand(1, 3, h, 2 * w))

@@ -204,7 +204,8 @@ BAD = [
     ([*C, "--method", "nope", "--out", "{out}"], "invalid choice"),
     # atlas, publish, demo
     (["atlas", "{tmp}/missing", "--out", "{out}"], "does not exist"),
-    (["atlas", "{tmp}", "--out", "{tmp}/file"], "is not an atlas"),
+    (["atlas", "{tmp}", "--out", "{tmp}/file"], "is a file, not a folder"),
+    (["atlas", "{tmp}", "--out", "{tmp}/full"], "holds no atlas.json"),
     (["atlas", "{tmp}/empty", "--page-size", "0", "--out", "{out}"], ("--page-size", "at least 1")),
     (["publish", "{tmp}/missing", "--space", "a/b", "--dry-run"], "not a folder"),
     (["demo", "--steps", "0", "--out", "{out}"], ("--steps", "between 1 and 100000")),
@@ -230,7 +231,7 @@ BAD = [
             (["--vocab", "nosuch"], "unknown vocabulary"),
             (["--dataset", "world:40", "--top-k", "1000"], "larger than the dataset"),
             (["--words", "100000"], "more than the vocabulary"),
-            (["--site", "{tmp}/full"], "is not an atlas"),
+            (["--site", "{tmp}/full"], ("--site", "holds no atlas.json")),
             (["--stage", "{tmp}/full"], "not empty"),
             (["--space", "not a repo"], "bad Space id"),
             (["--workers", "-1"], ("--workers", "at least 0")),

@@ -366,3 +366,23 @@ def test_diversity_is_minus_the_mean_gram_similarity_within_groups(planted):
     assert same[2] == 0.0  # alone in its group
     mixed = evaluate(planted, Diversity(HOOK, groups=[0, 1, 0]), images)
     assert -1.0 < float(mixed[0]) < 0.0 and mixed[0] == pytest.approx(float(mixed[2]), abs=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["default", "pii"])
+def test_a_non_square_model_sees_its_own_shape_never_a_stretched_square(tmp_path, recipe):
+    """A 32x48 (height x width) ViT: the rendered image is 32 high and 48 wide and the model is fed exactly that,
+    at every zoom stage of a multi-stage recipe; ``--size`` sets the height and keeps the aspect ratio."""
+    from families import _timm
+
+    spec = _timm("vit_tiny_patch16_224", img_size=(32, 48), patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    model = clipviz.load(spec(tmp_path / "wide"))
+    seen = set()
+    stem = model.native.patch_embed
+    handle = stem.register_forward_pre_hook(lambda m, args: seen.add(tuple(args[0].shape[-2:])))
+    try:
+        (vis,) = visualize(model, HOOK, [0], recipe=recipe, steps=3, copies=1, progress=False)
+        (big,) = visualize(model, HOOK, [0], recipe="default", steps=2, copies=1, size=64, progress=False)
+    finally:
+        handle.remove()
+    assert seen == {(32, 48)}
+    assert vis.image.size == (48, 32) and big.image.size == (96, 64)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clipviz.apps.validate import check_new_folder
 from clipviz.errors import ClipvizError
 from clipviz.images import HEAT_RGB
 from clipviz.plugins import registry
@@ -442,15 +443,6 @@ def _hook_order(hook: str) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in hook.split("."))
 
 
-def check_site(out: str | Path) -> Path:
-    """``out`` as a folder an atlas may be written to: new, empty or an atlas (which is replaced); anything else is
-    a one-line error, so that nothing of the user's is overwritten."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ATLAS_FILE).is_file())):
-        raise ClipvizError(f"'{out}' exists and is not an atlas: choose a new or empty folder for the site")
-    return out
-
-
 def build_atlas(results: str | Path, out: str | Path, *, page_size: int = 256) -> Path:
     """Build the atlas of the results under ``results`` into ``out`` (replaced atomically) and return ``out``.
 
@@ -459,7 +451,7 @@ def build_atlas(results: str | Path, out: str | Path, *, page_size: int = 256) -
     """
     if page_size < 1:
         raise ClipvizError(f"page size must be at least 1, got {page_size}")
-    out = check_site(out)
+    out = check_new_folder(out, "atlas folder", replaceable=ATLAS_FILE)
     found = collect(results)
     staging = None
     try:

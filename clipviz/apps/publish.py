@@ -19,6 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from clipviz.apps.validate import check_new_folder
 from clipviz.errors import ClipvizError
 from clipviz.results import is_atlas, read_atlas
 
@@ -402,12 +403,6 @@ def stage_space(site: Path, folder: Path, title: str, model: str | None = None) 
     return folder
 
 
-def fresh_folder(folder: Path) -> Path:
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ClipvizError(f"--stage folder '{folder}' exists and is not empty: choose a new or empty folder")
-    return folder
-
-
 def publish(
     path: str | Path,
     *,
@@ -433,7 +428,7 @@ def publish(
         if repo:
             check_repo(repo, what)
     if stage is not None:
-        stage = fresh_folder(Path(stage))
+        stage = check_new_folder(stage, "--stage folder")
     api = None
     if not dry_run:
         from huggingface_hub import HfApi, get_token

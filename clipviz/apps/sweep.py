@@ -149,8 +149,9 @@ def make_plan(
 ) -> SweepPlan:
     """Check every choice against the model and the data, and say what the sweep will do."""
     from clipviz.analysis.concepts import load_vocabulary
-    from clipviz.apps.atlas import check_site
+    from clipviz.apps.atlas import ATLAS_FILE
     from clipviz.apps.options import parse_indices
+    from clipviz.apps.validate import check_new_folder
     from clipviz.data.sources import open_source
     from clipviz.plugins import registry
 
@@ -213,7 +214,7 @@ def make_plan(
                 f"use at most {concepts}"
             )
     if site is not None:
-        check_site(site)
+        check_new_folder(site, "--site", replaceable=ATLAS_FILE)
         _check_site_place(Path(site), Path(out))
     overrides = {"steps": steps} if steps is not None else {}
     chosen_recipe = _sweep_recipe(model, names, recipe, overrides)
@@ -439,10 +440,14 @@ def measure(model: HookedVisionModel, plan: SweepPlan, accelerator=None) -> dict
         )
         gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:], strict=False))  # warm-up left out
         per_step = gaps[len(gaps) // 2] if gaps else stamps[-1] - started
+        # what a batch costs besides its steps (the parameterisation, the first step's set-up): a short run is
+        # mostly this, so leaving it out undercounted 3-step sweeps several times over
+        per_batch = max(0.0, stamps[-1] - started - len(stamps) * per_step) if stamps else 0.0
         seconds = 0.0
         for h, left in pending.items():
             batches_left = math.ceil(left / plan.batch_size)
-            seconds += (batches_left * recipe.total_steps * per_step + left * per_reference) * _depth(model, h) / depth
+            steps = batches_left * (recipe.total_steps * per_step + per_batch)
+            seconds += (steps + left * per_reference) * _depth(model, h) / depth
         estimate["visualize"] = seconds / (accelerator.num_processes if accelerator is not None else 1)
     if "concepts" in estimate:
         estimate["concepts"] = estimate.pop("concepts")  # the stages' order

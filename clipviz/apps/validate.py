@@ -112,3 +112,14 @@ def check_output_dir(path: str | Path, option: str = "--out") -> Path:
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise ClipvizError(f"{option} '{path}': cannot write in '{probe}' (permission denied)")
     return path
+
+
+def check_new_folder(path: str | Path, option: str, *, replaceable: str | None = None) -> Path:
+    """A folder to be written from scratch: new or empty, or one holding the file ``replaceable`` (a previous build
+    of the same thing, which is replaced), and writable; refused in one line before any work, so that nothing of the
+    user's is overwritten."""
+    path = check_output_dir(path, option)
+    if path.exists() and any(path.iterdir()) and not (replaceable and (path / replaceable).is_file()):
+        what = f"is not empty and holds no {replaceable}" if replaceable else "is not empty"
+        raise ClipvizError(f"{option} '{path}' exists and {what}: choose a new or empty folder")
+    return path

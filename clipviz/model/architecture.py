@@ -22,7 +22,7 @@ _LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2", "rms_norm2", "ffn_nor
 _ATTN = ("self_attn", "attention", "attn")
 _MLP = ("mlp", "ffn", "feed_forward")
 _FC1 = ("mlp.fc1", "intermediate.dense", "mlp.c_fc", "mlp.up_proj")
-_ACT = ("mlp.activation_fn", "intermediate.intermediate_act_fn", "mlp.gelu", "mlp.act", "mlp.act_fn")
+_ACT = ("mlp.activation_fn", "intermediate.intermediate_act_fn", "mlp.gelu", "mlp.act", "mlp.act_fn", "mlp.activation")
 _FC2 = ("mlp.fc2", "output.dense", "mlp.c_proj", "mlp.down_proj")
 # Gated MLPs (SwiGLU / GeGLU): (gate, up, down) relative to the MLP module.
 # The flag says whether the MLP's ``norm`` (if any) sits after the product (timm SwiGLU) or before it (ViTamin).
@@ -64,6 +64,7 @@ class BlockParts:
     mid: nn.Module | None = None  # module whose input is the MLP's hidden units (after act / the gated product)
     layer_scale2: nn.Module | nn.Parameter | None = None  # scale applied to the MLP output in the residual stream
     layer_scale1: nn.Module | nn.Parameter | None = None  # the same for the attention output
+    attn_post: nn.Module | None = None  # a norm of the attention's output inside its branch (open_clip ``ln_attn``)
 
     @property
     def d_model(self) -> int:
@@ -237,6 +238,13 @@ def _mlp_parts(block: nn.Module) -> dict | None:
     return {"fc1": fc1, "gate": None, "packed_gate": None, "act": act, "fc2": fc2, "mid": mid}
 
 
+def _branch_norm(block: nn.Module) -> nn.Module | None:
+    """The norm open_clip's custom block (``scale_attn``) applies to the attention's output before it joins the
+    stream: what the block adds is that norm's output, so ``hook_attn_out`` is read there."""
+    norm = _get(block, "ln_attn")
+    return norm if _is_norm(norm) else None
+
+
 def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> BlockParts | None:
     """The parts of ``block`` if it is a pre-norm transformer block, else ``None``."""
     ln1, ln2 = _first(block, _LN1), _first(block, _LN2)
@@ -273,6 +281,7 @@ def parse_block(block: nn.Module, index: int, path: str, stage: int = 0) -> Bloc
         mid=mlp["mid"],
         layer_scale2=_layer_scale(block, _LAYER_SCALE2),
         layer_scale1=_layer_scale(block, _LAYER_SCALE1),
+        attn_post=_branch_norm(block),
     )
 
 

@@ -227,7 +227,9 @@ class HookedVisionModel(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images (B, 3 or 1, H, W) -> the model's normalised input at its native size."""
+        """[0, 1] images (B, 3 or 1, H, W) -> the model's normalised input at its native size.
+
+        Images of the model's aspect ratio are resized to its size; any other shape is refused, never stretched."""
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ClipvizError(f"images must be a (B, 3, H, W) tensor in [0, 1] (1 channel is repeated); got {shape}")
@@ -239,6 +241,12 @@ class HookedVisionModel(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != tuple(self.image_size):
+            (h, w), (th, tw) = x.shape[-2:], self.image_size
+            if abs(h * tw - w * th) > max(th, tw):  # more than a pixel's rounding away from the model's shape
+                raise ClipvizError(
+                    f"images are {h}x{w} (height x width) but the model runs at {th}x{tw}: resizing them would "
+                    "stretch them; crop them to its aspect ratio first, or load photos with model.preprocess_pil"
+                )
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
         return ((x - self._mean) / self._std).to(self.dtype)
 

@@ -203,7 +203,8 @@ class HookRegistry:
                 return HookPoint(module=parts.fc1, native=parts.native("fc1"), on_input=True, **common)
             return HookPoint(module=parts.ln2, native=parts.native("ln2"), on_input=True, **common)
         if point == "hook_attn_out":
-            return HookPoint(module=parts.attn, native=parts.native("attn"), on_input=False, **common)
+            where = "attn_post" if parts.attn_post is not None else "attn"
+            return HookPoint(module=getattr(parts, where), native=parts.native(where), on_input=False, **common)
         if point == "mlp.hook_pre":
             if parts.gate is not None:  # gated MLP: the gate's pre-activation
                 return HookPoint(module=parts.gate, native=parts.native("gate"), on_input=False, **common)

@@ -26,10 +26,17 @@ def _block_like(root: nn.Module) -> str | None:
             odd = [n for n in children if n not in mlp and n not in norms and not n.startswith(("drop", "ls", "gamma"))]
             return f"the attention module of its blocks is not recognised (e.g. {where}: {', '.join(odd[:3])})"
         if attn and mlp:
+            from clipviz.model.architecture import _mlp_parts, parse_block
+
+            if parse_block(module, 0, path) is not None:
+                parent = path.rsplit(".", 1)[0] if "." in path else ""
+                owner = type(root.get_submodule(parent)).__name__ if path else type(root).__name__
+                return (
+                    f"its transformer blocks are not items of a list of blocks (e.g. {where} is an attribute of "
+                    f"{owner}), so clipviz cannot hook them in execution order"
+                )
             if not norms:
                 return f"its blocks have no norm before attention and MLP (e.g. {where}); clipviz needs pre-norm blocks"
-            from clipviz.model.architecture import _mlp_parts
-
             if _mlp_parts(module) is not None:
                 return f"the norms of its blocks are not recognised (e.g. {where}: {', '.join(norms[:2])})"
             inner = {n.rsplit(".", 1)[-1] for n, _ in children[mlp[0]].named_modules()}

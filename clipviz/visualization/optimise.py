@@ -54,7 +54,8 @@ MAX_SIZE_FACTOR = 4
 
 
 def check_size(model: HookedVisionModel, size: int | None) -> int:
-    """The image side to render (the model's input size by default): at least one patch, at most
+    """The image height to render (the model's input height by default; the width follows its aspect ratio, see
+    ``canvas``): at least one patch, at most
     ``MAX_SIZE_FACTOR`` times the model's input size (images are resized to the input size inside the model)."""
     native = max(model.image_size)
     if size is None:
@@ -133,12 +134,19 @@ def _rngs(seeds: Sequence[int], stream: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed((int(s) * 1_000_003 + stream) % (2**63)) for s in seeds]
 
 
-def _resized(images: torch.Tensor, side: int) -> torch.Tensor:
+def canvas(model: HookedVisionModel, side: int) -> tuple[int, int]:
+    """The rendered image's (height, width): ``side`` rows, and the model's own aspect ratio, so that a
+    non-square model (ViTPose's 256x192) is never fed a stretched square."""
+    h, w = model.image_size
+    return int(side), max(1, round(side * w / h))
+
+
+def _resized(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ClipvizError(f"start images must be (n, 3, H, W) in [0, 1], got {tuple(images.shape)}")
-    if tuple(images.shape[-2:]) == (side, side):
+    if tuple(images.shape[-2:]) == shape:
         return images.float()
-    return F.interpolate(images.float(), size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(images.float(), size=shape, mode="bilinear", align_corners=False, antialias=True)
 
 
 def _paste_previous(param: PixelImage, previous: torch.Tensor, pad: float) -> None:
@@ -210,7 +218,7 @@ def optimise(
     report = objective if report is None else report
     n = len(seeds)
     labels = list(labels) if labels is not None else list(range(n))
-    side = check_size(model, size or recipe.size)
+    shape = canvas(model, check_size(model, size or recipe.size))
     if init is not None and len(init) != n:
         raise ClipvizError(f"one start image per seed: {n} seeds, {len(init)} images")
     if recipe.param != "pixel" and len(recipe.stages) > 1:
@@ -226,16 +234,16 @@ def optimise(
     previous, start = None, None
     total, step_no = recipe.total_steps, 0
     for stage, fraction in enumerate(recipe.stages):
-        stage_side = max(8, round(side * fraction))
+        stage_shape = (max(8, round(shape[0] * fraction)), max(8, round(shape[1] * fraction)))
         stage_seeds = [int(s) * 7919 + stage if stage else int(s) for s in seeds]
-        param = make_param(recipe.param, stage_seeds, (stage_side, stage_side)).to(device)
+        param = make_param(recipe.param, stage_seeds, stage_shape).to(device)
         if init is not None and stage == 0:
-            param.set_image(_resized(init, stage_side).to(device))
+            param.set_image(_resized(init, stage_shape).to(device))
         if previous is not None:
             _paste_previous(param, previous, recipe.zoom_pad)
         if start is None:
             start = evaluate(model, report, param().detach(), autocast, speedups)
-        transforms, prenormalised = augmentations(recipe, model, stage_side, speedups)
+        transforms, prenormalised = augmentations(recipe, model, stage_shape, speedups)
         opt = torch.optim.Adam(param.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)
         first_bad = torch.full((n,), -1, dtype=torch.long, device=device)  # step at which each loss broke
         for k in range(recipe.steps):
@@ -268,7 +276,7 @@ def optimise(
                 on_step(step_no, values.detach())
         previous = param().detach()
     final = previous.clamp(0, 1)
-    if final.shape[-1] != side:
-        final = F.interpolate(final, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    if tuple(final.shape[-2:]) != shape:
+        final = F.interpolate(final, size=shape, mode="bilinear", align_corners=False, antialias=True)
     end = evaluate(model, report, final, autocast, speedups)
     return RenderResult(images=final.float().cpu(), start=start, end=end)

@@ -53,13 +53,13 @@ class SpeedUps:
         return onednn_linear_is_faster(device) if self.onednn_linear is None else bool(self.onednn_linear)
 
 
-def augmentations(recipe, model, side: int, speedups: SpeedUps) -> tuple[list, bool]:
-    """The recipe's per-step transforms for images of ``side`` pixels, with the affine chain fused where it may
+def augmentations(recipe, model, shape: tuple[int, int], speedups: SpeedUps) -> tuple[list, bool]:
+    """The recipe's per-step transforms for images of ``shape`` (height, width), with the affine chain fused where it may
     be, and whether the model's normalisation was folded into it (then the model must take the images as they are:
     ``model.prenormalised()``)."""
     transforms = recipe.transforms()
     if not speedups.fused_affine:
         return transforms, False
-    at_input_size = (side, side) == tuple(model.image_size)
+    at_input_size = tuple(shape) == tuple(model.image_size)
     chain, rest, folded = fuse_affine(transforms, model.normalisation() if at_input_size else None)
     return ([chain] if chain is not None else []) + rest, folded

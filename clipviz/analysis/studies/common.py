@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from clipviz.data.sources import check_spec
 from clipviz.errors import ClipvizError, check_int
-from clipviz.images import pil_to_tensor
+from clipviz.images import fit_pil, pil_to_tensor
 from clipviz.plugins import registry
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def caption_words(captions: Sequence[str | None], max_words: int = 256, min_coun
 def _mask_to_tensor(img, size: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
-    array = np.asarray(img.convert("L").resize((size[1], size[0]), Image.NEAREST))
+    array = np.asarray(fit_pil(img.convert("L"), size, Image.NEAREST))
     return torch.from_numpy(array > 127 if array.max() > 1 else array > 0)
 
 
@@ -126,7 +126,7 @@ def load_probe(
     """``world`` / ``world:N`` (N images of the synthetic world, single objects, with masks and factors), a folder
     of images (classes from the first sub-folder when there are several) or a Hugging Face data set (id or saved
     directory; ``label_column`` / ``caption_column`` / ``mask_column`` name its columns). At most ``n`` images,
-    resized to ``size``."""
+    their shortest side resized to ``size`` and the centre cropped (masks alike), never stretched."""
     if n < 1:
         raise ClipvizError(f"the number of probe images (--samples) must be >= 1, got {n}")
     check_spec(spec)
@@ -148,7 +148,7 @@ def _folder_probe(spec: str, size, n: int, templates) -> Probe:
     for i, img, _ in source:
         if img is None:
             continue
-        images.append(pil_to_tensor(img, size))
+        images.append(pil_to_tensor(fit_pil(img.convert("RGB"), size)))
         rel = Path(source.describe[i])
         groups.append(rel.parts[0] if len(rel.parts) > 1 else None)
         if len(images) == n:
@@ -201,7 +201,7 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
     for row in ds:
         if row[image_column] is None:  # an unreadable row is left out whole, so the columns stay aligned
             continue
-        images.append(pil_to_tensor(row[image_column], size))
+        images.append(pil_to_tensor(fit_pil(row[image_column].convert("RGB"), size)))
         if mask_column:
             masks.append(_mask_to_tensor(row[mask_column], size))
         if label_column:

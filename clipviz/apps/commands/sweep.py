@@ -141,8 +141,9 @@ def space_id(args: argparse.Namespace) -> str:
 def check_publishing(args: argparse.Namespace) -> None:
     """Refuse a bad Space id, a missing token or a --stage folder that is not new and empty, or that the sweep
     writes into, before any work."""
-    from clipviz.apps.publish import check_repo, fresh_folder
+    from clipviz.apps.publish import check_repo
     from clipviz.apps.sweep import check_stage_place
+    from clipviz.apps.validate import check_new_folder
     from clipviz.errors import ClipvizError
     from clipviz.results import sweep_paths
 
@@ -158,6 +159,6 @@ def check_publishing(args: argparse.Namespace) -> None:
     elif args.private:
         raise ClipvizError("--private is for --space: it makes the published Space private")
     if args.stage is not None:
-        fresh_folder(Path(args.stage))
+        check_new_folder(args.stage, "--stage")
         site = Path(args.site) if args.site else sweep_paths(Path(args.out))["atlas"]
         check_stage_place(Path(args.stage), Path(args.out), site)

@@ -72,6 +72,7 @@ _ROOTS = (
     "dinov3",
     "pixio",
     "radio",
+    "backbone",  # a task model around a backbone (Depth Anything, ViTPose, UperNet): clipviz runs the backbone
 )
 
 
@@ -173,8 +174,8 @@ def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
     )
 
 
-def _forward(model: nn.Module, vision: nn.Module):
-    if _is_generative(model):
+def _forward(model: nn.Module, vision: nn.Module, vision_path: str):
+    if _is_generative(model) or vision_path == "backbone":
         return (lambda x: _pooled(vision(pixel_values=x))), "pooled"
     if hasattr(model, "get_image_features"):
 
@@ -235,19 +236,29 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
     vision, vision_path = _vision_root(model)
     find_blocks(vision)  # an unsupported architecture fails here, before its processor and tokenizer are read
     vcfg = getattr(config, "vision_config", None) or config
+    if vision_path == "backbone":
+        vcfg = getattr(config, "backbone_config", None) or getattr(vision, "config", None) or config
     if ref:
         mean, std, source, processor = _preprocessing(ref, config, kwargs)
     else:  # a module built in memory with no saved processor
         mean, std, source, processor = _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)", None
-    forward, output_kind = _forward(model, vision)
+    forward, output_kind = _forward(model, vision, vision_path)
+    # the image processor's output size first: what the library's own pipeline feeds the model (DINOv2's config
+    # says 518 while its processor crops 224; running it at 518 would up-sample every data image)
+    image_size = _pair(_processor_size(processor) or getattr(vcfg, "image_size", None) or 224)
+    transform, fitted = hf_transform(processor, image_size)
+    notes = [fitted] if fitted else []
+    if vision_path == "backbone":
+        notes.append(
+            f"runs the backbone alone ({type(vision).__name__}): the task head is not run, and the output is the "
+            "mean of the backbone's last feature map"
+        )
     facts = {
-        # the image processor's output size first: what the library's own pipeline feeds the model (DINOv2's
-        # config says 518 while its processor crops 224; running it at 518 would up-sample every data image)
-        "image_size": _pair(_processor_size(processor) or getattr(vcfg, "image_size", None) or 224),
+        "image_size": image_size,
         "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
         "forward": forward,
-        "pil_transform": hf_transform(processor),
-        "notes": (),
+        "pil_transform": transform,
+        "notes": tuple(notes),
     }
     model_type = getattr(config, "model_type", "")
     if model_type == "timm_wrapper":

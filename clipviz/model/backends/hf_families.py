@@ -20,6 +20,9 @@ def _is_generative(model: nn.Module) -> bool:
 def _pooled(out):
     if getattr(out, "pooler_output", None) is not None:
         return out.pooler_output
+    if getattr(out, "feature_maps", None):  # a backbone (DINOv2 / ViTPose ``*Backbone``): its last feature map
+        last = out.feature_maps[-1]
+        return last.mean((-2, -1)) if last.ndim == 4 else last.mean(1)
     hidden = out.last_hidden_state
     return hidden.mean((-2, -1)) if hidden.ndim == 4 else hidden[:, 0]
 
@@ -78,6 +81,7 @@ def _naflex(model: nn.Module, vcfg, facts: dict, output_kind: str) -> None:
     else:
         facts["forward"] = lambda x: _pooled(vision(**patches(x)))
     facts["pil_transform"] = None  # its processor returns patches at a varying size: clipviz resizes + crops
+    # replaces any note on the processor's output: its transform is not used
     facts["notes"] = (f"NaFlex: run on a fixed {side}x{side} grid of patches (all patches valid)",)
 
 
@@ -94,4 +98,4 @@ def _no_masking(model: nn.Module, vision: nn.Module, facts: dict) -> None:
         return _pooled(target(pixel_values=x, noise=noise))
 
     facts["forward"] = forward
-    facts["notes"] = ("ViTMAE: random masking turned off (mask ratio 0, patches in their own order)",)
+    facts["notes"] = (*facts["notes"], "ViTMAE: random masking turned off (mask ratio 0, patches in their own order)")

@@ -12,33 +12,60 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from clipviz.images import pil_to_tensor
+from clipviz.images import fit_pil, pil_to_tensor
 
 
 def fallback_transform(size: tuple[int, int]) -> Callable[[Image.Image], torch.Tensor]:
     """Resize the shortest side to fit ``size`` (bicubic), then centre-crop: the common default."""
+    return lambda image: pil_to_tensor(fit_pil(image, size))
+
+
+def centre_fit(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` (3, h, w) at exactly ``size``, its aspect ratio kept: resized only if it does not cover ``size``, then
+    centre-cropped. For processors whose output follows the photo's shape (a shortest-edge resize without a crop,
+    DPT's ``keep_aspect_ratio``): clipviz runs at one fixed size and never stretches a photo to it."""
     h, w = size
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    scale = max(h / x.shape[-2], w / x.shape[-1])
+    if scale > 1 or min(x.shape[-2] - h, x.shape[-1] - w) > 0:
+        rh, rw = max(h, round(x.shape[-2] * scale)), max(w, round(x.shape[-1] * scale))
+        x = torch.nn.functional.interpolate(x[None], size=(rh, rw), mode="bicubic", antialias=True)[0].clamp(0, 1)
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[:, top : top + h, left : left + w]
 
-    def fn(image: Image.Image) -> torch.Tensor:
-        scale = max(h / image.height, w / image.width)
-        rh, rw = max(h, round(image.height * scale)), max(w, round(image.width * scale))
-        image = image.resize((rw, rh), Image.BICUBIC)
-        top, left = (rh - h) // 2, (rw - w) // 2
-        return pil_to_tensor(image.crop((left, top, left + w, top + h)))
 
-    return fn
+def hf_transform(processor, size: tuple[int, int]) -> tuple[Callable[[Image.Image], torch.Tensor] | None, str | None]:
+    """The transformers image processor's own resize / crop / rescale, with its normalisation switched off, and a
+    note on how clipviz departs from it (``None`` where it does not).
 
-
-def hf_transform(processor) -> Callable[[Image.Image], torch.Tensor] | None:
-    """The transformers image processor's own resize / crop / rescale, with its normalisation switched off."""
+    The processor is tried once on a plain 3:2 photo. Where its output follows the photo's shape (a shortest-edge
+    resize without a crop, DPT's ``keep_aspect_ratio``), the output is fitted to the model's fixed ``size`` by
+    ``centre_fit``, never stretched; where it cannot preprocess a photo alone (ViTPose's needs person boxes), there
+    is no transform and clipviz resizes and centre-crops photos itself."""
     if processor is None or not callable(processor):
-        return None
+        return None, None
 
     def fn(image: Image.Image) -> torch.Tensor:
         out = processor(images=image.convert("RGB"), do_normalize=False, return_tensors="pt")
         return out["pixel_values"][0].float()
 
-    return fn
+    photo = Image.new("RGB", (3 * max(size), 2 * max(size)), (128, 128, 128))
+    try:
+        shape = tuple(fn(photo).shape[-2:])
+    except Exception as error:  # noqa: BLE001 - any failure means the processor cannot be used on photos alone
+        first = (str(error).splitlines() or [""])[0][:120]
+        return None, (
+            f"the image processor cannot preprocess a photo alone ({type(error).__name__}: {first}); clipviz "
+            "resizes the shortest side and centre-crops photos itself"
+        )
+    if shape == tuple(size):
+        return fn, None
+    note = (
+        f"the image processor keeps a photo's aspect ratio (a {photo.width}x{photo.height} photo becomes "
+        f"{shape[1]}x{shape[0]}); clipviz runs at a fixed {size[1]}x{size[0]} and centre-crops its output"
+    )
+    return (lambda image: centre_fit(fn(image), size)), note
 
 
 def open_clip_transform(model) -> Callable[[Image.Image], torch.Tensor]:
