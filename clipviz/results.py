@@ -8,7 +8,7 @@ A results folder holds any of (``<hook>`` is a hook name such as ``blocks.6.mlp.
     <out>/<hook>/neuron-00042.data-guided.png      the same neuron's data-guided image (``.accentuated``: seeded)
     <out>/<group>/grid.png                         every image of a group side by side (``grid.<kind>.png``)
     <out>/<hook>/examples.safetensors + .json      top dataset examples (scores, indices, heat maps)
-    <out>/thumbs/<index>.png                       thumbnails of the dataset images kept as examples
+    <out>/thumbs/<source key>/<index>.png          thumbnails of the dataset images kept as examples
     <out>/<hook>/concepts-<method>.parquet + .csv  words per neuron and rank, with scores
     <out>/shards/...                               unfinished work of a resumable run (ignored by readers)
 
@@ -305,8 +305,13 @@ def examples_dir(out: Path, hook: str) -> Path:
     return Path(out) / hook
 
 
-def thumbnail_path(out: Path, index: int) -> Path:
-    return Path(out) / THUMBS_DIR / f"{index}.png"
+def thumbnail_path(out: Path, index: int, settings: dict) -> Path:
+    """Where the thumbnail of image ``index`` of an examples result with ``settings`` lives: under a folder named
+    by the images' source identity and the model's input size (its crop), so two datasets mined into one folder,
+    or a dataset whose images were replaced, never share a thumbnail."""
+    source = settings.get("source_identity") or settings.get("source") or ""
+    key = hashlib.sha256(f"{source}|{settings.get('image_size')}".encode()).hexdigest()[:12]
+    return Path(out) / THUMBS_DIR / key / f"{index}.png"
 
 
 def write_examples(out: Path, hook: str, tensors: dict, meta: dict) -> None:

@@ -1490,4 +1490,6 @@ def _open_clip_families() -> list[Family]:
 
 
 def all_families() -> list[Family]:
-    return [*_hf_families(), *_timm_families(), *_open_clip_families()]
+    from families_more import more_families
+
+    return [*_hf_families(), *_timm_families(), *_open_clip_families(), *more_families()]

@@ -13,6 +13,7 @@ The table in ``docs/architectures.md`` is produced from the same results; ``CLIP
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -194,6 +195,25 @@ def _native_pattern(family: Family, model, path: str, index: int, images) -> tor
                 return tower(pixel_values=x, output_attentions=True, **_no_shuffle(model, tower, x)).attentions[index]
             finally:
                 tower.set_attn_implementation("sdpa")
+        if kind == "eager":  # transformers' eager attention: the model's own output_attentions, or the weights the
+            # block's attention module returns where the model's forward needs more than pixels (a VLM's)
+            previous = model.native.config._attn_implementation
+            model.native.set_attn_implementation("eager")
+            try:
+                with contextlib.suppress(TypeError, ValueError, AttributeError):
+                    found = model.native(pixel_values=x, output_attentions=True).attentions
+                    if found is not None and len(found) == model.n_blocks:
+                        return found[index]
+                seen = []
+                handle = model.blocks[index].attn.register_forward_hook(lambda m, a, out: seen.append(out[1]))
+                try:
+                    model.backend.forward(x)
+                finally:
+                    handle.remove()
+                return seen[0]
+            finally:
+                with contextlib.suppress(ValueError):  # a sub-model without sdpa (DPT-hybrid's BiT) stays eager
+                    model.native.set_attn_implementation(previous)
         attn = block.attn
         if kind == "timm":
             fused = getattr(attn, "fused_attn", None)

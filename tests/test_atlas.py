@@ -133,7 +133,7 @@ def test_rebuild_replaces_an_atlas_but_never_other_folders(results, site, tmp_pa
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    with pytest.raises(ClipvizError, match="not an atlas"):
+    with pytest.raises(ClipvizError, match="holds no atlas.json"):
         build_atlas(results["root"], other)
     assert (other / "notes.txt").read_text() == "keep me"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mine")]  # no staging folder left behind

@@ -112,7 +112,7 @@ def test_results_round_trip_and_cli(planted, folder, tmp_path, capsys):
     assert "skipped 2 unreadable images" in captured
     loaded = ExampleResult.load(out, HOOK)
     assert loaded.neurons == [0, 1] and loaded.scores.shape == (2, 2)
-    assert (out / "thumbs").is_dir() and len(list((out / "thumbs").glob("*.png"))) >= 2
+    assert (out / "thumbs").is_dir() and len(list((out / "thumbs").rglob("*.png"))) >= 2
 
 
 def test_bad_datasets_fail_with_one_line(planted, tmp_path, capsys):

@@ -193,3 +193,30 @@ def test_tensors_of_another_aspect_ratio_are_refused_not_stretched(tiny):
     assert model.prepare(x.repeat_interleave(2, 2).repeat_interleave(2, 3)).shape == x.shape
     with pytest.raises(ClipvizError, match="would stretch them"):
         model.prepare(torch.rand(1, 3, h, 2 * w))
+
+
+def test_a_tiling_processor_gives_the_whole_photo_never_one_tile(tmp_path):
+    """GOT-OCR2's processor (Aya Vision, InternVL) splits a photo into tiles plus a thumbnail: clipviz turns the
+    tiling off and sees the whole photo. LLaVA-OneVision's any-resolution grid cannot be turned off: clipviz resizes
+    and centre-crops the photo itself and says so; it never takes one of the crops."""
+    import transformers as T
+
+    photo = np.zeros((40, 80, 3), dtype=np.uint8)
+    photo[:, 40:] = 255  # left half black, right half white: any tile is all one colour, the whole photo is half
+    config = T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    processors = {
+        "tiles": T.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=True, max_patches=4),
+        "anyres": T.LlavaOnevisionImageProcessor(
+            size={"height": 32, "width": 32}, image_grid_pinpoints=[[32, 32], [32, 64], [64, 64]]
+        ),
+    }
+    for name, processor in processors.items():
+        directory = tmp_path / name
+        T.ViTModel(config).eval().save_pretrained(directory)
+        processor.save_pretrained(directory)
+        model = clipviz.load(f"hf:{directory}")
+        x = model.preprocess_pil(Image.fromarray(photo))
+        assert tuple(x.shape) == (3, 32, 32), name
+        assert abs(float(x.mean()) - 0.5) < 0.05, f"{name}: not the whole photo (mean {float(x.mean()):.2f})"
+        notes = model.summary()["notes"] or []
+        assert (name == "anyres") == any("pixel values" in n for n in notes), (name, notes)

@@ -133,18 +133,36 @@ class StoredActivations:
     neurons: list[int]  # neuron of each column
 
 
-def stored_activations(folder, hook: str, neurons=None) -> StoredActivations:
+def stored_activations(folder, hook: str, neurons=None, *, model=None) -> StoredActivations:
     """The probe matrix that ``clipviz examples --save-activations`` stored under ``folder``: activations (images,
     neurons) as float32, the images' indices, the probe set's name and the neurons (all stored ones by default).
-    Reading it instead of running the model again gives the same SoftWPMI input as ``probe_activations``."""
+    Reading it instead of running the model again gives the same SoftWPMI input as ``probe_activations``.
+
+    Refused where it is not this ``model``'s (another spec or other weights) or where the probe set's images are
+    no longer those it was mined from."""
     from pathlib import Path
 
     from clipviz.analysis.examples import ExampleResult
+    from clipviz.data.sources import open_source
 
     folder = Path(folder)
     if not (folder / hook / "examples.json").is_file():
         raise ClipvizError(f"no examples for hook '{hook}' in '{folder}': run clipviz examples --save-activations")
     stored = ExampleResult.load(folder, hook)
+    if model is not None:
+        mine = model.identity()
+        theirs = {k: stored.settings.get(k) for k in ("model", "weights")}
+        if theirs != {k: mine[k] for k in theirs}:
+            raise ClipvizError(
+                f"the activations in '{folder}' were mined with model '{theirs['model']}'"
+                + (" (other weights)" if theirs["model"] == mine["model"] else "")
+                + f", not these weights of '{mine['model']}': mine them again with this model"
+            )
+    name = stored.settings.get("source", "")
+    if stored.settings.get("source_identity") not in (None, open_source(name).identity):
+        raise ClipvizError(
+            f"the images of '{name}' are not those the activations in '{folder}' were mined from: mine them again"
+        )
     if stored.activations is None:
         raise ClipvizError(
             f"the examples in '{folder}' kept no activation matrix: run clipviz examples with --save-activations"

@@ -270,7 +270,13 @@ def mine_examples(
         captions=_kept(captions, top_idx),
         activations=torch.cat(all_rows) if keep_activations else None,
         activation_indices=torch.tensor(all_ids) if keep_activations else None,
-        settings={"model": model.spec, "source": source.name, "top_k": top_k, "reduce": reduce},
+        settings={
+            **model.identity(),
+            "source": source.name,
+            "source_identity": source.identity,
+            "top_k": top_k,
+            "reduce": reduce,
+        },
     )
 
 
@@ -282,20 +288,22 @@ def write_thumbnails(
     skip_existing: bool = False,
     model=None,
 ) -> None:
-    """Small PNGs of every kept image of one or several results, ``out/thumbs/<index>.png``, for the atlas and the
-    demo; with ``skip_existing`` a thumbnail already there is kept, and the source is not read when all are. With
-    ``model``, each thumbnail is what the model saw (its own resize + centre crop), so the patch maps line up."""
+    """Small PNGs of every kept image of one or several results (of one source), ``thumbnail_path``, for the atlas
+    and the demo; with ``skip_existing`` a thumbnail already there is kept, and the source is not read when all
+    are. With ``model``, each thumbnail is what the model saw (its own resize + centre crop), so the patch maps
+    line up."""
     results = [result] if isinstance(result, ExampleResult) else list(result)
+    settings = results[0].settings
     wanted = {i for r in results for i in r.indices.flatten().tolist()}
     if skip_existing:
-        wanted = {i for i in wanted if not thumbnail_path(out, i).is_file()}
+        wanted = {i for i in wanted if not thumbnail_path(out, i, settings).is_file()}
     if not wanted:
         return
     for i, img, _ in source.range(min(wanted), max(wanted) + 1) if hasattr(source, "range") else source:
         if i in wanted and img is not None:
             thumb = tensor_to_pil(model.preprocess_pil(img)) if model is not None else img.copy()
             thumb.thumbnail((size, size))
-            write_png(thumbnail_path(out, i), thumb)
+            write_png(thumbnail_path(out, i, settings), thumb)
 
 
 def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
@@ -366,12 +374,12 @@ def mine_examples_resumable(
         neurons = model.check_neurons(hook, neurons)
     key = settings_id(
         {
-            "model": model.spec,
+            **model.identity(),
             "hook": hook,
             "neurons": list(neurons) if neurons is not None else None,
             "top_k": top_k,
             "reduce": reduce,
-            "source": source.name,
+            "source": source.identity,
             "n": source.length,
             "shard_size": shard_size,
             "activations": keep_activations,

@@ -118,12 +118,17 @@ def collect(root: str | Path) -> Results:
             raise ClipvizError(f"cannot read the examples in '{base / hook}': {error}") from None
         if result.settings.get("model"):
             models.add(result.settings["model"])
+        if hook in examples_settings:
+            raise ClipvizError(
+                f"'{root}' holds two examples results for '{hook}' (from {examples_settings[hook].get('source')} "
+                f"and {result.settings.get('source')}): build the atlas from a folder with one"
+            )
         examples_settings[hook] = {**result.settings, "seen": result.seen, "skipped": len(result.skipped)}
         for j, n in enumerate(result.neurons):
             rec = record(hook, n)
             for r in range(result.indices.shape[1]):
                 idx = int(result.indices[j, r])
-                thumb = thumbnail_path(base, idx)
+                thumb = thumbnail_path(base, idx, result.settings)
                 rec.examples.append(
                     {
                         "index": idx,

@@ -77,6 +77,9 @@ class SweepPlan:
     shard_size: int = 1024
     seed: int = 0
     estimate: dict[str, float] = field(default_factory=dict)  # stage -> seconds (not part of the settings)
+    # What the names above do not say: a hash of the weights, the images behind the dataset and probe names, the
+    # vocabulary's content. A rerun with any of them changed redoes the work instead of reporting it finished.
+    identity: dict = field(default_factory=dict)
 
     @property
     def n_neurons(self) -> int:
@@ -182,8 +185,7 @@ def make_plan(
     source = open_source(dataset)
     if not source.length:
         raise ClipvizError(f"the sweep needs a dataset of known length; '{dataset}' has none")
-    if probe is not None:
-        open_source(probe)  # fails now, not after the visualizations
+    probe_identity = open_source(probe).identity if probe is not None else None  # fails now, not later
     clip_like = model.is_clip and model.backend.projection is not None
     if vocab is None:
         vocab = "world" if "world" in registry().vocabularies and dataset.startswith("world:") else "imagenet"
@@ -204,8 +206,10 @@ def make_plan(
             f"--top-k {top_k} is larger than the dataset '{dataset}' ({source.length} images): use at most "
             f"{source.length}"
         )
+    vocab_digest = None
     if vocab is not None:
         loaded = load_vocabulary(vocab)
+        vocab_digest = loaded.digest()
         concepts = len(loaded.concepts)
         model.tokenize([t.format(c) for c in loaded.concepts for t in loaded.templates])  # too long: refused now
         if words > concepts:
@@ -221,7 +225,14 @@ def make_plan(
     indirect = model.token_layouts.indirect_write
     no_direct = [h for h in names if h.endswith("mlp.hook_post") and model.hook_point(h).block in indirect]
     out = Path(out)
+    identity = {
+        **model.identity(),
+        "dataset": source.identity,
+        "probe": probe_identity,
+        "vocab": vocab_digest,
+    }
     return SweepPlan(
+        identity=identity,
         model=model.spec,
         out=str(out),
         site=str(site if site is not None else sweep_paths(out)["atlas"]),
@@ -346,16 +357,16 @@ def _expected_guides(plan: SweepPlan, hook: str, folder: Path) -> dict[int, dict
     if not has_examples(folder, hook):
         return {}
     try:
-        source, ranks = examples_ranks(folder, hook, plan.neurons[hook], plan.recipe["guide_k"])
+        source, identity, ranks = examples_ranks(folder, hook, plan.neurons[hook], plan.recipe["guide_k"])
     except (KeyError, ValueError):  # examples of other neurons or unreadable: mined again before rendering
         return {}
-    return guide_records(source, ranks)
+    return guide_records(source, identity, ranks)
 
 
 def _unit_key(plan: SweepPlan, unit: str) -> str:
     """The settings id a finished unit of work is recorded with: a rerun with other settings redoes it."""
     stage, _, hook = unit.partition("/")
-    common = {"model": plan.model, "dataset": plan.dataset, "images": plan.images}
+    common = {"model": plan.model, "dataset": plan.dataset, "images": plan.images, "identity": plan.identity}
     if stage == "examples":
         extra = {
             "neurons": plan.neurons[hook],
@@ -599,7 +610,7 @@ def run_sweep(
                 )
             )
             if main:
-                write_thumbnails(source, results[-1], paths["examples"], skip_existing=True)
+                write_thumbnails(source, results[-1], paths["examples"], skip_existing=True, model=model)
             accelerator.wait_for_everyone()
             record(f"examples/{hook}")
         bar.close()
@@ -683,7 +694,7 @@ def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, show
 
             source = open_source(plan.probe)
             if plan.probe == plan.dataset:
-                stored = stored_activations(paths["examples"], hook, neurons)
+                stored = stored_activations(paths["examples"], hook, neurons, model=model)
                 acts, kept = stored.activations, stored.indices
             else:
                 acts, kept = probe_activations(model, hook, source, neurons)

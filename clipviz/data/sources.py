@@ -12,6 +12,7 @@ and palette images are converted to RGB.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,13 @@ class Source:
     length: int
     items: object  # callable (lo, hi) returning an iterator over indices lo..hi-1 (hi None: to the end)
     describe: list[str] = field(default_factory=list)  # a name per index (file path or dataset row)
+    # What decides the images, beyond the name: a folder's files (path, size, modification time), a dataset's
+    # fingerprint, split and columns. Finished work is reused only for the same identity, so replacing the images
+    # behind one name is never answered from the old ones.
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        self.identity = self.identity or self.name
 
     def __iter__(self) -> Iterator[tuple[int, Image.Image | None, str | None]]:
         return self.items(0, None)
@@ -39,6 +47,16 @@ class Source:
     def range(self, lo: int, hi: int) -> Iterator[tuple[int, Image.Image | None, str | None]]:
         """The items with index in [lo, hi), reading only those."""
         return self.items(lo, hi)
+
+
+def _files_digest(files: list[Path]) -> str:
+    """The identity of a folder's images: a hash of each file's absolute path, size and modification time (not
+    its bytes, which would read the whole folder)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return f"folder:{digest.hexdigest()}"
 
 
 def _read(path: Path) -> Image.Image | None:
@@ -78,7 +96,8 @@ def open_source(
     scheme, sep, argument = spec.partition(":")
     factory = registry().sources.get(scheme) if sep else None
     path = Path(spec).expanduser()
-    folder = factory is None and path.is_dir() and not (path / "dataset_info.json").is_file()
+    saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()  # save_to_disk
+    folder = factory is None and path.is_dir() and not saved
     if factory is not None or folder:  # options of Hugging Face datasets are refused here, not ignored
         asked = [
             name
@@ -104,7 +123,7 @@ def open_source(
             for i in range(lo, len(files) if hi is None else min(hi, len(files))):
                 yield i, _read(files[i]), None
 
-        return Source(spec, len(files), folder_items, [str(p.relative_to(path)) for p in files])
+        return Source(spec, len(files), folder_items, [str(p.relative_to(path)) for p in files], _files_digest(files))
     return _hf_source(spec, split, image_column, caption_column, streaming)
 
 
@@ -165,4 +184,6 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
                 cap = features[caption_column].int2str(cap)
             yield i, img, (str(cap) if cap is not None else None)
 
-    return Source(spec, length or 0, rows, [])
+    fingerprint = getattr(ds, "_fingerprint", None) or getattr(getattr(ds, "info", None), "version", None)
+    identity = f"dataset:{spec}|{split}|{image_column}|{caption_column}|{fingerprint}"
+    return Source(spec, length or 0, rows, [], identity)

@@ -6,6 +6,7 @@ its input size, if needed) happens inside, so callers never deal with mean/std.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 
@@ -112,6 +113,35 @@ class HookedVisionModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.native.parameters()).dtype
+
+    def identity(self) -> dict:
+        """What decides this model's results beyond its spec: a hash of every weight and buffer its forward pass
+        uses (read afresh on each call, so an edit made in place is seen), its input size and normalisation.
+        Finished work on disk is reused only for the same identity: new weights behind the same spec (a folder
+        overwritten, another ``--revision``, a clipviz upgrade that ships new bundled weights) are computed anew.
+
+        >>> import clipviz
+        >>> model = clipviz.load("world-clip")
+        >>> model.identity() == model.identity(), sorted(model.identity())
+        (True, ['image_size', 'mean', 'model', 'std', 'weights'])
+        """
+        from clipviz.model.backends.hf_families import _is_generative
+
+        native = self.backend.native
+        root = self.backend.vision_root if _is_generative(native) else native  # an LLM's tower runs alone
+        digest = hashlib.blake2b(digest_size=12)
+        for name, tensor in (*root.named_parameters(), *root.named_buffers()):
+            flat = tensor.detach().reshape(-1).contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(flat.view(torch.uint8).cpu().numpy().tobytes() if flat.numel() else b"")
+        mean, std = self.normalisation()
+        return {
+            "model": self.spec,
+            "weights": digest.hexdigest(),
+            "image_size": list(self.image_size),
+            "mean": [round(float(v), 6) for v in mean],
+            "std": [round(float(v), 6) for v in std],
+        }
 
     def layout(self, block: int | str) -> TokenLayout:
         """Token layout of block ``block``'s residual stream (``hook_resid_post``), or of a hook given by name.

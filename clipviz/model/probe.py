@@ -240,7 +240,7 @@ def probe(
     except Exception as error:  # noqa: BLE001 - any failure of the native forward pass becomes one line
         first = (str(error).splitlines() or [""])[0][:200]
         hint = (
-            ": its forward needs text (input_ids); wrap its vision tower alone, e.g. clipviz.wrap(model.vision_model)"
+            ": its forward needs text (input_ids); wrap its vision tower alone: clipviz.wrap(<the tower module>)"
             if "input_ids" in first
             else ""
         )

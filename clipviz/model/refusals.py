@@ -58,10 +58,12 @@ def why_no_blocks(root: nn.Module) -> str:
         or any(isinstance(m, nn.MultiheadAttention) for m in root.modules())
         or any("attn" in n.rsplit(".", 1)[-1] for n, _ in root.named_modules())
     )
-    if not has_attention and n_conv:
-        return f"unsupported architecture {name}: a convolutional tower (no attention blocks); {ACCEPTED}"
     if not has_attention:
-        return f"unsupported architecture {name}: no attention modules found; {ACCEPTED}"
+        what = "a convolutional tower, with no attention module" if n_conv else "no attention module"
+        return (
+            f"unsupported architecture {name}: {what} clipviz recognises (a module named attn/attention or torch's "
+            f"MultiheadAttention); {ACCEPTED}"
+        )
     why = _block_like(root)
     if why is not None:
         return f"unsupported architecture {name}: no pre-norm transformer blocks found: {why}; {ACCEPTED}"

@@ -230,25 +230,31 @@ def _attach_guide(
         ranked = rank_images(model, hook, neurons, source, k, reduce)
         out.source = source
         out.ranks = {int(n): ranked[j].tolist() for j, n in enumerate(neurons)}
-    out.guides = guide_records(out.source.name, out.ranks)
+    out.guides = guide_records(out.source.name, out.source.identity, out.ranks)
 
 
-def guide_records(source: str, ranks: Mapping[int, Sequence[int]]) -> dict[int, dict]:
-    """What each neuron's metadata records of its guide: the source and the indices of its reference images
-    (``guide_k`` of them, or all of a smaller guide)."""
-    return {int(n): {"source": source, "k": len(r), "images": [int(i) for i in r]} for n, r in ranks.items()}
+def guide_records(source: str, identity: str, ranks: Mapping[int, Sequence[int]]) -> dict[int, dict]:
+    """What each neuron's metadata records of its guide: the source (its name and ``Source.identity``, so new
+    images behind one name are a new guide) and the indices of its reference images (``guide_k`` of them, or all
+    of a smaller guide)."""
+    return {
+        int(n): {"source": source, "identity": identity, "k": len(r), "images": [int(i) for i in r]}
+        for n, r in ranks.items()
+    }
 
 
-def examples_ranks(folder: Path, hook: str, neurons: Sequence[int], k: int) -> tuple[str, dict[int, list[int]]]:
-    """The source name and each neuron's top-``k`` image indices stored by ``clipviz examples`` in ``folder``
-    (``KeyError`` for a neuron it does not include)."""
+def examples_ranks(folder: Path, hook: str, neurons: Sequence[int], k: int) -> tuple[str, str, dict[int, list[int]]]:
+    """The source's name and identity and each neuron's top-``k`` image indices stored by ``clipviz examples`` in
+    ``folder`` (``KeyError`` for a neuron it does not include)."""
     return _ranks(*read_examples(folder, hook), neurons, k)
 
 
-def _ranks(tensors: dict, meta: dict, neurons: Sequence[int], k: int) -> tuple[str, dict[int, list[int]]]:
+def _ranks(tensors: dict, meta: dict, neurons: Sequence[int], k: int) -> tuple[str, str, dict[int, list[int]]]:
     row = {int(n): j for j, n in enumerate(tensors["neurons"].tolist())}
-    source = meta.get("settings", {}).get("source")
-    return source, {int(n): tensors["indices"][row[int(n)], :k].tolist() for n in neurons}
+    settings = meta.get("settings", {})
+    source = settings.get("source")
+    identity = settings.get("source_identity", source)
+    return source, identity, {int(n): tensors["indices"][row[int(n)], :k].tolist() for n in neurons}
 
 
 def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[Source, dict[int, list[int]]]:
@@ -262,6 +268,11 @@ def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[
             f"the examples in '{folder}' are of model '{settings.get('model')}', not '{model.spec}': mine them "
             "for this model or guide by a dataset"
         )
+    if settings.get("weights") != model.identity()["weights"]:
+        raise ClipvizError(
+            f"the examples in '{folder}' were mined with other weights of '{model.spec}' (or by an older clipviz "
+            "that did not record them): mine them again for these weights or guide by a dataset"
+        )
     if meta.get("reduce") != reduce:
         raise ClipvizError(
             f"the examples in '{folder}' rank by '{meta.get('reduce')}', the visualization by '{reduce}'"
@@ -270,8 +281,14 @@ def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[
     missing = [n for n in neurons if int(n) not in stored]
     if missing:
         raise ClipvizError(f"the examples in '{folder}' do not include neuron {missing[0]} of '{hook}'")
-    name, ranks = _ranks(tensors, meta, neurons, k)
-    return open_source(name), ranks
+    name, identity, ranks = _ranks(tensors, meta, neurons, k)
+    source = open_source(name)
+    if source.identity != identity:
+        raise ClipvizError(
+            f"the images of '{name}' are not those the examples in '{folder}' were mined from (its files changed, "
+            "or another split or column was mined): mine them again, or guide by the dataset itself"
+        )
+    return source, ranks
 
 
 def _seed_image(model: HookedVisionModel, from_image) -> torch.Tensor:

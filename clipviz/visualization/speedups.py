@@ -54,9 +54,9 @@ class SpeedUps:
 
 
 def augmentations(recipe, model, shape: tuple[int, int], speedups: SpeedUps) -> tuple[list, bool]:
-    """The recipe's per-step transforms for images of ``shape`` (height, width), with the affine chain fused where it may
-    be, and whether the model's normalisation was folded into it (then the model must take the images as they are:
-    ``model.prenormalised()``)."""
+    """The recipe's per-step transforms for images of ``shape`` (height, width), with the affine chain fused where
+    it may be, and whether the model's normalisation was folded into it (then the model must take the images as
+    they are: ``model.prenormalised()``)."""
     transforms = recipe.transforms()
     if not speedups.fused_affine:
         return transforms, False

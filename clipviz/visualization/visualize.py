@@ -260,7 +260,7 @@ def visualize(
     if out is not None and accelerator.is_local_main_process:
         remove_stale_temporaries(out)
     base = {
-        "model": model.spec,
+        **model.identity(),  # the spec and a hash of the weights: new weights behind one spec are rendered anew
         "architecture": model.backend.architecture,
         "hook": hook,
         "reduce": reduce if isinstance(reduce, str) else list(reduce),

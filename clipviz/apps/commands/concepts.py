@@ -72,17 +72,18 @@ def run(args: argparse.Namespace) -> int:
             f"--top-k {args.top_k} is larger than the vocabulary '{vocab.name}' ({len(vocab.concepts)} concepts): "
             f"use at most {len(vocab.concepts)}"
         )
+    model = load_model(args)
     stored = None
     if args.activations:
         from clipviz.analysis.dissect import stored_activations
 
-        stored = stored_activations(Path(args.activations), args.hook, [i for s in spans for i in s] if spans else None)
+        wanted = [i for s in spans for i in s] if spans else None
+        stored = stored_activations(Path(args.activations), args.hook, wanted, model=model)
         if args.probe and args.probe != stored.source:
             raise ClipvizError(
                 f"--probe {args.probe} differs from the probe set of the stored activations "
                 f"({stored.source}); leave --probe out to use theirs"
             )
-    model = load_model(args)
     labeller = model if not args.labeller else load_model(argparse.Namespace(**{**vars(args), "model": args.labeller}))
     if stored is not None:
         neurons = stored.neurons

@@ -72,11 +72,15 @@ _ROOTS = (
     "dinov3",
     "pixio",
     "radio",
+    "model.image_tower",  # Video-LLaVA's image tower
     "backbone",  # a task model around a backbone (Depth Anything, ViTPose, UperNet): clipviz runs the backbone
 )
 
 
 def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
+    """The vision tower clipviz hooks: a known path, the encoder of a VisionEncoderDecoder (TrOCR), or a task
+    model's base model (``base_model_prefix``: MGP-STR's ``mgp_str``); else the model itself. A vision-language
+    generator without a recognisable tower is refused, so that its refusal is not about its language model."""
     for path in _ROOTS:
         try:
             sub = model.get_submodule(path)
@@ -84,6 +88,18 @@ def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
             continue
         if isinstance(sub, nn.Module) and sub is not model:
             return sub, path
+    if getattr(getattr(model, "config", None), "model_type", "") == "vision-encoder-decoder":
+        return model.encoder, "encoder"
+    if _is_generative(model):
+        raise UnsupportedModelError(
+            f"unsupported architecture {type(model).__name__}: a vision-language model without a vision "
+            f"transformer tower clipviz recognises (looked for {', '.join(_ROOTS[:7])}, ...); if it has one, "
+            "wrap it alone: clipviz.wrap(<the tower module>)"
+        )
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    if isinstance(base, nn.Module) and base is not model:
+        return base, prefix
     return model, ""
 
 
@@ -174,8 +190,24 @@ def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
     )
 
 
+def _refuse_packed(vision: nn.Module) -> None:
+    """Towers that take one packed sequence of patches with a grid (Qwen-VL's ``grid_thw``), not images."""
+    import inspect
+
+    try:
+        names = set(inspect.signature(vision.forward).parameters)
+    except (TypeError, ValueError):
+        return
+    packed = sorted(names & {"grid_thw", "image_grid_thw"})
+    if packed:
+        raise UnsupportedModelError(
+            f"unsupported architecture {type(vision).__name__}: its vision tower takes packed patches with a grid "
+            f"({packed[0]}), not (batch, 3, H, W) images; clipviz does not run packed towers"
+        )
+
+
 def _forward(model: nn.Module, vision: nn.Module, vision_path: str):
-    if _is_generative(model) or vision_path == "backbone":
+    if _is_generative(model) or vision_path in ("backbone", "encoder"):
         return (lambda x: _pooled(vision(pixel_values=x))), "pooled"
     if hasattr(model, "get_image_features"):
 
@@ -189,7 +221,32 @@ def _forward(model: nn.Module, vision: nn.Module, vision_path: str):
     if type(model).__name__.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")):
         return (lambda x: model(pixel_values=x).logits), "logits"
 
-    return (lambda x: _pooled(model(pixel_values=x))), "pooled"
+    return _head_or_tower(model, vision), "pooled"
+
+
+def _head_or_tower(model: nn.Module, vision: nn.Module):
+    """The model's pooled output; where its output has none clipviz can read (MGP-STR's text logits), the pooled
+    output of its vision tower, decided on the first call; with neither, a one-line refusal."""
+    use_tower: list[bool] = []
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        if use_tower and use_tower[0]:
+            return _pooled(vision(pixel_values=x))
+        out = model(pixel_values=x)
+        readable = any(getattr(out, a, None) is not None for a in ("pooler_output", "last_hidden_state"))
+        readable = readable or bool(getattr(out, "feature_maps", None))
+        if not use_tower:
+            use_tower.append(not readable and vision is not model)
+        if readable:
+            return _pooled(out)
+        if use_tower[0]:
+            return _pooled(vision(pixel_values=x))
+        raise UnsupportedModelError(
+            f"the output of {type(model).__name__} ({type(out).__name__}) has no pooled output, hidden state or "
+            "feature maps clipviz can read"
+        )
+
+    return embed
 
 
 def _projection(model: nn.Module, vision: nn.Module) -> ImageProjection | None:
@@ -234,10 +291,11 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
     config = model.config
     model.eval()
     vision, vision_path = _vision_root(model)
+    _refuse_packed(vision)
     find_blocks(vision)  # an unsupported architecture fails here, before its processor and tokenizer are read
     vcfg = getattr(config, "vision_config", None) or config
-    if vision_path == "backbone":
-        vcfg = getattr(config, "backbone_config", None) or getattr(vision, "config", None) or config
+    if vision_path in ("backbone", "encoder"):  # a task head's backbone, a VisionEncoderDecoder's encoder
+        vcfg = getattr(config, f"{vision_path}_config", None) or getattr(vision, "config", None) or config
     if ref:
         mean, std, source, processor = _preprocessing(ref, config, kwargs)
     else:  # a module built in memory with no saved processor

@@ -35,30 +35,45 @@ def centre_fit(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[:, top : top + h, left : left + w]
 
 
+#: Image-processor switches that split one photo into tiles (GOT-OCR2 / Aya / InternVL ``crop_to_patches``,
+#: Idefics3 / SmolVLM ``do_image_splitting``): turned off, so that the processor gives one image per photo.
+_TILING = ("crop_to_patches", "do_image_splitting")
+
+
 def hf_transform(processor, size: tuple[int, int]) -> tuple[Callable[[Image.Image], torch.Tensor] | None, str | None]:
-    """The transformers image processor's own resize / crop / rescale, with its normalisation switched off, and a
-    note on how clipviz departs from it (``None`` where it does not).
+    """The transformers image processor's own resize / crop / rescale, with its normalisation (and any tiling,
+    ``_TILING``) switched off, and a note on how clipviz departs from it (``None`` where it does not).
 
     The processor is tried once on a plain 3:2 photo. Where its output follows the photo's shape (a shortest-edge
     resize without a crop, DPT's ``keep_aspect_ratio``), the output is fitted to the model's fixed ``size`` by
-    ``centre_fit``, never stretched; where it cannot preprocess a photo alone (ViTPose's needs person boxes), there
-    is no transform and clipviz resizes and centre-crops photos itself."""
+    ``centre_fit``, never stretched. Where it cannot give one image for a photo alone (ViTPose's needs person
+    boxes; LLaVA-OneVision's any-resolution grid returns several crops), there is no transform and clipviz resizes
+    and centre-crops photos itself: it never picks one of several crops."""
     if processor is None or not callable(processor):
         return None, None
+    switches = {name: False for name in _TILING if getattr(processor, name, False)}
 
-    def fn(image: Image.Image) -> torch.Tensor:
-        out = processor(images=image.convert("RGB"), do_normalize=False, return_tensors="pt")
-        return out["pixel_values"][0].float()
+    def images(image: Image.Image) -> torch.Tensor:
+        out = processor(images=image, do_normalize=False, return_tensors="pt", **switches)["pixel_values"]
+        return out[0] if out.ndim == 5 else out  # (images, 3, H, W) for the one photo
 
     photo = Image.new("RGB", (3 * max(size), 2 * max(size)), (128, 128, 128))
+    fallback = "clipviz resizes the shortest side and centre-crops photos itself"
     try:
-        shape = tuple(fn(photo).shape[-2:])
+        probe = images(photo)
     except Exception as error:  # noqa: BLE001 - any failure means the processor cannot be used on photos alone
         first = (str(error).splitlines() or [""])[0][:120]
-        return None, (
-            f"the image processor cannot preprocess a photo alone ({type(error).__name__}: {first}); clipviz "
-            "resizes the shortest side and centre-crops photos itself"
+        return (
+            None,
+            f"the image processor cannot preprocess a photo alone ({type(error).__name__}: {first}); {fallback}",
         )
+    if probe.ndim != 4 or probe.shape[0] != 1 or probe.shape[1] != 3:
+        return None, f"the image processor turns one photo into {tuple(probe.shape)} pixel values; {fallback}"
+
+    def fn(image: Image.Image) -> torch.Tensor:
+        return images(image.convert("RGB"))[0].float()
+
+    shape = tuple(probe.shape[-2:])
     if shape == tuple(size):
         return fn, None
     note = (

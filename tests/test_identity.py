@@ -1,0 +1,156 @@
+"""Finished work is reused only for the same weights, images and vocabulary, never for the same names alone.
+
+A result on disk is identified by what decides it: a hash of the model's weights (``HookedVisionModel.identity``),
+the images behind a dataset's name (``Source.identity``) and a vocabulary's content. Each test changes one of them
+behind an unchanged name and checks that the answer is the one a fresh run gives.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import clipviz
+from clipviz.analysis.examples import mine_examples_resumable, write_thumbnails
+from clipviz.data.sources import open_source
+from clipviz.errors import ClipvizError
+from clipviz.results import read_visualization_meta
+from clipviz.visualization.visualize import visualize
+
+HOOK = "blocks.1.mlp.hook_post"
+
+
+def _tower(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2
+    ).eval()
+
+
+def _photos(folder, seed: int, n: int = 6) -> None:
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_identity_follows_the_weights_even_an_edit_in_place():
+    tower = _tower(0)
+    model = clipviz.wrap(tower)
+    before = model.identity()
+    assert clipviz.wrap(_tower(0)).identity() == before  # the same weights: the same identity
+    with torch.no_grad():
+        tower.blocks[1].mlp.fc2.weight.data[0, 0] += 1.0  # the ablation idiom: .data, no version bump
+    assert model.identity()["weights"] != before["weights"]
+
+
+def test_visualize_renders_anew_for_other_weights_behind_the_same_spec(tmp_path):
+    """Two towers wrapped in one process share a spec ('wrapped:...'); the second is never answered from the
+    first's images."""
+    out = tmp_path / "vis"
+    base, tuned = clipviz.wrap(_tower(0)), clipviz.wrap(_tower(1))
+    assert base.spec == tuned.spec
+    first = visualize(base, HOOK, [0], recipe="default", steps=3, copies=1, progress=False, out=out)[0]
+    again = visualize(tuned, HOOK, [0], recipe="default", steps=3, copies=1, progress=False, out=out)[0]
+    fresh = visualize(tuned, HOOK, [0], recipe="default", steps=3, copies=1, progress=False)[0]
+    assert again.meta["objective_end"] == pytest.approx(fresh.meta["objective_end"])
+    assert again.meta["objective_end"] != pytest.approx(first.meta["objective_end"])
+    assert read_visualization_meta(again.path)["weights"] == tuned.identity()["weights"]
+
+
+def test_examples_are_mined_anew_when_the_images_behind_a_folder_change(tmp_path):
+    model = clipviz.wrap(_tower(0))
+    photos, out = tmp_path / "photos", tmp_path / "examples"
+    _photos(photos, seed=0)
+    old = mine_examples_resumable(model, HOOK, open_source(str(photos)), out, neurons=[0, 1], top_k=2, progress=False)
+    _photos(photos, seed=1)  # the same names, other images
+    source = open_source(str(photos))
+    new = mine_examples_resumable(model, HOOK, source, out, neurons=[0, 1], top_k=2, progress=False)
+    fresh = mine_examples_resumable(model, HOOK, source, tmp_path / "fresh", neurons=[0, 1], top_k=2, progress=False)
+    torch.testing.assert_close(new.scores, fresh.scores)
+    assert not torch.allclose(new.scores, old.scores)
+
+
+def test_two_datasets_mined_into_one_folder_keep_their_own_thumbnails(tmp_path):
+    model = clipviz.wrap(_tower(0))
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    _photos(a, seed=0)
+    _photos(b, seed=1)
+    paths = {}
+    for folder in (a, b):
+        source = open_source(str(folder))
+        result = mine_examples_resumable(model, HOOK, source, out / folder.name, neurons=[0], top_k=2, progress=False)
+        write_thumbnails(source, result, out, model=model)
+        paths[folder.name] = {i: result.settings for i in result.indices.flatten().tolist()}
+    from clipviz.results import thumbnail_path
+
+    for name, wanted in paths.items():
+        for index, settings in wanted.items():
+            thumb = np.asarray(Image.open(thumbnail_path(out, index, settings)).convert("RGB"), dtype=np.float32)
+            photo = model.preprocess_pil(Image.open(tmp_path / name / f"{index}.png")).permute(1, 2, 0).numpy() * 255
+            assert np.abs(thumb - photo).mean() < 2, f"thumbnail {index} of {name} is another dataset's image"
+
+
+def test_stored_activations_of_other_weights_are_refused(tmp_path):
+    from clipviz.analysis.dissect import stored_activations
+
+    model = clipviz.wrap(_tower(0))
+    photos = tmp_path / "photos"
+    _photos(photos, seed=0)
+    out = tmp_path / "examples"
+    mine_examples_resumable(
+        model, HOOK, open_source(str(photos)), out, neurons=[0], top_k=2, progress=False, keep_activations=True
+    )
+    assert stored_activations(out, HOOK, model=model).activations.shape == (6, 1)
+    other = clipviz.wrap(copy.deepcopy(_tower(1)))
+    with pytest.raises(ClipvizError, match="other weights"):
+        stored_activations(out, HOOK, model=other)
+    _photos(photos, seed=1)
+    with pytest.raises(ClipvizError, match="not those the activations"):
+        stored_activations(out, HOOK, model=model)
+
+
+def test_a_sweep_plan_changes_with_the_weights_the_images_and_the_vocabulary_file(tmp_path):
+    """The keys a sweep records its finished stages with: each changes when what decides the stage changes."""
+    from clipviz.apps.sweep import _unit_key, make_plan
+
+    model = clipviz.load("world-clip")
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("cat\ndog\nhorse\n")
+    photos = tmp_path / "photos"
+    _photos(photos, seed=0)
+
+    def keys() -> dict[str, str]:
+        plan = make_plan(
+            model, tmp_path / "out", blocks="3", neurons="0:2", dataset=str(photos), vocab=str(vocab), top_k=2, words=2
+        )
+        hook = plan.hooks[0]
+        return {stage: _unit_key(plan, f"{stage}/{hook}") for stage in ("examples", "concepts-direct")}
+
+    first = keys()
+    assert keys() == first
+    vocab.write_text("red\ngreen\nblue\n")
+    edited = keys()
+    assert edited["concepts-direct"] != first["concepts-direct"]
+    _photos(photos, seed=1)
+    replaced = keys()
+    assert replaced["examples"] != edited["examples"]
+    with torch.no_grad():
+        next(model.backend.native.parameters()).data.mul_(1.01)
+    assert keys()["examples"] != replaced["examples"]
+
+
+def test_a_saved_dataset_dict_is_a_dataset_not_a_folder_of_images(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(3)]
+    split = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    datasets.DatasetDict({"train": split, "test": split.select([0])}).save_to_disk(str(tmp_path / "ds"))
+    assert open_source(str(tmp_path / "ds")).length == 3
+    assert open_source(str(tmp_path / "ds"), split="test").length == 1
