@@ -23,6 +23,25 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def has_alpha(img: Image.Image) -> bool:
+    """Whether ``img`` carries transparency (an alpha channel or a transparent palette / colour key)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def to_rgb(img: Image.Image, on_white: bool = False) -> Image.Image:
+    """``img`` as RGB: transparent pixels composited on white where ``on_white`` (what transformers' image
+    processors do), else their colour channels kept (PIL's ``convert``, what open_clip's and timm's transforms do).
+
+    >>> clear = Image.new("RGBA", (1, 1), (0, 0, 0, 0))
+    >>> to_rgb(clear).getpixel((0, 0)), to_rgb(clear, on_white=True).getpixel((0, 0))
+    ((0, 0, 0), (255, 255, 255))
+    """
+    if not on_white or not has_alpha(img):
+        return img.convert("RGB")
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
 def fit_pil(img: Image.Image, size: tuple[int, int], resample: int = Image.BICUBIC) -> Image.Image:
     """``img`` at exactly ``size`` (rows, columns), its aspect ratio kept: the shortest side resized to fit, then
     the centre cropped (a mask given the same call, with ``Image.NEAREST``, stays aligned with its image).
@@ -85,13 +104,16 @@ HEAT_RGB = (0, 255, 255)
 
 
 def overlay(image: Image.Image, heat: torch.Tensor, size: int = 128) -> Image.Image:
-    """``image`` with its patch activation map (normalised per image) as a cyan (``HEAT_RGB``) overlay."""
+    """``image`` (what the model saw) with its patch activation map (normalised per image) as a cyan
+    (``HEAT_RGB``) overlay, its longest side ``size`` and its aspect ratio kept: the map covers the whole image."""
     import torch.nn.functional as F
 
-    base = np.asarray(image.convert("RGB").resize((size, size), Image.NEAREST), dtype=np.float32) / 255
+    scale = size / max(image.size)
+    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    base = np.asarray(image.convert("RGB").resize((width, height), Image.NEAREST), dtype=np.float32) / 255
     h = heat.float()
     h = (h - h.min()) / (h.max() - h.min() + 1e-8)
-    h = F.interpolate(h[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    h = F.interpolate(h[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
     tint = np.zeros_like(base)
     tint[...] = np.asarray(HEAT_RGB, dtype=np.float32) / 255
     mixed = base * (1 - 0.55 * h[..., None]) + tint * 0.55 * h[..., None]

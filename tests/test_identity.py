@@ -154,3 +154,16 @@ def test_a_saved_dataset_dict_is_a_dataset_not_a_folder_of_images(tmp_path):
     datasets.DatasetDict({"train": split, "test": split.select([0])}).save_to_disk(str(tmp_path / "ds"))
     assert open_source(str(tmp_path / "ds")).length == 3
     assert open_source(str(tmp_path / "ds"), split="test").length == 1
+
+
+def test_a_weight_edited_through_data_between_two_renderings_is_seen():
+    """The oneDNN path packs each weight once per rendering: an ablation made through ``.data`` (which PyTorch's
+    version counter does not see) after a rendering changes the next one exactly as on a never-rendered copy."""
+    model = clipviz.wrap(_tower(0))
+    visualize(model, HOOK, [0], recipe="default", steps=3, copies=1, progress=False)
+    twin = copy.deepcopy(model)
+    for m in (model, twin):
+        m.backend.native.blocks[0].mlp.fc1.weight.data[:32] = 0
+    after = visualize(model, HOOK, [0], recipe="default", steps=3, copies=1, progress=False)[0]
+    fresh = visualize(twin, HOOK, [0], recipe="default", steps=3, copies=1, progress=False)[0]
+    assert after.meta["objective_end"] == pytest.approx(fresh.meta["objective_end"], rel=1e-5)

@@ -220,3 +220,22 @@ def test_a_tiling_processor_gives_the_whole_photo_never_one_tile(tmp_path):
         assert abs(float(x.mean()) - 0.5) < 0.05, f"{name}: not the whole photo (mean {float(x.mean()):.2f})"
         notes = model.summary()["notes"] or []
         assert (name == "anyres") == any("pixel values" in n for n in notes), (name, notes)
+
+
+def test_a_transparent_photo_is_flattened_as_the_library_does(tiny, tmp_path):
+    """transformers' processors composite transparent pixels on white; clipviz's reading of a folder keeps the
+    alpha channel to the model's preprocessing, so the tensors equal the processor's own."""
+    from transformers import CLIPImageProcessor
+
+    _, spec = tiny["clip"]
+    model = clipviz.load(spec)
+    rgba = np.zeros((40, 60, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, 30:, 3] = 255  # the left half transparent (black underneath), the right half opaque red
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(rgba, "RGBA").save(folder / "clear.png")
+    ((_, image, _),) = list(open_source(str(folder)))
+    ours = model.prepare(model.preprocess_pil(image)[None])
+    theirs = CLIPImageProcessor.from_pretrained(spec[3:])(images=Image.open(folder / "clear.png"), return_tensors="pt")
+    torch.testing.assert_close(ours, theirs["pixel_values"], rtol=1e-4, atol=1e-4)

@@ -384,7 +384,7 @@ def test_fused_affine_chain_equals_the_separate_steps(models):
     model = models["clip-vision"]  # mean and std that are not 0.5
     recipe = get_recipe("vit-paper", copies=3)
     side = model.image_size[0]
-    fused, folded = augmentations(recipe, model, side, SpeedUps())
+    fused, folded = augmentations(recipe, model, (side, side), SpeedUps())
     assert folded and isinstance(fused[0], AffineChain) and len(fused) == 2  # the chain, then the jitter
     x = torch.rand(2, 1, 3, side, side).expand(-1, 3, -1, -1, -1)
     out = {}
@@ -402,7 +402,7 @@ def test_fused_affine_chain_equals_the_separate_steps(models):
     # a warp with zero padding after the chain: the normalisation stays in the model
     chain, rest, folds = fuse_affine(get_recipe("vit-paper", affine=(10.0, 0.0, 1.0, 1.0)).transforms(), (0, 1))
     assert not folds and chain.mean is None and len(rest) == 2
-    assert augmentations(recipe, model, side // 2, SpeedUps())[1] is False  # not at the input size
+    assert augmentations(recipe, model, (side // 2, side // 2), SpeedUps())[1] is False  # not at the input size
 
 
 @pytest.mark.parametrize("recipe", ["vit-paper", "default"])

@@ -260,6 +260,7 @@ def test_outputs_sidecars_grid_and_resume(planted, tmp_path, monkeypatch):
     monkeypatch.setattr(vmod, "optimise", forbidden)
     again = visualize(planted, HOOK, [0, 1, 2], recipe="vit-paper", steps=4, copies=2, out=out, progress=False)
     assert [np.asarray(v.image).tobytes() for v in again] == [np.asarray(v.image).tobytes() for v in first]
+    assert (first.reused, again.reused) == (0, 3)
     with pytest.raises(AssertionError, match="rendered again"):  # other settings: not finished
         visualize(planted, HOOK, [0], recipe="vit-paper", steps=5, copies=2, out=out, progress=False)
 

@@ -3,11 +3,11 @@
 ``to_tensor`` turns one PIL image into a (3, H, W) tensor in [0, 1]: a model's own ``preprocess_pil`` (its
 backend's resize and centre crop), or any function of the same shape.
 
->>> from functools import partial
 >>> from clipviz.data.sources import open_source
->>> from clipviz.images import pil_to_tensor
+>>> from clipviz.images import fit_pil, pil_to_tensor
 >>> skipped = []
->>> images, indices, captions = next(batches(open_source("world:5"), partial(pil_to_tensor, size=(32, 32)), 4, skipped))
+>>> to_tensor = lambda img: pil_to_tensor(fit_pil(img, (32, 32)))
+>>> images, indices, captions = next(batches(open_source("world:5"), to_tensor, 4, skipped))
 >>> tuple(images.shape), indices
 ((4, 3, 32, 32), [0, 1, 2, 3])
 """

@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from clipviz.errors import ClipvizError
+from clipviz.images import has_alpha
 from clipviz.plugins import registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -63,7 +64,7 @@ def _read(path: Path) -> Image.Image | None:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return img.convert("RGBA") if has_alpha(img) else img.convert("RGB")  # the model's backend flattens
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
 
@@ -176,7 +177,7 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
         for i, row in enumerate(part, start=lo):
             img = row[image_column]
             try:
-                img = img.convert("RGB") if img is not None else None
+                img = (img.convert("RGBA") if has_alpha(img) else img.convert("RGB")) if img is not None else None
             except (OSError, ValueError):
                 img = None
             cap = row.get(caption_column) if caption_column else None

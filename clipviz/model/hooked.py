@@ -287,9 +287,10 @@ class HookedVisionModel(nn.Module):
         ``model(preprocess_pil(img)[None])`` equals the backend's own preprocessing and forward pass; only the
         normalisation is left to ``prepare``.
         """
+        from clipviz.images import to_rgb
         from clipviz.model.backends.preprocessing import fallback_transform
 
-        image = image.convert("RGB")
+        image = to_rgb(image, on_white=self.backend.kind == "hf")  # transparency as the backend's own pipeline
         fn = self.backend.pil_transform or fallback_transform(self.image_size)
         return fn(image).float()
 

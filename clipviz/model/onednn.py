@@ -2,11 +2,12 @@
 
 During feature visualization the weights are frozen (``requires_grad`` is off), so a linear layer's backward
 needs only its input gradient, ``grad @ W``. Here both products run as oneDNN's ``linear`` on weights packed
-once into its blocked layout (``W`` for the forward, ``W^T`` for the input gradient), cached per weight and
-re-packed when the weight changes in place. At one thread, ``(788 x 384) @ (384 x 384)`` (4 images of a
-ViT-S/16): MKL ``addmm`` 2.40 ms, packed oneDNN 2.08 ms (median); the MLP's ``384 x 1536`` products 10.4 -> 8.8 ms
-forward and 9.8 -> 8.5 ms input gradient (docs/benchmarks.md). The packed weights double the memory of the
-layers they serve while the model lives.
+once into its blocked layout (``W`` for the forward, ``W^T`` for the input gradient), cached per weight within one
+rendering (``packing_kept``) and never beyond it: a weight edited between two renderings, even through ``.data``
+(which PyTorch's in-place version counter does not see), is packed anew. At one thread,
+``(788 x 384) @ (384 x 384)`` (4 images of a ViT-S/16): MKL ``addmm`` 2.40 ms, packed oneDNN 2.08 ms (median); the
+MLP's ``384 x 1536`` products 10.4 -> 8.8 ms forward and 9.8 -> 8.5 ms input gradient (docs/benchmarks.md). The
+packed weights double the memory of the layers they serve while a rendering runs.
 
 The values are those of ``F.linear`` up to float rounding (oneDNN sums in another order than MKL: max |diff|
 4e-6 on outputs of order 1; ``tests/test_speedups.py`` checks objective values and input gradients with
@@ -39,8 +40,9 @@ from clipviz.model.hooks import forwards_replaced
 # oneDNN's packing takes the expected number of rows as a hint; it changes neither the values nor (measured from
 # 197 to 3,152 rows) the speed.
 _ROWS_HINT = 1024
-# id(weight) -> (a weak reference to it, its in-place version, W and W^T packed); an entry goes with its weight
-_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor, torch.Tensor]] = {}
+# id(weight) -> (a weak reference to it, its in-place version, W and W^T packed), inside a ``linears_as_onednn``
+# block only (``None`` outside: every product packs its weight afresh)
+_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor, torch.Tensor]] | None = None
 
 
 def onednn_available() -> bool:
@@ -49,15 +51,17 @@ def onednn_available() -> bool:
 
 
 def _packed(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``W`` and ``W^T`` (``weight`` flattened to 2-D) in oneDNN's layout, packed once per in-place version."""
-    key = id(weight)
-    entry = _PACKED.get(key)
+    """``W`` and ``W^T`` (``weight`` flattened to 2-D) in oneDNN's layout, packed once per in-place version within
+    a ``linears_as_onednn`` block."""
+    cache, key = _PACKED, id(weight)
+    entry = cache.get(key) if cache is not None else None
     if entry is None or entry[0]() is not weight or entry[1] != weight._version:
         w = weight.detach().flatten(1)
         reorder = torch.ops.mkldnn._reorder_linear_weight
-        ref = weakref.ref(weight, lambda _ref: _PACKED.pop(key, None))
+        ref = weakref.ref(weight, lambda _ref: cache.pop(key, None) if cache is not None else None)
         entry = (ref, weight._version, reorder(w, _ROWS_HINT), reorder(w.t().contiguous(), _ROWS_HINT))
-        _PACKED[key] = entry
+        if cache is not None:
+            cache[key] = entry
     return entry[2], entry[3]
 
 
@@ -113,6 +117,19 @@ def linears_as_onednn(model, enabled: bool = True) -> Iterator[int]:
     linears = _plain_linears(model) if enabled and onednn_available() else []
     with forwards_replaced(linears, _module_forward) as count:
         yield count
+
+
+@contextmanager
+def packing_kept() -> Iterator[None]:
+    """Inside the block, each weight is packed once (per in-place version) and reused; outside, every product
+    packs afresh. ``optimise`` holds one block over a rendering's steps, so no packing outlives a rendering."""
+    global _PACKED
+    outer = _PACKED
+    _PACKED = {} if outer is None else outer  # a block inside another shares its packing
+    try:
+        yield
+    finally:
+        _PACKED = outer
 
 
 def _module_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError, check_int
 from clipviz.model.compiled import blocks_compiled
-from clipviz.model.onednn import linears_as_onednn
+from clipviz.model.onednn import linears_as_onednn, packing_kept
 from clipviz.model.stem import stem_as_matmul
 from clipviz.visualization.objectives import L2, Context, Objective, TotalVariation
 from clipviz.visualization.param import PixelImage, make_param
@@ -189,6 +189,7 @@ def _clip_per_image(parameters, max_norm: float) -> None:
         p.grad.mul_(factor.view(-1, *([1] * (p.grad.ndim - 1))))
 
 
+@packing_kept()  # the packed oneDNN weights live for one rendering: an edit between renderings is always seen
 def optimise(
     model: HookedVisionModel,
     objective: Objective,

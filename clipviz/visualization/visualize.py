@@ -197,9 +197,11 @@ def _is_oom(error: BaseException) -> bool:
 
 class Visualizations(list):
     """The results, in target order; ``skipped`` lists ``(target label, reason)`` of targets left out
-    (``skip_nonfinite``)."""
+    (``skip_nonfinite``); ``reused`` counts the results read back from ``out`` (finished by an earlier run with
+    the same settings, weights and guide) rather than rendered."""
 
     skipped: list[tuple[str, str]]
+    reused: int = 0
 
 
 def visualize(
@@ -395,6 +397,7 @@ def visualize(
     kept = [t for t in targets if t in results]
     ordered = Visualizations(results[t] for t in kept)
     ordered.skipped = [(t.label, why) for t, why in skipped]
+    ordered.reused = sum(t in done for t in kept)
     missing = [t for t in targets if t not in results and t not in left_out]
     if missing:
         raise ClipvizError(f"{missing[0].label} was not rendered by any process")

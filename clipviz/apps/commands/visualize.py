@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{v.path}: objective {v.meta['objective_start']:.3f} -> {v.meta['objective_end']:.3f}")
     if len(results) > 8:
         print(f"... and {len(results) - 8} more")
-    print(f"wrote {len(results)} visualizations to {args.out}")
+    reused = f" ({results.reused} finished by an earlier run with the same settings, reused)" if results.reused else ""
+    print(f"wrote {len(results)} visualizations to {args.out}{reused}")
     skipped = getattr(results, "skipped", [])
     if skipped:
         print(f"skipped {len(skipped)} target(s) whose loss was not finite: " + "; ".join(w for _, w in skipped))
