@@ -239,3 +239,18 @@ def test_a_transparent_photo_is_flattened_as_the_library_does(tiny, tmp_path):
     ours = model.prepare(model.preprocess_pil(image)[None])
     theirs = CLIPImageProcessor.from_pretrained(spec[3:])(images=Image.open(folder / "clear.png"), return_tensors="pt")
     torch.testing.assert_close(ours, theirs["pixel_values"], rtol=1e-4, atol=1e-4)
+
+
+def test_timm_border_padding_is_the_mean_colour_as_in_timm(tmp_path):
+    """timm's ``crop_mode="border"`` (DeepSeek's ViTs) pads a non-square photo with the mean colour: clipviz's
+    preprocessing equals timm's own transform, padding included."""
+    from families import _timm
+    from timm.data import create_transform, resolve_data_config
+
+    spec = _timm("deepseek_vit_412m", img_size=42, patch_size=7, embed_dim=32, depth=1, num_heads=2)(tmp_path / "m")
+    model = clipviz.load(spec)
+    config = resolve_data_config(model=model.native)
+    assert config["crop_mode"] == "border"
+    photo = Image.fromarray(np.full((45, 70, 3), 200, dtype=np.uint8))
+    ours = model.prepare(model.preprocess_pil(photo)[None])[0]
+    torch.testing.assert_close(ours, create_transform(**config)(photo), rtol=1e-4, atol=1e-4)

@@ -102,12 +102,15 @@ def open_clip_transform(model) -> Callable[[Image.Image], torch.Tensor]:
 
 
 def timm_transform(model, image_size: tuple[int, int] | None = None) -> Callable[[Image.Image], torch.Tensor]:
-    """timm's own eval transform (resize by ``crop_pct``, centre crop, interpolation) with mean 0 and std 1."""
+    """timm's own eval transform (resize by ``crop_pct``, centre crop or pad, interpolation) with its normalisation
+    undone. It runs with the model's own mean and std, which also set the colour timm pads with (``crop_mode=
+    "border"``), then ``x * std + mean`` gives the [0, 1] image back."""
     from timm.data import create_transform, resolve_data_config
 
     config = resolve_data_config(model=model)
-    config.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     if image_size is not None:
         config["input_size"] = (3, *image_size)
     transform = create_transform(**config, is_training=False)
-    return lambda image: transform(image.convert("RGB"))
+    mean = torch.tensor(config["mean"], dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(config["std"], dtype=torch.float32).view(3, 1, 1)
+    return lambda image: (transform(image.convert("RGB")) * std + mean).clamp(0, 1)
