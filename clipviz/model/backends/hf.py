@@ -78,9 +78,9 @@ _ROOTS = (
 
 
 def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
-    """The vision tower clipviz hooks: a known path, the encoder of a VisionEncoderDecoder (TrOCR), or a task
-    model's base model (``base_model_prefix``: MGP-STR's ``mgp_str``); else the model itself. A vision-language
-    generator without a recognisable tower is refused, so that its refusal is not about its language model."""
+    """The vision tower clipviz hooks: a known path or the encoder of a VisionEncoderDecoder (TrOCR); else the
+    model itself. A vision-language generator without a recognisable tower is refused, so that its refusal is not
+    about its language model."""
     for path in _ROOTS:
         try:
             sub = model.get_submodule(path)
@@ -96,10 +96,6 @@ def _vision_root(model: nn.Module) -> tuple[nn.Module, str]:
             f"transformer tower clipviz recognises (looked for {', '.join(_ROOTS[:7])}, ...); if it has one, "
             "wrap it alone: clipviz.wrap(<the tower module>)"
         )
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix, None) if prefix else None
-    if isinstance(base, nn.Module) and base is not model:
-        return base, prefix
     return model, ""
 
 
@@ -226,8 +222,12 @@ def _forward(model: nn.Module, vision: nn.Module, vision_path: str):
 
 def _head_or_tower(model: nn.Module, vision: nn.Module):
     """The model's pooled output; where its output has none clipviz can read (MGP-STR's text logits), the pooled
-    output of its vision tower, decided on the first call; with neither, a one-line refusal."""
+    output of its vision tower or base model (``base_model_prefix``: MGP-STR's ``mgp_str``), decided on the first
+    call; with neither, a one-line refusal."""
     use_tower: list[bool] = []
+    if vision is model:
+        base = getattr(model, getattr(model, "base_model_prefix", "") or "_", None)
+        vision = base if isinstance(base, nn.Module) else model
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         if use_tower and use_tower[0]:
