@@ -210,12 +210,14 @@ def mine_examples(
     span: tuple[int, int] | None = None,
     keep_activations: bool = False,
     workers: int = 0,
+    identity: dict | None = None,
 ) -> ExampleResult:
     """One pass over ``source`` keeping, per neuron, the ``top_k`` images by the reduced activation (``patches``:
     mean over patch tokens, ``cls``, ``max``: max over patches) with their patch activation maps; with
     ``keep_activations`` also every image's reduced activation (float16), e.g. as a CLIP-Dissect probe matrix.
     ``workers`` > 0 decodes and resizes images in that many processes (sources of known length), so that the
-    model, not the loader, sets the pace; the result is the same."""
+    model, not the loader, sets the pace; the result is the same. ``identity``: ``model.identity()`` where the
+    caller has it already (a run of many shards hashes the weights once), recorded in the result's settings."""
     check_mining(source, top_k, batch, workers, reduce=reduce)
     point = model.hook_point(hook)
     layout = model.hook_layout(hook)
@@ -271,7 +273,7 @@ def mine_examples(
         activations=torch.cat(all_rows) if keep_activations else None,
         activation_indices=torch.tensor(all_ids) if keep_activations else None,
         settings={
-            **model.identity(),
+            **(identity or model.identity()),
             "source": source.name,
             "source_identity": source.identity,
             "top_k": top_k,
@@ -372,9 +374,10 @@ def mine_examples_resumable(
     model.hook_point(hook)  # an unknown hook is a one-line error before any bar is drawn
     if neurons is not None:
         neurons = model.check_neurons(hook, neurons)
+    identity = model.identity()
     key = settings_id(
         {
-            **model.identity(),
+            **identity,
             "hook": hook,
             "neurons": list(neurons) if neurons is not None else None,
             "top_k": top_k,
@@ -429,6 +432,7 @@ def mine_examples_resumable(
                     span=span,
                     keep_activations=keep_activations,
                     workers=workers,
+                    identity=identity,
                 )
             except ClipvizError as error:
                 if "no examples" not in str(error):
