@@ -167,3 +167,16 @@ def test_a_weight_edited_through_data_between_two_renderings_is_seen():
     after = visualize(model, HOOK, [0], recipe="default", steps=3, copies=1, progress=False)[0]
     fresh = visualize(twin, HOOK, [0], recipe="default", steps=3, copies=1, progress=False)[0]
     assert after.meta["objective_end"] == pytest.approx(fresh.meta["objective_end"], rel=1e-5)
+
+
+def test_an_atlas_never_shows_two_sets_of_weights_as_one_model(tmp_path):
+    """A folder rendered again with new weights for some neurons keeps the others' old images: the atlas refuses
+    the mixture, and a sweep's atlas (``only``: its plan's neurons) shows just what the rerun made."""
+    from clipviz.apps.atlas import build_atlas, collect
+
+    out = tmp_path / "vis"
+    visualize(clipviz.wrap(_tower(0)), HOOK, [0, 1], recipe="default", steps=2, copies=1, progress=False, out=out)
+    visualize(clipviz.wrap(_tower(1)), HOOK, [0], recipe="default", steps=2, copies=1, progress=False, out=out)
+    with pytest.raises(ClipvizError, match="different weights"):
+        build_atlas(out, tmp_path / "site")
+    assert set(collect(out, only={HOOK: [0]}).neurons[HOOK]) == {0}

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -88,8 +89,12 @@ class Results:
     concept_settings: dict[str, dict]  # hook -> method -> vocabulary
 
 
-def collect(root: str | Path) -> Results:
-    """Find every visualization sidecar, examples result and concepts table under ``root``."""
+def collect(root: str | Path, only: Mapping[str, Sequence[int]] | None = None) -> Results:
+    """Find every visualization sidecar, examples result and concepts table under ``root`` (with ``only``, those of
+    these hooks' neurons alone: a sweep's atlas shows its plan, not what earlier runs left in its folder).
+
+    Results of one model spec with different weights are refused: a folder rerun after the weights changed keeps
+    the older results of targets the rerun did not redo, and one atlas must not show two models as one."""
     from clipviz.analysis.examples import ExampleResult
 
     root = Path(root)
@@ -101,10 +106,18 @@ def collect(root: str | Path) -> Results:
     examples_settings: dict[str, dict] = {}
     concept_settings: dict[str, dict] = {}
 
+    weights: dict[str, str] = {}  # weights hash -> a file that has it
+
     def record(hook: str, neuron: int) -> NeuronRecord:
         return neurons.setdefault(hook, {}).setdefault(neuron, NeuronRecord(hook, neuron))
 
+    def wanted(hook: str, neuron: int | None) -> bool:
+        return only is None or (hook in only and (neuron is None or neuron in only[hook]))
+
     for png, meta in find_visualizations(root):
+        if not wanted(meta.get("hook"), int(meta["target"]) if meta["kind"] == "neuron" else -1):
+            continue
+        weights.setdefault(meta.get("weights"), str(png))
         models.add(meta.get("model"))
         if meta["kind"] == "neuron":
             record(meta["hook"], int(meta["target"])).visualizations.append({"png": png, "meta": meta})
@@ -112,10 +125,13 @@ def collect(root: str | Path) -> Results:
             prompts.append({"png": png, "meta": meta})
 
     for base, hook in find_examples(root):
+        if not wanted(hook, None):
+            continue
         try:
             result = ExampleResult.load(base, hook)
         except (OSError, KeyError, ValueError) as error:
             raise ClipvizError(f"cannot read the examples in '{base / hook}': {error}") from None
+        weights.setdefault(result.settings.get("weights"), str(base / hook))
         if result.settings.get("model"):
             models.add(result.settings["model"])
         if hook in examples_settings:
@@ -125,6 +141,8 @@ def collect(root: str | Path) -> Results:
             )
         examples_settings[hook] = {**result.settings, "seen": result.seen, "skipped": len(result.skipped)}
         for j, n in enumerate(result.neurons):
+            if not wanted(hook, n):
+                continue
             rec = record(hook, n)
             for r in range(result.indices.shape[1]):
                 idx = int(result.indices[j, r])
@@ -149,6 +167,8 @@ def collect(root: str | Path) -> Results:
         except (OSError, ValueError) as error:
             raise ClipvizError(f"cannot read a concepts table under '{root}': {error}") from None
         for row in sorted(rows, key=lambda r: (r["neuron"], r["rank"])):
+            if not wanted(row["hook"], int(row["neuron"])):
+                continue
             rec = record(row["hook"], int(row["neuron"]))
             rec.words.setdefault(row["method"], []).append((row["word"], float(row["score"])))
             concept_settings.setdefault(row["hook"], {})[row["method"]] = row["vocabulary"]
@@ -157,6 +177,13 @@ def collect(root: str | Path) -> Results:
     if len(models) > 1:
         raise ClipvizError(
             f"results from several models under '{root}' ({', '.join(sorted(models))}): build one atlas per model"
+        )
+    weights.pop(None, None)  # results of a clipviz that did not record the weights
+    if len(weights) > 1:
+        first, second = list(weights.values())[:2]
+        raise ClipvizError(
+            f"results of different weights under '{root}' (e.g. '{first}' and '{second}'): a rerun after the "
+            "weights changed keeps older results of targets it did not redo; build the atlas from one run's folder"
         )
     known = registry().ground_truths.get(next(iter(models))) if models else None
     for hook, truths in (known() if known else {}).items():
@@ -448,7 +475,9 @@ def _hook_order(hook: str) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in hook.split("."))
 
 
-def build_atlas(results: str | Path, out: str | Path, *, page_size: int = 256) -> Path:
+def build_atlas(
+    results: str | Path, out: str | Path, *, page_size: int = 256, only: Mapping[str, Sequence[int]] | None = None
+) -> Path:
     """Build the atlas of the results under ``results`` into ``out`` (replaced atomically) and return ``out``.
 
     ``out`` may be an existing atlas (it is replaced) or a new or empty folder; anything else is refused rather
@@ -457,7 +486,7 @@ def build_atlas(results: str | Path, out: str | Path, *, page_size: int = 256) -
     if page_size < 1:
         raise ClipvizError(f"page size must be at least 1, got {page_size}")
     out = check_new_folder(out, "atlas folder", replaceable=ATLAS_FILE)
-    found = collect(results)
+    found = collect(results, only)
     staging = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -662,7 +662,7 @@ def run_sweep(
 
         started = time.perf_counter()
         bar = _bar(1, "atlas", "site", shown)
-        build_atlas(out, site)
+        build_atlas(out, site, only=plan.neurons)
         bar.update(1)
         bar.close()
         record("atlas")
