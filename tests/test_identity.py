@@ -153,7 +153,16 @@ def test_a_saved_dataset_dict_is_a_dataset_not_a_folder_of_images(tmp_path):
     split = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
     datasets.DatasetDict({"train": split, "test": split.select([0])}).save_to_disk(str(tmp_path / "ds"))
     assert open_source(str(tmp_path / "ds")).length == 3
-    assert open_source(str(tmp_path / "ds"), split="test").length == 1
+    test = open_source(str(tmp_path / "ds"), split="test")
+    assert test.length == 1
+    # what was mined from a split is read back from that split, not from the default one
+    from clipviz.analysis.dissect import stored_activations
+
+    model = clipviz.wrap(_tower(0))
+    out = tmp_path / "examples"
+    mine_examples_resumable(model, HOOK, test, out, neurons=[0], top_k=1, progress=False, keep_activations=True)
+    stored = stored_activations(out, HOOK, model=model)
+    assert stored.options["split"] == "test" and open_source(stored.source, **stored.options).length == 1
 
 
 def test_a_weight_edited_through_data_between_two_renderings_is_seen():

@@ -266,17 +266,13 @@ def _model_digest(model: HookedVisionModel) -> str:
     """Identifies the whole text tower: a hash of every parameter and buffer outside the vision tower (name, dtype,
     shape and bytes), the model's spec and revision, and its tokenizer's output for a probe text; changing any
     text weight changes the digest."""
-    import torch
+    from clipviz.model.digest import update_with_tensors
 
     b = model.backend
     h = hashlib.sha256(f"{CACHE_FORMAT}\n{b.spec}\n{b.kind}\n{b.architecture}\n{getattr(b, 'revision', '')}".encode())
     vision = f"{b.vision_path}." if b.vision_path else None
-    for name, tensor in sorted([*model.native.named_parameters(), *model.native.named_buffers()], key=lambda p: p[0]):
-        if vision is not None and name.startswith(vision):
-            continue
-        t = tensor.detach()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    named = sorted([*model.native.named_parameters(), *model.native.named_buffers()], key=lambda p: p[0])
+    update_with_tensors(h, [(n, t) for n, t in named if vision is None or not n.startswith(vision)])
     tokens = model.tokenize(["a photo of a {}."])
     values = tokens.get("input_ids") if isinstance(tokens, dict) or hasattr(tokens, "keys") else tokens
     h.update(repr(values.tolist() if hasattr(values, "tolist") else values).encode())

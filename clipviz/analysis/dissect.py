@@ -25,7 +25,7 @@ import torch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -131,6 +131,7 @@ class StoredActivations:
     indices: list[int]  # dataset index of each row
     source: str  # the probe set's name (a source spec)
     neurons: list[int]  # neuron of each column
+    options: dict = field(default_factory=dict)  # open_source's options that reopen it (a dataset's split, columns)
 
 
 def stored_activations(folder, hook: str, neurons=None, *, model=None) -> StoredActivations:
@@ -153,13 +154,19 @@ def stored_activations(folder, hook: str, neurons=None, *, model=None) -> Stored
         mine = model.identity()
         theirs = {k: stored.settings.get(k) for k in ("model", "weights")}
         if theirs != {k: mine[k] for k in theirs}:
-            raise ClipvizError(
-                f"the activations in '{folder}' were mined with model '{theirs['model']}'"
-                + (" (other weights)" if theirs["model"] == mine["model"] else "")
-                + f", not these weights of '{mine['model']}': mine them again with this model"
+            which = (
+                "by a clipviz that did not record the weights"
+                if theirs["weights"] is None
+                else "with other weights"
+                if theirs["model"] == mine["model"]
+                else f"with model '{theirs['model']}'"
             )
-    name = stored.settings.get("source", "")
-    if stored.settings.get("source_identity") not in (None, open_source(name).identity):
+            raise ClipvizError(
+                f"the activations in '{folder}' were mined {which}, not with these weights of '{mine['model']}': "
+                "mine them again with this model"
+            )
+    name, options = stored.settings.get("source", ""), stored.settings.get("source_options") or {}
+    if stored.settings.get("source_identity") not in (None, open_source(name, **options).identity):
         raise ClipvizError(
             f"the images of '{name}' are not those the activations in '{folder}' were mined from: mine them again"
         )
@@ -185,6 +192,7 @@ def stored_activations(folder, hook: str, neurons=None, *, model=None) -> Stored
         stored.activation_indices.tolist(),
         stored.settings.get("source", ""),
         neurons,
+        options,
     )
 
 

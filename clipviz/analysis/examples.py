@@ -276,6 +276,7 @@ def mine_examples(
             **(identity or model.identity()),
             "source": source.name,
             "source_identity": source.identity,
+            "source_options": source.options,
             "top_k": top_k,
             "reduce": reduce,
         },

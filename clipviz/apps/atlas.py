@@ -317,11 +317,16 @@ class _SiteWriter:
             )
         ex_html, ex_data = [], []
         for e in rec.examples:
+            # under the thumbnail's source key: two datasets' image 5 are two files
+            thumb = (
+                None
+                if e["thumb"] is None
+                else self.copy(e["thumb"], f"img/examples/{e['thumb'].parent.name}/{e['index']}.png")
+            )
             img = (
                 "<div style='padding:40px 8px'>no thumbnail</div>"
-                if e["thumb"] is None
-                else f"<img src='{up}{self.copy(e['thumb'], 'img/examples/' + str(e['index']) + '.png')}' "
-                f"alt='example {e['index']}' loading='lazy'>"
+                if thumb is None
+                else f"<img src='{up}{thumb}' alt='example {e['index']}' loading='lazy'>"
             )
             label = e["caption"] or e["name"] or f"image {e['index']}"
             ex_html.append(

@@ -329,6 +329,10 @@ def _fmt(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ what is left
+#: The parts of ``HookedVisionModel.identity`` that a visualization's sidecar records.
+_MODEL_IDENTITY = ("model", "weights", "image_size", "mean", "std")
+
+
 def _pending_visualizations(plan: SweepPlan, hook: str) -> int:
     """Images of ``hook`` without a finished visualization made with this recipe (a cheap count for the bar and the
     estimate; ``visualize`` itself decides exactly what to skip)."""
@@ -345,6 +349,7 @@ def _pending_visualizations(plan: SweepPlan, hook: str) -> int:
             meta is None
             or meta.get("recipe") != plan.recipe
             or meta.get("seed") != t.seed
+            or any(meta.get(k) != plan.identity.get(k) for k in _MODEL_IDENTITY)  # new weights: rendered anew
             or (plan.guided and meta.get("guide") != guides.get(t.value))  # examples mined again: guided anew
         )
     return left
@@ -551,6 +556,13 @@ def run_sweep(
     model: HookedVisionModel, plan: SweepPlan, *, progress: bool = True, accelerator=None, workers: int = 0, echo=print
 ):
     """Run every stage of ``plan`` (resuming finished work) and return the atlas folder."""
+    from clipviz.model.hooked import identity_kept
+
+    with identity_kept():  # the weights are hashed once for the whole run, not by each stage of each hook
+        return _run_sweep(model, plan, progress=progress, accelerator=accelerator, workers=workers, echo=echo)
+
+
+def _run_sweep(model: HookedVisionModel, plan: SweepPlan, *, progress, accelerator, workers, echo):
     from accelerate import Accelerator
 
     from clipviz.visualization.visualize import _precision

@@ -2,8 +2,9 @@
 
 A source is a folder of images (recursively), a Hugging Face dataset id or a dataset saved with
 ``save_to_disk``, or a plug-in scheme such as ``world:<n>`` (held-out images of the bundled synthetic world).
-Images that cannot be read come out as ``None`` so that callers can skip and count them; grayscale, RGBA, CMYK
-and palette images are converted to RGB.
+Images that cannot be read come out as ``None`` so that callers can skip and count them; grayscale, CMYK and
+palette images are converted to RGB, and images with transparency to RGBA, which the model's preprocessing
+flattens as its library does (``clipviz.images.to_rgb``).
 
 >>> source = open_source("world:8")
 >>> source.length, next(iter(source))[2] is not None
@@ -38,6 +39,9 @@ class Source:
     # fingerprint, split and columns. Finished work is reused only for the same identity, so replacing the images
     # behind one name is never answered from the old ones.
     identity: str = ""
+    # The keyword arguments of ``open_source`` that reopen it as it is (a dataset's split and columns; none for a
+    # folder or world:), so that a result's source can be opened again exactly
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.identity = self.identity or self.name
@@ -50,13 +54,13 @@ class Source:
         return self.items(lo, hi)
 
 
-def _files_digest(files: list[Path]) -> str:
-    """The identity of a folder's images: a hash of each file's absolute path, size and modification time (not
-    its bytes, which would read the whole folder)."""
-    digest = hashlib.blake2b(digest_size=12)
+def _files_digest(root: Path, files: list[Path]) -> str:
+    """The identity of a folder's images: a hash of the folder's absolute path and each file's relative path, size
+    and modification time (not its bytes, which would read the whole folder)."""
+    digest = hashlib.blake2b(str(root.resolve()).encode(), digest_size=12)
     for f in files:
         stat = f.stat()
-        digest.update(f"{f.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{f.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return f"folder:{digest.hexdigest()}"
 
 
@@ -124,7 +128,9 @@ def open_source(
             for i in range(lo, len(files) if hi is None else min(hi, len(files))):
                 yield i, _read(files[i]), None
 
-        return Source(spec, len(files), folder_items, [str(p.relative_to(path)) for p in files], _files_digest(files))
+        return Source(
+            spec, len(files), folder_items, [str(p.relative_to(path)) for p in files], _files_digest(path, files)
+        )
     return _hf_source(spec, split, image_column, caption_column, streaming)
 
 
@@ -187,4 +193,5 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
 
     fingerprint = getattr(ds, "_fingerprint", None) or getattr(getattr(ds, "info", None), "version", None)
     identity = f"dataset:{spec}|{split}|{image_column}|{caption_column}|{fingerprint}"
-    return Source(spec, length or 0, rows, [], identity)
+    options = {"split": split, "image_column": image_column, "caption_column": caption_column, "streaming": streaming}
+    return Source(spec, length or 0, rows, [], identity, options)

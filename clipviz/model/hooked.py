@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,22 @@ class ActivationCache(dict):
     """Activations by hook name; ``stopped_early`` tells whether the forward pass was cut short."""
 
     stopped_early: bool = False
+
+
+#: Inside ``identity_kept()``: model id -> its identity, hashed once (``None`` outside: hashed on every call).
+_IDENTITIES: ContextVar[dict | None] = ContextVar("clipviz_identities", default=None)
+
+
+@contextmanager
+def identity_kept() -> Iterator[None]:
+    """Inside the block each model's weights are hashed once (``HookedVisionModel.identity``): for a run that
+    does not change them, such as a sweep, whose stages all ask."""
+    outer = _IDENTITIES.get()
+    token = _IDENTITIES.set({} if outer is None else outer)
+    try:
+        yield
+    finally:
+        _IDENTITIES.reset(token)
 
 
 class HookedVisionModel(nn.Module):
@@ -115,10 +132,12 @@ class HookedVisionModel(nn.Module):
         return next(self.native.parameters()).dtype
 
     def identity(self) -> dict:
-        """What decides this model's results beyond its spec: a hash of every weight and buffer its forward pass
-        uses (read afresh on each call, so an edit made in place is seen), its input size and normalisation.
-        Finished work on disk is reused only for the same identity: new weights behind the same spec (a folder
-        overwritten, another ``--revision``, a clipviz upgrade that ships new bundled weights) are computed anew.
+        """What decides this model's results beyond its spec: a hash of every weight and buffer of the model (of
+        the vision tower alone for a vision-language generator), its input size and normalisation. Read afresh on
+        each call, so an edit made in place is seen, except inside ``identity_kept()`` (a sweep's run, where the
+        weights do not change), which hashes once. Finished work on disk is reused only for the same identity: new
+        weights behind the same spec (a folder overwritten, another ``--revision``, a clipviz upgrade that ships
+        new bundled weights) are computed anew.
 
         >>> import clipviz
         >>> model = clipviz.load("world-clip")
@@ -126,22 +145,26 @@ class HookedVisionModel(nn.Module):
         (True, ['image_size', 'mean', 'model', 'std', 'weights'])
         """
         from clipviz.model.backends.hf_families import _is_generative
+        from clipviz.model.digest import update_with_tensors
 
+        kept = _IDENTITIES.get()
+        if kept is not None and id(self) in kept:
+            return dict(kept[id(self)])
         native = self.backend.native
         root = self.backend.vision_root if _is_generative(native) else native  # an LLM's tower runs alone
         digest = hashlib.blake2b(digest_size=12)
-        for name, tensor in (*root.named_parameters(), *root.named_buffers()):
-            flat = tensor.detach().reshape(-1).contiguous()
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(flat.view(torch.uint8).cpu().numpy().tobytes() if flat.numel() else b"")
+        update_with_tensors(digest, [*root.named_parameters(), *root.named_buffers()])
         mean, std = self.normalisation()
-        return {
+        found = {
             "model": self.spec,
             "weights": digest.hexdigest(),
             "image_size": list(self.image_size),
             "mean": [round(float(v), 6) for v in mean],
             "std": [round(float(v), 6) for v in std],
         }
+        if kept is not None:
+            kept[id(self)] = found
+        return dict(found)
 
     def layout(self, block: int | str) -> TokenLayout:
         """Token layout of block ``block``'s residual stream (``hook_resid_post``), or of a hook given by name.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,12 @@ from clipviz.model.hooks import forwards_replaced
 # oneDNN's packing takes the expected number of rows as a hint; it changes neither the values nor (measured from
 # 197 to 3,152 rows) the speed.
 _ROWS_HINT = 1024
-# id(weight) -> (a weak reference to it, its in-place version, W and W^T packed), inside a ``linears_as_onednn``
-# block only (``None`` outside: every product packs its weight afresh)
-_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor, torch.Tensor]] | None = None
+# id(weight) -> (a weak reference to it, its in-place version, W and W^T packed), inside a ``packing_kept``
+# block only (``None`` outside: every product packs its weight afresh); per thread and task, so that two renderings
+# at once (a Gradio app's requests) never share one
+_PACKED: ContextVar[dict[int, tuple[weakref.ref, int, torch.Tensor, torch.Tensor]] | None] = ContextVar(
+    "clipviz_packed", default=None
+)
 
 
 def onednn_available() -> bool:
@@ -53,7 +57,7 @@ def onednn_available() -> bool:
 def _packed(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``W`` and ``W^T`` (``weight`` flattened to 2-D) in oneDNN's layout, packed once per in-place version within
     a ``linears_as_onednn`` block."""
-    cache, key = _PACKED, id(weight)
+    cache, key = _PACKED.get(), id(weight)
     entry = cache.get(key) if cache is not None else None
     if entry is None or entry[0]() is not weight or entry[1] != weight._version:
         w = weight.detach().flatten(1)
@@ -123,13 +127,12 @@ def linears_as_onednn(model, enabled: bool = True) -> Iterator[int]:
 def packing_kept() -> Iterator[None]:
     """Inside the block, each weight is packed once (per in-place version) and reused; outside, every product
     packs afresh. ``optimise`` holds one block over a rendering's steps, so no packing outlives a rendering."""
-    global _PACKED
-    outer = _PACKED
-    _PACKED = {} if outer is None else outer  # a block inside another shares its packing
+    outer = _PACKED.get()
+    token = _PACKED.set({} if outer is None else outer)  # a block inside another shares its packing
     try:
         yield
     finally:
-        _PACKED = outer
+        _PACKED.reset(token)
 
 
 def _module_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:

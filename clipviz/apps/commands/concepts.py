@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         from clipviz.analysis.dissect import image_text_similarities, labeller_a, probe_activations, softwpmi
         from clipviz.data.sources import open_source
 
-        source = open_source(stored.source if stored is not None else args.probe)
+        source = open_source(stored.source, **stored.options) if stored is not None else open_source(args.probe)
         text = text_embeddings(labeller, vocab, progress=True)
         if stored is not None:
             acts, kept = stored.activations, stored.indices

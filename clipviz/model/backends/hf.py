@@ -278,8 +278,24 @@ def load_hf(
     load_kwargs = dict(kwargs)
     if dtype is not None:
         load_kwargs["dtype"] = dtype
-    model = fetching(spec, lambda: cls.from_pretrained(ref, **load_kwargs))
-    return hf_backend(model, spec, ref, kwargs)
+
+    def weights():
+        # weights the checkpoint lacks (a ViT saved without its pooler) are drawn at random: the same in every
+        # process and every run, so that the model's identity, and what it resumes, does not change per load
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return cls.from_pretrained(ref, output_loading_info=True, **load_kwargs)
+
+    model, info = fetching(spec, weights)
+    backend = hf_backend(model, spec, ref, kwargs)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        backend.notes = (
+            *backend.notes,
+            f"{len(missing)} weights are not in the checkpoint and were drawn at random with seed 0 (e.g. "
+            f"{missing[0]}): results that depend on them are not the published model's",
+        )
+    return backend
 
 
 def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict | None = None) -> Backend:
