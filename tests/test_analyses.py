@@ -307,4 +307,5 @@ def test_the_world_probe_is_rendered_at_a_square_size_so_its_masks_stay_exact():
     assert torch.equal(probe.images, torch.from_numpy(drawn.images).permute(0, 3, 1, 2).float() / 255.0)
     assert torch.equal(probe.masks, torch.from_numpy(foreground_masks(6, seed=PROBE_SEED, size=96, single_object=True)))
     assert probe.masks.any(dim=(1, 2)).all() and not probe.masks.all(dim=(1, 2)).any()
-    assert world_probe(6, size=(48, 64)).images.shape[-2:] == (48, 64)  # not square: drawn at 64, resized
+    with pytest.raises(ClipvizError, match="are square"):  # not square: neither stretched nor cropped
+        world_probe(6, size=(48, 64))

@@ -369,7 +369,7 @@ def test_diversity_is_minus_the_mean_gram_similarity_within_groups(planted):
     assert -1.0 < float(mixed[0]) < 0.0 and mixed[0] == pytest.approx(float(mixed[2]), abs=1e-6)
 
 
-@pytest.mark.parametrize("recipe", ["default", "pii"])
+@pytest.mark.parametrize("recipe", ["default", "pii", "clip-inversion"])
 def test_a_non_square_model_sees_its_own_shape_never_a_stretched_square(tmp_path, recipe):
     """A 32x48 (height x width) ViT: the rendered image is 32 high and 48 wide and the model is fed exactly that,
     at every zoom stage of a multi-stage recipe; ``--size`` sets the height and keeps the aspect ratio."""
@@ -377,6 +377,13 @@ def test_a_non_square_model_sees_its_own_shape_never_a_stretched_square(tmp_path
 
     spec = _timm("vit_tiny_patch16_224", img_size=(32, 48), patch_size=8, embed_dim=32, depth=1, num_heads=2)
     model = clipviz.load(spec(tmp_path / "wide"))
+    narrow = clipviz.load(
+        _timm("vit_tiny_patch16_224", img_size=(16, 48), patch_size=8, embed_dim=32, depth=1, num_heads=2)(
+            tmp_path / "narrow"
+        )
+    )  # PII's smallest stage keeps the aspect ratio (it used to clamp each side to 8 pixels alone)
+    (thin,) = visualize(narrow, HOOK, [0], recipe=recipe, steps=2, copies=1, progress=False)
+    assert thin.image.size == (48, 16)
     seen = set()
     stem = model.native.patch_embed
     handle = stem.register_forward_pre_hook(lambda m, args: seen.add(tuple(args[0].shape[-2:])))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipviz.images import grid, overlay, pil_to_tensor
+from clipviz.images import grid, overlay, pil_to_tensor, tensor_to_pil
 from clipviz.results import write_png, write_text
 from clipviz.visualization.guidance import GUIDED_DEFAULT
 
@@ -194,7 +194,7 @@ def _run(
             for r in range(ex.indices.shape[1]):
                 idx = int(ex.indices[j, r])
                 name = f"examples/{hook}/neuron-{neuron:05d}-{r}.png"
-                write_png(out / name, overlay(pictures[idx], ex.maps[j, r]))
+                write_png(out / name, overlay(tensor_to_pil(model.preprocess_pil(pictures[idx])), ex.maps[j, r]))
                 exs.append((name, float(ex.scores[j, r]), ex.captions.get(idx, ""), bool(labels[idx, c])))
             cards.append(
                 {

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from clipviz.errors import ClipvizError, check_int
-from clipviz.images import overlay, pil_to_tensor
+from clipviz.images import overlay, pil_to_tensor, tensor_to_pil
 from clipviz.results import read_atlas
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class SpaceBackend:
             with torch.no_grad():
                 self._embeddings[model.spec] = torch.cat(
                     [
-                        model.encode_image(_batch(pictures[i : i + 256]).to(model.device)).float().cpu()
+                        model.encode_image(_seen(model, pictures[i : i + 256]).to(model.device)).float().cpu()
                         for i in range(0, len(pictures), 256)
                     ]
                 )
@@ -193,7 +193,7 @@ class SpaceBackend:
             ]
         examples = [
             (
-                overlay(pictures[int(ex.indices[j, r])], ex.maps[j, r]),
+                overlay(tensor_to_pil(model.preprocess_pil(pictures[int(ex.indices[j, r])])), ex.maps[j, r]),
                 f"neuron {n}: {ex.captions.get(int(ex.indices[j, r]), '')} ({float(ex.scores[j, r]):.2f})",
             )
             for j, n in enumerate(chosen)
@@ -265,6 +265,11 @@ class SpaceBackend:
             if x["thumb"]
         ]
         return images, e["words"], examples
+
+
+def _seen(model: HookedVisionModel, images: list[Image.Image]) -> torch.Tensor:
+    """Photos as the model sees them (its own resize and crop), batched."""
+    return torch.stack([model.preprocess_pil(img) for img in images])
 
 
 def _batch(images: list[Image.Image]) -> torch.Tensor:

@@ -146,6 +146,12 @@ def _resized(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         raise ClipvizError(f"start images must be (n, 3, H, W) in [0, 1], got {tuple(images.shape)}")
     if tuple(images.shape[-2:]) == shape:
         return images.float()
+    (h, w), (th, tw) = images.shape[-2:], shape
+    if abs(h * tw - w * th) > max(th, tw):
+        raise ClipvizError(
+            f"start images are {h}x{w} (height x width) but the rendering is {th}x{tw}: resizing them would "
+            "stretch them; crop them to the model's aspect ratio first (model.preprocess_pil does)"
+        )
     return F.interpolate(images.float(), size=shape, mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -235,7 +241,8 @@ def optimise(
     previous, start = None, None
     total, step_no = recipe.total_steps, 0
     for stage, fraction in enumerate(recipe.stages):
-        stage_shape = (max(8, round(shape[0] * fraction)), max(8, round(shape[1] * fraction)))
+        zoom = max(fraction, 8 / min(shape))  # at least 8 pixels a side, the aspect ratio kept
+        stage_shape = (round(shape[0] * zoom), round(shape[1] * zoom))
         stage_seeds = [int(s) * 7919 + stage if stage else int(s) for s in seeds]
         param = make_param(recipe.param, stage_seeds, stage_shape).to(device)
         if init is not None and stage == 0:

@@ -157,7 +157,10 @@ class RandomAffine:
         scale = self.scale[0] + (self.scale[1] - self.scale[0]) * draws[..., 1]
         tx, ty = (draws[..., 2] * 2 - 1) * self.translate * 2, (draws[..., 3] * 2 - 1) * self.translate * 2
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], -2)
+        # a rotation of the pixels, in the grid's coordinates normalised per axis: on a non-square image the
+        # off-diagonal terms carry the aspect ratio, else the rotation would shear it
+        aspect = x.shape[-2] / x.shape[-1]  # height / width
+        theta = torch.stack([torch.stack([cos, -sin * aspect, tx], -1), torch.stack([sin / aspect, cos, ty], -1)], -2)
         flat = x.reshape(n * c, *x.shape[2:])
         grid = F.affine_grid(theta.reshape(-1, 2, 3), list(flat.shape), align_corners=False)
         return F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(x.shape)

@@ -46,22 +46,24 @@ PROBE_SEED = 2_000_000_011 + 31
 def world_probe(n: int, size: tuple[int, int] = (64, 64), seed: int = 0):
     """``n`` single-object world images as an analysis ``Probe``: one zero-shot task per factor family (the world's
     single-factor prompts; count is left out, it is always one), the factors as semantic concepts (one-hot) and
-    exact foreground masks. A square ``size`` is rendered at that size (masks exact at every size); another is
-    rendered at 64 px and resized, the masks by nearest neighbour."""
-    import torch.nn.functional as F
-
+    exact foreground masks, rendered at the square ``size`` (masks exact at every size). A non-square size is
+    refused: stretched, the world's shapes would not be its shapes; cropped, its positions would not be its
+    positions."""
     from clipviz.analysis.studies.common import Probe, Task
+    from clipviz.errors import ClipvizError
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if size[0] != size[1]:
+        raise ClipvizError(
+            f"the world's probe images are square and the model runs at {size[0]}x{size[1]}: stretched or cropped, "
+            "their shape and position labels would not hold; use a probe set of your own (a folder or a dataset)"
+        )
     s = PROBE_SEED + seed
-    side = int(size[0]) if size[0] == size[1] else 64
+    side = int(size[0])
     batch = world.generate(n, seed=s, single_object=True, size=side)
     masks = torch.from_numpy(foreground_masks(n, seed=s, size=side, single_object=True))
     images = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255.0
-    if tuple(size) != tuple(images.shape[-2:]):
-        images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-        masks = F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest")[:, 0] > 0.5
     tasks = [
         Task(fam, batch.factors[fam].copy(), list(values), [world.prompt(fam, v) for v in values])
         for fam, values in world.FACTORS.items()
