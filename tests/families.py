@@ -46,23 +46,23 @@ def noisy(model: nn.Module, std: float = 0.02) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------- transformers
-def _processor(directory: Path, crop: bool = True) -> None:
+def _processor(directory: Path, side: int = IMAGE) -> None:
     from transformers import CLIPImageProcessor
 
     CLIPImageProcessor(
-        size={"shortest_edge": IMAGE},
-        crop_size={"height": IMAGE, "width": IMAGE},
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
         image_mean=[0.4, 0.45, 0.5],
         image_std=[0.2, 0.25, 0.3],
     ).save_pretrained(directory)
 
 
-def _hf(make: Callable[[], nn.Module], processor: bool = True) -> Callable[[Path], str]:
+def _hf(make: Callable[[], nn.Module], processor: bool = True, side: int = IMAGE) -> Callable[[Path], str]:
     def build(directory: Path) -> str:
         torch.manual_seed(0)
         noisy(make()).save_pretrained(directory)
         if processor:
-            _processor(directory)
+            _processor(directory, side)
         return f"hf:{directory}"
 
     return build

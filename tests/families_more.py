@@ -36,27 +36,6 @@ _DV2 = dict(
 )
 
 
-def _processor64(directory: Path) -> None:
-    from transformers import CLIPImageProcessor
-
-    CLIPImageProcessor(
-        size={"shortest_edge": 64},
-        crop_size={"height": 64, "width": 64},
-        image_mean=[0.4, 0.45, 0.5],
-        image_std=[0.2, 0.25, 0.3],
-    ).save_pretrained(directory)
-
-
-def _hf64(make):
-    def build(directory: Path) -> str:
-        torch.manual_seed(0)
-        noisy(make()).save_pretrained(directory)
-        _processor64(directory)
-        return f"hf:{directory}"
-
-    return build
-
-
 # ------------------------------------------------------------------------------------------------ transformers
 def _hf_more() -> list[Family]:
     import transformers as T
@@ -441,7 +420,7 @@ def _hf_more() -> list[Family]:
         Family(
             "DPT hybrid (BiT stem + ViT)",
             "transformers",
-            _hf64(
+            _hf(
                 lambda: T.DPTModel(
                     T.DPTConfig(
                         hidden_size=32,
@@ -468,7 +447,8 @@ def _hf_more() -> list[Family]:
                             embedding_dynamic_padding=True,
                         ),
                     )
-                )
+                ),
+                side=64,
             ),
             _seq("encoder.layer", 2),
             ("act", "intermediate.intermediate_act_fn"),
@@ -577,7 +557,7 @@ def _hf_more() -> list[Family]:
         Family(
             "SAM3 ViT (RoPE, windowed + global, 4-D)",
             "transformers",
-            _hf64(
+            _hf(
                 lambda: T.Sam3ViTModel(
                     T.Sam3ViTConfig(
                         hidden_size=32,
@@ -590,7 +570,8 @@ def _hf_more() -> list[Family]:
                         window_size=4,
                         global_attn_indexes=[1],
                     )
-                )
+                ),
+                side=64,
             ),
             _seq("layers", 2),
             A,
