@@ -191,7 +191,10 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
                 cap = features[caption_column].int2str(cap)
             yield i, img, (str(cap) if cap is not None else None)
 
-    fingerprint = getattr(ds, "_fingerprint", None) or getattr(getattr(ds, "info", None), "version", None)
+    fingerprint = getattr(ds, "_fingerprint", None)
+    if fingerprint is None:  # a streaming dataset has none: what its info says of the data instead
+        info = getattr(ds, "info", None)
+        fingerprint = f"{getattr(info, 'config_name', None)}:{getattr(info, 'version', None)}:{length}"
     identity = f"dataset:{spec}|{split}|{image_column}|{caption_column}|{fingerprint}"
     options = {"split": split, "image_column": image_column, "caption_column": caption_column, "streaming": streaming}
     return Source(spec, length or 0, rows, [], identity, options)
