@@ -140,8 +140,9 @@ def test_a_crop_size_the_processor_does_not_apply_is_not_the_input_size(tmp_path
     [
         {"kind": "CLIPImageProcessor", "size": {"shortest_edge": 32}, "do_center_crop": False},
         {"kind": "DPTImageProcessor", "size": {"height": 32, "width": 32}, "keep_aspect_ratio": True},
+        {"kind": "ViTImageProcessor", "size": {"height": 32, "width": 32}},
     ],
-    ids=["shortest-edge-no-crop", "dpt-keep-aspect-ratio"],
+    ids=["shortest-edge-no-crop", "dpt-keep-aspect-ratio", "vit-fixed-resize"],
 )
 def test_a_processor_that_keeps_the_aspect_ratio_is_centre_cropped_not_stretched(tmp_path, processor):
     """Where the processor's output follows the photo's shape, clipviz runs at its fixed size by centre-cropping
@@ -156,7 +157,7 @@ def test_a_processor_that_keeps_the_aspect_ratio_is_centre_cropped_not_stretched
     getattr(T, options.pop("kind"))(**options).save_pretrained(directory)
     model = clipviz.load(f"hf:{directory}")
     assert tuple(model.image_size) == (32, 32)
-    assert any("keeps a photo's aspect ratio" in note for note in model.summary()["notes"])
+    assert any("aspect ratio" in note for note in model.summary()["notes"])
     photo = np.zeros((64, 192, 3), dtype=np.uint8)
     photo[:, 64:128] = 255
     x = model.preprocess_pil(Image.fromarray(photo))

@@ -237,6 +237,13 @@ def _head_or_tower(model: nn.Module, vision: nn.Module):
         readable = readable or bool(getattr(out, "feature_maps", None))
         if not use_tower:
             use_tower.append(not readable and vision is not model)
+            said = embed.backend  # set once the backend exists: the decision is said in its notes
+            if use_tower[0] and said is not None:
+                said.notes = (
+                    *said.notes,
+                    f"the output of {type(model).__name__} ({type(out).__name__}) is not an image representation: "
+                    f"clipviz's output is the pooled output of {type(vision).__name__} (the heads are not run)",
+                )
         if readable:
             return _pooled(out)
         if use_tower[0]:
@@ -246,6 +253,7 @@ def _head_or_tower(model: nn.Module, vision: nn.Module):
             "feature maps clipviz can read"
         )
 
+    embed.backend = None
     return embed
 
 
@@ -327,6 +335,8 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
             f"runs the backbone alone ({type(vision).__name__}): the task head is not run, and the output is the "
             "mean of the backbone's last feature map"
         )
+    elif vision_path == "encoder":
+        notes.append(f"runs the encoder alone ({type(vision).__name__}): the text decoder is not run")
     facts = {
         "image_size": image_size,
         "patch_size": _pair(getattr(vcfg, "patch_size", 16)),
@@ -343,7 +353,7 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
         _no_masking(model, vision, facts)
     hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")
     text = None if _is_generative(model) or not ref else _text_tower(model, ref, kwargs)
-    return Backend(
+    backend = Backend(
         kind="hf",
         spec=spec,
         native=model,
@@ -364,6 +374,9 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
         pil_transform=facts["pil_transform"],
         notes=facts["notes"],
     )
+    if hasattr(backend.forward, "backend"):  # _head_or_tower: it notes its choice on the first forward pass
+        backend.forward.backend = backend
+    return backend
 
 
 def is_hf_dir(path: Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -75,12 +76,42 @@ def hf_transform(processor, size: tuple[int, int]) -> tuple[Callable[[Image.Imag
 
     shape = tuple(probe.shape[-2:])
     if shape == tuple(size):
-        return fn, None
+        if not _stretches(fn, size):
+            return fn, None
+        note = (
+            f"the image processor resizes every photo to {size[1]}x{size[0]} without cropping (a stretch); clipviz "
+            "centre-crops each photo to the model's aspect ratio first"
+        )
+        return (lambda image: fn(crop_to_aspect(image, size))), note
     note = (
         f"the image processor keeps a photo's aspect ratio (a {photo.width}x{photo.height} photo becomes "
         f"{shape[1]}x{shape[0]}); clipviz runs at a fixed {size[1]}x{size[0]} and centre-crops its output"
     )
     return (lambda image: centre_fit(fn(image), size)), note
+
+
+def crop_to_aspect(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The centre of ``image`` with the aspect ratio of ``size`` (rows, columns), not resized."""
+    h, w = size
+    if image.width * h > image.height * w:  # wider than the model: keep the middle columns
+        width = max(1, round(image.height * w / h))
+        left = (image.width - width) // 2
+        return image.crop((left, 0, left + width, image.height))
+    height = max(1, round(image.width * h / w))
+    top = (image.height - height) // 2
+    return image.crop((0, top, image.width, top + height))
+
+
+def _stretches(fn: Callable[[Image.Image], torch.Tensor], size: tuple[int, int]) -> bool:
+    """Whether ``fn`` squeezes a whole photo of another aspect ratio into ``size``: a photo three times wider than
+    the model, white in its leftmost eighth, comes out white at the left of both its top and its middle rows
+    (a centre crop cuts the white band off; a letterbox shows it in the middle rows only)."""
+    h, w = size
+    photo = np.zeros((2 * h, 6 * w, 3), dtype=np.uint8)
+    photo[:, : (6 * w) // 8] = 255
+    out = fn(Image.fromarray(photo))
+    left = out[:, :, : max(1, out.shape[-1] // 16)]
+    return bool(left[:, out.shape[-2] // 20].mean() > 0.5 and left[:, out.shape[-2] // 2].mean() > 0.5)
 
 
 def open_clip_transform(model) -> Callable[[Image.Image], torch.Tensor]:
