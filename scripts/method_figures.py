@@ -28,25 +28,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import clipviz
 from clipviz.analysis.concepts import Vocabulary, direct_lens, visual_words
 from clipviz.analysis.dissect import labeller_a, softwpmi
 from clipviz.images import pil_to_tensor
-from clipviz.plugins import registry
 from clipviz.visualization.recipes import get_recipe
 from clipviz.visualization.visualize import visualize
 from clipviz.world.groundtruth import (
     CONCEPTS,
     HELDOUT_SEED,
-    Selectivity,
     bundled_selectivity,
+    image_embeddings,
     patch_means,
+    text_embeddings,
     world_images,
     world_size,
 )
 from clipviz.world.planting import concept_labels, concept_prompt, parse_concept
+from clipviz.world.plugin import OWN_IMAGES, world_spec
 from clipviz.world.reading import salient_reading
 
 PROBE_SEED = HELDOUT_SEED + 3
@@ -98,8 +98,8 @@ def probe(model, concepts: list[str], n: int, seed: int = PROBE_SEED) -> dict:
     images, factors = world_images(n, seed=seed, size=world_size(model))
     hooks = [f"blocks.{b}.mlp.hook_post" for b in range(model.n_blocks)]
     means = patch_means(model, hooks, images)
-    img = torch.cat([F.normalize(model.encode_image(images[i : i + 250]).float(), dim=-1) for i in range(0, n, 250)])
-    text = F.normalize(model.encode_text([concept_prompt(c) for c in concepts]).float(), dim=-1)
+    img = image_embeddings(model, images)
+    text = text_embeddings(model, [concept_prompt(c) for c in concepts])
     labels = concept_labels(concepts, factors)
     return {"means": means, "labels": labels, "sims": img @ text.T, "text": text, "a": labeller_a(model)}
 
@@ -129,7 +129,7 @@ def lens_reading(model, pr: dict, concepts: list[str], neurons: list[dict]) -> l
     if not rows:
         return [None] * len(neurons)
     vocab = vocabulary(concepts)
-    table = direct_lens(model, hook_of(rows[0]), [r["neuron"] for r in rows], vocab, 1, embeddings=pr["text"].cpu())
+    table = direct_lens(model, hook_of(rows[0]), [r["neuron"] for r in rows], vocab, 1, embeddings=pr["text"])
     words = {r["neuron"]: t["words"][0] for r, t in zip(rows, table, strict=True)}
     by_prompt = {concept_prompt(c): c for c in concepts}
     return [by_prompt[words[r["neuron"]]] if r["block"] == last else None for r in neurons]
@@ -152,7 +152,7 @@ def render(model, neurons: list[dict], recipe: str, overrides: dict, guide: str 
 @torch.no_grad()
 def visual_reading(model, pr: dict, concepts: list[str], images: list[torch.Tensor]) -> list[str]:
     """The model's zero-shot top-1 concept for each visualization."""
-    table = visual_words(model, torch.stack(images)[:, None], vocabulary(concepts), 1, embeddings=pr["text"].cpu())
+    table = visual_words(model, torch.stack(images)[:, None], vocabulary(concepts), 1, embeddings=pr["text"])
     by_prompt = {concept_prompt(c): c for c in concepts}
     return [by_prompt[t["words"][0]] for t in table]
 
@@ -264,16 +264,19 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override, repeatable")
     ap.add_argument(
         "--guide",
-        default=registry().guides.get("world-clip"),
-        help="reference images of a data-guided recipe (default: the bundled world-clip's, for a directory too)",
+        help="reference images of a data-guided recipe (default: the model's own held-out world images, "
+        f"world:{OWN_IMAGES} drawn at its input size, for a directory too)",
     )
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-    folder = Path(args.model)
-    truth = Selectivity.load(folder) if folder.is_dir() else bundled_selectivity(args.model)
-    result = measure(clipviz.load(args.model), truth, args)
+    truth = bundled_selectivity(args.model)
+    model = clipviz.load(args.model, device=args.device)
+    args.guide = args.guide or world_spec(OWN_IMAGES, world_size(model))
+    result = measure(model, truth, args)
+    result["device"] = str(model.device)
     result["seconds"] = round(time.time() - started, 1)
     print(markdown(result))
     if args.json:

@@ -73,15 +73,27 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("plan.json"))
     ap.add_argument("--max-natural", type=float, default=0.8)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument(
+        "--blocks",
+        default=",".join(map(str, CONCEPTS_BY_BLOCK)),
+        help="the blocks that receive the three groups of concepts, shallowest group first (a deeper tower: e.g. "
+        "2,3,5 of 6 blocks)",
+    )
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = clipviz.load(args.model)
+    model = clipviz.load(args.model, device=args.device)
+    blocks = [int(b) for b in args.blocks.split(",")]
+    if len(blocks) != len(CONCEPTS_BY_BLOCK) or len(set(blocks)) != len(blocks):
+        ap.error(f"--blocks needs {len(CONCEPTS_BY_BLOCK)} different blocks, got {args.blocks!r}")
+    if not all(0 <= b < model.n_blocks for b in blocks):
+        ap.error(f"--blocks {args.blocks}: this model has blocks 0..{model.n_blocks - 1}")
     natural = bundled_selectivity(args.model)
     images, factors = world_images(args.n, seed=HELDOUT_SEED + 7, size=world_size(model))
-    hooks = [f"blocks.{b}.mlp.hook_post" for b in CONCEPTS_BY_BLOCK]
-    means = patch_means(model, hooks, images)
+    groups = dict(zip(blocks, CONCEPTS_BY_BLOCK.values(), strict=True))
+    means = patch_means(model, [f"blocks.{b}.mlp.hook_post" for b in groups], images)
     plan = []
-    for block, concepts in CONCEPTS_BY_BLOCK.items():
+    for block, concepts in groups.items():
         hook = f"blocks.{block}.mlp.hook_post"
         for c in concepts:
             parse_concept(c)

@@ -23,14 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import clipviz
 from clipviz import world
 from clipviz.analysis.concepts import direct_lens, load_vocabulary
 from clipviz.model.loading import bundled_models
 from clipviz.visualization.visualize import visualize
-from clipviz.world.groundtruth import CONCEPTS, bundled_selectivity, selectivity, zero_shot_accuracy
+from clipviz.world.groundtruth import (
+    CONCEPTS,
+    bundled_selectivity,
+    image_embeddings,
+    selectivity,
+    text_embeddings,
+    zero_shot_accuracy,
+)
 
 
 def clear_counts(truth, threshold: float) -> dict:
@@ -65,8 +71,7 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
 
     images, _ = world_images(n, seed=HELDOUT_SEED + 3, size=world_size(model))
     prompts = [world.prompt(f, v) for f, v in CONCEPTS]
-    img = torch.cat([F.normalize(model.encode_image(images[i : i + 250]).float(), dim=-1) for i in range(0, n, 250)])
-    sims = img @ F.normalize(model.encode_text(prompts).float(), dim=-1).T
+    sims = image_embeddings(model, images) @ text_embeddings(model, prompts).T
     means = patch_means(model, sorted(truth.auroc), images)
     out = {}
     for hook in sorted(truth.auroc):
@@ -80,9 +85,8 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
 @torch.no_grad()
 def classify(model, images: torch.Tensor) -> list[str]:
     prompts = [world.prompt(f, v) for f, v in CONCEPTS]
-    img = F.normalize(model.encode_image(images).float(), dim=-1)
-    txt = F.normalize(model.encode_text(prompts).float(), dim=-1)
-    return [f"{CONCEPTS[int(i)][0]}:{CONCEPTS[int(i)][1]}" for i in (img @ txt.T).argmax(1)]
+    scores = image_embeddings(model, images) @ text_embeddings(model, prompts).T
+    return [f"{CONCEPTS[int(i)][0]}:{CONCEPTS[int(i)][1]}" for i in scores.argmax(1)]
 
 
 def visualization_share(model, truth, recipe: str, per_block: int, steps: int, threshold: float = 0.9) -> dict:
@@ -127,10 +131,11 @@ def main() -> None:
     ap.add_argument("--per-block", type=int, default=8, help="neurons per block for the visualization check")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--zero-shot-n", type=int, default=1000)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = ap.parse_args()
     torch.manual_seed(0)
 
-    model = clipviz.load(args.model)
+    model = clipviz.load(args.model, device=args.device)
     results: dict = {"model": args.model}
     results["zero_shot"] = zero_shot_accuracy(model, n=args.zero_shot_n)
     print("zero-shot accuracy:", json.dumps(results["zero_shot"]))

@@ -59,21 +59,32 @@ def world_size(model: HookedVisionModel) -> int:
 
 
 @torch.no_grad()
+def image_embeddings(model: HookedVisionModel, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """Unit image embeddings (n, d) as float32 on the CPU, whatever the model's device, ``batch`` images a pass."""
+    rows = [model.encode_image(images[i : i + batch]).float().cpu() for i in range(0, images.shape[0], batch)]
+    return F.normalize(torch.cat(rows), dim=-1)
+
+
+@torch.no_grad()
+def text_embeddings(model: HookedVisionModel, prompts: list[str]) -> torch.Tensor:
+    """Unit text embeddings (len(prompts), d) as float32 on the CPU, whatever the model's device."""
+    return F.normalize(model.encode_text(prompts).float().cpu(), dim=-1)
+
+
+@torch.no_grad()
 def zero_shot_accuracy(
     model: HookedVisionModel, n: int = 1000, seed: int = HELDOUT_SEED + 1, batch: int = 250
 ) -> dict[str, float]:
     """Accuracy per factor family of zero-shot classification with single-factor prompts (``world.prompt``),
     on held-out single-object images (count is left out: it is always one)."""
     images, factors = world_images(n, seed=seed, single_object=True, size=world_size(model))
-    emb = torch.cat(
-        [F.normalize(model.encode_image(images[i : i + batch]).float(), dim=-1) for i in range(0, n, batch)]
-    )
+    emb = image_embeddings(model, images, batch)
     out = {}
     for family, values in world.FACTORS.items():
         if family == "count":
             continue
-        text = F.normalize(model.encode_text([world.prompt(family, v) for v in values]).float(), dim=-1)
-        pred = (emb @ text.T).argmax(1).cpu().numpy()
+        text = text_embeddings(model, [world.prompt(family, v) for v in values])
+        pred = (emb @ text.T).argmax(1).numpy()
         out[family] = float((pred == factors[family]).mean())
     return out
 
@@ -219,7 +230,17 @@ def selectivity(
 
 
 def bundled_selectivity(name: str = "world-clip") -> Selectivity:
-    """The ground-truth table shipped with a bundled model."""
+    """The ground-truth table shipped with a bundled model, or (``name`` a directory that
+    ``train_world_clip.py`` wrote and ``validate_world_clip.py`` measured) the one written beside its weights."""
     from clipviz.model.loading import bundled_models
 
-    return Selectivity.load(bundled_models()[name])
+    bundled = bundled_models()
+    if name in bundled:
+        return Selectivity.load(bundled[name])
+    folder = Path(name)
+    if not (folder / "ground_truth.json").is_file():
+        raise ClipvizError(
+            f"'{name}' is neither a bundled model ({', '.join(bundled)}) nor a directory with a ground truth: "
+            "run scripts/validate_world_clip.py --model DIR first"
+        )
+    return Selectivity.load(folder)

@@ -1,0 +1,87 @@
+"""scripts/world_clip_pipeline.py: stages run in order on one device, a finished stage is never run again, and a
+failed stage stops the pipeline with its exit status. The stages' commands are replaced by a stand-in that writes
+each stage's output, so nothing is trained here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from clipviz.world.groundtruth import bundled_selectivity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def pipeline():
+    spec = importlib.util.spec_from_file_location("world_clip_pipeline", ROOT / "scripts" / "world_clip_pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(pipeline, out: Path, monkeypatch, fail: str | None = None) -> tuple[list[str], int]:
+    """Run the pipeline with a stand-in for each stage's command: it writes the stage's output (or fails, for the
+    stage ``fail``); returns the scripts that ran and the exit status."""
+    argv = ["--out", str(out), "--device", "cuda:3", "--plant-blocks", "2,3,5"]
+    done = {tuple(cmd): path for _, cmd, path in pipeline.stages(pipeline.parser().parse_args(argv))}
+    ran: list[str] = []
+
+    def call(command, stdout, stderr):
+        ran.append(Path(command[1]).stem)
+        assert command[command.index("--device") + 1] == "cuda:3"
+        if ran[-1] == fail:
+            stdout.write("Traceback ...\nRuntimeError: out of memory\n")
+            return 3
+        done[tuple(command)].parent.mkdir(parents=True, exist_ok=True)
+        done[tuple(command)].write_text("{}")
+        return 0
+
+    monkeypatch.setattr(pipeline.subprocess, "call", call)
+    try:
+        pipeline.main(argv)
+    except SystemExit as stop:
+        return ran, int(stop.code)
+    return ran, 0
+
+
+def test_stages_run_in_order_and_a_second_run_redoes_nothing(pipeline, monkeypatch, tmp_path):
+    ran, status = _run(pipeline, tmp_path / "run", monkeypatch)
+    assert status == 0
+    assert ran == [
+        "train_world_clip",
+        "validate_world_clip",
+        "plant_world_clip",
+        "train_world_clip",
+        "validate_world_clip",
+        "method_figures",
+    ]
+    record = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert list(record["stages"]) == ["base", "base-truth", "plan", "planted", "planted-truth", "figures"]
+    assert "--blocks 2,3,5" in record["stages"]["plan"]["command"]
+    assert "--init-from" in record["stages"]["planted"]["command"]
+    again, status = _run(pipeline, tmp_path / "run", monkeypatch)
+    assert (again, status) == ([], 0)
+
+
+def test_a_failed_stage_stops_the_pipeline_and_the_next_run_resumes_there(pipeline, monkeypatch, tmp_path, capsys):
+    ran, status = _run(pipeline, tmp_path / "run", monkeypatch, fail="plant_world_clip")
+    assert (ran, status) == (["train_world_clip", "validate_world_clip", "plant_world_clip"], 3)
+    err = capsys.readouterr()
+    assert "out of memory" in err.err and "stage 'plan' failed (exit status 3)" in err.out
+    assert not (tmp_path / "run" / "planted").exists()
+    record = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert record["stages"]["plan"]["status"] == 3
+    resumed, status = _run(pipeline, tmp_path / "run", monkeypatch)
+    assert status == 0
+    assert resumed == ["plant_world_clip", "train_world_clip", "validate_world_clip", "method_figures"]
+
+
+def test_a_candidate_directory_without_a_ground_truth_is_refused_by_name(tmp_path):
+    from clipviz.errors import ClipvizError
+
+    with pytest.raises(ClipvizError, match="neither a bundled model .* nor a directory with a ground truth"):
+        bundled_selectivity(str(tmp_path))
