@@ -21,7 +21,6 @@ the planted conjunctions' prompts ("a red object on the left"). For each neuron:
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import clipviz
 from clipviz.analysis.concepts import Vocabulary, direct_lens, visual_words
 from clipviz.analysis.dissect import labeller_a, softwpmi
 from clipviz.images import pil_to_tensor
+from clipviz.visualization.guidance import default_recipe
 from clipviz.visualization.recipes import get_recipe
 from clipviz.visualization.visualize import visualize
 from clipviz.world.groundtruth import (
@@ -58,7 +58,6 @@ HEADERS = (
     "visual method top-1",
     "pixels read as the concept (colour/position)",
 )
-DEFAULT_RECIPE = inspect.signature(visualize).parameters["recipe"].default
 
 
 def hook_of(row: dict) -> str:
@@ -260,7 +259,9 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=10000, help="held-out probe images")
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--natural-per-block", type=int, default=8)
-    ap.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"visualization recipe (default: {DEFAULT_RECIPE})")
+    ap.add_argument(
+        "--recipe", help="visualization recipe (default: what visualize renders for the model with its guide)"
+    )
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override, repeatable")
     ap.add_argument(
         "--guide",
@@ -275,6 +276,7 @@ def main() -> None:
     truth = bundled_selectivity(args.model)
     model = clipviz.load(args.model, device=args.device)
     args.guide = args.guide or world_spec(OWN_IMAGES, world_size(model))
+    args.recipe = args.recipe or default_recipe(model, args.guide)
     result = measure(model, truth, args)
     result["device"] = str(model.device)
     result["seconds"] = round(time.time() - started, 1)
