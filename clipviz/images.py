@@ -28,6 +28,35 @@ def has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
 
 
+def eight_bit(img: Image.Image) -> Image.Image:
+    """``img`` with 8-bit channels. 16-bit greyscale (PIL mode ``I;16``, as 16-bit PNGs open) is scaled to 8 bits:
+    PIL's ``convert`` would clip it at 255 and turn most of it white. 32-bit integer (``I``) and floating-point
+    (``F``) images are refused: their value range is not known, and a guess would be a silently wrong picture.
+
+    >>> ramp = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
+    >>> np.asarray(eight_bit(ramp)).tolist()
+    [[0, 128, 255]]
+    """
+    from clipviz.errors import ClipvizError
+
+    if img.mode.startswith("I;16"):
+        values = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.round(values / 257.0).astype(np.uint8), "L")
+    if img.mode in ("I", "F"):
+        kind = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise ClipvizError(
+            f"a {kind} image (PIL mode {img.mode}) has no agreed value range: save it with 8 or 16 bits per channel"
+        )
+    return img
+
+
+def decoded(img: Image.Image) -> Image.Image:
+    """A freshly opened image as clipviz keeps it: 8-bit (``eight_bit``), RGBA where it carries transparency (each
+    backend flattens that its own way, ``to_rgb``), else RGB."""
+    img = eight_bit(img)
+    return img.convert("RGBA") if has_alpha(img) else img.convert("RGB")
+
+
 def to_rgb(img: Image.Image, on_white: bool = False) -> Image.Image:
     """``img`` as RGB: transparent pixels composited on white where ``on_white`` (what transformers' image
     processors do), else their colour channels kept (PIL's ``convert``, what open_clip's and timm's transforms do).
@@ -36,6 +65,7 @@ def to_rgb(img: Image.Image, on_white: bool = False) -> Image.Image:
     >>> to_rgb(clear).getpixel((0, 0)), to_rgb(clear, on_white=True).getpixel((0, 0))
     ((0, 0, 0), (255, 255, 255))
     """
+    img = eight_bit(img)
     if not on_white or not has_alpha(img):
         return img.convert("RGB")
     rgba = img.convert("RGBA")

@@ -255,3 +255,28 @@ def test_timm_border_padding_is_the_mean_colour_as_in_timm(tmp_path):
     photo = Image.fromarray(np.full((45, 70, 3), 200, dtype=np.uint8))
     ours = model.prepare(model.preprocess_pil(photo)[None])[0]
     torch.testing.assert_close(ours, create_transform(**config)(photo), rtol=1e-4, atol=1e-4)
+
+
+def test_a_16_bit_photo_is_scaled_to_8_bits_and_images_of_unknown_range_are_refused(tmp_path):
+    """PIL's convert clips a 16-bit image at 255 (a grey ramp becomes almost all white): clipviz scales it, the
+    way the file means it; a 32-bit integer or floating-point image has no agreed range and is refused, never
+    guessed: skipped (as unreadable) in a folder, refused by name as a seed image."""
+    from clipviz.errors import ClipvizError
+    from clipviz.visualization.guidance import _seed_image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "a_ramp16.png")
+    Image.fromarray(ramp.astype(np.float32) / 65535).save(folder / "b_float.tiff")
+    with Image.open(folder / "a_ramp16.png") as opened:
+        assert opened.mode.startswith("I;16")  # what the test is about: PIL opens it as 16-bit
+    items = list(open_source(str(folder)))
+    assert [i for i, img, _ in items if img is None] == [1]
+    grey = np.asarray(items[0][1])[..., 0].astype(float)
+    assert np.abs(grey - ramp / 257.0).max() <= 0.5 and (grey == 255).mean() < 0.01
+    model = clipviz.load("world-clip")
+    with pytest.raises(ClipvizError, match="floating-point image .* no agreed value range"):
+        _seed_image(model, folder / "b_float.tiff")
+    seed = _seed_image(model, folder / "a_ramp16.png")
+    assert abs(float(seed.mean()) - 0.5) < 0.02  # the ramp's mean grey, not white

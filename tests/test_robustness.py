@@ -201,6 +201,11 @@ BAD = [
     ([*C, "--neurons", "0:30000000", "--out", "{out}"], ("out of range", "512")),
     (["concepts", "world-clip", "--hook", "blocks.1.hook_resid_post", "--out", "{out}"], "reads MLP neurons"),
     ([*C, "--method", "dissect", "--probe", "world:0", "--out", "{out}"], "1 to 100000"),
+    # found from outside (2026-12-02): a probe set no larger than CLIP-Dissect's top set names every neuron alike
+    (
+        [*C, "--method", "dissect", "--probe", "world:100", "--out", "{out}"],
+        ("probe set 'world:100' has 100 images", "more than 100"),
+    ),
     ([*C, "--method", "nope", "--out", "{out}"], "invalid choice"),
     # atlas, publish, demo
     (["atlas", "{tmp}/missing", "--out", "{out}"], "does not exist"),
@@ -229,6 +234,7 @@ BAD = [
         (["sweep", "world-clip", "--blocks", "3", "--neurons", "0:2", "--dry-run", "--out", "{out}", *extra], expected)
         for extra, expected in (
             (["--vocab", "nosuch"], "unknown vocabulary"),
+            (["--probe", "world:50"], ("probe set 'world:50' has 50 images", "more than 100")),
             (["--dataset", "world:40", "--top-k", "1000"], "larger than the dataset"),
             (["--words", "100000"], "more than the vocabulary"),
             (["--site", "{tmp}/full"], ("--site", "holds no atlas.json")),

@@ -4,23 +4,19 @@ each stage's output, so nothing is trained here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_loader import loaded_script
 
 from clipviz.world.groundtruth import bundled_selectivity
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
 def pipeline():
-    spec = importlib.util.spec_from_file_location("world_clip_pipeline", ROOT / "scripts" / "world_clip_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with loaded_script("world_clip_pipeline") as module:
+        yield module
 
 
 def _run(pipeline, out: Path, monkeypatch, fail: str | None = None) -> tuple[list[str], int]:

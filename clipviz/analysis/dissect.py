@@ -34,6 +34,8 @@ from clipviz.model.layout import reduce_tokens
 
 #: CLIP-Dissect's softmax scale ``a``, set for OpenAI CLIP labellers (trained logit scale ``PAPER_LOGIT_SCALE``).
 PAPER_A, PAPER_LOGIT_SCALE = 10.0, 100.0
+#: The paper's number of top-activating probe images per neuron; a probe set must hold more than this.
+TOP_K = 100
 
 
 def labeller_a(labeller) -> float:
@@ -51,6 +53,24 @@ def labeller_a(labeller) -> float:
     return PAPER_A if scale is None else PAPER_A * float(scale) / PAPER_LOGIT_SCALE
 
 
+def check_probe_size(n_images: int, name: str | None = None, top_k: int = TOP_K) -> None:
+    """Refuse a probe set of at most ``top_k`` images: every neuron's top set would be all of it, so every neuron
+    would get the same words.
+
+    >>> check_probe_size(100, "world:100")
+    Traceback (most recent call last):
+    ...
+    clipviz.errors.ClipvizError: the probe set 'world:100' has 100 images, and CLIP-Dissect compares each ...
+    """
+    if n_images <= top_k:
+        called = f" '{name}'" if name else ""
+        raise ClipvizError(
+            f"the probe set{called} has {n_images} image{'s' if n_images != 1 else ''}, and CLIP-Dissect compares "
+            f"each neuron's top {top_k} with the rest, so every neuron would get the same words: use more than "
+            f"{top_k} images (thousands name neurons far better)"
+        )
+
+
 def _inclusion(k: int, hi: float = 0.998, lo: float = 0.97) -> torch.Tensor:
     return torch.linspace(hi, lo, k) if k > 1 else torch.tensor([hi])
 
@@ -65,7 +85,7 @@ def softwpmi(
     activations: torch.Tensor,
     similarities: torch.Tensor,
     *,
-    top_k: int = 100,
+    top_k: int = TOP_K,
     a: float = 10.0,
     lam: float = 1.0,
     prior: torch.Tensor | None = None,
@@ -82,7 +102,8 @@ def softwpmi(
     n_images = activations.shape[0]
     if n_images == 0 or similarities.shape[1] == 0:
         raise ClipvizError("the probe set and the vocabulary must not be empty")
-    k = min(top_k, n_images)
+    check_probe_size(n_images, top_k=top_k)
+    k = top_k
     probs = (a * similarities.double()).softmax(dim=1)
     p = _inclusion(k).double()
     members = activations.double().topk(k, dim=0).indices.T  # (neurons, K)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from clipviz.analysis.dissect import check_probe_size
 from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_int
 from clipviz.results import (
     has_examples,
@@ -185,7 +186,10 @@ def make_plan(
     source = open_source(dataset)
     if not source.length:
         raise ClipvizError(f"the sweep needs a dataset of known length; '{dataset}' has none")
-    probe_identity = open_source(probe).identity if probe is not None else None  # fails now, not later
+    probe_source = open_source(probe) if probe is not None else None  # fails now, not later
+    probe_identity = probe_source.identity if probe_source is not None else None
+    if probe_source is not None and probe_source.length:
+        check_probe_size(probe_source.length, probe)
     clip_like = model.is_clip and model.backend.projection is not None
     if vocab is None:
         vocab = "world" if "world" in registry().vocabularies and dataset.startswith("world:") else "imagenet"

@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from clipviz.errors import ClipvizError
-from clipviz.images import has_alpha
+from clipviz.images import decoded
 from clipviz.plugins import registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -68,8 +68,8 @@ def _read(path: Path) -> Image.Image | None:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGBA") if has_alpha(img) else img.convert("RGB")  # the model's backend flattens
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            return decoded(img)  # the model's backend flattens transparency
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, ClipvizError):
         return None
 
 
@@ -183,8 +183,8 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
         for i, row in enumerate(part, start=lo):
             img = row[image_column]
             try:
-                img = (img.convert("RGBA") if has_alpha(img) else img.convert("RGB")) if img is not None else None
-            except (OSError, ValueError):
+                img = decoded(img) if img is not None else None
+            except (OSError, ValueError, ClipvizError):
                 img = None
             cap = row.get(caption_column) if caption_column else None
             if hasattr(features.get(caption_column), "int2str") and isinstance(cap, int):

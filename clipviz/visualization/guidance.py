@@ -295,12 +295,12 @@ def _seed_image(model: HookedVisionModel, from_image) -> torch.Tensor:
     if isinstance(from_image, (str, Path)):
         from PIL import Image, UnidentifiedImageError
 
-        from clipviz.images import has_alpha
+        from clipviz.images import decoded
 
         try:
             with Image.open(from_image) as img:
-                pil = img.convert("RGBA") if has_alpha(img) else img.convert("RGB")  # flattened by preprocess_pil
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+                pil = decoded(img)  # transparency flattened by preprocess_pil
+        except (OSError, UnidentifiedImageError, ValueError, ClipvizError) as error:
             raise ClipvizError(f"cannot read the seed image '{from_image}': {error}") from None
         return model.preprocess_pil(pil)
     image = torch.as_tensor(from_image).float()

@@ -97,10 +97,18 @@ def run(args: argparse.Namespace) -> int:
         text = text_embeddings(model, vocab, progress=True)
         table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k, embeddings=text)
     elif args.method == "dissect":
-        from clipviz.analysis.dissect import image_text_similarities, labeller_a, probe_activations, softwpmi
+        from clipviz.analysis.dissect import (
+            check_probe_size,
+            image_text_similarities,
+            labeller_a,
+            probe_activations,
+            softwpmi,
+        )
         from clipviz.data.sources import open_source
 
         source = open_source(stored.source, **stored.options) if stored is not None else open_source(args.probe)
+        if source.length:
+            check_probe_size(source.length, source.name)  # before any work; softwpmi counts the readable ones
         text = text_embeddings(labeller, vocab, progress=True)
         if stored is not None:
             acts, kept = stored.activations, stored.indices
