@@ -76,3 +76,34 @@ def _range_text(low: int | None, high: int | None) -> str:
     if high is not None:
         return f" of at most {high}"
     return ""
+
+
+def check_indices(values: object, what: str = "neuron") -> list[int]:
+    """``values`` as a list of distinct whole numbers (ints, numpy or one-element torch integers), else a one-line
+    ``ClipvizError``: a float would be truncated, and a repeated index rendered and counted twice, without a word.
+
+    >>> check_indices([3, 1])
+    [3, 1]
+    >>> check_indices([1.5])
+    Traceback (most recent call last):
+    ...
+    clipviz.errors.ClipvizError: neuron indices must be whole numbers, got 1.5
+    """
+    import operator
+
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ClipvizError(f"{what}s must be a list of indices, got {str(values)[:40]}")
+    out: list[int] = []
+    seen: set[int] = set()
+    for v in values:
+        try:
+            if isinstance(v, bool) or str(getattr(v, "dtype", "")) in ("bool", "torch.bool"):
+                raise TypeError
+            index = operator.index(v)
+        except TypeError:
+            raise ClipvizError(f"{what} indices must be whole numbers, got {str(v)[:40]}") from None
+        if index in seen:
+            raise ClipvizError(f"{what} {index} is listed twice: give each {what} once")
+        seen.add(index)
+        out.append(index)
+    return out

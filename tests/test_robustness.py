@@ -883,3 +883,41 @@ def test_clipvizs_own_warnings_are_one_line(tmp_path, capsys):
     assert "Traceback" not in err and "UserWarning" not in err
     words = (tmp_path / "out" / H / "concepts-direct.csv").read_text()
     assert "\ufeff" not in words and "comment" not in words and "blue" in words  # the BOM and the comment are gone
+
+
+# found from outside (2026-12-02): the Python API's bad arguments, each a one-line ClipvizError before any work
+TEXT_HOOK = "transformer.resblocks.0.mlp.gelu"  # a module of world-clip's text tower: it never runs on an image
+API_BAD = [
+    (lambda m: clipviz.visualize(m, H, [1.5], steps=1), "whole numbers, got 1.5"),
+    (lambda m: clipviz.visualize(m, H, [True], steps=1), "whole numbers, got True"),
+    (lambda m: clipviz.visualize(m, H, 5, steps=1), "must be a list of indices"),
+    (lambda m: clipviz.visualize(m, H, [2, 2], steps=1), "neuron 2 is listed twice"),
+    (lambda m: clipviz.visualize(m, 5, [0], steps=1), "a hook is a name"),
+    (lambda m: clipviz.visualize(m, TEXT_HOOK, [0], steps=1), "never ran in the forward pass of an image"),
+    (lambda m: m.run_with_cache(torch.rand(1, 3, 64, 64), [TEXT_HOOK]), "never ran in the forward pass"),
+    (lambda m: m.run_with_hooks(torch.rand(1, 3, 64, 64), [(TEXT_HOOK, lambda a, p: a)]), "never ran"),
+    (lambda m: m.run_with_cache(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), [H]), "floats in [0, 1]; got uint8"),
+    (lambda m: m.run_with_cache(torch.rand(0, 3, 64, 64), [H]), "an empty batch"),
+    (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", scale=(0, 0)), "recipe scale must be"),
+    (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", betas=(2, 3)), "recipe betas must be"),
+    (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", affine=(1, 2)), "recipe affine must be"),
+    (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="pii", zoom_pad=5), "recipe zoom_pad must be"),
+    (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", flip="no"), "recipe flip must be"),
+    (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", tv=True), "recipe tv must be"),
+]
+
+
+@pytest.mark.parametrize("call, expected", API_BAD, ids=[e for _, e in API_BAD])
+def test_bad_api_arguments_are_one_line_errors(world, call, expected):
+    with pytest.raises(ClipvizError) as raised:
+        call(world)
+    assert expected in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_single_hook_name_is_one_hook_and_recipe_numbers_are_kept_as_numbers(world):
+    _, cache = world.run_with_cache(torch.rand(1, 3, 64, 64), H)
+    assert list(cache) == [H]
+    from clipviz.visualization.recipes import get_recipe
+
+    recipe = get_recipe("default", steps=2.0, lr="0.1")
+    assert (recipe.steps, recipe.lr) == (2, 0.1) and isinstance(recipe.steps, int)

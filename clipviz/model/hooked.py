@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, check_indices
 from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
-from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, installed
+from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, check_fired, installed
 from clipviz.model.layout import TokenLayout
 from clipviz.model.order import check_token_order
 from clipviz.model.probe import probe_model
@@ -226,7 +226,7 @@ class HookedVisionModel(nn.Module):
             if bad is None:
                 return list(neurons)
         else:
-            neurons = [int(n) for n in neurons]
+            neurons = check_indices(neurons)
             bad = next((n for n in neurons if not 0 <= n < width), None)
         if bad is not None:
             raise ClipvizError(
@@ -286,6 +286,13 @@ class HookedVisionModel(nn.Module):
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ClipvizError(f"images must be a (B, 3, H, W) tensor in [0, 1] (1 channel is repeated); got {shape}")
+        if not images.is_floating_point():
+            raise ClipvizError(
+                f"images must be floats in [0, 1]; got {str(images.dtype).replace('torch.', '')} "
+                "(8-bit pixels: divide by 255 first, or load photos with model.preprocess_pil)"
+            )
+        if images.shape[0] == 0:
+            raise ClipvizError("an empty batch of images: give at least one")
         if self._prenormalised:
             if images.shape[1] != 3 or tuple(images.shape[-2:]) != tuple(self.image_size):
                 raise ClipvizError(f"pre-normalised images must be (B, 3, {self.image_size[0]}, {self.image_size[1]})")
@@ -355,11 +362,13 @@ class HookedVisionModel(nn.Module):
         stop = {self.registry.resolve(n).name for n in stop_after} if stop_after else None
         if stop:
             pairs += [(p, _noop) for p in self._points(stop_after) if all(p.name != q.name for q, _ in pairs)]
-        with installed(pairs, stop_after=stop):
+        with installed(pairs, stop_after=stop) as seen:
             try:
-                return self(images)
+                out = self(images)
             except StopForward:
                 return None
+        check_fired([p for p, _ in pairs], seen)
+        return out
 
     def run_with_cache(
         self,
@@ -374,7 +383,7 @@ class HookedVisionModel(nn.Module):
         With ``stop_early`` (the default) the pass stops once the deepest requested hook has fired, and the
         returned output is ``None``. ``detach=False`` keeps the autograd graph (for optimisation).
         """
-        names = list(self.hook_names() if names is None else names)
+        names = list(self.hook_names() if names is None else [names] if isinstance(names, str) else names)
         cache = ActivationCache()
 
         def keep(value: torch.Tensor, point: HookPoint) -> None:
@@ -383,12 +392,16 @@ class HookedVisionModel(nn.Module):
         points = self._points(names)
         if not points:
             raise ClipvizError("no hook names given")
-        with installed([(p, keep) for p in points], stop_after={p.name for p in points} if stop_early else None):
+        with installed(
+            [(p, keep) for p in points], stop_after={p.name for p in points} if stop_early else None
+        ) as seen:
             try:
                 out = self(images)
             except StopForward:
                 out = None
                 cache.stopped_early = True
+        if not cache.stopped_early:
+            check_fired(points, seen)
         for asked, point in zip(names, points, strict=True):
             if asked != point.name and point.name in cache:
                 cache[asked] = cache[point.name]

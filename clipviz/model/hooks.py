@@ -291,16 +291,19 @@ def _replace_first(value, new: torch.Tensor):
 def installed(
     points: Sequence[tuple[HookPoint, HookFn]],
     stop_after: set[str] | None = None,
-) -> Iterator[None]:
-    """Install ``(point, fn)`` hooks for the duration of the block; they are removed on any exit.
+) -> Iterator[set[str]]:
+    """Install ``(point, fn)`` hooks for the duration of the block; they are removed on any exit. Yields the set
+    of the names of the points that have fired so far.
 
     ``fn(activation, point)`` sees the activation in clipviz's layout and may return a replacement.
     With ``stop_after``, a ``StopForward`` is raised as soon as every named point has fired.
     """
     pending = set(stop_after) if stop_after else set()
+    seen: set[str] = set()
     handles = []
 
     def fired(point: HookPoint) -> None:
+        seen.add(point.name)
         pending.discard(point.name)
         if stop_after and not pending:
             raise StopForward
@@ -323,10 +326,21 @@ def installed(
                 handles.append(module.register_forward_pre_hook(_pre_hook(group, visit, fired), with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(_post_hook(group, visit, fired)))
-        yield
+        yield seen
     finally:
         for handle in handles:
             handle.remove()
+
+
+def check_fired(points: Sequence[HookPoint], seen: set[str]) -> None:
+    """After a whole forward pass: refuse a hook that never ran (a module the image pass does not use, such as
+    one of a CLIP model's text tower), which would otherwise have read or edited nothing without a word."""
+    missing = next((p for p in points if p.name not in seen), None)
+    if missing is not None:
+        raise HookNameError(
+            f"hook '{missing.name}' never ran in the forward pass of an image: it is not part of what the image "
+            "tower computes (a text-tower module?); `clipviz info MODEL` lists the hooks that run"
+        )
 
 
 def _apply(group, visit, fired, value):

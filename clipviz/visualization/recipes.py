@@ -92,27 +92,44 @@ class Recipe:
             if value not in accepted:
                 shown = ", ".join(str(a) for a in accepted)
                 raise ClipvizError(f"unknown recipe {name} {value!r}; accepted: {shown}")
-        check_int(self.steps, "steps", 1, MAX_STEPS)
-        check_int(self.copies, "copies", 1, MAX_COPIES)
-        check_positive(self.lr, "the learning rate (lr)")
-        check_positive(self.eps, "eps")
-        if self.size is not None:
-            check_int(self.size, "size", 1, None)
-        if not self.stages or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.stages):
+        ints = {"steps": (1, MAX_STEPS), "copies": (1, MAX_COPIES), "guide_k": (1, MAX_GUIDE_K), "jitter": (0, None)}
+        ints.update({"size": (1, None)} if self.size is not None else {})
+        for name, (low, high) in ints.items():
+            self._set(name, check_int(getattr(self, name), name, low, high))
+        self._set("lr", check_positive(self.lr, "the learning rate (lr)"))
+        self._set("eps", check_positive(self.eps, "eps"))
+        if self.grad_clip is not None:
+            self._set("grad_clip", check_positive(self.grad_clip, "grad_clip"))
+        for name in ("tv", "l2", "offset_noise", "match_weight", "anchor", "anchor_features"):
+            self._set(name, _number(getattr(self, name), f"recipe {name}", "a finite number >= 0", 0.0))
+        for name in ("jitter_first", "flip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ClipvizError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
+        self._set("betas", _numbers(self.betas, "betas", 2, "two numbers in [0, 1)", 0.0, 1.0, open_high=True))
+        if self.scale is not None:
+            lo, hi = _numbers(self.scale, "scale", 2, "(min zoom, max zoom) with 0 < min <= max <= 10", 0.0, 10.0)
+            if not 0 < lo <= hi:
+                raise ClipvizError(f"recipe scale must be (min zoom, max zoom) with 0 < min <= max, got {self.scale!r}")
+            self._set("scale", (lo, hi))
+        if self.affine is not None:
+            shown = "(degrees >= 0, translate in [0, 1), min scale, max scale) with 0 < min <= max <= 10"
+            deg, tr, lo, hi = _numbers(self.affine, "affine", 4, shown, 0.0, None)
+            if not (tr < 1 and 0 < lo <= hi <= 10):
+                raise ClipvizError(f"recipe affine must be {shown}, got {self.affine!r}")
+            self._set("affine", (deg, tr, lo, hi))
+        self._set("zoom_pad", _number(self.zoom_pad, "recipe zoom_pad", "a fraction in [0, 1)", 0.0, 1.0))
+        stages = self.stages if isinstance(self.stages, (tuple, list)) else None
+        if not stages or not all(_real(f) and 0 < f <= 1 for f in stages):
             raise ClipvizError(f"recipe stages must be fractions in (0, 1], got {self.stages!r}")
+        self._set("stages", tuple(float(f) for f in stages))
         if isinstance(self.match, str) or not all(isinstance(m, str) and m for m in self.match):
             raise ClipvizError(f"recipe match must be a tuple of hook names, got {self.match!r}")
-        object.__setattr__(self, "match", tuple(self.match))
-        check_int(self.guide_k, "guide_k", 1, MAX_GUIDE_K)
+        self._set("match", tuple(self.match))
         if not isinstance(self.anchor_hook, str) or not self.anchor_hook:
             raise ClipvizError(f"recipe anchor_hook must be a hook name, got {self.anchor_hook!r}")
-        for name in ("tv", "l2", "offset_noise", "match_weight", "anchor", "anchor_features"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ClipvizError(f"recipe {name} must be a finite number >= 0, got {value!r}")
-        check_int(self.jitter, "jitter", 0, None)
-        if self.grad_clip is not None:
-            check_positive(self.grad_clip, "grad_clip")
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
 
     def transforms(self) -> list:
         """The per-step augmentation pipeline, applied to (n, copies, 3, H, W)."""
@@ -143,6 +160,32 @@ class Recipe:
     def guided(self) -> bool:
         """Whether the recipe is data-guided: it matches the statistics of reference images (``vital``)."""
         return bool(self.match and self.match_weight)
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: object, name: str, shown: str, low: float, high: float | None = None) -> float:
+    """``value`` as a float in ``[low, high)`` (no upper bound when ``high`` is None), else a one-line error."""
+    if not _real(value) or value < low or (high is not None and value >= high):
+        raise ClipvizError(f"{name} must be {shown}, got {value!r}")
+    return float(value)
+
+
+def _numbers(
+    value: object, name: str, count: int, shown: str, low: float, high: float | None, open_high: bool = False
+) -> tuple[float, ...]:
+    """``value`` as ``count`` floats within ``[low, high]`` (``[low, high)`` with ``open_high``)."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else None
+    above = (lambda v: v >= high) if open_high else (lambda v: v > high)
+    if (
+        items is None
+        or len(items) != count
+        or not all(_real(v) and v >= low and (high is None or not above(v)) for v in items)
+    ):
+        raise ClipvizError(f"recipe {name} must be {shown}, got {value!r}")
+    return tuple(float(v) for v in items)
 
 
 RECIPES: dict[str, Recipe] = {

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_int
+from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_indices, check_int
 from clipviz.images import grid, tensor_to_pil
 from clipviz.results import (
     grid_path,
@@ -124,7 +124,13 @@ def check_request(
     not a classifier or beyond its classes. Returns ``(neurons, texts, classes)`` as lists."""
     if neurons is None:
         neurons = ()
-    if len(neurons):
+    if hook is not None and not isinstance(hook, str):
+        raise ClipvizError(f"a hook is a name such as 'blocks.6.mlp.hook_post', got {hook!r}")
+    if isinstance(neurons, range) and not len(neurons):
+        neurons = []
+    elif not isinstance(neurons, range):
+        neurons = check_indices(neurons)
+    if neurons:
         if hook is None:
             raise ClipvizError("neuron targets need a hook, e.g. --hook blocks.6.mlp.hook_post")
         neurons = model.check_neurons(hook, neurons)
