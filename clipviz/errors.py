@@ -7,6 +7,7 @@ import re
 
 MAX_STEPS = 100_000  # optimisation steps per stage: more is a typo, not a run
 MAX_SAMPLES = 1000  # feature visualizations per target
+MAX_WORKERS = 64  # decoding processes: more is a typo, and each is a process with its own memory
 MAX_SEED = 2**32 - 1  # seeds are offset per target and sample; torch takes at most 2**63 - 1
 _INT = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits only: '٣' is a digit to Python's int(), not to clipviz
 

@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from clipviz.data.decoding import batches, parallel_batches
-from clipviz.data.sources import Source
-from clipviz.errors import ClipvizError, check_int
+from clipviz.data.sources import Source, open_source
+from clipviz.errors import MAX_WORKERS, ClipvizError, check_int
 from clipviz.images import tensor_to_pil
 from clipviz.model.layout import TokenLayout, patch_grid, reduce_tokens
 from clipviz.results import (
@@ -130,6 +130,21 @@ def _select(score: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor, k: int):
     )
 
 
+@torch.no_grad()
+def check_token_activations(model: HookedVisionModel, hook: str, layout: TokenLayout) -> None:
+    """Refuse, before any image is read, a hook whose activation is not ``(batch, tokens, neurons)`` with the
+    layout's tokens (attention patterns, convolution maps, pooled outputs): its numbers are not tokens of neurons.
+    One forward pass of a blank image tells."""
+    name = model.hook_point(hook).name
+    _, cache = model.run_with_cache(torch.zeros(1, 3, *model.image_size, device=model.device), [name])
+    shape = tuple(cache[name].shape)
+    if len(shape) != 3 or shape[1] != layout.n_tokens:
+        raise ClipvizError(
+            f"examples rank images by a neuron's activation over the {layout.n_tokens} tokens, (batch, tokens, "
+            f"neurons); hook '{hook}' gives {shape}: use a hook such as blocks.0.mlp.hook_post or hook_resid_post"
+        )
+
+
 class RunningTopK:
     """Per neuron, the ``k`` best images seen so far by a reduced activation, with their patch maps.
 
@@ -186,7 +201,7 @@ def check_mining(
     if reduce not in ("patches", "cls", "max"):
         raise ClipvizError(f"unknown reduction '{reduce}'; accepted: patches, cls, max")
     check_int(batch, "batch size", 1, None)
-    check_int(workers, "workers", 0, None)
+    check_int(workers, "workers", 0, MAX_WORKERS)
     check_int(shard_size, "shard size", 1, None)
     top_k = check_int(top_k, "top-k", 1, None)
     if at_most_the_data and source.length and top_k > source.length:
@@ -218,9 +233,12 @@ def mine_examples(
     ``workers`` > 0 decodes and resizes images in that many processes (sources of known length), so that the
     model, not the loader, sets the pace; the result is the same. ``identity``: ``model.identity()`` where the
     caller has it already (a run of many shards hashes the weights once), recorded in the result's settings."""
+    if isinstance(source, (str, Path)):
+        source = open_source(str(source))
     check_mining(source, top_k, batch, workers, reduce=reduce)
     point = model.hook_point(hook)
     layout = model.hook_layout(hook)
+    check_token_activations(model, hook, layout)
     neurons = list(range(model.hook_width(hook))) if neurons is None else model.check_neurons(hook, neurons)
     every_neuron = neurons == list(range(model.hook_width(hook)))
     top = RunningTopK(top_k, layout, reduce)
@@ -373,6 +391,7 @@ def mine_examples_resumable(
     accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
     model = model.to(accelerator.device)
     model.hook_point(hook)  # an unknown hook is a one-line error before any bar is drawn
+    check_token_activations(model, hook, model.hook_layout(hook))
     if neurons is not None:
         neurons = model.check_neurons(hook, neurons)
     identity = model.identity()

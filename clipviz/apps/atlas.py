@@ -98,6 +98,8 @@ def collect(root: str | Path, only: Mapping[str, Sequence[int]] | None = None) -
     from clipviz.analysis.examples import ExampleResult
 
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ClipvizError(f"results folder '{root}' is a file, not a folder: give the --out folder of a clipviz run")
     if not root.is_dir():
         raise ClipvizError(f"results folder '{root}' does not exist")
     neurons: dict[str, dict[int, NeuronRecord]] = {}

@@ -112,8 +112,10 @@ def parse_blocks(text: str | None, n_blocks: int) -> list[int]:
     """
     from clipviz.apps.options import parse_indices
 
-    if text is None or text.strip() in ("", "all"):
+    if text is None or text.strip() == "all":
         return list(range(n_blocks))
+    if not text.strip():
+        raise ClipvizError("--blocks is empty: give blocks such as 2:4 or 1,3, or all (the default)")
     blocks = list(dict.fromkeys(parse_indices(text)))
     bad = [b for b in blocks if b >= n_blocks]
     if bad or not blocks:
@@ -160,9 +162,12 @@ def make_plan(
     from clipviz.plugins import registry
 
     chosen_blocks = parse_blocks(blocks, model.n_blocks)
-    points = [h.strip() for h in hooks.split(",") if h.strip()]
-    if not points:
-        raise ClipvizError("--hooks is empty: give hook points such as mlp.hook_post or hook_resid_post")
+    points = [h.strip() for h in hooks.split(",")]
+    if not all(points):
+        raise ClipvizError(
+            f"--hooks {hooks!r} has an empty item: give hook points such as mlp.hook_post or hook_resid_post, "
+            "separated by commas"
+        )
     names = []
     for b in chosen_blocks:
         for point in points:

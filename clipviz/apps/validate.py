@@ -99,6 +99,8 @@ def expand(spans: list[range], width: int | None, what: str = "index", where: st
 def check_output_dir(path: str | Path, option: str = "--out") -> Path:
     """Refuse an output folder that cannot be one (a file, under a file, unwritable) before any work is done;
     nothing is created."""
+    if not str(path).strip():
+        raise ClipvizError(f"{option} is empty: name a folder for the results")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ClipvizError(f"{option} '{path}' is a file, not a folder: choose a folder for the results")

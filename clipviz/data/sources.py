@@ -119,6 +119,8 @@ def open_source(
             raise ClipvizError(f"{', '.join(asked)} is for Hugging Face datasets; '{spec}' is {kind}: leave it out")
     if factory is not None:
         return factory(argument)
+    if not sep and spec in registry().sources and not path.exists():
+        raise ClipvizError(f"dataset '{spec}' needs a count of images: use {spec}:<n>, e.g. {spec}:2000")
     if folder:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

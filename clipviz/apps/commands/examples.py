@@ -7,6 +7,7 @@ import os
 
 from clipviz.apps.options import add_model_parser, load_model
 from clipviz.apps.validate import check_output_dir, expand, int_type, parse_spans
+from clipviz.errors import MAX_WORKERS
 
 
 def add_parser(sub) -> None:
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
     ex.add_argument("--shard-size", type=int_type("--shard-size", 1), default=1024, help="images per resumable shard")
     ex.add_argument(
         "--workers",
-        type=int_type("--workers", 0),
+        type=int_type("--workers", 0, MAX_WORKERS),
         default=min(8, max(1, (os.cpu_count() or 2) - 1)),
         help="processes that decode and resize images (0: in the main process; default: one per core "
         "but one, at most 8, which doubled the rate of an H100 over decoding in-process)",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from clipviz.apps.options import add_model_parser, load_model
 from clipviz.apps.validate import int_type
-from clipviz.errors import MAX_SAMPLES, MAX_SEED, MAX_STEPS
+from clipviz.errors import MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_WORKERS
 
 
 def add_parser(sub) -> None:
@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
     )
     sw.add_argument(
         "--workers",
-        type=int_type("--workers", 0, None),
+        type=int_type("--workers", 0, MAX_WORKERS),
         default=min(8, max(1, (os.cpu_count() or 2) - 1)),
         help="processes that decode images for the examples (0: in the main process)",
     )
