@@ -309,13 +309,23 @@ def installed(
             raise StopForward
 
     def visit(point: HookPoint, fn: HookFn, value: torch.Tensor) -> torch.Tensor | None:
-        new = fn(point.to_view(value), point)
+        view = point.to_view(value)
+        new = fn(view, point)
         if new is None:
             return None
         if not point.editable:
             raise HookNameError(f"hook '{point.name}' is read-only: edit the tensors it is computed from instead")
+        if not isinstance(new, torch.Tensor) or new.shape != view.shape:
+            got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise HookNameError(
+                f"the function at hook '{point.name}' returned {got}; a replacement must have the activation's "
+                f"shape {tuple(view.shape)} (or return None to leave it)"
+            )
         return point.to_native(new)
 
+    for point, fn in points:
+        if not callable(fn):
+            raise HookNameError(f"the hook at '{point.name}' must be a function (activation, point), got {fn!r}")
     try:
         by_module: dict[tuple[int, bool], list[tuple[HookPoint, HookFn]]] = {}
         for point, fn in points:

@@ -64,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.activations and args.method != "dissect":
         raise ClipvizError("--activations is for --method dissect")
+    if args.probe and args.method != "dissect":
+        raise ClipvizError(f"--probe is for --method dissect; --method {args.method} reads no probe images")
+    if args.labeller and args.method == "direct":
+        raise ClipvizError(
+            "--labeller is for --method dissect and visual; the direct lens reads the model's own weights"
+        )
     spans = parse_spans(args.neurons, "neuron") if args.neurons is not None else None
     check_output_dir(args.out)
     vocab = load_vocabulary(args.vocab, parse_templates(args.templates))

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from clipviz.apps.options import add_model_parser, load_model
-from clipviz.apps.validate import int_type
+from clipviz.apps.validate import check_output_dir, int_type
 from clipviz.errors import MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_WORKERS
 
 
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             "(only a bundled model such as world-clip has a default: its world's held-out images)"
         )
     check_publishing(args)  # before the work, not after it
+    check_output_dir(args.out)  # a file or an unwritable place, refused before the model loads (and in a dry run)
     model = load_model(args)
     plan = make_plan(
         model,
