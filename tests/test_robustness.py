@@ -241,6 +241,7 @@ BAD = [
     (["demo", "--per-block", "65", "--out", "{out}"], ("--per-block", "between 0 and 64")),
     (["demo", "--planted", "0", "--per-block", "0", "--out", "{out}"], "nothing to show"),
     (["demo", "--out", "{tmp}/file"], "is a file"),
+    (["demo", "--planted", "99999", "--out", "{out}"], ("--planted 99999", "planted known answers")),
     # found from outside (2026-12-01): blank specs, unbounded numbers, late checks, silent truncation
     (["examples", "world-clip", "--hook", H, "--dataset", "", "--out", "{out}"], "empty dataset spec"),
     ([*E, "--split", "test", "--out", "{out}"], ("--split is for Hugging Face datasets", "world:")),
@@ -950,3 +951,11 @@ def test_a_single_hook_name_is_one_hook_and_recipe_numbers_are_kept_as_numbers(w
 
     recipe = get_recipe("default", steps=2.0, lr="0.1")
     assert (recipe.steps, recipe.lr) == (2, 0.1) and isinstance(recipe.steps, int)
+
+
+def test_one_activation_has_one_hook_name(world, tmp_path):
+    """blocks.01 is blocks.1: its results go where blocks.1's go, so the atlas and the cache see one hook."""
+    (vis,) = clipviz.visualize(world, "blocks.01.mlp.hook_post", [0], steps=1, recipe="default", progress=False)
+    assert vis.meta["hook"] == H
+    found = clipviz.mine_examples(world, "blocks.01.mlp.hook_post", "world:8", neurons=[0], top_k=2, progress=False)
+    assert found.hook == H

@@ -237,6 +237,7 @@ def mine_examples(
         source = open_source(str(source))
     check_mining(source, top_k, batch, workers, reduce=reduce)
     point = model.hook_point(hook)
+    hook = point.name  # one name per activation: blocks.00 is blocks.0
     layout = model.hook_layout(hook)
     check_token_activations(model, hook, layout)
     neurons = list(range(model.hook_width(hook))) if neurons is None else model.check_neurons(hook, neurons)
@@ -390,7 +391,7 @@ def mine_examples_resumable(
 
     accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
     model = model.to(accelerator.device)
-    model.hook_point(hook)  # an unknown hook is a one-line error before any bar is drawn
+    hook = model.hook_point(hook).name  # an unknown hook is a one-line error before any bar is drawn
     check_token_activations(model, hook, model.hook_layout(hook))
     if neurons is not None:
         neurons = model.check_neurons(hook, neurons)

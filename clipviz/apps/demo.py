@@ -143,6 +143,10 @@ def _run(
 
     model = load(model_name)
     truth = bundled_selectivity(model_name)
+    if planted is not None and planted > len(truth.known()):
+        raise ClipvizError(
+            f"--planted {planted}: {model_name} has {len(truth.known())} planted known answers; give at most that"
+        )
     chosen = [(*c, "planted") for c in planted_neurons(truth, planted)]
     chosen += [(*c, "natural") for c in pick_neurons(truth, per_block=per_block)] if per_block else []
     if not chosen:

@@ -172,7 +172,7 @@ class HookRegistry:
                 raise HookNameError(
                     f"layer {i} out of range in hook '{asked}': this model has blocks 0..{len(self.blocks) - 1}"
                 )
-            return self._block_point(self.blocks[i], point, name)
+            return self._block_point(self.blocks[i], point, f"blocks.{i}.{point}")  # blocks.00 is blocks.0
         try:
             module = self.native_model.get_submodule(name)
         except AttributeError:

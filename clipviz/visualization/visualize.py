@@ -256,6 +256,7 @@ def visualize(
     seed = check_int(seed, "seed", 0, MAX_SEED)
     batch_size = check_int(batch_size, "batch size", 1, None)
     neurons, texts, classes = check_request(model, hook, neurons, texts, classes)
+    hook = model.hook_point(hook).name if neurons else hook  # one name per activation: blocks.00 is blocks.0
     targets = make_targets(neurons, texts, classes, seed=seed, samples=samples)
     if not targets:
         raise ClipvizError("nothing to visualize: give neurons, texts or classes")

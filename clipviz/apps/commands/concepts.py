@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             f"use at most {len(vocab.concepts)}"
         )
     model = load_model(args)
+    args.hook = model.hook_point(args.hook).name  # one name per activation: blocks.00 is blocks.0
     stored = None
     if args.activations:
         from clipviz.analysis.dissect import stored_activations

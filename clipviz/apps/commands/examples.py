@@ -87,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     write_thumbnails(source, result, out, model=model)
     print(f"{result.seen} images, {len(result.neurons)} neurons, top {result.scores.shape[1]} each -> {out}")
     if result.skipped:
+        shown = [source.describe[i] if i < len(source.describe) else f"#{i}" for i in result.skipped[:10]]
         print(
-            f"skipped {len(result.skipped)} unreadable images (indices {result.skipped[:10]}"
-            f"{' ...' if len(result.skipped) > 10 else ''})"
+            f"skipped {len(result.skipped)} unreadable images ({', '.join(shown)}"
+            f"{' ...' if len(result.skipped) > 10 else ''}): not an image clipviz can read as 8- or 16-bit pixels"
         )
     return 0
