@@ -39,7 +39,7 @@ def eight_bit(img: Image.Image) -> Image.Image:
     """
     from clipviz.errors import ClipvizError
 
-    if img.mode.startswith("I;16"):
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):  # older PIL: a 16-bit PNG is "I"
         values = np.asarray(img).astype(np.float64)
         return Image.fromarray(np.round(values / 257.0).astype(np.uint8), "L")
     if img.mode in ("I", "F"):

@@ -41,7 +41,7 @@ from clipviz.world.groundtruth import (
     bundled_selectivity,
     image_embeddings,
     patch_means,
-    text_embeddings,
+    prompt_embeddings,
     world_images,
     world_size,
 )
@@ -98,7 +98,7 @@ def probe(model, concepts: list[str], n: int, seed: int = PROBE_SEED) -> dict:
     hooks = [f"blocks.{b}.mlp.hook_post" for b in range(model.n_blocks)]
     means = patch_means(model, hooks, images)
     img = image_embeddings(model, images)
-    text = text_embeddings(model, [concept_prompt(c) for c in concepts])
+    text = prompt_embeddings(model, [concept_prompt(c) for c in concepts])
     labels = concept_labels(concepts, factors)
     return {"means": means, "labels": labels, "sims": img @ text.T, "text": text, "a": labeller_a(model)}
 

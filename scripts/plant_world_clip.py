@@ -83,7 +83,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = clipviz.load(args.model, device=args.device)
-    blocks = [int(b) for b in args.blocks.split(",")]
+    try:
+        blocks = [int(b) for b in args.blocks.split(",")]
+    except ValueError:
+        ap.error(f"--blocks {args.blocks!r}: give block numbers separated by commas, e.g. 2,3,5")
     if len(blocks) != len(CONCEPTS_BY_BLOCK) or len(set(blocks)) != len(blocks):
         ap.error(f"--blocks needs {len(CONCEPTS_BY_BLOCK)} different blocks, got {args.blocks!r}")
     if not all(0 <= b < model.n_blocks for b in blocks):

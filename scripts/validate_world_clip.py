@@ -33,8 +33,8 @@ from clipviz.world.groundtruth import (
     CONCEPTS,
     bundled_selectivity,
     image_embeddings,
+    prompt_embeddings,
     selectivity,
-    text_embeddings,
     zero_shot_accuracy,
 )
 
@@ -71,7 +71,7 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
 
     images, _ = world_images(n, seed=HELDOUT_SEED + 3, size=world_size(model))
     prompts = [world.prompt(f, v) for f, v in CONCEPTS]
-    sims = image_embeddings(model, images) @ text_embeddings(model, prompts).T
+    sims = image_embeddings(model, images) @ prompt_embeddings(model, prompts).T
     means = patch_means(model, sorted(truth.auroc), images)
     out = {}
     for hook in sorted(truth.auroc):
@@ -85,7 +85,7 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
 @torch.no_grad()
 def classify(model, images: torch.Tensor) -> list[str]:
     prompts = [world.prompt(f, v) for f, v in CONCEPTS]
-    scores = image_embeddings(model, images) @ text_embeddings(model, prompts).T
+    scores = image_embeddings(model, images) @ prompt_embeddings(model, prompts).T
     return [f"{CONCEPTS[int(i)][0]}:{CONCEPTS[int(i)][1]}" for i in scores.argmax(1)]
 
 

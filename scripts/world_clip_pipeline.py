@@ -4,7 +4,9 @@
         --image-size 96 --vision-layers 6 --vision-width 256 --plant-blocks 2,3,5
 
 Six stages, each a run of one of the scripts beside this one, each skipped when its output exists (so a run that
-was stopped, or that ran out of a lent machine's time, goes on where it stopped when given the same command):
+was stopped, or that ran out of a lent machine's time, goes on where it stopped when given the same settings; a
+stage stopped midway starts again, so each must fit one sitting; other settings than ``--device``, ``--workers``
+and ``--threads`` for an existing ``--out`` are refused):
 
 1. ``base``: ``train_world_clip.py`` from scratch (``--base-steps`` steps of ``--batch`` images);
 2. ``base-truth``: ``validate_world_clip.py`` on it: zero-shot accuracy and its ground truth, written beside it;
@@ -30,6 +32,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: Settings that set the pace, not the result (the stream of batches is the same on any device and with any number
+#: of rendering processes): a run may be resumed with other values of these.
+PACE = ("device", "workers", "threads")
 
 
 def stages(args: argparse.Namespace) -> list[tuple[str, list[str], Path]]:
@@ -121,7 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     record_path = args.out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
-    record["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    before = record.get("settings", settings)
+    changed = sorted(k for k in settings if k not in PACE and before.get(k) != settings[k])
+    if changed:  # a finished stage would be kept and the record would name settings it was not made with
+        shown = ", ".join(f"--{k.replace('_', '-')} {before.get(k)!r} (now {settings[k]!r})" for k in changed)
+        sys.exit(f"{args.out} was made with other settings: {shown}; give the same ones to resume, or a new --out")
+    record["settings"] = settings
     for name, command, done in stages(args):
         if done.is_file():
             print(f"[{name}] done already ({done})", flush=True)

@@ -229,7 +229,7 @@ def test_decoding_workers_give_the_same_result(planted, folder):
     _same(alone, workers)
     assert torch.equal(alone.activation_indices, workers.activation_indices)  # chunks come back in index order
     assert torch.equal(alone.activations, workers.activations) and alone.captions == workers.captions
-    with pytest.raises(ClipvizError, match="workers must be at least 0"):
+    with pytest.raises(ClipvizError, match="workers must be between 0 and 64"):
         mine_examples(planted, HOOK, source, progress=False, workers=-1)
 
 

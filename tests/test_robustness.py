@@ -21,7 +21,9 @@ import pytest
 import torch
 
 import clipviz
+from clipviz.analysis.dissect import probe_activations
 from clipviz.apps.cli import main
+from clipviz.apps.demo import run_demo
 from clipviz.errors import ClipvizError
 
 H = "blocks.1.mlp.hook_post"
@@ -198,6 +200,7 @@ BAD = [
     ([*C, "--activations", "{tmp}", "--out", "{out}"], "is for --method dissect"),
     ([*C, "--probe", "world:200", "--out", "{out}"], ("--probe is for --method dissect", "reads no probe")),
     ([*C, "--labeller", "world-clip", "--out", "{out}"], ("--labeller is for --method dissect and visual")),
+    ([*C, "--method", "dissect", "--probe", "world:200", "--neurons", "1,1", "--out", "{out}"], "listed twice"),
     ([*C, "--method", "visual", "--steps", "0", "--out", "{out}"], ("--steps", "between 1 and 100000")),
     ([*C, "--method", "visual", "--samples", "0", "--out", "{out}"], ("--samples", "between 1 and 1000")),
     ([*C, "--neurons", "0:30000000", "--out", "{out}"], ("out of range", "512")),
@@ -261,6 +264,7 @@ BAD = [
             (["--vocab", "nosuch"], "unknown vocabulary"),
             (["--probe", "world:50"], ("probe set 'world:50' has 50 images", "more than 100")),
             (["--blocks", ""], "--blocks is empty"),
+            (["--hooks", "mlp.hook_post,attn.hook_pattern"], ("(batch, tokens, neurons)", "hook_pattern")),
             (["--out", "{tmp}/file"], ("is a file, not a folder")),
             (["--hooks", "mlp.hook_post,"], ("has an empty item", "separated by commas")),
             (["--dataset", "world:40", "--top-k", "1000"], "larger than the dataset"),
@@ -927,6 +931,9 @@ API_BAD = [
     (lambda m: m.run_with_cache(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), [H]), "floats in [0, 1]; got uint8"),
     (lambda m: m.run_with_hooks(torch.rand(1, 3, 64, 64), [(H, lambda a, p: a[..., :3])]), "must have the activation"),
     (lambda m: m.run_with_hooks(torch.rand(1, 3, 64, 64), [(H, 5)]), "must be a function"),
+    (lambda m: _with_hooks(m, [(TEXT_HOOK, lambda a, p: a * 0)]), "never ran in the forward pass"),
+    (lambda m: probe_activations(m, H, None, [1.5]), "whole numbers, got 1.5"),
+    (lambda m: run_demo(Path("unused"), examples=100, top_k=3), "'world:100' has 100 images"),
     (lambda m: m.run_with_cache(torch.rand(0, 3, 64, 64), [H]), "an empty batch"),
     (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", scale=(0, 0)), "recipe scale must be"),
     (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", betas=(2, 3)), "recipe betas must be"),
@@ -935,6 +942,11 @@ API_BAD = [
     (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", flip="no"), "recipe flip must be"),
     (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", tv=True), "recipe tv must be"),
 ]
+
+
+def _with_hooks(model, hooks):
+    with model.hooks(hooks):
+        model(torch.rand(1, 3, 64, 64))
 
 
 @pytest.mark.parametrize("call, expected", API_BAD, ids=[e for _, e in API_BAD])

@@ -19,16 +19,26 @@ def pipeline():
         yield module
 
 
-def _run(pipeline, out: Path, monkeypatch, fail: str | None = None) -> tuple[list[str], int]:
+ALL_SCRIPTS = [
+    "train_world_clip",
+    "validate_world_clip",
+    "plant_world_clip",
+    "train_world_clip",
+    "validate_world_clip",
+    "method_figures",
+]
+
+
+def _run(pipeline, out: Path, monkeypatch, fail: str | None = None, device: str = "cuda:3") -> tuple[list[str], int]:
     """Run the pipeline with a stand-in for each stage's command: it writes the stage's output (or fails, for the
     stage ``fail``); returns the scripts that ran and the exit status."""
-    argv = ["--out", str(out), "--device", "cuda:3", "--plant-blocks", "2,3,5"]
+    argv = ["--out", str(out), "--device", device, "--plant-blocks", "2,3,5"]
     done = {tuple(cmd): path for _, cmd, path in pipeline.stages(pipeline.parser().parse_args(argv))}
     ran: list[str] = []
 
     def call(command, stdout, stderr):
         ran.append(Path(command[1]).stem)
-        assert command[command.index("--device") + 1] == "cuda:3"
+        assert command[command.index("--device") + 1] == device
         if ran[-1] == fail:
             stdout.write("Traceback ...\nRuntimeError: out of memory\n")
             return 3
@@ -47,14 +57,7 @@ def _run(pipeline, out: Path, monkeypatch, fail: str | None = None) -> tuple[lis
 def test_stages_run_in_order_and_a_second_run_redoes_nothing(pipeline, monkeypatch, tmp_path):
     ran, status = _run(pipeline, tmp_path / "run", monkeypatch)
     assert status == 0
-    assert ran == [
-        "train_world_clip",
-        "validate_world_clip",
-        "plant_world_clip",
-        "train_world_clip",
-        "validate_world_clip",
-        "method_figures",
-    ]
+    assert ran == ALL_SCRIPTS
     record = json.loads((tmp_path / "run" / "pipeline.json").read_text())
     assert list(record["stages"]) == ["base", "base-truth", "plan", "planted", "planted-truth", "figures"]
     assert "--blocks 2,3,5" in record["stages"]["plan"]["command"]
@@ -81,3 +84,15 @@ def test_a_candidate_directory_without_a_ground_truth_is_refused_by_name(tmp_pat
 
     with pytest.raises(ClipvizError, match="neither a bundled model .* nor a directory with a ground truth"):
         bundled_selectivity(str(tmp_path))
+
+
+def test_a_run_with_other_settings_is_refused_not_resumed(pipeline, monkeypatch, tmp_path):
+    """A finished stage is kept on a rerun, so other settings would be recorded beside results not made with
+    them; only the pace (device, workers, threads) may change."""
+    assert _run(pipeline, tmp_path / "run", monkeypatch) == (ALL_SCRIPTS, 0)
+    with pytest.raises(SystemExit, match=r"--base-steps 8000 \(now 30\)"):
+        pipeline.main(
+            ["--out", str(tmp_path / "run"), "--device", "cuda:3", "--plant-blocks", "2,3,5", "--base-steps", "30"]
+        )
+    ran, status = _run(pipeline, tmp_path / "run", monkeypatch, device="cpu")  # another device only: nothing to do
+    assert (ran, status) == ([], 0)

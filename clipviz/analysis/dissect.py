@@ -71,6 +71,17 @@ def check_probe_size(n_images: int, name: str | None = None, top_k: int = TOP_K)
         )
 
 
+def open_probe(spec: str, **options):
+    """The probe set ``spec`` (``open_source``'s spec and options), refused in one line when it is too small for
+    CLIP-Dissect (``check_probe_size``; a source of unknown length is counted when it is read)."""
+    from clipviz.data.sources import open_source
+
+    source = open_source(spec, **options)
+    if source.length:
+        check_probe_size(source.length, source.name)
+    return source
+
+
 def _inclusion(k: int, hi: float = 0.998, lo: float = 0.97) -> torch.Tensor:
     return torch.linspace(hi, lo, k) if k > 1 else torch.tensor([hi])
 
@@ -130,6 +141,7 @@ def probe_activations(
 
     point = model.hook_point(hook)
     layout = model.hook_layout(hook)
+    neurons = None if neurons is None else model.check_neurons(hook, neurons)
     rows, kept, skipped = [], [], []
     bar = tqdm(total=source.length or None, desc="probe activations", unit="img", disable=not progress)
     for images, idx, _ in batches(source, model.preprocess_pil, batch, skipped):

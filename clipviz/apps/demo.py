@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from clipviz.images import grid, overlay, pil_to_tensor, tensor_to_pil
 from clipviz.results import write_png, write_text
@@ -112,10 +111,12 @@ def run_demo(
 
     ``planted``: how many of the planted known answers to show first (all by default, 0 for none);
     ``per_block``: natural clear neurons per block after them (0 for none)."""
+    from clipviz.analysis.dissect import check_probe_size
     from clipviz.errors import ClipvizError
 
     if per_block < 0 or steps < 1 or examples < top_k or (planted is not None and planted < 0):
         raise ClipvizError("steps must be >= 1, per-block and planted >= 0, and examples >= top-k")
+    check_probe_size(examples, f"world:{examples}")  # the examples are CLIP-Dissect's probe set too
     return _run(out, model_name, per_block, steps, examples, top_k, planted, progress)
 
 
@@ -137,16 +138,24 @@ def _run(
     from clipviz.errors import ClipvizError
     from clipviz.model.loading import load
     from clipviz.visualization.visualize import visualize
-    from clipviz.world.groundtruth import CONCEPTS, bundled_selectivity, patch_means, world_images, world_size
+    from clipviz.world.groundtruth import (
+        CONCEPTS,
+        bundled_selectivity,
+        image_embeddings,
+        patch_means,
+        prompt_embeddings,
+        world_images,
+        world_size,
+    )
     from clipviz.world.planting import concept_labels, concept_prompt
     from clipviz.world.plugin import source_seed, world_spec
 
-    model = load(model_name)
     truth = bundled_selectivity(model_name)
     if planted is not None and planted > len(truth.known()):
         raise ClipvizError(
             f"--planted {planted}: {model_name} has {len(truth.known())} planted known answers; give at most that"
         )
+    model = load(model_name)
     chosen = [(*c, "planted") for c in planted_neurons(truth, planted)]
     chosen += [(*c, "natural") for c in pick_neurons(truth, per_block=per_block)] if per_block else []
     if not chosen:
@@ -159,15 +168,9 @@ def _run(
     source = open_source(world_spec(examples, world_size(model)))
     probe, factors = world_images(examples, seed=source_seed(), size=world_size(model))
     labels = concept_labels(concepts, factors)
-    with torch.no_grad():
-        img = torch.cat(
-            [F.normalize(model.encode_image(probe[i : i + 250]).float(), dim=-1) for i in range(0, examples, 250)]
-        )
-        text = F.normalize(model.encode_text(prompts).float(), dim=-1).cpu()
+    img, text = image_embeddings(model, probe), prompt_embeddings(model, prompts)
     hooks = sorted(dict.fromkeys(c[0] for c in chosen), key=lambda h: int(h.split(".")[1]))
-    dissect = {
-        h: softwpmi(m, img.cpu() @ text.T, a=labeller_a(model)) for h, m in patch_means(model, hooks, probe).items()
-    }
+    dissect = {h: softwpmi(m, img @ text.T, a=labeller_a(model)) for h, m in patch_means(model, hooks, probe).items()}
     last = f"blocks.{model.n_blocks - 1}.mlp.hook_post"
     cards = []
     for hook in hooks:

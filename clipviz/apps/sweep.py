@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clipviz.analysis.dissect import check_probe_size
+from clipviz.analysis.dissect import open_probe
+from clipviz.analysis.examples import check_token_activations
 from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_int
 from clipviz.results import (
     has_examples,
@@ -176,6 +177,7 @@ def make_plan(
     names = list(dict.fromkeys(names))
     chosen: dict[str, list[int]] = {}
     for name in names:
+        check_token_activations(model, name, model.hook_layout(name))  # each hook's examples rank tokens
         width = model.hook_width(name)
         picked = parse_indices(neurons) if neurons else list(range(width))
         picked = [n for n in dict.fromkeys(picked) if n < width]  # per hook: a range past a narrower hook is cut
@@ -191,10 +193,7 @@ def make_plan(
     source = open_source(dataset)
     if not source.length:
         raise ClipvizError(f"the sweep needs a dataset of known length; '{dataset}' has none")
-    probe_source = open_source(probe) if probe is not None else None  # fails now, not later
-    probe_identity = probe_source.identity if probe_source is not None else None
-    if probe_source is not None and probe_source.length:
-        check_probe_size(probe_source.length, probe)
+    probe_identity = open_probe(probe).identity if probe is not None else None  # fails now, not later
     clip_like = model.is_clip and model.backend.projection is not None
     if vocab is None:
         vocab = "world" if "world" in registry().vocabularies and dataset.startswith("world:") else "imagenet"

@@ -75,6 +75,7 @@ class HookedVisionModel(nn.Module):
         )
         _batch_invariant_attention(backend.vision_root)
         self._prenormalised = False
+        self._whole_passes = 0  # forward passes run to the end (``hooks`` checks that its hooks ran in one)
         # Measure every hook's token layout (and check attention patterns) on the model itself, once.
         self.token_layouts = probe_model(self)
         self.blocks = self.blocks[: len(self.blocks) - len(self.token_layouts.excluded)]
@@ -341,7 +342,9 @@ class HookedVisionModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The model's head output: image embedding (CLIP-like), logits (classifiers) or pooled features."""
-        return self.backend.forward(self.prepare(images))
+        out = self.backend.forward(self.prepare(images))
+        self._whole_passes += 1  # a pass cut short (StopForward) does not count
+        return out
 
     def _points(self, names: Iterable[str]) -> list[HookPoint]:
         return [self.registry.resolve(n) for n in names]
@@ -451,9 +454,14 @@ class HookedVisionModel(nn.Module):
 
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[HookedVisionModel]:
-        """Keep editing hooks installed for every forward pass inside the ``with`` block."""
-        with installed([(self.registry.resolve(n), fn) for n, fn in fwd_hooks]):
+        """Keep editing hooks installed for every forward pass inside the ``with`` block. A hook that never ran
+        though a whole pass did is an error when the block ends (it would have edited nothing)."""
+        pairs = [(self.registry.resolve(n), fn) for n, fn in fwd_hooks]
+        with installed(pairs) as seen:
+            passes = self._whole_passes
             yield self
+            if self._whole_passes > passes:
+                check_fired([p for p, _ in pairs], seen)
 
     # ---------------------------------------------------------------- CLIP
     def _require_text(self) -> None:

@@ -96,10 +96,11 @@ class Recipe:
         ints.update({"size": (1, None)} if self.size is not None else {})
         for name, (low, high) in ints.items():
             self._set(name, check_int(getattr(self, name), name, low, high))
-        self._set("lr", check_positive(self.lr, "the learning rate (lr)"))
-        self._set("eps", check_positive(self.eps, "eps"))
-        if self.grad_clip is not None:
-            self._set("grad_clip", check_positive(self.grad_clip, "grad_clip"))
+        for name, what in (("lr", "the learning rate (lr)"), ("eps", "eps"), ("grad_clip", "grad_clip")):
+            value = getattr(self, name)
+            if value is not None or name != "grad_clip":
+                number = check_positive(value, what)
+                self._set(name, value if _real(value) else number)  # a number as given: 1 stays 1 in the settings
         for name in ("tv", "l2", "offset_noise", "match_weight", "anchor", "anchor_features"):
             self._set(name, _number(getattr(self, name), f"recipe {name}", "a finite number >= 0", 0.0))
         for name in ("jitter_first", "flip"):
@@ -121,7 +122,7 @@ class Recipe:
         stages = self.stages if isinstance(self.stages, (tuple, list)) else None
         if not stages or not all(_real(f) and 0 < f <= 1 for f in stages):
             raise ClipvizError(f"recipe stages must be fractions in (0, 1], got {self.stages!r}")
-        self._set("stages", tuple(float(f) for f in stages))
+        self._set("stages", tuple(stages))
         if isinstance(self.match, str) or not all(isinstance(m, str) and m for m in self.match):
             raise ClipvizError(f"recipe match must be a tuple of hook names, got {self.match!r}")
         self._set("match", tuple(self.match))
@@ -167,16 +168,17 @@ def _real(value: object) -> bool:
 
 
 def _number(value: object, name: str, shown: str, low: float, high: float | None = None) -> float:
-    """``value`` as a float in ``[low, high)`` (no upper bound when ``high`` is None), else a one-line error."""
+    """``value`` if it is a number in ``[low, high)`` (no upper bound when ``high`` is None), else a one-line
+    error."""
     if not _real(value) or value < low or (high is not None and value >= high):
         raise ClipvizError(f"{name} must be {shown}, got {value!r}")
-    return float(value)
+    return value  # as given: an int stays an int, so the settings (and the work they identify) do not change
 
 
 def _numbers(
     value: object, name: str, count: int, shown: str, low: float, high: float | None, open_high: bool = False
 ) -> tuple[float, ...]:
-    """``value`` as ``count`` floats within ``[low, high]`` (``[low, high)`` with ``open_high``)."""
+    """``value`` as a tuple of ``count`` numbers within ``[low, high]`` (``[low, high)`` with ``open_high``)."""
     items = tuple(value) if isinstance(value, (tuple, list)) else None
     above = (lambda v: v >= high) if open_high else (lambda v: v > high)
     if (
@@ -185,7 +187,7 @@ def _numbers(
         or not all(_real(v) and v >= low and (high is None or not above(v)) for v in items)
     ):
         raise ClipvizError(f"recipe {name} must be {shown}, got {value!r}")
-    return tuple(float(v) for v in items)
+    return items
 
 
 RECIPES: dict[str, Recipe] = {

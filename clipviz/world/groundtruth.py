@@ -66,7 +66,7 @@ def image_embeddings(model: HookedVisionModel, images: torch.Tensor, batch: int 
 
 
 @torch.no_grad()
-def text_embeddings(model: HookedVisionModel, prompts: list[str]) -> torch.Tensor:
+def prompt_embeddings(model: HookedVisionModel, prompts: list[str]) -> torch.Tensor:
     """Unit text embeddings (len(prompts), d) as float32 on the CPU, whatever the model's device."""
     return F.normalize(model.encode_text(prompts).float().cpu(), dim=-1)
 
@@ -83,7 +83,7 @@ def zero_shot_accuracy(
     for family, values in world.FACTORS.items():
         if family == "count":
             continue
-        text = text_embeddings(model, [world.prompt(family, v) for v in values])
+        text = prompt_embeddings(model, [world.prompt(family, v) for v in values])
         pred = (emb @ text.T).argmax(1).numpy()
         out[family] = float((pred == factors[family]).mean())
     return out

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from clipviz.data.sources import check_spec
 from clipviz.errors import ClipvizError, check_int
-from clipviz.images import fit_pil, pil_to_tensor
+from clipviz.images import fit_pil, pil_to_tensor, to_rgb
 from clipviz.plugins import registry
 
 if TYPE_CHECKING:
@@ -199,9 +199,13 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
     ds = ds.select(range(min(n, len(ds))))
     images, masks, raw_labels, captions = [], [], [], []
     for row in ds:
-        if row[image_column] is None:  # an unreadable row is left out whole, so the columns stay aligned
+        try:  # an unreadable row (or one of unknown pixel range) is left out whole, so the columns stay aligned
+            image = to_rgb(row[image_column]) if row[image_column] is not None else None
+        except ClipvizError:
+            image = None
+        if image is None:
             continue
-        images.append(pil_to_tensor(fit_pil(row[image_column].convert("RGB"), size)))
+        images.append(pil_to_tensor(fit_pil(image, size)))
         if mask_column:
             masks.append(_mask_to_tensor(row[mask_column], size))
         if label_column:

@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
             f"--top-k {args.top_k} is larger than the vocabulary '{vocab.name}' ({len(vocab.concepts)} concepts): "
             f"use at most {len(vocab.concepts)}"
         )
+    if args.probe and not args.activations:  # a probe set too small to rank words, refused before the model loads
+        from clipviz.analysis.dissect import open_probe
+
+        probe = open_probe(args.probe)
     model = load_model(args)
     args.hook = model.hook_point(args.hook).name  # one name per activation: blocks.00 is blocks.0
     stored = None
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         neurons = stored.neurons
     elif spans:
         neurons = expand(spans, model.hook_width(args.hook), "neuron", f" for hook '{args.hook}'")
+        neurons = model.check_neurons(args.hook, neurons)  # each neuron once: 1,1 would be named twice
     else:
         neurons = list(range(model.hook_width(args.hook)))
     print(f"{args.method}: {len(neurons)} neurons of {args.hook}, vocabulary '{vocab.name}' ({len(vocab.concepts)})")
@@ -104,18 +109,10 @@ def run(args: argparse.Namespace) -> int:
         text = text_embeddings(model, vocab, progress=True)
         table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k, embeddings=text)
     elif args.method == "dissect":
-        from clipviz.analysis.dissect import (
-            check_probe_size,
-            image_text_similarities,
-            labeller_a,
-            probe_activations,
-            softwpmi,
-        )
+        from clipviz.analysis.dissect import image_text_similarities, labeller_a, probe_activations, softwpmi
         from clipviz.data.sources import open_source
 
-        source = open_source(stored.source, **stored.options) if stored is not None else open_source(args.probe)
-        if source.length:
-            check_probe_size(source.length, source.name)  # before any work; softwpmi counts the readable ones
+        source = open_source(stored.source, **stored.options) if stored is not None else probe
         text = text_embeddings(labeller, vocab, progress=True)
         if stored is not None:
             acts, kept = stored.activations, stored.indices

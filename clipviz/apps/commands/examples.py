@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         shown = [source.describe[i] if i < len(source.describe) else f"#{i}" for i in result.skipped[:10]]
         print(
             f"skipped {len(result.skipped)} unreadable images ({', '.join(shown)}"
-            f"{' ...' if len(result.skipped) > 10 else ''}): not an image clipviz can read as 8- or 16-bit pixels"
+            f"{' ...' if len(result.skipped) > 10 else ''}): not images, damaged, or of no agreed pixel range "
+            "(32-bit, float)"
         )
     return 0

@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         )
     check_publishing(args)  # before the work, not after it
     check_output_dir(args.out)  # a file or an unwritable place, refused before the model loads (and in a dry run)
+    if args.probe:  # a probe set too small for CLIP-Dissect, refused before the model loads
+        from clipviz.analysis.dissect import open_probe
+
+        open_probe(args.probe)
     model = load_model(args)
     plan = make_plan(
         model,
