@@ -929,7 +929,10 @@ API_BAD = [
     (lambda m: m.run_with_cache(torch.rand(1, 3, 64, 64), [TEXT_HOOK]), "never ran in the forward pass"),
     (lambda m: m.run_with_hooks(torch.rand(1, 3, 64, 64), [(TEXT_HOOK, lambda a, p: a)]), "never ran"),
     (lambda m: m.run_with_cache(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), [H]), "floats in [0, 1]; got uint8"),
-    (lambda m: m.run_with_hooks(torch.rand(1, 3, 64, 64), [(H, lambda a, p: a[..., :3])]), "must have the activation"),
+    (
+        lambda m: m.run_with_hooks(torch.rand(1, 3, 64, 64), [(H, lambda a, p: a[..., :3])]),
+        "must keep the activation's",
+    ),
     (lambda m: m.run_with_hooks(torch.rand(1, 3, 64, 64), [(H, 5)]), "must be a function"),
     (lambda m: _with_hooks(m, [(TEXT_HOOK, lambda a, p: a * 0)]), "never ran in the forward pass"),
     (lambda m: probe_activations(m, H, None, [1.5]), "whole numbers, got 1.5"),

@@ -315,11 +315,11 @@ def installed(
             return None
         if not point.editable:
             raise HookNameError(f"hook '{point.name}' is read-only: edit the tensors it is computed from instead")
-        if not isinstance(new, torch.Tensor) or new.shape != view.shape:
+        if not _same_frame(new, view):  # the token axis may change (an edit that drops tokens), not the rest
             got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
             raise HookNameError(
-                f"the function at hook '{point.name}' returned {got}; a replacement must have the activation's "
-                f"shape {tuple(view.shape)} (or return None to leave it)"
+                f"the function at hook '{point.name}' returned {got}; a replacement must keep the activation's "
+                f"batch and channels, {tuple(view.shape)} (or return None to leave it)"
             )
         return point.to_native(new)
 
@@ -340,6 +340,17 @@ def installed(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _same_frame(new: object, old: torch.Tensor) -> bool:
+    """Whether a hook's replacement has the activation's rank, batch and last (channel) axis."""
+    return (
+        isinstance(new, torch.Tensor)
+        and new.ndim == old.ndim
+        and new.shape[0] == old.shape[0]
+        and (old.ndim < 3 or new.shape[-1] == old.shape[-1])
+        and (old.ndim >= 3 or new.shape == old.shape)
+    )
 
 
 def check_fired(points: Sequence[HookPoint], seen: set[str]) -> None:
