@@ -944,6 +944,11 @@ API_BAD = [
     (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="pii", zoom_pad=5), "recipe zoom_pad must be"),
     (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", flip="no"), "recipe flip must be"),
     (lambda m: clipviz.visualize(m, H, [0], steps=1, recipe="default", tv=True), "recipe tv must be"),
+    # found from outside (2026-12-02): pixels on another scale would be normalised into a silently wrong input
+    (lambda m: m(torch.rand(1, 3, 64, 64) * 255), "(0-255 pixels: divide by 255 first)"),
+    (lambda m: m.run_with_cache((torch.rand(1, 3, 64, 64) - 0.45) / 0.22, [H]), "already normalised?"),
+    (lambda m: m(torch.rand(1, 3, 64, 64) * 2 - 1), "range from -1 to 1"),
+    (lambda m: m(torch.full((1, 3, 64, 64), float("nan"))), "NaN or infinite"),
 ]
 
 

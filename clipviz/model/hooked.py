@@ -7,6 +7,7 @@ its input size, if needed) happens inside, so callers never deal with mean/std.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
@@ -45,6 +46,25 @@ def identity_kept() -> Iterator[None]:
         yield
     finally:
         _IDENTITIES.reset(token)
+
+
+PIXEL_SLACK = 0.25  # resampling overshoots [0, 1] a little; pixels on another scale are far outside it
+
+
+def _check_pixel_range(images: torch.Tensor) -> None:
+    """Refuse images that are clearly not [0, 1] pixels: 0-255 values, or images already normalised (ImageNet
+    statistics, [-1, 1]), which ``prepare`` would normalise a second time into a silently wrong input."""
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ClipvizError("images hold NaN or infinite values: give floats in [0, 1]")
+    if low >= -PIXEL_SLACK and high <= 1 + PIXEL_SLACK:
+        return
+    hint = (
+        "0-255 pixels: divide by 255 first"
+        if low >= -PIXEL_SLACK and high <= 255 + PIXEL_SLACK
+        else "already normalised? give the raw [0, 1] pixels: clipviz normalises them with the model's own mean and std"
+    )
+    raise ClipvizError(f"images must be floats in [0, 1]; these range from {low:.3g} to {high:.3g} ({hint})")
 
 
 class HookedVisionModel(nn.Module):
@@ -294,6 +314,8 @@ class HookedVisionModel(nn.Module):
             )
         if images.shape[0] == 0:
             raise ClipvizError("an empty batch of images: give at least one")
+        if not images.requires_grad and not self._prenormalised:
+            _check_pixel_range(images)
         if self._prenormalised:
             if images.shape[1] != 3 or tuple(images.shape[-2:]) != tuple(self.image_size):
                 raise ClipvizError(f"pre-normalised images must be (B, 3, {self.image_size[0]}, {self.image_size[1]})")
