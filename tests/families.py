@@ -1490,6 +1490,15 @@ def _open_clip_families() -> list[Family]:
 
 
 def all_families() -> list[Family]:
+    from families_clip import clip_families
     from families_more import more_families
+    from families_vlm import vlm_families
 
-    return [*_hf_families(), *_timm_families(), *_open_clip_families(), *more_families()]
+    return [
+        *_hf_families(),
+        *_timm_families(),
+        *_open_clip_families(),
+        *more_families(),
+        *vlm_families(),
+        *clip_families(),
+    ]

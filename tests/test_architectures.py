@@ -203,7 +203,8 @@ def _native_pattern(family: Family, model, path: str, index: int, images) -> tor
                 with contextlib.suppress(TypeError, ValueError, AttributeError):
                     found = model.native(pixel_values=x, output_attentions=True).attentions
                     if found is not None and len(found) == model.n_blocks:
-                        return found[index]
+                        item = found[index]  # PVTv2 wraps each block's probabilities in a 1-tuple
+                        return item[0] if isinstance(item, tuple) and len(item) == 1 else item
                 seen = []
                 handle = model.blocks[index].attn.register_forward_hook(lambda m, a, out: seen.append(out[1]))
                 try:
@@ -364,6 +365,31 @@ def test_text_needing_the_hub_fails_in_one_line(loaded):
     with pytest.raises(ClipvizError) as error:
         model.encode_text(["a cat"])
     assert "\n" not in str(error.value) and "tokenizer" in str(error.value)
+
+
+TEXT_FAMILIES = [f for f in FAMILIES if f.text]
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES, ids=[f.name for f in TEXT_FAMILIES])
+def test_the_longest_text_a_tower_accepts_is_encoded_and_one_more_token_is_refused(loaded, family):
+    """Found from outside (2026-12-02): RoBERTa-style positions start at padding_idx + 1, so AltCLIP read two
+    tokens fewer than its position table and crashed on texts of the last two lengths it accepted."""
+    status, model = loaded(family)
+    if status != "ok" or model.backend.text is None or model.backend.text.context_length is None:
+        pytest.skip(f"{family.name}: no text tower with a length limit here")
+    accepted = None
+    for n in range(1, 4 * model.backend.text.context_length):
+        try:
+            model.tokenize([" ".join(["b"] * n)])
+        except ClipvizError as error:
+            assert "reads at most" in str(error) and "\n" not in str(error)
+            break
+        accepted = n
+    else:
+        raise AssertionError(f"{family.name}: no text was refused as too long")
+    assert accepted is not None
+    with torch.no_grad():
+        assert model.encode_text([" ".join(["b"] * accepted)]).shape[0] == 1
 
 
 # ------------------------------------------------------------------------------------------------- the docs table

@@ -17,13 +17,23 @@ from torch import nn
 from clipviz.errors import UnsupportedModelError
 
 # Aliases per part, relative to the block, in order of preference.
-_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1", "rms_norm1", "attention_norm")
-_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2", "rms_norm2", "ffn_norm")
+_LN1 = ("layer_norm1", "layernorm_before", "norm1", "ln_1", "rms_norm1", "attention_norm", "layer_norm_1")
+_LN2 = ("layer_norm2", "layernorm_after", "norm2", "ln_2", "rms_norm2", "ffn_norm", "layer_norm_2")
 _ATTN = ("self_attn", "attention", "attn")
 _MLP = ("mlp", "ffn", "feed_forward")
-_FC1 = ("mlp.fc1", "intermediate.dense", "mlp.c_fc", "mlp.up_proj")
-_ACT = ("mlp.activation_fn", "intermediate.intermediate_act_fn", "mlp.gelu", "mlp.act", "mlp.act_fn", "mlp.activation")
-_FC2 = ("mlp.fc2", "output.dense", "mlp.c_proj", "mlp.down_proj")
+_FC1 = ("mlp.fc1", "intermediate.dense", "mlp.c_fc", "mlp.up_proj", "mlp.dense1", "ffn.fc1")
+_ACT = (
+    "mlp.activation_fn",
+    "intermediate.intermediate_act_fn",
+    "mlp.gelu",
+    "mlp.act",
+    "mlp.act_fn",
+    "mlp.activation",
+    "mlp.intermediate_act_fn",
+    "ffn.activation_fn",
+    "ffn.act",
+)
+_FC2 = ("mlp.fc2", "output.dense", "mlp.c_proj", "mlp.down_proj", "mlp.dense2", "ffn.fc2")
 # Gated MLPs (SwiGLU / GeGLU): (gate, up, down) relative to the MLP module.
 # The flag says whether the MLP's ``norm`` (if any) sits after the product (timm SwiGLU) or before it (ViTamin).
 _GATED = (("gate_proj", "up_proj", "down_proj", False), ("fc1_g", "fc1_x", "fc2", True), ("w0", "w1", "w2", False))

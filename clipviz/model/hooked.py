@@ -19,6 +19,7 @@ from torch import nn
 from clipviz.errors import ClipvizError, check_indices
 from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
+from clipviz.model.batch import check_batch_independence
 from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, check_fired, installed
 from clipviz.model.layout import TokenLayout
 from clipviz.model.order import check_token_order
@@ -98,6 +99,7 @@ class HookedVisionModel(nn.Module):
         self._whole_passes = 0  # forward passes run to the end (``hooks`` checks that its hooks ran in one)
         # Measure every hook's token layout (and check attention patterns) on the model itself, once.
         self.token_layouts = probe_model(self)
+        check_batch_independence(self)  # one image's activations must not depend on its batch-mates
         self.blocks = self.blocks[: len(self.blocks) - len(self.token_layouts.excluded)]
         self.registry = HookRegistry(self.native, self.blocks, seq_first=backend.seq_first, layout=self.token_layouts)
         check_token_order(self)  # the measured layout, confirmed by moving one patch at a time

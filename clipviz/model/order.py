@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from clipviz.errors import UnsupportedModelError
-from clipviz.model.probe import evaluating
+from clipviz.model.probe import evaluating, native_failures
 
 POINT = "blocks.0.hook_resid_pre"
 
@@ -61,7 +61,8 @@ def check_token_order(model) -> None:
         y0, x0 = r * h // gh + dy, c * w // gw + dx
         # random colours, not white: a stem may be blind to a change of brightness alone (a colour detector)
         images[k, :, y0 : y0 + sy, x0 : x0 + sx] = torch.rand(3, sy, sx, generator=generator)
-    with evaluating(model.native):
+    checking = f"the token-order check's {len(images)} images"
+    with evaluating(model.native), native_failures(model.backend.architecture, checking):
         _, cache = model.run_with_cache(images, [POINT])
     tokens = cache[POINT].float()
     n_prefix = layout.n_prefix

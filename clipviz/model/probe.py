@@ -67,6 +67,24 @@ def evaluating(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+@contextmanager
+def native_failures(architecture: str, what: str) -> Iterator[None]:
+    """A load-time check's native forward pass: any library error becomes a one-line refusal that says which
+    check ran it (a ``ClipvizError`` passes as it is)."""
+    from clipviz.errors import ClipvizError
+
+    try:
+        yield
+    except ClipvizError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure of the native forward pass becomes one line
+        first = (str(error).splitlines() or [""])[0][:160]
+        raise UnsupportedModelError(
+            f"unsupported architecture {architecture.split('/')[-1]}: its forward pass failed on {what} "
+            f"({type(error).__name__}: {first}); clipviz cannot hook it"
+        ) from error
+
+
 def _first(value):
     return value[0] if isinstance(value, (tuple, list)) and value else value
 

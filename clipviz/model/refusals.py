@@ -26,7 +26,7 @@ def _block_like(root: nn.Module) -> str | None:
             odd = [n for n in children if n not in mlp and n not in norms and not n.startswith(("drop", "ls", "gamma"))]
             return f"the attention module of its blocks is not recognised (e.g. {where}: {', '.join(odd[:3])})"
         if attn and mlp:
-            from clipviz.model.architecture import _mlp_parts, parse_block
+            from clipviz.model.architecture import _ATTN, _FC1, _FC2, _first, _mlp_parts, parse_block
 
             if parse_block(module, 0, path) is not None:
                 parent = path.rsplit(".", 1)[0] if "." in path else ""
@@ -35,12 +35,15 @@ def _block_like(root: nn.Module) -> str | None:
                     f"its transformer blocks are not items of a list of blocks (e.g. {where} is an attribute of "
                     f"{owner}), so clipviz cannot hook them in execution order"
                 )
+            if _first(module, _ATTN) is None:
+                return f"the attention module of its blocks is not recognised (e.g. {where}: {', '.join(attn[:2])})"
             if not norms:
                 return f"its blocks have no norm before attention and MLP (e.g. {where}); clipviz needs pre-norm blocks"
             if _mlp_parts(module) is not None:
                 return f"the norms of its blocks are not recognised (e.g. {where}: {', '.join(norms[:2])})"
             inner = {n.rsplit(".", 1)[-1] for n, _ in children[mlp[0]].named_modules()}
-            if any(isinstance(m, nn.Conv2d) for m in children[mlp[0]].modules()):
+            linear = _first(module, _FC1, nn.Linear) is not None and _first(module, _FC2, nn.Linear) is not None
+            if linear and any(isinstance(m, nn.Conv2d) for m in children[mlp[0]].modules()):
                 return f"its MLP has a convolution clipviz does not place (e.g. {where})"
             if inner & {"gate", "w12", "gate_up_proj", "wi_0"}:
                 return f"its gated MLP is not recognised (e.g. {where}: expected gate/up/down projections)"

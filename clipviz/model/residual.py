@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from clipviz.model.hooks import installed
-from clipviz.model.probe import evaluating
+from clipviz.model.probe import evaluating, native_failures
 
 _POINTS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 
@@ -125,7 +125,8 @@ def check_residual_writes(model) -> None:
     ]
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, *model.backend.image_size, generator=generator)
-    with evaluating(model.native), installed(pairs):
+    checking = "one image (the residual-stream check)"
+    with evaluating(model.native), native_failures(model.backend.architecture, checking), installed(pairs):
         model(image)
     for parts in model.blocks:
         never = "its block's output was never seen, so it could not be checked"

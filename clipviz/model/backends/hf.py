@@ -53,6 +53,9 @@ def _model_class(config, trust_remote_code: bool):
     return transformers.AutoModel
 
 
+#: A task model around a backbone (Depth Anything, ViTPose, UperNet; Mask2Former's and MaskFormer's pixel-level
+#: module): clipviz runs the backbone alone.
+_BACKBONES = ("backbone", "model.pixel_level_module.encoder")
 _ROOTS = (
     "vision_model",
     "model.vision_tower.vision_model",
@@ -73,7 +76,9 @@ _ROOTS = (
     "pixio",
     "radio",
     "model.image_tower",  # Video-LLaVA's image tower
-    "backbone",  # a task model around a backbone (Depth Anything, ViTPose, UperNet): clipviz runs the backbone
+    "model.visual",  # Qwen-VL, GLM-4V (packed patches: refused by name)
+    "visual",
+    *_BACKBONES,
 )
 
 
@@ -157,6 +162,22 @@ def _preprocessing(ref: str, config, kwargs):
     return mean, std, "preprocessor_config.json", processor
 
 
+def _text_limit(model: nn.Module, tokenizer) -> int | None:
+    """The most tokens the text tower reads: its position table, less the positions RoBERTa-style embeddings skip
+    (they number positions from ``padding_idx + 1``: AltCLIP's XLM-R reads 512 of 514), and no more than the
+    tokenizer's own maximum where it sets one."""
+    positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+    if positions is None:
+        return None
+    for name, module in model.named_modules():
+        skipped = getattr(module, "padding_idx", None)
+        if name.endswith("embeddings") and hasattr(module, "position_embeddings") and isinstance(skipped, int):
+            positions -= skipped + 1
+            break
+    most = getattr(tokenizer, "model_max_length", None)
+    return min(positions, most) if isinstance(most, int) and most < 1_000_000 else positions
+
+
 def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
     if not hasattr(model, "get_text_features"):
         return None
@@ -168,7 +189,7 @@ def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
         return None
     if len(tokenizer) <= len(tokenizer.all_special_tokens) + 1:  # no vocabulary files: transformers built an empty one
         return None
-    limit = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+    limit = _text_limit(model, tokenizer)
 
     def tokenize(texts):
         texts = list(texts)
@@ -202,8 +223,22 @@ def _refuse_packed(vision: nn.Module) -> None:
         )
 
 
+def _refuse_video(model: nn.Module) -> None:
+    """Video models (VideoMAE, ViViT, TimeSformer, X-CLIP): they take (batch, frames, 3, H, W) clips and mix the
+    frames in their blocks, so an image's activations are not its own."""
+    config = model.config
+    vcfg = getattr(config, "vision_config", None) or config
+    frames = getattr(vcfg, "num_frames", None) or getattr(config, "num_frames", None)
+    if frames or (hasattr(model, "get_video_features") and not hasattr(model, "get_image_features")):
+        raise UnsupportedModelError(
+            f"unsupported architecture {type(model).__name__}: a video model (it takes clips of "
+            f"{frames or 'several'} frames, (batch, frames, 3, H, W), and mixes the frames in its blocks); clipviz "
+            "hooks image towers"
+        )
+
+
 def _forward(model: nn.Module, vision: nn.Module, vision_path: str):
-    if _is_generative(model) or vision_path in ("backbone", "encoder"):
+    if _is_generative(model) or vision_path in (*_BACKBONES, "encoder"):
         return (lambda x: _pooled(vision(pixel_values=x))), "pooled"
     if hasattr(model, "get_image_features"):
 
@@ -314,12 +349,14 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
     ref = ref if ref is not None else getattr(model, "name_or_path", "") or ""
     config = model.config
     model.eval()
+    _refuse_video(model)
     vision, vision_path = _vision_root(model)
     _refuse_packed(vision)
     find_blocks(vision)  # an unsupported architecture fails here, before its processor and tokenizer are read
     vcfg = getattr(config, "vision_config", None) or config
-    if vision_path in ("backbone", "encoder"):  # a task head's backbone, a VisionEncoderDecoder's encoder
-        vcfg = getattr(config, f"{vision_path}_config", None) or getattr(vision, "config", None) or config
+    if vision_path in (*_BACKBONES, "encoder"):  # a task head's backbone, a VisionEncoderDecoder's encoder
+        own = "encoder_config" if vision_path == "encoder" else "backbone_config"
+        vcfg = getattr(config, own, None) or getattr(vision, "config", None) or config
     if ref:
         mean, std, source, processor = _preprocessing(ref, config, kwargs)
     else:  # a module built in memory with no saved processor
@@ -330,7 +367,7 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
     image_size = _pair(_processor_size(processor) or getattr(vcfg, "image_size", None) or 224)
     transform, fitted = hf_transform(processor, image_size)
     notes = [fitted] if fitted else []
-    if vision_path == "backbone":
+    if vision_path in _BACKBONES:
         notes.append(
             f"runs the backbone alone ({type(vision).__name__}): the task head is not run, and the output is the "
             "mean of the backbone's last feature map"
@@ -347,8 +384,8 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
     model_type = getattr(config, "model_type", "")
     if model_type == "timm_wrapper":
         _timm_wrapper(model, vision, facts)
-    elif model_type.startswith("siglip2"):
-        _naflex(model, vcfg, facts, output_kind)
+    elif model_type.startswith("siglip2") or getattr(vcfg, "model_type", "").startswith("siglip2"):
+        _naflex(model, vision, vcfg, facts)
     elif model_type == "vit_mae":
         _no_masking(model, vision, facts)
     hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")

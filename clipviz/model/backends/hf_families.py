@@ -11,8 +11,9 @@ from clipviz.model.backends.base import pair as _pair
 
 
 def _is_generative(model: nn.Module) -> bool:
-    """A vision-language generator (LLaVA & co.): clipviz runs only its vision tower."""
-    return any(hasattr(model, a) for a in ("language_model", "lm_head")) or hasattr(
+    """A vision-language generator (LLaVA & co., BLIP's captioning and question answering): clipviz runs only
+    its vision tower."""
+    return any(hasattr(model, a) for a in ("language_model", "lm_head", "text_decoder")) or hasattr(
         getattr(model, "model", None), "language_model"
     )
 
@@ -23,7 +24,14 @@ def _pooled(out):
     if getattr(out, "feature_maps", None):  # a backbone (DINOv2 / ViTPose ``*Backbone``): its last feature map
         last = out.feature_maps[-1]
         return last.mean((-2, -1)) if last.ndim == 4 else last.mean(1)
-    hidden = out.last_hidden_state
+    hidden = getattr(out, "last_hidden_state", None)
+    if not isinstance(hidden, torch.Tensor):
+        from clipviz.errors import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"the output of the model ({type(out).__name__}) has no pooled output, hidden state or feature maps "
+            "clipviz can read"
+        )
     return hidden.mean((-2, -1)) if hidden.ndim == 4 else hidden[:, 0]
 
 
@@ -54,15 +62,18 @@ def _timm_wrapper(model: nn.Module, timm_model: nn.Module, facts: dict) -> None:
     )
 
 
-def _naflex(model: nn.Module, vcfg, facts: dict, output_kind: str) -> None:
+def _naflex(model: nn.Module, vision: nn.Module, vcfg, facts: dict) -> None:
     """SigLIP2 NaFlex takes patches with ``pixel_attention_mask`` and ``spatial_shapes``: clipviz feeds it one
-    fixed square grid of ``num_patches`` patches (row-major, channels last within a patch, as its processor does)."""
+    fixed square grid of ``num_patches`` patches (row-major, channels last within a patch, as its processor does).
+    ``vision`` is the tower a vision-language model holds it as (LFM2-VL), whose pooled output is then clipviz's
+    output; a SigLIP2 model of its own gives its image embedding."""
     import math
 
     p = int(vcfg.patch_size)
     side = math.isqrt(int(vcfg.num_patches))
     facts["image_size"], facts["patch_size"] = (side * p, side * p), (p, p)
-    vision = getattr(model, "vision_model", model)
+    if vision is model:
+        vision = getattr(model, "vision_model", model)
 
     def patches(x: torch.Tensor):
         b, c, h, w = x.shape
@@ -71,7 +82,7 @@ def _naflex(model: nn.Module, vcfg, facts: dict, output_kind: str) -> None:
         shapes = torch.tensor([[h // p, w // p]] * b, dtype=torch.long, device=x.device)
         return {"pixel_values": flat, "pixel_attention_mask": mask, "spatial_shapes": shapes}
 
-    if hasattr(model, "get_image_features"):
+    if hasattr(model, "get_image_features") and not _is_generative(model):
 
         def embed(x):
             out = model.get_image_features(**patches(x))
