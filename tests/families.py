@@ -1492,6 +1492,7 @@ def _open_clip_families() -> list[Family]:
 def all_families() -> list[Family]:
     from families_clip import clip_families
     from families_more import more_families
+    from families_timm_more import timm_more_families
     from families_vlm import vlm_families
 
     return [
@@ -1501,4 +1502,5 @@ def all_families() -> list[Family]:
         *more_families(),
         *vlm_families(),
         *clip_families(),
+        *timm_more_families(),
     ]

@@ -254,7 +254,7 @@ def _clip_like() -> list[Family]:
             "X-CLIP vision (cross-frame message tokens mix the images of a batch)",
             "transformers",
             _build(lambda: T.XCLIPVisionModel(T.XCLIPVisionConfig(**_V, num_frames=2)), _CLIP_PROC),
-            refuse="not processed independently",
+            refuse="a video model",
         ),
         Family(
             "GroupViT (group tokens after the patches, grouping blocks)",

@@ -420,9 +420,11 @@ parameter. *Supported*: clipviz loads it and is exactly right: `mlp.hook_post` (
 and last block (prefix tokens, grid and order), `attn.hook_pattern` against the model's own attention probabilities,
 `hook_attn_out` and `hook_mlp_out` as what the block adds to its residual stream (times any layer scale), each
 neuron's direct write where the direct lens offers one, and a 3-step `visualize`. At load time clipviz itself moves
-one patch at a time to confirm the token order and measures those residual identities on every block. Hooks
-clipviz cannot make exact are left out of the model's hook list with the reason, which `clipviz info` shows too.
-*Refused*: `clipviz.load` raises this one-line error. Regenerate with `CLIPVIZ_UPDATE_DOCS=1 python -m pytest
+one patch at a time to confirm the token order, measures those residual identities on every block, and runs one
+image alone and beside two others to confirm that a batch's images are processed each on its own. Hooks clipviz
+cannot make exact are left out of the model's hook list with the reason, which `clipviz info` shows too.
+*Refused*: `clipviz.load` raises this one-line error (video models, packed-patch towers, towers that mix a batch's
+images, and blocks it cannot place among them). Regenerate with `CLIPVIZ_UPDATE_DOCS=1 python -m pytest
 tests/test_architectures.py`.
 
 Data (example mining, probe sets, zero-shot checks) goes through each backend's own resize and centre crop

@@ -45,7 +45,6 @@ def test_a_grid_in_another_order_is_refused_not_read_row_major(how):
     assert "\n" not in str(refused.value) and "4x4 row-major grid" in str(refused.value)
 
 
-
 @pytest.mark.parametrize("strength", [1.0, 1e-3])
 def test_a_model_that_mixes_the_images_of_a_batch_is_refused(strength):
     """Found from outside (2026-12-02): X-CLIP's message tokens mix the frames folded into its batch; a model whose
@@ -69,6 +68,7 @@ def test_a_model_that_fails_on_a_batch_of_one_is_refused_in_one_line():
     with pytest.raises(UnsupportedModelError, match="a batch of 1 image") as refused:
         clipviz.wrap(model)
     assert "\n" not in str(refused.value) and "RuntimeError" in str(refused.value)
+
 
 def test_layer_scales_are_part_of_the_residual_identities():
     model = clipviz.wrap(noisy(timm.create_model("deit3_small_patch16_224", pretrained=False, **TINY), std=0.2))

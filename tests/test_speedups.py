@@ -386,7 +386,9 @@ def test_fused_affine_chain_equals_the_separate_steps(models):
     side = model.image_size[0]
     fused, folded = augmentations(recipe, model, (side, side), SpeedUps())
     assert folded and isinstance(fused[0], AffineChain) and len(fused) == 2  # the chain, then the jitter
-    x = torch.rand(2, 1, 3, side, side).expand(-1, 3, -1, -1, -1)
+    # as in an optimisation, the images carry a graph: their augmentations leave [0, 1] on purpose, and prepare
+    # checks the pixel range of data only
+    x = torch.rand(2, 1, 3, side, side, requires_grad=True).expand(-1, 3, -1, -1, -1)
     out = {}
     for label, transforms in (("fused", fused), ("plain", recipe.transforms())):
         rngs = _rngs([5, 9], stream=1)

@@ -305,7 +305,9 @@ class HookedVisionModel(nn.Module):
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images (B, 3 or 1, H, W) -> the model's normalised input at its native size.
 
-        Images of the model's aspect ratio are resized to its size; any other shape is refused, never stretched."""
+        Images of the model's aspect ratio are resized to its size; any other shape is refused, never stretched.
+        Data (a tensor outside an autograd graph) must be [0, 1] pixels: 0-255 values or already-normalised images
+        are refused; images being optimised are not checked (their augmentations leave [0, 1] on purpose)."""
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ClipvizError(f"images must be a (B, 3, H, W) tensor in [0, 1] (1 channel is repeated); got {shape}")
