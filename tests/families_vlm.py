@@ -47,6 +47,36 @@ def _supported() -> list[Family]:
     import transformers as T
 
     return [
+        # InstructBLIP-Video: a video VLM whose ViT (vision_model) runs each frame alone, folded into its batch;
+        # only the Q-Former mixes frames. clipviz runs the tower on images: an image tower, not a video one
+        Family(
+            "InstructBLIP-Video (its ViT sees each frame alone)",
+            "transformers",
+            _hf(
+                lambda: T.InstructBlipVideoForConditionalGeneration(
+                    T.InstructBlipVideoConfig(
+                        vision_config=dict(_V),
+                        qformer_config=dict(
+                            hidden_size=32,
+                            num_hidden_layers=1,
+                            num_attention_heads=2,
+                            intermediate_size=64,
+                            encoder_hidden_size=32,
+                            vocab_size=100,
+                        ),
+                        text_config=dict(_L, model_type="opt", ffn_dim=64, word_embed_proj_dim=32),
+                        num_query_tokens=4,
+                        video_token_index=299,
+                    )
+                )
+            ),
+            _seq("vision_model.encoder.layers", 2),
+            ("act", "mlp.activation_fn"),
+            (1, (4, 4)),
+            (1, (4, 4)),
+            "hf:vision_model",
+            None,
+        ),
         # PaliGemma: vision_tower = AutoModel(SiglipVisionConfig) -> SiglipVisionModel (no class token, MAP head)
         _tower(
             "PaliGemma (SigLIP tower)",

@@ -3,9 +3,12 @@
 clipviz runs batches of any size (one image in the Space, hundreds in example mining, many neurons' images in one
 optimisation pass) and reads each image's activations as that image's. A model that folds several images into one
 sample (X-CLIP's frames of a video, whose message tokens attend across the frames of the batch) would make every
-result depend on its batch-mates: a silently wrong answer. So at load time one image is run alone and beside two
-different neighbours, and its output must not move (beyond the rounding of the model's precision) while the
-neighbours' outputs differ; a pass that fails for a batch size is refused the same way.
+result depend on its batch-mates: a silently wrong answer. So at load time three batches of two images are run,
+``[a, b]``, ``[a, c]`` and ``[c, b]``: ``a`` in first place and ``b`` in second each get another batch-mate (so a
+mixing that only looks back, or only forward, is seen too), and their outputs must not move beyond the rounding of
+the model's precision. Batches of one size run the same kernels, so the outputs should agree to the last bit; the
+tolerance, relative to the outputs' size, leaves room for kernels that are not deterministic. A model that cannot
+run a batch of one image is refused by the residual-stream check, which runs one.
 """
 
 from __future__ import annotations
@@ -15,35 +18,35 @@ import torch
 from clipviz.errors import UnsupportedModelError
 from clipviz.model.probe import evaluating, native_failures
 
-#: How far the output of one image may move with its batch-mates, relative to how far two different images'
-#: outputs are apart: rounding only (kernels differ with the batch size), per precision.
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+#: How far one image's output may move when its batch-mate changes, relative to the largest output value.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
 
 @torch.no_grad()
 def check_batch_independence(model) -> None:
     """Refuse ``model`` (a ``HookedVisionModel`` under construction) when one image's output depends on the other
-    images of its batch, or when it cannot run batches of one and two images."""
+    images of its batch."""
     generator = torch.Generator().manual_seed(1)
     a, b, c = torch.rand(3, 1, 3, *model.backend.image_size, generator=generator)
     outputs = []
-    with evaluating(model.native):
-        for batch in (torch.cat([a, b]), torch.cat([a, c]), a):
-            what = f"a batch of {len(batch)} image{'s' if len(batch) > 1 else ''} (clipviz runs batches of any size)"
-            with native_failures(model.backend.architecture, what):
-                out = model.backend.forward(model.prepare(batch))
+    with evaluating(model.native), native_failures(model.backend.architecture, "a batch of 2 images"):
+        for batch in (torch.cat([a, b]), torch.cat([a, c]), torch.cat([c, b])):
+            out = model.backend.forward(model.prepare(batch))
+            if isinstance(out, (tuple, list)) and out:  # open_clip's output_tokens: (pooled, tokens)
+                out = out[0]
             if not isinstance(out, torch.Tensor):
-                return  # nothing to compare (the probe has already refused an output clipviz cannot read)
+                raise UnsupportedModelError(
+                    f"unsupported architecture {model.backend.architecture.split('/')[-1]}: its output is a "
+                    f"{type(out).__name__}, not a tensor clipviz can read"
+                )
             outputs.append(out.detach().float().flatten(1))
-    ab, ac, alone = outputs
-    apart = float((ab[1] - ac[1]).abs().max())
-    moved = max(float((ab[0] - ac[0]).abs().max()), float((ab[0] - alone[0]).abs().max()))
-    tolerance = TOLERANCE.get(model.dtype, 2e-2)
-    if apart > 0 and moved > tolerance * apart:
+    ab, ac, cb = outputs
+    scale = max(float(o.abs().max()) for o in outputs)
+    moved = max(float((ab[0] - ac[0]).abs().max()), float((ab[1] - cb[1]).abs().max()))
+    if moved > TOLERANCE.get(model.dtype, 3e-2) * scale:
         name = model.backend.architecture.split("/")[-1]
         raise UnsupportedModelError(
             f"unsupported architecture {name}: the images of a batch are not processed independently (one image's "
-            f"output moved by {moved:.2g} when its batch-mate changed, {moved / apart:.1%} of how far two images' "
-            "outputs are apart; frames of a video folded into the batch?), so clipviz cannot read one image's "
-            "activations"
+            f"output moved by {moved:.2g}, {moved / scale:.1%} of its largest value, when its batch-mate changed; "
+            "frames of a video folded into the batch?), so clipviz cannot read one image's activations"
         )

@@ -75,7 +75,7 @@ def native_failures(architecture: str, what: str) -> Iterator[None]:
 
     try:
         yield
-    except ClipvizError:
+    except (ClipvizError, MemoryError, torch.OutOfMemoryError):  # running out of memory says nothing of the model
         raise
     except Exception as error:  # noqa: BLE001 - any failure of the native forward pass becomes one line
         first = (str(error).splitlines() or [""])[0][:160]

@@ -223,13 +223,15 @@ def _refuse_packed(vision: nn.Module) -> None:
         )
 
 
-def _refuse_video(model: nn.Module) -> None:
-    """Video models (VideoMAE, ViViT, TimeSformer, X-CLIP): they take (batch, frames, 3, H, W) clips and mix the
-    frames in their blocks, so an image's activations are not its own."""
-    config = model.config
-    vcfg = getattr(config, "vision_config", None) or config
-    frames = getattr(vcfg, "num_frames", None) or getattr(config, "num_frames", None)
-    if frames or (hasattr(model, "get_video_features") and not hasattr(model, "get_image_features")):
+def _refuse_video(model: nn.Module, vision: nn.Module) -> None:
+    """Video towers (VideoMAE, ViViT, TimeSformer, X-CLIP): they take (batch, frames, 3, H, W) clips and mix the
+    frames in their blocks, so an image's activations are not its own. Asked of the tower clipviz runs: a video
+    model whose vision tower sees each frame alone (InstructBLIP-Video) is an image tower to clipviz."""
+    config = getattr(vision, "config", None) if vision is not model else None
+    config = config or getattr(model.config, "vision_config", None) or model.config
+    frames = getattr(config, "num_frames", None)
+    video_only = vision is model and hasattr(model, "get_video_features") and not hasattr(model, "get_image_features")
+    if frames or video_only:
         raise UnsupportedModelError(
             f"unsupported architecture {type(model).__name__}: a video model (it takes clips of "
             f"{frames or 'several'} frames, (batch, frames, 3, H, W), and mixes the frames in its blocks); clipviz "
@@ -349,10 +351,10 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
     ref = ref if ref is not None else getattr(model, "name_or_path", "") or ""
     config = model.config
     model.eval()
-    _refuse_video(model)
     vision, vision_path = _vision_root(model)
     _refuse_packed(vision)
     find_blocks(vision)  # an unsupported architecture fails here, before its processor and tokenizer are read
+    _refuse_video(model, vision)
     vcfg = getattr(config, "vision_config", None) or config
     if vision_path in (*_BACKBONES, "encoder"):  # a task head's backbone, a VisionEncoderDecoder's encoder
         own = "encoder_config" if vision_path == "encoder" else "backbone_config"
