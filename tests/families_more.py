@@ -534,7 +534,7 @@ def _hf_more() -> list[Family]:
             (1, g),
             (1, g),
             "hf:vision_model",
-            None,
+            "eager",
         ),
         Family(
             "Swin2SR (super-resolution, patch 1, post-norm)",

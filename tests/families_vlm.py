@@ -75,7 +75,7 @@ def _supported() -> list[Family]:
             (1, (4, 4)),
             (1, (4, 4)),
             "hf:vision_model",
-            None,
+            "eager",
         ),
         # PaliGemma: vision_tower = AutoModel(SiglipVisionConfig) -> SiglipVisionModel (no class token, MAP head)
         _tower(
@@ -237,7 +237,7 @@ def _supported() -> list[Family]:
             "model.vision_tower",
             1,
             layers="encoder.layer",
-            attention=None,
+            attention="eager",
         ),
         # Idefics2: Idefics2VisionTransformer at model.vision_model (SigLIP-like, no class token; an optional
         # patch_attention_mask that defaults to all patches)

@@ -45,7 +45,7 @@ _Q = ("q_proj", "attention.query", "query", "self.query")
 _K = ("k_proj", "attention.key", "key", "self.key")
 _V = ("v_proj", "attention.value", "value")
 _QKV = ("qkv",)
-_OUT = ("o_proj", "out_proj", "output.dense", "proj")
+_OUT = ("o_proj", "out_proj", "output.dense", "proj", "projection", "projection_layer")
 _REL_POS = ("relative_position_bias", "relative_position_bias_table", "attention.relative_position_bias")
 
 
