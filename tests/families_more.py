@@ -25,6 +25,16 @@ _L = dict(
     num_key_value_heads=2,
 )
 _SIGLIP = dict(_V, model_type="siglip_vision_model")
+# the Q-Former and OPT language model of the BLIP-2 / InstructBLIP families
+_QFORMER = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    encoder_hidden_size=32,
+    vocab_size=100,
+)
+_OPT = dict(_L, model_type="opt", ffn_dim=64, word_embed_proj_dim=32)
 _DV2 = dict(
     model_type="dinov2",
     hidden_size=32,
@@ -515,15 +525,8 @@ def _hf_more() -> list[Family]:
                 lambda: T.InstructBlipForConditionalGeneration(
                     T.InstructBlipConfig(
                         vision_config=dict(_V),
-                        qformer_config=dict(
-                            hidden_size=32,
-                            num_hidden_layers=1,
-                            num_attention_heads=2,
-                            intermediate_size=64,
-                            encoder_hidden_size=32,
-                            vocab_size=100,
-                        ),
-                        text_config=dict(_L, model_type="opt", ffn_dim=64, word_embed_proj_dim=32),
+                        qformer_config=_QFORMER,
+                        text_config=_OPT,
                         num_query_tokens=4,
                         image_token_index=299,
                     )

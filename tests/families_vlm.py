@@ -6,7 +6,7 @@ per-block hidden states and attention probabilities; or, for towers clipviz cann
 from __future__ import annotations
 
 from families import IMAGE, Family, _hf, _seq
-from families_more import _L, _SIGLIP, _V
+from families_more import _L, _OPT, _QFORMER, _SIGLIP, _V
 
 _CLIP = dict(_V, model_type="clip_vision_model")
 _LLAMA = dict(_L, model_type="llama")
@@ -47,6 +47,30 @@ def _supported() -> list[Family]:
     import transformers as T
 
     return [
+        # Phi-4-multimodal: a SigLIP-like tower (no class token) at model.embed_tokens_extend.image_embed.img_processor
+        _tower(
+            "Phi-4-multimodal (tower inside the embedding layer)",
+            lambda: T.Phi4MultimodalForCausalLM(
+                T.Phi4MultimodalConfig(
+                    **dict(_L, **_IDS),
+                    vision_config=dict(_V, crop_size=IMAGE, image_token_id=298),
+                    audio_config=dict(
+                        hidden_size=32,
+                        intermediate_size=64,
+                        num_blocks=1,
+                        num_attention_heads=2,
+                        ext_pw_out_channel=32,
+                        depthwise_separable_out_channel=32,
+                        nemo_conv_channels=32,
+                        input_size=16,
+                        audio_token_id=297,
+                    ),
+                )
+            ),
+            "model.embed_tokens_extend.image_embed.img_processor",
+            0,
+            attention=None,
+        ),
         # InstructBLIP-Video: a video VLM whose ViT (vision_model) runs each frame alone, folded into its batch;
         # only the Q-Former mixes frames. clipviz runs the tower on images: an image tower, not a video one
         Family(
@@ -56,15 +80,8 @@ def _supported() -> list[Family]:
                 lambda: T.InstructBlipVideoForConditionalGeneration(
                     T.InstructBlipVideoConfig(
                         vision_config=dict(_V),
-                        qformer_config=dict(
-                            hidden_size=32,
-                            num_hidden_layers=1,
-                            num_attention_heads=2,
-                            intermediate_size=64,
-                            encoder_hidden_size=32,
-                            vocab_size=100,
-                        ),
-                        text_config=dict(_L, model_type="opt", ffn_dim=64, word_embed_proj_dim=32),
+                        qformer_config=_QFORMER,
+                        text_config=_OPT,
                         num_query_tokens=4,
                         video_token_index=299,
                     )
@@ -150,15 +167,8 @@ def _supported() -> list[Family]:
             lambda: T.Blip2ForConditionalGeneration(
                 T.Blip2Config(
                     vision_config=dict(_V),
-                    qformer_config=dict(
-                        hidden_size=32,
-                        num_hidden_layers=1,
-                        num_attention_heads=2,
-                        intermediate_size=64,
-                        encoder_hidden_size=32,
-                        vocab_size=100,
-                    ),
-                    text_config=dict(_L, model_type="opt", ffn_dim=64, word_embed_proj_dim=32),
+                    qformer_config=_QFORMER,
+                    text_config=_OPT,
                     num_query_tokens=4,
                     image_token_index=299,
                 )
@@ -501,27 +511,6 @@ def _refused() -> list[Family]:
         ),
         # Phi-4-multimodal: its SigLIP-like tower sits at model.embed_tokens_extend.image_embed.img_processor, a
         # path clipviz does not look at; the refusal says so and points at clipviz.wrap
-        refused(
-            "Phi-4-multimodal (tower inside the embedding layer)",
-            lambda: T.Phi4MultimodalForCausalLM(
-                T.Phi4MultimodalConfig(
-                    **dict(_L, **_IDS),
-                    vision_config=dict(_V, crop_size=IMAGE, image_token_id=298),
-                    audio_config=dict(
-                        hidden_size=32,
-                        intermediate_size=64,
-                        num_blocks=1,
-                        num_attention_heads=2,
-                        ext_pw_out_channel=32,
-                        depthwise_separable_out_channel=32,
-                        nemo_conv_channels=32,
-                        input_size=16,
-                        audio_token_id=297,
-                    ),
-                )
-            ),
-            "without a vision transformer tower clipviz recognises",
-        ),
         # GIT, BLIP image-text matching and ColPali: their forward needs text; the refusal says to wrap the tower
         refused(
             "GIT (image encoder + text decoder)",

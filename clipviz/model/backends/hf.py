@@ -76,6 +76,7 @@ _ROOTS = (
     "pixio",
     "radio",
     "model.image_tower",  # Video-LLaVA's image tower
+    "model.embed_tokens_extend.image_embed.img_processor",  # Phi-4-multimodal
     "model.visual",  # Qwen-VL, GLM-4V (packed patches: refused by name)
     "visual",
     *_BACKBONES,
