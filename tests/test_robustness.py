@@ -80,6 +80,9 @@ def env(tmp_path_factory):
     (root / "control-vocab.txt").write_text("red\nbl\x00ue\n")
     (root / "full").mkdir()
     (root / "full" / "note.txt").write_text("the user's")
+    (root / "unreadable").mkdir()
+    for i in range(3):  # image names, no images: a folder of files that are all unreadable
+        (root / "unreadable" / f"x{i}.png").write_text(f"not an image {i}")
     return root
 
 
@@ -235,6 +238,11 @@ BAD = [
     ([*V, "--neurons", "1,1", "--out", "{out}"], "neuron 1 is listed twice"),
     (["examples", "world-clip", "--hook", H, "--dataset", "world", "--out", "{out}"], "use world:<n>, e.g. world:2000"),
     ([*E, "--out", ""], ("--out is empty", "name a folder")),
+    # found from outside (2026-12-02): a small folder of unreadable files was said to be too small for the top-k
+    (
+        ["examples", "world-clip", "--hook", H, "--dataset", "{tmp}/unreadable", "--out", "{out}"],
+        ("no readable images", "none of its 3 files opens"),
+    ),
     ([*E, "--workers", "1000", "--out", "{out}"], ("--workers", "between 0 and 64")),
     (["atlas", "{tmp}", "--out", "{tmp}/file"], "is a file, not a folder"),
     (["atlas", "{tmp}", "--out", "{tmp}/full"], "holds no atlas.json"),
@@ -268,6 +276,7 @@ BAD = [
             (["--out", "{tmp}/file"], ("is a file, not a folder")),
             (["--hooks", "mlp.hook_post,"], ("has an empty item", "separated by commas")),
             (["--dataset", "world:40", "--top-k", "1000"], "larger than the dataset"),
+            (["--dataset", "{tmp}/unreadable"], ("no readable images", "none of its 3 files opens")),
             (["--words", "100000"], "more than the vocabulary"),
             (["--site", "{tmp}/full"], ("--site", "holds no atlas.json")),
             (["--stage", "{tmp}/full"], "not empty"),
@@ -947,7 +956,7 @@ API_BAD = [
     # found from outside (2026-12-02): pixels on another scale would be normalised into a silently wrong input
     (lambda m: m(torch.rand(1, 3, 64, 64) * 255), "(0-255 pixels: divide by 255 first)"),
     (lambda m: m.run_with_cache((torch.rand(1, 3, 64, 64) - 0.45) / 0.22, [H]), "already normalised?"),
-    (lambda m: m(torch.rand(1, 3, 64, 64) * 2 - 1), "range from -1 to 1"),
+    (lambda m: m(torch.linspace(-1, 1, 3 * 64 * 64).view(1, 3, 64, 64)), "range from -1 to 1"),
     (lambda m: m(torch.full((1, 3, 64, 64), float("nan"))), "NaN or infinite"),
 ]
 

@@ -205,10 +205,19 @@ def check_mining(
     check_int(shard_size, "shard size", 1, None)
     top_k = check_int(top_k, "top-k", 1, None)
     if at_most_the_data and source.length and top_k > source.length:
-        raise ClipvizError(
-            f"top-k {top_k} is larger than the dataset '{source.name}' ({source.length} images): "
-            f"use at most {source.length}"
-        )
+        raise ClipvizError(larger_than_the_data(source, f"top-k {top_k}"))
+
+
+def larger_than_the_data(source: Source, asked: str) -> str:
+    """The message for a top-k larger than a small dataset, which reads it (it is smaller than the top-k) to count the
+    images that open: a folder of files that are all unreadable is said to be that, not to be too small."""
+    readable = sum(image is not None for _, image, _ in source)
+    if not readable:
+        return f"no examples from '{source.name}': it has no readable images (none of its {source.length} files opens)"
+    unread = f", {source.length - readable} of them unreadable" if readable < source.length else ""
+    return (
+        f"{asked} is larger than the dataset '{source.name}' ({source.length} images{unread}): use at most {readable}"
+    )
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clipviz.analysis.dissect import open_probe
-from clipviz.analysis.examples import check_token_activations
+from clipviz.analysis.examples import check_token_activations, larger_than_the_data
 from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_int
 from clipviz.results import (
     has_examples,
@@ -210,10 +210,7 @@ def make_plan(
     check_int(samples, "--samples", 1, MAX_SAMPLES)
     check_int(seed, "--seed", 0, MAX_SEED)
     if top_k > source.length:
-        raise ClipvizError(
-            f"--top-k {top_k} is larger than the dataset '{dataset}' ({source.length} images): use at most "
-            f"{source.length}"
-        )
+        raise ClipvizError(larger_than_the_data(source, f"--top-k {top_k}"))
     vocab_digest = None
     if vocab is not None:
         loaded = load_vocabulary(vocab)
