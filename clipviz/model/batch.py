@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from clipviz.errors import UnsupportedModelError
-from clipviz.model.probe import evaluating, native_failures
+from clipviz.model.probe import _first, evaluating, native_failures
 
 #: How far one image's output may move when its batch-mate changes, relative to the largest output value.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -31,9 +31,7 @@ def check_batch_independence(model) -> None:
     outputs = []
     with evaluating(model.native), native_failures(model.backend.architecture, "a batch of 2 images"):
         for batch in (torch.cat([a, b]), torch.cat([a, c]), torch.cat([c, b])):
-            out = model.backend.forward(model.prepare(batch))
-            if isinstance(out, (tuple, list)) and out:  # open_clip's output_tokens: (pooled, tokens)
-                out = out[0]
+            out = _first(model.backend.forward(model.prepare(batch)))  # open_clip's output_tokens: (pooled, tokens)
             if not isinstance(out, torch.Tensor):
                 raise UnsupportedModelError(
                     f"unsupported architecture {model.backend.architecture.split('/')[-1]}: its output is a "
