@@ -154,3 +154,19 @@ def test_a_sweep_leaves_the_direct_lens_out_where_neurons_have_no_write_directio
     assert plan.no_direct == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"] and not plan.direct
     assert all("direct" not in _methods(plan, hook) for hook in plan.hooks)
     assert any("no direct lens for blocks.0.mlp.hook_post" in line for line in describe(model, plan))
+
+
+def test_a_bug_in_clipviz_s_own_hook_is_not_reported_as_an_unsupported_architecture(monkeypatch):
+    """A load check's hooks are clipviz's code called from inside the model: an error there is a bug of clipviz and
+    must surface as one (with its traceback), not as a one-line verdict on the model."""
+    from clipviz.model import hooks
+
+    def broken(self, value):
+        raise TypeError("an internal error of clipviz's hook code")
+
+    model = noisy(timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY))
+    monkeypatch.setattr(hooks.HookPoint, "to_view", broken)
+    with pytest.raises(RuntimeError, match="a bug in clipviz") as raised:
+        clipviz.wrap(model)
+    assert not isinstance(raised.value, UnsupportedModelError)
+    assert isinstance(raised.value.__cause__, TypeError)

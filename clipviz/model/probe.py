@@ -24,9 +24,12 @@ order) are refused by name.
 from __future__ import annotations
 
 import math
+import sysconfig
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,7 +73,9 @@ def evaluating(module: nn.Module) -> Iterator[None]:
 @contextmanager
 def native_failures(architecture: str, what: str) -> Iterator[None]:
     """A load-time check's native forward pass: any library error becomes a one-line refusal that says which
-    check ran it (a ``ClipvizError`` passes as it is)."""
+    check ran it (a ``ClipvizError`` passes as it is). An error raised in clipviz's own code called back from the
+    model's forward pass (a hook of the check) is a bug of clipviz, not a fact of the model: it is raised as a
+    ``RuntimeError`` with its traceback, never reported as an unsupported architecture."""
     from clipviz.errors import ClipvizError
 
     try:
@@ -79,10 +84,43 @@ def native_failures(architecture: str, what: str) -> Iterator[None]:
         raise
     except Exception as error:  # noqa: BLE001 - any failure of the native forward pass becomes one line
         first = (str(error).splitlines() or [""])[0][:160]
+        if raised_in_a_hook(error):
+            raise RuntimeError(
+                f"clipviz's own hook failed during its check of {what} on {architecture} "
+                f"({type(error).__name__}: {first}): a bug in clipviz, please report it with this traceback"
+            ) from error
         raise UnsupportedModelError(
             f"unsupported architecture {architecture.split('/')[-1]}: its forward pass failed on {what} "
             f"({type(error).__name__}: {first}); clipviz cannot hook it"
         ) from error
+
+
+_CLIPVIZ = Path(__file__).resolve().parents[1]
+_TORCH = Path(torch.__file__).resolve().parent
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def _passes_through(path: Path) -> bool:
+    """torch's and the standard library's frames (module calls, hooks' dispatch, context managers)."""
+    if path.is_relative_to(_TORCH):
+        return True
+    return path.is_relative_to(_STDLIB) and not {"site-packages", "dist-packages"} & set(path.parts)
+
+
+def raised_in_a_hook(error: BaseException) -> bool:
+    """Whether ``error`` was raised while the model's own code was running clipviz's (a hook): a frame of clipviz
+    inside a frame of the model's library (or of any other code not clipviz's), torch's and the standard library's
+    frames aside."""
+    inside_the_model = False
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        path = Path(frame.f_code.co_filename).resolve()
+        if _passes_through(path):
+            continue
+        if not path.is_relative_to(_CLIPVIZ):
+            inside_the_model = True
+        elif inside_the_model:
+            return True
+    return False
 
 
 def _first(value):
