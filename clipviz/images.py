@@ -57,9 +57,21 @@ def decoded(img: Image.Image) -> Image.Image:
     return img.convert("RGBA") if has_alpha(img) else img.convert("RGB")
 
 
+def open_image(path) -> Image.Image:
+    """The image file at ``path`` as clipviz keeps it (``decoded``), upright: its EXIF orientation applied, as
+    image viewers, ``datasets`` and ``transformers.image_utils.load_image`` do, so a photo reads the same from a
+    folder and from a dataset. Raises what PIL raises for a file it cannot read."""
+    from PIL import ImageOps
+
+    with Image.open(path) as img:
+        img.load()
+        return decoded(ImageOps.exif_transpose(img))
+
+
 def to_rgb(img: Image.Image, on_white: bool = False) -> Image.Image:
     """``img`` as RGB: transparent pixels composited on white where ``on_white`` (what transformers' image
-    processors do), else their colour channels kept (PIL's ``convert``, what open_clip's and timm's transforms do).
+    processors do), else their colour channels kept (PIL's ``convert``, what timm users do; open_clip's transform
+    is given the image as it is, since it converts after resizing).
 
     >>> clear = Image.new("RGBA", (1, 1), (0, 0, 0, 0))
     >>> to_rgb(clear).getpixel((0, 0)), to_rgb(clear, on_white=True).getpixel((0, 0))

@@ -144,6 +144,20 @@ def _no_shuffle(model, tower, x: torch.Tensor) -> dict:
     return {"noise": torch.arange(n, dtype=torch.float32).expand(len(x), -1)}
 
 
+@contextlib.contextmanager
+def _unmasked(tower):
+    """ViTMAE's own random masking (the user's model keeps its mask ratio) off for the native reference, as clipviz
+    runs it."""
+    ratio = getattr(tower.config, "mask_ratio", None)
+    if ratio is not None:
+        tower.config.mask_ratio = 0.0
+    try:
+        yield
+    finally:
+        if ratio is not None:
+            tower.config.mask_ratio = ratio
+
+
 def _native_hidden(family: Family, model, images) -> list[torch.Tensor] | None:
     kind, _, where = family.hidden.partition(":")
     x = model.prepare(images)
@@ -152,7 +166,8 @@ def _native_hidden(family: Family, model, images) -> list[torch.Tensor] | None:
             return list(model.native(**_naflex_inputs(model, x), output_hidden_states=True).hidden_states[1:])
         if kind == "hf":
             tower = model.native.get_submodule(where) if where else model.native
-            out = tower(pixel_values=x, output_hidden_states=True, **_no_shuffle(model, tower, x))
+            with _unmasked(tower):
+                out = tower(pixel_values=x, output_hidden_states=True, **_no_shuffle(model, tower, x))
             return list(out.hidden_states[1:])
         if kind == "timm":
             tower = model.native.get_submodule(where) if where else model.native
@@ -192,7 +207,9 @@ def _native_pattern(family: Family, model, path: str, index: int, images) -> tor
             tower = model.native.get_submodule(where) if where else model.native
             tower.set_attn_implementation("eager")
             try:
-                return tower(pixel_values=x, output_attentions=True, **_no_shuffle(model, tower, x)).attentions[index]
+                with _unmasked(tower):
+                    out = tower(pixel_values=x, output_attentions=True, **_no_shuffle(model, tower, x))
+                return out.attentions[index]
             finally:
                 tower.set_attn_implementation("sdpa")
         if kind == "eager":  # transformers' eager attention: the model's own output_attentions, or the weights the
@@ -390,6 +407,55 @@ def test_the_longest_text_a_tower_accepts_is_encoded_and_one_more_token_is_refus
     assert accepted is not None
     with torch.no_grad():
         assert model.encode_text([" ".join(["b"] * accepted)]).shape[0] == 1
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES, ids=[f.name for f in TEXT_FAMILIES])
+def test_a_texts_embedding_does_not_depend_on_the_texts_batched_with_it(loaded, family):
+    """Found from outside (2026-12-02): SigLIP2 pools the last position whatever the mask, and clipviz padded its
+    texts to the batch's longest, so "a cat" read differently beside a longer text."""
+    status, model = loaded(family)
+    assert status == "ok", model
+    with torch.no_grad():
+        alone = model.encode_text(["b b"])
+        beside = model.encode_text(["b b", " ".join(["b"] * 12)])
+    torch.testing.assert_close(beside[:1], alone, rtol=1e-4, atol=1e-4 * float(alone.abs().max()))
+
+
+def test_siglip2_texts_are_padded_as_its_processor_pads_them(tmp_path, monkeypatch):
+    """SigLIP2's processor pads every text to 64 tokens; its embedding of a text is the library's pipeline's."""
+    import json
+
+    import transformers as T
+    from families import noisy
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = ["<pad>", "<eos>", "<unk>", "a", "cat", "photo", "of", "big", "red", "dog"]
+    rules = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    rules.pre_tokenizer = pre_tokenizers.Whitespace()
+    rules.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
+    tokenizer = T.PreTrainedTokenizerFast(
+        tokenizer_object=rules, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", model_max_length=64
+    )
+    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    text = dict(tower, vocab_size=len(words), max_position_embeddings=64, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    native = noisy(
+        T.Siglip2Model(T.Siglip2Config(vision_config=dict(tower, patch_size=8, num_patches=16), text_config=text))
+    )
+    native.save_pretrained(tmp_path / "siglip2")
+    tokenizer.save_pretrained(tmp_path / "siglip2")
+    (tmp_path / "siglip2" / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor_type": "Siglip2ImageProcessor"})
+    )
+    # transformers maps siglip2 to a tokenizer that needs real vocabulary files: the tiny one stands in for it
+    monkeypatch.setattr(T.AutoTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: tokenizer))
+    model = clipviz.load(f"hf:{tmp_path / 'siglip2'}")
+    texts = ["a cat", "a photo of a big red dog"]
+    with torch.no_grad():
+        ours = model.encode_text(texts)
+        theirs = native.get_text_features(**tokenizer(texts, padding="max_length", max_length=64, return_tensors="pt"))
+    theirs = theirs if isinstance(theirs, torch.Tensor) else theirs.pooler_output
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------- the docs table

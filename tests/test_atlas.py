@@ -40,7 +40,12 @@ def results(tmp_path_factory):
     vocab = load_vocabulary("world")
     words = direct_lens(model, HOOK, [0, 1, 2, 3], vocab, top_k=5)
     write_table(
-        root / "con", HOOK, [{"neuron": n, **w} for n, w in zip([0, 1, 2, 3], words, strict=True)], "direct", vocab
+        root / "con",
+        HOOK,
+        [{"neuron": n, **w} for n, w in zip([0, 1, 2, 3], words, strict=True)],
+        "direct",
+        vocab,
+        identity=model.identity(),
     )
     return {"root": root, "vis": vis, "examples": ex, "words": words}
 
@@ -248,3 +253,20 @@ def test_a_rerun_replaces_an_old_style_data_guided_image_and_keeps_a_plain_one(t
     entries = _neurons(build_atlas(out, tmp_path / "site"))
     assert entries[5]["visualization_kinds"] == entries[7]["visualization_kinds"] == ["data-guided"]
     assert entries[6]["visualization_kinds"] == ["plain", "data-guided"]
+
+
+def test_another_models_words_are_not_put_on_this_models_neurons(tmp_path, results):
+    """Found from outside (2026-12-02): concepts tables recorded no model, so another model's words were shown."""
+    import shutil
+
+    from clipviz.analysis.concepts import load_vocabulary, write_table
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(results["root"] / "vis", mixed / "vis")
+    import clipviz
+
+    other = clipviz.wrap(clipviz.load("world-clip").native, spec="my-world-clip")
+    table = [{"neuron": 0, "words": ["a red object"], "scores": [1.0]}]
+    write_table(mixed / "con", HOOK, table, "direct", load_vocabulary("world"), identity=other.identity())
+    with pytest.raises(ClipvizError, match="several models"):
+        collect(mixed)

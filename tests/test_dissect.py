@@ -49,3 +49,39 @@ def test_shape_errors():
         softwpmi(torch.zeros(5, 2), torch.zeros(4, 3))
     with pytest.raises(ClipvizError, match="must not be empty"):
         softwpmi(torch.zeros(5, 2), torch.zeros(5, 0))
+
+
+def test_a_neurons_words_do_not_depend_on_the_neurons_named_with_it():
+    """Found from outside (2026-12-02): two neurons asked for became the whole population of the prior, and every
+    score collapsed to log 2. The layer's prior is used however few of its neurons are named."""
+    from clipviz.analysis.dissect import layer_softwpmi
+
+    acts, sims = _bags(n_images=600, n_concepts=12)
+    columns, width = list(range(12)), 12
+    whole = layer_softwpmi(acts, columns, list(range(12)), width, sims, a=10.0)
+    for asked in ([3], [3, 7], [7, 3, 0]):
+        scores = layer_softwpmi(acts, columns, asked, width, sims, a=10.0)
+        torch.testing.assert_close(scores, whole[asked])
+    pair = layer_softwpmi(acts, columns, [3, 7], width, sims, a=10.0)
+    assert pair[0].std() > 0.1 and int(pair[0].argmax()) == 3
+    # a part of the layer only (stored activations of some neurons): the random-set prior, still independent
+    part = layer_softwpmi(acts[:, :6], columns[:6], [3], width, sims, a=10.0)
+    torch.testing.assert_close(part, layer_softwpmi(acts[:, :6], columns[:6], [3, 5], width, sims, a=10.0)[:1])
+    with pytest.raises(ClipvizError, match="no activations for neurons"):
+        layer_softwpmi(acts[:, :6], columns[:6], [9], width, sims, a=10.0)
+
+
+def test_the_concepts_command_names_a_neuron_alike_alone_or_beside_others(tmp_path):
+    import csv
+
+    from clipviz.apps.cli import main
+
+    hook, words = "blocks.1.mlp.hook_post", {}
+    for asked in ("242", "242,452"):
+        out = tmp_path / asked.replace(",", "-")
+        common = ["--method", "dissect", "--probe", "world:300", "--neurons", asked, "--top-k", "3"]
+        assert main(["concepts", "world-clip", "--hook", hook, *common, "--out", str(out)]) == 0
+        with open(out / hook / "concepts-dissect.csv") as table:
+            words[asked] = [(r["word"], float(r["score"])) for r in csv.DictReader(table) if r["neuron"] == "242"]
+    assert words["242"] == words["242,452"] and words["242"][0][0] == "a red object"
+    assert words["242"][0][1] - words["242"][1][1] > 1.0  # a clear winner, not the tie of a two-neuron prior

@@ -189,3 +189,32 @@ def test_an_atlas_never_shows_two_sets_of_weights_as_one_model(tmp_path):
     with pytest.raises(ClipvizError, match="different weights"):
         build_atlas(out, tmp_path / "site")
     assert set(collect(out, only={HOOK: [0]}).neurons[HOOK]) == {0}
+
+
+def test_a_config_or_processor_edited_behind_the_same_weights_is_rendered_anew(tmp_path):
+    """Found from outside (2026-12-02): a model's activation (``hidden_act``) or its image processor's resize
+    changes its results with the weights unchanged; finished work was reused for them."""
+    import json
+
+    import transformers as T
+
+    directory = tmp_path / "vit"
+    config = T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    T.ViTModel(config).eval().save_pretrained(directory)
+    T.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
+    out = tmp_path / "vis"
+    spec = f"hf:{directory}"
+    first = visualize(clipviz.load(spec), HOOK, [0], recipe="default", steps=3, copies=1, progress=False, out=out)[0]
+    weights = {"config": clipviz.load(spec).identity()["weights"]}
+    for name, edit in (("config.json", {"hidden_act": "relu"}), ("preprocessor_config.json", {"resample": 0})):
+        path = directory / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+        model = clipviz.load(spec)
+        assert model.identity()["weights"] not in weights.values(), name
+        weights[name] = model.identity()["weights"]
+    model = clipviz.load(spec)
+    again = visualize(model, HOOK, [0], recipe="default", steps=3, copies=1, progress=False, out=out)[0]
+    fresh = visualize(model, HOOK, [0], recipe="default", steps=3, copies=1, progress=False)[0]
+    assert again.meta["objective_end"] == pytest.approx(fresh.meta["objective_end"])
+    assert again.meta["objective_end"] != pytest.approx(first.meta["objective_end"])

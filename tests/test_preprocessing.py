@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,246 @@ def test_a_16_bit_photo_is_scaled_to_8_bits_and_images_of_unknown_range_are_refu
         _seed_image(model, folder / "b_float.tiff")
     seed = _seed_image(model, folder / "a_ramp16.png")
     assert abs(float(seed.mean()) - 0.5) < 0.02  # the ramp's mean grey, not white
+
+
+# ------------------------------------------------------------------ found by an outside audit (2026-12-02)
+def _vit_dir(directory: Path, processor, image_size: int = 32) -> str:
+    import transformers as T
+
+    config = T.ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=image_size, patch_size=8
+    )
+    torch.manual_seed(0)
+    T.ViTModel(config).eval().save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return f"hf:{directory}"
+
+
+def _native_input(directory: Path, photo: Image.Image) -> torch.Tensor:
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(directory)(images=photo, return_tensors="pt").pixel_values
+
+
+def _photo(height: int = 40, width: int = 70, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_a_timm_model_through_transformers_is_fed_as_its_repo_says(tmp_path):
+    """A TimmWrapper repo's saved ``pretrained_cfg`` (mean, std, crop) is what its processor applies; the timm
+    registry entry of the architecture (mean 0.5, crop 0.9 here) is not. clipviz's input equals the processor's."""
+    import transformers as T
+
+    pretrained = {"input_size": [3, 32, 32], "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "crop_pct": 0.5,
+                  "interpolation": "bilinear", "crop_mode": "center"}  # fmt: skip
+    config = T.TimmWrapperConfig(
+        architecture="vit_tiny_patch16_224",
+        model_args=dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2),
+        pretrained_cfg=pretrained,
+    )
+    T.TimmWrapperModel(config).eval().save_pretrained(tmp_path / "wrapped")
+    model = clipviz.load(f"hf:{tmp_path / 'wrapped'}")
+    photo = _photo(50, 50)
+    ours = model.prepare(model.preprocess_pil(photo)[None])
+    torch.testing.assert_close(ours, _native_input(tmp_path / "wrapped", photo), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(rescale_factor=2 / 255, image_mean=[1.0] * 3, image_std=[1.0] * 3),  # pixels to [-1, 1] by rescaling
+        dict(do_rescale=False, image_mean=[123.7, 116.3, 103.5], image_std=[58.4, 57.1, 57.4]),  # 0-255 statistics
+        dict(image_mean=0.25, image_std=0.75),  # one value for every channel, as transformers accepts
+    ],
+    ids=["rescale-2/255", "no-rescale", "scalar-statistics"],
+)
+def test_the_processors_rescale_and_statistics_are_the_models_input(tmp_path, options):
+    """The processor's ``rescale_factor`` / ``do_rescale`` and scalar statistics are part of what the model sees:
+    [0, 1] tensors and photos both reach it as the processor's own pixel values."""
+    from transformers import ViTImageProcessor
+
+    spec = _vit_dir(tmp_path / "vit", ViTImageProcessor(size={"height": 32, "width": 32}, **options))
+    model = clipviz.load(spec)
+    photo = _photo(32, 32)
+    native = _native_input(tmp_path / "vit", photo)
+    torch.testing.assert_close(model.prepare(model.preprocess_pil(photo)[None]), native, rtol=1e-4, atol=1e-4)
+    pixels = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    torch.testing.assert_close(model.prepare(pixels), native, rtol=1e-4, atol=1e-4)
+
+
+def test_a_processor_that_keeps_the_aspect_of_a_non_square_model_is_fitted_whatever_the_photo(tmp_path):
+    """A 32x48 model with a shortest-edge processor: a 3:2 photo comes out at the model's size by chance, others do
+    not; every photo must come out at 32x48 with the aspect-ratio note, never a stretch note."""
+    import transformers as T
+
+    directory = tmp_path / "vit"
+    config = T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=[32, 48], patch_size=8)
+    T.ViTModel(config).eval().save_pretrained(directory)
+    T.CLIPImageProcessor(size={"shortest_edge": 32}, do_center_crop=False).save_pretrained(directory)
+    model = clipviz.load(f"hf:{directory}")
+    notes = model.summary()["notes"]
+    assert any("aspect ratio" in n for n in notes) and not any("stretch" in n for n in notes), notes
+    for height, width in ((7, 5), (50, 50), (1000, 667), (96, 144)):
+        assert tuple(model.preprocess_pil(_photo(height, width)).shape) == (3, 32, 48)
+
+
+def test_the_model_runs_at_what_its_processor_produces_not_at_a_crop_it_never_applies(tmp_path):
+    """ViT's processor has no centre crop: a ``crop_size`` left in its config is not its output."""
+    import json
+
+    from transformers import ViTImageProcessor
+
+    spec = _vit_dir(tmp_path / "vit", ViTImageProcessor(size={"height": 48, "width": 48}), image_size=48)
+    path = tmp_path / "vit" / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "crop_size": {"height": 32, "width": 32}}))
+    model = clipviz.load(spec)
+    assert tuple(model.image_size) == (48, 48)
+    photo = _photo(48, 48)
+    torch.testing.assert_close(
+        model.prepare(model.preprocess_pil(photo)[None]), _native_input(tmp_path / "vit", photo), rtol=1e-4, atol=1e-4
+    )
+
+
+def _squashing(kind: str, directory: Path) -> str:
+    from families import _open_clip, _timm
+
+    if kind == "open_clip":
+        spec = _open_clip(dict(image_size=32, patch_size=8, width=32, layers=1, head_width=16))(directory)
+        path = directory / "open_clip_config.json"
+        config = json.loads(path.read_text())
+        config["preprocess_cfg"]["resize_mode"] = "squash"
+        path.write_text(json.dumps(config))
+        return spec
+    spec = _timm("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)(directory)
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config["pretrained_cfg"].update(crop_mode="squash", crop_pct=0.8)
+    path.write_text(json.dumps(config))
+    return spec
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "timm"])
+def test_a_library_that_squashes_photos_gets_them_centre_cropped_as_transformers_does(tmp_path, kind):
+    """open_clip's ``resize_mode="squash"`` and timm's ``crop_mode="squash"`` stretch a photo to the model's shape;
+    clipviz centre-crops it to the model's aspect ratio first (as it does for transformers' SigLIP processor), and
+    says so: black sides around a white middle third must not be kept."""
+    model = clipviz.load(_squashing(kind, tmp_path / kind))
+    assert any("stretch" in note for note in model.summary()["notes"])
+    photo = np.zeros((64, 192, 3), dtype=np.uint8)
+    photo[:, 64:128] = 255
+    assert model.preprocess_pil(Image.fromarray(photo)).min() > 0.9
+
+
+def test_open_clip_flattens_transparency_after_its_resize_as_open_clip_does(tmp_path):
+    """open_clip resizes an RGBA photo and then drops its alpha: clipviz hands its transform the image as read."""
+    import open_clip
+    from families import _open_clip
+
+    spec = _open_clip(dict(image_size=32, patch_size=8, width=32, layers=1, head_width=16))(tmp_path / "oc")
+    model = clipviz.load(spec)
+    rgba = np.zeros((40, 60, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 1] = 200, 50
+    rgba[:, 30:, 3] = 255  # the left half transparent (its colour hidden), the right half opaque
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "photos" / "clear.png")
+    ((_, image, _),) = list(open_source(str(tmp_path / "photos")))
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    theirs = preprocess(Image.open(tmp_path / "photos" / "clear.png"))[None]
+    torch.testing.assert_close(model.prepare(model.preprocess_pil(image)[None]), theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_a_photo_is_read_upright_from_a_folder_as_from_a_dataset(tmp_path):
+    """A JPEG whose EXIF says "rotate 90" (as phones save them) is read upright, as ``datasets``, transformers'
+    ``load_image`` and image viewers show it, so one photo gives one answer from a folder or a dataset."""
+    import datasets
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    (tmp_path / "photos").mkdir()
+    _photo(40, 80).save(tmp_path / "photos" / "phone.jpg", exif=exif)
+    ((_, from_folder, _),) = list(open_source(str(tmp_path / "photos")))
+    assert from_folder.size == (40, 80)  # width 40, height 80: upright
+    features = datasets.Features({"image": datasets.Image()})
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"image": [str(tmp_path / "photos" / "phone.jpg")]}, features=features).save_to_disk(
+        saved
+    )
+    ((_, from_dataset, _),) = list(open_source(str(saved)))
+    assert np.array_equal(np.asarray(from_folder), np.asarray(from_dataset))
+
+
+def test_a_damaged_row_of_a_dataset_is_skipped_and_a_column_of_text_is_refused(tmp_path):
+    """Like a damaged file in a folder, a damaged image in a dataset comes out as None (skipped and counted), not a
+    traceback from inside ``datasets``; a column that holds no images is refused in one line."""
+    import io
+
+    import datasets
+
+    from clipviz.errors import ClipvizError
+
+    good = io.BytesIO()
+    _photo().save(good, format="PNG")
+    rows = [{"bytes": good.getvalue(), "path": None}, {"bytes": b"\x89PNG not really", "path": None}]
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"image": rows, "caption": ["good", "bad"]}, features=features).save_to_disk(saved)
+    read = [(i, image is not None) for i, image, _ in open_source(str(saved))]
+    assert read == [(0, True), (1, False)]
+    with pytest.raises(ClipvizError, match="column 'caption' .* not images; its image columns: image") as refused:
+        open_source(str(saved), image_column="caption")
+    assert "\n" not in str(refused.value)
+
+
+def test_tiny_tensors_are_not_stretched_and_preprocess_pil_takes_only_images(tiny):
+    from clipviz.errors import ClipvizError
+
+    model = clipviz.load(tiny["clip"][1])
+    for height, width in ((1, 2), (4, 5), (8, 9)):
+        with pytest.raises(ClipvizError, match="would stretch them"):
+            model.prepare(torch.rand(1, 3, height, width))
+    h, w = model.image_size
+    assert model.prepare(torch.rand(1, 3, 4 * h, 4 * w + 1)).shape[-2:] == (h, w)  # a pixel's rounding of a big image
+    for wrong in ("photo.png", np.zeros((8, 8, 3), dtype=np.uint8), torch.rand(3, 8, 8), None):
+        with pytest.raises(ClipvizError, match="preprocess_pil takes a PIL image"):
+            model.preprocess_pil(wrong)
+
+
+def test_a_probe_set_goes_through_the_models_own_preprocessing_masks_alike(tmp_path):
+    """``analyze``'s probe images are what ``preprocess_pil`` makes of them (here a DINOv2-style resize to 36 and a
+    32-px crop), and a dataset's masks go through the same resize and crop, so they stay on their objects."""
+    import datasets
+    import transformers as T
+
+    from clipviz.analysis.studies import load_probe
+
+    spec = _vit_dir(
+        tmp_path / "vit", T.BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32})
+    )
+    model = clipviz.load(spec)
+    square = np.zeros((60, 90, 3), dtype=np.uint8)
+    square[10:40, 50:80] = 255  # a white square off centre, and its mask
+    photos, masks = (
+        [Image.fromarray(square), _photo(60, 90)],
+        [Image.fromarray(square[..., 0]), Image.fromarray(square[..., 0])],
+    )
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    datasets.Dataset.from_dict({"image": photos, "mask": masks}, features=features).save_to_disk(tmp_path / "saved")
+    probe = load_probe(
+        str(tmp_path / "saved"), model.image_size, 2, mask_column="mask", preprocess=model.preprocess_pil
+    )
+    for image, photo in zip(probe.images, photos, strict=True):
+        torch.testing.assert_close(image, model.preprocess_pil(photo))
+    assert torch.equal(probe.masks[0], model.preprocess_pil(photos[0]).mean(0) > 0.5)
+    assert probe.masks[0].any() and not probe.masks[0].all()
+
+
+def test_a_folder_lists_every_image_format_pil_reads_and_counts_a_broken_link_as_unreadable(tmp_path):
+    import os
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.ppm")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c.jfif", format="JPEG")
+    os.symlink(tmp_path / "gone.png", tmp_path / "d.png")
+    source = open_source(str(tmp_path))
+    assert source.describe == ["a.png", "b.ppm", "c.jfif", "d.png"]
+    assert [image is not None for _, image, _ in source] == [True, True, True, False]

@@ -215,6 +215,16 @@ BAD = [
         ("probe set 'world:100' has 100 images", "more than 100"),
     ),
     ([*C, "--method", "nope", "--out", "{out}"], "invalid choice"),
+    # found from outside (2026-12-02)
+    ([*V, "--text", "a star", "--hook", H, "--out", "{out}"], "--hook is for --neurons"),
+    ([*V[:2], "--text", "a star", "--reduce", "cls", "--out", "{out}"], "--reduce is for --neurons"),
+    ([*V[:2], "--text", "a star", "--guide", "world:200", "--out", "{out}"], "prompts and classes render unguided"),
+    ([*C, "--method", "direct", "--steps", "4", "--out", "{out}"], "--steps is for --method visual"),
+    ([*C, "--templates", "a {{}} of {{x}}", "--out", "{out}"], "bad template 'a {} of {x}'"),  # _expand's braces
+    ([*C, "--templates", "{{}} {{0}}", "--out", "{out}"], "bad template '{} {0}'"),
+    ([*V, "--neurons", "0", "--device", "bogus", "--out", "{out}"], "unknown device 'bogus'"),
+    ([*V, "--neurons", "0", "--device", "meta", "--out", "{out}"], "device 'meta' holds no data"),
+    (["publish", "{tmp}", "--space", "a/b", "--dry-run", "--stage", "{tmp}/inside"], "is inside"),
     # atlas, publish, demo
     (["atlas", "{tmp}/missing", "--out", "{out}"], "does not exist"),
     (["atlas", "{tmp}/file", "--out", "{out}"], ("is a file, not a folder", "--out folder of a clipviz run")),
@@ -272,6 +282,8 @@ BAD = [
             (["--vocab", "nosuch"], "unknown vocabulary"),
             (["--probe", "world:50"], ("probe set 'world:50' has 50 images", "more than 100")),
             (["--blocks", ""], "--blocks is empty"),
+            (["--neurons", "5,9,700"], ("neuron 700", "widest chosen hook has 512")),  # later --neurons wins
+            (["--neurons", ""], "--neurons is empty"),
             (["--hooks", "mlp.hook_post,attn.hook_pattern"], ("(batch, tokens, neurons)", "hook_pattern")),
             (["--out", "{tmp}/file"], ("is a file, not a folder")),
             (["--hooks", "mlp.hook_post,"], ("has an empty item", "separated by commas")),
@@ -958,6 +970,9 @@ API_BAD = [
     (lambda m: m.run_with_cache((torch.rand(1, 3, 64, 64) - 0.45) / 0.22, [H]), "already normalised?"),
     (lambda m: m(torch.linspace(-1, 1, 3 * 64 * 64).view(1, 3, 64, 64)), "range from -1 to 1"),
     (lambda m: m(torch.full((1, 3, 64, 64), float("nan"))), "NaN or infinite"),
+    (lambda m: clipviz.load(3), "a model spec is a string, got int"),
+    (lambda m: clipviz.load("world-clip", dtype="float16"), "floating-point torch dtype"),
+    (lambda m: m.run_with_hooks(torch.rand(1, 3, 64, 64), (H, lambda a, p: a)), "one pair without its list"),
 ]
 
 
@@ -988,3 +1003,14 @@ def test_one_activation_has_one_hook_name(world, tmp_path):
     assert vis.meta["hook"] == H
     found = clipviz.mine_examples(world, "blocks.01.mlp.hook_post", "world:8", neurons=[0], top_k=2, progress=False)
     assert found.hook == H
+
+
+def test_a_prompt_is_recorded_with_the_recipe_it_was_rendered_with(world, tmp_path):
+    """Found from outside (2026-12-02): a --text render on world-clip was recorded as the data-guided 'vital'
+    with its matching settings, though prompts render unguided; it is the default recipe, and a guided one named
+    for a prompt is recorded without its matching."""
+    vis = clipviz.visualize(world, texts=["a red star"], steps=2, progress=False)[0]
+    assert vis.meta["recipe"]["name"] == "default" and not vis.meta["recipe"]["match"]
+    named = clipviz.visualize(world, texts=["a red star"], steps=2, recipe="vital", progress=False)[0]
+    assert not named.meta["recipe"]["match"] and named.meta["recipe"]["match_weight"] == 0.0
+    assert named.image.tobytes() == vis.image.tobytes()  # the same render: nothing of vital's guidance applied

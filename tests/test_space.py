@@ -35,7 +35,7 @@ def atlas(tmp_path_factory):
     write_thumbnails(source, ex, root / "ex")
     vocab = load_vocabulary("world")
     table = [{"neuron": n, **w} for n, w in zip([4, 5], direct_lens(model, HOOK, [4, 5], vocab, top_k=3), strict=True)]
-    write_table(root / "con", HOOK, table, "direct", vocab)
+    write_table(root / "con", HOOK, table, "direct", vocab, identity=model.identity())
     return build_atlas(root, root.parent / "site"), table
 
 

@@ -237,6 +237,22 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
     return Vocabulary(path.stem, concepts, tuple(templates or DEFAULT_TEMPLATES), f"user file {path}")
 
 
+def _one_slot(template: str) -> bool:
+    """Whether ``template`` has exactly one replacement field and it is ``{}`` (``{x}``, ``{0}`` or a stray brace
+    would fail, or fill in something else, when the concept is put in).
+
+    >>> [_one_slot(t) for t in ("a photo of a {}.", "a {} of {x}", "{} {0}", "a {{literal}} {}", "a {")]
+    [True, False, False, True, False]
+    """
+    import string
+
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError:
+        return False
+    return fields == [("", "", None)]
+
+
 def parse_templates(text: str | None) -> tuple[str, ...] | None:
     """``None`` (the vocabulary's default), ``"ensemble"`` (six photo/drawing templates) or ``|``-separated
     templates, each with one ``{}``."""
@@ -245,7 +261,7 @@ def parse_templates(text: str | None) -> tuple[str, ...] | None:
     if text == "ensemble":
         return ENSEMBLE_TEMPLATES
     templates = tuple(t.strip() for t in text.split("|") if t.strip())
-    bad = [t for t in templates if t.count("{}") != 1]
+    bad = [t for t in templates if not _one_slot(t)]
     if not templates or bad:
         raise ClipvizError(
             f"bad template {bad[0] if bad else text!r}: each template needs exactly one {{}}, e.g. "
@@ -421,8 +437,12 @@ def sparse_words(
     return sorted(pairs, key=lambda p: -abs(p[1]))
 
 
-def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary: Vocabulary) -> list[Path]:
-    """Write ``neuron -> words, scores`` as parquet and CSV (one row per neuron and rank) under ``out/<hook>/``."""
+def write_table(
+    out: Path, hook: str, table: list[dict], method: str, vocabulary: Vocabulary, *, identity: dict
+) -> list[Path]:
+    """Write ``neuron -> words, scores`` as parquet and CSV (one row per neuron and rank) under ``out/<hook>/``,
+    each row with the model and weights it names (``identity``: the named model's ``identity()``), so that an
+    atlas never shows one model's words on another's neurons."""
     rows = [
         {
             "hook": hook,
@@ -432,6 +452,8 @@ def write_table(out: Path, hook: str, table: list[dict], method: str, vocabulary
             "score": s,
             "method": method,
             "vocabulary": vocabulary.name,
+            "model": identity["model"],
+            "weights": identity["weights"],
         }
         for r in table
         for k, (w, s) in enumerate(zip(r["words"], r["scores"], strict=True))

@@ -100,11 +100,15 @@ def softwpmi(
     a: float = 10.0,
     lam: float = 1.0,
     prior: torch.Tensor | None = None,
+    population: torch.Tensor | None = None,
     random_sets: int = 256,
     seed: int = 0,
 ) -> torch.Tensor:
     """SoftWPMI scores (neurons, concepts) from activations (images, neurons) and image-text cosines (images,
-    concepts). See the module docstring; ``prior`` (concepts,) is an explicit ``log p(c)``."""
+    concepts). See the module docstring. The prior ``log p(c)`` is ``prior`` (concepts,) where given, else the mean
+    over ``population`` (images, the layer's neurons: scoring a few neurons of a layer must not make those few
+    the population, or their scores collapse to ``log`` of their number), else over the neurons given, else (one
+    neuron) ``random_prior``'s."""
     if activations.ndim != 2 or similarities.ndim != 2 or activations.shape[0] != similarities.shape[0]:
         raise ClipvizError(
             f"activations (images, neurons) and similarities (images, concepts) must share the image "
@@ -117,17 +121,48 @@ def softwpmi(
     k = top_k
     probs = (a * similarities.double()).softmax(dim=1)
     p = _inclusion(k).double()
-    members = activations.double().topk(k, dim=0).indices.T  # (neurons, K)
-    log_cond = _log_p_given_set(probs, members, p)
-    if prior is None:
-        if activations.shape[1] > 1:
-            prior = torch.logsumexp(log_cond, dim=0) - torch.log(torch.tensor(float(log_cond.shape[0])))
-        else:
-            g = torch.Generator().manual_seed(seed)
-            sets = torch.stack([torch.randperm(n_images, generator=g)[:k] for _ in range(random_sets)])
-            random_cond = _log_p_given_set(probs, sets, p)
-            prior = torch.logsumexp(random_cond, dim=0) - torch.log(torch.tensor(float(random_sets)))
+    log_cond = _log_p_given_set(probs, activations.double().topk(k, dim=0).indices.T, p)
+    if prior is None and population is not None:
+        prior = _log_mean(_log_p_given_set(probs, population.double().topk(k, dim=0).indices.T, p))
+    elif prior is None and activations.shape[1] > 1:
+        prior = _log_mean(log_cond)
+    elif prior is None:
+        prior = random_prior(similarities, top_k=top_k, a=a, random_sets=random_sets, seed=seed)
     return (log_cond - lam * prior.double()).float()
+
+
+def layer_softwpmi(
+    activations: torch.Tensor, columns: list[int], neurons: list[int], width: int, similarities: torch.Tensor, a: float
+) -> torch.Tensor:
+    """SoftWPMI scores (neurons, concepts) of ``neurons`` of a layer of ``width`` neurons, from ``activations``
+    (images, one column per neuron of ``columns``): the prior is the whole layer's where every neuron is at hand
+    (the paper's), else ``random_prior``'s; never that of the neurons asked about, so a neuron's words do not
+    depend on which others are named with it."""
+    where = {n: j for j, n in enumerate(columns)}
+    missing = [n for n in neurons if n not in where]
+    if missing:
+        raise ClipvizError(f"no activations for neurons {missing[:5]}: mine them first")
+    rows = activations[:, [where[n] for n in neurons]]
+    if set(columns) >= set(range(width)):
+        return softwpmi(rows, similarities, a=a, population=activations)
+    return softwpmi(rows, similarities, a=a, prior=random_prior(similarities, a=a))
+
+
+def random_prior(
+    similarities: torch.Tensor, *, top_k: int = TOP_K, a: float = 10.0, random_sets: int = 256, seed: int = 0
+) -> torch.Tensor:
+    """``log p(c)`` (concepts,) of the neuron a random draw would be: the mean of ``p(c | E)`` over random
+    ``top_k``-image sets of the probe set. For one neuron, or a few whose layer's other neurons are not at hand."""
+    n_images = similarities.shape[0]
+    probs = (a * similarities.double()).softmax(dim=1)
+    g = torch.Generator().manual_seed(seed)
+    sets = torch.stack([torch.randperm(n_images, generator=g)[:top_k] for _ in range(random_sets)])
+    return _log_mean(_log_p_given_set(probs, sets, _inclusion(top_k).double()))
+
+
+def _log_mean(log_values: torch.Tensor) -> torch.Tensor:
+    """``log mean exp`` over the first axis."""
+    return torch.logsumexp(log_values, dim=0) - torch.log(torch.tensor(float(log_values.shape[0])))
 
 
 @torch.no_grad()

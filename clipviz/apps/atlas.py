@@ -171,6 +171,8 @@ def collect(root: str | Path, only: Mapping[str, Sequence[int]] | None = None) -
         for row in sorted(rows, key=lambda r: (r["neuron"], r["rank"])):
             if not wanted(row["hook"], int(row["neuron"])):
                 continue
+            models.add(row.get("model"))  # None: a table of a clipviz that did not record it
+            weights.setdefault(row.get("weights"), row["hook"])
             rec = record(row["hook"], int(row["neuron"]))
             rec.words.setdefault(row["method"], []).append((row["word"], float(row["score"])))
             concept_settings.setdefault(row["hook"], {})[row["method"]] = row["vocabulary"]

@@ -190,9 +190,9 @@ def _run(
         ex.save(out / "results" / "examples")  # the standard results layout, for the atlas
         write_thumbnails(source, ex, out / "results" / "examples", model=model)
         words = direct_lens(model, hook, neurons, vocab, top_k=3, embeddings=text)
-        write_table(out / "results" / "words", hook, words, "direct", vocab)
+        write_table(out / "results" / "words", hook, words, "direct", vocab, identity=model.identity())
         named = words_table(dissect[hook][neurons], vocab.concepts, 3, neurons)
-        write_table(out / "results" / "words", hook, named, "dissect", vocab)
+        write_table(out / "results" / "words", hook, named, "dissect", vocab, identity=model.identity())
         wanted = set(ex.indices.flatten().tolist())
         pictures = {i: im for i, im, _ in source if i in wanted}
         for _, neuron, concept, score, kind in rows:

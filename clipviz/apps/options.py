@@ -25,9 +25,10 @@ def add_model_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 def load_model(args: argparse.Namespace):
     import torch
 
-    from clipviz.model.loading import load
+    from clipviz.model.loading import check_device, load
 
     device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     precision = getattr(args, "precision", None)
     if precision == "auto" and torch.device(device).type == "cuda":
         precision = "bf16-weights"  # the fastest GPU path (docs/benchmarks.md)

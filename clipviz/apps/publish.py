@@ -429,6 +429,8 @@ def publish(
             check_repo(repo, what)
     if stage is not None:
         stage = check_new_folder(stage, "--stage folder")
+        if stage.resolve().is_relative_to(path.resolve()):  # it would be copied into itself, again and again
+            raise ClipvizError(f"--stage folder '{stage}' is inside '{path}', which it stages: choose one outside it")
     api = None
     if not dry_run:
         from huggingface_hub import HfApi, get_token

@@ -176,10 +176,20 @@ def make_plan(
             names.append(model.hook_point(name).name)  # an unknown hook is a one-line error here
     names = list(dict.fromkeys(names))
     chosen: dict[str, list[int]] = {}
+    if neurons is not None and not neurons.strip():
+        raise ClipvizError("--neurons is empty: give indices such as 0:6 or 1,5,9, or leave it out for all")
+    widest = max(model.hook_width(name) for name in names)
+    asked = parse_indices(neurons) if neurons else []
+    beyond = [n for n in asked if n >= widest]
+    if beyond:
+        raise ClipvizError(
+            f"neuron {beyond[0]} of --neurons {neurons} is out of range: the widest chosen hook has {widest} "
+            f"(0..{widest - 1})"
+        )
     for name in names:
         check_token_activations(model, name, model.hook_layout(name))  # each hook's examples rank tokens
         width = model.hook_width(name)
-        picked = parse_indices(neurons) if neurons else list(range(width))
+        picked = asked if neurons else list(range(width))
         picked = [n for n in dict.fromkeys(picked) if n < width]  # per hook: a range past a narrower hook is cut
         if not picked:
             raise ClipvizError(f"no neurons of '{name}' in --neurons {neurons}: it has {width} (0..{width - 1})")
@@ -703,23 +713,25 @@ def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, show
             from clipviz.analysis.dissect import (
                 image_text_similarities,
                 labeller_a,
+                layer_softwpmi,
                 probe_activations,
-                softwpmi,
                 stored_activations,
             )
             from clipviz.data.sources import open_source
 
             source = open_source(plan.probe)
+            width = model.hook_width(hook)
             if plan.probe == plan.dataset:
-                stored = stored_activations(paths["examples"], hook, neurons, model=model)
-                acts, kept = stored.activations, stored.indices
-            else:
-                acts, kept = probe_activations(model, hook, source, neurons)
+                stored = stored_activations(paths["examples"], hook, model=model)
+                acts, kept, columns = stored.activations, stored.indices, list(stored.neurons)
+            else:  # every neuron of the layer: the prior is the layer's, whichever neurons are named
+                acts, kept = probe_activations(model, hook, source, None)
+                columns = list(range(width))
             if similarities is None or similarities[0] != kept:
                 similarities = (kept, image_text_similarities(model, source, kept, text))
-            scores = softwpmi(acts, similarities[1], a=labeller_a(model))
+            scores = layer_softwpmi(acts, columns, list(neurons), width, similarities[1], a=labeller_a(model))
             table = words_table(scores, vocab.concepts, plan.words, neurons)
-        write_table(paths["concepts"], hook, table, method=method, vocabulary=vocab)
+        write_table(paths["concepts"], hook, table, method=method, vocabulary=vocab, identity=model.identity())
         record(f"concepts-{method}/{hook}")
         bar.update(1)
     bar.close()

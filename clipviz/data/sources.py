@@ -21,10 +21,13 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from clipviz.errors import ClipvizError
-from clipviz.images import decoded
+from clipviz.images import decoded, open_image
 from clipviz.plugins import registry
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {
+    ".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".ico",
+    ".avif",
+}  # fmt: skip
 
 
 @dataclass
@@ -59,18 +62,51 @@ def _files_digest(root: Path, files: list[Path]) -> str:
     and modification time (not its bytes, which would read the whole folder)."""
     digest = hashlib.blake2b(str(root.resolve()).encode(), digest_size=12)
     for f in files:
-        stat = f.stat()
+        stat = f.stat() if f.exists() else f.lstat()  # a broken link: the link itself
         digest.update(f"{f.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return f"folder:{digest.hexdigest()}"
 
 
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError, ClipvizError)
+
+
 def _read(path: Path) -> Image.Image | None:
     try:
-        with Image.open(path) as img:
-            img.load()
-            return decoded(img)  # the model's backend flattens transparency
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, ClipvizError):
+        return open_image(path)  # upright; the model's backend flattens transparency
+    except UNREADABLE:
         return None
+
+
+def decode_cell(value) -> Image.Image | None:
+    """A dataset's image cell, read by clipviz (``None`` where it cannot be read): a PIL image, or the
+    ``{"bytes", "path"}`` of an undecoded ``datasets.Image`` column, opened as a file is (``open_image``)."""
+    import io
+
+    try:
+        if isinstance(value, Image.Image):
+            return decoded(value)
+        if isinstance(value, dict):
+            data, path = value.get("bytes"), value.get("path")
+            return open_image(io.BytesIO(data)) if data else open_image(path) if path else None
+    except UNREADABLE:
+        return None
+    return None
+
+
+def undecoded(ds, column: str, spec: str):
+    """``ds`` with its image ``column`` left as bytes, so that a damaged row is skipped and counted by
+    ``decode_cell`` instead of failing the whole read inside ``datasets``. A column of anything but images is
+    refused in one line."""
+    import datasets
+
+    feature = (ds.features or {}).get(column)
+    if not isinstance(feature, datasets.Image):
+        images = [k for k, v in (ds.features or {}).items() if isinstance(v, datasets.Image)]
+        raise ClipvizError(
+            f"column {column!r} of dataset '{spec}' holds {type(feature).__name__ if feature is not None else 'no'}"
+            f" values, not images; its image columns: {', '.join(images) or 'none'}"
+        )
+    return ds.cast_column(column, datasets.Image(decode=False))
 
 
 ACCEPTED = "a folder of images, world:<n>, a dataset saved with save_to_disk or a Hugging Face dataset id"
@@ -122,7 +158,12 @@ def open_source(
     if not sep and spec in registry().sources and not path.exists():
         raise ClipvizError(f"dataset '{spec}' needs a count of images: use {spec}:<n>, e.g. {spec}:2000")
     if folder:
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        # a broken link is listed too, so that it is skipped and counted as unreadable, never silently dropped
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if (p.is_file() or (p.is_symlink() and not p.exists())) and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not files:
             raise ClipvizError(f"no images in '{spec}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
 
@@ -176,6 +217,8 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
     if length == 0:
         raise ClipvizError(f"dataset '{spec}' split '{split}' is empty")
 
+    ds = undecoded(ds, image_column, spec)
+
     def rows(lo=0, hi=None):
         if streaming:
             part = ds.skip(lo) if lo else ds
@@ -183,11 +226,7 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
         else:
             part = ds.select(range(lo, len(ds) if hi is None else min(hi, len(ds))))
         for i, row in enumerate(part, start=lo):
-            img = row[image_column]
-            try:
-                img = decoded(img) if img is not None else None
-            except (OSError, ValueError, ClipvizError):
-                img = None
+            img = decode_cell(row[image_column])
             cap = row.get(caption_column) if caption_column else None
             if hasattr(features.get(caption_column), "int2str") and isinstance(cap, int):
                 cap = features[caption_column].int2str(cap)

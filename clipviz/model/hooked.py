@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipviz.errors import ClipvizError, check_indices
+from clipviz.errors import ClipvizError, HookNameError, check_indices
 from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
 from clipviz.model.batch import check_batch_independence
@@ -155,12 +155,13 @@ class HookedVisionModel(nn.Module):
         return next(self.native.parameters()).dtype
 
     def identity(self) -> dict:
-        """What decides this model's results beyond its spec: a hash of every weight and buffer of the model (of
-        the vision tower alone for a vision-language generator), its input size and normalisation. Read afresh on
-        each call, so an edit made in place is seen, except inside ``identity_kept()`` (a sweep's run, where the
-        weights do not change), which hashes once. Finished work on disk is reused only for the same identity: new
-        weights behind the same spec (a folder overwritten, another ``--revision``, a clipviz upgrade that ships
-        new bundled weights) are computed anew.
+        """What decides this model's results beyond its spec: a hash (``weights``) of every weight and buffer of
+        the model (of the vision tower alone for a vision-language generator), of its modules (an activation, a
+        norm's epsilon) and of its configuration and preprocessing settings; its input size and normalisation.
+        Read afresh on each call, so an edit made in place is seen, except inside ``identity_kept()`` (a sweep's
+        run, where the weights do not change), which hashes once. Finished work on disk is reused only for the
+        same identity: new weights or settings behind the same spec (a folder overwritten, a config edited, another
+        ``--revision``, a clipviz upgrade that ships new bundled weights) are computed anew.
 
         >>> import clipviz
         >>> model = clipviz.load("world-clip")
@@ -177,6 +178,10 @@ class HookedVisionModel(nn.Module):
         root = self.backend.vision_root if _is_generative(native) else native  # an LLM's tower runs alone
         digest = hashlib.blake2b(digest_size=12)
         update_with_tensors(digest, [*root.named_parameters(), *root.named_buffers()])
+        # and what decides the results beyond the weights: the modules themselves (an activation, a norm's epsilon)
+        # and the configuration and preprocessing settings the backend read (``Backend.settings``)
+        digest.update(repr(root).encode())
+        digest.update(self.backend.settings.encode())
         mean, std = self.normalisation()
         found = {
             "model": self.spec,
@@ -329,7 +334,8 @@ class HookedVisionModel(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != tuple(self.image_size):
             (h, w), (th, tw) = x.shape[-2:], self.image_size
-            if abs(h * tw - w * th) > max(th, tw):  # more than a pixel's rounding away from the model's shape
+            # resizing moves some edge by more than one of the model's pixels from where keeping the aspect would
+            if max(abs(tw - w * th / h), abs(th - h * tw / w)) > 1:
                 raise ClipvizError(
                     f"images are {h}x{w} (height x width) but the model runs at {th}x{tw}: resizing them would "
                     "stretch them; crop them to its aspect ratio first, or load photos with model.preprocess_pil"
@@ -344,10 +350,20 @@ class HookedVisionModel(nn.Module):
         ``model(preprocess_pil(img)[None])`` equals the backend's own preprocessing and forward pass; only the
         normalisation is left to ``prepare``.
         """
-        from clipviz.images import to_rgb
+        from PIL import Image
+
+        from clipviz.images import eight_bit, to_rgb
         from clipviz.model.backends.preprocessing import fallback_transform
 
-        image = to_rgb(image, on_white=self.backend.kind == "hf")  # transparency as the backend's own pipeline
+        if not isinstance(image, Image.Image):
+            raise ClipvizError(
+                f"preprocess_pil takes a PIL image, got {type(image).__name__} (open a file with "
+                "clipviz.images.open_image; give tensors of [0, 1] pixels to the model directly)"
+            )
+        if self.backend.kind == "open_clip":  # open_clip's transform converts to RGB after resizing, as here
+            image = eight_bit(image)
+        else:  # transparency as the backend's own pipeline flattens it
+            image = to_rgb(image, on_white=self.backend.kind == "hf")
         fn = self.backend.pil_transform or fallback_transform(self.image_size)
         return fn(image).float()
 
@@ -367,9 +383,28 @@ class HookedVisionModel(nn.Module):
             self._prenormalised = previous
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's head output: image embedding (CLIP-like), logits (classifiers) or pooled features."""
+        """The model's head output: image embedding (CLIP-like), logits (classifiers) or pooled features (the
+        first of an output tuple: open_clip's ``output_tokens`` gives ``(pooled, tokens)``)."""
         out = self.backend.forward(self.prepare(images))
         self._whole_passes += 1  # a pass cut short (StopForward) does not count
+        return out[0] if isinstance(out, (tuple, list)) and out else out
+
+    def check_pooled_output(self, images: torch.Tensor | None = None) -> torch.Tensor:
+        """The output for ``images`` (a blank image by default), refused in one line where it is not one vector
+        per image: a head without global pooling (timm ``global_pool=""``, open_clip ``pool_type="none"``) gives
+        one per token, and text or class targets need one per image."""
+        if images is None:
+            images = torch.zeros(1, 3, *self.image_size, device=self.device)
+        out = self(images)
+        if out.ndim != 2:
+            kind = {"logits": "class logits", "image_embedding": "image embeddings"}.get(
+                self.backend.output_kind, "features"
+            )
+            raise ClipvizError(
+                f"model '{self.spec}' outputs {kind} of shape {tuple(out.shape)}, one per token, not one per image "
+                "(a head without global pooling): text and class targets need a pooled output; hook targets "
+                "(--neurons) work"
+            )
         return out
 
     def _points(self, names: Iterable[str]) -> list[HookPoint]:
@@ -387,7 +422,7 @@ class HookedVisionModel(nn.Module):
         With ``stop_after``, the pass stops as soon as those hooks have fired and returns ``None``: the work
         after the deepest of them is never done.
         """
-        pairs = [(self.registry.resolve(n), fn) for n, fn in fwd_hooks]
+        pairs = self._hook_pairs(fwd_hooks)
         stop = {self.registry.resolve(n).name for n in stop_after} if stop_after else None
         if stop:
             pairs += [(p, _noop) for p in self._points(stop_after) if all(p.name != q.name for q, _ in pairs)]
@@ -478,11 +513,24 @@ class HookedVisionModel(nn.Module):
             cache[asked] = cache[p.name]
         return kept[0], cache
 
+    def _hook_pairs(self, fwd_hooks) -> list[tuple[HookPoint, HookFn]]:
+        """``[(name, fn), ...]`` resolved to hook points; anything else is refused in one line (a lone pair, given
+        without its list, would otherwise unpack as two hooks)."""
+        shape = "a list of (hook name, function) pairs, e.g. [('blocks.1.mlp.hook_post', fn)]"
+        if isinstance(fwd_hooks, (str, bytes)) or not isinstance(fwd_hooks, (list, tuple)):
+            raise HookNameError(f"fwd_hooks must be {shape}; got {type(fwd_hooks).__name__}")
+        if len(fwd_hooks) == 2 and isinstance(fwd_hooks[0], str) and callable(fwd_hooks[1]):
+            raise HookNameError(f"fwd_hooks must be {shape}; got one pair without its list")
+        bad = next((h for h in fwd_hooks if not (isinstance(h, (list, tuple)) and len(h) == 2)), None)
+        if bad is not None:
+            raise HookNameError(f"fwd_hooks must be {shape}; got the entry {bad!r}")
+        return [(self.registry.resolve(n), fn) for n, fn in fwd_hooks]
+
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[HookedVisionModel]:
         """Keep editing hooks installed for every forward pass inside the ``with`` block. A hook that never ran
         though a whole pass did is an error when the block ends (it would have edited nothing)."""
-        pairs = [(self.registry.resolve(n), fn) for n, fn in fwd_hooks]
+        pairs = self._hook_pairs(fwd_hooks)
         with installed(pairs) as seen:
             passes = self._whole_passes
             yield self
@@ -492,12 +540,17 @@ class HookedVisionModel(nn.Module):
     # ---------------------------------------------------------------- CLIP
     def _require_text(self) -> None:
         if not self.is_clip:
-            raise ClipvizError(f"model '{self.spec}' has no text tower: text features need a CLIP-like model")
+            why = self.backend.text_missing or "text features need a CLIP-like model"
+            raise ClipvizError(f"model '{self.spec}' has no text tower here: {why}")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings (unnormalised), equal to the backend's ``get_image_features`` / ``encode_image``."""
-        self._require_text()
-        return self(images)
+        if self.backend.output_kind != "image_embedding":
+            raise ClipvizError(
+                f"model '{self.spec}' gives no image embedding (its output is {self.backend.output_kind}): image "
+                "embeddings need a CLIP-like model"
+            )
+        return self.check_pooled_output(images)
 
     def tokenize(self, texts: Sequence[str]):
         self._require_text()

@@ -75,7 +75,11 @@ def _by_directory(path: Path, spec: str) -> tuple[str, str]:
 
 def resolve_spec(spec: str) -> tuple[str, str]:
     """``(backend, reference)`` for a spec string, following the rules in this module's docstring."""
-    if not isinstance(spec, str) or not spec.strip():
+    if isinstance(spec, Path):
+        spec = str(spec)
+    if not isinstance(spec, str):
+        raise ClipvizError(f"a model spec is a string, got {type(spec).__name__}; accepted: {_accepted()}")
+    if not spec.strip():
         raise ClipvizError(f"empty model spec; accepted: {_accepted()}")
     spec = spec.strip()
     scheme, sep, rest = spec.partition(":")
@@ -143,8 +147,16 @@ def load(
     >>> tuple(cache["blocks.1.mlp.hook_post"].shape)
     (1, 65, 512)
     """
+    spec = str(spec) if isinstance(spec, Path) else spec
     backend_kind, ref = resolve_spec(spec)
+    check_device(device)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ClipvizError(
+            f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype!r}"
+        )
     local = Path(ref.removeprefix("local-dir:"))
+    if revision and local.is_dir():
+        raise ClipvizError(f"--revision is for models on the Hub; '{spec}' is a local folder, read as it is")
     if local.is_dir():  # a truncated or corrupt weight file is named, not reported as an unknown model
         from clipviz.model.backends.hub import first_unreadable_weights
 
@@ -187,7 +199,8 @@ def wrap(
     built from a config, ...). The library is told by the module's class.
 
     ``spec`` names it in results (default: ``wrapped:<class name>``); ``tokenizer`` (open_clip) is its text
-    tokenizer, by default the CLIP BPE tokenizer; ``processor`` (transformers) is where its image processor and
+    tokenizer, by default the CLIP BPE tokenizer where its text tower reads that vocabulary (else its text asks are
+    refused, never read with the wrong ids); ``processor`` (transformers) is where its image processor and
     tokenizer are read from, by default where it was loaded from (``name_or_path``). The module is used as it is
     (not copied) and stays on its device unless ``device`` is given.
 
@@ -203,6 +216,11 @@ def wrap(
         return _placed(module, device)
     if not isinstance(module, nn.Module):
         raise ClipvizError(f"clipviz.wrap needs a torch module, got {type(module).__name__}")
+    if isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
+        raise ClipvizError(
+            "clipviz.wrap needs the model itself, not its torch.compile wrapper: wrap compiled._orig_mod (clipviz "
+            "installs hooks, which compiled graphs do not call)"
+        )
     library = type(module).__module__.split(".", 1)[0]
     spec = spec or f"wrapped:{type(module).__name__}"
     if library == "transformers":
@@ -223,6 +241,18 @@ def wrap(
             f"'{type(module).__module__}'"
         )
     return _placed(HookedVisionModel(backend), device)
+
+
+def check_device(device) -> None:
+    """Refuse a device string torch cannot parse, and ``meta`` (it holds no data), in one line."""
+    if device is None or isinstance(device, torch.device) and device.type != "meta":
+        return
+    try:
+        parsed = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ClipvizError(f"unknown device {device!r}; accepted: cpu, cuda or cuda:N (with a GPU)") from None
+    if parsed.type == "meta":
+        raise ClipvizError("device 'meta' holds no data, so nothing can run on it; accepted: cpu, cuda or cuda:N")
 
 
 def _placed(model: HookedVisionModel, device) -> HookedVisionModel:

@@ -123,6 +123,22 @@ def raised_in_a_hook(error: BaseException) -> bool:
     return False
 
 
+#: Names under which an attention module keeps a norm applied to its merged heads before the output projection:
+#: timm's ``scale_norm`` / Eva's ``scale_attn_inner`` (``norm``), open_clip's ``scale_attn_inner`` (``ln_inner``),
+#: EVA-CLIP's and torchscale's BEiT3 (``inner_attn_ln``, ``sub_norm``).
+_INNER_NORMS = ("norm", "ln_inner", "inner_attn_ln", "sub_norm", "inner_norm")
+
+
+def _norm_over_heads(parts: BlockParts) -> str | None:
+    """The attribute name of a norm that may sit between the heads' values and the output projection (the probe
+    checks that its output is the projection's input: PVT's ``norm`` of its reduced keys is not)."""
+    for name in _INNER_NORMS:
+        module = getattr(parts.attn, name, None) if parts.attn is not None else None
+        if isinstance(module, nn.Module) and not isinstance(module, nn.Identity):
+            return f"attn.{name}"
+    return None
+
+
 def _first(value):
     return value[0] if isinstance(value, (tuple, list)) and value else value
 
@@ -180,6 +196,7 @@ def probe(
     stash: dict[tuple[int, str], torch.Tensor] = {}
     ln1_differs: set[int] = set()  # post-norm blocks
     act_differs: set[int] = set()
+    norm_before_z: dict[int, str] = {}  # block -> the norm whose output is the output projection's input
     handles = []
 
     def fix(x: torch.Tensor) -> torch.Tensor:
@@ -236,6 +253,9 @@ def probe(
 
         def z_in(x, i=i, p=p, parts=parts):
             record(p + "attn.hook_z", x)
+            normed = stash.pop((i, "inner norm"), None)  # a norm over the merged heads ran just before?
+            if isinstance(x, torch.Tensor) and normed is not None and _same(normed[1], x):
+                norm_before_z[i] = normed[0]
             x_attn = stash.pop((i, "attn"), None)
             if isinstance(x, torch.Tensor) and x_attn is not None and i not in pattern_reason:
                 if x_attn.ndim != 3 or x_attn.shape[0] != batch:
@@ -263,6 +283,13 @@ def probe(
         on(parts.attn, attn_in, True)
         handles.append(parts.attn.register_forward_pre_hook(attn_call, with_kwargs=True))
         on(parts.out_proj, z_in, True)
+        inner = _norm_over_heads(parts)
+        if inner is not None:
+            on(
+                parts.attn.get_submodule(inner.removeprefix("attn.")),
+                lambda x, i=i, n=inner: stash.__setitem__((i, "inner norm"), (n, x)),
+                False,
+            )
         on(parts.attn, attn_out, False)
         on(parts.ln2, ln2_in, True)
         on(parts.fc1, lambda x, p=p: record(p + "fc1_in", x), True)
@@ -322,6 +349,14 @@ def probe(
         square=images.shape[-1] == images.shape[-2],
         architecture=architecture,
     )
+    for i, inner in norm_before_z.items():
+        name = f"blocks.{i}.attn.hook_z"
+        if layout.hooks.pop(name, None) is not None:
+            layout.spatial.pop(name, None)
+            layout.unavailable[name] = (
+                f"a norm over all heads ({inner}) sits between the heads' values and the output projection, so the "
+                "projection's input is not per-head values"
+            )
     for i in act_differs:
         name = f"blocks.{i}.mlp.hook_pre"
         layout.unavailable.pop(name, None)

@@ -106,11 +106,14 @@ def check_residual_writes(model) -> None:
     seen: dict[int, dict[str, torch.Tensor]] = {}
     reasons: dict[int, dict[str, str]] = {}
     by_index = {parts.index: parts for parts in model.blocks}
+    last: list[torch.Tensor] = []  # the last block's output, for the image projection
 
     def keep(value: torch.Tensor, point) -> None:
         block, name = point.block, point.name.split(".", 2)[2]
         seen.setdefault(block, {})[name] = value.detach().float()
         if name == "hook_resid_post":  # the block is done: measure it and let its activations go
+            if block == model.blocks[-1].index:
+                last.append(value.detach().float())
             parts = by_index[block]
             dtype = parts.fc2.weight.dtype
             half = dtype in (torch.float16, torch.bfloat16)
@@ -127,7 +130,8 @@ def check_residual_writes(model) -> None:
     image = torch.rand(1, 3, *model.backend.image_size, generator=generator)
     checking = "one image (the residual-stream check)"
     with evaluating(model.native), native_failures(model.backend.architecture, checking), installed(pairs):
-        model(image)
+        output = model(image)
+    check_projection(model, last[0] if last else None, output)
     for parts in model.blocks:
         never = "its block's output was never seen, so it could not be checked"
         why = reasons.get(parts.index, dict.fromkeys(("hook_attn_out", "hook_mlp_out", "direct write"), never))
@@ -141,3 +145,37 @@ def check_residual_writes(model) -> None:
                 layout.unavailable[name] = why[point]
         if "direct write" in why:
             layout.indirect_write[parts.index] = why["direct write"]
+
+
+def check_projection(model, stream: torch.Tensor | None, output: torch.Tensor) -> None:
+    """The direct lens reads a neuron's write through the image projection, ``embedding = matrix @
+    final_norm(last block's output at the pooled token)``. Measured on the residual check's image (``stream``: the
+    last block's output, ``output``: the model's embedding): where the model's embedding is not that (BLIP applies
+    its final norm twice), the projection is dropped and the direct lens refused, with the reason in the notes."""
+    backend = model.backend
+    proj = backend.projection
+    if proj is None:
+        return
+    why = None
+    if stream is None:
+        why = "the last block's output could not be read"
+    else:
+        with torch.no_grad():
+            norm = proj.final_norm
+            token = stream[:, proj.pooled_token].to(next(norm.parameters(), stream).dtype)
+            predicted = norm(token).float() @ proj.matrix().detach().float().T.to(stream.device)
+        output = output.detach().float()
+        dtype = model.dtype
+        rtol = 3e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-3
+        if predicted.shape != output.shape:
+            why = f"it gives {tuple(predicted.shape)} where the model's embedding is {tuple(output.shape)}"
+        elif float((predicted - output).abs().max()) > rtol * float(output.abs().max().clamp_min(1e-12)):
+            error = float((predicted - output).abs().max()) / float(output.abs().max().clamp_min(1e-12))
+            why = f"it is {error:.1%} of the largest value away from the model's embedding"
+    if why is not None:
+        backend.projection = None
+        backend.notes = (
+            *backend.notes,
+            "the direct lens is left out: the image embedding is not the projection of the final norm of the "
+            f"pooled token ({why})",
+        )

@@ -190,6 +190,8 @@ def prepare_guidance(
         if isinstance(guide, (str, Path)):
             check_spec(str(guide))  # an empty guide is no folder, not the working folder
         _attach_guide(out, model, hook, neurons, recipe, guide, reduce)
+    elif guide is not None and not neurons:
+        raise ClipvizError("--guide guides neurons by their top examples; prompts and classes render unguided")
     elif guide is not None:
         raise ClipvizError(f"recipe '{recipe.name}' is not data-guided: --guide is for recipes such as 'vital'")
     if from_image is not None:
@@ -293,14 +295,12 @@ def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[
 
 def _seed_image(model: HookedVisionModel, from_image) -> torch.Tensor:
     if isinstance(from_image, (str, Path)):
-        from PIL import Image, UnidentifiedImageError
-
-        from clipviz.images import decoded
+        from clipviz.data.sources import UNREADABLE
+        from clipviz.images import open_image
 
         try:
-            with Image.open(from_image) as img:
-                pil = decoded(img)  # transparency flattened by preprocess_pil
-        except (OSError, UnidentifiedImageError, ValueError, ClipvizError) as error:
+            pil = open_image(from_image)  # transparency flattened by preprocess_pil
+        except UNREADABLE as error:
             raise ClipvizError(f"cannot read the seed image '{from_image}': {error}") from None
         return model.preprocess_pil(pil)
     image = torch.as_tensor(from_image).float()

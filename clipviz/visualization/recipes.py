@@ -162,6 +162,10 @@ class Recipe:
         """Whether the recipe is data-guided: it matches the statistics of reference images (``vital``)."""
         return bool(self.match and self.match_weight)
 
+    def unguided(self) -> Recipe:
+        """The recipe as it renders a target without reference images (a prompt, a class): its matching off."""
+        return replace(self, match=(), match_weight=0.0) if self.guided else self
+
 
 def _real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

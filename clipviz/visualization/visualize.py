@@ -44,7 +44,7 @@ from clipviz.results import (
     write_png,
     write_visualization,
 )
-from clipviz.visualization.guidance import Guide, default_recipe, prepare_guidance
+from clipviz.visualization.guidance import UNGUIDED_DEFAULT, Guide, default_recipe, prepare_guidance
 from clipviz.visualization.objectives import ClassLogit, Neuron, Objective, TextDirection
 from clipviz.visualization.optimise import RenderError, check_size, optimise
 from clipviz.visualization.recipes import Recipe, get_recipe
@@ -142,6 +142,8 @@ def check_request(
         raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
     if texts:
         model.tokenize(texts)  # a prompt longer than the text tower reads is refused now, before any step
+        with torch.no_grad():
+            model.check_pooled_output()
     classes = [int(c) for c in classes or ()]
     if classes:
         kind = model.backend.output_kind
@@ -151,7 +153,7 @@ def check_request(
                 f"{kind.replace('_', ' ')}s: render --neurons or --text instead"
             )
         with torch.no_grad():
-            width = int(model(torch.zeros(1, 3, *model.image_size, device=model.device)).shape[-1])
+            width = int(model.check_pooled_output().shape[-1])
         bad = next((c for c in classes if not 0 <= c < width), None)
         if bad is not None:
             raise ClipvizError(f"class index {bad} out of range: '{model.spec}' has {width} classes (0..{width - 1})")
@@ -250,7 +252,9 @@ def visualize(
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    recipe = get_recipe(default_recipe(model, guide) if recipe is None else recipe, **recipe_overrides)
+    if recipe is None:  # data-guided where there are neurons to guide and reference images, else the default
+        recipe = default_recipe(model, guide) if neurons else UNGUIDED_DEFAULT
+    recipe = get_recipe(recipe, **recipe_overrides)
     check_size(model, recipe.size)
     samples = check_int(samples, "samples", 1, MAX_SAMPLES)
     seed = check_int(seed, "seed", 0, MAX_SEED)
@@ -279,7 +283,8 @@ def visualize(
 
     def settings(t: Target) -> dict:
         extra = guidance.settings_for(t.value if t.kind == "neuron" else None)
-        return {**base, **extra, "kind": t.kind, "target": t.value, "seed": t.seed}
+        own = {} if t.kind == "neuron" else {"recipe": recipe.unguided().to_dict()}  # prompts render unguided
+        return {**base, **own, **extra, "kind": t.kind, "target": t.value, "seed": t.seed}
 
     def path_of(t: Target) -> Path:
         kind = visualization_kind(settings(t))

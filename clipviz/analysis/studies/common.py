@@ -25,6 +25,8 @@ from clipviz.images import fit_pil, pil_to_tensor, to_rgb
 from clipviz.plugins import registry
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from clipviz.model.hooked import HookedVisionModel
 
 PAPER = 'Ghiasi et al., "What do Vision Transformers Learn? A Visual Exploration" (arXiv:2212.06727)'
@@ -103,11 +105,18 @@ def caption_words(captions: Sequence[str | None], max_words: int = 256, min_coun
     return out, vocab
 
 
-def _mask_to_tensor(img, size: tuple[int, int]) -> torch.Tensor:
+def _mask_to_tensor(img, size: tuple[int, int], preprocess=None) -> torch.Tensor:
+    """A mask image as a boolean (H, W) tensor at ``size``, resized and cropped as its image is: by ``fit_pil``,
+    or by the model's own ``preprocess`` (the mask as a black-and-white image through the same resize and crop,
+    thresholded at half)."""
     from PIL import Image
 
-    array = np.asarray(fit_pil(img.convert("L"), size, Image.NEAREST))
-    return torch.from_numpy(array > 127 if array.max() > 1 else array > 0)
+    array = np.asarray(img.convert("L"))
+    binary = array > 127 if array.max() > 1 else array > 0
+    if preprocess is None:
+        resized = np.asarray(fit_pil(Image.fromarray(binary.astype(np.uint8) * 255), size, Image.NEAREST))
+        return torch.from_numpy(resized > 127)
+    return preprocess(Image.fromarray(binary.astype(np.uint8) * 255).convert("RGB")).mean(0) > 0.5
 
 
 def load_probe(
@@ -122,11 +131,13 @@ def load_probe(
     caption_column: str | None = None,
     mask_column: str | None = None,
     templates: Sequence[str] = ("a photo of a {}.",),
+    preprocess: Callable[[Image.Image], torch.Tensor] | None = None,
 ) -> Probe:
     """``world`` / ``world:N`` (N images of the synthetic world, single objects, with masks and factors), a folder
     of images (classes from the first sub-folder when there are several) or a Hugging Face data set (id or saved
-    directory; ``label_column`` / ``caption_column`` / ``mask_column`` name its columns). At most ``n`` images,
-    their shortest side resized to ``size`` and the centre cropped (masks alike), never stretched."""
+    directory; ``label_column`` / ``caption_column`` / ``mask_column`` name its columns). At most ``n`` images at
+    ``size``: through ``preprocess`` where given (a model's own ``preprocess_pil``: its library's resize and crop,
+    masks alike), else their shortest side resized and the centre cropped; never stretched."""
     if n < 1:
         raise ClipvizError(f"the number of probe images (--samples) must be >= 1, got {n}")
     check_spec(spec)
@@ -136,19 +147,25 @@ def load_probe(
         return plugged(argument, n=n, size=size, seed=seed)
     path = Path(spec).expanduser()
     if path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file():
-        return _folder_probe(spec, size, n, templates)
-    return _hf_probe(spec, size, n, split, image_column, label_column, caption_column, mask_column, templates)
+        return _folder_probe(spec, size, n, templates, preprocess)
+    columns = (image_column, label_column, caption_column, mask_column)
+    return _hf_probe(spec, size, n, split, columns, templates, preprocess)
 
 
-def _folder_probe(spec: str, size, n: int, templates) -> Probe:
+def _fitter(size, preprocess) -> Callable[[Image.Image], torch.Tensor]:
+    return preprocess if preprocess is not None else (lambda image: pil_to_tensor(fit_pil(to_rgb(image), size)))
+
+
+def _folder_probe(spec: str, size, n: int, templates, preprocess) -> Probe:
     from clipviz.data.sources import open_source
 
     source = open_source(spec)
+    fit = _fitter(size, preprocess)
     images, groups = [], []
     for i, img, _ in source:
         if img is None:
             continue
-        images.append(pil_to_tensor(fit_pil(img.convert("RGB"), size)))
+        images.append(fit(img))
         rel = Path(source.describe[i])
         groups.append(rel.parts[0] if len(rel.parts) > 1 else None)
         if len(images) == n:
@@ -163,9 +180,12 @@ def _folder_probe(spec: str, size, n: int, templates) -> Probe:
     return Probe(spec, torch.stack(images), tasks)
 
 
-def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, mask_column, templates) -> Probe:
+def _hf_probe(spec, size, n, split, columns, templates, preprocess) -> Probe:
     import datasets
 
+    from clipviz.data.sources import decode_cell, undecoded
+
+    image_column, label_column, caption_column, mask_column = columns
     local = Path(spec).expanduser()
     if local.is_dir():
         ds = datasets.load_from_disk(str(local))
@@ -196,18 +216,16 @@ def _hf_probe(spec, size, n, split, image_column, label_column, caption_column, 
         label_column = "label"
     if caption_column is None:
         caption_column = next((k for k in ("caption", "text") if k in features), None)
-    ds = ds.select(range(min(n, len(ds))))
+    ds = undecoded(ds.select(range(min(n, len(ds)))), image_column, spec)
+    fit = _fitter(size, preprocess)
     images, masks, raw_labels, captions = [], [], [], []
     for row in ds:
-        try:  # an unreadable row (or one of unknown pixel range) is left out whole, so the columns stay aligned
-            image = to_rgb(row[image_column]) if row[image_column] is not None else None
-        except ClipvizError:
-            image = None
+        image = decode_cell(row[image_column])  # an unreadable row is left out whole: the columns stay aligned
         if image is None:
             continue
-        images.append(pil_to_tensor(fit_pil(image, size)))
+        images.append(fit(image))
         if mask_column:
-            masks.append(_mask_to_tensor(row[mask_column], size))
+            masks.append(_mask_to_tensor(row[mask_column], size, preprocess))
         if label_column:
             raw_labels.append(row[label_column])
         if caption_column:

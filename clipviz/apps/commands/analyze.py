@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         caption_column=args.caption_column,
         mask_column=args.mask_column,
         templates=(args.template,),
+        preprocess=model.preprocess_pil,  # the model's own resize and crop, as in example mining
     )
     names = STUDY_NAMES if args.study == "all" else (args.study,)
     progress = not args.no_progress

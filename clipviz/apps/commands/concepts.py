@@ -28,13 +28,12 @@ def add_parser(sub) -> None:
     con.add_argument("--labeller", help="CLIP model that labels images (default: the model itself)")
     con.add_argument("--recipe", help="recipe for --method visual (default: as clipviz visualize chooses)")
     con.add_argument(
-        "--steps", type=int_type("--steps", 1, MAX_STEPS), default=128, help="visualization steps for --method visual"
+        "--steps", type=int_type("--steps", 1, MAX_STEPS), help="visualization steps for --method visual (default 128)"
     )
     con.add_argument(
         "--samples",
         type=int_type("--samples", 1, MAX_SAMPLES),
-        default=2,
-        help="visualizations per neuron (--method visual)",
+        help="visualizations per neuron (--method visual, default 2)",
     )
     con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, cifar100, words-<N> or a file")
     con.add_argument("--templates", help="'ensemble' or '|'-separated prompt templates with one {} each")
@@ -70,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         raise ClipvizError(
             "--labeller is for --method dissect and visual; the direct lens reads the model's own weights"
         )
+    unused = [f"--{k}" for k in ("recipe", "steps", "samples") if getattr(args, k) is not None]
+    if unused and args.method != "visual":
+        verb = "is" if len(unused) == 1 else "are"
+        raise ClipvizError(f"{', '.join(unused)} {verb} for --method visual; --method {args.method} renders no images")
+    args.steps, args.samples = args.steps or 128, args.samples or 2
     spans = parse_spans(args.neurons, "neuron") if args.neurons is not None else None
     check_output_dir(args.out)
     vocab = load_vocabulary(args.vocab, parse_templates(args.templates))
@@ -89,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         from clipviz.analysis.dissect import stored_activations
 
         wanted = [i for s in spans for i in s] if spans else None
-        stored = stored_activations(Path(args.activations), args.hook, wanted, model=model)
+        stored_activations(Path(args.activations), args.hook, wanted, model=model)  # refuses neurons not stored
+        stored = stored_activations(Path(args.activations), args.hook, model=model)  # all: the layer's prior
         if args.probe and args.probe != stored.source:
             raise ClipvizError(
                 f"--probe {args.probe} differs from the probe set of the stored activations "
@@ -97,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             )
     labeller = model if not args.labeller else load_model(argparse.Namespace(**{**vars(args), "model": args.labeller}))
     if stored is not None:
-        neurons = stored.neurons
+        neurons = list(dict.fromkeys(wanted)) if wanted else stored.neurons
     elif spans:
         neurons = expand(spans, model.hook_width(args.hook), "neuron", f" for hook '{args.hook}'")
         neurons = model.check_neurons(args.hook, neurons)  # each neuron once: 1,1 would be named twice
@@ -109,17 +114,19 @@ def run(args: argparse.Namespace) -> int:
         text = text_embeddings(model, vocab, progress=True)
         table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k, embeddings=text)
     elif args.method == "dissect":
-        from clipviz.analysis.dissect import image_text_similarities, labeller_a, probe_activations, softwpmi
+        from clipviz.analysis.dissect import image_text_similarities, labeller_a, layer_softwpmi, probe_activations
         from clipviz.data.sources import open_source
 
         source = open_source(stored.source, **stored.options) if stored is not None else probe
         text = text_embeddings(labeller, vocab, progress=True)
+        width = model.hook_width(args.hook)
         if stored is not None:
-            acts, kept = stored.activations, stored.indices
-        else:
-            acts, kept = probe_activations(model, args.hook, source, neurons, progress=True)
+            acts, kept, columns = stored.activations, stored.indices, list(stored.neurons)
+        else:  # every neuron of the layer: the prior is the layer's, whichever neurons are named
+            acts, kept = probe_activations(model, args.hook, source, None, progress=True)
+            columns = list(range(width))
         sims = image_text_similarities(labeller, source, kept, text, progress=True)
-        scores = softwpmi(acts, sims, a=labeller_a(labeller))
+        scores = layer_softwpmi(acts, columns, list(neurons), width, sims, a=labeller_a(labeller))
         table = words_table(scores, vocab.concepts, args.top_k, neurons)
     elif args.method == "visual":
         import torch
@@ -142,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
         ]
     else:
         raise ClipvizError(f"unknown method '{args.method}'; accepted: direct, dissect, visual")
-    paths = write_table(Path(args.out), args.hook, table, method=args.method, vocabulary=vocab)
+    paths = write_table(
+        Path(args.out), args.hook, table, method=args.method, vocabulary=vocab, identity=model.identity()
+    )
     for row in table[:10]:
         words = ", ".join(f"{w} ({s:.2f})" for w, s in zip(row["words"], row["scores"], strict=True))
         print(f"neuron {row['neuron']:>5}: {words}")

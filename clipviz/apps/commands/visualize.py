@@ -36,8 +36,7 @@ def add_parser(sub) -> None:
     vis.add_argument(
         "--reduce",
         type=parse_reduce,
-        default="patches",
-        help="patches (default), cls, all, max, patch:ROW:COL or region:R0:R1:C0:C1",
+        help="patches (default), cls, all, max, patch:ROW:COL or region:R0:R1:C0:C1 (with --neurons)",
     )
     vis.add_argument(
         "--steps", type=int_type("--steps", 1, MAX_STEPS), help="optimisation steps per stage (recipe's by default)"
@@ -85,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         raise ClipvizError("empty --hook: give a hook name such as blocks.6.mlp.hook_post (`clipviz info MODEL`)")
     if neuron_spans and not args.hook:
         raise ClipvizError("--neurons needs --hook, e.g. --hook blocks.6.mlp.hook_post")
+    if not neuron_spans and (args.hook is not None or args.reduce is not None):
+        given = "--hook" if args.hook is not None else "--reduce"
+        raise ClipvizError(f"{given} is for --neurons; --text and --class render the model's output")
+    args.reduce = args.reduce or "patches"
     check_output_dir(args.out)
     model = load_model(args)
     where = f" for hook '{args.hook}'" if args.hook else ""

@@ -19,6 +19,26 @@ def trained_logit_scale(model: nn.Module) -> Callable[[], float] | None:
     return lambda: float(scale.detach().float().exp())
 
 
+def settings_text(*parts) -> str:
+    """Configuration dictionaries as one canonical text for ``Backend.settings``: keys sorted, private keys
+    (``_name_or_path``) and library versions left out, so the same settings read the same wherever they were
+    loaded from."""
+    import json
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {
+                str(k): clean(v)
+                for k, v in value.items()
+                if not str(k).startswith("_") and str(k) not in ("transformers_version", "architectures")
+            }
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
+
+    return json.dumps([clean(p) for p in parts], sort_keys=True)
+
+
 def pair(value) -> tuple[int, int]:
     """``16`` or ``(16, 16)`` -> ``(16, 16)``."""
     if isinstance(value, (tuple, list)):
@@ -88,6 +108,10 @@ class Backend:
     output_kind: str  # "image_embedding", "logits" or "pooled"
     seq_first: bool = False
     text: TextTower | None = None
+    text_missing: str | None = None  # why a model with a text tower has none here (no tokenizer found)
+    # The configuration and preprocessing settings that decide its results beyond the weights (a config's
+    # activation or norm epsilon, an image processor's resize), as text: part of ``HookedVisionModel.identity``
+    settings: str = ""
     projection: ImageProjection | None = None
     preprocessing_source: str = "model"
     hierarchical: bool = False  # Swin-like: patch grid halves at every stage, no prefix tokens

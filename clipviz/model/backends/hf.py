@@ -15,6 +15,7 @@ from clipviz.model.backends.base import (
     ImageProjection,
     TextTower,
     check_text_lengths,
+    settings_text,
     trained_logit_scale,
 )
 from clipviz.model.backends.base import pair as _pair
@@ -27,7 +28,7 @@ from clipviz.model.backends.hf_families import (
     _timm_wrapper,
 )
 from clipviz.model.backends.hub import fetching
-from clipviz.model.backends.preprocessing import hf_transform
+from clipviz.model.backends.preprocessing import hf_transform, pixel_scale
 
 _DEFAULT_MEAN = (0.5, 0.5, 0.5)
 _DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -135,13 +136,18 @@ def _prefix_tokens(vision: nn.Module) -> tuple[str, ...]:
         kinds.append("distillation")
     if "register_tokens" in names:
         kinds += ["register"] * int(names["register_tokens"].shape[1])
-    if not kinds and any(n.endswith("cls_token") for n, _ in vision.named_parameters()):
-        kinds.append("cls")  # a class token that joins in a later stage (CvT)
+    if not kinds and any(n.endswith("cls_token") and not _in_head(n) for n, _ in vision.named_parameters()):
+        kinds.append("cls")  # a class token that joins in a later stage (CvT), not one of a pooling head (AIMv2)
     if "cls_register_token" in names:  # RADIO: several CLS tokens, then registers
         config = getattr(vision, "config", None)
         n_cls = int(getattr(config, "num_cls_tokens", 1))
         kinds += ["cls"] * n_cls + ["register"] * (int(names["cls_register_token"].shape[0]) - n_cls)
     return tuple(kinds)
+
+
+def _in_head(name: str) -> bool:
+    """Whether parameter ``name`` belongs to a pooling head after the blocks (AIMv2's ``head.cls_token``)."""
+    return any("head" in part or "pool" in part for part in name.split(".")[:-1])
 
 
 def _preprocessing(ref: str, config, kwargs):
@@ -156,11 +162,22 @@ def _preprocessing(ref: str, config, kwargs):
             stacklevel=3,
         )
         return _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)", None
-    mean = tuple(float(v) for v in getattr(processor, "image_mean", None) or _DEFAULT_MEAN)
-    std = tuple(float(v) for v in getattr(processor, "image_std", None) or _DEFAULT_STD)
+    mean = _channels(getattr(processor, "image_mean", None), _DEFAULT_MEAN)
+    std = _channels(getattr(processor, "image_std", None), _DEFAULT_STD)
     if getattr(processor, "do_normalize", True) is False:  # the model normalises inside (RADIO's input conditioner)
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return mean, std, "preprocessor_config.json", processor
+    scale = pixel_scale(processor)  # the processor's own rescale (x * rescale_factor), folded into mean and std
+    return tuple(m / scale for m in mean), tuple(s / scale for s in std), "preprocessor_config.json", processor
+
+
+def _channels(value, default: tuple[float, ...]) -> tuple[float, ...]:
+    """An image processor's ``image_mean`` / ``image_std``: three values, or one for every channel (transformers
+    accepts a scalar)."""
+    if value is None:
+        return default
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3
+    return tuple(float(v) for v in value)
 
 
 def _text_limit(model: nn.Module, tokenizer) -> int | None:
@@ -195,7 +212,8 @@ def _text_tower(model: nn.Module, ref: str, kwargs) -> TextTower | None:
     def tokenize(texts):
         texts = list(texts)
         check_text_lengths(texts, [len(ids) for ids in tokenizer(texts)["input_ids"]], limit)
-        padding = "max_length" if getattr(model.config, "model_type", "") == "siglip" else True
+        # SigLIP and SigLIP2 pool the last position whatever the mask: padded to the limit, as their processors do
+        padding = "max_length" if getattr(model.config, "model_type", "").startswith("siglip") else True
         return tokenizer(texts, padding=padding, truncation=True, max_length=limit, return_tensors="pt")
 
     def encode(tokens) -> torch.Tensor:
@@ -240,9 +258,11 @@ def _refuse_video(model: nn.Module, vision: nn.Module) -> None:
         )
 
 
-def _forward(model: nn.Module, vision: nn.Module, vision_path: str):
+def _forward(model: nn.Module, vision: nn.Module, vision_path: str, cls: bool):
+    """The model's output for clipviz (``cls``: whether the tower's first token is a class token, the pooled
+    output where the model gives none) and its kind."""
     if _is_generative(model) or vision_path in (*_BACKBONES, "encoder"):
-        return (lambda x: _pooled(vision(pixel_values=x))), "pooled"
+        return (lambda x: _pooled(vision(pixel_values=x), cls)), "pooled"
     if hasattr(model, "get_image_features"):
 
         def embed(x: torch.Tensor) -> torch.Tensor:
@@ -255,10 +275,10 @@ def _forward(model: nn.Module, vision: nn.Module, vision_path: str):
     if type(model).__name__.endswith(("ForImageClassification", "ForImageClassificationWithTeacher")):
         return (lambda x: model(pixel_values=x).logits), "logits"
 
-    return _head_or_tower(model, vision), "pooled"
+    return _head_or_tower(model, vision, cls), "pooled"
 
 
-def _head_or_tower(model: nn.Module, vision: nn.Module):
+def _head_or_tower(model: nn.Module, vision: nn.Module, cls: bool):
     """The model's pooled output; where its output has none clipviz can read (MGP-STR's text logits), the pooled
     output of its vision tower or base model (``base_model_prefix``: MGP-STR's ``mgp_str``), decided on the first
     call; with neither, a one-line refusal."""
@@ -269,7 +289,7 @@ def _head_or_tower(model: nn.Module, vision: nn.Module):
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         if use_tower and use_tower[0]:
-            return _pooled(vision(pixel_values=x))
+            return _pooled(vision(pixel_values=x), cls)
         out = model(pixel_values=x)
         readable = any(getattr(out, a, None) is not None for a in ("pooler_output", "last_hidden_state"))
         readable = readable or bool(getattr(out, "feature_maps", None))
@@ -283,9 +303,9 @@ def _head_or_tower(model: nn.Module, vision: nn.Module):
                     f"clipviz's output is the pooled output of {type(vision).__name__} (the heads are not run)",
                 )
         if readable:
-            return _pooled(out)
+            return _pooled(out, cls)
         if use_tower[0]:
-            return _pooled(vision(pixel_values=x))
+            return _pooled(vision(pixel_values=x), cls)
         raise UnsupportedModelError(
             f"the output of {type(model).__name__} ({type(out).__name__}) has no pooled output, hidden state or "
             "feature maps clipviz can read"
@@ -364,11 +384,13 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
         mean, std, source, processor = _preprocessing(ref, config, kwargs)
     else:  # a module built in memory with no saved processor
         mean, std, source, processor = _DEFAULT_MEAN, _DEFAULT_STD, "default (no preprocessor_config.json)", None
-    forward, output_kind = _forward(model, vision, vision_path)
+    prefix = _prefix_tokens(vision)
+    forward, output_kind = _forward(model, vision, vision_path, cls=prefix[:1] == ("cls",))
     # the image processor's output size first: what the library's own pipeline feeds the model (DINOv2's config
     # says 518 while its processor crops 224; running it at 518 would up-sample every data image)
-    image_size = _pair(_processor_size(processor) or getattr(vcfg, "image_size", None) or 224)
-    transform, fitted = hf_transform(processor, image_size)
+    # (what it produces is measured: a crop_size it carries but does not apply is not its output)
+    guess = _pair(_processor_size(processor) or getattr(vcfg, "image_size", None) or 224)
+    transform, fitted, image_size = hf_transform(processor, guess)
     notes = [fitted] if fitted else []
     if vision_path in _BACKBONES:
         notes.append(
@@ -386,13 +408,20 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
     }
     model_type = getattr(config, "model_type", "")
     if model_type == "timm_wrapper":
-        _timm_wrapper(model, vision, facts)
+        _timm_wrapper(model, vision, facts, processor)
     elif model_type.startswith("siglip2") or getattr(vcfg, "model_type", "").startswith("siglip2"):
         _naflex(model, vision, vcfg, facts)
     elif model_type == "vit_mae":
         _no_masking(model, vision, facts)
     hierarchical = hasattr(vcfg, "depths") and hasattr(vcfg, "embed_dim")
     text = None if _is_generative(model) or not ref else _text_tower(model, ref, kwargs)
+    text_missing = None
+    if text is None and hasattr(model, "get_text_features") and not _is_generative(model):
+        text_missing = (
+            f"no tokenizer was found at '{ref}'"
+            if ref
+            else "it was wrapped from memory with no processor= to read its tokenizer from"
+        ) + ", so its text tower cannot be used (image hooks and embeddings work)"
     backend = Backend(
         kind="hf",
         spec=spec,
@@ -401,13 +430,15 @@ def hf_backend(model: nn.Module, spec: str, ref: str | None = None, kwargs: dict
         vision_path=vision_path,
         architecture=type(model).__name__,
         image_size=facts["image_size"],
-        mean=mean,
-        std=std,
+        mean=facts.get("mean", mean),
+        std=facts.get("std", std),
         patch_size=facts["patch_size"],
-        prefix_tokens=_prefix_tokens(vision),
+        prefix_tokens=prefix,
         forward=facts["forward"],
         output_kind=output_kind,
         text=text,
+        text_missing=text_missing,
+        settings=settings_text(config.to_dict(), processor.to_dict() if hasattr(processor, "to_dict") else None),
         projection=_projection(model, vision),
         preprocessing_source=source,
         hierarchical=hierarchical,

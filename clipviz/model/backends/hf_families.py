@@ -18,7 +18,10 @@ def _is_generative(model: nn.Module) -> bool:
     )
 
 
-def _pooled(out):
+def _pooled(out, cls: bool = True):
+    """The model's pooled output: its ``pooler_output``, the mean of a backbone's last feature map, or, from the
+    last hidden state, the class token where the tower has one (``cls``) and the mean of its tokens where it has
+    none (I-JEPA, a SigLIP or AIMv2 tower without its head): never a patch token taken for the image."""
     if getattr(out, "pooler_output", None) is not None:
         return out.pooler_output
     if getattr(out, "feature_maps", None):  # a backbone (DINOv2 / ViTPose ``*Backbone``): its last feature map
@@ -32,7 +35,9 @@ def _pooled(out):
             f"the output of the model ({type(out).__name__}) has no pooled output, hidden state or feature maps "
             "clipviz can read"
         )
-    return hidden.mean((-2, -1)) if hidden.ndim == 4 else hidden[:, 0]
+    if hidden.ndim == 4:
+        return hidden.mean((-2, -1))
+    return hidden[:, 0] if cls else hidden.mean(1)
 
 
 def _processor_size(processor) -> tuple[int, int] | None:
@@ -48,15 +53,22 @@ def _processor_size(processor) -> tuple[int, int] | None:
     return None
 
 
-def _timm_wrapper(model: nn.Module, timm_model: nn.Module, facts: dict) -> None:
-    """transformers' TimmWrapper: image size, patch size and preprocessing come from the timm model, not 224."""
+def _timm_wrapper(model: nn.Module, timm_model: nn.Module, facts: dict, processor) -> None:
+    """transformers' TimmWrapper: image size, patch size and preprocessing come from the timm model, not 224, and
+    its processor's ``data_config`` (the repo's saved ``pretrained_cfg``: mean, std, crop) is what the library
+    feeds it, where the timm model's registry entry may say otherwise."""
     from clipviz.model.backends.preprocessing import timm_transform
 
     embed = getattr(timm_model, "patch_embed", None)
     cfg = getattr(timm_model, "pretrained_cfg", {}) or {}
+    data = getattr(processor, "data_config", None)
     facts["image_size"] = _pair(getattr(embed, "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:])
     facts["patch_size"] = _pair(getattr(embed, "patch_size", 16))
-    facts["pil_transform"] = timm_transform(timm_model, facts["image_size"])
+    facts["pil_transform"], stretch = timm_transform(timm_model, facts["image_size"], config=data)
+    kept = tuple(note for note in facts["notes"] if not note.startswith("the image processor"))
+    facts["notes"] = (*kept, stretch) if stretch else kept
+    if data is not None:
+        facts["mean"], facts["std"] = tuple(map(float, data["mean"])), tuple(map(float, data["std"]))
     facts["forward"] = lambda x: (
         _pooled(model(pixel_values=x)) if not hasattr(model, "classifier") else model(pixel_values=x).logits
     )
@@ -97,16 +109,23 @@ def _naflex(model: nn.Module, vision: nn.Module, vcfg, facts: dict) -> None:
 
 
 def _no_masking(model: nn.Module, vision: nn.Module, facts: dict) -> None:
-    """ViTMAE masks and shuffles patches at random on every call: clipviz turns masking off (mask ratio 0) and
-    passes the identity order, so the tokens are CLS then every patch in row-major order."""
-    for cfg in {id(c): c for c in (model.config, getattr(vision, "config", model.config))}.values():
-        cfg.mask_ratio = 0.0
+    """ViTMAE masks and shuffles patches at random on every call: clipviz's forward passes run with masking off
+    (mask ratio 0) and the identity order, so the tokens are CLS then every patch in row-major order. The user's
+    model keeps its own mask ratio outside them."""
+    configs = list({id(c): c for c in (model.config, getattr(vision, "config", model.config))}.values())
     target = vision
 
     def forward(x: torch.Tensor):
         n = (x.shape[-2] // facts["patch_size"][0]) * (x.shape[-1] // facts["patch_size"][1])
         noise = torch.arange(n, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
-        return _pooled(target(pixel_values=x, noise=noise))
+        ratios = [cfg.mask_ratio for cfg in configs]
+        try:
+            for cfg in configs:
+                cfg.mask_ratio = 0.0
+            return _pooled(target(pixel_values=x, noise=noise))
+        finally:
+            for cfg, ratio in zip(configs, ratios, strict=True):
+                cfg.mask_ratio = ratio
 
     facts["forward"] = forward
     facts["notes"] = (*facts["notes"], "ViTMAE: random masking turned off (mask ratio 0, patches in their own order)")

@@ -16,6 +16,7 @@ from clipviz.model.backends.base import (
     ImageProjection,
     TextTower,
     check_text_lengths,
+    settings_text,
     trained_logit_scale,
 )
 from clipviz.model.backends.base import pair as _pair
@@ -121,13 +122,22 @@ def open_clip_backend(model: nn.Module, spec: str, tokenizer=None, tokenizer_err
     the CLIP BPE tokenizer with the model's context length; ``tokenizer_error``: why there is none, said when text
     is asked for)."""
     import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     model.eval()
-    visual = model.visual
+    visual = _visual(model, spec)
     cfg = open_clip.get_model_preprocess_cfg(model)
-    mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
+    mean, std = tuple(cfg.get("mean", OPENAI_DATASET_MEAN)), tuple(cfg.get("std", OPENAI_DATASET_STD))
+    source = (
+        "the model's preprocess config"
+        if "mean" in cfg
+        else "open_clip's default (OpenAI CLIP's mean and std): the model carries no preprocess config"
+    )
+    notes = []
     if tokenizer is None and tokenizer_error is None:
-        tokenizer = open_clip.SimpleTokenizer(context_length=getattr(model, "context_length", None) or 77)
+        tokenizer, tokenizer_error = _default_tokenizer(model)
+        if tokenizer is not None:
+            notes.append("its texts are tokenised with open_clip's CLIP BPE tokenizer (no tokenizer was given)")
 
     def tokenize(texts):
         if tokenizer is None:
@@ -144,6 +154,8 @@ def open_clip_backend(model: nn.Module, spec: str, tokenizer=None, tokenizer_err
         context_length=getattr(tokenizer, "context_length", None),
         logit_scale=trained_logit_scale(model),
     )
+    transform, stretch = open_clip_transform(model)
+    notes += [stretch] if stretch else []
     common = {
         "kind": "open_clip",
         "spec": spec,
@@ -153,7 +165,10 @@ def open_clip_backend(model: nn.Module, spec: str, tokenizer=None, tokenizer_err
         "forward": model.encode_image,
         "output_kind": "image_embedding",
         "text": text,
-        "pil_transform": open_clip_transform(model),
+        "pil_transform": transform,
+        "notes": tuple(notes),
+        "preprocessing_source": source,
+        "settings": settings_text(cfg),
     }
     trunk = getattr(visual, "trunk", None)
     if isinstance(trunk, nn.Module):  # a timm trunk (SigLIP, EVA, ...)
@@ -192,6 +207,33 @@ def open_clip_backend(model: nn.Module, spec: str, tokenizer=None, tokenizer_err
         projection=projection,
         seq_first=not getattr(visual.transformer, "batch_first", True),
         **common,
+    )
+
+
+def _visual(model: nn.Module, spec: str) -> nn.Module:
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, nn.Module):
+        raise ClipvizError(
+            f"'{spec}' is an open_clip {type(model).__name__} without a .visual image tower: wrap the whole open_clip "
+            "model (CLIP, CustomTextCLIP, CoCa), not its parts"
+        )
+    return visual
+
+
+def _default_tokenizer(model: nn.Module):
+    """``(tokenizer, None)``: open_clip's CLIP BPE tokenizer, for a model wrapped without one whose text tower reads
+    that tokenizer's vocabulary; else ``(None, why)``: any other vocabulary would be read with the wrong ids."""
+    import open_clip
+
+    tokenizer = open_clip.SimpleTokenizer(context_length=getattr(model, "context_length", None) or 77)
+    vocabulary = getattr(model, "vocab_size", None)
+    if vocabulary == len(tokenizer.encoder):
+        return tokenizer, None
+    return None, (
+        f"this open_clip model was wrapped without its tokenizer and its text tower reads "
+        f"{vocabulary if vocabulary is not None else 'an unknown number of'} token ids, not the CLIP BPE "
+        f"tokenizer's {len(tokenizer.encoder)}: pass tokenizer=open_clip.get_tokenizer(<its model name>) to "
+        "clipviz.wrap"
     )
 
 

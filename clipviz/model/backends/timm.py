@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from clipviz.errors import ClipvizError
-from clipviz.model.backends.base import Backend
+from clipviz.model.backends.base import Backend, settings_text
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
 from clipviz.model.backends.preprocessing import timm_transform
@@ -70,6 +70,10 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     patch_embed = getattr(model, "patch_embed", None)
     image_size = _pair(getattr(patch_embed, "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:])
+    transform, stretch = timm_transform(model, image_size)
+    from timm.data import resolve_data_config
+
+    data = resolve_data_config(model=model)  # timm's own defaults (ImageNet's) where the model's config has none
     return Backend(
         kind="timm",
         spec=spec,
@@ -78,13 +82,16 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
         vision_path="",
         architecture=type(model).__name__,
         image_size=image_size,
-        mean=tuple(cfg.get("mean", (0.5,) * 3)),
-        std=tuple(cfg.get("std", (0.5,) * 3)),
+        mean=tuple(map(float, data["mean"])),
+        std=tuple(map(float, data["std"])),
+        preprocessing_source="the model's pretrained_cfg" if "mean" in cfg else "timm's default (ImageNet's)",
+        settings=settings_text(dict(cfg), data),
         patch_size=_pair(getattr(patch_embed, "patch_size", 16)),
         prefix_tokens=timm_prefix_tokens(model),
         forward=model,
         output_kind="logits" if getattr(model, "num_classes", 0) else "pooled",
-        pil_transform=timm_transform(model, image_size),
+        pil_transform=transform,
+        notes=(stretch,) if stretch else (),
     )
 
 

@@ -1,0 +1,156 @@
+"""Config variants of supported families, found wrong by an outside audit (2026-12-02): each case is checked
+against the native model, or must be refused (or its hook left out) in one line."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import timm
+import torch
+import transformers as T
+from families import noisy
+
+import clipviz
+from clipviz.errors import ClipvizError, HookNameError
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+VISION = dict(image_size=32, patch_size=8, width=32, layers=2, head_width=16)
+
+
+def _open_clip(text: dict | None = None, **vision) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return noisy(
+        open_clip.CLIP(
+            embed_dim=16, vision_cfg={**VISION, **vision}, text_cfg=text or dict(width=32, heads=2, layers=1)
+        )
+    )
+
+
+INNER_NORMS = {
+    "timm scale_attn_norm (BEiT3)": (
+        lambda: timm.models.vision_transformer.VisionTransformer(**TINY, scale_attn_norm=True),
+        "norm",
+    ),
+    "timm Eva scale_attn_inner (EVA02-CLIP)": (lambda: timm.models.eva.Eva(**TINY, scale_attn_inner=True), "norm"),
+    "open_clip scale_attn_inner": (lambda: _open_clip(scale_attn_inner=True), "ln_inner"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INNER_NORMS))
+def test_hook_z_is_left_out_where_a_norm_over_all_heads_precedes_the_output_projection(name):
+    """The projection's input is then the normed mix of heads, not ``pattern @ v``: zeroing a head there is no head
+    ablation, so ``attn.hook_z`` must not be offered (the pattern and the other hooks still are)."""
+    build, norm = INNER_NORMS[name]
+    torch.manual_seed(0)
+    model = clipviz.wrap(noisy(build()))
+    assert "blocks.0.attn.hook_z" not in model.hook_names(0)
+    assert f"attn.{norm}" in model.unavailable_hooks()["attn.hook_z (all blocks)"]
+    with pytest.raises(HookNameError, match="norm over all heads"):
+        model.run_with_cache(torch.rand(1, 3, 32, 32), ["blocks.0.attn.hook_z"])
+    plain = clipviz.wrap(noisy(timm.models.vision_transformer.VisionTransformer(**TINY)))
+    assert "blocks.0.attn.hook_z" in plain.hook_names(0)
+
+
+def test_an_open_clip_model_wrapped_without_its_tokenizer_never_reads_texts_with_the_wrong_ids():
+    """The CLIP BPE tokenizer is the default only for a text tower of its 49408 ids; another vocabulary (here
+    32000) is refused in one line, not fed ids of another tokenizer."""
+    other = clipviz.wrap(_open_clip(text=dict(width=32, heads=2, layers=1, vocab_size=32000)))
+    with pytest.raises(ClipvizError, match="reads 32000 token ids") as refused:
+        other.encode_text(["a cat"])
+    assert "\n" not in str(refused.value)
+    usual = clipviz.wrap(_open_clip())
+    assert usual.encode_text(["a cat"]).shape == (1, 16)
+    assert any("CLIP BPE tokenizer" in note for note in usual.summary()["notes"])
+
+
+def test_models_built_in_memory_are_normalised_as_their_library_would():
+    """With no preprocess config, open_clip normalises with OpenAI CLIP's statistics and timm with ImageNet's;
+    clipviz uses the same and says where they came from."""
+    from open_clip.constants import OPENAI_DATASET_MEAN
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN
+
+    model = _open_clip()
+    wrapped = clipviz.wrap(model)
+    assert torch.allclose(wrapped.normalisation()[0], torch.tensor(OPENAI_DATASET_MEAN))
+    assert "open_clip's default" in wrapped.summary()["preprocessing"]
+    vit = timm.models.vision_transformer.VisionTransformer(**TINY)
+    vit.pretrained_cfg = {}
+    wrapped = clipviz.wrap(vit)
+    assert torch.allclose(wrapped.normalisation()[0], torch.tensor(IMAGENET_DEFAULT_MEAN))
+    assert "timm's default" in wrapped.summary()["preprocessing"]
+
+
+def _tiny_vit_config(**extra) -> dict:
+    return dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+                patch_size=8, **extra)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: T.IJepaModel(T.IJepaConfig(**_tiny_vit_config())),
+        lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**_tiny_vit_config(vision_use_head=False))),
+    ],
+    ids=["ijepa", "siglip-without-head"],
+)
+def test_a_tower_without_class_token_or_pooler_is_pooled_by_its_mean_not_its_first_patch(build):
+    torch.manual_seed(0)
+    native = noisy(build())
+    model = clipviz.wrap(native)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = native(pixel_values=model.prepare(x))
+        assert out.pooler_output is None
+        torch.testing.assert_close(model(x), out.last_hidden_state.mean(1))
+
+
+def test_wrapping_vitmae_leaves_the_users_mask_ratio_alone():
+    torch.manual_seed(0)
+    native = noisy(T.ViTMAEModel(T.ViTMAEConfig(**_tiny_vit_config(mask_ratio=0.75))))
+    model = clipviz.wrap(native)
+    _, cache = model.run_with_cache(torch.rand(1, 3, 32, 32), ["blocks.0.hook_resid_post"])
+    assert cache["blocks.0.hook_resid_post"].shape[1] == 17  # clipviz sees every patch
+    assert native.config.mask_ratio == 0.75
+    with torch.no_grad():
+        assert native(pixel_values=torch.rand(1, 3, 32, 32)).last_hidden_state.shape[1] == 5  # the user's masking
+
+
+def test_a_head_without_global_pooling_refuses_text_and_class_targets_in_one_line():
+    from clipviz.visualization.visualize import visualize
+
+    per_token = clipviz.wrap(noisy(timm.models.vision_transformer.VisionTransformer(**{**TINY, "global_pool": ""})))
+    with pytest.raises(ClipvizError, match="one per token") as refused:
+        visualize(per_token, classes=[1], steps=1, progress=False)
+    assert "\n" not in str(refused.value)
+    unpooled = clipviz.wrap(_open_clip(pool_type="none"))
+    with pytest.raises(ClipvizError, match="one per token"):
+        visualize(unpooled, texts=["a cat"], steps=1, progress=False)
+    tokens = clipviz.wrap(_open_clip(output_tokens=True))  # encode_image gives (pooled, tokens): the pooled is read
+    assert tokens.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 16)
+
+
+def test_a_projection_the_model_does_not_use_leaves_the_direct_lens_out():
+    """BLIP applies its final norm to the class token twice before its projection: the one-norm lens would be
+    silently off, so it is left out with the reason (CLIP's, which is exact, stays)."""
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    config = T.BlipConfig(vision_config=_tiny_vit_config(), text_config=text, projection_dim=16)
+    native = noisy(T.BlipModel(config))
+    with torch.no_grad():
+        native.vision_model.post_layernorm.weight.uniform_(0.5, 2.0)
+        native.vision_model.post_layernorm.bias.normal_()
+    model = clipviz.wrap(native)
+    assert not model.summary()["direct_projection"]
+    assert any("direct lens is left out" in note for note in model.summary()["notes"])
+    clip = clipviz.wrap(
+        noisy(T.CLIPModel(T.CLIPConfig(vision_config=_tiny_vit_config(), text_config=text, projection_dim=16)))
+    )
+    assert clip.summary()["direct_projection"]
+
+
+def test_open_clip_parts_and_compiled_models_are_refused_in_one_line():
+    model = _open_clip()
+    for part, match in ((model.visual, "without a .visual image tower"), (torch.compile(model), "torch.compile")):
+        with pytest.raises(ClipvizError, match=match) as refused:
+            clipviz.wrap(part)
+        assert "\n" not in str(refused.value)
