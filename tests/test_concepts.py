@@ -243,6 +243,7 @@ def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsy
         image_text_similarities,
         labeller_a,
         probe_activations,
+        random_prior,
         softwpmi,
         stored_activations,
     )
@@ -301,7 +302,8 @@ def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsy
     rows = pq.read_table(tmp_path / "w" / hook / "concepts-dissect.parquet").to_pylist()
     vocab = load_vocabulary("world")
     sims = image_text_similarities(model, source, kept, text_embeddings(model, vocab))
-    scores = softwpmi(acts, sims, a=labeller_a(model))
+    # the stored neurons are a part of the layer: the prior is the random-set one, not that of the two asked for
+    scores = softwpmi(acts, sims, a=labeller_a(model), prior=random_prior(sims, a=labeller_a(model)))
     expected = scores.topk(3, dim=1).indices
     assert [r["word"] for r in rows] == [vocab.concepts[int(i)] for i in expected.flatten()]
     capsys.readouterr()

@@ -334,8 +334,10 @@ class HookedVisionModel(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != tuple(self.image_size):
             (h, w), (th, tw) = x.shape[-2:], self.image_size
-            # resizing moves some edge by more than one of the model's pixels from where keeping the aspect would
-            if max(abs(tw - w * th / h), abs(th - h * tw / w)) > 1:
+            # a stretch: resizing moves an edge by more than one of the model's pixels from where keeping the aspect
+            # would, and the images are not the model's aspect rounded to whole pixels (a small render, 9x14 at 32x48)
+            rounded = round(w * th / tw) == h or round(h * tw / th) == w
+            if max(abs(tw - w * th / h), abs(th - h * tw / w)) > 1 and not rounded:
                 raise ClipvizError(
                     f"images are {h}x{w} (height x width) but the model runs at {th}x{tw}: resizing them would "
                     "stretch them; crop them to its aspect ratio first, or load photos with model.preprocess_pil"

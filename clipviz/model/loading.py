@@ -155,8 +155,6 @@ def load(
             f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype!r}"
         )
     local = Path(ref.removeprefix("local-dir:"))
-    if revision and local.is_dir():
-        raise ClipvizError(f"--revision is for models on the Hub; '{spec}' is a local folder, read as it is")
     if local.is_dir():  # a truncated or corrupt weight file is named, not reported as an unknown model
         from clipviz.model.backends.hub import first_unreadable_weights
 
@@ -168,6 +166,8 @@ def load(
         raise ClipvizError(
             f"--revision is for transformers models on the Hub (hf:<id>); '{spec}' loads with {backend_kind}"
         )
+    if revision and local.is_dir():
+        raise ClipvizError(f"--revision is for models on the Hub; '{spec}' is a local folder, read as it is")
     backend: Backend
     if backend_kind == "hf":
         from clipviz.model.backends.hf import load_hf
