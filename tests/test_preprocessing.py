@@ -524,3 +524,20 @@ def test_a_folder_lists_every_image_format_pil_reads_and_counts_a_broken_link_as
     source = open_source(str(tmp_path))
     assert source.describe == ["a.png", "b.ppm", "c.jfif", "d.png"]
     assert [image is not None for _, image, _ in source] == [True, True, True, False]
+
+
+def test_a_saved_datasets_missing_caption_column_or_split_is_refused_not_ignored(tmp_path):
+    import datasets
+
+    from clipviz.errors import ClipvizError
+
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"image": [_photo()], "caption": ["a photo"]}, features=features).save_to_disk(saved)
+    assert [c for _, _, c in open_source(str(saved))] == ["a photo"]
+    for options, message in (
+        ({"caption_column": "nope"}, "no caption column 'nope'"),
+        ({"split": "validation"}, "saved without splits"),
+    ):
+        with pytest.raises(ClipvizError, match=message):
+            open_source(str(saved), **options)

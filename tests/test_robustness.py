@@ -220,6 +220,10 @@ BAD = [
     ([*V[:2], "--text", "a star", "--reduce", "cls", "--out", "{out}"], "--reduce is for --neurons"),
     ([*V[:2], "--text", "a star", "--guide", "world:200", "--out", "{out}"], "prompts and classes render unguided"),
     ([*C, "--method", "direct", "--steps", "4", "--out", "{out}"], "--steps is for --method visual"),
+    (["analyze", "world-clip", "--study", "cls", "--neurons", "3", "--out", "{out}"], "--neurons is for --study"),
+    (["analyze", "world-clip", "--study", "cls", "--steps", "3", "--out", "{out}"], "--steps is for --study"),
+    (["analyze", "world-clip", "--study", "cls", "--split", "test", "--out", "{out}"], "is a world: probe set"),
+    ([*E, "--caption-column", "nope", "--out", "{out}"], "--caption-column is for Hugging Face datasets"),
     ([*C, "--templates", "a {{}} of {{x}}", "--out", "{out}"], "bad template 'a {} of {x}'"),  # _expand's braces
     ([*C, "--templates", "{{}} {{0}}", "--out", "{out}"], "bad template '{} {0}'"),
     ([*V, "--neurons", "0", "--device", "bogus", "--out", "{out}"], "unknown device 'bogus'"),

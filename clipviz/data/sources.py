@@ -189,6 +189,8 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
             if split not in ds:
                 raise ClipvizError(f"dataset '{spec}' has no split '{split}'; splits: {', '.join(ds)}")
             ds = ds[split]
+        elif split != "train":
+            raise ClipvizError(f"dataset '{spec}' was saved without splits: leave --split {split} out")
         streaming = False
     else:
         if local.exists() and not local.is_dir():
@@ -207,6 +209,8 @@ def _hf_source(spec: str, split: str, image_column: str | None, caption_column: 
             f"dataset '{spec}' has no image column{f' named {image_column!r}' if image_column else ''}"
             f"; columns: {', '.join(features)}"
         )
+    if caption_column is not None and caption_column not in features:
+        raise ClipvizError(f"dataset '{spec}' has no caption column {caption_column!r}; columns: {', '.join(features)}")
     if caption_column is None:
         caption_column = next((k for k in ("caption", "text", "label") if k in features), None)
     if streaming:

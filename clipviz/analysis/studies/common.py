@@ -143,10 +143,18 @@ def load_probe(
     check_spec(spec)
     scheme, _, argument = spec.partition(":")
     plugged = registry().probes.get(scheme)
+    path = Path(spec).expanduser()
+    folder = path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file()
+    if plugged is not None or folder:  # options of Hugging Face datasets are refused here, not ignored
+        columns = {"--image-column": image_column, "--label-column": label_column, "--caption-column": caption_column,
+                   "--mask-column": mask_column, "--split": None if split == "train" else split}  # fmt: skip
+        asked = [flag for flag, value in columns.items() if value is not None]
+        if asked:
+            kind = "a folder of images" if plugged is None else f"a {scheme}: probe set"
+            raise ClipvizError(f"{', '.join(asked)} is for Hugging Face datasets; '{spec}' is {kind}: leave it out")
     if plugged is not None:  # a plug-in's probe set with labels and masks, e.g. world or world:N
         return plugged(argument, n=n, size=size, seed=seed)
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file():
+    if folder:
         return _folder_probe(spec, size, n, templates, preprocess)
     columns = (image_column, label_column, caption_column, mask_column)
     return _hf_probe(spec, size, n, split, columns, templates, preprocess)
@@ -193,6 +201,8 @@ def _hf_probe(spec, size, n, split, columns, templates, preprocess) -> Probe:
             if split not in ds:
                 raise ClipvizError(f"dataset '{spec}' has no split '{split}'; splits: {', '.join(ds)}")
             ds = ds[split]
+        elif split != "train":
+            raise ClipvizError(f"dataset '{spec}' was saved without splits: leave --split {split} out")
     else:
         from clipviz.model.backends.hub import fetching
 

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--samples", type=int_type("--samples", 1, MAX_PROBE), default=512, help="probe images to use (default 512)"
     )
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", help="split of a Hugging Face dataset (default: train)")
     p.add_argument("--image-column")
     p.add_argument("--label-column", help="class column (default: 'label' if present)")
     p.add_argument("--caption-column", help="caption column (default: 'caption' or 'text' if present)")
@@ -47,8 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--steps",
         type=int_type("--steps", 0, MAX_STEPS),
-        default=64,
-        help="spatial: optimisation steps of the patch-position objective test (0 skips it)",
+        help="spatial: optimisation steps of the patch-position objective test (default 64; 0 skips it)",
     )
     p.add_argument(
         "--neurons",
@@ -69,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     require_matplotlib()  # before any work: the one-line hint if matplotlib is missing
     if args.template.count("{}") != 1:
         raise clipviz.ClipvizError(f"bad --template {args.template!r}: it needs exactly one {{}}")
+    names = STUDY_NAMES if args.study == "all" else (args.study,)
+    for option, study in (("steps", "spatial"), ("neurons", "semantic"), ("mask_column", "background")):
+        if getattr(args, option) is not None and study not in names:
+            flag = "--" + option.replace("_", "-")
+            raise clipviz.ClipvizError(f"{flag} is for --study {study} (or all); --study {args.study} reads none")
+    args.steps = 64 if args.steps is None else args.steps
     check_output_dir(args.out)  # before the model and the studies, not after them
     model = load_model(args)
     probe = load_probe(
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         model.image_size,
         args.samples,
         seed=args.seed,
-        split=args.split,
+        split=args.split or "train",
         image_column=args.image_column,
         label_column=args.label_column,
         caption_column=args.caption_column,
@@ -84,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         templates=(args.template,),
         preprocess=model.preprocess_pil,  # the model's own resize and crop, as in example mining
     )
-    names = STUDY_NAMES if args.study == "all" else (args.study,)
+    if len(probe) < args.samples:
+        print(f"analyze: {len(probe)} probe images ('{args.dataset}' has no more than that; {args.samples} asked)")
     progress = not args.no_progress
     for name in names:
         options = {"progress_bar": progress, "batch": args.batch_size}
