@@ -138,6 +138,9 @@ def check_request(
     for t in texts:
         if not isinstance(t, str) or not t.strip():
             raise ClipvizError(f"a text prompt must be a non-blank phrase such as 'a red star', got {t!r}")
+    twice = next((t for i, t in enumerate(texts) if t in texts[:i]), None)
+    if twice is not None:
+        raise ClipvizError(f"the prompt {twice!r} is given twice: each is rendered once")
     if texts and not model.is_clip:
         raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
     if texts:
@@ -145,6 +148,9 @@ def check_request(
         with torch.no_grad():
             model.check_pooled_output()
     classes = [int(c) for c in classes or ()]
+    twice = next((c for i, c in enumerate(classes) if c in classes[:i]), None)
+    if twice is not None:
+        raise ClipvizError(f"class {twice} is listed twice: each is rendered once")
     if classes:
         kind = model.backend.output_kind
         if kind != "logits":

@@ -156,7 +156,7 @@ def check_publishing(args: argparse.Namespace) -> None:
         check_repo(args.space, "Space")
         from huggingface_hub import get_token
 
-        if not get_token():
+        if not get_token() and not args.dry_run:  # a dry run publishes nothing: its plan needs no token
             raise ClipvizError(
                 "--space needs a Hugging Face token: log in with `hf auth login` or set HF_TOKEN (checked "
                 "before the sweep, so that its work is not lost)"
