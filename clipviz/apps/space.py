@@ -377,7 +377,11 @@ def build_app(models: tuple[str, ...] = ("world-clip",), atlas: str | Path | Non
                 hooks = backend.atlas_hooks()
                 with gr.Row():
                     ahook_in = gr.Dropdown(hooks, value=hooks[0] if hooks else None, label="hook")
-                    aneuron_in = gr.Number(0, precision=0, label="neuron")
+                    first = backend.atlas["hooks"][hooks[0]]["neurons"] if hooks else []
+                    shown = ", ".join(str(e["neuron"]) for e in first[:8]) + (" ..." if len(first) > 8 else "")
+                    aneuron_in = gr.Number(  # a neuron the atlas holds, not 0 whatever it holds
+                        first[0]["neuron"] if first else 0, precision=0, label=f"neuron (in the atlas: {shown})"
+                    )
                 ago = gr.Button("Show", variant="primary")
                 avis_out = gr.Gallery(label="visualizations", columns=4)
                 awords_out = gr.Markdown()
