@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import threading
     from importlib.util import find_spec
     from pathlib import Path
 
@@ -39,5 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     app = build_app(models=models, atlas=args.site)
     print(f"serving on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    app.launch(server_name=args.host, server_port=args.port)
+    app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
+    try:  # Gradio's own wait swallows Ctrl-C and returns; here it ends as every command's does (one line, 130)
+        threading.Event().wait()
+    finally:
+        app.close()
     return 0
