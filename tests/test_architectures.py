@@ -494,7 +494,10 @@ images, and blocks it cannot place among them). Regenerate with `CLIPVIZ_UPDATE_
 tests/test_architectures.py`.
 
 Data (example mining, probe sets, zero-shot checks) goes through each backend's own resize and centre crop
-(`model.preprocess_pil`); visualization inputs are rendered at the model's input size and only normalised.
+(`model.preprocess_pil`), at the size its processor produces and with its rescale and statistics; where that resize
+would stretch a photo (a plain resize, open_clip's or timm's squash) the photo is centre-cropped to the model's
+aspect ratio first, and the notes say so. Visualization inputs are rendered at the model's input size and only
+normalised.
 
 | family | backend | status | what is left out or refused, and why |
 |---|---|---|---|

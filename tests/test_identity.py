@@ -218,3 +218,19 @@ def test_a_config_or_processor_edited_behind_the_same_weights_is_rendered_anew(t
     fresh = visualize(model, HOOK, [0], recipe="default", steps=3, copies=1, progress=False)[0]
     assert again.meta["objective_end"] == pytest.approx(fresh.meta["objective_end"])
     assert again.meta["objective_end"] != pytest.approx(first.meta["objective_end"])
+
+
+def test_examples_of_a_folder_named_relatively_guide_from_any_working_folder(tmp_path, monkeypatch):
+    """Found from outside (2026-12-02): the folder was stored as typed ('photos'), so the examples could not be
+    used as a guide from another working folder (and 'photos' was then looked up on the Hub)."""
+    from clipviz.apps.cli import main
+
+    (tmp_path / "work").mkdir()
+    _photos(tmp_path / "work" / "photos", seed=0, n=40)
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["examples", "world-clip", "--hook", HOOK, "--neurons", "0:2", "--dataset", "photos", "--top-k", "4"]
+    assert main([*args, "--workers", "0", "--out", "ex"]) == 0
+    monkeypatch.chdir(tmp_path)
+    vis = ["visualize", "world-clip", "--hook", HOOK, "--neurons", "0", "--steps", "2", "--guide", "work/ex"]
+    assert main([*vis, "--out", "vis"]) == 0
+    assert any((tmp_path / "vis").rglob("*.data-guided.png"))

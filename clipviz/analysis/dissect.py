@@ -200,6 +200,7 @@ class StoredActivations:
     source: str  # the probe set's name (a source spec)
     neurons: list[int]  # neuron of each column
     options: dict = field(default_factory=dict)  # open_source's options that reopen it (a dataset's split, columns)
+    location: str = ""  # where it reopens from (a folder's absolute path; the name otherwise)
 
 
 def stored_activations(folder, hook: str, neurons=None, *, model=None) -> StoredActivations:
@@ -234,6 +235,7 @@ def stored_activations(folder, hook: str, neurons=None, *, model=None) -> Stored
                 "mine them again with this model"
             )
     name, options = stored.settings.get("source", ""), stored.settings.get("source_options") or {}
+    name = stored.settings.get("source_location") or name  # a folder's absolute path: any working folder
     if stored.settings.get("source_identity") not in (None, open_source(name, **options).identity):
         raise ClipvizError(
             f"the images of '{name}' are not those the activations in '{folder}' were mined from: mine them again"
@@ -261,6 +263,7 @@ def stored_activations(folder, hook: str, neurons=None, *, model=None) -> Stored
         stored.settings.get("source", ""),
         neurons,
         options,
+        name,
     )
 
 

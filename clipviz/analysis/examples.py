@@ -303,6 +303,7 @@ def mine_examples(
         settings={
             **(identity or model.identity()),
             "source": source.name,
+            "source_location": source.location,  # reopened from there, whatever the working folder
             "source_identity": source.identity,
             "source_options": source.options,
             "top_k": top_k,

@@ -45,9 +45,12 @@ class Source:
     # The keyword arguments of ``open_source`` that reopen it as it is (a dataset's split and columns; none for a
     # folder or world:), so that a result's source can be opened again exactly
     options: dict = field(default_factory=dict)
+    # Where to open it again from any working folder (a folder's absolute path; the name as given otherwise)
+    location: str = ""
 
     def __post_init__(self) -> None:
         self.identity = self.identity or self.name
+        self.location = self.location or self.name
 
     def __iter__(self) -> Iterator[tuple[int, Image.Image | None, str | None]]:
         return self.items(0, None)
@@ -171,8 +174,9 @@ def open_source(
             for i in range(lo, len(files) if hi is None else min(hi, len(files))):
                 yield i, _read(files[i]), None
 
+        described = [str(p.relative_to(path)) for p in files]
         return Source(
-            spec, len(files), folder_items, [str(p.relative_to(path)) for p in files], _files_digest(path, files)
+            spec, len(files), folder_items, described, _files_digest(path, files), location=str(path.resolve())
         )
     return _hf_source(spec, split, image_column, caption_column, streaming)
 

@@ -289,7 +289,7 @@ def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[
     if missing:
         raise ClipvizError(f"the examples in '{folder}' do not include neuron {missing[0]} of '{hook}'")
     name, identity, ranks = _ranks(tensors, meta, neurons, k)
-    source = open_source(name, **(settings.get("source_options") or {}))
+    source = open_source(settings.get("source_location") or name, **(settings.get("source_options") or {}))
     if source.identity != identity:
         raise ClipvizError(
             f"the images of '{name}' are not those the examples in '{folder}' were mined from (its files changed, "

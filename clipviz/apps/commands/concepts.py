@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         from clipviz.analysis.dissect import image_text_similarities, labeller_a, layer_softwpmi, probe_activations
         from clipviz.data.sources import open_source
 
-        source = open_source(stored.source, **stored.options) if stored is not None else probe
+        source = open_source(stored.location, **stored.options) if stored is not None else probe
         text = text_embeddings(labeller, vocab, progress=True)
         width = model.hook_width(args.hook)
         if stored is not None:
