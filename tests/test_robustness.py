@@ -222,6 +222,7 @@ BAD = [
     ([*V, "--neurons", "0", "--guide", "world:2", "--out", "{out}"], ("has 2 images", "16 top examples")),
     ([*V[:2], "--text", "a star", "--guide", "world:200", "--out", "{out}"], "prompts and classes render unguided"),
     ([*C, "--method", "direct", "--steps", "4", "--out", "{out}"], "--steps is for --method visual"),
+    ([*C, "--method", "visual", "--recipe", "nonsense", "--out", "{out}"], "unknown recipe 'nonsense'"),
     (["analyze", "world-clip", "--study", "cls", "--neurons", "3", "--out", "{out}"], "--neurons is for --study"),
     (["analyze", "world-clip", "--study", "cls", "--steps", "3", "--out", "{out}"], "--steps is for --study"),
     (["analyze", "world-clip", "--study", "cls", "--split", "test", "--out", "{out}"], "is a world: probe set"),

@@ -516,7 +516,11 @@ def describe(model: HookedVisionModel, plan: SweepPlan) -> list[str]:
                 {"direct": f"direct lens over '{plan.vocab}'", "dissect": f"CLIP-Dissect on {plan.probe}"}[m]
                 for m in plan.methods
             )
-            or "none (the model has no text tower)"
+            or (
+                "none (the direct lens reads mlp.hook_post neurons only; --probe DATASET adds CLIP-Dissect)"
+                if model.is_clip
+                else "none (the model has no text tower)"
+            )
         )
         + (
             f"; no direct lens for {', '.join(plan.no_direct)} (its neurons have no fixed write direction)"

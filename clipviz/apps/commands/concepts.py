@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         verb = "is" if len(unused) == 1 else "are"
         raise ClipvizError(f"{', '.join(unused)} {verb} for --method visual; --method {args.method} renders no images")
     args.steps, args.samples = args.steps or 128, args.samples or 2
+    if args.recipe is not None:  # an unknown recipe is refused before the model loads
+        from clipviz.visualization.recipes import get_recipe
+
+        get_recipe(args.recipe)
     spans = parse_spans(args.neurons, "neuron") if args.neurons is not None else None
     check_output_dir(args.out)
     vocab = load_vocabulary(args.vocab, parse_templates(args.templates))
@@ -101,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
                 f"({stored.source}); leave --probe out to use theirs"
             )
     labeller = model if not args.labeller else load_model(argparse.Namespace(**{**vars(args), "model": args.labeller}))
+    if args.method != "direct" and not labeller.is_clip:  # before any image is rendered or read
+        raise ClipvizError(
+            f"the labeller '{labeller.spec}' has no text tower: --method {args.method} reads images with a CLIP-like "
+            "model's words (--labeller)"
+        )
     if stored is not None:
         neurons = list(dict.fromkeys(wanted)) if wanted else stored.neurons
     elif spans:
