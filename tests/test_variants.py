@@ -154,3 +154,18 @@ def test_open_clip_parts_and_compiled_models_are_refused_in_one_line():
         with pytest.raises(ClipvizError, match=match) as refused:
             clipviz.wrap(part)
         assert "\n" not in str(refused.value)
+
+
+def test_deit_distilled_with_registers_it_ignores_is_read_with_its_two_prefix_tokens():
+    """timm's distilled DeiT holds reg_tokens but prepends only CLS and the distillation token."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(0)
+    native = noisy(VisionTransformerDistilled(**TINY, reg_tokens=2))
+    model = clipviz.wrap(native)
+    assert model.prefix_tokens == ("cls", "distillation") and model.layout(1).grid == (4, 4)
+    x = torch.rand(2, 3, 32, 32)
+    _, cache = model.run_with_cache(x, ["blocks.1.hook_resid_post"])
+    with torch.no_grad():
+        tokens = native.forward_features(model.prepare(x))
+    torch.testing.assert_close(native.norm(cache["blocks.1.hook_resid_post"]), tokens)

@@ -40,8 +40,9 @@ def timm_prefix_tokens(model: nn.Module) -> tuple[str, ...]:
     if reg is not None:
         kinds += ["register"] * int(reg.shape[1])
     expected = getattr(model, "num_prefix_tokens", len(kinds))
-    if expected != len(kinds):
-        kinds += ["prefix"] * (expected - len(kinds))
+    if expected < len(kinds):  # parameters the model holds but does not prepend (DeiT distilled ignores reg_tokens)
+        kinds = kinds[:expected]
+    kinds += ["prefix"] * (expected - len(kinds))
     return tuple(kinds)
 
 
