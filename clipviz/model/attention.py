@@ -123,6 +123,10 @@ def suspected_reason(parts: BlockParts) -> str:
         params = set(inspect.signature(attn.forward).parameters) | set(inspect.signature(block.forward).parameters)
     except (TypeError, ValueError):
         params = set()
+    heads = getattr(attn, "num_heads", None)
+    kv = next((getattr(attn, a) for a in ("num_kv_heads", "num_key_value_heads", "kv_heads") if hasattr(attn, a)), None)
+    if isinstance(heads, int) and isinstance(kv, int) and kv != heads:
+        return f"grouped-query attention ({kv} key/value heads for {heads} query heads)"
     if any("rope" in n or "rotary" in n or "freqs" in n for n in names | params) or "position_embeddings" in params:
         return "rotary position embedding (RoPE)"
     if any("relative_position" in n or "rel_pos" in n or "attention_biases" in n or n == "rel_pos" for n in names):
