@@ -231,3 +231,33 @@ def test_publish_errors(atlas, tmp_path, monkeypatch, capsys):
     with pytest.raises(ClipvizError, match="not a folder"):
         publish(tmp_path / "missing", space="a/b", dry_run=True)
     assert json.loads((atlas[0] / "atlas.json").read_text())["model"] == "world-clip"
+
+
+def test_the_authors_local_paths_are_not_published(tmp_path, capsys):
+    """Found from outside (2026-12-02): a local model's folder and the image folder of its examples were published
+    as absolute paths (the layout of the author's disk) in the Space's card, atlas and pages."""
+    import numpy as np
+    from families import _timm
+    from PIL import Image
+
+    secret = tmp_path / "alice-private"
+    spec = _timm("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)(secret / "m")
+    (secret / "photos").mkdir()
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            secret / "photos" / f"{i}.png"
+        )
+    hook, common = "blocks.1.mlp.hook_post", ["--neurons", "0:2"]
+    vis = ["visualize", spec, "--hook", hook, *common, "--steps", "2", "--recipe", "default"]
+    assert main([*vis, "--out", str(tmp_path / "res" / "vis")]) == 0
+    ex = ["examples", spec, "--hook", hook, *common, "--dataset", str(secret / "photos"), "--top-k", "2"]
+    assert main([*ex, "--workers", "0", "--out", str(tmp_path / "res" / "ex")]) == 0
+    assert main(["atlas", str(tmp_path / "res"), "--out", str(tmp_path / "site")]) == 0
+    stage = tmp_path / "stage"
+    assert main(["publish", str(tmp_path / "site"), "--space", "u/x", "--dataset", "u/y", "--dry-run",
+                 "--stage", str(stage)]) == 0  # fmt: skip
+    assert "local paths are published as <local>/m, <local>/photos" in capsys.readouterr().out
+    leaks = [
+        f for f in stage.rglob("*") if f.is_file() and "alice-private" in f.read_bytes().decode("utf-8", "replace")
+    ]
+    assert not leaks, leaks

@@ -389,6 +389,57 @@ def check_repo(repo: str, what: str) -> None:
         raise ClipvizError(f"bad {what} id '{repo}': use USER/NAME (letters, digits, '-', '_', '.')")
 
 
+_SCHEMES = ("hf:", "open_clip:", "timm:", "local-dir:")
+_TEXT_FILES = {".html", ".json", ".md", ".js", ".csv", ".txt", ".yaml", ".yml"}
+_ABSOLUTE = re.compile(r"(?<![\w.<>/-])/[^\s\"'&<>`]+")  # a POSIX absolute path, up to a quote or a space
+
+
+def local_paths(site: Path) -> dict[str, str]:
+    """The absolute paths of this machine that an atlas names (a local model's folder, a folder of images) ->
+    what is published instead, ``<local>/<folder name>``: a Space or dataset card shows no one the layout of
+    the author's disk."""
+    found: dict[str, str] = {}
+
+    def visit(value) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+        elif isinstance(value, str) and value:
+            text = next((value[len(s) :] for s in _SCHEMES if value.startswith(s)), value)
+            path = Path(text).expanduser()
+            if path.is_absolute() and len(path.parts) > 1 and path.exists():
+                found[text] = f"<local>/{path.name}"
+
+    visit(read_atlas(site))
+    for file in Path(site).rglob("*"):  # and any other that the pages quote (an examples run's image folder)
+        if file.is_file() and file.suffix.lower() in _TEXT_FILES:
+            visit(_ABSOLUTE.findall(file.read_text(encoding="utf-8", errors="replace")))
+    return dict(sorted(found.items(), key=lambda item: -len(item[0])))  # the longest first: nested paths
+
+
+def redact_paths(folder: Path, paths: dict[str, str]) -> None:
+    """Replace each of ``paths`` in every text file under ``folder``."""
+    if not paths:
+        return
+    for file in folder.rglob("*"):
+        if file.is_file() and file.suffix.lower() in _TEXT_FILES:
+            text = file.read_text(encoding="utf-8", errors="surrogateescape")
+            new = text
+            for path, shown in paths.items():
+                new = new.replace(path, shown)
+            if new != text:
+                file.write_text(new, encoding="utf-8", errors="surrogateescape")
+
+
+def redacted(text: str | None, paths: dict[str, str]) -> str | None:
+    for path, shown in paths.items():
+        text = text.replace(path, shown) if text else text
+    return text
+
+
 def stage_space(site: Path, folder: Path, title: str, model: str | None = None) -> Path:
     """Write the Space exactly as it is uploaded into ``folder``: ``app.py``, ``README.md`` (the card),
     ``requirements.txt`` (the shipped wheel + pinned packages), ``wheels/clipviz-<version>-py3-none-any.whl`` and the
@@ -400,6 +451,7 @@ def stage_space(site: Path, folder: Path, title: str, model: str | None = None) 
         (folder / name).write_text(text, encoding="utf-8")
     (folder / "requirements.txt").write_text(space_requirements(wheel.name), encoding="utf-8")
     (folder / "README.md").write_text(space_card(title, model=model), encoding="utf-8")
+    redact_paths(folder, local_paths(site))
     return folder
 
 
@@ -466,7 +518,7 @@ def publish(
             ds, _ = results_dataset(site)
             methods = [c.removeprefix("words_") for c in ds.column_names if c.startswith("words_")]
             card = dataset_card(dataset.split("/", 1)[1], model, len(ds), methods, "truth_concept" in ds.column_names)
-            write_results_dataset(folder, ds, card)
+            write_results_dataset(folder, ds, redacted(card, local_paths(site)))
             uploaded[f"datasets/{dataset}"] = _listing(folder)
             if api is not None:
                 api.create_repo(dataset, repo_type="dataset", private=private, exist_ok=True)
@@ -485,6 +537,9 @@ def publish(
             if repo.startswith("spaces/") and dry_run:
                 requirements = (where("space") / "requirements.txt").read_text(encoding="utf-8")
                 echo("requirements.txt: " + ", ".join(requirements.split()))
+        hidden = local_paths(site)
+        if hidden:
+            echo(f"local paths are published as {', '.join(sorted(set(hidden.values())))}")
         if stage is not None:
             echo(f"staged in {Path(stage).resolve()}")
     return uploaded
