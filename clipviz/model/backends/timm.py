@@ -70,7 +70,8 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
     model.eval()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     patch_embed = getattr(model, "patch_embed", None)
-    image_size = _pair(getattr(patch_embed, "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:])
+    declared = getattr(patch_embed, "img_size", None) or getattr(model, "img_size", None)  # CrossViT: the model's
+    image_size = _pair(declared or cfg.get("input_size", (3, 224, 224))[1:])
     transform, stretch = timm_transform(model, image_size)
     from timm.data import resolve_data_config
 
