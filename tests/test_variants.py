@@ -169,3 +169,18 @@ def test_deit_distilled_with_registers_it_ignores_is_read_with_its_two_prefix_to
     with torch.no_grad():
         tokens = native.forward_features(model.prepare(x))
     torch.testing.assert_close(native.norm(cache["blocks.1.hook_resid_post"]), tokens)
+
+
+def test_a_patch_size_that_does_not_divide_the_image_is_read_on_the_padded_grid():
+    """timm's dynamic_img_pad pads a 32-px image to 35 for 7-px patches: a 5x5 row-major grid, which the token
+    order check now places by whole patches (it was refused as tokens out of order)."""
+    torch.manual_seed(0)
+    native = noisy(timm.models.vision_transformer.VisionTransformer(
+        **{**TINY, "patch_size": 7}, dynamic_img_pad=True, dynamic_img_size=True))  # fmt: skip
+    model = clipviz.wrap(native)
+    assert model.layout(1).grid == (5, 5)
+    x = torch.rand(2, 3, 32, 32)
+    _, cache = model.run_with_cache(x, ["blocks.1.hook_resid_post"])
+    with torch.no_grad():
+        tokens = native.forward_features(model.prepare(x))
+    torch.testing.assert_close(native.norm(cache["blocks.1.hook_resid_post"]), tokens)

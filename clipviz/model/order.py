@@ -53,12 +53,15 @@ def check_token_order(model) -> None:
         return
     probes = _probes((gh, gw))
     images = torch.full((1 + len(probes), 3, h, w), 0.5)
-    ph, pw = h // gh, w // gw
+    patch = tuple(model.backend.patch_size or (0, 0))
+    padded = all(patch) and (gh, gw) == (-(-h // patch[0]), -(-w // patch[1]))  # whole patches, the last padded
+    ph, pw = patch if padded else (h // gh, w // gw)
     dy, dx = (1 if ph >= 3 else 0), (1 if pw >= 3 else 0)
     sy, sx = (2 if ph >= 4 else 1), (2 if pw >= 4 else 1)
     generator = torch.Generator().manual_seed(0)
     for k, (r, c) in enumerate(probes, start=1):
-        y0, x0 = r * h // gh + dy, c * w // gw + dx
+        y0, x0 = (r * ph, c * pw) if padded else (r * h // gh, c * w // gw)
+        y0, x0 = min(y0 + dy, h - sy), min(x0 + dx, w - sx)  # inside the image, in a padded last patch too
         # random colours, not white: a stem may be blind to a change of brightness alone (a colour detector)
         images[k, :, y0 : y0 + sy, x0 : x0 + sx] = torch.rand(3, sy, sx, generator=generator)
     checking = f"the token-order check's {len(images)} images"
