@@ -184,3 +184,10 @@ def test_a_patch_size_that_does_not_divide_the_image_is_read_on_the_padded_grid(
     with torch.no_grad():
         tokens = native.forward_features(model.prepare(x))
     torch.testing.assert_close(native.norm(cache["blocks.1.hook_resid_post"]), tokens)
+
+
+def test_a_timm_features_only_wrapper_is_refused_by_name():
+    wrapper = timm.create_model("vit_tiny_patch16_224", pretrained=False, features_only=True, img_size=32, patch_size=8)
+    with pytest.raises(ClipvizError, match="features_only wrapper") as refused:
+        clipviz.wrap(wrapper)
+    assert "\n" not in str(refused.value)

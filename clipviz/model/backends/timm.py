@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, UnsupportedModelError
 from clipviz.model.backends.base import Backend, settings_text
 from clipviz.model.backends.base import pair as _pair
 from clipviz.model.backends.hub import fetching
@@ -67,6 +67,11 @@ def load_timm(
 
 def timm_backend(model: nn.Module, spec: str) -> Backend:
     """The backend of a timm model already in memory."""
+    if type(model).__name__ in ("FeatureListNet", "FeatureDictNet", "FeatureHookNet", "FeatureGetterNet"):
+        raise UnsupportedModelError(
+            f"unsupported timm model {type(model).__name__}: a features_only wrapper returns feature maps of its "
+            "stages; load the model itself (timm.create_model without features_only=True)"
+        )
     model.eval()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     patch_embed = getattr(model, "patch_embed", None)
