@@ -260,3 +260,18 @@ def test_bad_hook_names(models, hook, message):
         model.run_with_cache(IMAGES, [hook])
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+def test_the_native_path_of_a_clipviz_hook_is_that_hook(tmp_path):
+    """One activation, one name: results asked by the MLP activation's module path land where mlp.hook_post's do
+    (and the direct lens, which reads mlp.hook_post, accepts it)."""
+    import clipviz
+    from clipviz.visualization.visualize import visualize
+
+    model = clipviz.load("world-clip")
+    assert model.hook_point("visual.transformer.resblocks.1.mlp.gelu").name == "blocks.1.mlp.hook_post"
+    assert model.hook_point("visual.transformer.resblocks.1").name == "blocks.1.hook_resid_post"
+    assert model.hook_point("visual.transformer.resblocks.1.ln_1").name == "visual.transformer.resblocks.1.ln_1"
+    out = tmp_path / "vis"
+    visualize(model, "visual.transformer.resblocks.1.mlp.gelu", [0], recipe="default", steps=1, out=out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["blocks.1.mlp.hook_post"]

@@ -182,8 +182,24 @@ class HookRegistry:
                 f"unknown hook '{asked}': use blocks.<i>.<point> with <point> one of {', '.join(BLOCK_POINTS)}, "
                 "or a native module path (run `clipviz info MODEL` to list them)"
             )
+        same = self._same_as_block_point(name, module)
+        if same is not None:  # one activation, one name: the native path of a clipviz hook is that hook
+            return same
         read, write = _transpose_if(self.seq_first and _is_in_blocks(name, self.blocks))
         return HookPoint(name=name, module=module, native=name, on_input=False, read=read, write=write)
+
+    def _same_as_block_point(self, name: str, module: nn.Module) -> HookPoint | None:
+        """The block hook whose activation is ``module``'s output (``mlp.hook_post`` for the MLP's activation
+        module), if one is."""
+        for parts in self.blocks:
+            if name != parts.path and not name.startswith(parts.path + "."):
+                continue
+            for point in BLOCK_POINTS:
+                if self._available(parts, point):
+                    candidate = self._block_point(parts, point, f"blocks.{parts.index}.{point}")
+                    if candidate.module is module and not candidate.on_input:
+                        return candidate
+        return None
 
     def _block_point(self, parts: BlockParts, point: str, name: str) -> HookPoint:
         why = self.unavailable_reason(parts, point)
