@@ -425,3 +425,22 @@ def test_wheel_build_refuses_with_one_line_when_it_cannot(monkeypatch, tmp_path)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_another_vocabulary_renames_the_neurons_without_rendering_or_mining_again(tmp_path):
+    """Found from outside (2026-12-02): a new --vocab re-mined the examples and re-rendered every visualization;
+    only the words depend on it."""
+    small = ["world-clip", "--blocks", "3", "--neurons", "0:2", "--dataset", "world:60", "--steps", "2"]
+    small += ["--workers", "0", "--top-k", "4", "--out", str(tmp_path / "R")]
+    assert main(["sweep", *small]) == 0
+    state = tmp_path / "R" / "sweep.json"
+    before = json.loads(state.read_text())["done"]
+    made = [*(tmp_path / "R" / "visualizations").rglob("*"), *(tmp_path / "R" / "examples").rglob("*")]
+    files = {p: p.stat().st_mtime_ns for p in made if p.is_file()}
+    assert any(p.suffix == ".png" for p in files)
+    assert main(["sweep", *small, "--vocab", "cifar10"]) == 0
+    after = json.loads(state.read_text())["done"]
+    kept = [u for u in before if not u.startswith(("concepts", "atlas"))]  # the words and the atlas change
+    assert kept and {u: after[u] for u in kept} == {u: before[u] for u in kept}
+    assert any(after[u] != before[u] for u in after if u.startswith("concepts"))
+    assert all(p.stat().st_mtime_ns == t for p, t in files.items())  # no image written again

@@ -386,7 +386,13 @@ def _expected_guides(plan: SweepPlan, hook: str, folder: Path) -> dict[int, dict
 def _unit_key(plan: SweepPlan, unit: str) -> str:
     """The settings id a finished unit of work is recorded with: a rerun with other settings redoes it."""
     stage, _, hook = unit.partition("/")
-    common = {"model": plan.model, "dataset": plan.dataset, "images": plan.images, "identity": plan.identity}
+    # the vocabulary (and the probe set, but where it is the dataset) decide the words only
+    identity = dict(plan.identity)
+    if not stage.startswith("concepts"):
+        identity.pop("vocab", None)
+        if plan.probe != plan.dataset:
+            identity.pop("probe", None)
+    common = {"model": plan.model, "dataset": plan.dataset, "images": plan.images, "identity": identity}
     if stage == "examples":
         extra = {
             "neurons": plan.neurons[hook],
@@ -396,8 +402,8 @@ def _unit_key(plan: SweepPlan, unit: str) -> str:
         }
     elif stage.startswith("concepts"):
         extra = {"neurons": plan.neurons[hook], "vocab": plan.vocab, "words": plan.words, "probe": plan.probe}
-    else:
-        extra = plan.settings()
+    else:  # the visualizations: everything but the words' settings
+        extra = {k: v for k, v in plan.settings().items() if k not in ("vocab", "words", "probe", "direct")}
     return settings_id({"unit": unit, **common, **extra})
 
 
