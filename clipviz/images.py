@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -57,7 +59,7 @@ def decoded(img: Image.Image) -> Image.Image:
     return img.convert("RGBA") if has_alpha(img) else img.convert("RGB")
 
 
-def open_image(path) -> Image.Image:
+def open_image(path: str | os.PathLike | BinaryIO) -> Image.Image:
     """The image file at ``path`` as clipviz keeps it (``decoded``), upright: its EXIF orientation applied, as
     image viewers, ``datasets`` and ``transformers.image_utils.load_image`` do, so a photo reads the same from a
     folder and from a dataset. Raises what PIL raises for a file it cannot read."""

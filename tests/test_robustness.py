@@ -1015,10 +1015,12 @@ def test_one_activation_has_one_hook_name(world, tmp_path):
 
 def test_a_prompt_is_recorded_with_the_recipe_it_was_rendered_with(world, tmp_path):
     """Found from outside (2026-12-02): a --text render on world-clip was recorded as the data-guided 'vital'
-    with its matching settings, though prompts render unguided; it is the default recipe, and a guided one named
-    for a prompt is recorded without its matching."""
-    vis = clipviz.visualize(world, texts=["a red star"], steps=2, progress=False)[0]
-    assert vis.meta["recipe"]["name"] == "default" and not vis.meta["recipe"]["match"]
-    named = clipviz.visualize(world, texts=["a red star"], steps=2, recipe="vital", progress=False)[0]
-    assert not named.meta["recipe"]["match"] and named.meta["recipe"]["match_weight"] == 0.0
-    assert named.image.tobytes() == vis.image.tobytes()  # the same render: nothing of vital's guidance applied
+    with its matching settings, though prompts render unguided; it is recorded as 'vital-unguided' without them,
+    alike whether the prompt is asked alone or beside neurons (one file, one record)."""
+    alone = clipviz.visualize(world, texts=["a red star"], steps=2, progress=False, out=tmp_path)[0]
+    assert alone.meta["recipe"]["name"] == "vital-unguided" and not alone.meta["recipe"]["match"]
+    plain = clipviz.visualize(world, texts=["a red star"], steps=2, recipe="default", progress=False)[0]
+    assert plain.image.tobytes() == alone.image.tobytes()  # nothing of vital's guidance applied
+    beside = clipviz.visualize(world, H, [0], texts=["a red star"], steps=2, progress=False, out=tmp_path)
+    again = next(v for v in beside if v.meta["kind"] == "text")
+    assert again.meta["settings_id"] == alone.meta["settings_id"] and again.path == alone.path

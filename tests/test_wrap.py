@@ -73,9 +73,13 @@ def test_space_command_runs_the_app_and_hints_when_gradio_is_missing(monkeypatch
         def launch(self, **kwargs):
             launched.update(kwargs)
 
+        def close(self):
+            launched["closed"] = True
+
     monkeypatch.setattr(space, "build_app", lambda models, atlas: launched.update(models=models, atlas=atlas) or App())
     assert main(["space", "--port", "7999"]) == 0
-    assert launched == {"models": ("world-clip",), "atlas": None, "server_name": "127.0.0.1", "server_port": 7999}
+    expected = {"models": ("world-clip",), "atlas": None, "server_name": "127.0.0.1", "server_port": 7999}
+    assert launched == {**expected, "prevent_thread_lock": True, "closed": True}
     assert main(["space", str(tmp_path)]) == 2
     assert "is not an atlas" in capsys.readouterr().err
     real = importlib.util.find_spec

@@ -86,10 +86,17 @@ def _inclusion(k: int, hi: float = 0.998, lo: float = 0.97) -> torch.Tensor:
     return torch.linspace(hi, lo, k) if k > 1 else torch.tensor([hi])
 
 
+#: Elements of the (sets, K, concepts) temporary computed at once: a whole layer of a large model against a large
+#: vocabulary (3072 x 100 x 20000) would otherwise need tens of GB.
+_CHUNK_ELEMENTS = 2**24
+
+
 def _log_p_given_set(probs: torch.Tensor, members: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``members`` (n_sets, K) image indices -> log p(c | E) (n_sets, concepts)."""
-    picked = probs[members]  # (n_sets, K, C)
-    return torch.log(p[None, :, None] * picked + (1 - p[None, :, None])).sum(dim=1)
+    """``members`` (n_sets, K) image indices -> log p(c | E) (n_sets, concepts), a few sets at a time."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, members.shape[1] * probs.shape[1]))
+    keep, drop = p[None, :, None], 1 - p[None, :, None]
+    rows = [torch.log(keep * probs[members[i : i + step]] + drop).sum(dim=1) for i in range(0, len(members), step)]
+    return torch.cat(rows) if rows else probs.new_zeros(0, probs.shape[1])
 
 
 def softwpmi(
@@ -122,8 +129,15 @@ def softwpmi(
     probs = (a * similarities.double()).softmax(dim=1)
     p = _inclusion(k).double()
     log_cond = _log_p_given_set(probs, activations.double().topk(k, dim=0).indices.T, p)
-    if prior is None and population is not None:
-        prior = _log_mean(_log_p_given_set(probs, population.double().topk(k, dim=0).indices.T, p))
+    if (
+        prior is None
+        and population is not None
+        and population.shape == activations.shape
+        and (torch.equal(population, activations))
+    ):
+        prior = _log_mean(log_cond)  # the neurons asked are the whole layer: computed once
+    elif prior is None and population is not None:
+        prior = _population_prior(probs, population.double().topk(k, dim=0).indices.T, p)
     elif prior is None and activations.shape[1] > 1:
         prior = _log_mean(log_cond)
     elif prior is None:
@@ -146,6 +160,16 @@ def layer_softwpmi(
     if set(columns) >= set(range(width)):
         return softwpmi(rows, similarities, a=a, population=activations)
     return softwpmi(rows, similarities, a=a, prior=random_prior(similarities, a=a))
+
+
+def _population_prior(probs: torch.Tensor, members: torch.Tensor, p: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``log mean_E p(c | E)`` over the sets ``members`` (the layer's neurons' top sets), a chunk of sets at a time:
+    never the whole (neurons, concepts) table."""
+    total = None
+    for i in range(0, len(members), chunk):
+        part = torch.logsumexp(_log_p_given_set(probs, members[i : i + chunk], p), dim=0)
+        total = part if total is None else torch.logaddexp(total, part)
+    return total - torch.log(torch.tensor(float(len(members)), dtype=total.dtype))
 
 
 def random_prior(

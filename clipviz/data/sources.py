@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipviz.errors import ClipvizError
 from clipviz.images import decoded, open_image
@@ -80,20 +80,18 @@ def _read(path: Path) -> Image.Image | None:
         return None
 
 
-def decode_cell(value) -> Image.Image | None:
-    """A dataset's image cell, read by clipviz (``None`` where it cannot be read): a PIL image, or the
-    ``{"bytes", "path"}`` of an undecoded ``datasets.Image`` column, opened as a file is (``open_image``)."""
-    import io
+def decode_cell(value: dict | None) -> Image.Image | None:
+    """A cell of an undecoded ``datasets.Image`` column (``{"bytes", "path"}``), read as ``datasets`` reads it (a
+    path in an archive or on the Hub too, upright by its EXIF orientation) and kept as clipviz keeps images
+    (``decoded``); ``None`` where it cannot be read, so the row is skipped and counted."""
+    import datasets
 
-    try:
-        if isinstance(value, Image.Image):
-            return decoded(value)
-        if isinstance(value, dict):
-            data, path = value.get("bytes"), value.get("path")
-            return open_image(io.BytesIO(data)) if data else open_image(path) if path else None
-    except UNREADABLE:
+    if not isinstance(value, dict) or not (value.get("bytes") or value.get("path")):
         return None
-    return None
+    try:
+        return decoded(ImageOps.exif_transpose(datasets.Image().decode_example(value)))
+    except (*UNREADABLE, FileNotFoundError):
+        return None
 
 
 def undecoded(ds, column: str, spec: str):

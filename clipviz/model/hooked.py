@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipviz.errors import ClipvizError, HookNameError, check_indices
+from clipviz.errors import ClipvizError, check_indices
 from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
 from clipviz.model.batch import check_batch_independence
@@ -158,7 +158,8 @@ class HookedVisionModel(nn.Module):
         """What decides this model's results beyond its spec: a hash (``weights``) of every weight and buffer of
         the model (of the vision tower alone for a vision-language generator), of its modules (an activation, a
         norm's epsilon) and of its configuration and preprocessing settings; its input size and normalisation.
-        Read afresh on each call, so an edit made in place is seen, except inside ``identity_kept()`` (a sweep's
+        Read afresh on each call, so an edit of the weights made in place is seen (the settings are those read at
+        load time), except inside ``identity_kept()`` (a sweep's
         run, where the weights do not change), which hashes once. Finished work on disk is reused only for the
         same identity: new weights or settings behind the same spec (a folder overwritten, a config edited, another
         ``--revision``, a clipviz upgrade that ships new bundled weights) are computed anew.
@@ -323,6 +324,8 @@ class HookedVisionModel(nn.Module):
             )
         if images.shape[0] == 0:
             raise ClipvizError("an empty batch of images: give at least one")
+        if 0 in images.shape[-2:]:
+            raise ClipvizError(f"images of {images.shape[-2]}x{images.shape[-1]} pixels hold nothing: give some")
         if not images.requires_grad and not self._prenormalised:
             _check_pixel_range(images)
         if self._prenormalised:
@@ -519,13 +522,14 @@ class HookedVisionModel(nn.Module):
         """``[(name, fn), ...]`` resolved to hook points; anything else is refused in one line (a lone pair, given
         without its list, would otherwise unpack as two hooks)."""
         shape = "a list of (hook name, function) pairs, e.g. [('blocks.1.mlp.hook_post', fn)]"
-        if isinstance(fwd_hooks, (str, bytes)) or not isinstance(fwd_hooks, (list, tuple)):
-            raise HookNameError(f"fwd_hooks must be {shape}; got {type(fwd_hooks).__name__}")
+        if isinstance(fwd_hooks, (str, bytes, Mapping)) or not isinstance(fwd_hooks, Iterable):
+            raise ClipvizError(f"fwd_hooks must be {shape}; got {type(fwd_hooks).__name__}")
+        fwd_hooks = list(fwd_hooks)  # a zip or a generator of pairs too
         if len(fwd_hooks) == 2 and isinstance(fwd_hooks[0], str) and callable(fwd_hooks[1]):
-            raise HookNameError(f"fwd_hooks must be {shape}; got one pair without its list")
+            raise ClipvizError(f"fwd_hooks must be {shape}; got one pair without its list")
         bad = next((h for h in fwd_hooks if not (isinstance(h, (list, tuple)) and len(h) == 2)), None)
         if bad is not None:
-            raise HookNameError(f"fwd_hooks must be {shape}; got the entry {bad!r}")
+            raise ClipvizError(f"fwd_hooks must be {shape}; got the entry {bad!r}")
         return [(self.registry.resolve(n), fn) for n, fn in fwd_hooks]
 
     @contextmanager

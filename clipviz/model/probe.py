@@ -113,6 +113,8 @@ def raised_in_a_hook(error: BaseException) -> bool:
     frames aside."""
     inside_the_model = False
     for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_filename.startswith("<"):  # <string>, <frozen ...>: no file of anyone's
+            continue
         path = Path(frame.f_code.co_filename).resolve()
         if _passes_through(path):
             continue

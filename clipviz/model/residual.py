@@ -12,11 +12,16 @@ identity fails (or cannot be checked) is left out with the reason, and the direc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from clipviz.model.hooks import installed
 from clipviz.model.probe import evaluating, native_failures
+
+if TYPE_CHECKING:
+    from clipviz.model.hooked import HookedVisionModel
 
 _POINTS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 
@@ -147,7 +152,7 @@ def check_residual_writes(model) -> None:
             layout.indirect_write[parts.index] = why["direct write"]
 
 
-def check_projection(model, stream: torch.Tensor | None, output: torch.Tensor) -> None:
+def check_projection(model: HookedVisionModel, stream: torch.Tensor | None, output: torch.Tensor) -> None:
     """The direct lens reads a neuron's write through the image projection, ``embedding = matrix @
     final_norm(last block's output at the pooled token)``. Measured on the residual check's image (``stream``: the
     last block's output, ``output``: the model's embedding): where the model's embedding is not that (BLIP applies

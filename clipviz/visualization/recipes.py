@@ -163,8 +163,9 @@ class Recipe:
         return bool(self.match and self.match_weight)
 
     def unguided(self) -> Recipe:
-        """The recipe as it renders a target without reference images (a prompt, a class): its matching off."""
-        return replace(self, match=(), match_weight=0.0) if self.guided else self
+        """The recipe as it renders a target without reference images (a prompt, a class): its matching off, and
+        named so (``vital-unguided``), however the prompt was asked for."""
+        return replace(self, name=f"{self.name}-unguided", match=(), match_weight=0.0) if self.guided else self
 
 
 def _real(value: object) -> bool:

@@ -44,7 +44,7 @@ from clipviz.results import (
     write_png,
     write_visualization,
 )
-from clipviz.visualization.guidance import UNGUIDED_DEFAULT, Guide, default_recipe, prepare_guidance
+from clipviz.visualization.guidance import Guide, default_recipe, prepare_guidance
 from clipviz.visualization.objectives import ClassLogit, Neuron, Objective, TextDirection
 from clipviz.visualization.optimise import RenderError, check_size, optimise
 from clipviz.visualization.recipes import Recipe, get_recipe
@@ -263,9 +263,7 @@ def visualize(
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    if recipe is None:  # data-guided where there are neurons to guide and reference images, else the default
-        recipe = default_recipe(model, guide) if neurons else UNGUIDED_DEFAULT
-    recipe = get_recipe(recipe, **recipe_overrides)
+    recipe = get_recipe(default_recipe(model, guide) if recipe is None else recipe, **recipe_overrides)
     check_size(model, recipe.size)
     samples = check_int(samples, "samples", 1, MAX_SAMPLES)
     seed = check_int(seed, "seed", 0, MAX_SEED)
@@ -294,7 +292,8 @@ def visualize(
 
     def settings(t: Target) -> dict:
         extra = guidance.settings_for(t.value if t.kind == "neuron" else None)
-        own = {} if t.kind == "neuron" else {"recipe": recipe.unguided().to_dict()}  # prompts render unguided
+        # a prompt or class renders unguided, and whatever hook its request named: one record, one file
+        own = {} if t.kind == "neuron" else {"recipe": recipe.unguided().to_dict(), "hook": None}
         return {**base, **own, **extra, "kind": t.kind, "target": t.value, "seed": t.seed}
 
     def path_of(t: Target) -> Path:

@@ -125,7 +125,7 @@ def load_probe(
     n: int,
     *,
     seed: int = 0,
-    split: str = "train",
+    split: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
     caption_column: str | None = None,
@@ -147,7 +147,7 @@ def load_probe(
     folder = path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file()
     if plugged is not None or folder:  # options of Hugging Face datasets are refused here, not ignored
         columns = {"--image-column": image_column, "--label-column": label_column, "--caption-column": caption_column,
-                   "--mask-column": mask_column, "--split": None if split == "train" else split}  # fmt: skip
+                   "--mask-column": mask_column, "--split": split}  # fmt: skip
         asked = [flag for flag, value in columns.items() if value is not None]
         if asked:
             kind = "a folder of images" if plugged is None else f"a {scheme}: probe set"
@@ -157,7 +157,7 @@ def load_probe(
     if folder:
         return _folder_probe(spec, size, n, templates, preprocess)
     columns = (image_column, label_column, caption_column, mask_column)
-    return _hf_probe(spec, size, n, split, columns, templates, preprocess)
+    return _hf_probe(spec, size, n, split or "train", columns, templates, preprocess)
 
 
 def _fitter(size, preprocess) -> Callable[[Image.Image], torch.Tensor]:

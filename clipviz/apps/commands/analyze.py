@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         model.image_size,
         args.samples,
         seed=args.seed,
-        split=args.split or "train",
+        split=args.split,
         image_column=args.image_column,
         label_column=args.label_column,
         caption_column=args.caption_column,

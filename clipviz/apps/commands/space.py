@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import threading
+    import time
     from importlib.util import find_spec
     from pathlib import Path
 
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"serving on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
     try:  # Gradio's own wait swallows Ctrl-C and returns; here it ends as every command's does (one line, 130)
-        threading.Event().wait()
+        while getattr(app, "is_running", False):
+            time.sleep(0.5)
     finally:
         app.close()
     return 0

@@ -215,12 +215,12 @@ def _visual(model: nn.Module, spec: str) -> nn.Module:
     if not isinstance(visual, nn.Module):
         raise ClipvizError(
             f"'{spec}' is an open_clip {type(model).__name__} without a .visual image tower: wrap the whole open_clip "
-            "model (CLIP, CustomTextCLIP, CoCa), not its parts"
+            "model (CLIP or CustomTextCLIP), not its parts"
         )
     return visual
 
 
-def _default_tokenizer(model: nn.Module):
+def _default_tokenizer(model: nn.Module) -> tuple[object | None, str | None]:
     """``(tokenizer, None)``: open_clip's CLIP BPE tokenizer, for a model wrapped without one whose text tower reads
     that tokenizer's vocabulary; else ``(None, why)``: any other vocabulary would be read with the wrong ids."""
     import open_clip
