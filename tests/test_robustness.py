@@ -220,7 +220,6 @@ BAD = [
     ([*V[:2], "--text", "a star", "--reduce", "cls", "--out", "{out}"], "--reduce is for --neurons"),
     ([*V[:2], "--text", "a star", "--text", "a star", "--out", "{out}"], "'a star' is given twice"),
     ([*V[:2], "--hook", "blocks.1.attn.hook_pattern", "--neurons", "3", "--out", "{out}"], "holds attention patterns"),
-    ([*V, "--neurons", "0", "--guide", "world:2", "--out", "{out}"], ("has 2 images", "16 top examples")),
     ([*V[:2], "--text", "a star", "--guide", "world:200", "--out", "{out}"], "prompts and classes render unguided"),
     ([*C, "--method", "direct", "--steps", "4", "--out", "{out}"], "--steps is for --method visual"),
     ([*C, "--method", "visual", "--recipe", "nonsense", "--out", "{out}"], "unknown recipe 'nonsense'"),

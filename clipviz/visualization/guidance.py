@@ -229,11 +229,6 @@ def _attach_guide(
         raise ClipvizError(f"the examples in '{guide}' do not include hook '{hook}': mine them for it first")
     else:
         source = guide if isinstance(guide, Source) else open_source(str(guide))
-        if source.length and source.length <= k:  # each neuron's top k would be the whole guide, the same for all
-            raise ClipvizError(
-                f"the guide '{source.name}' has {source.length} images, no more than the {k} top examples the "
-                f"recipe guides each neuron by: every neuron would get all of them; give a larger guide"
-            )
         ranked = rank_images(model, hook, neurons, source, k, reduce)
         out.source = source
         out.ranks = {int(n): ranked[j].tolist() for j, n in enumerate(neurons)}
