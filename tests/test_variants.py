@@ -156,6 +156,15 @@ def test_open_clip_parts_and_compiled_models_are_refused_in_one_line():
         assert "\n" not in str(refused.value)
 
 
+def _assert_last_block_is_timms(model, native) -> None:
+    """The last block's output, through timm's final norm, is timm's own ``forward_features``."""
+    x = torch.rand(2, 3, 32, 32)
+    _, cache = model.run_with_cache(x, [f"blocks.{model.n_blocks - 1}.hook_resid_post"])
+    with torch.no_grad():
+        tokens = native.forward_features(model.prepare(x))
+    torch.testing.assert_close(native.norm(cache[f"blocks.{model.n_blocks - 1}.hook_resid_post"]), tokens)
+
+
 def test_deit_distilled_with_registers_it_ignores_is_read_with_its_two_prefix_tokens():
     """timm's distilled DeiT holds reg_tokens but prepends only CLS and the distillation token."""
     from timm.models.deit import VisionTransformerDistilled
@@ -164,11 +173,7 @@ def test_deit_distilled_with_registers_it_ignores_is_read_with_its_two_prefix_to
     native = noisy(VisionTransformerDistilled(**TINY, reg_tokens=2))
     model = clipviz.wrap(native)
     assert model.prefix_tokens == ("cls", "distillation") and model.layout(1).grid == (4, 4)
-    x = torch.rand(2, 3, 32, 32)
-    _, cache = model.run_with_cache(x, ["blocks.1.hook_resid_post"])
-    with torch.no_grad():
-        tokens = native.forward_features(model.prepare(x))
-    torch.testing.assert_close(native.norm(cache["blocks.1.hook_resid_post"]), tokens)
+    _assert_last_block_is_timms(model, native)
 
 
 def test_a_patch_size_that_does_not_divide_the_image_is_read_on_the_padded_grid():
@@ -179,11 +184,7 @@ def test_a_patch_size_that_does_not_divide_the_image_is_read_on_the_padded_grid(
         **{**TINY, "patch_size": 7}, dynamic_img_pad=True, dynamic_img_size=True))  # fmt: skip
     model = clipviz.wrap(native)
     assert model.layout(1).grid == (5, 5)
-    x = torch.rand(2, 3, 32, 32)
-    _, cache = model.run_with_cache(x, ["blocks.1.hook_resid_post"])
-    with torch.no_grad():
-        tokens = native.forward_features(model.prepare(x))
-    torch.testing.assert_close(native.norm(cache["blocks.1.hook_resid_post"]), tokens)
+    _assert_last_block_is_timms(model, native)
 
 
 def test_a_timm_features_only_wrapper_is_refused_by_name():
