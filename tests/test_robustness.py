@@ -220,6 +220,10 @@ BAD = [
     ([*V[:2], "--text", "a star", "--reduce", "cls", "--out", "{out}"], "--reduce is for --neurons"),
     ([*V[:2], "--text", "a star", "--text", "a star", "--out", "{out}"], "'a star' is given twice"),
     ([*V[:2], "--hook", "blocks.1.attn.hook_pattern", "--neurons", "3", "--out", "{out}"], "holds attention patterns"),
+    (
+        [*V[:2], "--hook", "visual.transformer.resblocks.1.ln_1", "--neurons", "0", "--out", "{out}"],
+        ("is a native module path, not a block hook", "'default'"),
+    ),
     ([*V[:2], "--text", "a star", "--guide", "world:200", "--out", "{out}"], "prompts and classes render unguided"),
     ([*C, "--method", "direct", "--steps", "4", "--out", "{out}"], "--steps is for --method visual"),
     ([*C, "--method", "visual", "--recipe", "nonsense", "--out", "{out}"], "unknown recipe 'nonsense'"),
@@ -283,6 +287,7 @@ BAD = [
     (["analyze", "world-clip", "--study", "spatial", "--samples", "99999999", "--out", "{out}"], "1 and 100000"),
     (["analyze", "world-clip", "--study", "spatial", "--out", "{tmp}/file"], "is a file"),
     (["space", "--port", "99999"], ("--port", "between 1 and 65535")),
+    (["space", "--host", "999.1.1.1"], "--host 999.1.1.1 is not an IP address"),  # found from outside (2026-12-02)
     *[
         (["sweep", "world-clip", "--blocks", "3", "--neurons", "0:2", "--dry-run", "--out", "{out}", *extra], expected)
         for extra, expected in (

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -710,7 +711,9 @@ def _run_sweep(model: HookedVisionModel, plan: SweepPlan, *, progress, accelerat
 def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, shown) -> None:
     from clipviz.analysis.concepts import direct_lens, load_vocabulary, text_embeddings, words_table, write_table
 
-    vocab = load_vocabulary(plan.vocab)
+    with warnings.catch_warnings():  # read once more: what it warns of was said when the plan read it
+        warnings.simplefilter("ignore")
+        vocab = load_vocabulary(plan.vocab)
     text = text_embeddings(model, vocab, progress=shown)
     bar = _bar(len(units), "concepts", "hook", shown)
     similarities = None

@@ -179,6 +179,11 @@ def prepare_guidance(
 ) -> Guidance:
     """Check the request and rank the guide's images once for all ``neurons``."""
     out = Guidance(recipe=recipe)
+    if recipe.guided and neurons:  # each match point must exist for this hook, before any step
+        from clipviz.visualization.vital import match_hook
+
+        for where in recipe.match:
+            match_hook(model, hook, where)
     if recipe.guided and neurons:  # prompts and classes render without guidance
         guide = default_guide(model) if guide is None else guide
         if guide is None:

@@ -100,7 +100,11 @@ def match_hook(model: HookedVisionModel, hook: str, where: str) -> str:
     else:
         point = model.hook_point(hook)
         if point.block is None:
-            raise ClipvizError(f"the relative match point '{where}' needs a block hook as target, not '{hook}'")
+            raise ClipvizError(
+                f"the data-guided recipe matches '{where}' of the target's own block, and '{hook}' is a native "
+                "module path, not a block hook: name a block hook (`clipviz info MODEL` lists them) or an unguided "
+                "recipe such as 'default'"
+            )
         name = f"blocks.{point.block}.{where}"
     model.hook_point(name)  # a one-line error if the model has no such hook
     return name

@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import ipaddress
+    import re
     import time
     from importlib.util import find_spec
     from pathlib import Path
@@ -35,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
         raise ClipvizError(
             f"'{args.site}' is not an atlas (no atlas.json): build one with clipviz atlas RESULTS --out SITE"
         )
+    if re.fullmatch(r"[\d.]+", args.host):  # dotted numbers must be an IPv4 address (a name is looked up by Gradio)
+        try:
+            ipaddress.ip_address(args.host)
+        except ValueError:
+            raise ClipvizError(f"--host {args.host} is not an IP address: e.g. 127.0.0.1, or 0.0.0.0 (all)") from None
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     from clipviz.apps.space import build_app
 
