@@ -77,10 +77,10 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
     patch_embed = getattr(model, "patch_embed", None)
     declared = getattr(patch_embed, "img_size", None) or getattr(model, "img_size", None)  # CrossViT: the model's
     image_size = _pair(declared or cfg.get("input_size", (3, 224, 224))[1:])
-    transform, stretch = timm_transform(model, image_size)
     from timm.data import resolve_data_config
 
     data = resolve_data_config(model=model)  # timm's own defaults (ImageNet's) where the model's config has none
+    transform, stretch = timm_transform(model, image_size, config=data)  # one config for the transform and the stats
     return Backend(
         kind="timm",
         spec=spec,
