@@ -111,7 +111,7 @@ def keep_aspect(
 ) -> tuple[Callable[[Image.Image], torch.Tensor], str | None]:
     """``fn`` (a library's transform to ``size``) as it is, or, where it squeezes a whole photo of another aspect
     ratio into ``size`` (a plain resize: transformers' SigLIP processor, open_clip's ``resize_mode="squash"``,
-    timm's ``crop_mode="squash"`` or a non-square timm input), with each photo centre-cropped to the model's aspect
+    timm's ``crop_mode="squash"``), with each photo centre-cropped to the model's aspect
     ratio first, and a note saying so: clipviz never stretches a photo, whatever the backend."""
     if not _stretches(fn, size):
         return fn, None
