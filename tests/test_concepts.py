@@ -242,6 +242,7 @@ def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsy
     from clipviz.analysis.dissect import (
         image_text_similarities,
         labeller_a,
+        layer_softwpmi,
         probe_activations,
         random_prior,
         softwpmi,
@@ -302,10 +303,16 @@ def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsy
     rows = pq.read_table(tmp_path / "w" / hook / "concepts-dissect.parquet").to_pylist()
     vocab = load_vocabulary("world")
     sims = image_text_similarities(model, source, kept, text_embeddings(model, vocab))
-    # the stored neurons are a part of the layer: the prior is the random-set one, not that of the two asked for
-    scores = softwpmi(acts, sims, a=labeller_a(model), prior=random_prior(sims, a=labeller_a(model)))
-    expected = scores.topk(3, dim=1).indices
-    assert [r["word"] for r in rows] == [vocab.concepts[int(i)] for i in expected.flatten()]
+    # the stored neurons are a part of the layer, yet the prior is the whole layer's (the layer's top sets are
+    # kept beside them): the words and scores are those of the probe path, which runs every neuron of the layer
+    whole, _ = probe_activations(model, hook, source, None)
+    width = model.hook_width(hook)
+    scores = layer_softwpmi(whole, list(range(width)), [1, 4], width, sims, a=labeller_a(model))
+    expected = scores.topk(3, dim=1)
+    assert [r["word"] for r in rows] == [vocab.concepts[int(i)] for i in expected.indices.flatten()]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in rows]), expected.values.flatten(), atol=0.05, rtol=0)
+    random_set = softwpmi(acts, sims, a=labeller_a(model), prior=random_prior(sims, a=labeller_a(model)))
+    assert not torch.allclose(random_set.topk(3, dim=1).values, expected.values, atol=0.05)  # the prior matters
     capsys.readouterr()
     assert (
         main(

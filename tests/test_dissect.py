@@ -64,7 +64,12 @@ def test_a_neurons_words_do_not_depend_on_the_neurons_named_with_it():
         torch.testing.assert_close(scores, whole[asked])
     pair = layer_softwpmi(acts, columns, [3, 7], width, sims, a=10.0)
     assert pair[0].std() > 0.1 and int(pair[0].argmax()) == 3
-    # a part of the layer only (stored activations of some neurons): the random-set prior, still independent
+    # a part of the layer with every neuron's top images (what examples --save-activations keeps): the layer's prior
+    top = acts.topk(100, dim=0).indices.T
+    torch.testing.assert_close(
+        layer_softwpmi(acts[:, [3, 5]], [3, 5], [3], width, sims, a=10.0, layer_top=top), whole[[3]]
+    )
+    # a part of the layer only (stored by an older clipviz): the random-set prior, still independent
     part = layer_softwpmi(acts[:, :6], columns[:6], [3], width, sims, a=10.0)
     torch.testing.assert_close(part, layer_softwpmi(acts[:, :6], columns[:6], [3, 5], width, sims, a=10.0)[:1])
     with pytest.raises(ClipvizError, match="no activations for neurons"):

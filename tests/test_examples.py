@@ -89,6 +89,28 @@ def test_streamed_top_k_equals_the_full_activation_matrix(planted, folder):
     assert torch.equal(result.indices[:2], torch.tensor(idx)[order[:2]])
 
 
+def test_a_probe_matrix_of_part_of_a_layer_keeps_every_neurons_top_images(planted, folder, tmp_path):
+    """CLIP-Dissect's prior is the whole layer's: stored activations of a few neurons keep, beside them, every
+    neuron's top images by the patch mean, exact in one pass and in shards, and in the order of their scores."""
+    import clipviz.analysis.examples as ex
+
+    source = open_source(str(folder))
+    part = mine_examples(planted, HOOK, source, neurons=[1], top_k=2, batch=3, progress=False, keep_activations=True)
+    # every neuron mined with a top-k of every image: the ranking the layer's top sets must hold
+    whole = mine_examples(planted, HOOK, source, top_k=part.seen, batch=5, progress=False, keep_activations=True)
+    assert whole.layer_top is None  # the matrix is the whole layer already
+    width = planted.hook_width(HOOK)
+    assert tuple(part.layer_top.shape) == (width, part.seen)  # fewer images than CLIP-Dissect's 100: all of them
+    assert torch.equal(part.layer_top, whole.indices)
+    torch.testing.assert_close(part.layer_top_scores, whole.scores)
+    torch.testing.assert_close(whole.scores[:2, 0], whole.activations[:, :2].float().max(0).values, atol=2e-3, rtol=0)
+    sharded = ex.mine_examples_resumable(
+        planted, HOOK, source, tmp_path, neurons=[1], top_k=2, shard_size=4, progress=False, keep_activations=True
+    )
+    assert torch.equal(sharded.layer_top, part.layer_top)
+    assert torch.equal(ExampleResult.load(tmp_path, HOOK).layer_top, part.layer_top)
+
+
 def test_results_round_trip_and_cli(planted, folder, tmp_path, capsys):
     out = tmp_path / "ex"
     code = cli_main(

@@ -146,12 +146,28 @@ def softwpmi(
 
 
 def layer_softwpmi(
-    activations: torch.Tensor, columns: list[int], neurons: list[int], width: int, similarities: torch.Tensor, a: float
+    activations: torch.Tensor,
+    columns: list[int],
+    neurons: list[int],
+    width: int,
+    similarities: torch.Tensor,
+    a: float,
+    layer_top: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SoftWPMI scores (neurons, concepts) of ``neurons`` of a layer of ``width`` neurons, from ``activations``
-    (images, one column per neuron of ``columns``): the prior is the whole layer's where every neuron is at hand
-    (the paper's), else ``random_prior``'s; never that of the neurons asked about, so a neuron's words do not
-    depend on which others are named with it."""
+    (images, one column per neuron of ``columns``): the prior is the whole layer's (the paper's) where every
+    neuron is at hand, or where ``layer_top`` (width, ``TOP_K``) gives every neuron's top images as row positions
+    of ``activations``, best first (what ``clipviz examples --save-activations`` keeps of a layer's other
+    neurons); else ``random_prior``'s. Never that of the neurons asked about, so a neuron's words do not depend
+    on which others are named with it.
+
+    >>> acts = torch.rand(300, 4)
+    >>> sims = torch.rand(300, 3)
+    >>> top = acts.topk(TOP_K, dim=0).indices.T
+    >>> torch.allclose(layer_softwpmi(acts[:, [2]], [2], [2], 4, sims, 10.0, layer_top=top),
+    ...                layer_softwpmi(acts, [0, 1, 2, 3], [2], 4, sims, 10.0))
+    True
+    """
     where = {n: j for j, n in enumerate(columns)}
     missing = [n for n in neurons if n not in where]
     if missing:
@@ -159,6 +175,10 @@ def layer_softwpmi(
     rows = activations[:, [where[n] for n in neurons]]
     if set(columns) >= set(range(width)):
         return softwpmi(rows, similarities, a=a, population=activations)
+    if layer_top is not None and tuple(layer_top.shape) == (width, TOP_K):
+        probs = (a * similarities.double()).softmax(dim=1)
+        prior = _population_prior(probs, layer_top.long(), _inclusion(TOP_K).double())
+        return softwpmi(rows, similarities, a=a, prior=prior)
     return softwpmi(rows, similarities, a=a, prior=random_prior(similarities, a=a))
 
 
@@ -225,6 +245,9 @@ class StoredActivations:
     neurons: list[int]  # neuron of each column
     options: dict = field(default_factory=dict)  # open_source's options that reopen it (a dataset's split, columns)
     location: str = ""  # where it reopens from (a folder's absolute path; the name otherwise)
+    # every neuron of the layer's top images, as row positions, best first (``layer_softwpmi``); None where the
+    # matrix holds the whole layer, or was stored by a clipviz that did not keep them
+    layer_top: torch.Tensor | None = None
 
 
 def stored_activations(folder, hook: str, neurons=None, *, model=None) -> StoredActivations:
@@ -281,13 +304,19 @@ def stored_activations(folder, hook: str, neurons=None, *, model=None) -> Stored
             f"{len(stored.neurons)} neurons of '{hook}')"
         )
     columns = [stored.neurons.index(n) for n in neurons]
+    indices = stored.activation_indices.tolist()
+    layer_top = None
+    if stored.layer_top is not None:
+        row = {i: r for r, i in enumerate(indices)}
+        layer_top = torch.tensor([[row[i] for i in top] for top in stored.layer_top.tolist()], dtype=torch.long)
     return StoredActivations(
         stored.activations[:, columns].float(),
-        stored.activation_indices.tolist(),
+        indices,
         stored.settings.get("source", ""),
         neurons,
         options,
         name,
+        layer_top,
     )
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from tqdm.auto import tqdm
 
+from clipviz.analysis.dissect import TOP_K as LAYER_TOP
 from clipviz.data.decoding import batches, parallel_batches
 from clipviz.data.sources import Source, open_source
 from clipviz.errors import MAX_WORKERS, ClipvizError, check_int
@@ -65,6 +66,10 @@ class ExampleResult:
     # On request: every image's reduced activation (images, neurons), float16, rows in ``activation_indices`` order.
     activations: torch.Tensor | None = None
     activation_indices: torch.Tensor | None = None
+    # With them, where the neurons are part of a layer: every neuron of the layer's top images by the patch mean
+    # (width, ``LAYER_TOP``) dataset indices and their scores, best first (CLIP-Dissect's population prior).
+    layer_top: torch.Tensor | None = None
+    layer_top_scores: torch.Tensor | None = None
     # How the result was made: model, source, top_k, reduce (shown by the atlas next to the examples).
     settings: dict = field(default_factory=dict)
 
@@ -78,6 +83,9 @@ class ExampleResult:
         if self.activations is not None:
             tensors["activations"] = self.activations
             tensors["activation_indices"] = self.activation_indices
+        if self.layer_top is not None:
+            tensors["layer_top"] = self.layer_top
+            tensors["layer_top_scores"] = self.layer_top_scores
         write_examples(
             Path(out),
             self.hook,
@@ -109,6 +117,8 @@ class ExampleResult:
             captions={int(k): v for k, v in meta["captions"].items()},
             activations=t.get("activations"),
             activation_indices=t.get("activation_indices"),
+            layer_top=t.get("layer_top"),
+            layer_top_scores=t.get("layer_top_scores"),
             settings=meta.get("settings", {}),
         )
 
@@ -143,6 +153,23 @@ def check_token_activations(model: HookedVisionModel, hook: str, layout: TokenLa
             f"examples rank images by a neuron's activation over the {layout.n_tokens} tokens, (batch, tokens, "
             f"neurons); hook '{hook}' gives {shape}: use a hook such as blocks.0.mlp.hook_post or hook_resid_post"
         )
+
+
+class LayerTop:
+    """Per neuron of a whole layer, the ``k`` best images seen so far by one score per image (no maps): what
+    CLIP-Dissect's population prior needs of the neurons that are not mined."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.scores: torch.Tensor | None = None  # (neurons, k)
+        self.indices: torch.Tensor | None = None  # (neurons, k) dataset indices
+
+    def update(self, scores: torch.Tensor, ids: torch.Tensor) -> None:
+        """Take in ``scores`` (neurons, B) of the images ``ids`` (neurons, B)."""
+        if self.scores is not None:
+            scores, ids = torch.cat([self.scores, scores], 1), torch.cat([self.indices, ids], 1)
+        pick = _best(scores, ids, self.k)
+        self.scores, self.indices = scores.gather(1, pick), ids.gather(1, pick)
 
 
 class RunningTopK:
@@ -252,6 +279,8 @@ def mine_examples(
     neurons = list(range(model.hook_width(hook))) if neurons is None else model.check_neurons(hook, neurons)
     every_neuron = neurons == list(range(model.hook_width(hook)))
     top = RunningTopK(top_k, layout, reduce)
+    # the layer's other neurons, for CLIP-Dissect's prior: only where a probe matrix of part of a layer is kept
+    layer = LayerTop(LAYER_TOP) if keep_activations and reduce == "patches" and not every_neuron else None
     skipped: list[int] = []
     seen = 0
     all_rows: list[torch.Tensor] = []
@@ -267,6 +296,9 @@ def mine_examples(
     for images, idx, caps in stream:
         _, cache = model.run_with_cache(images, [point.name])
         act = cache[point.name].float()  # (B, N, d)
+        if layer is not None:
+            whole = reduce_tokens(act, "patches", layout, dim=1).T  # (width, B)
+            layer.update(whole, torch.tensor(list(idx), device=whole.device).expand(whole.shape[0], -1))
         if not every_neuron:  # indexing copies: skip it when every neuron is kept
             act = act[..., neurons]
         score = top.update(act, idx)
@@ -300,6 +332,8 @@ def mine_examples(
         captions=_kept(captions, top_idx),
         activations=torch.cat(all_rows) if keep_activations else None,
         activation_indices=torch.tensor(all_ids) if keep_activations else None,
+        layer_top=layer.indices.cpu() if layer is not None else None,
+        layer_top_scores=layer.scores.cpu() if layer is not None else None,
         settings={
             **(identity or model.identity()),
             "source": source.name,
@@ -356,6 +390,12 @@ def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
         order = activation_indices.argsort()
         activations = torch.cat([r.activations for r in results])[order]
         activation_indices = activation_indices[order]
+    layer_top = layer_top_scores = None
+    if all(r.layer_top is not None for r in results):
+        layer = LayerTop(LAYER_TOP)
+        for r in results:
+            layer.update(r.layer_top_scores, r.layer_top)
+        layer_top, layer_top_scores = layer.indices, layer.scores
     return ExampleResult(
         hook=first.hook,
         neurons=first.neurons,
@@ -369,6 +409,8 @@ def merge(results: Sequence[ExampleResult], top_k: int) -> ExampleResult:
         captions=captions,
         activations=activations,
         activation_indices=activation_indices,
+        layer_top=layer_top,
+        layer_top_scores=layer_top_scores,
         settings=first.settings,
     )
 

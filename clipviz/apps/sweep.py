@@ -737,12 +737,15 @@ def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, show
             if plan.probe == plan.dataset:
                 stored = stored_activations(paths["examples"], hook, model=model)
                 acts, kept, columns = stored.activations, stored.indices, list(stored.neurons)
+                layer_top = stored.layer_top
             else:  # every neuron of the layer: the prior is the layer's, whichever neurons are named
                 acts, kept = probe_activations(model, hook, source, None)
-                columns = list(range(width))
+                columns, layer_top = list(range(width)), None
             if similarities is None or similarities[0] != kept:
                 similarities = (kept, image_text_similarities(model, source, kept, text))
-            scores = layer_softwpmi(acts, columns, list(neurons), width, similarities[1], a=labeller_a(model))
+            scores = layer_softwpmi(
+                acts, columns, list(neurons), width, similarities[1], a=labeller_a(model), layer_top=layer_top
+            )
             table = words_table(scores, vocab.concepts, plan.words, neurons)
         write_table(paths["concepts"], hook, table, method=method, vocabulary=vocab, identity=model.identity())
         record(f"concepts-{method}/{hook}")

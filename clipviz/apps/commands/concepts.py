@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
             acts, kept = probe_activations(model, args.hook, source, None, progress=True)
             columns = list(range(width))
         sims = image_text_similarities(labeller, source, kept, text, progress=True)
-        scores = layer_softwpmi(acts, columns, list(neurons), width, sims, a=labeller_a(labeller))
+        layer_top = stored.layer_top if stored is not None else None
+        scores = layer_softwpmi(acts, columns, list(neurons), width, sims, a=labeller_a(labeller), layer_top=layer_top)
         table = words_table(scores, vocab.concepts, args.top_k, neurons)
     elif args.method == "visual":
         import torch
