@@ -11,7 +11,7 @@ import transformers as T
 from families import noisy
 
 import clipviz
-from clipviz.errors import ClipvizError, HookNameError
+from clipviz.errors import ClipvizError, HookNameError, UnsupportedModelError
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 VISION = dict(image_size=32, patch_size=8, width=32, layers=2, head_width=16)
@@ -192,3 +192,66 @@ def test_a_timm_features_only_wrapper_is_refused_by_name():
     with pytest.raises(ClipvizError, match="features_only wrapper") as refused:
         clipviz.wrap(wrapper)
     assert "\n" not in str(refused.value)
+
+
+def test_a_model_left_in_training_or_checkpointing_is_run_as_in_eval_and_left_as_it_was():
+    """Found from outside (2026-12-02): after ``model.train()`` patch dropout gave 9 tokens where the layout said
+    17 and dropout changed every pass; with ``set_grad_checkpointing`` a visualization crashed in torch's
+    recomputation. Every clipviz pass runs in eval mode without checkpointing; the modules are then as the user
+    left them."""
+    from clipviz.visualization.visualize import visualize
+
+    torch.manual_seed(0)
+    native = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        num_classes=5,
+        patch_drop_rate=0.5,
+        drop_path_rate=0.5,
+        drop_rate=0.5,
+        proj_drop_rate=0.5,
+    )
+    model = clipviz.wrap(native)
+    hook, images = "blocks.1.mlp.hook_post", torch.rand(2, 3, 32, 32)
+    _, reference = model.run_with_cache(images, [hook])
+    model.train()
+    native.set_grad_checkpointing(True)
+    native.blocks[0].eval()  # a mixed state
+    for _ in range(2):
+        _, cache = model.run_with_cache(images, [hook])
+        assert cache[hook].shape == reference[hook].shape  # no token dropped
+        torch.testing.assert_close(cache[hook], reference[hook], rtol=0, atol=0)
+    result = visualize(model, hook, [0, 1], steps=2, progress=False)
+    assert len(result) == 2 and not result.skipped  # rendered, no checkpoint recomputation error
+    assert native.training and native.grad_checkpointing and not native.blocks[0].training
+    assert native.blocks[1].training and native.patch_drop.training
+
+
+def test_a_timm_model_runs_at_the_size_it_was_built_for_or_says_where_its_size_came_from():
+    """Found from outside (2026-12-02): Twins built with img_size=64 was run at its pretrained_cfg's 224 (another
+    grid than the model's), and MViTv2 built at 64 was refused as if its forward pass were broken."""
+    twins = timm.create_model(
+        "twins_svt_small",
+        pretrained=False,
+        img_size=64,
+        embed_dims=(16, 32),
+        depths=(1, 1),
+        num_heads=(1, 2),
+        mlp_ratios=(2, 2),
+        sr_ratios=(2, 1),
+        wss=(2, 2),
+        patch_size=4,
+        num_classes=5,
+    )
+    assert clipviz.wrap(twins).image_size == (64, 64)
+    from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
+
+    cfg = MultiScaleVitCfg(depths=(1, 1), embed_dim=(16, 32), num_heads=(1, 2))
+    mvit = MultiScaleVit(cfg, img_size=(64, 64), num_classes=5)  # it declares no size: 224 by timm's default
+    with pytest.raises(UnsupportedModelError, match=r"input size of its pretrained_cfg.*pretrained_cfg_overlay"):
+        clipviz.wrap(mvit)
+    mvit.pretrained_cfg = {"input_size": (3, 64, 64)}  # what pretrained_cfg_overlay gives
+    assert clipviz.wrap(mvit).image_size == (64, 64)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from clipviz.errors import UnsupportedModelError
-from clipviz.model.probe import _first, evaluating, native_failures
+from clipviz.model.evaluation import evaluating
+from clipviz.model.probe import _first, native_failures
 
 #: How far one image's output may move when its batch-mate changes, relative to the largest output value.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}

@@ -20,6 +20,7 @@ from clipviz.errors import ClipvizError, check_indices
 from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
 from clipviz.model.batch import check_batch_independence
+from clipviz.model.evaluation import evaluating
 from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, check_fired, installed
 from clipviz.model.layout import TokenLayout
 from clipviz.model.order import check_token_order
@@ -390,7 +391,8 @@ class HookedVisionModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The model's head output: image embedding (CLIP-like), logits (classifiers) or pooled features (the
         first of an output tuple: open_clip's ``output_tokens`` gives ``(pooled, tokens)``)."""
-        out = self.backend.forward(self.prepare(images))
+        with evaluating(self.native):  # whatever mode the user left it in (see ``clipviz.model.evaluation``)
+            out = self.backend.forward(self.prepare(images))
         self._whole_passes += 1  # a pass cut short (StopForward) does not count
         return out[0] if isinstance(out, (tuple, list)) and out else out
 
@@ -573,7 +575,8 @@ class HookedVisionModel(nn.Module):
         self._require_text()
         if isinstance(texts, str):
             texts = [texts]
-        return self.backend.text.encode_tokens(self.tokenize(texts))
+        with evaluating(self.native):
+            return self.backend.text.encode_tokens(self.tokenize(texts))
 
 
 def _noop(value: torch.Tensor, point: HookPoint) -> None:

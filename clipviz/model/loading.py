@@ -202,7 +202,9 @@ def wrap(
     tokenizer, by default the CLIP BPE tokenizer where its text tower reads that vocabulary (else its text asks are
     refused, never read with the wrong ids); ``processor`` (transformers) is where its image processor and
     tokenizer are read from, by default where it was loaded from (``name_or_path``). The module is used as it is
-    (not copied) and stays on its device unless ``device`` is given.
+    (not copied) and stays on its device unless ``device`` is given; clipviz freezes its parameters
+    (``requires_grad_(False)``: optimising an image must not fill their gradients) and puts it in eval mode. Every
+    clipviz pass runs it in eval mode without activation checkpointing, whatever mode it is switched to later.
 
     >>> import clipviz
     >>> held = clipviz.load("world-clip").native  # an open_clip CLIP in memory

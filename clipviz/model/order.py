@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from clipviz.errors import UnsupportedModelError
-from clipviz.model.probe import evaluating, native_failures
+from clipviz.model.evaluation import evaluating
+from clipviz.model.probe import native_failures
 
 POINT = "blocks.0.hook_resid_pre"
 

@@ -37,6 +37,7 @@ from torch import nn
 from clipviz.errors import UnsupportedModelError
 from clipviz.model.architecture import BlockParts
 from clipviz.model.attention import attention_values, check_pattern, check_pattern_float32
+from clipviz.model.evaluation import evaluating
 from clipviz.model.layout import BLOCK_POINTS, TokenLayout
 
 #: Families whose tokens are not in row-major order even where the counts fit a grid.
@@ -57,17 +58,6 @@ class ModelLayout:
     pre_at_act: set[int] = field(default_factory=set)  # blocks whose pre-activation is the activation's input
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (native path, reason)
     indirect_write: dict[int, str] = field(default_factory=dict)  # block -> why its neurons have no fixed write
-
-
-@contextmanager
-def evaluating(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode for the duration of the block (no dropout between measurements), then as it was."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 @contextmanager
@@ -187,8 +177,10 @@ def probe(
     base_grid: tuple[int, int] | None,
     seq_first: bool = False,
     architecture: str = "",
+    size_source: str = "",
 ) -> ModelLayout:
-    """Measure the layout of every hook of every block with one forward pass ``run(images)``."""
+    """Measure the layout of every hook of every block with one forward pass ``run(images)``; ``size_source``
+    says where the images' size came from when the model does not declare it (part of a failure's message)."""
     for key, why in REFUSED_ORDER.items():
         if architecture.split("/")[-1] == key or any(type(m).__name__ == key for m in native.modules()):
             raise UnsupportedModelError(f"unsupported architecture {key}: {why}, so clipviz cannot place its tokens")
@@ -329,8 +321,9 @@ def probe(
             if "input_ids" in first
             else ""
         )
+        size = f" ({size_source})" if size_source else ""
         raise UnsupportedModelError(
-            f"the model's forward pass failed on a {tuple(images.shape[-2:])} image ({type(error).__name__}: "
+            f"the model's forward pass failed on a {tuple(images.shape[-2:])} image{size} ({type(error).__name__}: "
             f"{first}); clipviz cannot hook it{hint}"
         ) from error
     finally:
@@ -494,4 +487,5 @@ def probe_model(model) -> ModelLayout:
             base,
             seq_first=backend.seq_first,
             architecture=backend.architecture,
+            size_source=backend.image_size_source,
         )

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from clipviz.model.evaluation import evaluating
 from clipviz.model.hooks import installed
-from clipviz.model.probe import evaluating, native_failures
+from clipviz.model.probe import native_failures
 
 if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel

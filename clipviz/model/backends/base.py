@@ -114,6 +114,8 @@ class Backend:
     settings: str = ""
     projection: ImageProjection | None = None
     preprocessing_source: str = "model"
+    # where ``image_size`` comes from when the model does not declare it (said if the model fails at that size)
+    image_size_source: str = ""
     hierarchical: bool = False  # Swin-like: patch grid halves at every stage, no prefix tokens
     # The backend's own PIL preprocessing without normalisation: PIL image -> (3, H, W) in [0, 1] at its input size
     # (the image processor / open_clip / timm transform: resize, centre crop as the library does it).

@@ -75,8 +75,14 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
     model.eval()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     patch_embed = getattr(model, "patch_embed", None)
-    declared = getattr(patch_embed, "img_size", None) or getattr(model, "img_size", None)  # CrossViT: the model's
+    declared = _declared_size(model)
     image_size = _pair(declared or cfg.get("input_size", (3, 224, 224))[1:])
+    size_source = (
+        ""
+        if declared
+        else f"{image_size[0]}x{image_size[1]} is the input size of its pretrained_cfg; for a model built at another "
+        "img_size, pass timm.create_model pretrained_cfg_overlay=dict(input_size=(3, H, W))"
+    )
     from timm.data import resolve_data_config
 
     data = resolve_data_config(model=model)  # timm's own defaults (ImageNet's) where the model's config has none
@@ -92,6 +98,7 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
         mean=tuple(map(float, data["mean"])),
         std=tuple(map(float, data["std"])),
         preprocessing_source="the model's pretrained_cfg" if "mean" in cfg else "timm's default (ImageNet's)",
+        image_size_source=size_source,
         settings=settings_text(dict(cfg), data),
         patch_size=_pair(getattr(patch_embed, "patch_size", 16)),
         prefix_tokens=timm_prefix_tokens(model),
@@ -100,6 +107,17 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
         pil_transform=transform,
         notes=(stretch,) if stretch else (),
     )
+
+
+def _declared_size(model: nn.Module):
+    """The input size the model was built for, where it says: its patch embedding's ``img_size`` (ViTs), its own
+    (CrossViT), else its first module's (Twins: the first of its stages' patch embeddings); ``None`` otherwise."""
+    patch_embed = getattr(model, "patch_embed", None)
+    for module in (patch_embed, model, *model.modules()):
+        size = getattr(module, "img_size", None)
+        if size and not callable(size):
+            return size
+    return None
 
 
 def is_timm_dir(path: Path) -> bool:
