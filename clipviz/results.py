@@ -41,6 +41,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -153,6 +154,38 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``out`` to be filled; on success it replaces ``out`` (an existing one
+    is removed only after the new one is in place), on any failure it is removed and ``out`` is unchanged. What
+    a killed writer left is removed by the next one (``remove_stale_temporaries``)."""
+    import shutil
+
+    out = Path(out)
+    staging = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out.parent, recursive=False, name=out.name)
+        staging = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".staging", dir=out.parent))
+        yield staging
+        os.chmod(staging, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
+            out.rename(old / out.name)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)
+    except OSError as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise ClipvizError(f"cannot write '{out}': {_cause(error, out)}") from error
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,7 @@ def test_spaces_folder_is_the_published_app(atlas, tmp_path, monkeypatch):
     app = runpy.run_path(str(tmp_path / "app.py"))["app"]
     assert "atlas" not in {dep.api_name for dep in app.fns.values()}
     card = yaml.safe_load((REPO / "spaces" / "README.md").read_text().split("---")[1])
-    assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
+    assert card["sdk"] == "gradio" and card["app_file"] == "app.py" and card["python_version"] == "3.11"
 
 
 def test_publish_dry_run_lists_the_files_and_a_valid_card(atlas, capsys, tmp_path):
@@ -164,7 +165,29 @@ def test_publish_dry_run_lists_the_files_and_a_valid_card(atlas, capsys, tmp_pat
     assert "  wheels/clipviz-" in out
     card = yaml.safe_load((tmp_path / "stage" / "space" / "README.md").read_text().split("---")[1])
     assert card["sdk"] == "gradio" and card["title"] == "atlas"
+    # the Python the pins were resolved for (2026-12-02: a Space's default Python could not install them)
+    assert card["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["dataset", "space"]
+
+
+def test_a_stage_killed_midway_leaves_nothing_and_the_rerun_succeeds(atlas, monkeypatch, tmp_path):
+    """Found from outside (2026-12-02): the Space was staged in place, so a run killed while staging left a half
+    folder that the next run refused as not empty."""
+    import clipviz.apps.publish as publish_module
+
+    real = publish_module.build_wheel
+
+    def killed(dest):
+        real(dest)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(publish_module, "build_wheel", killed)
+    args = ["publish", str(atlas[0]), "--space", "someone/atlas", "--dry-run", "--stage", str(tmp_path / "stage")]
+    assert main(args) == 130  # interrupted
+    assert not any(p.name.startswith((".stage", "stage")) for p in tmp_path.iterdir())
+    monkeypatch.setattr(publish_module, "build_wheel", real)
+    assert main(args) == 0
+    assert (tmp_path / "stage" / "app.py").is_file() and (tmp_path / "stage" / "atlas" / "atlas.json").is_file()
 
 
 def test_results_dataset_round_trips(atlas, tmp_path):
@@ -253,11 +276,14 @@ def test_the_authors_local_paths_are_not_published(tmp_path, capsys):
     ex = ["examples", spec, "--hook", hook, *common, "--dataset", str(secret / "photos"), "--top-k", "2"]
     assert main([*ex, "--workers", "0", "--out", str(tmp_path / "res" / "ex")]) == 0
     assert main(["atlas", str(tmp_path / "res"), "--out", str(tmp_path / "site")]) == 0
-    stage = tmp_path / "stage"
-    assert main(["publish", str(tmp_path / "site"), "--space", "u/x", "--dataset", "u/y", "--dry-run",
-                 "--stage", str(stage)]) == 0  # fmt: skip
-    assert "local paths are published as <local>/m, <local>/photos" in capsys.readouterr().out
-    leaks = [
-        f for f in stage.rglob("*") if f.is_file() and "alice-private" in f.read_bytes().decode("utf-8", "replace")
-    ]
-    assert not leaks, leaks
+    for moved in (False, True):  # and once the folders have moved (2026-12-02: only existing paths were hidden)
+        if moved:
+            secret.rename(tmp_path / "elsewhere")
+        stage = tmp_path / f"stage-{moved}"
+        assert main(["publish", str(tmp_path / "site"), "--space", "u/x", "--dataset", "u/y", "--dry-run",
+                     "--stage", str(stage)]) == 0  # fmt: skip
+        assert "local paths are published as <local>/m, <local>/photos" in capsys.readouterr().out
+        leaks = [
+            f for f in stage.rglob("*") if f.is_file() and "alice-private" in f.read_bytes().decode("utf-8", "replace")
+        ]
+        assert not leaks, leaks

@@ -26,9 +26,7 @@ import base64
 import html
 import io
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -44,11 +42,10 @@ from clipviz.plugins import registry
 from clipviz.results import (
     ATLAS_FILE,
     VISUALIZATION_KINDS,
+    atomic_folder,
     find_concepts,
     find_examples,
     find_visualizations,
-    remove_stale_temporaries,
-    temp_prefix,
     thumbnail_path,
     versions,
     visualization_kind,
@@ -496,26 +493,6 @@ def build_atlas(
         raise ClipvizError(f"page size must be at least 1, got {page_size}")
     out = check_new_folder(out, "atlas folder", replaceable=ATLAS_FILE)
     found = collect(results, only)
-    staging = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out.parent, recursive=False, name=out.name)  # what a killed build left
-        staging = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".staging", dir=out.parent))
+    with atomic_folder(out) as staging:
         _SiteWriter(found, staging, page_size).build()
-        os.chmod(staging, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
-            out.rename(old / "site")
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
-    except OSError as error:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise ClipvizError(f"cannot write the atlas '{out}': {error.strerror or error}") from error
-    except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -13,15 +13,19 @@ Face login or the ``HF_TOKEN`` environment variable; it is never printed or writ
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from clipviz.apps.validate import check_new_folder
 from clipviz.errors import ClipvizError
-from clipviz.results import is_atlas, read_atlas
+from clipviz.results import atomic_folder, is_atlas, read_atlas
 
 
 def space_files() -> dict[str, str]:
@@ -172,7 +176,10 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]{0,
 
 
 def space_card(title: str, sdk_version: str | None = None, model: str | None = None) -> str:
-    """The Space's README: YAML front matter (sdk: gradio, app_file: app.py) and a short description."""
+    """The Space's README: YAML front matter (sdk: gradio, app_file: app.py, and the Python of this machine, for
+    which the pinned requirements were resolved: a Space's default Python may be older than some of them need)
+    and a short description."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
     if sdk_version is None:
         from importlib.metadata import version
 
@@ -180,7 +187,8 @@ def space_card(title: str, sdk_version: str | None = None, model: str | None = N
     about = f"an atlas of the neurons of `{model}`" if model else "what the neurons of vision transformers respond to"
     return (
         f"---\ntitle: {title}\nemoji: 🔬\ncolorFrom: indigo\ncolorTo: gray\nsdk: gradio\n"
-        f"sdk_version: {sdk_version}\napp_file: app.py\npinned: false\nlicense: apache-2.0\n---\n\n"
+        f'sdk_version: {sdk_version}\npython_version: "{python}"\napp_file: app.py\npinned: false\n'
+        "license: apache-2.0\n---\n\n"
         f"# {title}\n\nMade with clipviz (installed from the wheel in `wheels/`): {about}. Pick a hook and "
         "neurons, or type a phrase, to see feature visualizations, the words that name them and the images "
         "that excite them; the Atlas tab browses precomputed results.\n"
@@ -391,14 +399,33 @@ def check_repo(repo: str, what: str) -> None:
 
 _SCHEMES = ("hf:", "open_clip:", "timm:", "local-dir:")
 _TEXT_FILES = {".html", ".json", ".md", ".js", ".csv", ".txt", ".yaml", ".yml"}
-_ABSOLUTE = re.compile(r"(?<![\w.<>/-])/[^\s\"'&<>`]+")  # a POSIX absolute path, up to a quote or a space
+_ABSOLUTE = re.compile(r"(?<![\w.<>/-])/(?!/)[^\s\"'&<>`]+")  # a POSIX absolute path, up to a quote or a space
+
+
+def _absolute(text: str, *, existing_only: bool) -> tuple[str, Path] | None:
+    """``text`` (less a model scheme) and the absolute path of this machine it names, or None. A path that no
+    longer exists (a model folder moved since the run) counts where it has two parts or more and
+    ``existing_only`` is off; a one-part one (``/s``) only where it exists."""
+    text = next((text[len(s) :] for s in _SCHEMES if text.startswith(s)), text)
+    path = Path(text).expanduser()
+    if not path.is_absolute() or len(path.parts) < 2:
+        return None
+    if path.exists() or (not existing_only and len(path.parts) > 2):
+        return text, path
+    return None
 
 
 def local_paths(site: Path) -> dict[str, str]:
-    """The absolute paths of this machine that an atlas names (a local model's folder, a folder of images) ->
-    what is published instead, ``<local>/<folder name>``: a Space or dataset card shows no one the layout of
-    the author's disk."""
+    """The absolute paths of this machine that an atlas names (a local model's folder, a folder of images),
+    whether or not they still exist, -> what is published instead, ``<local>/<folder name>``: a Space or dataset
+    card shows no one the layout of the author's disk. Paths are read from every JSON value of the site (whole
+    values and paths quoted inside them) and its pages (in a script, only paths that exist)."""
     found: dict[str, str] = {}
+
+    def add(text: str, *, existing_only: bool) -> None:
+        named = _absolute(text, existing_only=existing_only)
+        if named is not None:
+            found[named[0]] = f"<local>/{named[1].name}"
 
     def visit(value) -> None:
         if isinstance(value, dict):
@@ -408,15 +435,23 @@ def local_paths(site: Path) -> dict[str, str]:
             for v in value:
                 visit(v)
         elif isinstance(value, str) and value:
-            text = next((value[len(s) :] for s in _SCHEMES if value.startswith(s)), value)
-            path = Path(text).expanduser()
-            if path.is_absolute() and len(path.parts) > 1 and path.exists():
-                found[text] = f"<local>/{path.name}"
+            add(value, existing_only=False)
+            for quoted in _ABSOLUTE.findall(value):
+                add(quoted, existing_only=False)
 
     visit(read_atlas(site))
-    for file in Path(site).rglob("*"):  # and any other that the pages quote (an examples run's image folder)
-        if file.is_file() and file.suffix.lower() in _TEXT_FILES:
-            visit(_ABSOLUTE.findall(file.read_text(encoding="utf-8", errors="replace")))
+    for file in Path(site).rglob("*"):  # and any other that the results or pages quote
+        if not file.is_file() or file.suffix.lower() not in _TEXT_FILES:
+            continue
+        text = file.read_text(encoding="utf-8", errors="replace")
+        if file.suffix.lower() == ".json":
+            try:
+                visit(json.loads(text))
+                continue
+            except ValueError:
+                pass
+        for quoted in _ABSOLUTE.findall(html.unescape(text)):  # a page quotes JSON as &quot;/path&quot;
+            add(quoted, existing_only=file.suffix.lower() == ".js")  # a script's text is not data
     return dict(sorted(found.items(), key=lambda item: -len(item[0])))  # the longest first: nested paths
 
 
@@ -492,9 +527,8 @@ def publish(
             raise ClipvizError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (or use --dry-run)")
         api = HfApi(token=token)
     uploaded: dict[str, list[tuple[str, int]]] = {}
-    with _site_of(path) as site, tempfile.TemporaryDirectory(prefix="clipviz-publish-") as tmp:
+    with _site_of(path) as site, _staging(stage) as root:
         model = read_atlas(site).get("model")
-        root = Path(stage) if stage is not None else Path(tmp)
         both = bool(space and dataset)
 
         def where(part: str) -> Path:
@@ -540,6 +574,18 @@ def publish(
         hidden = local_paths(site)
         if hidden:
             echo(f"local paths are published as {', '.join(sorted(set(hidden.values())))}")
-        if stage is not None:
-            echo(f"staged in {Path(stage).resolve()}")
+    if stage is not None:
+        echo(f"staged in {Path(stage).resolve()}")
     return uploaded
+
+
+@contextmanager
+def _staging(stage: Path | None) -> Iterator[Path]:
+    """Where the upload is assembled: a temporary folder, or one that becomes ``stage`` only once complete (a
+    killed run leaves no half-staged folder that the next run would refuse)."""
+    if stage is None:
+        with tempfile.TemporaryDirectory(prefix="clipviz-publish-") as tmp:
+            yield Path(tmp)
+    else:
+        with atomic_folder(stage) as folder:
+            yield folder
