@@ -19,6 +19,11 @@ class ClipvizError(ValueError):
     """
 
 
+class Terminated(BaseException):  # noqa: N818 (named as KeyboardInterrupt is: a signal, not an error)
+    """SIGTERM arrived. Raised where a KeyboardInterrupt would be, so that the same clean-up runs: the CLI prints one
+    line and exits with code 143, and no file is left half-written."""
+
+
 class UnsupportedModelError(ClipvizError):
     """The model loaded, but clipviz cannot find the transformer blocks it needs in it."""
 

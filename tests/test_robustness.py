@@ -387,6 +387,85 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path):
     assert err.strip() == "clipviz: interrupted"
 
 
+def _clipviz(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipviz.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )
+
+
+def test_sigterm_during_start_up_is_one_line_and_143():
+    proc = _clipviz("info", "world-clip")
+    time.sleep(1.0)  # still importing torch and the backends
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip() == "clipviz: terminated"
+
+
+def test_sigterm_mid_run_is_one_line_and_143_and_leaves_no_partial_file(tmp_path):
+    out = tmp_path / "out"
+    proc = _clipviz(
+        "visualize", "world-clip", "--hook", H, "--neurons", "0:3", "--steps", "5000", "--size", "16", "--out", str(out)
+    )
+    seen = ""
+    while "step/s" not in seen:  # the optimisation has started: the run is past every import
+        char = proc.stderr.read(1)
+        assert char, seen
+        seen += char
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "clipviz: terminated"
+    assert "Traceback" not in err
+    assert not out.exists() or not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_sigterm_in_a_forked_worker_takes_its_default_action():
+    """A decoding worker forked from the CLI inherits its handler; terminated, it must die of the signal (which
+    the data loader reports), not raise in the middle of decoding."""
+    script = (
+        "import os, signal, sys\n"
+        "from clipviz.cli import _signals_handled\n"
+        "with _signals_handled():\n"
+        "    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        os._exit(0)\n"
+        "    _, status = os.waitpid(pid, 0)\n"
+        "print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM,"
+        " signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )
+    assert done.stdout.split() == ["True", "True"], done.stderr
+
+
+def test_a_handler_the_caller_set_is_kept():
+    from clipviz.cli import _signals_handled
+
+    def mine(signum, frame):
+        raise AssertionError
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with _signals_handled():
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --------------------------------------------------------------------------------------------- file-system errors
 def _visualize(out, neurons="0:3", *extra):
     return main(["visualize", "world-clip", "--hook", H, "--neurons", neurons, *FAST, "--out", str(out), *extra])

@@ -17,7 +17,7 @@ from importlib import import_module
 from pathlib import Path
 
 from clipviz.apps.commands import NAMES
-from clipviz.errors import ClipvizError
+from clipviz.errors import ClipvizError, Terminated
 
 
 class Parser(argparse.ArgumentParser):
@@ -89,11 +89,13 @@ def _os_error(error: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; 2 for a user error (one line on stderr), 130 for Ctrl-C at any moment."""
+    """Run one command; 2 for a user error (one line on stderr), 130 for Ctrl-C and 143 for SIGTERM at any moment."""
     try:
         return _main(argv)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except Terminated:
+        return _fail("terminated", 143)
 
 
 def _main(argv: Sequence[str] | None) -> int:
