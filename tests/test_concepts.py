@@ -109,6 +109,13 @@ def test_vocabularies_and_errors(tiny, tmp_path):
     assert "a red object" in world.concepts and "an object on the left" in world.concepts
     words = load_vocabulary("words-2k")
     assert len(words.concepts) == 2000 and "water" in words.concepts and "wordfreq" in words.license
+    assert not {"the", "and", "with", "which", "their"} & set(words.concepts)  # function words name nothing
+    assert load_vocabulary("words-1500").concepts == words.concepts[:1500]
+    for bad in ("words-1k5", "words-1.5k", "words-", "words-k", "words-0", "words-٣", "words-2K"):
+        with pytest.raises(ClipvizError, match="use words-<N> or words-<N>k"):
+            load_vocabulary(bad)
+    with pytest.raises(ClipvizError, match="wordfreq lists only"):
+        load_vocabulary("words-900k")
     cifar = load_vocabulary("cifar100", parse_templates("ensemble"))
     assert len(cifar.concepts) == 100 and "aquarium fish" in cifar.concepts and len(cifar.templates) == 6
     assert load_vocabulary("cifar10", parse_templates("a sketch of a {}.")).templates == ("a sketch of a {}.",)

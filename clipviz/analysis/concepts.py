@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -176,6 +177,173 @@ def _unique(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+# English function words (pronouns, articles, auxiliaries, conjunctions): as names of what a neuron sees they say
+# nothing. Words of place, number and quantity ("above", "behind", "one", "many") stay: a neuron can see them.
+FUNCTION_WORDS = frozenset(
+    {
+        "about",
+        "after",
+        "again",
+        "almost",
+        "also",
+        "although",
+        "always",
+        "and",
+        "anyone",
+        "anything",
+        "are",
+        "because",
+        "been",
+        "before",
+        "being",
+        "besides",
+        "but",
+        "cannot",
+        "could",
+        "did",
+        "does",
+        "doing",
+        "done",
+        "during",
+        "else",
+        "etc",
+        "even",
+        "ever",
+        "everyone",
+        "everything",
+        "for",
+        "from",
+        "further",
+        "get",
+        "gets",
+        "got",
+        "had",
+        "has",
+        "have",
+        "having",
+        "her",
+        "hers",
+        "herself",
+        "him",
+        "himself",
+        "his",
+        "how",
+        "however",
+        "its",
+        "itself",
+        "just",
+        "let",
+        "lets",
+        "like",
+        "may",
+        "might",
+        "must",
+        "myself",
+        "never",
+        "nevertheless",
+        "nor",
+        "not",
+        "now",
+        "okay",
+        "once",
+        "only",
+        "otherwise",
+        "ought",
+        "our",
+        "ours",
+        "ourselves",
+        "per",
+        "perhaps",
+        "quite",
+        "rather",
+        "really",
+        "shall",
+        "she",
+        "should",
+        "since",
+        "some",
+        "someone",
+        "something",
+        "somewhat",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "theirs",
+        "them",
+        "themselves",
+        "then",
+        "there",
+        "therefore",
+        "these",
+        "they",
+        "this",
+        "those",
+        "though",
+        "thus",
+        "too",
+        "unless",
+        "until",
+        "very",
+        "via",
+        "was",
+        "were",
+        "what",
+        "whatever",
+        "when",
+        "whenever",
+        "where",
+        "whereas",
+        "wherever",
+        "whether",
+        "which",
+        "while",
+        "who",
+        "whoever",
+        "whom",
+        "whose",
+        "why",
+        "will",
+        "with",
+        "would",
+        "yes",
+        "yet",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "yourselves",
+    }
+)
+_WORDS_SPEC = re.compile(r"^words-([0-9]+)(k?)$")
+_WORDFREQ_LICENSE = "wordfreq (code Apache-2.0, data CC-BY-SA 4.0)"
+
+
+def _common_words(spec: str, templates: Sequence[str] | None) -> Vocabulary:
+    """``words-<N>`` / ``words-<N>k``: the N most common English words of three letters or more, function words
+    left out (``FUNCTION_WORDS``)."""
+    match = _WORDS_SPEC.match(spec)
+    n = int(match.group(1)) * (1000 if match.group(2) else 1) if match else 0
+    if n < 1:
+        raise ClipvizError(f"bad vocabulary '{spec}': use words-<N> or words-<N>k with a whole N >= 1, e.g. words-20k")
+    try:
+        from wordfreq import top_n_list
+    except ImportError:
+        raise ClipvizError("the words-<N> vocabularies need wordfreq: pip install 'clipviz[words]'") from None
+
+    def kept(listed: int) -> list[str]:
+        words = top_n_list("en", listed)
+        return [w for w in words if w.isalpha() and len(w) > 2 and w not in FUNCTION_WORDS][:n]
+
+    words = kept(n * 2)
+    if len(words) < n:  # rare words are more often dropped: read the whole list
+        words = kept(10**7)
+    if len(words) < n:
+        raise ClipvizError(f"bad vocabulary '{spec}': wordfreq lists only {len(words)} such English words")
+    return Vocabulary(spec, tuple(words), tuple(templates or DEFAULT_TEMPLATES), _WORDFREQ_LICENSE)
+
+
 def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabulary:
     """``world``, ``imagenet``, ``cifar10``, ``cifar100``, ``words-<N>`` (the N most common English words, from
     wordfreq) or a path to a UTF-8 text file with one concept per line (blank lines and lines starting with ``#``
@@ -197,20 +365,7 @@ def load_vocabulary(spec: str, templates: Sequence[str] | None = None) -> Vocabu
     if spec == "cifar100":
         return Vocabulary("cifar100", CIFAR100, tuple(templates or DEFAULT_TEMPLATES), "CIFAR-100 class names")
     if spec.startswith("words-"):
-        try:
-            n = int(spec.removeprefix("words-").replace("k", "000"))
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ClipvizError(f"bad vocabulary '{spec}': use words-<N> with N >= 1, e.g. words-20k")
-        try:
-            from wordfreq import top_n_list
-        except ImportError:
-            raise ClipvizError("the words-<N> vocabularies need wordfreq: pip install 'clipviz[words]'") from None
-        words = tuple(w for w in top_n_list("en", n * 2) if w.isalpha() and len(w) > 2)[:n]
-        return Vocabulary(
-            spec, words, tuple(templates or DEFAULT_TEMPLATES), "wordfreq (code Apache-2.0, data CC-BY-SA 4.0)"
-        )
+        return _common_words(spec, templates)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ClipvizError(
