@@ -377,3 +377,30 @@ def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsy
         == 2
     )
     assert "kept no activation matrix" in capsys.readouterr().err
+
+
+def test_concepts_the_tokenizer_cannot_tell_apart_are_ranked_once(tmp_path, capsys):
+    """'Red', 'RED' and 'red' are one text to world-clip's lower-casing tokenizer: one embedding, so they would tie
+    on every score and fill three places of a top-3. They are kept once, by their first spelling, with a warning."""
+    import csv
+
+    from clipviz.analysis.concepts import merge_same_text
+    from clipviz.apps.cli import main
+
+    model = clipviz.load("world-clip")
+    vocab = Vocabulary("mine", ("Red", "a blue object", "red", "RED", "a  blue   object", "green"), ("a {}.",))
+    with pytest.warns(UserWarning, match=r"3 concepts read as the same text.*'red', 'RED' as 'Red'"):
+        assert merge_same_text(model, vocab).concepts == ("Red", "a blue object", "green")
+    assert merge_same_text(model, load_vocabulary("world")) == load_vocabulary("world")  # nothing to merge: as is
+    mine = tmp_path / "mine.txt"
+    mine.write_text("Red\nred\nblue\nRED\ngreen\n")
+    out, hook = tmp_path / "words", "blocks.3.mlp.hook_post"
+    args = ["concepts", "world-clip", "--hook", hook, "--neurons", "0:4", "--vocab", str(mine), "--out", str(out)]
+    assert main([*args, "--top-k", "3"]) == 0
+    rows = list(csv.DictReader((out / hook / "concepts-direct.csv").open()))
+    assert {r["word"] for r in rows} == {"Red", "blue", "green"} and len(rows) == 4 * 3
+    assert "kept once" in capsys.readouterr().err
+    assert main([*args, "--top-k", "4"]) == 2
+    assert "larger than the 3 concepts of vocabulary 'mine' that the model's tokenizer tells apart" in (
+        capsys.readouterr().err
+    )

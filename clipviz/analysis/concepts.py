@@ -23,7 +23,7 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -444,10 +444,47 @@ def _model_digest(model: HookedVisionModel) -> str:
     vision = f"{b.vision_path}." if b.vision_path else None
     named = sorted([*model.native.named_parameters(), *model.native.named_buffers()], key=lambda p: p[0])
     update_with_tensors(h, [(n, t) for n, t in named if vision is None or not n.startswith(vision)])
-    tokens = model.tokenize(["a photo of a {}."])
-    values = tokens.get("input_ids") if isinstance(tokens, dict) or hasattr(tokens, "keys") else tokens
-    h.update(repr(values.tolist() if hasattr(values, "tolist") else values).encode())
+    h.update(repr(_token_ids(model, ["a photo of a {}."])).encode())
     return h.hexdigest()[:16]
+
+
+def _token_ids(model: HookedVisionModel, texts: Sequence[str]) -> list[list[int]]:
+    """The token ids the model's text tower reads for each text, as lists (padding included)."""
+    tokens = model.tokenize(texts)
+    values = tokens.get("input_ids") if isinstance(tokens, dict) or hasattr(tokens, "keys") else tokens
+    return values.tolist() if hasattr(values, "tolist") else [list(v) for v in values]
+
+
+def merge_same_text(model: HookedVisionModel, vocab: Vocabulary) -> Vocabulary:
+    """``vocab`` with the concepts that ``model``'s tokenizer cannot tell apart (``Apple`` and ``apple`` to CLIP's
+    lower-casing tokenizer, ``ice cream`` and ``ice  cream``) kept once, by their first spelling, with a warning.
+    Such twins have one embedding: they would tie on every score and fill two places of every top-k.
+
+    >>> import clipviz, warnings
+    >>> model = clipviz.load("world-clip")
+    >>> with warnings.catch_warnings(record=True):
+    ...     merge_same_text(model, Vocabulary("mine", ("red", "Red", "blue"))).concepts
+    ('red', 'blue')
+    """
+    keys: dict[tuple, str] = {}
+    rows = [_token_ids(model, [t.format(c) for c in vocab.concepts]) for t in vocab.templates]
+    twins: dict[str, list[str]] = {}
+    for i, concept in enumerate(vocab.concepts):
+        key = tuple(tuple(r[i]) for r in rows)
+        if key in keys:
+            twins.setdefault(keys[key], []).append(concept)
+        else:
+            keys[key] = concept
+    if not twins:
+        return vocab
+    shown = "; ".join(f"{', '.join(repr(t) for t in same)} as {kept!r}" for kept, same in list(twins.items())[:3])
+    more = f" and {len(twins) - 3} more" if len(twins) > 3 else ""
+    warnings.warn(
+        f"vocabulary '{vocab.name}': {sum(map(len, twins.values()))} concepts read as the same text as an earlier one "
+        f"by {model.spec}'s tokenizer, kept once: {shown}{more}",
+        stacklevel=2,
+    )
+    return replace(vocab, concepts=tuple(keys.values()))
 
 
 def _read_cache(path: Path, rows: int) -> torch.Tensor | None:

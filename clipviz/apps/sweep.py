@@ -156,7 +156,7 @@ def make_plan(
     site: str | Path | None = None,
 ) -> SweepPlan:
     """Check every choice against the model and the data, and say what the sweep will do."""
-    from clipviz.analysis.concepts import load_vocabulary
+    from clipviz.analysis.concepts import load_vocabulary, merge_same_text
     from clipviz.apps.atlas import ATLAS_FILE
     from clipviz.apps.options import parse_indices
     from clipviz.apps.validate import check_new_folder
@@ -224,7 +224,7 @@ def make_plan(
         raise ClipvizError(larger_than_the_data(source, f"--top-k {top_k}"))
     vocab_digest = None
     if vocab is not None:
-        loaded = load_vocabulary(vocab)
+        loaded = merge_same_text(model, load_vocabulary(vocab))
         vocab_digest = loaded.digest()
         concepts = len(loaded.concepts)
         model.tokenize([t.format(c) for c in loaded.concepts for t in loaded.templates])  # too long: refused now
@@ -709,11 +709,18 @@ def _run_sweep(model: HookedVisionModel, plan: SweepPlan, *, progress, accelerat
 
 
 def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, shown) -> None:
-    from clipviz.analysis.concepts import direct_lens, load_vocabulary, text_embeddings, words_table, write_table
+    from clipviz.analysis.concepts import (
+        direct_lens,
+        load_vocabulary,
+        merge_same_text,
+        text_embeddings,
+        words_table,
+        write_table,
+    )
 
     with warnings.catch_warnings():  # read once more: what it warns of was said when the plan read it
         warnings.simplefilter("ignore")
-        vocab = load_vocabulary(plan.vocab)
+        vocab = merge_same_text(model, load_vocabulary(plan.vocab))
     text = text_embeddings(model, vocab, progress=shown)
     bar = _bar(len(units), "concepts", "hook", shown)
     similarities = None

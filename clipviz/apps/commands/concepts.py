@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from clipviz.analysis.concepts import (
         direct_lens,
         load_vocabulary,
+        merge_same_text,
         output_directions,
         parse_templates,
         text_embeddings,
@@ -109,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
         raise ClipvizError(
             f"the labeller '{labeller.spec}' has no text tower: --method {args.method} reads images with a CLIP-like "
             "model's words (--labeller)"
+        )
+    vocab = merge_same_text(model if args.method == "direct" else labeller, vocab)
+    if args.top_k > len(vocab.concepts):
+        raise ClipvizError(
+            f"--top-k {args.top_k} is larger than the {len(vocab.concepts)} concepts of vocabulary '{vocab.name}' "
+            f"that the model's tokenizer tells apart: use at most {len(vocab.concepts)}"
         )
     if stored is not None:
         neurons = list(dict.fromkeys(wanted)) if wanted else stored.neurons
