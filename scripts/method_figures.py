@@ -11,6 +11,9 @@ the planted conjunctions' prompts ("a red object on the left"). For each neuron:
   examples`` ranks them) that carry its concept;
 * CLIP-Dissect top-1: SoftWPMI (``clipviz.analysis.dissect``), world-clip as its own labeller over the probe set,
   the layer's neurons as the population;
+
+For every method a reading whose top score several concepts share (``words_table``'s ``tied``, as CLIP-Dissect's do
+at its ``log(width)`` ceiling) is recorded as ``tie(a, b)`` and counted as a miss: the first of equals is not a name.
 * direct lens top-1, last block only (the lens reads the direct path into the embedding, exact only there);
 * visual method top-1: the model's own zero-shot reading of the neuron's feature visualization (``--recipe``, as
   ``clipviz concepts --method visual``) among the same concepts;
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 import clipviz
-from clipviz.analysis.concepts import Vocabulary, direct_lens, visual_words
+from clipviz.analysis.concepts import Vocabulary, direct_lens, visual_words, words_table
 from clipviz.analysis.dissect import labeller_a, softwpmi
 from clipviz.images import pil_to_tensor
 from clipviz.visualization.guidance import default_recipe
@@ -115,10 +118,19 @@ def example_precision(pr: dict, concepts: list[str], neurons: list[dict], k: int
     return out
 
 
+def top1(row: dict, name=lambda word: word) -> str:
+    """A words-table row's top-1 concept (``name`` maps its words to concepts), or ``tie(a, b, ...)`` where several
+    concepts share the top score."""
+    if row["tied"] > 1:
+        return f"tie({', '.join(name(w) for w in row['words'][: row['tied']])})"
+    return name(row["words"][0])
+
+
 def dissect_reading(pr: dict, concepts: list[str], neurons: list[dict]) -> list[str]:
     """CLIP-Dissect's top-1 concept for each neuron (the layer's neurons as the population)."""
     scores = {hook: softwpmi(m, pr["sims"], a=pr["a"]) for hook, m in pr["means"].items()}
-    return [concepts[int(scores[hook_of(r)][r["neuron"]].argmax())] for r in neurons]
+    rows = [words_table(scores[hook_of(r)][r["neuron"]][None], concepts, len(concepts))[0] for r in neurons]
+    return [top1(row) for row in rows]
 
 
 def lens_reading(model, pr: dict, concepts: list[str], neurons: list[dict]) -> list[str | None]:
@@ -128,10 +140,12 @@ def lens_reading(model, pr: dict, concepts: list[str], neurons: list[dict]) -> l
     if not rows:
         return [None] * len(neurons)
     vocab = vocabulary(concepts)
-    table = direct_lens(model, hook_of(rows[0]), [r["neuron"] for r in rows], vocab, 1, embeddings=pr["text"])
-    words = {r["neuron"]: t["words"][0] for r, t in zip(rows, table, strict=True)}
+    table = direct_lens(
+        model, hook_of(rows[0]), [r["neuron"] for r in rows], vocab, len(concepts), embeddings=pr["text"]
+    )
     by_prompt = {concept_prompt(c): c for c in concepts}
-    return [by_prompt[words[r["neuron"]]] if r["block"] == last else None for r in neurons]
+    words = {r["neuron"]: top1(t, by_prompt.get) for r, t in zip(rows, table, strict=True)}
+    return [words[r["neuron"]] if r["block"] == last else None for r in neurons]
 
 
 def render(model, neurons: list[dict], recipe: str, overrides: dict, guide: str | None = None) -> list[torch.Tensor]:
@@ -151,9 +165,11 @@ def render(model, neurons: list[dict], recipe: str, overrides: dict, guide: str 
 @torch.no_grad()
 def visual_reading(model, pr: dict, concepts: list[str], images: list[torch.Tensor]) -> list[str]:
     """The model's zero-shot top-1 concept for each visualization."""
-    table = visual_words(model, torch.stack(images)[:, None], vocabulary(concepts), 1, embeddings=pr["text"])
+    table = visual_words(
+        model, torch.stack(images)[:, None], vocabulary(concepts), len(concepts), embeddings=pr["text"]
+    )
     by_prompt = {concept_prompt(c): c for c in concepts}
-    return [by_prompt[t["words"][0]] for t in table]
+    return [top1(t, by_prompt.get) for t in table]
 
 
 def read_pixels(image: torch.Tensor) -> dict:

@@ -15,6 +15,8 @@ from clipviz.analysis.concepts import (
     parse_templates,
     sparse_words,
     text_embeddings,
+    words_table,
+    write_table,
 )
 from clipviz.errors import ClipvizError
 
@@ -404,3 +406,35 @@ def test_concepts_the_tokenizer_cannot_tell_apart_are_ranked_once(tmp_path, caps
     assert "larger than the 3 concepts of vocabulary 'mine' that the model's tokenizer tells apart" in (
         capsys.readouterr().err
     )
+
+
+def test_a_tie_at_the_top_is_counted_written_and_shown(tmp_path, capsys):
+    """Two concepts whose scores differ by float noise (as CLIP-Dissect's do at their log(width) ceiling) are one
+    score: the table says how many share it, lists them in the vocabulary's order, writes the count with every row,
+    and the atlas says the first word is one of equals."""
+    import csv
+
+    from clipviz.apps.atlas import build_atlas
+
+    concepts = ["a blue object", "a blue object at the top", "a red object", "a star"]
+    scores = torch.tensor(
+        [
+            [6.2383, 6.2383 + 3e-7, 1.0, 0.5],  # a tie: noise put the second concept first
+            [0.3, 0.1, 0.9, 0.89],  # 0.01 apart: two scores, no tie
+        ]
+    )
+    table = words_table(scores, concepts, 3, neurons=[5, 6])
+    assert table[0]["words"] == ["a blue object", "a blue object at the top", "a red object"]
+    assert (
+        table[0]["tied"] == 2
+        and table[1]["tied"] == 1
+        and table[1]["words"] == ["a red object", "a star", "a blue object"]
+    )
+    model = clipviz.load("world-clip")
+    vocab = Vocabulary("mine", tuple(concepts))
+    write_table(tmp_path / "con", "blocks.3.mlp.hook_post", table, "dissect", vocab, identity=model.identity())
+    rows = list(csv.DictReader((tmp_path / "con" / "blocks.3.mlp.hook_post" / "concepts-dissect.csv").open()))
+    assert [(r["neuron"], r["tied"]) for r in rows] == [("5", "2")] * 3 + [("6", "1")] * 3
+    site = build_atlas(tmp_path / "con", tmp_path / "site")
+    assert "2 concepts share the top score" in (site / "neurons" / "blocks.3.mlp.hook_post" / "5.html").read_text()
+    assert "share the top score" not in (site / "neurons" / "blocks.3.mlp.hook_post" / "6.html").read_text()

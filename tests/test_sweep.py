@@ -444,3 +444,20 @@ def test_another_vocabulary_renames_the_neurons_without_rendering_or_mining_agai
     assert kept and {u: after[u] for u in kept} == {u: before[u] for u in kept}
     assert any(after[u] != before[u] for u in after if u.startswith("concepts"))
     assert all(p.stat().st_mtime_ns == t for p, t in files.items())  # no image written again
+
+
+def test_a_rerun_with_another_recipe_shows_only_its_own_images(tmp_path):
+    """Found from outside: a sweep rerun into its folder with another recipe (or fewer samples) left the older
+    images beside the new ones, and the atlas showed both as the sweep's."""
+    from clipviz.results import find_visualizations, read_atlas
+
+    small = ["world-clip", "--blocks", "3", "--neurons", "0:2", "--dataset", "world:60", "--steps", "2"]
+    small += ["--workers", "0", "--top-k", "4", "--out", str(tmp_path / "R")]
+    assert main(["sweep", *small, "--samples", "2"]) == 0  # vital: data-guided, two samples a neuron
+    assert main(["sweep", *small, "--recipe", "default"]) == 0  # unguided, one sample
+    on_disk = [m for _, m in find_visualizations(tmp_path / "R" / "visualizations")]
+    assert {m["recipe"]["name"] for m in on_disk} == {"vital", "default"}  # the older images stay on disk
+    atlas = read_atlas(tmp_path / "R" / "atlas")
+    shown = [n for entry in atlas["hooks"].values() for n in entry["neurons"]]
+    assert [n["neuron"] for n in shown] == [0, 1]
+    assert all(len(n["visualizations"]) == 1 and n["visualization_kinds"] == ["plain"] for n in shown), shown

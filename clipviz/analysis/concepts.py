@@ -13,7 +13,7 @@ what later blocks make of the neuron's output is ignored.
 >>> model = clipviz.load("world-clip")
 >>> table = direct_lens(model, "blocks.3.mlp.hook_post", [0, 1], load_vocabulary("world"), top_k=3)
 >>> len(table), sorted(table[0])
-(2, ['neuron', 'scores', 'words'])
+(2, ['neuron', 'scores', 'tied', 'words'])
 """
 
 from __future__ import annotations
@@ -551,19 +551,36 @@ def output_directions(model: HookedVisionModel, hook: str, neurons: Sequence[int
     return directions if neurons is None else directions[model.check_neurons(hook, neurons)]
 
 
+TIE_TOLERANCE = 1e-4  # scores this close (relative to the top one, at least 1) are one score: float noise
+
+
 def words_table(
     scores: torch.Tensor, concepts: Sequence[str], top_k: int, neurons: Sequence[int] | None = None
 ) -> list[dict]:
-    """Rows ``{"neuron", "words", "scores"}`` of the ``top_k`` concepts per row of ``scores`` (rows, concepts).
+    """Rows ``{"neuron", "words", "scores", "tied"}`` of the ``top_k`` concepts per row of ``scores`` (rows,
+    concepts). ``tied`` counts the concepts that share the top score (within ``TIE_TOLERANCE``), as CLIP-Dissect's
+    do where a neuron's top images carry several concepts that no other neuron's carry (all at its ``log(width)``
+    ceiling): more than 1 means the first word is not the neuron's name but one of ``tied`` equals. Tied concepts
+    are listed in the vocabulary's order, never in the order float noise gives them.
 
     >>> words_table(torch.tensor([[0.1, 0.9, 0.5]]), ["a", "b", "c"], 2, neurons=[7])
-    [{'neuron': 7, 'words': ['b', 'c'], 'scores': [0.9, 0.5]}]
+    [{'neuron': 7, 'words': ['b', 'c'], 'scores': [0.9, 0.5], 'tied': 1}]
+    >>> words_table(torch.tensor([[0.2, 4.1589, 4.15891]]), ["a", "b", "c"], 3)
+    [{'words': ['b', 'c', 'a'], 'scores': [4.1589, 4.15891, 0.2], 'tied': 2}]
     """
-    values, index = scores.topk(min(top_k, len(concepts)), dim=1)
-    rows = [
-        {"words": [concepts[int(i)] for i in index[r]], "scores": [round(float(v), 5) for v in values[r]]}
-        for r in range(scores.shape[0])
-    ]
+    k = min(top_k, len(concepts))
+    values, index = scores.topk(k, dim=1)
+    top = values[:, :1]
+    shared = scores >= top - TIE_TOLERANCE * top.abs().clamp(min=1.0)
+    rows = []
+    for r in range(scores.shape[0]):
+        tied = int(shared[r].sum())
+        order = index[r].tolist()
+        if tied > 1:  # the equals first, in the vocabulary's order, then the rest as ranked
+            equals = shared[r].nonzero().squeeze(1).tolist()
+            order = (equals + [i for i in order if not shared[r, i]])[:k]
+        words = [concepts[i] for i in order]
+        rows.append({"words": words, "scores": [round(float(scores[r, i]), 5) for i in order], "tied": tied})
     if neurons is None:
         return rows
     return [{"neuron": int(n), **row} for n, row in zip(neurons, rows, strict=True)]
@@ -632,7 +649,8 @@ def sparse_words(
 def write_table(
     out: Path, hook: str, table: list[dict], method: str, vocabulary: Vocabulary, *, identity: dict
 ) -> list[Path]:
-    """Write ``neuron -> words, scores`` as parquet and CSV (one row per neuron and rank) under ``out/<hook>/``,
+    """Write ``neuron -> words, scores`` as parquet and CSV (one row per neuron and rank, with the neuron's ``tied``
+    count) under ``out/<hook>/``,
     each row with the model and weights it names (``identity``: the named model's ``identity()``), so that an
     atlas never shows one model's words on another's neurons."""
     rows = [
@@ -646,6 +664,7 @@ def write_table(
             "vocabulary": vocabulary.name,
             "model": identity["model"],
             "weights": identity["weights"],
+            "tied": r.get("tied", 1),
         }
         for r in table
         for k, (w, s) in enumerate(zip(r["words"], r["scores"], strict=True))

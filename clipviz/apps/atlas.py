@@ -27,7 +27,7 @@ import html
 import io
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -66,6 +66,7 @@ class NeuronRecord:
     visualizations: list[dict] = field(default_factory=list)  # {"png": Path, "meta": dict}
     examples: list[dict] = field(default_factory=list)  # {"index", "score", "caption", "name", "thumb", "map"}
     words: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # method -> ranked (word, score)
+    ties: dict[str, int] = field(default_factory=dict)  # method -> how many concepts share the top score
     truth: str | None = None  # the known concept of a bundled model's neuron (its plug-in's ground truth)
 
     def top_words(self, k: int = 3) -> list[str]:
@@ -86,9 +87,14 @@ class Results:
     concept_settings: dict[str, dict]  # hook -> method -> vocabulary
 
 
-def collect(root: str | Path, only: Mapping[str, Sequence[int]] | None = None) -> Results:
+def collect(
+    root: str | Path,
+    only: Mapping[str, Sequence[int]] | None = None,
+    visualizations: Callable[[Path, dict], bool] | None = None,
+) -> Results:
     """Find every visualization sidecar, examples result and concepts table under ``root`` (with ``only``, those of
-    these hooks' neurons alone: a sweep's atlas shows its plan, not what earlier runs left in its folder).
+    these hooks' neurons alone, and with ``visualizations``, the images it keeps given their path and sidecar: a
+    sweep's atlas shows its plan, not what earlier runs with other recipes or samples left in its folder).
 
     Results of one model spec with different weights are refused: a folder rerun after the weights changed keeps
     the older results of targets the rerun did not redo, and one atlas must not show two models as one."""
@@ -115,6 +121,8 @@ def collect(root: str | Path, only: Mapping[str, Sequence[int]] | None = None) -
 
     for png, meta in find_visualizations(root):
         if not wanted(meta.get("hook"), int(meta["target"]) if meta["kind"] == "neuron" else -1):
+            continue
+        if visualizations is not None and not visualizations(png, meta):
             continue
         weights.setdefault(meta.get("weights"), str(png))
         models.add(meta.get("model"))
@@ -172,6 +180,7 @@ def collect(root: str | Path, only: Mapping[str, Sequence[int]] | None = None) -
             weights.setdefault(row.get("weights"), row["hook"])
             rec = record(row["hook"], int(row["neuron"]))
             rec.words.setdefault(row["method"], []).append((row["word"], float(row["score"])))
+            rec.ties[row["method"]] = int(row.get("tied") or 1)  # tables of an older clipviz did not count ties
             concept_settings.setdefault(row["hook"], {})[row["method"]] = row["vocabulary"]
 
     models.discard(None)
@@ -258,15 +267,22 @@ def _slug(hook: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in hook)
 
 
-def _words_table(words: dict[str, list[tuple[str, float]]], vocabularies: dict[str, str]) -> str:
+def _words_table(words: dict[str, list[tuple[str, float]]], vocabularies: dict[str, str], ties: dict[str, int]) -> str:
     esc = html.escape
     parts = []
     for method in sorted(words, key=lambda m: (METHOD_ORDER + (m,)).index(m)):
         rows = "".join(f"<tr><td>{esc(w)}</td><td>{s:.4f}</td></tr>" for w, s in words[method])
         vocab = vocabularies.get(method, "")
+        tied = ties.get(method, 1)
+        tie = (
+            f"<p class='words'><b>{tied} concepts share the top score</b>: the first is one of equals, not the "
+            "neuron's name</p>"
+            if tied > 1
+            else ""
+        )
         parts.append(
             f"<div style='display:inline-block;vertical-align:top;margin-right:2rem'><h3>{esc(method)}"
-            f"</h3><p class='words'>vocabulary: {esc(vocab)}</p><table><tr><th>word</th><th>score</th>"
+            f"</h3><p class='words'>vocabulary: {esc(vocab)}</p>{tie}<table><tr><th>word</th><th>score</th>"
             f"</tr>{rows}</table></div>"
         )
     return "".join(parts) or "<p>No concept words for this neuron (run <code>clipviz concepts</code>).</p>"
@@ -363,7 +379,7 @@ class _SiteWriter:
                 if ex_html
                 else "<p>None (run <code>clipviz examples</code>).</p>"
             )
-            + f"<h2>Words</h2>{_words_table(rec.words, self.r.concept_settings.get(rec.hook, {}))}"
+            + f"<h2>Words</h2>{_words_table(rec.words, self.r.concept_settings.get(rec.hook, {}), rec.ties)}"
             f"<h2>Settings</h2><details><summary>exact settings used</summary><pre>"
             f"{esc(json.dumps(settings, indent=2, sort_keys=True, default=str))}</pre></details>"
         )
@@ -382,6 +398,7 @@ class _SiteWriter:
             "visualization_kinds": vis_kinds,
             "examples": ex_data,
             "words": {m: [[w, round(s, 5)] for w, s in ws] for m, ws in rec.words.items()},
+            "ties": {m: t for m, t in rec.ties.items() if t > 1},
             "top_words": rec.top_words(),
             "truth": rec.truth,
         }
@@ -482,9 +499,15 @@ def _hook_order(hook: str) -> tuple:
 
 
 def build_atlas(
-    results: str | Path, out: str | Path, *, page_size: int = 256, only: Mapping[str, Sequence[int]] | None = None
+    results: str | Path,
+    out: str | Path,
+    *,
+    page_size: int = 256,
+    only: Mapping[str, Sequence[int]] | None = None,
+    visualizations: Callable[[Path, dict], bool] | None = None,
 ) -> Path:
-    """Build the atlas of the results under ``results`` into ``out`` (replaced atomically) and return ``out``.
+    """Build the atlas of the results under ``results`` into ``out`` (replaced atomically) and return ``out``;
+    ``only`` and ``visualizations`` choose what it shows, as in ``collect``.
 
     ``out`` may be an existing atlas (it is replaced) or a new or empty folder; anything else is refused rather
     than overwritten.
@@ -492,7 +515,7 @@ def build_atlas(
     if page_size < 1:
         raise ClipvizError(f"page size must be at least 1, got {page_size}")
     out = check_new_folder(out, "atlas folder", replaceable=ATLAS_FILE)
-    found = collect(results, only)
+    found = collect(results, only, visualizations)
     with atomic_folder(out) as staging:
         _SiteWriter(found, staging, page_size).build()
     return out

@@ -33,7 +33,7 @@ DEMO_RECIPE = GUIDED_DEFAULT
 METHOD_NOTES = {
     "examples": "share of the neuron's top held-out images that carry its concept",
     "dissect": "SoftWPMI over the held-out images with the model as its own labeller; right when its top-1 "
-    "concept is the truth",
+    "concept is the truth, alone (a tie of several concepts at the top names nothing)",
     "lens": "the neuron's direct write into the image embedding ranked against the concepts' text; right when "
     "its top-1 is the truth (exact for the last block only, so scored there)",
     "visual": "the concept the model itself reads in the neuron's feature visualization more than in the other "
@@ -73,6 +73,18 @@ def planted_neurons(selectivity, limit: int | None = None) -> list[tuple[str, in
         for p in selectivity.known()
     ]
     return rows if limit is None else rows[:limit]
+
+
+def _named(row: dict, concept: str) -> bool:
+    """Whether a words-table row names ``concept``: it comes first, and alone (not one of several equal scores)."""
+    return row["words"][0] == concept and row.get("tied", 1) == 1
+
+
+def _reading(row: dict) -> str:
+    """A words-table row's top-1, or its tie: ``tie: a red object = a red circle``."""
+    if row.get("tied", 1) > 1:
+        return "tie: " + " = ".join(row["words"][: row["tied"]])
+    return row["words"][0]
 
 
 def tally(cards: list[dict], kind: str) -> dict[str, str]:
@@ -214,11 +226,11 @@ def _run(
                     "vis": vis[j],
                     "examples": exs,
                     "words": words[j],
-                    "dissect": prompts[int(dissect[hook][neuron].argmax())],
-                    "right": {
+                    "dissect": _reading(named[j]),
+                    "right": {  # a first word that is one of several equals names nothing: not right
                         "examples": float(np.mean([e[3] for e in exs])),
-                        "dissect": int(dissect[hook][neuron].argmax()) == c,
-                        "lens": words[j]["words"][0] == prompts[c] if hook == last else None,
+                        "dissect": _named(named[j], prompts[c]),
+                        "lens": _named(words[j], prompts[c]) if hook == last else None,
                     },
                 }
             )
@@ -226,7 +238,7 @@ def _run(
     images = torch.stack([pil_to_tensor(c["vis"].image) for c in cards])[:, None]
     for c, read in zip(cards, visual_words(model, images, vocab, 1, embeddings=text), strict=True):
         c["seen_as"] = (read["words"][0], read["scores"][0])  # against all shown neurons' visualizations
-        c["right"]["visual"] = read["words"][0] == c["prompt"]
+        c["right"]["visual"] = _named(read, c["prompt"])
     for kind in ("planted", "natural"):
         shown = [c for c in cards if c["kind"] == kind]
         if shown:

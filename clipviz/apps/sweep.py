@@ -371,6 +371,22 @@ def _pending_visualizations(plan: SweepPlan, hook: str) -> int:
     return left
 
 
+def _planned(plan: SweepPlan):
+    """Whether a visualization under the sweep's folder is one of its plan's (a planned target's file, rendered with
+    the plan's recipe): a sweep rerun with another recipe or fewer samples leaves the older images on disk, and its
+    atlas must not show them as its own."""
+    from clipviz.visualization.visualize import make_targets
+
+    folder = sweep_paths(Path(plan.out))["visualizations"]
+    kind = "data-guided" if plan.guided else "plain"
+    planned = {
+        visualization_path(folder, hook, t.key, None if plan.samples == 1 else t.seed, kind).resolve()
+        for hook in plan.neurons
+        for t in make_targets(plan.neurons[hook], seed=plan.seed, samples=plan.samples)
+    }
+    return lambda png, meta: Path(png).resolve() in planned and meta.get("recipe") == plan.recipe
+
+
 def _expected_guides(plan: SweepPlan, hook: str, folder: Path) -> dict[int, dict]:
     """The guide each neuron's image records when guided by the examples now in ``folder`` (none yet: empty)."""
     from clipviz.visualization.guidance import examples_ranks, guide_records
@@ -700,7 +716,7 @@ def _run_sweep(model: HookedVisionModel, plan: SweepPlan, *, progress, accelerat
 
         started = time.perf_counter()
         bar = _bar(1, "atlas", "site", shown)
-        build_atlas(out, site, only=plan.neurons)
+        build_atlas(out, site, only=plan.neurons, visualizations=_planned(plan))
         bar.update(1)
         bar.close()
         record("atlas")

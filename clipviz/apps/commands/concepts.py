@@ -171,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for row in table[:10]:
         words = ", ".join(f"{w} ({s:.2f})" for w, s in zip(row["words"], row["scores"], strict=True))
-        print(f"neuron {row['neuron']:>5}: {words}")
+        tie = f"  [{row['tied']} concepts share the top score]" if row.get("tied", 1) > 1 else ""
+        print(f"neuron {row['neuron']:>5}: {words}{tie}")
     if len(table) > 10:
         print(f"... {len(table) - 10} more")
     print("wrote " + ", ".join(str(p) for p in paths))
