@@ -66,6 +66,7 @@ def lens_agreement(model, truth, threshold: float = 0.9) -> dict:
 @torch.no_grad()
 def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> dict:
     """CLIP-Dissect (SoftWPMI) with the model as its own labeller, over a held-out probe set of world images."""
+    from clipviz.analysis.concepts import words_table
     from clipviz.analysis.dissect import labeller_a, softwpmi
     from clipviz.world.groundtruth import HELDOUT_SEED, patch_means, world_images, world_size
 
@@ -77,7 +78,12 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
     for hook in sorted(truth.auroc):
         rows = truth.natural_clear(hook, threshold)
         scores = softwpmi(means[hook], sims, a=labeller_a(model))
-        hits = [int(scores[neuron].argmax()) == CONCEPTS.index((fam, val)) for neuron, fam, val, _ in rows]
+        named = words_table(scores[[neuron for neuron, *_ in rows]], prompts, 1) if rows else []
+        # a tie at the top (words_table's ``tied``) names nothing: a miss
+        hits = [
+            t["tied"] == 1 and t["words"][0] == world.prompt(fam, val)
+            for t, (_, fam, val, _) in zip(named, rows, strict=True)
+        ]
         out[hook] = {"neurons": len(rows), "top1_agreement": round(float(np.mean(hits)), 4) if hits else None}
     return out
 

@@ -551,7 +551,9 @@ def output_directions(model: HookedVisionModel, hook: str, neurons: Sequence[int
     return directions if neurons is None else directions[model.check_neurons(hook, neurons)]
 
 
-TIE_TOLERANCE = 1e-4  # scores this close (relative to the top one, at least 1) are one score: float noise
+#: Scores this close (relative to the top one, at least 1) are one score: float noise, or a ceiling both reach
+#: (CLIP-Dissect's log(width), where both concepts are all but certain in the neuron's top images).
+TIE_TOLERANCE = 1e-4
 
 
 def words_table(
