@@ -438,3 +438,26 @@ def test_a_tie_at_the_top_is_counted_written_and_shown(tmp_path, capsys):
     site = build_atlas(tmp_path / "con", tmp_path / "site")
     assert "2 concepts share the top score" in (site / "neurons" / "blocks.3.mlp.hook_post" / "5.html").read_text()
     assert "share the top score" not in (site / "neurons" / "blocks.3.mlp.hook_post" / "6.html").read_text()
+
+
+def test_visual_words_of_a_neuron_do_not_depend_on_who_is_named_with_it(tmp_path):
+    """The visual method's population is a fixed set of the layer's neurons: neuron 4's words are the same named
+    alone, with neuron 5, or with three others."""
+    import csv
+
+    from clipviz.apps.cli import main
+
+    hook = "blocks.3.mlp.hook_post"
+
+    def words(neurons: str) -> tuple[list[str], list[float]]:
+        out = tmp_path / neurons.replace(",", "_")
+        args = ["concepts", "world-clip", "--hook", hook, "--neurons", neurons, "--method", "visual"]
+        assert main([*args, "--steps", "3", "--samples", "1", "--recipe", "default", "--out", str(out)]) == 0
+        rows = [r for r in csv.DictReader((out / hook / "concepts-visual.csv").open()) if r["neuron"] == "4"]
+        return [r["word"] for r in rows], [float(r["score"]) for r in rows]
+
+    alone, scores = words("4")
+    assert len(alone) == 5
+    for others in ("4,5", "4,100,200,300"):  # other batches: the same images up to float rounding
+        named, again = words(others)
+        assert named == alone and again == pytest.approx(scores, abs=1e-3)

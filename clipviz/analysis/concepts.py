@@ -683,22 +683,45 @@ def visual_words(
     embeddings: torch.Tensor | None = None,
     contrast: bool = True,
     a: float = 10.0,
+    population: torch.Tensor | None = None,
 ) -> list[dict]:
     """Rank the vocabulary for each group of feature visualizations ``images`` (neurons, samples, 3, H, W) by the
     cosine between the mean of their unit image embeddings (from the CLIP ``labeller``) and the text embeddings.
 
-    With ``contrast`` and more than one group, each concept is scored instead by its pointwise mutual information
-    with the group, CLIP-Dissect's prior applied to visualizations: ``log P(c | group) - log mean_groups P(c |
-    group)`` with ``P = softmax_c(a * cos)``. Feature visualizations share a look no natural image has, and a
-    labeller reads that look as the same few concepts for every neuron (a hub); the population's mean removes it,
-    so a concept wins where this group is read as it more than the other groups are.
+    With ``contrast``, each concept is scored instead by its pointwise mutual information with the group,
+    CLIP-Dissect's prior applied to visualizations: ``log P(c | group) - log mean_population P(c | group')`` with
+    ``P = softmax_c(a * cos)``. Feature visualizations share a look no natural image has, and a labeller reads that
+    look as the same few concepts for every neuron (a hub); the population's mean removes it, so a concept wins
+    where this group is read as it more than the population's groups are. The population is ``population``
+    (groups of visualizations made alike, e.g. of a fixed set of the layer's neurons: a neuron's words then do not
+    depend on which others are named with it), else the groups themselves where there are several.
     """
     text = text_embeddings(labeller, vocab) if embeddings is None else embeddings
-    n, s = images.shape[:2]
-    emb = F.normalize(labeller.encode_image(images.flatten(0, 1)).float(), dim=-1).reshape(n, s, -1).mean(1)
-    scores = F.normalize(emb, dim=-1).cpu() @ text.T
-    if contrast and n > 1:
+
+    def cosines(groups: torch.Tensor) -> torch.Tensor:
+        n, s = groups.shape[:2]
+        emb = F.normalize(labeller.encode_image(groups.flatten(0, 1)).float(), dim=-1).reshape(n, s, -1).mean(1)
+        return F.normalize(emb, dim=-1).cpu() @ text.T
+
+    scores = cosines(images)
+    reference = scores if population is None else cosines(population)
+    if contrast and reference.shape[0] > 1:
         log_p = (a * scores.double()).log_softmax(dim=1)
-        prior = torch.logsumexp(log_p, dim=0) - torch.log(torch.tensor(float(n), dtype=torch.float64))
+        log_ref = (a * reference.double()).log_softmax(dim=1)
+        prior = torch.logsumexp(log_ref, dim=0) - torch.log(torch.tensor(float(len(log_ref)), dtype=torch.float64))
         scores = (log_p - prior).float()
     return words_table(scores, vocab.concepts, top_k)
+
+
+#: How many of a layer's neurons ``reference_neurons`` chooses as the visual method's population.
+REFERENCE_NEURONS = 16
+
+
+def reference_neurons(width: int, count: int = REFERENCE_NEURONS) -> list[int]:
+    """A fixed, evenly spread set of a layer's neurons whose visualizations are the visual method's population.
+
+    >>> reference_neurons(512)[:4], reference_neurons(3)
+    ([0, 34, 68, 102], [0, 1, 2])
+    """
+    n = min(count, width)
+    return sorted({round(i * (width - 1) / max(n - 1, 1)) for i in range(n)})

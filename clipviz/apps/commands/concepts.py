@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         merge_same_text,
         output_directions,
         parse_templates,
+        reference_neurons,
         text_embeddings,
         visual_words,
         words_table,
@@ -151,19 +152,23 @@ def run(args: argparse.Namespace) -> int:
         from clipviz.images import pil_to_tensor
         from clipviz.visualization.visualize import visualize
 
-        vis = visualize(model, args.hook, neurons, recipe=args.recipe, steps=args.steps, samples=args.samples)
+        # the population: a fixed set of the layer's neurons, rendered alike, so that a neuron's words do not depend
+        # on which others are named with it
+        population = reference_neurons(model.hook_width(args.hook))
+        rendered = list(dict.fromkeys([*neurons, *population]))
+        vis = visualize(model, args.hook, rendered, recipe=args.recipe, steps=args.steps, samples=args.samples)
         images = torch.stack([pil_to_tensor(v.image) for v in vis])
-        images = images.reshape(args.samples, len(neurons), *images.shape[1:]).transpose(0, 1)
-        table = [
-            {"neuron": n, **row}
-            for n, row in zip(
-                neurons,
-                visual_words(
-                    labeller, images, vocab, args.top_k, embeddings=text_embeddings(labeller, vocab, progress=True)
-                ),
-                strict=True,
-            )
-        ]
+        images = images.reshape(args.samples, len(rendered), *images.shape[1:]).transpose(0, 1)
+        at = {n: i for i, n in enumerate(rendered)}
+        read = visual_words(
+            labeller,
+            images[[at[n] for n in neurons]],
+            vocab,
+            args.top_k,
+            embeddings=text_embeddings(labeller, vocab, progress=True),
+            population=images[[at[n] for n in population]],
+        )
+        table = [{"neuron": n, **row} for n, row in zip(neurons, read, strict=True)]
     else:
         raise ClipvizError(f"unknown method '{args.method}'; accepted: direct, dissect, visual")
     paths = write_table(
