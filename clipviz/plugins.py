@@ -11,7 +11,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,9 @@ class Registry:
     ``guides``: bundled model name -> the data source its data-guided recipes read reference images from when
     none is given; ``datasets``: bundled model name -> its own held-out data source, what ``sweep`` mines top
     examples from when no dataset is given; ``ground_truths``: bundled model name -> factory() returning the
-    neurons whose concept is known, ``{hook: {neuron: description}}`` (the atlas shows and searches them).
+    neurons whose concept is known, ``{hook: {neuron: description}}`` (the atlas shows and searches them);
+    ``text_words``: bundled model name -> factory() returning every word its text tower was trained on (a concept
+    with another word has an embedding no training shaped, and is left out of the rankings with a warning).
     """
 
     sources: dict[str, Callable[[str], object]] = field(default_factory=dict)
@@ -39,6 +41,7 @@ class Registry:
     guides: dict[str, str] = field(default_factory=dict)
     datasets: dict[str, str] = field(default_factory=dict)
     ground_truths: dict[str, Callable[[], dict[str, dict[int, str]]]] = field(default_factory=dict)
+    text_words: dict[str, Callable[[], Sequence[str]]] = field(default_factory=dict)
 
     def add_source(self, scheme: str, factory: Callable[[str], object]) -> None:
         self.sources[scheme] = factory
@@ -60,6 +63,9 @@ class Registry:
 
     def add_ground_truth(self, model: str, factory: Callable[[], dict[str, dict[int, str]]]) -> None:
         self.ground_truths[model] = factory
+
+    def add_text_words(self, model: str, factory: Callable[[], Sequence[str]]) -> None:
+        self.text_words[model] = factory
 
 
 _REGISTRY: Registry | None = None

@@ -390,7 +390,7 @@ def test_concepts_the_tokenizer_cannot_tell_apart_are_ranked_once(tmp_path, caps
     from clipviz.apps.cli import main
 
     model = clipviz.load("world-clip")
-    vocab = Vocabulary("mine", ("Red", "a blue object", "red", "RED", "a  blue   object", "green"), ("a {}.",))
+    vocab = Vocabulary("mine", ("Red", "a blue object", "red", "RED", "a  blue   object", "green"), ("{}",))
     with pytest.warns(UserWarning, match=r"3 concepts read as the same text.*'red', 'RED' as 'Red'"):
         assert merge_same_text(model, vocab).concepts == ("Red", "a blue object", "green")
     assert merge_same_text(model, load_vocabulary("world")) == load_vocabulary("world")  # nothing to merge: as is
@@ -398,6 +398,7 @@ def test_concepts_the_tokenizer_cannot_tell_apart_are_ranked_once(tmp_path, caps
     mine.write_text("Red\nred\nblue\nRED\ngreen\n")
     out, hook = tmp_path / "words", "blocks.3.mlp.hook_post"
     args = ["concepts", "world-clip", "--hook", hook, "--neurons", "0:4", "--vocab", str(mine), "--out", str(out)]
+    args += ["--templates", "a {} object"]
     assert main([*args, "--top-k", "3"]) == 0
     rows = list(csv.DictReader((out / hook / "concepts-direct.csv").open()))
     assert {r["word"] for r in rows} == {"Red", "blue", "green"} and len(rows) == 4 * 3
@@ -461,3 +462,33 @@ def test_visual_words_of_a_neuron_do_not_depend_on_who_is_named_with_it(tmp_path
     for others in ("4,5", "4,100,200,300"):  # other batches: the same images up to float rounding
         named, again = words(others)
         assert named == alone and again == pytest.approx(scores, abs=1e-3)
+
+
+def test_words_the_text_tower_never_learned_are_left_out_or_refused(tmp_path, capsys):
+    """world-clip's text tower learned the world's 60 words; every other token's embedding is initialisation noise,
+    yet it can outrank every trained concept. Such concepts are left out with a warning, a template with such a word
+    or a vocabulary of nothing else is refused, and the library refuses to embed them."""
+    from clipviz.analysis.concepts import known_words_only
+    from clipviz.apps.cli import main
+
+    model = clipviz.load("world-clip")
+    vocab = Vocabulary("mine", ("a red object", "a zebra", "a blue giraffe", "a circle"), ("{}",))
+    with pytest.warns(UserWarning, match=r"2 concepts left out.*'a zebra' \(zebra\), 'a blue giraffe' \(giraffe\)"):
+        assert known_words_only(model, vocab).concepts == ("a red object", "a circle")
+    with pytest.raises(ClipvizError, match="never trained on.*known_words_only"):
+        text_embeddings(model, vocab)
+    with pytest.raises(ClipvizError, match="template 'a photo of a {}.' uses 'photo', '.'"):
+        known_words_only(model, load_vocabulary("world", ("a photo of a {}.",)))
+    assert known_words_only(model, load_vocabulary("world")) == load_vocabulary("world")
+    hook = "blocks.3.mlp.hook_post"
+    args = ["concepts", "world-clip", "--hook", hook, "--neurons", "0:2", "--out", str(tmp_path / "w")]
+    assert main([*args, "--vocab", "cifar10"]) == 2
+    assert "template 'a photo of a {}.' uses 'photo'" in capsys.readouterr().err
+    assert main([*args, "--vocab", "cifar10", "--templates", "{}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "every concept uses words world-clip's text tower was never trained on" in err
+    mine = tmp_path / "mine.txt"
+    mine.write_text("red\nzebra\nblue\n")
+    assert main([*args, "--vocab", str(mine), "--templates", "a {} object", "--top-k", "2"]) == 0
+    assert "1 concepts left out" in capsys.readouterr().err
+    assert "zebra" not in (tmp_path / "w" / hook / "concepts-direct.csv").read_text()

@@ -1021,7 +1021,7 @@ def test_clipvizs_own_warnings_are_one_line(tmp_path, capsys):
     vocab = tmp_path / "mine.txt"
     vocab.write_text("\ufeffred\n# a comment\nblue\nred\n\n", encoding="utf-8")
     argv = ["concepts", "world-clip", "--hook", H, "--neurons", "0", "--vocab", str(vocab), "--top-k", "2"]
-    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert main([*argv, "--templates", "a {} object", "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert f"clipviz: warning: vocabulary file '{vocab}': 1 repeated concepts kept once\n" in err
     assert "Traceback" not in err and "UserWarning" not in err

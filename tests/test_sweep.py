@@ -438,7 +438,9 @@ def test_another_vocabulary_renames_the_neurons_without_rendering_or_mining_agai
     made = [*(tmp_path / "R" / "visualizations").rglob("*"), *(tmp_path / "R" / "examples").rglob("*")]
     files = {p: p.stat().st_mtime_ns for p in made if p.is_file()}
     assert any(p.suffix == ".png" for p in files)
-    assert main(["sweep", *small, "--vocab", "cifar10"]) == 0
+    mine = tmp_path / "shapes.txt"  # words world-clip's text tower knows, in another template
+    mine.write_text("circle\nsquare\nstar\nring\ntriangle\ncross\n")
+    assert main(["sweep", *small, "--vocab", str(mine), "--templates", "a {}"]) == 0
     after = json.loads(state.read_text())["done"]
     kept = [u for u in before if not u.startswith(("concepts", "atlas"))]  # the words and the atlas change
     assert kept and {u: after[u] for u in kept} == {u: before[u] for u in kept}

@@ -455,6 +455,66 @@ def _token_ids(model: HookedVisionModel, texts: Sequence[str]) -> list[list[int]
     return values.tolist() if hasattr(values, "tolist") else [list(v) for v in values]
 
 
+def _untrained(model: HookedVisionModel, vocab: Vocabulary) -> tuple[list[str], dict[str, list[str]]]:
+    """The words ``model``'s text tower was trained on (empty where no plug-in says) and, per concept, its prompts'
+    words outside them. A template with such a word is refused: every concept would carry it."""
+    factory = registry().text_words.get(model.spec)
+    if factory is None:
+        return [], {}
+    known = list(factory())
+    trained = {i for row in _token_ids(model, known) for i in row}
+    some = ", ".join(sorted(known)[:12])
+
+    def outside(words: list[str]) -> list[str]:
+        return [w for w, ids in zip(words, _token_ids(model, words), strict=True) if not set(ids) <= trained]
+
+    for template in vocab.templates:
+        bad = outside(template.replace("{}", " ").split())
+        if bad:
+            raise ClipvizError(
+                f"template '{template}' uses {', '.join(repr(w) for w in bad)}, which {model.spec}'s text tower was "
+                f"never trained on: use --templates '{{}}' or a template of the words it knows ({some}, ...)"
+            )
+    unknown: dict[str, list[str]] = {}
+    for template in vocab.templates:
+        for concept in vocab.concepts:
+            for word in outside(template.format(concept).split()):
+                if word not in unknown.get(concept, []):
+                    unknown.setdefault(concept, []).append(word)
+    if unknown and len(unknown) == len(vocab.concepts):
+        shown = ", ".join(f"{c!r} ({' '.join(w)})" for c, w in list(unknown.items())[:4])
+        raise ClipvizError(
+            f"vocabulary '{vocab.name}': every concept uses words {model.spec}'s text tower was never trained on "
+            f"(e.g. {shown}); it knows only the {len(known)} words of its training ({some}, ...)"
+        )
+    return known, unknown
+
+
+def known_words_only(model: HookedVisionModel, vocab: Vocabulary) -> Vocabulary:
+    """``vocab`` without the concepts whose prompts use a word that ``model``'s text tower was never trained on,
+    where a plug-in says which words it was (``registry().text_words``: world-clip's are the world's 60). Such a
+    word's embedding is where initialisation left it, so its score names nothing, yet it can outrank every trained
+    concept. The concepts left out are named in a warning; a vocabulary with none left is refused.
+
+    >>> import clipviz, warnings
+    >>> model = clipviz.load("world-clip")
+    >>> with warnings.catch_warnings(record=True):
+    ...     known_words_only(model, Vocabulary("mine", ("red", "zebra", "blue"), ("a {} object",))).concepts
+    ('red', 'blue')
+    """
+    _, unknown = _untrained(model, vocab)
+    if not unknown:
+        return vocab
+    shown = ", ".join(f"{c!r} ({' '.join(w)})" for c, w in list(unknown.items())[:4])
+    more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+    warnings.warn(
+        f"vocabulary '{vocab.name}': {len(unknown)} concepts left out, their words were never in {model.spec}'s "
+        f"training, so their embeddings are untrained: {shown}{more}",
+        stacklevel=2,
+    )
+    return replace(vocab, concepts=tuple(c for c in vocab.concepts if c not in unknown))
+
+
 def merge_same_text(model: HookedVisionModel, vocab: Vocabulary) -> Vocabulary:
     """``vocab`` with the concepts that ``model``'s tokenizer cannot tell apart (``Apple`` and ``apple`` to CLIP's
     lower-casing tokenizer, ``ice cream`` and ``ice  cream``) kept once, by their first spelling, with a warning.
@@ -509,12 +569,19 @@ def text_embeddings(
 ) -> torch.Tensor:
     """Unit-norm text embeddings (len(vocab), E), averaged over the templates; cached on disk as safetensors,
     keyed by (every text-tower weight, tokenizer, vocabulary, templates). A corrupt cache file is rebuilt;
-    ``progress`` shows a bar of prompts encoded."""
+    ``progress`` shows a bar of prompts encoded. A concept with a word the text tower was never trained on
+    (``known_words_only``) is refused: its embedding would be initialisation noise."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     if not model.is_clip:
         raise ClipvizError(f"model '{model.spec}' has no text tower: naming neurons with words needs a CLIP-like model")
+    _, unknown = _untrained(model, vocab)
+    if unknown:
+        raise ClipvizError(
+            f"vocabulary '{vocab.name}': {len(unknown)} concepts use words {model.spec}'s text tower was never trained "
+            f"on ({', '.join(repr(c) for c in list(unknown)[:4])}): leave them out first (known_words_only)"
+        )
     path = _cache_dir() / f"{_model_digest(model)}-{vocab.digest()}.safetensors"
     if cache and path.is_file():
         cached = _read_cache(path, len(vocab.concepts))

@@ -74,6 +74,7 @@ class SweepPlan:
     top_k: int = 16
     words: int = 5
     vocab: str | None = "world"
+    templates: str | None = None  # as --templates gives them; None: the vocabulary's own
     probe: str | None = None
     direct: bool = True
     no_direct: list[str] = field(default_factory=list)  # MLP hooks whose neurons have no fixed write direction
@@ -144,6 +145,7 @@ def make_plan(
     neurons: str | None = None,
     dataset: str | None = None,
     vocab: str | None = None,
+    templates: str | None = None,
     probe: str | None = None,
     recipe: str | None = None,
     steps: int | None = None,
@@ -156,7 +158,7 @@ def make_plan(
     site: str | Path | None = None,
 ) -> SweepPlan:
     """Check every choice against the model and the data, and say what the sweep will do."""
-    from clipviz.analysis.concepts import load_vocabulary, merge_same_text
+    from clipviz.analysis.concepts import known_words_only, load_vocabulary, merge_same_text, parse_templates
     from clipviz.apps.atlas import ATLAS_FILE
     from clipviz.apps.options import parse_indices
     from clipviz.apps.validate import check_new_folder
@@ -224,7 +226,7 @@ def make_plan(
         raise ClipvizError(larger_than_the_data(source, f"--top-k {top_k}"))
     vocab_digest = None
     if vocab is not None:
-        loaded = merge_same_text(model, load_vocabulary(vocab))
+        loaded = merge_same_text(model, known_words_only(model, load_vocabulary(vocab, parse_templates(templates))))
         vocab_digest = loaded.digest()
         concepts = len(loaded.concepts)
         model.tokenize([t.format(c) for c in loaded.concepts for t in loaded.templates])  # too long: refused now
@@ -262,6 +264,7 @@ def make_plan(
         top_k=top_k,
         words=words,
         vocab=vocab,
+        templates=templates if vocab is not None else None,
         probe=probe,
         direct=clip_like and any(h.endswith("mlp.hook_post") and h not in no_direct for h in names),
         no_direct=no_direct,
@@ -418,9 +421,16 @@ def _unit_key(plan: SweepPlan, unit: str) -> str:
             "activations": plan.probe == plan.dataset,
         }
     elif stage.startswith("concepts"):
-        extra = {"neurons": plan.neurons[hook], "vocab": plan.vocab, "words": plan.words, "probe": plan.probe}
+        extra = {
+            "neurons": plan.neurons[hook],
+            "vocab": plan.vocab,
+            "templates": plan.templates,
+            "words": plan.words,
+            "probe": plan.probe,
+        }
     else:  # the visualizations: everything but the words' settings
-        extra = {k: v for k, v in plan.settings().items() if k not in ("vocab", "words", "probe", "direct")}
+        words = ("vocab", "templates", "words", "probe", "direct")
+        extra = {k: v for k, v in plan.settings().items() if k not in words}
     return settings_id({"unit": unit, **common, **extra})
 
 
@@ -727,8 +737,10 @@ def _run_sweep(model: HookedVisionModel, plan: SweepPlan, *, progress, accelerat
 def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, shown) -> None:
     from clipviz.analysis.concepts import (
         direct_lens,
+        known_words_only,
         load_vocabulary,
         merge_same_text,
+        parse_templates,
         text_embeddings,
         words_table,
         write_table,
@@ -736,7 +748,8 @@ def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, show
 
     with warnings.catch_warnings():  # read once more: what it warns of was said when the plan read it
         warnings.simplefilter("ignore")
-        vocab = merge_same_text(model, load_vocabulary(plan.vocab))
+        vocab = load_vocabulary(plan.vocab, parse_templates(plan.templates))
+        vocab = merge_same_text(model, known_words_only(model, vocab))
     text = text_embeddings(model, vocab, progress=shown)
     bar = _bar(len(units), "concepts", "hook", shown)
     similarities = None

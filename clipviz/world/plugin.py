@@ -112,6 +112,14 @@ def input_size(directory: Path) -> int:
     return int(height) if height == width else WORLD_SIZE
 
 
+def _trained_words() -> list[str]:
+    """The words a world model's text tower was trained on: the world's captions use no others, so every other
+    token's embedding is where initialisation left it."""
+    from clipviz.world.scene import vocabulary
+
+    return vocabulary()
+
+
 def register(registry: Registry) -> None:
     registry.add_source("world", world_source)
     registry.add_probe("world", world_probe_set)
@@ -124,3 +132,4 @@ def register(registry: Registry) -> None:
             registry.add_dataset(directory.name, own)
             if (directory / "ground_truth.json").is_file():
                 registry.add_ground_truth(directory.name, ground_truth(directory))
+            registry.add_text_words(directory.name, _trained_words)

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clipviz.analysis.concepts import (
         direct_lens,
+        known_words_only,
         load_vocabulary,
         merge_same_text,
         output_directions,
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
             f"the labeller '{labeller.spec}' has no text tower: --method {args.method} reads images with a CLIP-like "
             "model's words (--labeller)"
         )
-    vocab = merge_same_text(model if args.method == "direct" else labeller, vocab)
+    reader = model if args.method == "direct" else labeller
+    vocab = merge_same_text(reader, known_words_only(reader, vocab))
     if args.top_k > len(vocab.concepts):
         raise ClipvizError(
             f"--top-k {args.top_k} is larger than the {len(vocab.concepts)} concepts of vocabulary '{vocab.name}' "

@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
         "(default for the bundled world-clip: world:2000; required otherwise)",
     )
     sw.add_argument("--vocab", help="words for the direct lens: world, imagenet, cifar10, cifar100, words-<N>, a file")
+    sw.add_argument("--templates", help="'ensemble' or '|'-separated prompt templates with one {} each")
     sw.add_argument("--probe", help="probe images for CLIP-Dissect words (the --dataset itself is reused for free)")
     sw.add_argument(
         "--recipe",
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         neurons=args.neurons,
         dataset=args.dataset,
         vocab=args.vocab,
+        templates=args.templates,
         probe=args.probe,
         recipe=args.recipe,
         steps=args.steps,
