@@ -281,6 +281,7 @@ BAD = [
     ([*V, "--neurons", "0", "--guide", "", "--out", "{out}"], "empty dataset spec"),
     ([*V, "--text", "a star", "--seed", "99999999999999999999", "--out", "{out}"], ("--seed", "between 0 and")),
     ([*V.copy()[:2], "--text", "a red star " * 20, "--out", "{out}"], ("tokens long", "at most 24")),
+    ([*V[:2], "--text", "a zebra", "--out", "{out}"], ("'a zebra' uses 'zebra'", "never trained on")),
     ([*C, "--neurons", "0", "--vocab", "{tmp}/control-vocab.txt", "--out", "{out}"], "control characters"),
     ([*C, "--neurons", "0", "--vocab", "words-0", "--out", "{out}"], "N >= 1"),
     (["info", "{tmp}/no-weights"], ("no weights in", "open_clip_model.safetensors")),

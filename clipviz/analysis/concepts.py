@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from clipviz.errors import ClipvizError, UnsupportedModelError
 from clipviz.model.architecture import mlp_output_directions
+from clipviz.model.trained_words import some_trained_words, token_ids, trained_words, untrained_words
 from clipviz.plugins import registry
 from clipviz.results import atomic_write, write_concepts
 
@@ -444,50 +445,36 @@ def _model_digest(model: HookedVisionModel) -> str:
     vision = f"{b.vision_path}." if b.vision_path else None
     named = sorted([*model.native.named_parameters(), *model.native.named_buffers()], key=lambda p: p[0])
     update_with_tensors(h, [(n, t) for n, t in named if vision is None or not n.startswith(vision)])
-    h.update(repr(_token_ids(model, ["a photo of a {}."])).encode())
+    h.update(repr(token_ids(model, ["a photo of a {}."])).encode())
     return h.hexdigest()[:16]
 
 
-def _token_ids(model: HookedVisionModel, texts: Sequence[str]) -> list[list[int]]:
-    """The token ids the model's text tower reads for each text, as lists (padding included)."""
-    tokens = model.tokenize(texts)
-    values = tokens.get("input_ids") if isinstance(tokens, dict) or hasattr(tokens, "keys") else tokens
-    return values.tolist() if hasattr(values, "tolist") else [list(v) for v in values]
-
-
-def _untrained(model: HookedVisionModel, vocab: Vocabulary) -> tuple[list[str], dict[str, list[str]]]:
-    """The words ``model``'s text tower was trained on (empty where no plug-in says) and, per concept, its prompts'
-    words outside them. A template with such a word is refused: every concept would carry it."""
-    factory = registry().text_words.get(model.spec)
-    if factory is None:
-        return [], {}
-    known = list(factory())
-    trained = {i for row in _token_ids(model, known) for i in row}
-    some = ", ".join(sorted(known)[:12])
-
-    def outside(words: list[str]) -> list[str]:
-        return [w for w, ids in zip(words, _token_ids(model, words), strict=True) if not set(ids) <= trained]
-
+def _untrained(model: HookedVisionModel, vocab: Vocabulary) -> dict[str, list[str]]:
+    """Per concept, its prompts' words that ``model``'s text tower was never trained on (``untrained_words``). A
+    template with such a word, or a vocabulary of nothing else, is refused."""
+    if trained_words(model) is None:
+        return {}
     for template in vocab.templates:
-        bad = outside(template.replace("{}", " ").split())
+        bad = untrained_words(model, [template.replace("{}", " ")])
         if bad:
             raise ClipvizError(
-                f"template '{template}' uses {', '.join(repr(w) for w in bad)}, which {model.spec}'s text tower was "
-                f"never trained on: use --templates '{{}}' or a template of the words it knows ({some}, ...)"
+                f"template '{template}' uses {', '.join(repr(w) for w in next(iter(bad.values())))}, which "
+                f"{model.spec}'s text tower was never trained on: use --templates '{{}}' or a template of the words "
+                f"it knows ({some_trained_words(model)})"
             )
     unknown: dict[str, list[str]] = {}
     for template in vocab.templates:
-        for concept in vocab.concepts:
-            for word in outside(template.format(concept).split()):
-                if word not in unknown.get(concept, []):
-                    unknown.setdefault(concept, []).append(word)
+        prompts = {template.format(c): c for c in vocab.concepts}
+        for prompt, words in untrained_words(model, list(prompts)).items():
+            kept = unknown.setdefault(prompts[prompt], [])
+            kept += [w for w in words if w not in kept]
     if unknown and len(unknown) == len(vocab.concepts):
         shown = ", ".join(f"{c!r} ({' '.join(w)})" for c, w in list(unknown.items())[:4])
         raise ClipvizError(
             f"vocabulary '{vocab.name}': every concept uses words {model.spec}'s text tower was never trained on "
-            f"(e.g. {shown}); it knows only the {len(known)} words of its training ({some}, ...)"
+            f"(e.g. {shown}); it knows only the words of its training ({some_trained_words(model)})"
         )
-    return known, unknown
+    return unknown
 
 
 def known_words_only(model: HookedVisionModel, vocab: Vocabulary) -> Vocabulary:
@@ -502,7 +489,7 @@ def known_words_only(model: HookedVisionModel, vocab: Vocabulary) -> Vocabulary:
     ...     known_words_only(model, Vocabulary("mine", ("red", "zebra", "blue"), ("a {} object",))).concepts
     ('red', 'blue')
     """
-    _, unknown = _untrained(model, vocab)
+    unknown = _untrained(model, vocab)
     if not unknown:
         return vocab
     shown = ", ".join(f"{c!r} ({' '.join(w)})" for c, w in list(unknown.items())[:4])
@@ -527,7 +514,7 @@ def merge_same_text(model: HookedVisionModel, vocab: Vocabulary) -> Vocabulary:
     ('red', 'blue')
     """
     keys: dict[tuple, str] = {}
-    rows = [_token_ids(model, [t.format(c) for c in vocab.concepts]) for t in vocab.templates]
+    rows = [token_ids(model, [t.format(c) for c in vocab.concepts]) for t in vocab.templates]
     twins: dict[str, list[str]] = {}
     for i, concept in enumerate(vocab.concepts):
         key = tuple(tuple(r[i]) for r in rows)
@@ -576,7 +563,7 @@ def text_embeddings(
 
     if not model.is_clip:
         raise ClipvizError(f"model '{model.spec}' has no text tower: naming neurons with words needs a CLIP-like model")
-    _, unknown = _untrained(model, vocab)
+    unknown = _untrained(model, vocab)
     if unknown:
         raise ClipvizError(
             f"vocabulary '{vocab.name}': {len(unknown)} concepts use words {model.spec}'s text tower was never trained "

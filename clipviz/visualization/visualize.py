@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_indices, check_int
 from clipviz.images import grid, tensor_to_pil
+from clipviz.model.trained_words import some_trained_words, untrained_words
 from clipviz.results import (
     grid_path,
     read_png,
@@ -121,7 +122,8 @@ def check_request(
 ):
     """Refuse what cannot be rendered before any work: neuron indices beyond the hook's width (counted, not
     expanded, for ranges), blank prompts or prompts for a model without a text tower, classes for a model that is
-    not a classifier or beyond its classes. Returns ``(neurons, texts, classes)`` as lists."""
+    not a classifier or beyond its classes, prompts with words a bundled text tower never learned. Returns
+    ``(neurons, texts, classes)`` as lists."""
     if neurons is None:
         neurons = ()
     if hook is not None and not isinstance(hook, str):
@@ -150,6 +152,13 @@ def check_request(
         raise ClipvizError(f"text prompts need a CLIP-like model; '{model.spec}' has no text tower")
     if texts:
         model.tokenize(texts)  # a prompt longer than the text tower reads is refused now, before any step
+        unknown = untrained_words(model, texts)
+        if unknown:
+            text, words = next(iter(unknown.items()))
+            raise ClipvizError(
+                f"the prompt {text!r} uses {', '.join(repr(w) for w in words)}, which {model.spec}'s text tower was "
+                f"never trained on, so it has no meaning to render; it knows {some_trained_words(model)}"
+            )
         with torch.no_grad():
             model.check_pooled_output()
     classes = [int(c) for c in classes or ()]
