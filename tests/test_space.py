@@ -287,3 +287,27 @@ def test_the_authors_local_paths_are_not_published(tmp_path, capsys):
             f for f in stage.rglob("*") if f.is_file() and "alice-private" in f.read_bytes().decode("utf-8", "replace")
         ]
         assert not leaks, leaks
+
+
+def test_the_live_tab_offers_the_atlas_model_where_the_space_can_load_it(tmp_path):
+    """Found from outside: a Space published for another model offered only world-clip to visitors."""
+    import json
+
+    from clipviz.apps.space import _example_label, live_models
+
+    def atlas_of(model: str) -> Path:
+        site = tmp_path / f"site-{len(list(tmp_path.iterdir()))}"
+        site.mkdir()
+        (site / "atlas.json").write_text(json.dumps({"model": model, "hooks": {}}))
+        return site
+
+    assert live_models(atlas_of("hf:openai/clip-vit-base-patch16")) == ("hf:openai/clip-vit-base-patch16", "world-clip")
+    assert live_models(atlas_of("world-clip")) == ("world-clip",)
+    here = tmp_path / "my-model"
+    here.mkdir()
+    assert live_models(atlas_of(str(here))) == ("world-clip",)  # a folder on the author's machine is not in the Space
+    assert live_models(atlas_of("hf:openai/clip-vit-base-patch16"), "world-clip") == ("world-clip",)
+    assert live_models(None) == ("world-clip",)
+    assert _example_label({"caption": "", "name": "cat-03.jpg", "index": 64}) == "cat-03.jpg"
+    assert _example_label({"caption": "a red star", "name": "", "index": 3}) == "a red star"
+    assert _example_label({"caption": "", "name": "", "index": 3}) == "image 3"

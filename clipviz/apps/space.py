@@ -59,6 +59,37 @@ def _gpu(fn):
     return gpu(fn) if gpu is not None else fn
 
 
+def _example_label(example: dict) -> str:
+    """An atlas example's caption, else its file name (a folder's images), else its index."""
+    return example.get("caption") or example.get("name") or f"image {example['index']}"
+
+
+def live_models(atlas: str | Path | None = None, chosen: str | None = None) -> tuple[str, ...]:
+    """The models a Space's live tab offers: ``chosen`` (``CLIPVIZ_SPACE_MODELS``, comma-separated) where given;
+    else the atlas's own model first, where the Space can load it (a bundled model or a hub spec; a path on the
+    author's machine is not there), then the bundled world-clip, which needs no download; else world-clip alone.
+
+    >>> live_models(None, "world-clip, hf:openai/clip-vit-base-patch16")
+    ('world-clip', 'hf:openai/clip-vit-base-patch16')
+    """
+    if chosen is not None and chosen.strip():
+        return tuple(dict.fromkeys(m.strip() for m in chosen.split(",") if m.strip()))
+    own = read_atlas(Path(atlas)).get("model") if atlas is not None else None
+    return tuple(dict.fromkeys(m for m in (own, "world-clip") if m and _loadable_here(m)))
+
+
+def _loadable_here(spec: str) -> bool:
+    from clipviz.model.loading import bundled_models, resolve_spec
+
+    if spec in bundled_models():
+        return True
+    try:
+        _, reference = resolve_spec(spec)
+    except ClipvizError:
+        return False
+    return not reference.startswith("local-dir:") and not Path(reference).expanduser().exists()
+
+
 class SpaceBackend:
     """The computations behind the app, with every input checked; models are loaded once, on first use."""
 
@@ -260,7 +291,7 @@ class SpaceBackend:
             for p, kind in zip(e["visualizations"], kinds, strict=True)
         ]
         examples = [
-            (Image.open(self.atlas_dir / x["thumb"]).convert("RGB"), x["caption"] or f"image {x['index']}")
+            (Image.open(self.atlas_dir / x["thumb"]).convert("RGB"), _example_label(x))
             for x in e["examples"]
             if x["thumb"]
         ]
