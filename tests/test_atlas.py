@@ -270,3 +270,25 @@ def test_another_models_words_are_not_put_on_this_models_neurons(tmp_path, resul
     write_table(mixed / "con", HOOK, table, "direct", load_vocabulary("world"), identity=other.identity())
     with pytest.raises(ClipvizError, match="several models"):
         collect(mixed)
+
+
+def test_one_model_spelled_two_ways_is_one_atlas(tmp_path, tiny):
+    """Found from outside: results of `hf:DIR` and of `DIR` (one model) were refused as two models; and every
+    spelling of a bundled model is loaded under its one name, which its ground truth is found by."""
+    import clipviz
+    from clipviz.analysis.examples import mine_examples
+    from clipviz.data import open_source
+    from clipviz.visualization.visualize import visualize
+
+    folder = tiny["vit"][1].removeprefix("hf:")
+    hook = "blocks.0.mlp.hook_post"
+    visualize(
+        clipviz.load(f"hf:{folder}"), hook, [0], recipe="default", steps=1, out=tmp_path / "r" / "vis", progress=False
+    )
+    mine_examples(clipviz.load(folder), hook, open_source("world:20"), neurons=[0], top_k=2, progress=False).save(
+        tmp_path / "r" / "ex"
+    )
+    found = collect(tmp_path / "r")
+    assert len(found.neurons[hook][0].visualizations) == 1 and len(found.neurons[hook][0].examples) == 2
+    for spelling in ("clipviz:world-clip", str(clipviz.bundled_models()["world-clip"]) + "/"):
+        assert clipviz.load(spelling).spec == "world-clip"

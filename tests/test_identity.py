@@ -121,13 +121,21 @@ def test_a_sweep_plan_changes_with_the_weights_the_images_and_the_vocabulary_fil
 
     model = clipviz.load("world-clip")
     vocab = tmp_path / "words.txt"
-    vocab.write_text("cat\ndog\nhorse\n")
+    vocab.write_text("circle\nsquare\nstar\n")  # words world-clip's text tower learned
     photos = tmp_path / "photos"
     _photos(photos, seed=0)
 
     def keys() -> dict[str, str]:
         plan = make_plan(
-            model, tmp_path / "out", blocks="3", neurons="0:2", dataset=str(photos), vocab=str(vocab), top_k=2, words=2
+            model,
+            tmp_path / "out",
+            blocks="3",
+            neurons="0:2",
+            dataset=str(photos),
+            vocab=str(vocab),
+            templates="a {}",
+            top_k=2,
+            words=2,
         )
         hook = plan.hooks[0]
         return {stage: _unit_key(plan, f"{stage}/{hook}") for stage in ("examples", "concepts-direct")}

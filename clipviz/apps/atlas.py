@@ -87,6 +87,19 @@ class Results:
     concept_settings: dict[str, dict]  # hook -> method -> vocabulary
 
 
+def _model_key(spec: str) -> tuple[str, str] | str:
+    """What a spec loads, ``(library, reference)`` with a local folder resolved, so that the spellings of one
+    model (``hf:/models/vit`` and ``/models/vit``) compare equal; a spec that no longer resolves stands for itself."""
+    from clipviz.model.loading import resolve_spec
+
+    try:
+        library, reference = resolve_spec(spec)
+    except ClipvizError:
+        return spec
+    local = Path(reference.removeprefix("local-dir:")).expanduser()
+    return (library, str(local.resolve())) if local.is_dir() else (library, reference)
+
+
 def collect(
     root: str | Path,
     only: Mapping[str, Sequence[int]] | None = None,
@@ -184,6 +197,8 @@ def collect(
             concept_settings.setdefault(row["hook"], {})[row["method"]] = row["vocabulary"]
 
     models.discard(None)
+    if len(models) > 1 and len({_model_key(m) for m in models}) == 1:  # one model spelled two ways: hf:/dir, /dir
+        models = {sorted(models)[0]}
     if len(models) > 1:
         raise ClipvizError(
             f"results from several models under '{root}' ({', '.join(sorted(models))}): build one atlas per model"

@@ -73,6 +73,16 @@ def _by_directory(path: Path, spec: str) -> tuple[str, str]:
     )
 
 
+def _bundled_name(reference: str) -> str | None:
+    """The bundled model a resolved reference points at (``clipviz:world-clip``, its folder, ``open_clip:<folder>``
+    all do), or ``None``: its results, ground truth and trained words are found under that one name."""
+    local = Path(reference.removeprefix("local-dir:")).expanduser()
+    if not local.is_dir():
+        return None
+    here = local.resolve()
+    return next((name for name, folder in bundled_models().items() if Path(folder).resolve() == here), None)
+
+
 def resolve_spec(spec: str) -> tuple[str, str]:
     """``(backend, reference)`` for a spec string, following the rules in this module's docstring."""
     if isinstance(spec, Path):
@@ -149,6 +159,7 @@ def load(
     """
     spec = str(spec) if isinstance(spec, Path) else spec
     backend_kind, ref = resolve_spec(spec)
+    spec = _bundled_name(ref) or spec  # one name for a bundled model, however it was spelled
     check_device(device)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ClipvizError(
