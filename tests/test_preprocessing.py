@@ -526,6 +526,22 @@ def test_a_folder_lists_every_image_format_pil_reads_and_counts_a_broken_link_as
     assert [image is not None for _, image, _ in source] == [True, True, True, False]
 
 
+def test_a_folder_follows_linked_sub_folders_once(tmp_path):
+    """Found from outside: images in a linked sub-folder (a common way to gather a dataset) were not listed; a link
+    back up the tree must not list anything twice or loop."""
+    shared = tmp_path / "elsewhere"
+    shared.mkdir()
+    Image.new("RGB", (8, 8), "red").save(shared / "cat.png")
+    top = tmp_path / "data"
+    (top / "own").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "blue").save(top / "own" / "dog.png")
+    (top / "linked").symlink_to(shared)
+    (top / "own" / "up").symlink_to(top)
+    source = open_source(str(top))
+    assert source.describe == ["linked/cat.png", "own/dog.png"]
+    assert [image.getpixel((0, 0)) for _, image, _ in source] == [(255, 0, 0), (0, 0, 255)]
+
+
 def test_a_saved_datasets_missing_caption_column_or_split_is_refused_not_ignored(tmp_path):
     import datasets
 

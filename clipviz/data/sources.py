@@ -60,6 +60,35 @@ class Source:
         return self.items(lo, hi)
 
 
+def image_files(root: Path) -> list[Path]:
+    """The image files under ``root``, sorted, through linked sub-folders too (each real folder once, so a link
+    back up is no loop). A broken link is listed, so that it is skipped and counted as unreadable, never silently
+    dropped.
+
+    >>> import tempfile
+    >>> top = Path(tempfile.mkdtemp())
+    >>> (top / "a").mkdir(); (top / "a" / "x.png").touch(); (top / "b.jpg").touch(); (top / "notes.txt").touch()
+    >>> (top / "a" / "up").symlink_to(top)  # a loop
+    >>> [str(p.relative_to(top)) for p in image_files(top)]
+    ['a/x.png', 'b.jpg']
+    """
+    import os
+
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = Path(folder).resolve()
+        if real in seen:  # reached again through a link: already listed
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders.sort()
+        for name in names:
+            p = Path(folder) / name
+            if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists())):
+                found.append(p)
+    return sorted(found)
+
+
 def _files_digest(root: Path, files: list[Path]) -> str:
     """The identity of a folder's images: a hash of the folder's absolute path and each file's relative path, size
     and modification time (not its bytes, which would read the whole folder)."""
@@ -159,12 +188,7 @@ def open_source(
     if not sep and spec in registry().sources and not path.exists():
         raise ClipvizError(f"dataset '{spec}' needs a count of images: use {spec}:<n>, e.g. {spec}:2000")
     if folder:
-        # a broken link is listed too, so that it is skipped and counted as unreadable, never silently dropped
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if (p.is_file() or (p.is_symlink() and not p.exists())) and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = image_files(path)
         if not files:
             raise ClipvizError(f"no images in '{spec}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
 
