@@ -249,6 +249,15 @@ class StoredActivations:
     # matrix holds the whole layer, or was stored by a clipviz that did not keep them
     layer_top: torch.Tensor | None = None
 
+    def require(self, neurons, where: str = "") -> None:
+        """Refuse, naming the first, neurons the matrix has no column for."""
+        missing = [n for n in neurons if n not in self.neurons]
+        if missing:
+            raise ClipvizError(
+                f"neuron {missing[0]} has no stored activations{f' in {where!r}' if where else ''} (it holds "
+                f"{len(self.neurons)} neurons)"
+            )
+
 
 def stored_activations(folder, hook: str, neurons=None, *, model=None) -> StoredActivations:
     """The probe matrix that ``clipviz examples --save-activations`` stored under ``folder``: activations (images,

@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
         from clipviz.analysis.dissect import stored_activations
 
         wanted = [i for s in spans for i in s] if spans else None
-        stored_activations(Path(args.activations), args.hook, wanted, model=model)  # refuses neurons not stored
         stored = stored_activations(Path(args.activations), args.hook, model=model)  # all: the layer's prior
+        stored.require(wanted or [], f"{args.activations}/{args.hook}")  # read once: it can be the whole layer
         if args.probe and args.probe != stored.source:
             raise ClipvizError(
                 f"--probe {args.probe} differs from the probe set of the stored activations "
