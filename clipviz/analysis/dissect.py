@@ -270,6 +270,7 @@ def stored_activations(folder, hook: str, neurons=None, *, model=None) -> Stored
 
     from clipviz.analysis.examples import ExampleResult
     from clipviz.data.sources import open_source
+    from clipviz.model.loading import same_model
 
     folder = Path(folder)
     if not (folder / hook / "examples.json").is_file():
@@ -278,12 +279,12 @@ def stored_activations(folder, hook: str, neurons=None, *, model=None) -> Stored
     if model is not None:
         mine = model.identity()
         theirs = {k: stored.settings.get(k) for k in ("model", "weights")}
-        if theirs != {k: mine[k] for k in theirs}:
+        if theirs["weights"] != mine["weights"] or not same_model(theirs["model"], mine["model"]):
             which = (
                 "by a clipviz that did not record the weights"
                 if theirs["weights"] is None
                 else "with other weights"
-                if theirs["model"] == mine["model"]
+                if same_model(theirs["model"], mine["model"])
                 else f"with model '{theirs['model']}'"
             )
             raise ClipvizError(

@@ -87,19 +87,6 @@ class Results:
     concept_settings: dict[str, dict]  # hook -> method -> vocabulary
 
 
-def _model_key(spec: str) -> tuple[str, str] | str:
-    """What a spec loads, ``(library, reference)`` with a local folder resolved, so that the spellings of one
-    model (``hf:/models/vit`` and ``/models/vit``) compare equal; a spec that no longer resolves stands for itself."""
-    from clipviz.model.loading import resolve_spec
-
-    try:
-        library, reference = resolve_spec(spec)
-    except ClipvizError:
-        return spec
-    local = Path(reference.removeprefix("local-dir:")).expanduser()
-    return (library, str(local.resolve())) if local.is_dir() else (library, reference)
-
-
 def collect(
     root: str | Path,
     only: Mapping[str, Sequence[int]] | None = None,
@@ -112,6 +99,7 @@ def collect(
     Results of one model spec with different weights are refused: a folder rerun after the weights changed keeps
     the older results of targets the rerun did not redo, and one atlas must not show two models as one."""
     from clipviz.analysis.examples import ExampleResult
+    from clipviz.model.loading import same_model
 
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -197,7 +185,7 @@ def collect(
             concept_settings.setdefault(row["hook"], {})[row["method"]] = row["vocabulary"]
 
     models.discard(None)
-    if len(models) > 1 and len({_model_key(m) for m in models}) == 1:  # one model spelled two ways: hf:/dir, /dir
+    if len(models) > 1 and all(same_model(m, sorted(models)[0]) for m in models):  # hf:/dir and /dir
         models = {sorted(models)[0]}
     if len(models) > 1:
         raise ClipvizError(

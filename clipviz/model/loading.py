@@ -83,6 +83,30 @@ def _bundled_name(reference: str) -> str | None:
     return next((name for name, folder in bundled_models().items() if Path(folder).resolve() == here), None)
 
 
+def same_model(a: str | None, b: str | None) -> bool:
+    """Whether two specs load one model: equal, or resolving to one library and one reference, a local folder
+    compared by its real path (``hf:/models/vit`` and ``/models/vit``). A spec that no longer resolves (a folder
+    since moved) equals only itself.
+
+    >>> same_model("world-clip", "clipviz:world-clip"), same_model("world-clip", "hf:org/other")
+    (True, False)
+    """
+    if a == b:
+        return True
+    if a is None or b is None:
+        return False
+
+    def key(spec: str):
+        try:
+            library, reference = resolve_spec(spec)
+        except ClipvizError:
+            return spec
+        local = Path(reference.removeprefix("local-dir:")).expanduser()
+        return (library, str(local.resolve())) if local.is_dir() else (library, reference)
+
+    return key(a) == key(b)
+
+
 def resolve_spec(spec: str) -> tuple[str, str]:
     """``(backend, reference)`` for a spec string, following the rules in this module's docstring."""
     if isinstance(spec, Path):

@@ -265,12 +265,14 @@ def _ranks(tensors: dict, meta: dict, neurons: Sequence[int], k: int) -> tuple[s
 
 
 def _from_examples(model, hook, neurons, folder: Path, k: int, reduce) -> tuple[Source, dict[int, list[int]]]:
+    from clipviz.model.loading import same_model
+
     try:
         tensors, meta = read_examples(folder, hook)
     except ValueError as error:
         raise ClipvizError(f"cannot use the examples in '{folder}' as a guide: {error}") from None
     settings = meta.get("settings", {})
-    if settings.get("model") != model.spec:
+    if not same_model(settings.get("model"), model.spec):
         raise ClipvizError(
             f"the examples in '{folder}' are of model '{settings.get('model')}', not '{model.spec}': mine them "
             "for this model or guide by a dataset"
