@@ -220,6 +220,7 @@ BAD = [
     ([*V[:2], "--text", "a star", "--reduce", "cls", "--out", "{out}"], "--reduce is for --neurons"),
     ([*V[:2], "--text", "a star", "--text", "a star", "--out", "{out}"], "'a star' is given twice"),
     ([*V[:2], "--hook", "blocks.1.attn.hook_pattern", "--neurons", "3", "--out", "{out}"], "holds attention patterns"),
+    (["concepts", "world-clip", "--hook", "blocks.1.attn.hook_pattern", "--out", "{out}"], "holds attention patterns"),
     (
         [*V[:2], "--hook", "visual.transformer.resblocks.1.ln_1", "--neurons", "0", "--out", "{out}"],
         ("is a native module path, not a block hook", "'default'"),
@@ -297,7 +298,7 @@ BAD = [
             (["--blocks", ""], "--blocks is empty"),
             (["--neurons", "5,9,700"], ("neuron 700", "widest chosen hook has 512")),  # later --neurons wins
             (["--neurons", ""], "--neurons is empty"),
-            (["--hooks", "mlp.hook_post,attn.hook_pattern"], ("(batch, tokens, neurons)", "hook_pattern")),
+            (["--hooks", "mlp.hook_post,attn.hook_pattern"], ("holds attention patterns", "hook_pattern")),
             (["--out", "{tmp}/file"], ("is a file, not a folder")),
             (["--hooks", "mlp.hook_post,"], ("has an empty item", "separated by commas")),
             (["--dataset", "world:40", "--top-k", "1000"], "larger than the dataset"),

@@ -234,8 +234,13 @@ class HookedVisionModel(nn.Module):
 
     def hook_width(self, name: str) -> int:
         """Size of the last axis of the activation at hook ``name`` (its neurons): read from the weights where
-        they say it, else measured with one forward pass."""
+        they say it, else measured with one forward pass. An attention-pattern hook has no neurons: refused."""
         point = self.registry.resolve(name)
+        if point.name.endswith("attn.hook_pattern"):
+            raise ClipvizError(
+                f"hook '{name}' holds attention patterns, (batch, heads, queries, keys), not neurons over tokens: "
+                "use a hook such as blocks.0.mlp.hook_post or hook_resid_post"
+            )
         if point.block is not None:
             parts = self.blocks[point.block]
             point_name = point.name.split(".", 2)[2]

@@ -135,11 +135,6 @@ def check_request(
     if neurons:
         if hook is None:
             raise ClipvizError("neuron targets need a hook, e.g. --hook blocks.6.mlp.hook_post")
-        if model.hook_point(hook).name.endswith("attn.hook_pattern"):
-            raise ClipvizError(
-                f"hook '{hook}' holds attention patterns, (batch, heads, queries, keys), not neurons over tokens: "
-                "visualize a hook such as blocks.0.mlp.hook_post or hook_resid_post"
-            )
         neurons = model.check_neurons(hook, neurons)
     texts = [texts] if isinstance(texts, str) else list(texts or ())
     for t in texts:

@@ -127,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
         neurons = model.check_neurons(args.hook, neurons)  # each neuron once: 1,1 would be named twice
     else:
         neurons = list(range(model.hook_width(args.hook)))
-    print(f"{args.method}: {len(neurons)} neurons of {args.hook}, vocabulary '{vocab.name}' ({len(vocab.concepts)})")
     if args.method == "direct":
         output_directions(model, args.hook, neurons)  # a hook the lens cannot read is refused before any work
+    print(f"{args.method}: {len(neurons)} neurons of {args.hook}, vocabulary '{vocab.name}' ({len(vocab.concepts)})")
+    if args.method == "direct":
         text = text_embeddings(model, vocab, progress=True)
         table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k, embeddings=text)
     elif args.method == "dissect":
