@@ -35,7 +35,8 @@ METHOD_NOTES = {
     "dissect": "SoftWPMI over the held-out images with the model as its own labeller; right when its top-1 "
     "concept is the truth, alone (a tie of several concepts at the top names nothing)",
     "lens": "the neuron's direct write into the image embedding ranked against the concepts' text; right when "
-    "its top-1 is the truth (exact for the last block only, so scored there)",
+    "its top-1 is the truth (the whole effect, up to the final LayerNorm's linearisation, only for the last block, "
+    "so scored there)",
     "visual": "the concept the model itself reads in the neuron's feature visualization more than in the other "
     "neurons' (pointwise mutual information); right when it is the truth",
 }
