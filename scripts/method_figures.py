@@ -11,15 +11,15 @@ the planted conjunctions' prompts ("a red object on the left"). For each neuron:
   examples`` ranks them) that carry its concept;
 * CLIP-Dissect top-1: SoftWPMI (``clipviz.analysis.dissect``), world-clip as its own labeller over the probe set,
   the layer's neurons as the population;
-
-For every method a reading whose top score several concepts share (``words_table``'s ``tied``, as CLIP-Dissect's do
-at its ``log(width)`` ceiling) is recorded as ``tie(a, b)`` and counted as a miss: the first of equals is not a name.
 * direct lens top-1, last block only (the lens reads the direct path into the embedding, the whole
   effect only there, up to the final LayerNorm's linearisation);
 * visual method top-1: the model's own zero-shot reading of the neuron's feature visualization (``--recipe``, as
   ``clipviz concepts --method visual``) among the same concepts;
 * pixels read as the concept (colour and position concepts only): the world colour nearest to the mean of the
   visualization's salient pixels and the region where they lie, as a person would read them (``read_pixels``).
+
+For every method a reading whose top score several concepts share (``words_table``'s ``tied``, as CLIP-Dissect's do
+at its ``log(width)`` ceiling) is recorded as ``tie(a, b)`` and counted as a miss: the first of equals is not a name.
 """
 
 from __future__ import annotations
