@@ -76,6 +76,17 @@ def test_backend_answers(backend, atlas):
     assert len(examples) == 3
 
 
+def test_what_the_model_reads_in_a_neurons_image_does_not_depend_on_the_others_asked(backend):
+    """The reading is scored against a fixed population of the hook's neurons: asked alone or with another neuron,
+    neuron 5's image is read alike (alone it had no reference at all)."""
+    _, alone, _ = backend.neurons("world-clip", HOOK, "5", 2, 48)
+    _, together, _ = backend.neurons("world-clip", HOOK, "5,100", 2, 48)
+    read = [w for w, _ in alone[0]["the model reads the image as"]]
+    assert [w for w, _ in together[0]["the model reads the image as"]] == read
+    scores = [s for _, s in alone[0]["the model reads the image as"]]
+    assert [s for _, s in together[0]["the model reads the image as"]] == pytest.approx(scores, abs=1e-3)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

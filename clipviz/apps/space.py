@@ -45,6 +45,7 @@ class Limits:
     max_phrase_chars: int = 120
     top_k: int = 6
     example_images: int = 1000  # held-out world images searched for examples
+    population: int = 8  # fixed neurons of the hook rendered beside the asked ones: the reading's reference
     concurrency: int = 1  # requests computed at once
     max_queue: int = 16  # requests waiting; more are turned away
 
@@ -181,7 +182,7 @@ class SpaceBackend:
         ``vital`` where the model names world images as its guide (world-clip), guided by the neuron's top world images
         from the same ranking as the examples shown (its top ``guide_k``, of which the first ``top_k`` are shown),
         else the unguided default."""
-        from clipviz.analysis.concepts import direct_lens, load_vocabulary, visual_words
+        from clipviz.analysis.concepts import direct_lens, load_vocabulary, reference_neurons, visual_words
         from clipviz.analysis.examples import mine_examples
         from clipviz.results import visualization_kind
         from clipviz.visualization.guidance import default_recipe
@@ -196,24 +197,29 @@ class SpaceBackend:
         world, source = self._world()
         # one pass over the world images finds the examples shown and, for a guided recipe, the references
         k = max(self.limits.top_k, recipe.guide_k) if guided else self.limits.top_k
-        ex = mine_examples(model, hook, source, neurons=chosen, top_k=k, progress=False)
+        # the visual reading's reference: a fixed set of the hook's neurons, rendered alike, so that what the model
+        # reads in a neuron's image does not depend on which others were asked with it
+        population = reference_neurons(model.hook_width(hook), self.limits.population) if model.is_clip else []
+        rendered = list(dict.fromkeys([*chosen, *population]))
+        ex = mine_examples(model, hook, source, neurons=rendered, top_k=k, progress=False)
         pictures = {i: world[i][0] for i in set(ex.indices.flatten().tolist())}
         guide = None
         if guided:
             guide = {
                 n: torch.stack([model.preprocess_pil(pictures[int(i)]) for i in ex.indices[j, : recipe.guide_k]])
-                for j, n in enumerate(chosen)
+                for j, n in enumerate(rendered)
             }
-        vis = _gpu(visualize)(model, hook, chosen, recipe=recipe, guide=guide, steps=steps, size=size, progress=False)
-        images = [
-            (v.image, f"neuron {n}: {visualization_kind(v.meta)} ({recipe.name})")
-            for n, v in zip(chosen, vis, strict=True)
-        ]
+        vis = _gpu(visualize)(model, hook, rendered, recipe=recipe, guide=guide, steps=steps, size=size, progress=False)
+        drawn = dict(zip(rendered, vis, strict=True))
+        images = [(drawn[n].image, f"neuron {n}: {visualization_kind(drawn[n].meta)} ({recipe.name})") for n in chosen]
         words = []
         if model.is_clip:
             vocab = load_vocabulary("world")
             lens = direct_lens(model, hook, chosen, vocab, top_k=5)
-            seen = visual_words(model, _batch([image for image, _ in images])[:, None], vocab, top_k=5)
+            reference = _batch([drawn[n].image for n in population])[:, None]
+            seen = visual_words(
+                model, _batch([image for image, _ in images])[:, None], vocab, top_k=5, population=reference
+            )
             words = [
                 {
                     "neuron": n,
