@@ -76,6 +76,25 @@ def test_examples_are_mined_anew_when_the_images_behind_a_folder_change(tmp_path
     assert not torch.allclose(new.scores, old.scores)
 
 
+def test_a_file_replaced_keeping_its_size_and_modification_time_changes_the_folders_identity(tmp_path):
+    """Found from outside: identity was path + size + mtime, so an image replaced by another of the same size with
+    its mtime kept (``cp -p``, rsync -t) left the folder's results looking current."""
+    import os
+
+    photos = tmp_path / "photos"
+    _photos(photos, seed=0)
+    before = open_source(str(photos)).identity
+    assert open_source(str(photos)).identity == before  # nothing changed: the same identity
+    target = photos / "0.png"
+    stat = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-20] ^= 0xFF  # other bytes, the same size
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old modification time kept
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    assert open_source(str(photos)).identity != before
+
+
 def test_two_datasets_mined_into_one_folder_keep_their_own_thumbnails(tmp_path):
     model = clipviz.wrap(_tower(0))
     a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"

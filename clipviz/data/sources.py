@@ -90,12 +90,14 @@ def image_files(root: Path) -> list[Path]:
 
 
 def _files_digest(root: Path, files: list[Path]) -> str:
-    """The identity of a folder's images: a hash of the folder's absolute path and each file's relative path, size
-    and modification time (not its bytes, which would read the whole folder)."""
+    """The identity of a folder's images: a hash of the folder's absolute path and each file's relative path, size,
+    modification time and status-change time (not its bytes, which would read the whole folder). The last is what
+    no copy can carry over: a file replaced by one of the same size and modification time (``cp -p``, a sync tool)
+    changes it, so results of the old images are never taken for the new ones."""
     digest = hashlib.blake2b(str(root.resolve()).encode(), digest_size=12)
     for f in files:
         stat = f.stat() if f.exists() else f.lstat()  # a broken link: the link itself
-        digest.update(f"{f.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{f.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\n".encode())
     return f"folder:{digest.hexdigest()}"
 
 
