@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from clipviz.errors import Terminated
+from clipviz.errors import STOPPING, Terminated
 
 _CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
@@ -22,6 +22,10 @@ def _exit_now(code: int) -> None:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(code)
+
+
+def _quiet(unraisable) -> None:
+    """An unraisable exception while stopping (a finaliser of what the stop interrupted) is not shown."""
 
 
 def _importing(frame) -> bool:
@@ -47,6 +51,8 @@ def _handler(installer: int):
         if _importing(frame):
             print(f"clipviz: {_WORDS[signum]}", file=sys.stderr)
             _exit_now(_CODES[signum])
+        STOPPING.append(_CODES[signum])
+        sys.unraisablehook = _quiet  # torch's loaders complain from __del__ about workers the signal also stopped
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
     return on_signal
@@ -72,6 +78,7 @@ def _signals_handled():
 
 
 def main(argv=None) -> int:
+    STOPPING.clear()
     with _signals_handled():
         try:
             from clipviz.apps.cli import main as run

@@ -24,6 +24,11 @@ class Terminated(BaseException):  # noqa: N818 (named as KeyboardInterrupt is: a
     line and exits with code 143, and no file is left half-written."""
 
 
+#: The exit code of the stop signal that arrived (130 Ctrl-C, 143 SIGTERM), once one has: what else goes wrong
+#: while the run unwinds (a data loader reporting its worker killed by the same signal) is that stop, not an error.
+STOPPING: list[int] = []
+
+
 class UnsupportedModelError(ClipvizError):
     """The model loaded, but clipviz cannot find the transformer blocks it needs in it."""
 

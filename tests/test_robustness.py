@@ -1109,3 +1109,24 @@ def test_a_prompt_is_recorded_with_the_recipe_it_was_rendered_with(world, tmp_pa
     beside = clipviz.visualize(world, H, [0], texts=["a red star"], steps=2, progress=False, out=tmp_path)
     again = next(v for v in beside if v.meta["kind"] == "text")
     assert again.meta["settings_id"] == alone.meta["settings_id"] and again.path == alone.path
+
+
+def test_what_fails_while_a_stop_signal_unwinds_is_that_stop(monkeypatch, capsys):
+    """Found from outside: SIGTERM to the whole process group (a scheduler's time limit) also killed the data
+    loader's workers, and torch's report of them (a RuntimeError) replaced the stop: a traceback and exit 1."""
+    import clipviz.apps.cli as cli
+    from clipviz.errors import STOPPING
+
+    def unwinding(argv):
+        STOPPING.append(143)
+        raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Terminated.")
+
+    monkeypatch.setattr(cli, "_main", unwinding)
+    try:
+        assert cli.main(["info", "world-clip"]) == 143
+    finally:
+        STOPPING.clear()
+    assert capsys.readouterr().err == "clipviz: terminated\n"
+    monkeypatch.setattr(cli, "_main", lambda argv: (_ for _ in ()).throw(RuntimeError("a real bug")))
+    with pytest.raises(RuntimeError, match="a real bug"):  # with no stop signal, an error stays an error
+        cli.main(["info", "world-clip"])

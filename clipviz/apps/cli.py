@@ -17,7 +17,7 @@ from importlib import import_module
 from pathlib import Path
 
 from clipviz.apps.commands import NAMES
-from clipviz.errors import ClipvizError, Terminated
+from clipviz.errors import STOPPING, ClipvizError, Terminated
 
 
 class Parser(argparse.ArgumentParser):
@@ -96,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("interrupted", 130)
     except Terminated:
         return _fail("terminated", 143)
+    except BaseException:
+        if not STOPPING:
+            raise
+        # the stop signal reached other parts too (a data loader's killed workers): their errors are that stop
+        return _fail("terminated" if STOPPING[0] == 143 else "interrupted", STOPPING[0])
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -113,11 +118,13 @@ def _main(argv: Sequence[str] | None) -> int:
             if not os.environ.get("CLIPVIZ_DEBUG"):
                 warnings.simplefilter("ignore", FutureWarning)
             code = args.func(args)
-    except ClipvizError as error:  # a user error: the library's warnings would only be noise around it
-        return _fail(f"error: {error}")
-    except MemoryError:
-        return _fail("error: out of memory: use fewer neurons, a smaller --batch-size or a smaller --size")
-    except OSError as error:
+    except (ClipvizError, MemoryError, OSError) as error:
+        if STOPPING:  # raised by the stop signal's unwinding: reported as the stop, by main
+            raise
+        if isinstance(error, ClipvizError):  # a user error: the library's warnings would only be noise around it
+            return _fail(f"error: {error}")
+        if isinstance(error, MemoryError):
+            return _fail("error: out of memory: use fewer neurons, a smaller --batch-size or a smaller --size")
         return _fail(_os_error(error))
     for w in caught:  # warnings of a run that worked are shown, once, after it
         sys.stderr.write(_warning_line(w))
