@@ -34,7 +34,7 @@ import torch
 
 import clipviz
 from clipviz.analysis.concepts import Vocabulary, direct_lens, visual_words, words_table
-from clipviz.analysis.dissect import labeller_a, softwpmi
+from clipviz.analysis.dissect import CEILING_TIE, labeller_a, softwpmi
 from clipviz.images import pil_to_tensor
 from clipviz.visualization.guidance import default_recipe
 from clipviz.visualization.recipes import get_recipe
@@ -130,7 +130,10 @@ def top1(row: dict, name=lambda word: word) -> str:
 def dissect_reading(pr: dict, concepts: list[str], neurons: list[dict]) -> list[str]:
     """CLIP-Dissect's top-1 concept for each neuron (the layer's neurons as the population)."""
     scores = {hook: softwpmi(m, pr["sims"], a=pr["a"]) for hook, m in pr["means"].items()}
-    rows = [words_table(scores[hook_of(r)][r["neuron"]][None], concepts, len(concepts))[0] for r in neurons]
+    rows = [
+        words_table(scores[hook_of(r)][r["neuron"]][None], concepts, len(concepts), tolerance=CEILING_TIE)[0]
+        for r in neurons
+    ]
     return [top1(row) for row in rows]
 
 

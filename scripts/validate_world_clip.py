@@ -67,7 +67,7 @@ def lens_agreement(model, truth, threshold: float = 0.9) -> dict:
 def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> dict:
     """CLIP-Dissect (SoftWPMI) with the model as its own labeller, over a held-out probe set of world images."""
     from clipviz.analysis.concepts import words_table
-    from clipviz.analysis.dissect import labeller_a, softwpmi
+    from clipviz.analysis.dissect import CEILING_TIE, labeller_a, softwpmi
     from clipviz.world.groundtruth import HELDOUT_SEED, patch_means, world_images, world_size
 
     images, _ = world_images(n, seed=HELDOUT_SEED + 3, size=world_size(model))
@@ -78,7 +78,7 @@ def dissect_agreement(model, truth, n: int = 3000, threshold: float = 0.9) -> di
     for hook in sorted(truth.auroc):
         rows = truth.natural_clear(hook, threshold)
         scores = softwpmi(means[hook], sims, a=labeller_a(model))
-        named = words_table(scores[[neuron for neuron, *_ in rows]], prompts, 1) if rows else []
+        named = words_table(scores[[neuron for neuron, *_ in rows]], prompts, 1, tolerance=CEILING_TIE) if rows else []
         # a tie at the top (words_table's ``tied``) names nothing: a miss
         hits = [
             t["tied"] == 1 and t["words"][0] == world.prompt(fam, val)

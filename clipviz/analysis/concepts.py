@@ -605,29 +605,35 @@ def output_directions(model: HookedVisionModel, hook: str, neurons: Sequence[int
     return directions if neurons is None else directions[model.check_neurons(hook, neurons)]
 
 
-#: Scores this close (relative to the top one, at least 1) are one score: float noise, or a ceiling both reach
-#: (CLIP-Dissect's log(width), where both concepts are all but certain in the neuron's top images).
-TIE_TOLERANCE = 1e-4
+#: Scores this close to the top one (relative to it, at least 1) are one score: float noise. Methods with a ceiling
+#: that several concepts reach pass their own (``clipviz.analysis.dissect.CEILING_TIE``).
+TIE_TOLERANCE = 1e-6
 
 
 def words_table(
-    scores: torch.Tensor, concepts: Sequence[str], top_k: int, neurons: Sequence[int] | None = None
+    scores: torch.Tensor,
+    concepts: Sequence[str],
+    top_k: int,
+    neurons: Sequence[int] | None = None,
+    tolerance: float = TIE_TOLERANCE,
 ) -> list[dict]:
     """Rows ``{"neuron", "words", "scores", "tied"}`` of the ``top_k`` concepts per row of ``scores`` (rows,
-    concepts). ``tied`` counts the concepts that share the top score (within ``TIE_TOLERANCE``), as CLIP-Dissect's
-    do where a neuron's top images carry several concepts that no other neuron's carry (all at its ``log(width)``
-    ceiling): more than 1 means the first word is not the neuron's name but one of ``tied`` equals. Tied concepts
-    are listed in the vocabulary's order, never in the order float noise gives them.
+    concepts). ``tied`` counts the concepts that share the top score (within ``tolerance`` of it, relative to it and
+    at least 1), as CLIP-Dissect's do where a neuron's top images carry several concepts that no other neuron's
+    carry (all at its ``log(width)`` ceiling): more than 1 means the first word is not the neuron's name but one of
+    ``tied`` equals. Tied concepts are listed in the vocabulary's order, never in the order float noise gives them.
 
     >>> words_table(torch.tensor([[0.1, 0.9, 0.5]]), ["a", "b", "c"], 2, neurons=[7])
     [{'neuron': 7, 'words': ['b', 'c'], 'scores': [0.9, 0.5], 'tied': 1}]
-    >>> words_table(torch.tensor([[0.2, 4.1589, 4.15891]]), ["a", "b", "c"], 3)
+    >>> words_table(torch.tensor([[0.2, 4.1589, 4.15891]]), ["a", "b", "c"], 3, tolerance=1e-4)
     [{'words': ['b', 'c', 'a'], 'scores': [4.1589, 4.15891, 0.2], 'tied': 2}]
+    >>> words_table(torch.tensor([[0.19228, 0.19236]]), ["a", "b"], 2)[0]["tied"]  # close, but two scores
+    1
     """
     k = min(top_k, len(concepts))
     values, index = scores.topk(k, dim=1)
     top = values[:, :1]
-    shared = scores >= top - TIE_TOLERANCE * top.abs().clamp(min=1.0)
+    shared = scores >= top - tolerance * top.abs().clamp(min=1.0)
     rows = []
     for r in range(scores.shape[0]):
         tied = int(shared[r].sum())

@@ -36,6 +36,10 @@ from clipviz.model.layout import reduce_tokens
 PAPER_A, PAPER_LOGIT_SCALE = 10.0, 100.0
 #: The paper's number of top-activating probe images per neuron; a probe set must hold more than this.
 TOP_K = 100
+#: SoftWPMI scores this close to the top one (relative) are one score. A neuron whose top images all carry several
+#: concepts that no other neuron's top images carry scores each of them at the ``log(width)`` ceiling, apart only by
+#: how nearly certain each is (``log 0.9994`` and ``log 0.99999``): the method cannot tell them apart.
+CEILING_TIE = 1e-4
 
 
 def labeller_a(labeller) -> float:

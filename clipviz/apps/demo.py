@@ -144,7 +144,7 @@ def _run(
     progress: bool,
 ) -> Path:
     from clipviz.analysis.concepts import Vocabulary, direct_lens, visual_words, words_table, write_table
-    from clipviz.analysis.dissect import labeller_a, softwpmi
+    from clipviz.analysis.dissect import CEILING_TIE, labeller_a, softwpmi
     from clipviz.analysis.examples import mine_examples, write_thumbnails
     from clipviz.apps.atlas import build_atlas
     from clipviz.data.sources import open_source
@@ -204,7 +204,7 @@ def _run(
         write_thumbnails(source, ex, out / "results" / "examples", model=model)
         words = direct_lens(model, hook, neurons, vocab, top_k=3, embeddings=text)
         write_table(out / "results" / "words", hook, words, "direct", vocab, identity=model.identity())
-        named = words_table(dissect[hook][neurons], vocab.concepts, 3, neurons)
+        named = words_table(dissect[hook][neurons], vocab.concepts, 3, neurons, tolerance=CEILING_TIE)
         write_table(out / "results" / "words", hook, named, "dissect", vocab, identity=model.identity())
         wanted = set(ex.indices.flatten().tolist())
         pictures = {i: im for i, im, _ in source if i in wanted}

@@ -760,6 +760,7 @@ def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, show
             table = direct_lens(model, hook, neurons, vocab, top_k=plan.words, embeddings=text)
         else:
             from clipviz.analysis.dissect import (
+                CEILING_TIE,
                 image_text_similarities,
                 labeller_a,
                 layer_softwpmi,
@@ -782,7 +783,7 @@ def _words(model: HookedVisionModel, plan: SweepPlan, units, paths, record, show
             scores = layer_softwpmi(
                 acts, columns, list(neurons), width, similarities[1], a=labeller_a(model), layer_top=layer_top
             )
-            table = words_table(scores, vocab.concepts, plan.words, neurons)
+            table = words_table(scores, vocab.concepts, plan.words, neurons, tolerance=CEILING_TIE)
         write_table(paths["concepts"], hook, table, method=method, vocabulary=vocab, identity=model.identity())
         record(f"concepts-{method}/{hook}")
         bar.update(1)

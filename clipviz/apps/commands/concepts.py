@@ -134,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
         text = text_embeddings(model, vocab, progress=True)
         table = direct_lens(model, args.hook, neurons, vocab, top_k=args.top_k, embeddings=text)
     elif args.method == "dissect":
-        from clipviz.analysis.dissect import image_text_similarities, labeller_a, layer_softwpmi, probe_activations
+        from clipviz.analysis.dissect import (
+            CEILING_TIE,
+            image_text_similarities,
+            labeller_a,
+            layer_softwpmi,
+            probe_activations,
+        )
         from clipviz.data.sources import open_source
 
         source = open_source(stored.location, **stored.options) if stored is not None else probe
@@ -148,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         sims = image_text_similarities(labeller, source, kept, text, progress=True)
         layer_top = stored.layer_top if stored is not None else None
         scores = layer_softwpmi(acts, columns, list(neurons), width, sims, a=labeller_a(labeller), layer_top=layer_top)
-        table = words_table(scores, vocab.concepts, args.top_k, neurons)
+        table = words_table(scores, vocab.concepts, args.top_k, neurons, tolerance=CEILING_TIE)
     elif args.method == "visual":
         import torch
 
