@@ -292,3 +292,20 @@ def test_one_model_spelled_two_ways_is_one_atlas(tmp_path, tiny):
     assert len(found.neurons[hook][0].visualizations) == 1 and len(found.neurons[hook][0].examples) == 2
     for spelling in ("clipviz:world-clip", str(clipviz.bundled_models()["world-clip"]) + "/"):
         assert clipviz.load(spelling).spec == "world-clip"
+    # results recorded under another spelling of the bundled model keep its ground truth in the atlas
+    from clipviz.analysis.concepts import load_vocabulary, write_table
+
+    model = clipviz.load("world-clip")
+    table = [{"neuron": 179, "words": ["a purple object"], "scores": [0.5], "tied": 1}]
+    for i, spelling in enumerate(("world-clip", "clipviz:world-clip")):
+        identity = {**model.identity(), "model": spelling}
+        write_table(
+            tmp_path / "w" / str(i),
+            "blocks.3.mlp.hook_post",
+            table,
+            "direct" if i else "dissect",
+            load_vocabulary("world"),
+            identity=identity,
+        )
+    found = collect(tmp_path / "w")
+    assert found.neurons["blocks.3.mlp.hook_post"][179].truth  # purple & bottom, planted

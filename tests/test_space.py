@@ -317,6 +317,7 @@ def test_the_live_tab_offers_the_atlas_model_where_the_space_can_load_it(tmp_pat
     here = tmp_path / "my-model"
     here.mkdir()
     assert live_models(atlas_of(str(here))) == ("world-clip",)  # a folder on the author's machine is not in the Space
+    assert live_models(atlas_of("hf:/data/author/vit")) == ("world-clip",)  # nor one named with its library
     assert live_models(atlas_of("hf:openai/clip-vit-base-patch16"), "world-clip") == ("world-clip",)
     assert live_models(None) == ("world-clip",)
     assert _example_label({"caption": "", "name": "cat-03.jpg", "index": 64}) == "cat-03.jpg"

@@ -463,3 +463,23 @@ def test_a_rerun_with_another_recipe_shows_only_its_own_images(tmp_path):
     shown = [n for entry in atlas["hooks"].values() for n in entry["neurons"]]
     assert [n["neuron"] for n in shown] == [0, 1]
     assert all(len(n["visualizations"]) == 1 and n["visualization_kinds"] == ["plain"] for n in shown), shown
+
+
+def test_world_clip_is_named_with_its_own_words_whatever_the_images(tmp_path):
+    """Found from outside: a sweep of world-clip over a folder of images defaulted to ImageNet's class names, words
+    its text tower never learned (now refused), instead of its world's."""
+    import numpy as np
+    from PIL import Image
+
+    import clipviz
+    from clipviz.apps.sweep import default_dataset, make_plan
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, dtype=np.uint8)).save(photos / f"{i}.png")
+    plan = make_plan(
+        clipviz.load("world-clip"), tmp_path / "out", blocks="3", neurons="0:2", dataset=str(photos), top_k=2, words=2
+    )
+    assert plan.vocab == "world"
+    assert default_dataset("clipviz:world-clip") == default_dataset("world-clip") is not None

@@ -99,7 +99,7 @@ def collect(
     Results of one model spec with different weights are refused: a folder rerun after the weights changed keeps
     the older results of targets the rerun did not redo, and one atlas must not show two models as one."""
     from clipviz.analysis.examples import ExampleResult
-    from clipviz.model.loading import same_model
+    from clipviz.model.loading import canonical_spec, same_model
 
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -185,6 +185,7 @@ def collect(
             concept_settings.setdefault(row["hook"], {})[row["method"]] = row["vocabulary"]
 
     models.discard(None)
+    models = {canonical_spec(m) for m in models}  # a bundled model's one name: its ground truth is found by it
     if len(models) > 1 and all(same_model(m, sorted(models)[0]) for m in models):  # hf:/dir and /dir
         models = {sorted(models)[0]}
     if len(models) > 1:

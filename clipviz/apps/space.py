@@ -88,7 +88,10 @@ def _loadable_here(spec: str) -> bool:
         _, reference = resolve_spec(spec)
     except ClipvizError:
         return False
-    return not reference.startswith("local-dir:") and not Path(reference).expanduser().exists()
+    reference = reference.removeprefix("hf-hub:")
+    if reference.startswith(("local-dir:", "/", ".", "~")) or "\\" in reference or reference.count("/") > 1:
+        return False  # a path on the author's machine (``hf:/data/vit``), not a hub id
+    return not Path(reference).expanduser().exists()
 
 
 class SpaceBackend:

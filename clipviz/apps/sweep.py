@@ -131,9 +131,10 @@ def parse_blocks(text: str | None, n_blocks: int) -> list[int]:
 def default_dataset(spec: str) -> str | None:
     """The held-out data source a bundled model's plug-in names for it (world-clip: ``world:2000``, its world at its
     input size), else ``None``."""
+    from clipviz.model.loading import canonical_spec
     from clipviz.plugins import registry
 
-    return registry().datasets.get(spec)
+    return registry().datasets.get(canonical_spec(spec))
 
 
 def make_plan(
@@ -163,6 +164,7 @@ def make_plan(
     from clipviz.apps.options import parse_indices
     from clipviz.apps.validate import check_new_folder
     from clipviz.data.sources import open_source
+    from clipviz.model.trained_words import trained_words
     from clipviz.plugins import registry
 
     chosen_blocks = parse_blocks(blocks, model.n_blocks)
@@ -208,8 +210,9 @@ def make_plan(
         raise ClipvizError(f"the sweep needs a dataset of known length; '{dataset}' has none")
     probe_identity = open_probe(probe).identity if probe is not None else None  # fails now, not later
     clip_like = model.is_clip and model.backend.projection is not None
-    if vocab is None:
-        vocab = "world" if "world" in registry().vocabularies and dataset.startswith("world:") else "imagenet"
+    if vocab is None:  # a model whose text tower knows only its world's words is named with them, whatever the data
+        own = dataset.startswith("world:") or trained_words(model) is not None
+        vocab = "world" if "world" in registry().vocabularies and own else "imagenet"
     if not model.is_clip:
         vocab = None
     if probe and not model.is_clip:

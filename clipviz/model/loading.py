@@ -83,6 +83,19 @@ def _bundled_name(reference: str) -> str | None:
     return next((name for name, folder in bundled_models().items() if Path(folder).resolve() == here), None)
 
 
+def canonical_spec(spec: str) -> str:
+    """A bundled model's one name for any spelling of it (``clipviz:world-clip``, its folder), else ``spec``.
+
+    >>> canonical_spec("clipviz:world-clip"), canonical_spec("hf:org/model")
+    ('world-clip', 'hf:org/model')
+    """
+    try:
+        _, reference = resolve_spec(spec)
+    except ClipvizError:
+        return spec
+    return _bundled_name(reference) or spec
+
+
 def same_model(a: str | None, b: str | None) -> bool:
     """Whether two specs load one model: equal, or resolving to one library and one reference, a local folder
     compared by its real path (``hf:/models/vit`` and ``/models/vit``). A spec that no longer resolves (a folder
