@@ -449,6 +449,16 @@ def _model_digest(model: HookedVisionModel) -> str:
     return h.hexdigest()[:16]
 
 
+def _listed(items: list[str], limit: int, sep: str = ", ") -> str:
+    """The first ``limit`` of ``items`` joined, and how many more there are.
+
+    >>> _listed(["a", "b", "c"], 2)
+    'a, b and 1 more'
+    """
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
+
+
 def _untrained(model: HookedVisionModel, vocab: Vocabulary) -> dict[str, list[str]]:
     """Per concept, its prompts' words that ``model``'s text tower was never trained on (``untrained_words``). A
     template with such a word, or a vocabulary of nothing else, is refused."""
@@ -469,7 +479,7 @@ def _untrained(model: HookedVisionModel, vocab: Vocabulary) -> dict[str, list[st
             kept = unknown.setdefault(prompts[prompt], [])
             kept += [w for w in words if w not in kept]
     if unknown and len(unknown) == len(vocab.concepts):
-        shown = ", ".join(f"{c!r} ({' '.join(w)})" for c, w in list(unknown.items())[:4])
+        shown = _listed([f"{c!r} ({' '.join(w)})" for c, w in unknown.items()], 4)
         raise ClipvizError(
             f"vocabulary '{vocab.name}': every concept uses words {model.spec}'s text tower was never trained on "
             f"(e.g. {shown}); it knows only the words of its training ({some_trained_words(model)})"
@@ -492,11 +502,10 @@ def known_words_only(model: HookedVisionModel, vocab: Vocabulary) -> Vocabulary:
     unknown = _untrained(model, vocab)
     if not unknown:
         return vocab
-    shown = ", ".join(f"{c!r} ({' '.join(w)})" for c, w in list(unknown.items())[:4])
-    more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+    shown = _listed([f"{c!r} ({' '.join(w)})" for c, w in unknown.items()], 4)
     warnings.warn(
         f"vocabulary '{vocab.name}': {len(unknown)} concepts left out, their words were never in {model.spec}'s "
-        f"training, so their embeddings are untrained: {shown}{more}",
+        f"training, so their embeddings are untrained: {shown}",
         stacklevel=2,
     )
     return replace(vocab, concepts=tuple(c for c in vocab.concepts if c not in unknown))
@@ -524,11 +533,10 @@ def merge_same_text(model: HookedVisionModel, vocab: Vocabulary) -> Vocabulary:
             keys[key] = concept
     if not twins:
         return vocab
-    shown = "; ".join(f"{', '.join(repr(t) for t in same)} as {kept!r}" for kept, same in list(twins.items())[:3])
-    more = f" and {len(twins) - 3} more" if len(twins) > 3 else ""
+    shown = _listed([f"{', '.join(repr(t) for t in same)} as {kept!r}" for kept, same in twins.items()], 3, "; ")
     warnings.warn(
         f"vocabulary '{vocab.name}': {sum(map(len, twins.values()))} concepts read as the same text as an earlier one "
-        f"by {model.spec}'s tokenizer, kept once: {shown}{more}",
+        f"by {model.spec}'s tokenizer, kept once: {shown}",
         stacklevel=2,
     )
     return replace(vocab, concepts=tuple(keys.values()))
