@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
         "--method",
         default="direct",
         choices=["direct", "dissect", "visual"],
-        help="direct: weights only; dissect: SoftWPMI on --probe images; visual: embed visualizations",
+        help="direct: weights only; dissect: SoftWPMI on --probe images; visual: embed visualizations, scored "
+        "against those of 16 fixed neurons of the layer",
     )
     con.add_argument("--probe", help="probe images for dissect: a folder, world:<n> or an HF dataset")
     con.add_argument(
@@ -35,7 +36,7 @@ def add_parser(sub) -> None:
         type=int_type("--samples", 1, MAX_SAMPLES),
         help="visualizations per neuron (--method visual, default 2)",
     )
-    con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, cifar100, words-<N> or a file")
+    con.add_argument("--vocab", default="world", help="world, imagenet, cifar10, cifar100, words-<N>[k] or a file")
     con.add_argument("--templates", help="'ensemble' or '|'-separated prompt templates with one {} each")
     con.add_argument("--top-k", type=int_type("--top-k", 1), default=5, help="words per neuron")
     con.add_argument("--out", required=True)
