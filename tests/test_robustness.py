@@ -285,6 +285,8 @@ BAD = [
     ([*V[:2], "--text", "a zebra", "--out", "{out}"], ("'a zebra' uses 'zebra'", "never trained on")),
     ([*C, "--neurons", "0", "--vocab", "{tmp}/control-vocab.txt", "--out", "{out}"], "control characters"),
     ([*C, "--neurons", "0", "--vocab", "words-0", "--out", "{out}"], "N >= 1"),
+    ([*C, "--neurons", "0", "--vocab", "words-1k5", "--out", "{out}"], "use words-<N> or words-<N>k"),
+    ([*C, "--neurons", "0", "--templates", "a photo of a {{}}.", "--out", "{out}"], ("uses 'photo'", "never trained")),
     (["info", "{tmp}/no-weights"], ("no weights in", "open_clip_model.safetensors")),
     (["analyze", "world-clip", "--study", "spatial", "--samples", "99999999", "--out", "{out}"], "1 and 100000"),
     (["analyze", "world-clip", "--study", "spatial", "--out", "{tmp}/file"], "is a file"),
@@ -294,6 +296,8 @@ BAD = [
         (["sweep", "world-clip", "--blocks", "3", "--neurons", "0:2", "--dry-run", "--out", "{out}", *extra], expected)
         for extra, expected in (
             (["--vocab", "nosuch"], "unknown vocabulary"),
+            (["--templates", "no slot"], "each template needs exactly one {}"),
+            (["--vocab", "cifar10", "--templates", "{{}}"], "every concept uses words world-clip's text tower"),
             (["--probe", "world:50"], ("probe set 'world:50' has 50 images", "more than 100")),
             (["--blocks", ""], "--blocks is empty"),
             (["--neurons", "5,9,700"], ("neuron 700", "widest chosen hook has 512")),  # later --neurons wins
