@@ -355,17 +355,22 @@ def _fmt(seconds: float) -> str:
 _MODEL_IDENTITY = ("model", "weights", "image_size", "mean", "std")
 
 
+def _planned_files(plan: SweepPlan, hook: str):
+    """``(target, path)`` of every visualization the plan renders for ``hook``."""
+    from clipviz.visualization.visualize import make_targets
+
+    folder = sweep_paths(Path(plan.out))["visualizations"]
+    kind = "data-guided" if plan.guided else "plain"
+    for t in make_targets(plan.neurons[hook], seed=plan.seed, samples=plan.samples):
+        yield t, visualization_path(folder, hook, t.key, None if plan.samples == 1 else t.seed, kind)
+
+
 def _pending_visualizations(plan: SweepPlan, hook: str) -> int:
     """Images of ``hook`` without a finished visualization made with this recipe (a cheap count for the bar and the
     estimate; ``visualize`` itself decides exactly what to skip)."""
-    from clipviz.visualization.visualize import make_targets
-
-    paths = sweep_paths(Path(plan.out))
-    kind = "data-guided" if plan.guided else "plain"
-    guides = _expected_guides(plan, hook, paths["examples"]) if plan.guided else {}
+    guides = _expected_guides(plan, hook, sweep_paths(Path(plan.out))["examples"]) if plan.guided else {}
     left = 0
-    for t in make_targets(plan.neurons[hook], seed=plan.seed, samples=plan.samples):
-        png = visualization_path(paths["visualizations"], hook, t.key, None if plan.samples == 1 else t.seed, kind)
+    for t, png in _planned_files(plan, hook):
         meta = read_visualization_meta(png)
         left += (
             meta is None
@@ -381,15 +386,7 @@ def _planned(plan: SweepPlan):
     """Whether a visualization under the sweep's folder is one of its plan's (a planned target's file, rendered with
     the plan's recipe): a sweep rerun with another recipe or fewer samples leaves the older images on disk, and its
     atlas must not show them as its own."""
-    from clipviz.visualization.visualize import make_targets
-
-    folder = sweep_paths(Path(plan.out))["visualizations"]
-    kind = "data-guided" if plan.guided else "plain"
-    planned = {
-        visualization_path(folder, hook, t.key, None if plan.samples == 1 else t.seed, kind).resolve()
-        for hook in plan.neurons
-        for t in make_targets(plan.neurons[hook], seed=plan.seed, samples=plan.samples)
-    }
+    planned = {png.resolve() for hook in plan.neurons for _, png in _planned_files(plan, hook)}
     return lambda png, meta: Path(png).resolve() in planned and meta.get("recipe") == plan.recipe
 
 
