@@ -7,6 +7,14 @@ For each planted concept (``CONCEPTS_BY_BLOCK``) the neuron of its block is take
 concept (best AUROC in the shipped table < ``--max-natural``) and, among those, ranks the concept's images highest
 already (AUROC for the concept over held-out images): the fine-tune then sharpens a weak tendency instead of
 rewiring a neuron from scratch. Neurons are taken greedily, each at most once. Deterministic.
+
+Every factor of a planted conjunction also gets a detector of its own in the conjunction's block, unless the block
+has one already (planted, or natural with AUROC >= ``CLEAR``): CLIP-Dissect's prior is the mean over the layer, so
+where no other neuron of the layer sees "blue", a "blue & top" neuron scores "blue" and "blue & top" alike at the
+``log(width)`` ceiling, and no method of naming by population can tell which it is (``factor_detectors``).
+
+``--keep PLAN`` keeps an earlier plan's assignments (planting further from weights that were planted with it) and
+adds only what is missing.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ import torch
 import clipviz
 from clipviz.world.groundtruth import HELDOUT_SEED, auroc, bundled_selectivity, patch_means, world_images, world_size
 from clipviz.world.planting import concept_labels, parse_concept
+
+#: A natural neuron with this AUROC for a factor counts as the block's detector of it (``factor_detectors``).
+CLEAR = 0.95
 
 CONCEPTS_BY_BLOCK: dict[int, list[str]] = {
     1: [
@@ -67,6 +78,23 @@ CONCEPTS_BY_BLOCK: dict[int, list[str]] = {
 }
 
 
+def factor_detectors(concepts: list[str], natural: list[tuple[int, str, str, float]]) -> list[str]:
+    """The single factors of the conjunctions in ``concepts`` that neither ``concepts`` nor a natural clear neuron
+    of the block (``(neuron, family, value, auroc)`` rows) detects, in the conjunctions' order.
+
+    >>> factor_detectors(["colour:red", "colour:blue&position:top"], [(7, "position", "top", 0.97)])
+    ['colour:blue']
+    """
+    have = set(concepts) | {f"{family}:{value}" for _, family, value, a in natural if a >= CLEAR}
+    missing: list[str] = []
+    for concept in concepts:
+        for family, value in parse_concept(concept) if "&" in concept else []:
+            factor = f"{family}:{value}"
+            if factor not in have and factor not in missing:
+                missing.append(factor)
+    return missing
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="world-clip")
@@ -80,6 +108,7 @@ def main() -> None:
         "2,3,5 of 6 blocks)",
     )
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ap.add_argument("--keep", type=Path, help="an earlier plan whose assignments stay (its model's blocks)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = clipviz.load(args.model, device=args.device)
@@ -94,16 +123,27 @@ def main() -> None:
     natural = bundled_selectivity(args.model)
     images, factors = world_images(args.n, seed=HELDOUT_SEED + 7, size=world_size(model))
     groups = dict(zip(blocks, CONCEPTS_BY_BLOCK.values(), strict=True))
+    kept = json.loads(args.keep.read_text())["planted"] if args.keep else []
+    for row in kept:
+        if row["block"] not in groups:
+            ap.error(f"--keep {args.keep}: block {row['block']} is not one of --blocks {args.blocks}")
     means = patch_means(model, [f"blocks.{b}.mlp.hook_post" for b in groups], images)
     plan = []
     for block, concepts in groups.items():
         hook = f"blocks.{block}.mlp.hook_post"
         for c in concepts:
             parse_concept(c)
+        natural_rows = natural.natural_clear(hook, threshold=CLEAR)
+        concepts = concepts + factor_detectors(concepts, natural_rows)
         table = auroc(means[hook], concept_labels(concepts, factors))  # (neurons, concepts)
         free = natural.best(hook)[0] < args.max_natural
-        taken: set[int] = set()
+        own = [row for row in kept if row["block"] == block]
+        plan += own
+        taken = {row["neuron"] for row in own}
+        free[sorted(taken)] = False
         for k, concept in enumerate(concepts):
+            if any(row["concept"] == concept for row in own):
+                continue
             score = torch.where(free, table[:, k], torch.tensor(-1.0))
             if taken:
                 score[list(taken)] = -1.0
