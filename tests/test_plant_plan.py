@@ -1,0 +1,83 @@
+"""The planting plan gives every planted conjunction's factors a detector in its block (scripts/plant_world_clip.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from script_loader import loaded_script
+
+from clipviz.world.groundtruth import bundled_selectivity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def script():
+    with loaded_script("plant_world_clip") as module:
+        yield module
+
+
+def test_factor_detectors_names_only_the_missing_factors(script):
+    concepts = ["position:top", "colour:blue&position:top", "colour:red&position:left", "colour:blue&size:large"]
+    natural = [(3, "colour", "red", 0.96), (4, "position", "left", 0.94), (5, "size", "large", 0.99)]
+    # top is planted, red and large have clear natural detectors; left's is not clear (0.94 < 0.95); blue once
+    assert script.factor_detectors(concepts, natural) == ["colour:blue", "position:left"]
+    assert script.factor_detectors(["colour:red", "shape:star"], []) == []  # no conjunction, nothing to add
+
+
+def test_clip_dissect_separates_a_conjunction_from_its_factors_only_where_the_layer_detects_each_factor():
+    """Why the plan adds factor detectors, on a known-answer layer: one blue & top detector among 63 noise neurons
+    scores blue, top and blue & top alike at SoftWPMI's ``log(width)`` ceiling (v2's blue & top and purple & bottom
+    did, docs/validation.md); a blue detector removes blue from the tie, a top detector as well names the neuron."""
+    from clipviz.analysis.concepts import words_table
+    from clipviz.analysis.dissect import CEILING_TIE, softwpmi
+
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    blue, top = torch.rand(n, generator=g) < 0.5, torch.rand(n, generator=g) < 0.5
+    concepts = ["blue", "red", "top", "bottom", "blue&top"]
+    holds = torch.stack([blue, ~blue, top, ~top, blue & top], dim=1).float()
+    sims = 0.1 + 0.3 * holds + 0.15 * holds[:, 4:] * torch.tensor([0, 0, 0, 0, 1.0])  # the conjunction fits best
+    sims = sims + 0.02 * torch.randn(n, 5, generator=g)
+
+    def detector(hit: torch.Tensor) -> torch.Tensor:
+        return (hit.float() + 0.1 * torch.randn(n, generator=g))[:, None]
+
+    conjunction, noise = detector(blue & top), torch.randn(n, 63, generator=g)
+    layers = {
+        "none": [conjunction, noise],
+        "blue": [conjunction, noise, detector(blue)],
+        "both": [conjunction, noise, detector(blue), detector(top)],
+    }
+    rows = {
+        name: words_table(softwpmi(torch.cat(parts, 1), sims, a=3.88), concepts, 5, tolerance=CEILING_TIE)
+        for name, parts in layers.items()
+    }
+    tied = {name: set(r[0]["words"][: r[0]["tied"]]) for name, r in rows.items()}
+    assert tied["none"] == {"blue", "top", "blue&top"}
+    assert tied["blue"] == {"top", "blue&top"}
+    assert tied["both"] == {"blue&top"}
+    assert [r["words"][0] for r in rows["both"][-2:]] == ["blue", "top"]  # the detectors are named too
+
+
+def test_keep_holds_an_earlier_plan_and_adds_the_missing_factor_detectors(script, tmp_path, monkeypatch):
+    shipped = json.loads((ROOT / "scripts" / "world_clip_plan.json").read_text())["planted"]
+    earlier = [r for r in shipped if r["concept"] in script.CONCEPTS_BY_BLOCK[r["block"]]]
+    (tmp_path / "earlier.json").write_text(json.dumps({"model": "world-clip", "planted": earlier}))
+    out = tmp_path / "plan.json"
+    argv = ["plant_world_clip.py", "--keep", str(tmp_path / "earlier.json"), "--n", "400", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    plan = json.loads(out.read_text())["planted"]
+    assert [r for r in plan if r in earlier] == earlier  # kept verbatim, in order
+    truth = bundled_selectivity()
+    for block, concepts in script.CONCEPTS_BY_BLOCK.items():
+        natural = truth.natural_clear(f"blocks.{block}.mlp.hook_post", threshold=script.CLEAR)
+        added = [r for r in plan if r["block"] == block and r not in earlier]
+        assert [r["concept"] for r in added] == script.factor_detectors(concepts, natural)
+        neurons = [r["neuron"] for r in plan if r["block"] == block]
+        assert len(set(neurons)) == len(neurons)  # each neuron planted once
