@@ -95,6 +95,18 @@ def factor_detectors(concepts: list[str], natural: list[tuple[int, str, str, flo
     return missing
 
 
+def refinement_detectors(concepts: list[str], conjunctions: list[str]) -> list[str]:
+    """The ``conjunctions`` (of the whole plan) that contain a single factor planted in ``concepts`` (one block's)
+    and are not planted there: ``--refinements`` plants them too, so that the block's prior of a conjunction is not
+    its factor detector's own (docs/validation.md, the v2.1 candidate).
+
+    >>> refinement_detectors(["colour:red", "colour:blue&position:top"], ["colour:red&position:left"])
+    ['colour:red&position:left']
+    """
+    singles = {c for c in concepts if "&" not in c}
+    return [d for d in conjunctions if d not in concepts and any(f"{f}:{v}" in singles for f, v in parse_concept(d))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="world-clip")
@@ -109,6 +121,11 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ap.add_argument("--keep", type=Path, help="an earlier plan whose assignments stay (its model's blocks)")
+    ap.add_argument(
+        "--refinements",
+        action="store_true",
+        help="also plant, in each block, the plan's conjunctions that contain a factor planted there",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = clipviz.load(args.model, device=args.device)
@@ -135,6 +152,9 @@ def main() -> None:
             parse_concept(c)
         natural_rows = natural.natural_clear(hook, threshold=CLEAR)
         concepts = concepts + factor_detectors(concepts, natural_rows)
+        if args.refinements:
+            every = [c for group in groups.values() for c in group if "&" in c]
+            concepts = concepts + refinement_detectors(concepts, every)
         table = auroc(means[hook], concept_labels(concepts, factors))  # (neurons, concepts)
         free = natural.best(hook)[0] < args.max_natural
         own = [row for row in kept if row["block"] == block]

@@ -29,6 +29,19 @@ def test_factor_detectors_names_only_the_missing_factors(script):
     assert script.factor_detectors(["colour:red", "shape:star"], []) == []  # no conjunction, nothing to add
 
 
+def test_refinement_detectors_are_the_plans_conjunctions_that_contain_a_factor_of_the_block(script):
+    block = ["colour:red", "position:left", "colour:red&position:left", "shape:star"]
+    every = [
+        "colour:red&position:left",
+        "colour:red&shape:circle",
+        "colour:blue&position:top",
+        "size:small&colour:white",
+    ]
+    # red&left is planted in the block already; red circle contains red; blue & top and white & small nothing here
+    assert script.refinement_detectors(block, every) == ["colour:red&shape:circle"]
+    assert script.refinement_detectors(["colour:red&position:left"], every) == []  # a conjunction alone: no factor
+
+
 def test_clip_dissect_separates_a_conjunction_from_its_factors_only_where_the_layer_detects_each_factor():
     """Why the plan adds factor detectors, on a known-answer layer: one blue & top detector among 63 noise neurons
     scores blue, top and blue & top alike at SoftWPMI's ``log(width)`` ceiling (v2's blue & top and purple & bottom
