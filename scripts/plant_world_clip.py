@@ -27,7 +27,7 @@ import torch
 
 import clipviz
 from clipviz.world.groundtruth import HELDOUT_SEED, auroc, bundled_selectivity, patch_means, world_images, world_size
-from clipviz.world.planting import concept_labels, parse_concept
+from clipviz.world.planting import concept_labels, load_plan, parse_concept
 
 #: A natural neuron with this AUROC for a factor counts as the block's detector of it (``factor_detectors``).
 CLEAR = 0.95
@@ -127,6 +127,13 @@ def main() -> None:
         help="also plant, in each block, the plan's conjunctions that contain a factor planted there",
     )
     args = ap.parse_args()
+    kept = []
+    if args.keep:
+        try:
+            load_plan(args.keep)  # checks every row: block, neuron, a concept of the world, each neuron once
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--keep {args.keep}: not a readable plan ({type(e).__name__}: {e})")
+        kept = json.loads(args.keep.read_text())["planted"]
     torch.set_num_threads(1)
     model = clipviz.load(args.model, device=args.device)
     try:
@@ -140,7 +147,6 @@ def main() -> None:
     natural = bundled_selectivity(args.model)
     images, factors = world_images(args.n, seed=HELDOUT_SEED + 7, size=world_size(model))
     groups = dict(zip(blocks, CONCEPTS_BY_BLOCK.values(), strict=True))
-    kept = json.loads(args.keep.read_text())["planted"] if args.keep else []
     for row in kept:
         if row["block"] not in groups:
             ap.error(f"--keep {args.keep}: block {row['block']} is not one of --blocks {args.blocks}")

@@ -94,3 +94,24 @@ def test_keep_holds_an_earlier_plan_and_adds_the_missing_factor_detectors(script
         assert [r["concept"] for r in added] == script.factor_detectors(concepts, natural)
         neurons = [r["neuron"] for r in plan if r["block"] == block]
         assert len(set(neurons)) == len(neurons)  # each neuron planted once
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        (None, "FileNotFoundError"),
+        ("{not json", "JSONDecodeError"),
+        ('{"planted": [{"block": 1, "neuron": 3, "concept": "colour:mauve"}]}', "unknown concept term 'colour:mauve'"),
+        ('{"planted": [{"block": 1, "neuron": 3}]}', "KeyError"),
+    ],
+)
+def test_keep_refuses_an_unreadable_plan_in_one_line(script, tmp_path, monkeypatch, capsys, text, why):
+    plan = tmp_path / "earlier.json"
+    if text is not None:
+        plan.write_text(text)
+    monkeypatch.setattr(sys, "argv", ["plant_world_clip.py", "--keep", str(plan), "--out", str(tmp_path / "p.json")])
+    with pytest.raises(SystemExit) as stop:
+        script.main()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and err.startswith(f"plant_world_clip.py: error: --keep {plan}: not a readable plan")
+    assert why in err and not (tmp_path / "p.json").exists()
