@@ -151,6 +151,7 @@ def main() -> None:
         if row["block"] not in groups:
             ap.error(f"--keep {args.keep}: block {row['block']} is not one of --blocks {args.blocks}")
     means = patch_means(model, [f"blocks.{b}.mlp.hook_post" for b in groups], images)
+    conjunctions = [c for group in groups.values() for c in group if "&" in c]
     plan = []
     for block, concepts in groups.items():
         hook = f"blocks.{block}.mlp.hook_post"
@@ -159,14 +160,12 @@ def main() -> None:
         natural_rows = natural.natural_clear(hook, threshold=CLEAR)
         concepts = concepts + factor_detectors(concepts, natural_rows)
         if args.refinements:
-            every = [c for group in groups.values() for c in group if "&" in c]
-            concepts = concepts + refinement_detectors(concepts, every)
+            concepts = concepts + refinement_detectors(concepts, conjunctions)
         table = auroc(means[hook], concept_labels(concepts, factors))  # (neurons, concepts)
         free = natural.best(hook)[0] < args.max_natural
         own = [row for row in kept if row["block"] == block]
         plan += own
         taken = {row["neuron"] for row in own}
-        free[sorted(taken)] = False
         for k, concept in enumerate(concepts):
             if any(row["concept"] == concept for row in own):
                 continue
