@@ -13,6 +13,9 @@ has one already (planted, or natural with AUROC >= ``CLEAR``): CLIP-Dissect's pr
 where no other neuron of the layer sees "blue", a "blue & top" neuron scores "blue" and "blue & top" alike at the
 ``log(width)`` ceiling, and no method of naming by population can tell which it is (``factor_detectors``).
 
+``--refinements`` also plants the plan's conjunctions in each block that plants one of their factors, and
+``--closed`` repeats both rules until neither adds a concept (``closed_detectors``).
+
 ``--keep PLAN`` keeps an earlier plan's assignments (planting further from weights that were planted with it) and
 adds only what is missing.
 """
@@ -107,6 +110,26 @@ def refinement_detectors(concepts: list[str], conjunctions: list[str]) -> list[s
     return [d for d in conjunctions if d not in concepts and any(f"{f}:{v}" in singles for f, v in parse_concept(d))]
 
 
+def closed_detectors(
+    concepts: list[str], conjunctions: list[str], natural: list[tuple[int, str, str, float]]
+) -> list[str]:
+    """``factor_detectors`` and ``refinement_detectors`` applied in turn until neither adds a concept: ``--closed``
+    plants, in each block, every factor of a conjunction planted there and every conjunction (of the plan) that
+    contains a factor planted there, so that no planted concept of the block shares its images with a coarser or
+    finer concept that the block has no detector of. Terminates: both only add concepts of a finite vocabulary.
+
+    >>> closed_detectors(["colour:red"], ["colour:red&position:left"], [])
+    ['colour:red&position:left', 'position:left']
+    """
+    added: list[str] = []
+    while True:
+        more = factor_detectors(concepts + added, natural)
+        more += refinement_detectors(concepts + added + more, conjunctions)
+        if not more:
+            return added
+        added += more
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="world-clip")
@@ -125,6 +148,11 @@ def main() -> None:
         "--refinements",
         action="store_true",
         help="also plant, in each block, the plan's conjunctions that contain a factor planted there",
+    )
+    ap.add_argument(
+        "--closed",
+        action="store_true",
+        help="--refinements and factor detectors repeated until each block's planted concepts are closed under both",
     )
     args = ap.parse_args()
     kept = []
@@ -161,6 +189,8 @@ def main() -> None:
         concepts = concepts + factor_detectors(concepts, natural_rows)
         if args.refinements:
             concepts = concepts + refinement_detectors(concepts, conjunctions)
+        if args.closed:
+            concepts = concepts + closed_detectors(concepts, conjunctions, natural_rows)
         table = auroc(means[hook], concept_labels(concepts, factors))  # (neurons, concepts)
         free = natural.best(hook)[0] < args.max_natural
         own = [row for row in kept if row["block"] == block]

@@ -42,6 +42,32 @@ def test_refinement_detectors_are_the_plans_conjunctions_that_contain_a_factor_o
     assert script.refinement_detectors(["colour:red&position:left"], every) == []  # a conjunction alone: no factor
 
 
+def test_closed_detectors_reach_the_fixed_point_of_both_rules(script):
+    every = [
+        "colour:red&position:left",
+        "colour:blue&position:left",
+        "colour:blue&shape:star",
+        "colour:green&size:small",
+    ]
+    natural = [(9, "shape", "star", 0.99)]
+    added = script.closed_detectors(["colour:red"], every, natural)
+    # red -> red & left -> left -> blue & left -> blue -> blue & star (star: the block's natural detector); never
+    # green & small, which shares no factor with the chain
+    assert added == [
+        "colour:red&position:left",
+        "position:left",
+        "colour:blue&position:left",
+        "colour:blue",
+        "colour:blue&shape:star",
+    ]
+    closed = ["colour:red", *added]
+    assert script.factor_detectors(closed, natural) == []  # closed under both rules
+    assert script.refinement_detectors(closed, every) == []
+    assert script.closed_detectors(closed, every, natural) == []
+    one_step = script.refinement_detectors(["colour:red"], every)
+    assert one_step == ["colour:red&position:left"]  # --refinements alone stops after the first step
+
+
 def test_clip_dissect_separates_a_conjunction_from_its_factors_only_where_the_layer_detects_each_factor():
     """Why the plan adds factor detectors, on a known-answer layer: one blue & top detector among 63 noise neurons
     scores blue, top and blue & top alike at SoftWPMI's ``log(width)`` ceiling (v2's blue & top and purple & bottom
