@@ -10,15 +10,16 @@ and ``--threads`` for an existing ``--out`` are refused):
 
 1. ``base``: ``train_world_clip.py`` from scratch (``--base-steps`` steps of ``--batch`` images);
 2. ``base-truth``: ``validate_world_clip.py`` on it: zero-shot accuracy and its ground truth, written beside it;
-3. ``plan``: ``plant_world_clip.py``: which of its neurons to plant with which concepts (``--plant-blocks``);
+3. ``plan``: ``plant_world_clip.py``: which of its neurons to plant with which concepts (``--plant-blocks``;
+   ``--plan-args``, by default ``--closed``: the plan that met CLIP-Dissect's bar, docs/validation.md);
 4. ``planted``: ``train_world_clip.py --init-from base --plant plan.json`` (``--plant-steps``, a fresh stream);
 5. ``planted-truth``: ``validate_world_clip.py --plant plan.json``: the planted neurons' held-out AUROC;
 6. ``figures``: ``method_figures.py``: every method on the known answers.
 
 ``OUT/pipeline.json`` records each stage's command, seconds and exit status; ``OUT/logs/<stage>.log`` its output.
-Settings this script does not name go to a stage through ``--base-args``, ``--plant-args``, ``--validate-args``
-and ``--figures-args`` (one quoted string each, e.g. ``--figures-args "--probe 2000"``). A stage that fails stops
-the pipeline with its exit status and the end of its log.
+Settings this script does not name go to a stage through ``--base-args``, ``--plan-args``, ``--plant-args``,
+``--validate-args`` and ``--figures-args`` (one quoted string each, e.g. ``--figures-args "--probe 2000"``). A stage
+that fails stops the pipeline with its exit status and the end of its log.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str], Path]]:
         (
             "plan",
             [sys.executable, str(HERE / "plant_world_clip.py"), *device, "--model", str(base), "--out", str(plan)]
-            + ["--blocks", args.plant_blocks],
+            + ["--blocks", args.plant_blocks]
+            + shlex.split(args.plan_args),
             plan,
         ),
         (
@@ -112,6 +114,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--plant-blocks", default="1,2,3", help="blocks of the three groups of planted concepts")
     ap.add_argument("--seed", type=int, default=0, help="the base run's stream; the planting fine-tune's is seed + 16")
     ap.add_argument("--base-args", default="", help="more train_world_clip.py settings for the base run")
+    ap.add_argument(
+        "--plan-args",
+        default="--closed",
+        help="more plant_world_clip.py settings (default: each block's planted concepts closed under their factors "
+        "and refinements)",
+    )
     ap.add_argument(
         "--plant-args",
         default="--plant-weight 2 --prompt-weight 1 --warmup 30 --lr 5e-4",

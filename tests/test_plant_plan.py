@@ -122,6 +122,24 @@ def test_keep_holds_an_earlier_plan_and_adds_the_missing_factor_detectors(script
         assert len(set(neurons)) == len(neurons)  # each neuron planted once
 
 
+def test_closed_plans_every_block_closed_under_both_rules(script, tmp_path, monkeypatch):
+    out = tmp_path / "plan.json"
+    monkeypatch.setattr(sys, "argv", ["plant_world_clip.py", "--closed", "--n", "400", "--out", str(out)])
+    script.main()
+    plan = json.loads(out.read_text())["planted"]
+    every = [c for concepts in script.CONCEPTS_BY_BLOCK.values() for c in concepts if "&" in c]
+    truth = bundled_selectivity()
+    for block, listed in script.CONCEPTS_BY_BLOCK.items():
+        natural = truth.natural_clear(f"blocks.{block}.mlp.hook_post", threshold=script.CLEAR)
+        concepts = [r["concept"] for r in plan if r["block"] == block]
+        assert concepts[: len(listed)] == listed
+        assert script.factor_detectors(concepts, natural) == []
+        assert script.refinement_detectors(concepts, every) == []
+        neurons = [r["neuron"] for r in plan if r["block"] == block]
+        assert len(set(neurons)) == len(neurons)
+    assert {r["concept"] for r in plan if r["block"] == 1} >= {"position:left", "colour:red&position:left"}
+
+
 @pytest.mark.parametrize(
     "text, why",
     [

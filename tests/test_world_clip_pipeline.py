@@ -60,7 +60,7 @@ def test_stages_run_in_order_and_a_second_run_redoes_nothing(pipeline, monkeypat
     assert ran == ALL_SCRIPTS
     record = json.loads((tmp_path / "run" / "pipeline.json").read_text())
     assert list(record["stages"]) == ["base", "base-truth", "plan", "planted", "planted-truth", "figures"]
-    assert "--blocks 2,3,5" in record["stages"]["plan"]["command"]
+    assert "--blocks 2,3,5 --closed" in record["stages"]["plan"]["command"]
     assert "--init-from" in record["stages"]["planted"]["command"]
     again, status = _run(pipeline, tmp_path / "run", monkeypatch)
     assert (again, status) == ([], 0)
