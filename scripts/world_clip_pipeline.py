@@ -131,7 +131,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    for name in ("base_args", "plan_args", "plant_args", "validate_args", "figures_args"):
+        try:
+            shlex.split(getattr(args, name))
+        except ValueError as e:  # an unbalanced quote: refused before any stage runs
+            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)!r}: {e}; give one quoted string of settings")
     record_path = args.out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

@@ -96,3 +96,13 @@ def test_a_run_with_other_settings_is_refused_not_resumed(pipeline, monkeypatch,
         )
     ran, status = _run(pipeline, tmp_path / "run", monkeypatch, device="cpu")  # another device only: nothing to do
     assert (ran, status) == ([], 0)
+
+
+def test_unreadable_stage_settings_are_refused_in_one_line_before_any_stage(pipeline, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        pipeline.main(["--out", str(out), "--plan-args", '--closed "--blocks'])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--plan-args '--closed \"--blocks': No closing quotation" in err
+    assert not out.exists()
