@@ -133,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     ap = parser()
     args = ap.parse_args(argv)
-    for name in ("base_args", "plan_args", "plant_args", "validate_args", "figures_args"):
+    for name in [k for k in vars(args) if k.endswith("_args")]:  # each stage's quoted settings
         try:
             shlex.split(getattr(args, name))
         except ValueError as e:  # an unbalanced quote: refused before any stage runs
