@@ -675,7 +675,11 @@ def joint_directions(model: HookedVisionModel, residual: torch.Tensor) -> torch.
 def direct_lens(
     model, hook: str, neurons: Sequence[int], vocab: Vocabulary, top_k: int = 5, embeddings: torch.Tensor | None = None
 ) -> list[dict]:
-    """Top ``top_k`` vocabulary entries per neuron by the cosine of its direct effect with their text embedding."""
+    """Top ``top_k`` vocabulary entries per neuron by the cosine of its direct effect with their text embedding.
+
+    The direct effect is what the neuron writes for a positive activation. A neuron whose activation can be
+    negative (a gated MLP's ``act(gate) * up``) writes the opposite direction then: the words of that side are the
+    bottom of this ranking, not its top."""
     if not vocab.concepts:
         raise ClipvizError("the vocabulary is empty")
     text = text_embeddings(model, vocab) if embeddings is None else embeddings
