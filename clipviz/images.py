@@ -101,6 +101,21 @@ def fit_pil(img: Image.Image, size: tuple[int, int], resample: int = Image.BICUB
     return img.crop((left, top, left + w, top + h))
 
 
+#: The weights of R, G and B in a grey level (ITU-R BT.601, PIL's ``convert("L")``).
+LUMA = (0.299, 0.587, 0.114)
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) -> (..., 1, H, W): the grey level of each pixel (``LUMA``). A grey image (R = G = B) keeps its
+    value, whatever weights a model's own conversion uses, as long as they sum to 1.
+
+    >>> luminance(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)).item()
+    0.299
+    """
+    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images * weights).sum(dim=-3, keepdim=True)
+
+
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     """A (3, H, W) tensor in [0, 1] -> an 8-bit RGB image."""
     array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)

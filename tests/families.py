@@ -68,6 +68,18 @@ def _hf(make: Callable[[], nn.Module], processor: bool = True, side: int = IMAGE
     return build
 
 
+def _grey_vit(directory: Path) -> str:
+    """A ViT that reads one channel (grey scans), with a processor that normalises it with one mean and std."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    noisy(T.ViTModel(T.ViTConfig(**_vit(num_channels=1)))).save_pretrained(directory)
+    T.ViTImageProcessor(
+        size={"height": IMAGE, "width": IMAGE}, image_mean=[0.45], image_std=[0.25], do_convert_rgb=False
+    ).save_pretrained(directory)
+    return f"hf:{directory}"
+
+
 def _vit(**extra):
     return dict(
         hidden_size=32,
@@ -130,6 +142,17 @@ def _hf_families() -> list[Family]:
             (1, g),
             "hf:vit",
             "hf:vit",
+        ),
+        Family(
+            "ViT (grey: 1 input channel)",
+            "transformers",
+            _grey_vit,
+            _seq("layers", 3),
+            ("act", "mlp.activation_fn"),
+            (1, g),
+            (1, g),
+            "hf:",
+            "hf:",
         ),
         Family(
             "DeiT",
@@ -879,6 +902,34 @@ def _timm_families() -> list[Family]:
             (3, g),
             "timm",
             "timm",
+        ),
+        Family(
+            "timm ViT (grey: in_chans=1)",
+            "timm",
+            _timm("vit_tiny_patch16_224", in_chans=1, **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (1, g),
+            (1, g),
+            "timm",
+            "timm",
+        ),
+        Family(
+            "timm DeiT3 (grey: in_chans=1, ImageNet's means averaged as timm does)",
+            "timm",
+            _timm("deit3_small_patch16_224", in_chans=1, **_T),
+            blocks2,
+            ("act", "mlp.act"),
+            (1, g),
+            (1, g),
+            "timm",
+            "timm",
+        ),
+        Family(
+            "timm ViT (4 input channels)",
+            "timm",
+            _timm("vit_tiny_patch16_224", in_chans=4, **_T),
+            refuse="the model takes 4 input channels",
         ),
         Family(
             "timm DeiT3 (layer scale)",

@@ -629,7 +629,7 @@ def _task_models() -> list[Family]:
                 ),
                 _proc("VitMatteImageProcessor"),
             ),
-            refuse="channel dimension",
+            refuse="the model takes 4 input channels",
         ),
         Family(
             "Mask2Former (Swin backbone)",

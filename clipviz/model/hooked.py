@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipviz.errors import ClipvizError, check_indices
+from clipviz.images import LUMA, luminance
 from clipviz.model.architecture import BlockParts, find_blocks
 from clipviz.model.backends.base import Backend
 from clipviz.model.batch import check_batch_independence
+from clipviz.model.channels import channel_statistics, readable_channels
 from clipviz.model.evaluation import evaluating
 from clipviz.model.hooks import HookFn, HookPoint, HookRegistry, StopForward, check_fired, installed
 from clipviz.model.layout import TokenLayout
@@ -89,12 +91,10 @@ class HookedVisionModel(nn.Module):
         self.blocks: list[BlockParts] = find_blocks(backend.vision_root, prefix=prefix.rstrip("."))
         # on the native model's device: a module wrapped on a GPU is probed there (images follow these buffers)
         device = next(self.native.parameters(), torch.empty(0)).device
-        self.register_buffer(
-            "_mean", torch.tensor(backend.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1), False
-        )
-        self.register_buffer(
-            "_std", torch.tensor(backend.std, dtype=torch.float32, device=device).view(1, -1, 1, 1), False
-        )
+        self.input_channels = readable_channels(backend.vision_root)  # 3, or 1: a grey model (clipviz.model.channels)
+        self.statistics = mean, std = channel_statistics(self.input_channels, backend.mean, backend.std)
+        self.register_buffer("_mean", torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1), False)
+        self.register_buffer("_std", torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1), False)
         _batch_invariant_attention(backend.vision_root)
         self._prenormalised = False
         self._whole_passes = 0  # forward passes run to the end (``hooks`` checks that its hooks ran in one)
@@ -192,6 +192,8 @@ class HookedVisionModel(nn.Module):
             "mean": [round(float(v), 6) for v in mean],
             "std": [round(float(v), 6) for v in std],
         }
+        if self.input_channels == 1:  # what it reads of an RGB image decides its results too
+            found["grey"] = list(LUMA)
         if kept is not None:
             kept[id(self)] = found
         return dict(found)
@@ -300,8 +302,9 @@ class HookedVisionModel(nn.Module):
             "blocks_left_out": dict(self.token_layouts.excluded) or None,
             "patch_size": list(b.patch_size),
             "image_size": list(b.image_size),
-            "mean": list(b.mean),
-            "std": list(b.std),
+            "input_channels": self.input_channels,
+            "mean": list(self.statistics[0]),
+            "std": list(self.statistics[1]),
             "preprocessing": b.preprocessing_source,
             "output": b.output_kind,
             "clip_like": self.is_clip,
@@ -310,12 +313,22 @@ class HookedVisionModel(nn.Module):
             "data_preprocessing": "backend's own resize + centre crop"
             if b.pil_transform is not None
             else "resize of the shortest side + centre crop (bicubic)",
-            "notes": list(b.notes) or None,
+            "notes": [*b.notes, *self._grey_note()] or None,
         }
+
+    def _grey_note(self) -> list[str]:
+        if self.input_channels != 1:
+            return []
+        r, g, b = LUMA
+        return [
+            f"it reads one channel: clipviz gives it each image's luminance ({r} R + {g} G + {b} B), shows photos "
+            "in grey as it reads them, and renders its visualizations in grey"
+        ]
 
     # ---------------------------------------------------------------- forward
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images (B, 3 or 1, H, W) -> the model's normalised input at its native size.
+        """[0, 1] images (B, 3 or 1, H, W) -> the model's normalised input at its native size: 3 channels, or for
+        a grey model (``input_channels == 1``) the images' luminance.
 
         Images of the model's aspect ratio are resized to its size; any other shape is refused, never stretched.
         Data (a tensor outside an autograd graph) must be [0, 1] pixels: 0-255 values or already-normalised images
@@ -335,11 +348,14 @@ class HookedVisionModel(nn.Module):
         if not images.requires_grad and not self._prenormalised:
             _check_pixel_range(images)
         if self._prenormalised:
-            if images.shape[1] != 3 or tuple(images.shape[-2:]) != tuple(self.image_size):
-                raise ClipvizError(f"pre-normalised images must be (B, 3, {self.image_size[0]}, {self.image_size[1]})")
+            c, (h, w) = self.input_channels, self.image_size
+            if images.shape[1] != c or tuple(images.shape[-2:]) != (h, w):
+                raise ClipvizError(f"pre-normalised images must be (B, {c}, {h}, {w})")
             return images.to(device=self._mean.device, dtype=self.dtype)
         x = images.to(device=self._mean.device, dtype=torch.float32)
-        if x.shape[1] == 1:
+        if self.input_channels == 1:
+            x = luminance(x) if x.shape[1] == 3 else x
+        elif x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != tuple(self.image_size):
             (h, w), (th, tw) = x.shape[-2:], self.image_size
@@ -359,7 +375,8 @@ class HookedVisionModel(nn.Module):
 
         The resize and centre crop are the backend's (transformers image processor, open_clip or timm transform), so
         ``model(preprocess_pil(img)[None])`` equals the backend's own preprocessing and forward pass; only the
-        normalisation is left to ``prepare``.
+        normalisation is left to ``prepare``. A grey model's images are grey (their luminance in all three
+        channels): what it reads, and what thumbnails and reference images then show.
         """
         from PIL import Image
 
@@ -376,10 +393,12 @@ class HookedVisionModel(nn.Module):
         else:  # transparency as the backend's own pipeline flattens it
             image = to_rgb(image, on_white=self.backend.kind == "hf")
         fn = self.backend.pil_transform or fallback_transform(self.image_size)
-        return fn(image).float()
+        x = fn(image).float()
+        return luminance(x).expand_as(x).contiguous() if self.input_channels == 1 else x
 
     def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``prepare``'s per-channel ``mean, std`` (3,): the model's input is ``(x - mean) / std``."""
+        """``prepare``'s per-channel ``mean, std`` (``input_channels``,): the model's input is ``(x - mean) / std``
+        (for a grey model, of the images' luminance)."""
         return self._mean.view(-1), self._std.view(-1)
 
     @contextmanager

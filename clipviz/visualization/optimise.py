@@ -244,7 +244,7 @@ def optimise(
         zoom = max(fraction, 8 / min(shape))  # at least 8 pixels a side, the aspect ratio kept
         stage_shape = (round(shape[0] * zoom), round(shape[1] * zoom))
         stage_seeds = [int(s) * 7919 + stage if stage else int(s) for s in seeds]
-        param = make_param(recipe.param, stage_seeds, stage_shape).to(device)
+        param = make_param(recipe.param, stage_seeds, stage_shape, grey=model.input_channels == 1).to(device)
         if init is not None and stage == 0:
             param.set_image(_resized(init, stage_shape).to(device))
         if previous is not None:

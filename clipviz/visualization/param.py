@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from clipviz.images import luminance
+
 # Square root of the colour correlation of natural images (Lucid's ImageNet estimate), normalised below.
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 _COLOR_SQRT = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
@@ -46,12 +48,22 @@ def _decorrelated_to_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 class ImageParam(nn.Module):
-    """Base class: ``forward()`` returns ``(n, 3, H, W)`` images in ``[0, 1]``."""
+    """Base class: ``forward()`` returns ``(n, 3, H, W)`` images in ``[0, 1]``; with ``grey``, their luminance in
+    all three channels (for a model that reads one channel: ``clipviz.model.channels``)."""
 
-    def __init__(self, seeds: Sequence[int], size: tuple[int, int]):
+    def __init__(self, seeds: Sequence[int], size: tuple[int, int], grey: bool = False):
         super().__init__()
         self.seeds = [int(s) for s in seeds]
         self.size = (int(size[0]), int(size[1]))
+        self.grey = bool(grey)
+
+    def forward(self) -> torch.Tensor:
+        x = self.render()
+        return luminance(x).expand_as(x) if self.grey else x
+
+    def render(self) -> torch.Tensor:
+        """The parameterisation's RGB images (n, 3, H, W) in [0, 1]."""
+        raise NotImplementedError
 
     @property
     def n(self) -> int:
@@ -72,13 +84,13 @@ class ImageParam(nn.Module):
 
 
 class PixelImage(ImageParam):
-    def __init__(self, seeds: Sequence[int], size: tuple[int, int]):
-        super().__init__(seeds, size)
+    def __init__(self, seeds: Sequence[int], size: tuple[int, int], grey: bool = False):
+        super().__init__(seeds, size, grey)
         h, w = self.size
         init = torch.stack([torch.rand(3, h, w, generator=g) for g in _generators(self.seeds)])
         self.pixels = nn.Parameter(init)
 
-    def forward(self) -> torch.Tensor:
+    def render(self) -> torch.Tensor:
         return self.pixels
 
     @torch.no_grad()
@@ -93,8 +105,10 @@ class PixelImage(ImageParam):
 class FourierImage(ImageParam):
     """Lucid's parameterisation: spectrum scaled by ``1/f**decay``, decorrelated colour, sigmoid."""
 
-    def __init__(self, seeds: Sequence[int], size: tuple[int, int], std: float = 0.01, decay: float = 1.0):
-        super().__init__(seeds, size)
+    def __init__(
+        self, seeds: Sequence[int], size: tuple[int, int], grey: bool = False, std: float = 0.01, decay: float = 1.0
+    ):
+        super().__init__(seeds, size, grey)
         h, w = self.size
         freqs = _frequencies(h, w)
         scale = 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay
@@ -104,7 +118,7 @@ class FourierImage(ImageParam):
         init = torch.stack([torch.randn(3, h, w // 2 + 1, 2, generator=g) * std for g in _generators(self.seeds)])
         self.spectrum = nn.Parameter(init)
 
-    def forward(self) -> torch.Tensor:
+    def render(self) -> torch.Tensor:
         h, w = self.size
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
         x = torch.fft.irfft2(spectrum, s=(h, w), norm="ortho") / 4.0
@@ -149,10 +163,11 @@ class MacoImage(ImageParam):
         self,
         seeds: Sequence[int],
         size: tuple[int, int],
+        grey: bool = False,
         magnitude: torch.Tensor | None = None,
         decorrelate: bool = True,
     ):
-        super().__init__(seeds, size)
+        super().__init__(seeds, size, grey)
         h, w = self.size
         if magnitude is None:
             magnitude = (1.0 / torch.clamp(_frequencies(h, w), min=1.0 / max(h, w))).expand(3, -1, -1).clone()
@@ -164,7 +179,7 @@ class MacoImage(ImageParam):
         self.phase = nn.Parameter(init)
         self.colour = nn.Parameter(torch.zeros(self.n, 3, 1, 1))
 
-    def forward(self) -> torch.Tensor:
+    def render(self) -> torch.Tensor:
         h, w = self.size
         x = torch.fft.irfft2(torch.polar(self.magnitude.expand_as(self.phase), self.phase), s=(h, w), norm="ortho")
         x = _AddColour.apply(x / (x.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 1e-8), self.colour)
@@ -176,9 +191,9 @@ class MacoImage(ImageParam):
 PARAMETERISATIONS = {"pixel": PixelImage, "fourier": FourierImage, "maco": MacoImage}
 
 
-def make_param(kind: str, seeds: Sequence[int], size: tuple[int, int]) -> ImageParam:
+def make_param(kind: str, seeds: Sequence[int], size: tuple[int, int], grey: bool = False) -> ImageParam:
     from clipviz.errors import ClipvizError
 
     if kind not in PARAMETERISATIONS:
         raise ClipvizError(f"unknown parameterisation '{kind}'; accepted: {', '.join(PARAMETERISATIONS)}")
-    return PARAMETERISATIONS[kind](seeds, size)
+    return PARAMETERISATIONS[kind](seeds, size, grey)

@@ -60,6 +60,7 @@ def augmentations(recipe, model, shape: tuple[int, int], speedups: SpeedUps) -> 
     transforms = recipe.transforms()
     if not speedups.fused_affine:
         return transforms, False
-    at_input_size = tuple(shape) == tuple(model.image_size)
-    chain, rest, folded = fuse_affine(transforms, model.normalisation() if at_input_size else None)
+    # the normalisation folds only into RGB inputs: a grey model's is of the luminance, taken in ``prepare``
+    folds = tuple(shape) == tuple(model.image_size) and model.input_channels == 3
+    chain, rest, folded = fuse_affine(transforms, model.normalisation() if folds else None)
     return ([chain] if chain is not None else []) + rest, folded

@@ -182,8 +182,8 @@ def timm_transform(
     if image_size is not None:
         config["input_size"] = (3, *image_size)
     transform = create_transform(**config, is_training=False)
-    mean = torch.tensor(config["mean"], dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(config["std"], dtype=torch.float32).view(3, 1, 1)
+    mean = torch.tensor(config["mean"], dtype=torch.float32).view(-1, 1, 1)  # 3 values, or 1 for all
+    std = torch.tensor(config["std"], dtype=torch.float32).view(-1, 1, 1)
 
     def fn(image: Image.Image) -> torch.Tensor:
         return (transform(image.convert("RGB")) * std + mean).clamp(0, 1)

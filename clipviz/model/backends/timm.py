@@ -86,6 +86,7 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
     from timm.data import resolve_data_config
 
     data = resolve_data_config(model=model)  # timm's own defaults (ImageNet's) where the model's config has none
+    data = _channel_statistics(model, data)
     transform, stretch = timm_transform(model, image_size, config=data)  # one config for the transform and the stats
     return Backend(
         kind="timm",
@@ -107,6 +108,24 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
         pil_transform=transform,
         notes=(stretch,) if stretch else (),
     )
+
+
+def _channel_statistics(model: nn.Module, data: dict) -> dict:
+    """``data`` with a grey model's mean and std as timm's own scripts resolve them: a model made with ``in_chans=1``
+    keeps its pretrained config's three values, which timm's input resolver (``timm.data.model_config``) averages into
+    one. Without that resolver they stay three, and clipviz refuses the model in one line
+    (``clipviz.model.channels``)."""
+    from clipviz.model.channels import readable_channels
+
+    channels = readable_channels(model)  # refused here, before timm's transform runs on 3 channels
+    if channels == 3 or len(data["mean"]) in (1, channels) and len(data["std"]) in (1, channels):
+        return data
+    try:
+        from timm.data.model_config import resolve_input_data_config
+    except ImportError:
+        return data
+    resolved = resolve_input_data_config(model=model)
+    return {**data, "mean": tuple(resolved["mean"]), "std": tuple(resolved["std"])}
 
 
 def _declared_size(model: nn.Module):

@@ -1,0 +1,66 @@
+"""How many colour channels a model reads, and what clipviz hands a model that reads one (a grey model).
+
+clipviz renders and reads RGB images. A model whose stem takes 3 channels gets them as they are; a model whose
+stem takes 1 (a ViT trained on X-rays, on grey scans) gets each image's luminance (``clipviz.images.LUMA``), and
+everything it is shown is made grey first: photos as they are read (``HookedVisionModel.preprocess_pil``), so that
+example thumbnails are what the model saw, and feature visualizations as they are rendered, so that no colour
+appears in a picture that the model never saw. Any other count (an image plus a trimap, a multispectral tower) is
+refused: what its extra channels mean is not something clipviz can know.
+
+>>> from torch import nn
+>>> input_channels(nn.Sequential(nn.Conv2d(1, 8, 4, stride=4), nn.Conv2d(8, 8, 1)))
+1
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from clipviz.errors import UnsupportedModelError
+
+#: The input channel counts clipviz can show a model images with.
+READABLE = (1, 3)
+
+
+def input_channels(vision_root: nn.Module) -> int:
+    """The channels of the model's input: those of its first convolution (the patch embedding, or a hybrid's
+    stem), 3 where it has none (a linear patch embedding reads the RGB patches its processor makes)."""
+    first = next((m for m in vision_root.modules() if isinstance(m, nn.Conv2d)), None)
+    return 3 if first is None else int(first.in_channels)
+
+
+def readable_channels(vision_root: nn.Module) -> int:
+    """``input_channels``, refused in one line unless clipviz can show the model images with that many."""
+    channels = input_channels(vision_root)
+    if channels not in READABLE:
+        raise UnsupportedModelError(
+            f"the model takes {channels} input channels; clipviz shows models RGB images (3 channels) or grey ones "
+            "(1 channel), and cannot know what the other channels hold"
+        )
+    return channels
+
+
+def channel_statistics(
+    channels: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation ``(mean, std)`` of a model with ``channels`` input channels, one value per channel, refused
+    in one line where the model's preprocessing does not give one: a grey model whose processor states three
+    different means was normalised with a value that cannot be told from them (timm's own resolver averages them,
+    ``clipviz.model.backends.timm``; a transformers processor has no such rule)."""
+    if channels == 3:
+        return tuple(mean), tuple(std)
+    out = []
+    for name, values in (("mean", mean), ("std", std)):
+        if len(set(values)) != 1:
+            shown = ", ".join(f"{v:g}" for v in values)
+            raise UnsupportedModelError(
+                f"the model takes 1 input channel (grey images), but its preprocessing normalises 3 with {name} "
+                f"({shown}): which value its grey input was normalised with cannot be told; give its processor one "
+                "image_mean and image_std (timm: create_model(..., pretrained_cfg_overlay=dict(mean=(m,), "
+                "std=(s,))))"
+            )
+        out.append((float(values[0]),))
+    return out[0], out[1]
+
+
+__all__ = ["READABLE", "channel_statistics", "input_channels", "readable_channels"]
