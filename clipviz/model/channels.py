@@ -7,13 +7,21 @@ example thumbnails are what the model saw, and feature visualizations as they ar
 appears in a picture that the model never saw. Any other count (an image plus a trimap, a multispectral tower) is
 refused: what its extra channels mean is not something clipviz can know.
 
+The count is the model's own: its configuration's ``num_channels`` (transformers), else measured, as the channels
+of the first convolution a pass on an RGB image reaches, where that convolution is handed the image itself.
+
+>>> import torch
 >>> from torch import nn
->>> input_channels(nn.Sequential(nn.Conv2d(1, 8, 4, stride=4), nn.Conv2d(8, 8, 1)))
+>>> stem = nn.Sequential(nn.Conv2d(1, 8, 4, stride=4), nn.Conv2d(8, 8, 1))
+>>> input_channels(stem, stem, (16, 16))
 1
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from clipviz.errors import UnsupportedModelError
@@ -22,16 +30,47 @@ from clipviz.errors import UnsupportedModelError
 READABLE = (1, 3)
 
 
-def input_channels(vision_root: nn.Module) -> int:
-    """The channels of the model's input: those of its first convolution (the patch embedding, or a hybrid's
-    stem), 3 where it has none (a linear patch embedding reads the RGB patches its processor makes)."""
-    first = next((m for m in vision_root.modules() if isinstance(m, nn.Conv2d)), None)
-    return 3 if first is None else int(first.in_channels)
+class _Reached(Exception):
+    """Raised by the first convolution a measuring pass reaches: the rest of the pass is not needed."""
 
 
-def readable_channels(vision_root: nn.Module) -> int:
+def input_channels(root: nn.Module, forward: Callable, image_size: tuple[int, int]) -> int:
+    """The channels of the model's input: ``root``'s configuration's ``num_channels`` where it states one (its
+    vision configuration for a CLIP-like model), else those of the first convolution that ``forward`` on a blank
+    RGB image of ``image_size`` hands the image itself (a patch embedding, a hybrid's stem); 3 where no convolution
+    is handed the image (a linear patch embedding reads the RGB patches its processor makes, a stem that transforms
+    the image first reads what it is given)."""
+    config = getattr(root, "config", None)
+    declared = getattr(getattr(config, "vision_config", None) or config, "num_channels", None)
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        return declared
+    parameter = next(root.parameters(), None)
+    image = torch.zeros(1, 3, *image_size, device=getattr(parameter, "device", None))
+    image = image.to(getattr(parameter, "dtype", image.dtype))
+    reached: list[int] = []
+
+    def stop(module: nn.Conv2d, args) -> None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].shape == image.shape:
+            reached.append(int(module.in_channels))
+        raise _Reached
+
+    handles = [m.register_forward_pre_hook(stop) for m in root.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            forward(image)
+    except _Reached:
+        pass
+    except Exception:  # noqa: BLE001 - a pass that fails before any convolution is the probe's to report
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return reached[0] if reached else 3
+
+
+def readable_channels(root: nn.Module, forward: Callable, image_size: tuple[int, int]) -> int:
     """``input_channels``, refused in one line unless clipviz can show the model images with that many."""
-    channels = input_channels(vision_root)
+    channels = input_channels(root, forward, image_size)
     if channels not in READABLE:
         raise UnsupportedModelError(
             f"the model takes {channels} input channels; clipviz shows models RGB images (3 channels) or grey ones "

@@ -91,7 +91,8 @@ class HookedVisionModel(nn.Module):
         self.blocks: list[BlockParts] = find_blocks(backend.vision_root, prefix=prefix.rstrip("."))
         # on the native model's device: a module wrapped on a GPU is probed there (images follow these buffers)
         device = next(self.native.parameters(), torch.empty(0)).device
-        self.input_channels = readable_channels(backend.vision_root)  # 3, or 1: a grey model (clipviz.model.channels)
+        # 3, or 1: a grey model (clipviz.model.channels)
+        self.input_channels = readable_channels(backend.vision_root, backend.forward, backend.image_size)
         self.statistics = mean, std = channel_statistics(self.input_channels, backend.mean, backend.std)
         self.register_buffer("_mean", torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1), False)
         self.register_buffer("_std", torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1), False)

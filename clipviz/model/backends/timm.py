@@ -86,7 +86,7 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
     from timm.data import resolve_data_config
 
     data = resolve_data_config(model=model)  # timm's own defaults (ImageNet's) where the model's config has none
-    data = _channel_statistics(model, data)
+    data = _channel_statistics(model, data, image_size)
     transform, stretch = timm_transform(model, image_size, config=data)  # one config for the transform and the stats
     return Backend(
         kind="timm",
@@ -110,14 +110,14 @@ def timm_backend(model: nn.Module, spec: str) -> Backend:
     )
 
 
-def _channel_statistics(model: nn.Module, data: dict) -> dict:
+def _channel_statistics(model: nn.Module, data: dict, image_size: tuple[int, int]) -> dict:
     """``data`` with a grey model's mean and std as timm's own scripts resolve them: a model made with ``in_chans=1``
     keeps its pretrained config's three values, which timm's input resolver (``timm.data.model_config``) averages into
     one. Without that resolver they stay three, and clipviz refuses the model in one line
     (``clipviz.model.channels``)."""
     from clipviz.model.channels import readable_channels
 
-    channels = readable_channels(model)  # refused here, before timm's transform runs on 3 channels
+    channels = readable_channels(model, model, image_size)  # refused here, before timm's transform runs on 3
     if channels == 3 or len(data["mean"]) in (1, channels) and len(data["std"]) in (1, channels):
         return data
     try:
