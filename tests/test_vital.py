@@ -99,6 +99,7 @@ def test_relevance_keeps_only_the_channels_that_feed_the_neuron(planted):
     refs = torch.zeros(2, 3, 32, 32)
     refs[:, 0] = 1.0
     r = references(planted, HOOK, RED, refs, [MATCH])[MATCH]
+    assert not refs.requires_grad  # the caller's images are read, never changed
     assert abs(float(r.weights.sum()) - 1) < 1e-6
     assert float(r.weights[:3].sum()) > 0.99, r.weights
     uniform = references(planted, HOOK, RED, refs, [MATCH], relevance=False)[MATCH]

@@ -132,7 +132,8 @@ def references(
     with each channel's relevance for neuron ``neuron`` of ``hook`` (uniform weights when ``relevance`` is False,
     at a match point after the target, which cannot feed it, or when no channel raises the neuron on these
     images): one forward and one backward pass for all of them."""
-    x = images.to(model.device).float().requires_grad_(relevance)  # the weights may be frozen
+    # a new leaf: the weights may be frozen, and the caller's images keep requires_grad as they had it
+    x = images.to(model.device).float().detach().requires_grad_(relevance)
     with torch.enable_grad():
         _, cache = model.run_with_cache(x, [*matches, hook], stop_early=True, detach=False)
     acts = [cache[m] for m in matches]
