@@ -129,3 +129,16 @@ def test_a_grey_model_whose_processor_states_three_means_is_refused(tmp_path):
         with pytest.raises(UnsupportedModelError, match=r"normalises 3 with mean \(0\.4, 0\.45, 0\.5\)") as error:
             clipviz.load(spec)
     assert "\n" not in str(error.value)
+
+
+def test_seed_and_reference_tensors_reach_a_grey_model_in_grey(grey_vit):
+    from clipviz.visualization.guidance import prepare_guidance
+    from clipviz.visualization.recipes import get_recipe
+
+    colour = torch.rand(4, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
+    hook = "blocks.1.mlp.hook_post"
+    guided = prepare_guidance(grey_vit, hook, [3], get_recipe("vital"), {3: colour}, None, "patches")
+    seeded = prepare_guidance(grey_vit, hook, [3], get_recipe("accentuate"), None, colour[0], "patches")
+    for images in (guided.given[3], seeded.seed_image[None]):
+        torch.testing.assert_close(images, _luminance(images).expand_as(images), rtol=0, atol=1e-6)
+    torch.testing.assert_close(seeded.seed_image[0], _luminance(colour[:1])[0, 0], rtol=0, atol=1e-6)

@@ -31,6 +31,7 @@ import torch
 from clipviz.data.decoding import batches
 from clipviz.data.sources import Source, check_spec, open_source
 from clipviz.errors import ClipvizError
+from clipviz.images import luminance
 from clipviz.model.layout import Reduce, reduce_tokens
 from clipviz.plugins import registry
 from clipviz.results import find_examples, has_examples, read_examples
@@ -223,7 +224,7 @@ def _attach_guide(
                 raise ClipvizError(
                     f"the reference images of neuron {n} must be (k, 3, H, W) in [0, 1], got {tuple(images.shape)}"
                 )
-            given[int(n)] = images
+            given[int(n)] = _as_seen(model, images)
         out.given = given
         out.guides = {int(n): {"images": _digest(given[int(n)]), "k": int(given[int(n)].shape[0])} for n in neurons}
         return
@@ -313,7 +314,13 @@ def _seed_image(model: HookedVisionModel, from_image) -> torch.Tensor:
     image = torch.as_tensor(from_image).float()
     if image.ndim != 3 or image.shape[0] != 3 or not bool(((image >= 0) & (image <= 1)).all()):
         raise ClipvizError(f"from_image must be a (3, H, W) image in [0, 1], got shape {tuple(image.shape)}")
-    return image
+    return _as_seen(model, image)
+
+
+def _as_seen(model: HookedVisionModel, images: torch.Tensor) -> torch.Tensor:
+    """Images given as tensors, as the model reads them: grey for a grey model (``clipviz.model.channels``), as
+    photos read from files are, so a seed or a reference holds no colour its visualization cannot have."""
+    return luminance(images).expand_as(images).contiguous() if model.input_channels == 1 else images
 
 
 __all__ = [
