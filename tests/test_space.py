@@ -300,6 +300,34 @@ def test_the_authors_local_paths_are_not_published(tmp_path, capsys):
         assert not leaks, leaks
 
 
+def test_encoded_bytes_in_an_atlas_are_not_taken_for_local_paths(tmp_path):
+    """Found 2026-12-03: a heat map's base64 held '+/jEij3O.../yNfZm6bDze/n1r6k2...', read as an absolute path of
+    three parts and replaced by '<local>/...' in the published atlas, which then decoded to the wrong bytes."""
+    import base64
+    import json
+
+    from clipviz.apps.atlas import heat_code, heat_decode
+    from clipviz.apps.publish import local_paths, redact_paths
+
+    heat = {"shape": [2, 6], "uint8": base64.b64encode(bytes([255, 239, 140] * 4)).decode()}  # '/++/++/...'
+    assert heat["uint8"].startswith("/") and heat["uint8"].count("/") > 2
+    inline = "data:image/png;base64,z/+/jEij3OesksKRGrG889U8/yNfZm6bDze/n1r6k2MO69A=="
+    secret = tmp_path / "bob" / "models" / "vit"
+    site = tmp_path / "site"
+    site.mkdir()
+    atlas = {"model": f"hf:{secret}", "hooks": {"h": {"neurons": [{"heat": heat, "thumb": inline}]}}}
+    (site / "atlas.json").write_text(json.dumps(atlas))
+    (site / "index.html").write_text(f"<img src='{inline}'><script>const a = {json.dumps(atlas)};</script>")
+    paths = local_paths(site)
+    assert paths == {str(secret): "<local>/vit"}  # the model's folder, and nothing of the data
+    redact_paths(site, paths)
+    back = json.loads((site / "atlas.json").read_text())
+    assert back["hooks"]["h"]["neurons"][0]["heat"] == heat and back["model"] == "hf:<local>/vit"
+    assert heat_decode(back["hooks"]["h"]["neurons"][0]["heat"]).shape == (2, 6)
+    assert inline in (site / "index.html").read_text() and "bob" not in (site / "index.html").read_text()
+    assert heat_decode(heat_code([[0.0, 1.0]])).tolist() == [[0.0, 1.0]]
+
+
 def test_the_live_tab_offers_the_atlas_model_where_the_space_can_load_it(tmp_path):
     """Found from outside: a Space published for another model offered only world-clip to visitors."""
     import json

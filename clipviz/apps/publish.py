@@ -399,7 +399,16 @@ def check_repo(repo: str, what: str) -> None:
 
 _SCHEMES = ("hf:", "open_clip:", "timm:", "local-dir:")
 _TEXT_FILES = {".html", ".json", ".md", ".js", ".csv", ".txt", ".yaml", ".yml"}
-_ABSOLUTE = re.compile(r"(?<![\w.<>/-])/(?!/)[^\s\"'&<>`]+")  # a POSIX absolute path, up to a quote or a space
+_ABSOLUTE = re.compile(r"(?<![\w.<>/+-])/(?!/)[^\s\"'&<>`]+")  # a POSIX absolute path, up to a quote or a space
+# Encoded bytes are data, not text that could name a path: a data: URI's payload (an inline PNG) and the atlas's
+# heat maps (``atlas.heat_code``: {"shape", "uint8": base64}). Base64 holds '/' anywhere, '/9j/...' at the start.
+_DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/]*={0,2}")
+_ENCODED_KEYS = {"uint8"}
+_ENCODED_FIELD = re.compile(r'"uint8"\s*:\s*"[A-Za-z0-9+/]*={0,2}"')  # the same, quoted in a page or a script
+
+
+def _without_data(text: str) -> str:
+    return _ENCODED_FIELD.sub("", _DATA_URI.sub("", text))
 
 
 def _absolute(text: str, *, existing_only: bool) -> tuple[str, Path] | None:
@@ -429,12 +438,14 @@ def local_paths(site: Path) -> dict[str, str]:
 
     def visit(value) -> None:
         if isinstance(value, dict):
-            for v in value.values():
-                visit(v)
+            for k, v in value.items():
+                if k not in _ENCODED_KEYS:
+                    visit(v)
         elif isinstance(value, list):
             for v in value:
                 visit(v)
         elif isinstance(value, str) and value:
+            value = _without_data(value)
             add(value, existing_only=False)
             for quoted in _ABSOLUTE.findall(value):
                 add(quoted, existing_only=False)
@@ -450,7 +461,8 @@ def local_paths(site: Path) -> dict[str, str]:
                 continue
             except ValueError:
                 pass
-        for quoted in _ABSOLUTE.findall(html.unescape(text)):  # a page quotes JSON as &quot;/path&quot;
+        page = _without_data(html.unescape(text))  # a page quotes JSON as &quot;/path&quot;
+        for quoted in _ABSOLUTE.findall(page):
             add(quoted, existing_only=file.suffix.lower() == ".js")  # a script's text is not data
     return dict(sorted(found.items(), key=lambda item: -len(item[0])))  # the longest first: nested paths
 
