@@ -47,6 +47,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipviz.errors import ClipvizError
+from clipviz.visualization.recipes import is_guided
 
 EXAMPLES_META = "examples.json"
 EXAMPLES_TENSORS = "examples.safetensors"
@@ -319,7 +320,7 @@ def visualization_kind(meta: dict) -> str:
     if meta.get("from_image"):
         return "accentuated"
     recipe = meta.get("recipe", {})
-    return "data-guided" if recipe.get("match") and recipe.get("match_weight") and meta.get("guide") else "plain"
+    return "data-guided" if is_guided(recipe) and meta.get("guide") else "plain"
 
 
 def find_visualizations(root: Path) -> Iterator[tuple[Path, dict]]:

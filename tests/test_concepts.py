@@ -315,6 +315,8 @@ def test_dissect_reuses_the_activation_matrix_stored_by_examples(tmp_path, capsy
     # the stored neurons are a part of the layer, yet the prior is the whole layer's (the layer's top sets are
     # kept beside them): the words and scores are those of the probe path, which runs every neuron of the layer
     whole, _ = probe_activations(model, hook, source, None)
+    whole = whole.clone()
+    whole[:, [1, 4]] = acts.to(whole)  # the named neurons as they were stored (float16)
     width = model.hook_width(hook)
     scores = layer_softwpmi(whole, list(range(width)), [1, 4], width, sims, a=labeller_a(model))
     expected = scores.topk(3, dim=1)

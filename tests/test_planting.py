@@ -100,13 +100,14 @@ def test_shipped_ground_truth_records_the_plan():
     meta = json.loads((SHIPPED / "ground_truth.json").read_text())
     assert meta["planted"] == planted
     per_block = {b: sum(p["block"] == b for p in planted) for b in (1, 2, 3)}
-    assert all(8 <= n <= 16 for n in per_block.values()), per_block
+    assert all(12 <= n <= 32 for n in per_block.values()), per_block  # v3's closed plan: 27, 19 and 16
     known = bundled_selectivity().known()
     families = {f for p in known for f, _ in parse_concept(p["concept"])}
     assert {"colour", "shape", "position", "size", "background", "texture", "count"} <= families
     assert sum("&" in p["concept"] for p in known) >= 4
-    # 31 of the 36 reached 0.98 (docs/validation.md says which did not, and why); only those are known answers
-    assert len(known) >= 31 and all(p["auroc"] >= 0.98 for p in known)
+    # 58 of the 62 reached 0.98 (docs/validation.md says which did not, and why); only those are known answers
+    assert len(known) >= 58 and all(p["auroc"] >= 0.98 for p in known)
+    assert sum("&" in p["concept"] for p in known) >= 16  # the conjunctions, planted in every block of a factor
 
 
 def test_planted_neurons_of_the_shipped_model_detect_their_concepts_on_new_held_out_images():
@@ -114,5 +115,8 @@ def test_planted_neurons_of_the_shipped_model_detect_their_concepts_on_new_held_
     known = bundled_selectivity().known()
     plan = [Plant(p["block"], p["neuron"], p["concept"]) for p in known]
     fresh = planted_auroc(model, plan, n=1000, seed=HELDOUT_SEED + 21)
-    low = [(f["concept"], f["auroc"]) for f in fresh if f["auroc"] < 0.98]
+    # 0.98 is the ground truth's bar on its 3000 images; on 1000 others an AUROC of 0.98 has a standard error of
+    # about 0.008 (a third of the images carry a background), so a known answer may read 0.97 here, no lower
+    low = [(f["concept"], f["auroc"]) for f in fresh if f["auroc"] < 0.97]
     assert not low, low
+    assert float(np.median([f["auroc"] for f in fresh])) >= 0.995

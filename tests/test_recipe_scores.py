@@ -35,24 +35,29 @@ def test_the_docs_table_is_the_scripts_table(script, recorded):
     assert recorded["command"] in docs
 
 
+def _eligible(table: dict, name: str) -> bool:
+    """Whether a recipe keeps 90% of the best activation reached in no more time per neuron (a recipe that
+    optimises longer reaches more: clip-inversion's three stages)."""
+    budget = table[name]["seconds_per_neuron"]
+    top = max(e["activation_ratio_median"] for e in table.values() if e["seconds_per_neuron"] <= budget)
+    return table[name]["activation_ratio_median"] >= 0.9 * top
+
+
 def test_the_default_is_the_best_recipe_of_the_table(recorded):
     """What ``visualize`` renders with reference images is the recipe that renders the most colour neurons in
-    their colour, without giving up more than 10% of the best activation reached in no more time per neuron
-    (a recipe that optimises longer reaches more: clip-inversion's three stages); without them, the unguided
-    default."""
+    their colour, without giving up more than 10% of the best activation reached in no more time per neuron;
+    without them, the unguided recipe that does so best by the same rule (``default``; at the table's 150 steps
+    ``lucid`` renders the same images, so it may tie)."""
     from clipviz.visualization.guidance import GUIDED_DEFAULT, UNGUIDED_DEFAULT
 
     table = recorded["recipes"]
     best = max(table, key=lambda r: (_share(table[r]["colour_dominant"]), table[r]["activation_ratio_median"]))
-    assert best == GUIDED_DEFAULT
-    budget = table[best]["seconds_per_neuron"]
-    top_activation = max(e["activation_ratio_median"] for e in table.values() if e["seconds_per_neuron"] <= budget)
-    assert table[best]["activation_ratio_median"] >= 0.9 * top_activation
+    assert best == GUIDED_DEFAULT and _eligible(table, best)
     assert _share(table[best]["colour_dominant"]) >= 0.8  # issue 18's bar
-    unguided = {r: e for r, e in table.items() if r not in (GUIDED_DEFAULT,) and "@" not in r}
-    assert (
-        max(unguided, key=lambda r: (_share(unguided[r]["colour_dominant"]), -unguided[r]["seconds_per_neuron"]))
-        == UNGUIDED_DEFAULT
+    unguided = {r: e for r, e in table.items() if r != GUIDED_DEFAULT and "@" not in r and _eligible(table, r)}
+    assert UNGUIDED_DEFAULT in unguided
+    assert _share(unguided[UNGUIDED_DEFAULT]["colour_dominant"]) == max(
+        _share(e["colour_dominant"]) for e in unguided.values()
     )
 
 

@@ -256,3 +256,56 @@ def test_cli_accentuates_a_photo(planted, tmp_path, capsys):
     out = _array(Image.open(tmp_path / "acc" / HOOK / "neuron-00000.accentuated.png"))
     seed = planted.preprocess_pil(Image.open(photo).convert("RGB"))
     assert float(pixel_distance(out[None], seed[None])[0]) <= ACCENT_MAX_RMS
+
+
+def test_colour_match_is_zero_for_the_references_own_pixels_in_any_order():
+    from clipviz.visualization.vital import ColourMatch, colour_reference
+
+    refs = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    quantiles, scale = colour_reference(refs)
+    shuffled = refs.transpose(0, 1).flatten(1)[:, torch.randperm(4 * 256)].reshape(1, 3, 32, 32)
+    match = ColourMatch(quantiles[None].expand(2, -1, -1), scale[None].expand(2))
+    ctx = Context(model=None, cache={}, output=None, images=torch.cat([shuffled, shuffled * 0.5]), copies=1)
+    values = match(ctx)
+    assert abs(float(values[0])) < 1e-10 and float(values[1]) < -0.1
+
+
+def test_colour_match_moves_an_images_colours_to_its_references():
+    """Alone, the colour term turns a grey image into the references' colours: here half red, half blue pixels
+    (the share of each, not their places, is what it matches)."""
+    from clipviz.visualization.param import PixelImage
+    from clipviz.visualization.vital import colour_objective
+
+    refs = torch.zeros(2, 3, 16, 16)
+    refs[:, 0, :8], refs[:, 2, 8:] = 1.0, 1.0
+    match = colour_objective([refs])
+    param = PixelImage([0], (16, 16))
+    with torch.no_grad():
+        param.pixels.fill_(0.5)
+    opt = torch.optim.Adam(param.parameters(), lr=0.05)
+    for _ in range(150):
+        opt.zero_grad()
+        (-match(Context(model=None, cache={}, output=None, images=param(), copies=1)).sum()).backward()
+        opt.step()
+        param.after_step()
+    pixels = param().detach()[0].flatten(1).T  # (256, 3)
+    red = ((pixels - torch.tensor([1.0, 0, 0])).norm(dim=1) < 0.2).float().mean()
+    blue = ((pixels - torch.tensor([0, 0, 1.0])).norm(dim=1) < 0.2).float().mean()
+    assert 0.4 < red < 0.6 and 0.4 < blue < 0.6, (red, blue)
+
+
+def test_a_colour_matching_recipe_is_guided_and_recorded_so(planted):
+    from clipviz.results import visualization_kind
+    from clipviz.visualization.recipes import Recipe, get_recipe
+
+    only_colour = Recipe(name="colour-only", param="pixel", color_shift=None, offset_noise=0.0, colour_match=0.5)
+    assert only_colour.guided and not only_colour.unguided().guided
+    assert only_colour.unguided().colour_match == 0.0
+    with pytest.raises(ClipvizError, match="recipe colour_match must be a finite number >= 0"):
+        get_recipe("vital", colour_match=-1)
+    red = torch.zeros(4, 3, 32, 32)
+    red[:, 0] = 1.0
+    vis = visualize(planted, HOOK, [RED], recipe=only_colour, steps=60, guide={RED: red}, progress=False)[0]
+    assert vis.meta["recipe"]["colour_match"] == 0.5 and visualization_kind(vis.meta) == "data-guided"
+    mean = _array(vis.image).mean(dim=(1, 2))
+    assert mean[0] > 2 * mean[1] and mean[0] > 2 * mean[2], mean

@@ -52,6 +52,7 @@ from clipviz.results import (
     visualization_path,
     write_sweep_state,
 )
+from clipviz.visualization.recipes import is_guided
 
 if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel
@@ -92,7 +93,7 @@ class SweepPlan:
     @property
     def guided(self) -> bool:
         """Whether the visualizations are matched to the sweep's own top examples (a data-guided recipe)."""
-        return bool(self.recipe.get("match")) and bool(self.recipe.get("match_weight"))
+        return is_guided(self.recipe)
 
     @property
     def methods(self) -> list[str]:
@@ -483,16 +484,19 @@ def measure(model: HookedVisionModel, plan: SweepPlan, accelerator=None) -> dict
         stamps: list[float] = []
         kwargs = {"autocast": autocast} if autocast is not None else {}
         objective, per_reference = Neuron(deepest, neurons), 0.0
-        if plan.guided:  # the sort-matching terms and one neuron's reference pass, on stand-in references
-            from clipviz.visualization.vital import match_hook, objective_from_references, references
+        if plan.guided:  # the matching terms and one neuron's reference pass, on stand-in references
+            from clipviz.visualization.vital import colour_objective, match_hook, objective_from_references, references
 
-            names = [match_hook(model, deepest, where) for where in recipe.match]
+            names = [match_hook(model, deepest, where) for where in recipe.match] if recipe.match_weight else []
             stand_in = torch.rand(min(plan.top_k, recipe.guide_k), 3, *model.image_size)
-            references(model, deepest, neurons[0], stand_in, names)  # warm-up
-            started = time.perf_counter()
-            ref = references(model, deepest, neurons[0], stand_in, names)
-            per_reference = _synced(model) - started
-            objective = objective_from_references(model, deepest, neurons, [ref] * n, recipe.match_weight)
+            if names:
+                references(model, deepest, neurons[0], stand_in, names)  # warm-up
+                started = time.perf_counter()
+                ref = references(model, deepest, neurons[0], stand_in, names)
+                per_reference = _synced(model) - started
+                objective = objective_from_references(model, deepest, neurons, [ref] * n, recipe.match_weight)
+            if recipe.colour_match:
+                objective = objective + recipe.colour_match * colour_objective([stand_in] * n, model.device)
         started = time.perf_counter()
         optimise(
             model,

@@ -132,7 +132,9 @@ class Guidance:
             from clipviz.visualization.vital import guided_objective
 
             refs = self.references(model, neurons)
-            objective = guided_objective(model, hook, neurons, refs, recipe.match, recipe.match_weight, reduce)
+            objective = guided_objective(
+                model, hook, neurons, refs, recipe.match, recipe.match_weight, reduce, colour=recipe.colour_match
+            )
         if self.seed_image is not None:
             from clipviz.visualization.accentuate import PixelAnchor, feature_anchor
             from clipviz.visualization.vital import match_hook

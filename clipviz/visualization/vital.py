@@ -92,6 +92,58 @@ class SortMatch(PatchTokens):
         return f"sort_match({self.hook}, C={self.weights.shape[-1]})"
 
 
+#: The colour directions of ``ColourMatch``: the 13 directions of a 3x3x3 lattice of RGB (axes, face and cube
+#: diagonals), each once up to sign, unit length: every colour axis and every pair and triple of channels.
+COLOUR_DIRECTIONS = torch.nn.functional.normalize(
+    torch.tensor(
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, -1, 0], [1, 0, 1], [1, 0, -1], [0, 1, 1], [0, 1, -1]]
+        + [[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]],
+        dtype=torch.float32,
+    ),
+    dim=1,
+)
+#: Quantiles of each colour direction that ``ColourMatch`` compares.
+COLOUR_QUANTILES = 4096  # a 64-px image exactly: its side is a plain sort
+
+
+def colour_quantiles(images: torch.Tensor, count: int = COLOUR_QUANTILES) -> torch.Tensor:
+    """``images`` (B, 3, H, W) -> (B, count, 13): each image's pixels projected on ``COLOUR_DIRECTIONS``, sorted
+    and read at ``count`` evenly spaced quantiles (differentiable: the generated images' side of ``ColourMatch``).
+    Pass the references as one image of all their pixels side by side to pool them."""
+    pixels = images.flatten(2).transpose(1, 2)  # (B, H*W, 3)
+    return reference_quantiles(pixels @ COLOUR_DIRECTIONS.to(pixels).T, count)
+
+
+@dataclass(frozen=True, eq=False)
+class ColourMatch(Objective):
+    """Minus the sliced 1-D optimal transport cost between each clean image's colours and its reference's: the
+    squared difference of their quantiles along each of ``COLOUR_DIRECTIONS``, averaged, in units of the
+    reference's spread (``scale``, (n,)). Zero when the image's pixels have the reference images' colour
+    distribution, whatever their places: the neuron objective decides where each colour goes.
+
+    ``quantiles`` (n, COLOUR_QUANTILES, 13): ``colour_quantiles`` of each neuron's reference images, pooled."""
+
+    quantiles: torch.Tensor
+    scale: torch.Tensor
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        generated = colour_quantiles(ctx.images, self.quantiles.shape[1])
+        diff = (generated - self.quantiles.to(generated)) / self.scale.to(generated)[:, None, None]
+        return -diff.pow(2).mean(dim=(1, 2))
+
+    def __str__(self) -> str:
+        return "colour_match"
+
+
+def colour_reference(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One neuron's reference images (k, 3, H, W) -> (``quantiles`` (COLOUR_QUANTILES, 13), ``scale`` ()) of
+    ``ColourMatch``: the pooled pixels' quantiles and the root mean square of their spread along the directions."""
+    pooled = images.detach().float().transpose(0, 1).flatten(1)[None, :, :, None]  # (1, 3, k*H*W, 1): all pixels
+    quantiles = colour_quantiles(pooled)[0]
+    spread = (pooled.flatten(2)[0].T @ COLOUR_DIRECTIONS.T).std(dim=0)
+    return quantiles, spread.pow(2).mean().sqrt().clamp(min=1e-3)
+
+
 def match_hook(model: HookedVisionModel, hook: str, where: str) -> str:
     """The hook to match for a target at ``hook``: ``where`` is a full hook name, or a point of the target's own
     block such as ``hook_resid_mid`` (the MLP's input) or ``hook_resid_pre``."""
@@ -171,9 +223,11 @@ def guided_objective(
     match: Sequence[str],
     weight: float,
     reduce: Reduce = "patches",
+    colour: float = 0.0,
 ) -> Objective:
     """The neuron objective plus ``weight`` times minus the sort-matching loss at each matched hook, each neuron
-    against its own reference images ``guides[i]`` (k, 3, H, W).
+    against its own reference images ``guides[i]`` (k, 3, H, W), and ``colour`` times ``ColourMatch`` against
+    the same images.
 
     >>> import clipviz, torch
     >>> model = clipviz.load("world-clip")
@@ -183,9 +237,20 @@ def guided_objective(
     """
     if len(guides) != len(neurons):
         raise ClipvizError(f"one reference set per neuron: {len(neurons)} neurons, {len(guides)} sets")
-    names = [match_hook(model, hook, where) for where in match]
-    per_neuron = [references(model, hook, int(n), g, names, reduce) for n, g in zip(neurons, guides, strict=True)]
-    return objective_from_references(model, hook, neurons, per_neuron, weight, reduce)
+    names = [match_hook(model, hook, where) for where in match] if weight else []
+    objective: Objective = Neuron(hook, list(neurons), reduce)
+    if names:
+        per_neuron = [references(model, hook, int(n), g, names, reduce) for n, g in zip(neurons, guides, strict=True)]
+        objective = objective_from_references(model, hook, neurons, per_neuron, weight, reduce)
+    if colour:
+        objective = objective + colour * colour_objective(guides, model.device)
+    return objective
+
+
+def colour_objective(guides: Sequence[torch.Tensor], device: torch.device | str = "cpu") -> ColourMatch:
+    """``ColourMatch`` of each image against its own reference images ``guides[i]`` (k, 3, H, W), on ``device``."""
+    quantiles, scales = zip(*(colour_reference(g) for g in guides), strict=True)
+    return ColourMatch(torch.stack(quantiles).to(device), torch.stack(scales).to(device))
 
 
 def objective_from_references(
@@ -211,8 +276,13 @@ def objective_from_references(
 
 
 __all__ = [
+    "COLOUR_DIRECTIONS",
+    "ColourMatch",
     "Reference",
     "SortMatch",
+    "colour_objective",
+    "colour_quantiles",
+    "colour_reference",
     "guided_objective",
     "match_hook",
     "objective_from_references",
