@@ -109,7 +109,7 @@ def luminance(images: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) -> (..., 1, H, W): the grey level of each pixel (``LUMA``). A grey image (R = G = B) keeps its
     value, whatever weights a model's own conversion uses, as long as they sum to 1.
 
-    >>> luminance(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)).item()
+    >>> round(luminance(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)).item(), 6)
     0.299
     """
     weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(3, 1, 1)

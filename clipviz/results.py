@@ -40,14 +40,13 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
 
 from clipviz.errors import ClipvizError
-from clipviz.visualization.recipes import is_guided
 
 EXAMPLES_META = "examples.json"
 EXAMPLES_TENSORS = "examples.safetensors"
@@ -312,6 +311,12 @@ def read_visualization_meta(png: Path) -> dict | None:
     if meta is None or not png.is_file() or "settings_id" not in meta or "kind" not in meta:
         return None
     return meta
+
+
+def is_guided(recipe: Mapping) -> bool:
+    """Whether a recipe's settings (``Recipe.to_dict()``, as results record them) match the statistics of
+    reference images: features at its match points, or colours."""
+    return bool(recipe.get("match") and recipe.get("match_weight")) or bool(recipe.get("colour_match"))
 
 
 def visualization_kind(meta: dict) -> str:

@@ -45,6 +45,7 @@ from clipviz.errors import MAX_SAMPLES, MAX_SEED, ClipvizError, check_int
 from clipviz.results import (
     has_examples,
     is_atlas,
+    is_guided,
     read_sweep_state,
     read_visualization_meta,
     settings_id,
@@ -52,7 +53,6 @@ from clipviz.results import (
     visualization_path,
     write_sweep_state,
 )
-from clipviz.visualization.recipes import is_guided
 
 if TYPE_CHECKING:
     from clipviz.model.hooked import HookedVisionModel

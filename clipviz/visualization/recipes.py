@@ -39,11 +39,11 @@ Any field can be overridden: ``get_recipe("vit-paper", steps=100, copies=4)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, get_args
 
 from clipviz.errors import MAX_STEPS, ClipvizError, check_int, check_positive
+from clipviz.results import is_guided
 from clipviz.visualization.transforms import ColorShift, Flip, Jitter, OffsetNoise, RandomAffine, RandomScale
 
 Param = Literal["pixel", "fourier", "maco"]
@@ -175,12 +175,6 @@ class Recipe:
         if not self.guided:
             return self
         return replace(self, name=f"{self.name}-unguided", match=(), match_weight=0.0, colour_match=0.0)
-
-
-def is_guided(recipe: Mapping) -> bool:
-    """Whether a recipe's settings (``Recipe.to_dict()``, as results record them) match the statistics of
-    reference images: features at its match points, or colours."""
-    return bool(recipe.get("match") and recipe.get("match_weight")) or bool(recipe.get("colour_match"))
 
 
 def _real(value: object) -> bool:

@@ -111,7 +111,11 @@ def colour_quantiles(images: torch.Tensor, count: int = COLOUR_QUANTILES) -> tor
     and read at ``count`` evenly spaced quantiles (differentiable: the generated images' side of ``ColourMatch``).
     Pass the references as one image of all their pixels side by side to pool them."""
     pixels = images.flatten(2).transpose(1, 2)  # (B, H*W, 3)
-    return reference_quantiles(pixels @ COLOUR_DIRECTIONS.to(pixels).T, count)
+    d = COLOUR_DIRECTIONS.to(pixels)
+    # element by element, not a matrix product: a batched product's rounding depends on the batch's size, and an
+    # image must not depend on its batch-mates
+    projected = pixels[..., 0:1] * d[:, 0] + pixels[..., 1:2] * d[:, 1] + pixels[..., 2:3] * d[:, 2]
+    return reference_quantiles(projected, count)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +144,7 @@ def colour_reference(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``ColourMatch``: the pooled pixels' quantiles and the root mean square of their spread along the directions."""
     pooled = images.detach().float().transpose(0, 1).flatten(1)[None, :, :, None]  # (1, 3, k*H*W, 1): all pixels
     quantiles = colour_quantiles(pooled)[0]
-    spread = (pooled.flatten(2)[0].T @ COLOUR_DIRECTIONS.T).std(dim=0)
+    spread = (pooled.flatten(2)[0].T @ COLOUR_DIRECTIONS.T).std(dim=0)  # once per neuron, on its own images
     return quantiles, spread.pow(2).mean().sqrt().clamp(min=1e-3)
 
 
