@@ -16,6 +16,7 @@ torch.Size([2, 3, 32, 32])
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -47,7 +48,7 @@ def _decorrelated_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(_COLOR_SQRT.to(x), x.reshape(n, c, h * w)).view(n, -1, h, w)
 
 
-class ImageParam(nn.Module):
+class ImageParam(nn.Module, ABC):
     """Base class: ``forward()`` returns ``(n, 3, H, W)`` images in ``[0, 1]``; with ``grey``, their luminance in
     all three channels (for a model that reads one channel: ``clipviz.model.channels``)."""
 
@@ -61,9 +62,9 @@ class ImageParam(nn.Module):
         x = self.render()
         return luminance(x).expand_as(x) if self.grey else x
 
+    @abstractmethod
     def render(self) -> torch.Tensor:
         """The parameterisation's RGB images (n, 3, H, W) in [0, 1]."""
-        raise NotImplementedError
 
     @property
     def n(self) -> int:
